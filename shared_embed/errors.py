@@ -1,0 +1,36 @@
+"""The documented exception types of gentransfer.
+
+Every public entry point raises one of these for bad input, with a message that names the argument,
+what was expected and what came. All derive from :class:`GentransferError`, and each also derives from
+the built-in type a user would catch anyway (``ValueError``, ``TypeError``, ``RuntimeError``).
+"""
+
+from __future__ import annotations
+
+
+class GentransferError(Exception):
+    """Base class of every error gentransfer raises on purpose."""
+
+
+class ShapeError(GentransferError, ValueError):
+    """A tensor has the wrong rank or size (e.g. ``x`` should be (n, 2) and is (n, 3))."""
+
+
+class DataError(GentransferError, ValueError):
+    """Values are unusable: NaN/inf, empty or too-small data sets, negative sizes, out-of-range numbers."""
+
+
+class DTypeError(GentransferError, TypeError):
+    """A tensor or argument has the wrong type or dtype (e.g. an integer tensor where floats are needed)."""
+
+
+class ConfigError(GentransferError, ValueError):
+    """An unknown name (backend, transform, variant, ...) or an inconsistent configuration."""
+
+
+class CheckpointError(GentransferError, ValueError):
+    """A checkpoint is missing, truncated, corrupted, of a newer format, or from a different configuration."""
+
+
+class TrainingDivergedError(GentransferError, RuntimeError):
+    """Training produced a NaN/inf loss or gradient; the message names the step and the last good checkpoint."""

@@ -1,0 +1,308 @@
+"""THE training loop: one loop for every head, classifier and guidance network in gentransfer.
+
+It minimises ``loss_fn(batch)`` over batches of a tuple of tensors and knows nothing of flows, scores or KL.
+Features: Adam/AdamW, warm-up + cosine/linear/constant learning rate, gradient clipping, early stopping on a
+validation loss (best weights restored), seeding, a tqdm bar (silent off a TTY or when asked), a clear error
+on a NaN/inf loss or gradient, periodic checkpoints with exact resume, and DistributedDataParallel when
+``torch.distributed`` is initialised (launch with ``torchrun``).
+
+Example:
+    >>> model = nn.Linear(3, 1)
+    >>> x, y = torch.randn(256, 3), torch.randn(256, 1)
+    >>> history = fit(model, lambda b: (model(b[0]) - b[1]).square().mean(), (x, y), config=TrainConfig(steps=50))
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import check_same_rows, iterate_batches
+from .errors import CheckpointError, ConfigError, TrainingDivergedError
+from .state import flatten_training_state, unflatten_training_state
+from .validation import check_choice, check_positive_float, check_positive_int
+
+LossFn = Callable[[Sequence[Tensor]], Tensor]
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`fit`. ``steps`` counts optimiser steps; ``batch_size`` is the global batch."""
+
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    grad_clip: float | None = 5.0
+    eval_every: int = 100
+    patience: int | None = None
+    restore_best: bool = True
+    seed: int = 0
+    progress: bool | None = None
+    description: str = "train"
+    checkpoint_path: str | None = None
+    checkpoint_every: int = 0
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        check_positive_int("steps", self.steps)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_float("lr", self.lr)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_positive_float("weight_decay", self.weight_decay, allow_zero=True)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_positive_int("warmup_steps", self.warmup_steps, minimum=0)
+        if self.grad_clip is not None:
+            check_positive_float("grad_clip", self.grad_clip)
+        check_positive_int("eval_every", self.eval_every)
+        if self.patience is not None:
+            check_positive_int("patience", self.patience)
+        check_positive_int("checkpoint_every", self.checkpoint_every, minimum=0)
+        if self.checkpoint_every and not self.checkpoint_path:
+            raise ConfigError("checkpoint_every > 0 needs a checkpoint_path")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated again)."""
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ConfigError(f"unknown TrainConfig field(s) {sorted(unknown)}; valid: {sorted(known)}")
+        return TrainConfig(**{**asdict(self), **changes})
+
+
+@dataclass
+class TrainHistory:
+    """What happened: train loss per step, validation loss per evaluation, where the best weights came from."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_step: int = 0
+    best_val: float = math.inf
+    steps_done: int = 0
+    stopped_early: bool = False
+    resumed_from: int | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _LossModule(nn.Module):
+    """Holds the trained module so DDP can wrap it; ``forward(*batch)`` is the loss."""
+
+    def __init__(self, module: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.module = module
+        self.loss_fn = loss_fn
+
+    def forward(self, *batch: Tensor) -> Tensor:
+        return self.loss_fn(batch)
+
+
+def _lr_factor(config: TrainConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.schedule == "constant":
+            return 1.0
+        span = max(config.steps - config.warmup_steps, 1)
+        progress = min((step - config.warmup_steps) / span, 1.0)
+        if config.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress
+
+    return factor
+
+
+def _show_progress(config: TrainConfig, rank: int) -> bool:
+    if rank != 0 or os.environ.get("GENTRANSFER_QUIET"):
+        return False
+    return sys.stderr.isatty() if config.progress is None else bool(config.progress)
+
+
+@torch.no_grad()
+def evaluate_loss(loss_fn: LossFn, data: Sequence[Tensor], batch_size: int = 4096, seed: int = 12345) -> float:
+    """Mean of ``loss_fn`` over ``data`` in chunks, weighted by chunk size, under a fixed RNG seed.
+
+    The seed makes stochastic losses (denoising score matching) comparable across evaluations, and the
+    caller's RNG stream is left untouched.
+    """
+    n = check_same_rows(data, "val_data")
+    total = 0.0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in range(0, n, batch_size):
+            chunk = tuple(t[start : start + batch_size] for t in data)
+            total += float(loss_fn(chunk)) * chunk[0].shape[0]
+    return total / n
+
+
+def fit(
+    module: nn.Module,
+    loss_fn: LossFn,
+    train_data: Sequence[Tensor],
+    val_data: Sequence[Tensor] | None = None,
+    config: TrainConfig | None = None,
+) -> TrainHistory:
+    """Minimise ``loss_fn(batch)`` over the trainable parameters of ``module``.
+
+    Args:
+        module: owns every trained parameter (those with ``requires_grad``); its state is checkpointed and,
+            with a validation set, restored to the best evaluation at the end.
+        loss_fn: maps a batch, a tuple of tensors sliced from ``train_data`` along dim 0, to a scalar.
+        train_data: tensors sharing their first dimension, e.g. ``(c, x)``.
+        val_data: the same layout; enables early stopping (``patience``) and best-weight restoring.
+        config: :class:`TrainConfig`.
+
+    Raises:
+        TrainingDivergedError: a NaN/inf loss or gradient; the message names the step and last checkpoint.
+    """
+    config = config or TrainConfig()
+    train_data = tuple(train_data)
+    n = check_same_rows(train_data, "train_data")
+    if val_data is not None:
+        val_data = tuple(val_data)
+        check_same_rows(val_data, "val_data")
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("module has no trainable parameters (all have requires_grad=False)")
+
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if config.batch_size % world:
+        raise ConfigError(f"batch_size ({config.batch_size}) must be divisible by the world size ({world})")
+    local_batch = config.batch_size // world
+
+    torch.manual_seed(config.seed)
+    batch_gen = torch.Generator().manual_seed(config.seed)
+    runner: nn.Module = _LossModule(module, loss_fn)
+    if distributed:
+        runner = nn.parallel.DistributedDataParallel(runner)
+    opt_kwargs = {"lr": config.lr, "weight_decay": config.weight_decay}
+    optimizer = OPTIMIZERS[config.optimizer](params, **opt_kwargs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
+
+    history = TrainHistory()
+    step, epoch_batch, epoch_gen_state = 0, 0, batch_gen.get_state()
+    best_state: dict[str, Tensor] | None = None
+    evals_without_gain = 0
+    ckpt = Path(config.checkpoint_path) if config.checkpoint_path else None
+    last_ckpt: str = "none"
+
+    if ckpt is not None and config.resume and ckpt.is_file():
+        tensors, _, extra = load_checkpoint(ckpt)
+        if extra.get("config", {}).get("seed") != config.seed:
+            raise CheckpointError(f"{ckpt} was written by a run with another seed; remove it or set resume=False")
+        state = unflatten_training_state(tensors, extra)
+        module.load_state_dict(state["module"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        epoch_gen_state = state["epoch_gen_state"]
+        best_state = state.get("best_state")
+        step, epoch_batch = extra["step"], extra["epoch_batch"]
+        history = TrainHistory(**extra["history"])
+        history.resumed_from = step
+        evals_without_gain = extra["evals_without_gain"]
+        last_ckpt = str(ckpt)
+
+    def save(step_now: int, batch_in_epoch: int) -> None:
+        nonlocal last_ckpt
+        if ckpt is None or rank != 0:
+            return
+        tensors, extra = flatten_training_state(
+            module=module.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+            torch_rng=torch.get_rng_state(), epoch_gen_state=epoch_gen_state, best_state=best_state,
+        )
+        extra.update(step=step_now, epoch_batch=batch_in_epoch, history=history.to_dict(),
+                     evals_without_gain=evals_without_gain, config=asdict(config))
+        save_checkpoint(ckpt, tensors, {"kind": "training_state", "description": config.description}, extra=extra)
+        last_ckpt = str(ckpt)
+
+    start_time = time.perf_counter()
+    bar = tqdm(total=config.steps, initial=step, desc=config.description, disable=not _show_progress(config, rank),
+               leave=False, dynamic_ncols=True)
+    module.train()
+    try:
+        while step < config.steps and not history.stopped_early:
+            batch_gen.set_state(epoch_gen_state)
+            # Every rank draws the same permutation of the whole set, then keeps its own interleaved share.
+            perm = torch.randperm(n, generator=batch_gen)
+            indices = perm[rank::world] if distributed else perm
+            batches = iterate_batches(train_data, local_batch, batch_gen, shuffle=False, indices=indices)
+            for i, batch in enumerate(batches):
+                if i < epoch_batch:
+                    continue  # resuming mid-epoch: skip what was already seen
+                loss = runner(*batch)
+                if not torch.isfinite(loss):
+                    raise TrainingDivergedError(
+                        f"{config.description}: loss is {float(loss)} at step {step}; last good checkpoint: "
+                        f"{last_ckpt}. Lower the learning rate (lr={config.lr}) or check the data."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                clip = config.grad_clip if config.grad_clip is not None else math.inf
+                norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                if not torch.isfinite(norm):
+                    raise TrainingDivergedError(
+                        f"{config.description}: gradient norm is {float(norm)} at step {step}; last good "
+                        f"checkpoint: {last_ckpt}. Lower the learning rate (lr={config.lr})."
+                    )
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                epoch_batch = i + 1
+                history.train_loss.append(float(loss.detach()))
+                bar.update(1)
+                if val_data is not None and (step % config.eval_every == 0 or step == config.steps):
+                    module.eval()
+                    val = evaluate_loss(loss_fn, val_data)
+                    module.train()
+                    history.val_steps.append(step)
+                    history.val_loss.append(val)
+                    bar.set_postfix(loss=f"{history.train_loss[-1]:.4g}", val=f"{val:.4g}")
+                    if val < history.best_val:
+                        history.best_val, history.best_step, evals_without_gain = val, step, 0
+                        best_state = copy.deepcopy(module.state_dict())
+                    else:
+                        evals_without_gain += 1
+                        if config.patience is not None and evals_without_gain >= config.patience:
+                            history.stopped_early = True
+                if config.checkpoint_every and step % config.checkpoint_every == 0:
+                    save(step, epoch_batch)
+                if step >= config.steps or history.stopped_early:
+                    break
+            else:
+                epoch_batch = 0
+                epoch_gen_state = batch_gen.get_state()
+    finally:
+        bar.close()
+    history.steps_done = step
+    history.seconds += time.perf_counter() - start_time
+    if val_data is None:
+        history.best_step = step
+    elif config.restore_best and best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    if config.checkpoint_every:
+        save(step, epoch_batch)
+    return history

@@ -1,0 +1,217 @@
+"""The transfer workflow for any head: fit the encoder with a source head, freeze it, fit a target head.
+
+Four variants, each returning a :class:`~shared_embed.model.ConditionalModel` scored the same way:
+
+- ``transfer``: encoder + source head on the source; encoder frozen; a new head on the target;
+- ``no_transfer``: encoder + head from scratch on the target only;
+- ``fine_tune``: start from the source encoder and head, train everything on the target;
+- ``oracle``: the task's true embedding h* frozen, a head on the target (ground-truth tasks only).
+
+A head comes from a factory ``head_factory(context_features) -> Head``, which ``flows`` and
+``diffusion`` provide; this module never asks what kind of head it holds.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .data import PairedData
+from .encoder import Encoder, FixedEmbedding
+from .errors import ConfigError, DataError, ShapeError
+from .head import Head
+from .model import ConditionalModel
+from .standardize import Standardizer
+from .train import TrainConfig, TrainHistory, fit
+from .validation import check_choice, check_fraction, check_positive_int
+
+VARIANTS = ("transfer", "no_transfer", "fine_tune", "oracle")
+MIN_VAL_ROWS = 4
+HeadFactory = Callable[[int | None], Head]
+
+
+@dataclass
+class TransferConfig:
+    """Settings of the workflow: encoder shape and the two training phases.
+
+    ``val_fraction`` of each data set is held out for early stopping when that leaves at least
+    ``MIN_VAL_ROWS`` rows; smaller sets train on every row for the configured number of steps.
+    """
+
+    embed_dim: int = 2
+    encoder_hidden: Sequence[int] = (64, 64)
+    encoder_activation: str = "silu"
+    source_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3000, description="source"))
+    target_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, description="target"))
+    val_fraction: float = 0.2
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        check_positive_int("embed_dim", self.embed_dim)
+        check_fraction("val_fraction", self.val_fraction, closed=True, high=0.9)
+
+
+@dataclass
+class FitResult:
+    """A fitted variant: the model, its training histories (phase -> history) and wall time."""
+
+    variant: str
+    model: ConditionalModel
+    histories: dict[str, TrainHistory]
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant,
+            "seconds": self.seconds,
+            "steps": {k: h.steps_done for k, h in self.histories.items()},
+            "best_val": {k: h.best_val for k, h in self.histories.items()},
+        }
+
+
+def _model_loss(model: ConditionalModel) -> Callable[[Sequence[Tensor]], Tensor]:
+    def loss(batch: Sequence[Tensor]) -> Tensor:
+        return model.loss(batch[-1], batch[0] if len(batch) == 2 else None)
+
+    return loss
+
+
+def train_model(
+    model: ConditionalModel, data: PairedData, config: TrainConfig, val_fraction: float = 0.2
+) -> TrainHistory:
+    """Train every trainable parameter of ``model`` on ``data`` with the shared loop.
+
+    Holds out ``val_fraction`` of the rows for early stopping when that leaves ``MIN_VAL_ROWS`` rows.
+    """
+    if model.conditional != data.conditional:
+        want = "paired (c, x)" if model.conditional else "unconditional (c=None)"
+        raise ShapeError(f"data must be {want} for this model")
+    if data.d_x != model.x_features:
+        raise ShapeError(f"data.x has {data.d_x} features, the model expects {model.x_features}")
+    if data.conditional and data.d_c != model.c_features:
+        raise ShapeError(f"data.c has {data.d_c} features, the model expects {model.c_features}")
+    n_val = int(round(len(data) * val_fraction))
+    if val_fraction > 0 and n_val >= MIN_VAL_ROWS and len(data) - n_val >= 1:
+        train, val = data.split(val_fraction, torch.Generator().manual_seed(config.seed))
+        return fit(model, _model_loss(model), train.tensors(), val.tensors(), config)
+    return fit(model, _model_loss(model), data.tensors(), None, config)
+
+
+def new_encoder(d_c: int, config: TransferConfig) -> Encoder:
+    return Encoder(d_c, config.embed_dim, config.encoder_hidden, config.encoder_activation)
+
+
+def fit_source(
+    encoder: Encoder, head: Head, source: PairedData, config: TrainConfig | None = None, *, val_fraction: float = 0.2
+) -> ConditionalModel:
+    """Train ``encoder`` and a source ``head`` jointly on the source pairs; return the (unfrozen) model.
+
+    Scalers are fitted on the source data. Call ``model.encoder.freeze()`` to reuse the embedding.
+    """
+    if not source.conditional:
+        raise DataError("source must hold conditions c: the shared embedding is a function of c")
+    model = ConditionalModel(head, encoder, Standardizer.fit(source.x), Standardizer.fit(source.c))
+    model.to(source.x.device)
+    model.history = train_model(model, source, config or TrainConfig(description="source"), val_fraction)
+    return model
+
+
+def fit_target_head(
+    embedding: nn.Module,
+    head: Head,
+    target: PairedData,
+    config: TrainConfig | None = None,
+    *,
+    c_scaler: Standardizer | None = None,
+    val_fraction: float = 0.2,
+) -> ConditionalModel:
+    """Freeze ``embedding`` and train only a new target ``head`` on the target pairs.
+
+    ``c_scaler`` must be the one the embedding was trained with (None: the embedding reads raw c).
+    """
+    if isinstance(embedding, Encoder):
+        embedding.freeze()
+    elif any(p.requires_grad for p in embedding.parameters()):
+        raise ConfigError("embedding must be frozen: it has parameters with requires_grad=True")
+    model = ConditionalModel(head, embedding, Standardizer.fit(target.x), c_scaler)
+    model.to(target.x.device)
+    model.history = train_model(model, target, config or TrainConfig(description="target"), val_fraction)
+    return model
+
+
+def fit_variants(
+    head_factory: HeadFactory,
+    source: PairedData,
+    target: PairedData,
+    config: TransferConfig | None = None,
+    variants: Iterable[str] = ("transfer", "no_transfer", "fine_tune"),
+    *,
+    oracle_embedding: nn.Module | None = None,
+    source_model: ConditionalModel | None = None,
+) -> dict[str, FitResult]:
+    """Fit the requested variants on one (source, target) pair of data sets.
+
+    Args:
+        head_factory: ``head_factory(context_features)`` returns a new untrained head.
+        source / target: paired data with the same d_c and d_x.
+        variants: any of ``VARIANTS``; ``oracle`` needs ``oracle_embedding`` (the task's true h*).
+        source_model: reuse an already fitted source model (e.g. shared across n_t in a sweep).
+
+    Returns:
+        variant name -> :class:`FitResult`, plus ``"source"`` when a source model was fitted here.
+    """
+    config = config or TransferConfig()
+    variants = [check_choice("variant", v, VARIANTS) for v in variants]
+    if source.d_c != target.d_c or source.d_x != target.d_x:
+        raise ShapeError(
+            f"source and target must share dimensions, got (d_c, d_x) = ({source.d_c}, {source.d_x}) "
+            f"and ({target.d_c}, {target.d_x})"
+        )
+    device = torch.device(config.device)
+    source, target = source.to(device), target.to(device)
+    results: dict[str, FitResult] = {}
+    vf = config.val_fraction
+
+    def needs_source() -> ConditionalModel:
+        nonlocal source_model
+        if source_model is None:
+            start = time.perf_counter()
+            source_model = fit_source(
+                new_encoder(source.d_c, config), head_factory(config.embed_dim).to(device), source,
+                config.source_train, val_fraction=vf,
+            )
+            results["source"] = FitResult("source", source_model, {"source": source_model.history},
+                                          time.perf_counter() - start)
+        return source_model
+
+    for variant in variants:
+        start = time.perf_counter()
+        if variant == "transfer":
+            src = needs_source()
+            encoder = copy.deepcopy(src.encoder).freeze()
+            model = fit_target_head(encoder, head_factory(config.embed_dim).to(device), target,
+                                    config.target_train, c_scaler=copy.deepcopy(src.c_scaler), val_fraction=vf)
+        elif variant == "no_transfer":
+            model = fit_source(new_encoder(target.d_c, config), head_factory(config.embed_dim).to(device),
+                               target, config.target_train, val_fraction=vf)
+        elif variant == "fine_tune":
+            model = copy.deepcopy(needs_source())
+            model.encoder.unfreeze()
+            model.history = train_model(model, target, config.target_train, vf)
+        else:
+            if oracle_embedding is None:
+                raise ConfigError("variant 'oracle' needs oracle_embedding (the task's true h*)")
+            d_h = oracle_embedding.out_features
+            embedding = FixedEmbedding(oracle_embedding, target.d_c, d_h).to(device)
+            model = fit_target_head(embedding, head_factory(d_h).to(device), target, config.target_train,
+                                    val_fraction=vf)
+        if isinstance(model.encoder, Encoder):
+            model.encoder.freeze()  # every fitted model is evaluated as a fixed density
+        results[variant] = FitResult(variant, model, {"target": model.history}, time.perf_counter() - start)
+    return results

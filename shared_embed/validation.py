@@ -1,0 +1,104 @@
+"""Argument checks shared by every public entry point. Each raises a documented error naming the argument."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigError, DataError, DTypeError, ShapeError
+
+
+def check_tensor(
+    name: str,
+    value: Any,
+    *,
+    ndim: int | None = None,
+    last_dim: int | None = None,
+    rows: int | None = None,
+    min_rows: int = 0,
+    finite: bool = True,
+) -> Tensor:
+    """Check that ``value`` is a floating tensor of the expected shape with finite entries; return it.
+
+    Args:
+        name: the argument's name, used in error messages.
+        ndim: required number of dimensions (None: any).
+        last_dim: required size of the last dimension (None: any).
+        rows: required size of the first dimension (None: any).
+        min_rows: minimum size of the first dimension.
+        finite: reject NaN and inf.
+    """
+    if not isinstance(value, Tensor):
+        raise DTypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise DTypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    if ndim is not None and value.dim() != ndim:
+        raise ShapeError(f"{name} must have {ndim} dimension(s), got shape {tuple(value.shape)}")
+    if last_dim is not None and (value.dim() == 0 or value.shape[-1] != last_dim):
+        raise ShapeError(f"{name} must have last dimension {last_dim}, got shape {tuple(value.shape)}")
+    if value.dim() >= 1:
+        if rows is not None and value.shape[0] != rows:
+            raise ShapeError(f"{name} must have {rows} rows, got shape {tuple(value.shape)}")
+        if value.shape[0] < min_rows:
+            raise DataError(f"{name} must have at least {min_rows} row(s), got {value.shape[0]}")
+    if finite and value.numel() and not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise DataError(f"{name} contains {bad} NaN or inf value(s); all entries must be finite")
+    return value
+
+
+def check_matrix(name: str, value: Any, cols: int | None = None, *, min_rows: int = 1) -> Tensor:
+    """Check a finite 2-D float tensor (n, cols) with at least ``min_rows`` rows."""
+    return check_tensor(name, value, ndim=2, last_dim=cols, min_rows=min_rows)
+
+
+def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    """Check an integer ``>= minimum`` (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DTypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise DataError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_fraction(name: str, value: Any, *, low: float = 0.0, high: float = 1.0, closed: bool = False) -> float:
+    """Check a real number in (low, high) (or [low, high] when ``closed``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DTypeError(f"{name} must be a number, got {type(value).__name__}")
+    ok = low <= value <= high if closed else low < value < high
+    if not ok or value != value:
+        bounds = f"[{low}, {high}]" if closed else f"({low}, {high})"
+        raise DataError(f"{name} must lie in {bounds}, got {value}")
+    return float(value)
+
+
+def check_positive_float(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """Check a finite real number > 0 (or >= 0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DTypeError(f"{name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    if not (v == v and v != float("inf")) or v < 0 or (v == 0 and not allow_zero):
+        raise DataError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value}")
+    return v
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
+    """Check that ``value`` is one of ``choices``; the error lists the valid names."""
+    valid = sorted(choices)
+    if value not in valid:
+        raise ConfigError(f"unknown {name} {value!r}; valid choices: {', '.join(map(repr, valid))}")
+    return value
+
+
+def check_context(name: str, context: Any, expected: int | None, rows: int | None = None) -> Tensor | None:
+    """Check a head's context: None for an unconditional head, else (rows, expected) finite floats."""
+    if expected is None:
+        if context is not None:
+            raise ShapeError(f"{name} must be None: this head is unconditional (context_features=None)")
+        return None
+    if context is None:
+        raise ShapeError(f"{name} is required: this head is conditional on {expected} context features")
+    return check_tensor(name, context, ndim=2, last_dim=expected, rows=rows)
