@@ -19,16 +19,17 @@ from .validation import check_positive_int, check_tensor
 
 
 class ConditionalModel(nn.Module):
-    """p_hat(x | c) = head( (x - m_x)/s_x | h((c - m_c)/s_c) ) / prod(s_x).
+    """p_hat(x | c) = head( (x - m_x)/s_x | H(h((c - m_c)/s_c)) ) / prod(s_x).
 
-    The head sees standardised outcomes and the embedding of standardised conditions; ``log_prob`` is
+    The head sees standardised outcomes and the (optionally standardised, H) embedding of standardised
+    conditions; a frozen embedding is standardised so a new head sees contexts of unit scale. ``log_prob`` is
     the exact density of the original x (the Jacobian of the scaling is added back). Calling the model
     on conditions returns a ``torch.distributions.Distribution``, as a zuko conditional flow does.
 
     Args:
         head: any :class:`~shared_embed.head.Head`.
         encoder: the embedding h (None: the head reads the standardised c itself, or no c at all).
-        x_scaler / c_scaler: standardisers; None means identity.
+        x_scaler / c_scaler / h_scaler: standardisers of x, c and the embedding h(c); None means identity.
 
     Example:
         >>> model = ConditionalModel(GaussianHead(2, 2), Encoder(16, 2))
@@ -42,12 +43,14 @@ class ConditionalModel(nn.Module):
         encoder: nn.Module | None = None,
         x_scaler: Standardizer | None = None,
         c_scaler: Standardizer | None = None,
+        h_scaler: Standardizer | None = None,
     ) -> None:
         super().__init__()
         self.head = head
         self.encoder = encoder
         self.x_scaler = x_scaler if x_scaler is not None else Standardizer(head.features)
         self.c_scaler = c_scaler
+        self.h_scaler = h_scaler
         if encoder is not None and head.context_features != encoder.out_features:
             raise ShapeError(
                 f"head.context_features ({head.context_features}) must equal encoder.out_features "
@@ -83,7 +86,8 @@ class ConditionalModel(nn.Module):
         check_tensor("c", c, ndim=2, last_dim=self.c_features)
         if self.c_scaler is not None:
             c = self.c_scaler(c)
-        return c if self.encoder is None else self.encoder(c)
+        h = c if self.encoder is None else self.encoder(c)
+        return h if self.h_scaler is None else self.h_scaler(h)
 
     def loss(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         """The head's training loss on standardised x (what the shared loop minimises)."""
@@ -123,6 +127,7 @@ class ConditionalModel(nn.Module):
             "head": self.head.config,
             "encoder": enc,
             "c_scaler": None if self.c_scaler is None else self.c_scaler.features,
+            "h_scaler": None if self.h_scaler is None else self.h_scaler.features,
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -145,8 +150,8 @@ class ConditionalModel(nn.Module):
             raise CheckpointError(f"{path} wraps a fixed (oracle) embedding: rebuild it from its task, then load_weights")
         head = build_head(config["head_kind"], config["head"])
         encoder = None if enc_cfg is None else Encoder(**enc_cfg)
-        c_scaler = None if config.get("c_scaler") is None else Standardizer(int(config["c_scaler"]))
-        model = cls(head, encoder, Standardizer(head.features), c_scaler)
+        scaler = lambda key: None if config.get(key) is None else Standardizer(int(config[key]))  # noqa: E731
+        model = cls(head, encoder, Standardizer(head.features), scaler("c_scaler"), scaler("h_scaler"))
         if encoder is not None:
             encoder.freeze()
         return model.load_weights(path)

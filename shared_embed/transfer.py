@@ -133,13 +133,16 @@ def fit_target_head(
 ) -> ConditionalModel:
     """Freeze ``embedding`` and train only a new target ``head`` on the target pairs.
 
-    ``c_scaler`` must be the one the embedding was trained with (None: the embedding reads raw c).
+    ``c_scaler`` must be the one the embedding was trained with (None: the embedding reads raw c). The
+    embedding's outputs on the target conditions are standardised, so the new head sees unit-scale contexts.
     """
     if isinstance(embedding, Encoder):
         embedding.freeze()
     elif any(p.requires_grad for p in embedding.parameters()):
         raise ConfigError("embedding must be frozen: it has parameters with requires_grad=True")
-    model = ConditionalModel(head, embedding, Standardizer.fit(target.x), c_scaler)
+    with torch.no_grad():
+        h = embedding(target.c if c_scaler is None else c_scaler(target.c))
+    model = ConditionalModel(head, embedding, Standardizer.fit(target.x), c_scaler, Standardizer.fit(h))
     model.to(target.x.device)
     model.history = train_model(model, target, config or TrainConfig(description="target"), val_fraction)
     return model

@@ -1,0 +1,86 @@
+import json
+
+import pytest
+import torch
+
+from shared_embed import CheckpointError, ConditionalModel, Encoder, GaussianHead
+from shared_embed.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from shared_embed.standardize import Standardizer
+
+
+def make_model(hidden=(16,)):
+    torch.manual_seed(0)
+    return ConditionalModel(GaussianHead(2, 3, hidden=hidden), Encoder(5, 3, hidden=(8,)),
+                            Standardizer.fit(torch.randn(20, 2) * 3), Standardizer.fit(torch.randn(20, 5)))
+
+
+def test_round_trip_gives_identical_outputs(tmp_path):
+    model = make_model()
+    path = model.save(tmp_path / "m.safetensors")
+    assert json.loads((tmp_path / "m.json").read_text())["head_kind"] == "gaussian"
+    loaded = ConditionalModel.load(path)
+    x, c = torch.randn(6, 2), torch.randn(6, 5)
+    assert torch.equal(model.log_prob(x, c), loaded.log_prob(x, c))
+    assert loaded.encoder.frozen
+
+
+def test_different_configuration_is_refused(tmp_path):
+    path = make_model().save(tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match=r"different configuration: head.hidden"):
+        make_model(hidden=(32,)).load_weights(path)
+
+
+def test_truncated_and_corrupted_files_are_refused(tmp_path):
+    path = make_model().save(tmp_path / "m.safetensors")
+    raw = path.read_bytes()
+    (tmp_path / "t.safetensors").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(tmp_path / "t.safetensors")
+    flipped = bytearray(raw)
+    flipped[-3] ^= 0xFF  # a bit flip inside the tensor data
+    (tmp_path / "c.safetensors").write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(tmp_path / "c.safetensors")
+    (tmp_path / "x.safetensors").write_bytes(b"\x00" * 4)
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(tmp_path / "x.safetensors")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_newer_format_and_foreign_files_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(CheckpointError, match="not a gentransfer checkpoint"):
+        load_checkpoint(tmp_path / "foreign.safetensors")
+    path = save_checkpoint(tmp_path / "v.safetensors", {"a": torch.zeros(1)}, {"k": 1})
+    raw = path.read_bytes()
+    old = f'"format_version":"{FORMAT_VERSION}"'.encode()
+    assert old in raw
+    path.write_bytes(raw.replace(old, f'"format_version":"{FORMAT_VERSION + 1}"'.encode()))
+    with pytest.raises(CheckpointError, match="newer"):
+        load_checkpoint(path)
+
+
+def test_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "m.safetensors", {"a": torch.ones(3)}, {"v": 1})
+    import shared_embed.checkpoint as ck
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck.os, "replace", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"a": torch.zeros(3)}, {"v": 2})
+    tensors, config, _ = load_checkpoint(path)
+    assert config == {"v": 1} and torch.equal(tensors["a"], torch.ones(3))
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_loading_never_unpickles(tmp_path):
+    import pickle
+
+    (tmp_path / "evil.safetensors").write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "evil.safetensors")
