@@ -271,7 +271,11 @@ def fit(
                 scheduler.step()
                 step += 1
                 epoch_batch = i + 1
-                history.train_loss.append(float(loss.detach()))
+                logged = loss.detach()
+                if distributed:  # log the global-batch loss, as one process would see it
+                    dist.all_reduce(logged)
+                    logged = logged / world
+                history.train_loss.append(float(logged))
                 bar.update(1)
                 if val_data is not None and (step % config.eval_every == 0 or step == config.steps):
                     module.eval()
