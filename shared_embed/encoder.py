@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .mlp import mlp
-from .validation import check_tensor
+from .validation import check_matches, check_tensor
 
 
 class Encoder(nn.Module):
@@ -49,6 +49,7 @@ class Encoder(nn.Module):
 
     def forward(self, c: Tensor) -> Tensor:
         check_tensor("c", c, ndim=2, last_dim=self.in_features)
+        check_matches("c", c, self.net[0].weight, "the encoder")
         return self.net(c)
 
     def freeze(self) -> Encoder:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError, ShapeError
-from .validation import check_context, check_positive_int, check_tensor
+from .validation import check_context, check_matches, check_positive_int, check_tensor
 
 
 class Head(nn.Module, ABC):
@@ -59,11 +59,19 @@ class Head(nn.Module, ABC):
     def check_inputs(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Validate x (n, features) and the context (n, context_features) or None."""
         check_tensor("x", x, ndim=2, last_dim=self.features, min_rows=1)
-        return x, check_context("context", context, self.context_features, rows=x.shape[0])
+        context = check_context("context", context, self.context_features, rows=x.shape[0])
+        like = next(iter(self.parameters()), None)
+        if like is not None:
+            check_matches("x", x, like, f"this {type(self).__name__}")
+            if context is not None:
+                check_matches("context", context, like, f"this {type(self).__name__}")
+        return x, context
 
     def sample_context(self, n: int, context: Tensor | None) -> Tensor | None:
         """Validate ``n`` and broadcast a shared context (context_features,) or (1, .) to (n, .)."""
         check_positive_int("n", n)
+        if context is not None:
+            check_tensor("context", context)
         if context is not None and self.context_features is not None:
             if context.dim() == 1:
                 context = context.unsqueeze(0)
@@ -74,7 +82,11 @@ class Head(nn.Module, ABC):
                     f"context must be (n={n}, {self.context_features}), (1, {self.context_features}) or "
                     f"({self.context_features},), got shape {tuple(context.shape)}"
                 )
-        return check_context("context", context, self.context_features, rows=n)
+        context = check_context("context", context, self.context_features, rows=n)
+        like = next(iter(self.parameters()), None)
+        if context is not None and like is not None:
+            check_matches("context", context, like, f"this {type(self).__name__}")
+        return context
 
     @property
     def device(self) -> torch.device:

@@ -15,7 +15,7 @@ from .encoder import Encoder
 from .errors import CheckpointError, ShapeError
 from .head import Head, build_head
 from .standardize import Standardizer
-from .validation import check_positive_int, check_tensor
+from .validation import check_matches, check_positive_int, check_tensor
 
 
 class ConditionalModel(nn.Module):
@@ -84,19 +84,24 @@ class ConditionalModel(nn.Module):
         if c is None:
             raise ShapeError(f"c is required: this model is conditional on {self.c_features} features")
         check_tensor("c", c, ndim=2, last_dim=self.c_features)
+        check_matches("c", c, self.x_scaler.mean, "this model")
         if self.c_scaler is not None:
             c = self.c_scaler(c)
         h = c if self.encoder is None else self.encoder(c)
         return h if self.h_scaler is None else self.h_scaler(h)
 
+    def _check_x(self, x: Tensor) -> Tensor:
+        check_tensor("x", x, ndim=2, last_dim=self.x_features, min_rows=1)
+        return check_matches("x", x, self.x_scaler.mean, "this model")
+
     def loss(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         """The head's training loss on standardised x (what the shared loop minimises)."""
-        check_tensor("x", x, ndim=2, last_dim=self.x_features, min_rows=1)
+        self._check_x(x)
         return self.head.loss(self.x_scaler(x), self.embed(c))
 
     def log_prob(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         """log p_hat(x | c), (n,), in nats, in the original units of x."""
-        check_tensor("x", x, ndim=2, last_dim=self.x_features, min_rows=1)
+        self._check_x(x)
         if c is not None and c.dim() == 2 and c.shape[0] != x.shape[0]:
             raise ShapeError(f"c and x must have the same number of rows, got {c.shape[0]} and {x.shape[0]}")
         return self.head.log_prob(self.x_scaler(x), self.embed(c)) + self.x_scaler.log_abs_det()
@@ -104,6 +109,8 @@ class ConditionalModel(nn.Module):
     def sample(self, n: int, c: Tensor | None = None) -> Tensor:
         """(n, d_x) draws; c is None (unconditional), (d_c,) shared, or (n, d_c) one per row."""
         check_positive_int("n", n)
+        if c is not None:
+            check_tensor("c", c)
         if c is not None and c.dim() == 1:
             c = c.unsqueeze(0)
         if c is not None and c.dim() == 2 and c.shape[0] == 1 and n > 1:

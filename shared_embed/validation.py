@@ -102,3 +102,15 @@ def check_context(name: str, context: Any, expected: int | None, rows: int | Non
     if context is None:
         raise ShapeError(f"{name} is required: this head is conditional on {expected} context features")
     return check_tensor(name, context, ndim=2, last_dim=expected, rows=rows)
+
+
+def check_matches(name: str, value: Tensor, like: Tensor, owner: str = "the model") -> Tensor:
+    """Check that ``value`` has the dtype and device of ``like`` (a parameter or buffer of ``owner``)."""
+    if value.dtype != like.dtype:
+        raise DTypeError(
+            f"{name} has dtype {value.dtype} but {owner} uses {like.dtype}; cast the input (e.g. "
+            f"{name}.to({like.dtype})) or the module (.to(dtype))"
+        )
+    if value.device != like.device:
+        raise DTypeError(f"{name} is on {value.device} but {owner} is on {like.device}; move one of them")
+    return value
