@@ -5,6 +5,7 @@ workflow, checkpoints and the baseline Gaussian head. Imports nothing from ``flo
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import PairedData
+from .device import resolve_device
 from .encoder import Encoder, FixedEmbedding
 from .errors import (
     CheckpointError,
@@ -27,5 +28,5 @@ __all__ = [
     "DTypeError", "DataError", "Encoder", "FitResult", "FixedEmbedding", "GaussianHead", "GentransferError",
     "Head", "PairedData", "ShapeError", "Standardizer", "TrainConfig", "TrainHistory", "TrainingDivergedError",
     "TransferConfig", "build_head", "evaluate_loss", "fit", "fit_source", "fit_target_head", "fit_variants",
-    "load_checkpoint", "register_head", "save_checkpoint", "train_model",
+    "load_checkpoint", "register_head", "resolve_device", "save_checkpoint", "train_model",
 ]

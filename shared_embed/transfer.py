@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import PairedData
+from .device import resolve_device
 from .encoder import Encoder, FixedEmbedding
 from .errors import ConfigError, DataError, ShapeError
 from .head import Head
@@ -55,6 +56,7 @@ class TransferConfig:
     def __post_init__(self) -> None:
         check_positive_int("embed_dim", self.embed_dim)
         check_fraction("val_fraction", self.val_fraction, closed=True, high=0.9)
+        resolve_device(self.device)  # fail at configuration time, not after the source fit
 
 
 @dataclass
@@ -176,7 +178,7 @@ def fit_variants(
             f"source and target must share dimensions, got (d_c, d_x) = ({source.d_c}, {source.d_x}) "
             f"and ({target.d_c}, {target.d_x})"
         )
-    device = torch.device(config.device)
+    device = resolve_device(config.device)
     source, target = source.to(device), target.to(device)
     results: dict[str, FitResult] = {}
     vf = config.val_fraction
