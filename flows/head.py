@@ -1,0 +1,185 @@
+"""The conditional flow head: a normalizing flow over x (n, features) given the frozen embedding h(c)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, constraints
+
+from shared_embed.errors import DataError, ShapeError
+from shared_embed.head import Head, register_head
+from shared_embed.validation import check_context, check_positive_float, check_positive_int, check_tensor
+
+from .backends import SPLINE_TRANSFORMS, FlowModule, FlowSpec, build_flow, check_backend
+
+#: transforms per backend when ``transforms`` is not given: 3 layers, one ODE block for ``cnf``.
+DEFAULT_TRANSFORMS = 3
+DEFAULT_CNF_BLOCKS = 1
+
+
+@register_head("flow")
+class FlowHead(Head):
+    """p(x | context) as a normalizing flow from the zuko (default) or nflows library.
+
+    The loss is the mean negative log-likelihood, so the shared training loop trains it; ``log_prob``
+    is the exact log-density; ``sample`` and ``rsample`` draw one x per context row. Calling the head on
+    a context returns a ``torch.distributions.Distribution``, as a zuko conditional flow does.
+
+    Args:
+        features: d_x.
+        context_features: d_h, or None for an unconditional flow.
+        backend: ``"zuko"`` or ``"nflows"``; transform: see ``flows.backends.TRANSFORMS``.
+        transforms: number of layers (None: 3, or 1 ODE block for ``cnf``).
+        hidden: hidden widths of each layer's network (nflows: equal widths).
+        bins / tail_bound: spline bins and the half-width of the spline interval (spline transforms).
+        activation: a name of ``shared_embed.mlp.ACTIVATIONS``.
+
+    Example:
+        >>> head = FlowHead(2, 3, backend="zuko", transform="nsf")
+        >>> head.log_prob(torch.randn(5, 2), torch.randn(5, 3)).shape
+        torch.Size([5])
+        >>> head(torch.randn(5, 3)).sample().shape
+        torch.Size([5, 2])
+    """
+
+    def __init__(
+        self,
+        features: int,
+        context_features: int | None = None,
+        backend: str = "zuko",
+        transform: str = "nsf",
+        transforms: int | None = None,
+        hidden: Sequence[int] = (64, 64),
+        bins: int = 8,
+        tail_bound: float = 5.0,
+        activation: str = "silu",
+    ) -> None:
+        super().__init__(features, context_features)
+        self.backend, self.transform = check_backend(backend, transform)
+        if transforms is None:
+            transforms = DEFAULT_CNF_BLOCKS if transform == "cnf" else DEFAULT_TRANSFORMS
+        check_positive_int("transforms", transforms)
+        hidden = tuple(hidden)
+        if not hidden:
+            raise DataError("hidden must list at least one hidden width, got ()")
+        for i, h in enumerate(hidden):
+            check_positive_int(f"hidden[{i}]", h)
+        check_positive_int("bins", bins, minimum=2)
+        spec = FlowSpec(features, context_features, transforms, hidden, bins,
+                        check_positive_float("tail_bound", tail_bound), activation)
+        self.spec = spec
+        self.flow: FlowModule = build_flow(backend, transform, spec)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        s = self.spec
+        return {
+            "features": s.features,
+            "context_features": s.context_features,
+            "backend": self.backend,
+            "transform": self.transform,
+            "transforms": s.transforms,
+            "hidden": list(s.hidden),
+            "bins": s.bins,
+            "tail_bound": s.tail_bound,
+            "activation": s.activation,
+        }
+
+    @property
+    def uses_splines(self) -> bool:
+        return self.transform in SPLINE_TRANSFORMS
+
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Exact log-density (n,) of x (n, features) given context (n, context_features) or None."""
+        x, context = self.check_inputs(x, context)
+        return self.flow.log_prob(x, context)
+
+    def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Mean negative log-likelihood of the batch (nats)."""
+        return -self.log_prob(x, context).mean()
+
+    def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
+        """(n, features) draws that carry gradients to the parameters; context None, (k,) or (n, k).
+
+        zuko's ``cnf`` passes its parameters to the adjoint ODE solver in train mode only, so in eval
+        mode its draws carry no parameter gradients (every other transform does in both modes).
+        """
+        context = self.sample_context(n, context)
+        return self.flow.rsample(n, context)
+
+    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+        """(n, features) draws without gradients; context None, (k,) shared or (n, k) one per row."""
+        with torch.no_grad():
+            return self.rsample(n, context)
+
+    def forward(self, context: Tensor | None = None) -> FlowDistribution:
+        """The distribution of x given each row of context (n, k), or the unconditional one."""
+        context = check_context("context", context, self.context_features)
+        if context is not None:
+            check_tensor("context", context, min_rows=1)
+        return FlowDistribution(self, context)
+
+
+class FlowDistribution(Distribution):
+    """``torch.distributions`` view of a flow head: batch_shape (n,) for a context (n, k), else ().
+
+    ``log_prob(value)`` takes value (*S, n, features) (or (*S, features) unconditionally); ``sample`` /
+    ``rsample(sample_shape)`` return (*sample_shape, n, features).
+    """
+
+    arg_constraints: dict[str, constraints.Constraint] = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, head: FlowHead, context: Tensor | None) -> None:
+        self.head = head
+        self.context = context
+        batch = torch.Size(()) if context is None else torch.Size((context.shape[0],))
+        super().__init__(batch, torch.Size((head.features,)), validate_args=False)
+
+    def _rows(self, reps: int) -> Tensor | None:
+        return None if self.context is None else self.context.repeat(reps, 1)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        check_tensor("value", value, last_dim=self.head.features)
+        n = self.batch_shape.numel()
+        if self.context is not None and (value.dim() < 2 or value.shape[-2] != n):
+            raise ShapeError(
+                f"value must have shape (..., {n}, {self.head.features}) to match the context rows, "
+                f"got {tuple(value.shape)}"
+            )
+        flat = value.reshape(-1, self.head.features)
+        return self.head.log_prob(flat, self._rows(flat.shape[0] // n)).reshape(value.shape[:-1])
+
+    def rsample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> Tensor:
+        sample_shape = torch.Size(sample_shape)
+        k = sample_shape.numel()
+        n = self.batch_shape.numel()
+        draws = self.head.rsample(k * n, self._rows(k))
+        return draws.reshape(*sample_shape, *self.batch_shape, self.head.features)
+
+    def sample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+
+def make_flow_head(features: int, **kwargs: Any) -> Callable[[int | None], FlowHead]:
+    """A head factory for ``shared_embed.transfer``: ``factory(context_features)`` builds a new FlowHead.
+
+    The arguments are checked now (an unknown backend or transform fails here, not mid-sweep).
+
+    Example:
+        >>> factory = make_flow_head(2, backend="nflows", transform="spline_ar")
+        >>> factory(2).config["backend"]
+        'nflows'
+    """
+    FlowHead(features, None, **kwargs)
+
+    def factory(context_features: int | None) -> FlowHead:
+        return FlowHead(features, context_features, **kwargs)
+
+    factory.config = {"kind": FlowHead.kind, "features": features, **kwargs}  # type: ignore[attr-defined]
+    return factory
