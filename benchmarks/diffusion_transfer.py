@@ -1,0 +1,130 @@
+"""Benchmark: diffusion heads on the shared embedding, transfer vs no-transfer vs fine-tune vs oracle.
+
+Runs the grid of ``theory.diffusion_experiment`` (conditional Gaussian task, n_s = 10,000, n_t in
+{50, 100, 200, 500, 1000}, seeds 0-2; KL by the probability-flow log-density on 10,000 target pairs per
+seed), prints KL(p_T || p_hat) +- SE across seeds, the KL split of transfer and the sample-efficiency ratio
+(the n_t no-transfer needs to match transfer at n_t = 100, over 100), and appends one JSON line to
+``benchmarks/results/diffusion_transfer.jsonl``. A closing probe reports the probability-flow NFE and
+seconds per 1000 log-densities of one fitted head.
+
+Usage (from the repository root):
+    python benchmarks/diffusion_transfer.py            # the full grid
+    python benchmarks/diffusion_transfer.py --quick    # n_t in {50, 100, 1000}, one seed, 2000 KL pairs
+    python benchmarks/diffusion_transfer.py --seeds 0 --n-eval 5000 --rtol 1e-5
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+# Run from a checkout: make the repository's packages importable whatever the working directory.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffusion import make_diffusion_head, probability_flow  # noqa: E402
+from shared_embed.transfer import fit_variants  # noqa: E402
+from theory.diffusion_experiment import (  # noqa: E402
+    DiffusionExperiment,
+    diffusion_transfer_config,
+    run_diffusion_experiment,
+)
+from theory.tasks import ConditionalGaussianTask  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "diffusion_transfer.jsonl"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small grid: n_t in {50, 100, 1000}, one seed")
+    p.add_argument("--n-s", type=int, help="source sample size (default 10000)")
+    p.add_argument("--n-t", type=int, nargs="+", help="target sample sizes")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds")
+    p.add_argument("--n-eval", type=int, help="KL evaluation pairs per seed")
+    p.add_argument("--floor-n", type=int, help="target pairs for the embedding-floor head (0: no KL split)")
+    p.add_argument("--rtol", type=float, help="probability-flow solver rtol = atol (default 1e-4)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="JSON-lines file to append to")
+    p.add_argument("--quiet", action="store_true", help="no per-cell log lines")
+    return p.parse_args(argv)
+
+
+def nfe_probe(exp: DiffusionExperiment, n_t: int = 1000, n: int = 1000) -> dict[str, float]:
+    """Probability-flow NFE and seconds for n target log-densities (exact divergence) of a no-transfer
+    model fitted to n_t target pairs with the experiment's head and training settings."""
+    task = ConditionalGaussianTask()
+    gen = torch.Generator().manual_seed(99)
+    torch.manual_seed(99)
+    target = task.sample(n_t, "target", gen)
+    model = fit_variants(make_diffusion_head(task.d_x, **exp.head), target, target, diffusion_transfer_config(),
+                         ["no_transfer"])["no_transfer"].model
+    data = task.sample(n, "target", gen)
+    head = model.head
+    with torch.no_grad():
+        x, ctx = model.x_scaler(data.x), model.embed(data.c)
+        start = time.perf_counter()
+        res = probability_flow(head._score, x, head.schedule, context=ctx, rtol=head.rtol, atol=head.atol,
+                               t_eps=head.t_eps)
+    return {"n": n, "n_t": n_t, "nfe": res.nfe, "seconds": time.perf_counter() - start, "rtol": head.rtol}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    exp = DiffusionExperiment.quick() if args.quick else DiffusionExperiment()
+    changes: dict = {}
+    if args.n_s:
+        changes["n_s"] = args.n_s
+    if args.n_t:
+        changes["n_t_list"] = tuple(args.n_t)
+    if args.seeds:
+        changes["seeds"] = tuple(args.seeds)
+    if args.n_eval:
+        changes["n_eval"] = args.n_eval
+    if args.floor_n is not None:
+        changes["floor_n"] = args.floor_n or None
+    if args.rtol:
+        changes["head"] = {**exp.head, "rtol": args.rtol, "atol": args.rtol}
+    exp = replace(exp, **changes)
+    log = None if args.quiet else (lambda msg: print(time.strftime("%H:%M:%S"), msg, flush=True))
+    result = run_diffusion_experiment(exp, log=log)
+    print()
+    print(f"KL(p_T || p_hat) in nats (probability-flow log-density, {exp.n_eval} pairs per seed), mean +- SE "
+          f"over seeds {list(exp.seeds)}; n_s = {exp.n_s}; head {exp.head}")
+    print(result["table"])
+    if result["split_table"]:
+        print(f"\nKL split of transfer (embedding floor: a head fit to {exp.floor_n} target pairs on the frozen "
+              "source encoder):")
+        print(result["split_table"])
+    if result["ratio"] is not None:
+        r = result["ratio"]
+        print(f"sample-efficiency ratio (n_t no-transfer needs to match transfer at n_t=100, / 100): {r['text']}"
+              f" (transfer KL at 100: {r['target_kl']:.4f})")
+    probe = nfe_probe(exp)
+    print(f"probability-flow cost: NFE {probe['nfe']}, {probe['seconds']:.2f} s per {probe['n']} log-densities "
+          f"of a no-transfer head fit to {probe['n_t']} pairs (rtol = atol = {probe['rtol']:g}, "
+          f"{args.threads} thread(s))")
+    print(f"wall time: {result['seconds']:.0f} s")
+    line = {
+        "benchmark": "diffusion_transfer", "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "quick": args.quick, "experiment": asdict(exp),
+        "torch": torch.__version__, "python": platform.python_version(), "threads": args.threads,
+        "seconds": result["seconds"], "summary": result["summary"], "ratio": result["ratio"],
+        "nfe_probe": probe, "records": result["records"],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a") as f:
+        f.write(json.dumps(line) + "\n")
+    print(f"appended to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

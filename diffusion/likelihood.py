@@ -1,0 +1,179 @@
+"""Log-densities through the probability-flow ODE, for ANY score function ``score(x, t, context)``.
+
+With f(x, t) = -1/2 beta(t) [x + s(x, t)] the instantaneous change of variables gives, along the ODE path
+from x_{t_eps} = x_0 to x_1,
+
+    log p_hat(x_0) = log N(x_1; 0, I) + int_{t_eps}^1 div f(x_t, t) dt,   div f = -1/2 beta(t) [d + div s].
+
+The divergence is exact (d vector-Jacobian products per evaluation; the default, fine for d <= ~16) or
+Hutchinson's estimator E_v[v^T (ds/dx) v] with ``probes`` seeded Rademacher (or Gaussian) vectors drawn once
+and held fixed along the path, so the ODE stays deterministic for the adaptive solver and the estimate is
+unbiased for the same integral. Rademacher is the default: its variance has no diagonal term (on the TGDP
+source mixture with its exact score, one probe gives a per-point sd of 0.94 nats, Gaussian probes 13; the
+sd falls like 1/sqrt(probes)). Both assume the score acts row by row (row i of the output depends on row i
+of x only), as every network and analytic score here does.
+
+Gradients follow torch's grad mode: when grad is enabled at the call, nothing is detached and the
+divergence is built with ``create_graph=True``, so the result is differentiable in x_0, the context and
+every parameter the score closes over (backpropagation through the solver's steps, not the adjoint
+method). Under ``torch.no_grad()`` (evaluation, e.g. KL estimates) each divergence is computed under a
+local ``enable_grad`` on a detached copy and the result carries no graph, which keeps memory flat.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torchdiffeq import odeint
+
+from shared_embed.errors import DTypeError
+from shared_embed.validation import check_choice, check_positive_float, check_positive_int
+
+from .sampling import ODE_METHODS, ScoreFn, _call, check_score_inputs
+from .schedule import VPSchedule
+
+DIVERGENCES = ("exact", "hutchinson")
+PROBES = ("rademacher", "gaussian")
+#: log-density of x_1 at t = 1 given the context; the default is the standard normal.
+PriorLogProb = Callable[[Tensor, "Tensor | None"], Tensor]
+
+
+@dataclass
+class ProbabilityFlowResult:
+    """What one likelihood solve gives: ``log_prob`` (n,) = ``prior_log_prob`` (n,) + ``delta`` (n,), the
+    endpoints x1 (n, d), and ``nfe``, the evaluations of the ODE's right-hand side (each one score call plus
+    d exact or ``probes`` Hutchinson vector-Jacobian products)."""
+
+    log_prob: Tensor
+    prior_log_prob: Tensor
+    delta: Tensor
+    x1: Tensor
+    nfe: int
+
+
+def standard_normal_log_prob(x: Tensor, context: Tensor | None = None) -> Tensor:
+    """log N(x; 0, I), (n,)."""
+    return -0.5 * (x.square().sum(-1) + x.shape[-1] * math.log(2 * math.pi))
+
+
+def exact_divergence(out: Tensor, x: Tensor, create_graph: bool) -> Tensor:
+    """sum_i d out_i / d x_i per row, (n,), by d vector-Jacobian products."""
+    div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for i in range(x.shape[1]):
+        (grad,) = torch.autograd.grad(out[:, i].sum(), x, create_graph=create_graph, retain_graph=True)
+        div = div + grad[:, i]
+    return div
+
+
+def hutchinson_divergence(out: Tensor, x: Tensor, probes: Tensor, create_graph: bool) -> Tensor:
+    """mean_k v_k^T (d out / d x) v_k per row, (n,), for probes (k, n, d)."""
+    est = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for v in probes:
+        (vjp,) = torch.autograd.grad(out, x, v, create_graph=create_graph, retain_graph=True)
+        est = est + (vjp * v).sum(-1)
+    return est / probes.shape[0]
+
+
+def draw_probes(count: int, shape: torch.Size, kind: str, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """(count, *shape) Rademacher (+-1) or standard Gaussian probe vectors; seed 0 when no generator is given."""
+    gen = generator if generator is not None else torch.Generator(device=like.device).manual_seed(0)
+    if kind == "gaussian":
+        return torch.randn((count, *shape), generator=gen, dtype=like.dtype, device=like.device)
+    bits = torch.randint(0, 2, (count, *shape), generator=gen, device=like.device)
+    return (2 * bits - 1).to(like.dtype)
+
+
+def probability_flow(
+    score: ScoreFn,
+    x0: Tensor,
+    schedule: VPSchedule,
+    *,
+    context: Tensor | None = None,
+    divergence: str = "exact",
+    probes: int = 1,
+    probe: str = "rademacher",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    t_eps: float = 1e-5,
+    method: str = "dopri5",
+    generator: torch.Generator | None = None,
+    prior: PriorLogProb | None = None,
+) -> ProbabilityFlowResult:
+    """Solve the probability-flow ODE with its log-density integral from t_eps to 1; see the module docstring.
+
+    Args:
+        score: ``score(x (n, d), t (n,), context) -> (n, d)``, the score grad_x log p_t.
+        x0: points (n, d) whose log-density is wanted; context: (n, k) or None, passed to ``score``.
+        divergence: ``"exact"`` or ``"hutchinson"`` (``probes`` vectors of kind ``probe``, drawn with
+            ``generator``; seed 0 when it is None, so repeated calls agree).
+        rtol / atol / method: torchdiffeq's adaptive solver and its tolerances (state: x and the integral).
+        t_eps: the lower end; the result is the density of the model's x_{t_eps} (s_{t_eps} ~ 1e-3 for
+            the default linear schedule, negligible against data scales).
+        prior: log-density of x_1 given the context (default ``log N(0, I)``); the exact p_1 isolates the
+            solver error in tests.
+    """
+    check_score_inputs(score, x0, "x0", context, t_eps)
+    check_choice("divergence", divergence, DIVERGENCES)
+    check_positive_int("probes", probes)
+    check_choice("probe", probe, PROBES)
+    check_positive_float("rtol", rtol)
+    check_positive_float("atol", atol)
+    check_choice("method", method, ODE_METHODS)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise DTypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    keep_graph = torch.is_grad_enabled()
+    vectors = draw_probes(probes, x0.shape, probe, x0, generator) if divergence == "hutchinson" else None
+    nfe = 0
+
+    def rhs(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        nonlocal nfe
+        nfe += 1
+        x = state[0]
+        beta = schedule.beta(t).to(x)
+        with torch.enable_grad():
+            if not (keep_graph and x.requires_grad):
+                x = x.detach().requires_grad_(True)
+            s = _call(score, x, t, context)
+            div_s = (exact_divergence(s, x, keep_graph) if vectors is None
+                     else hutchinson_divergence(s, x, vectors, keep_graph))
+        dx = -0.5 * beta * (x + s)
+        ddelta = -0.5 * beta * (x.shape[1] + div_s)
+        if not keep_graph:
+            dx, ddelta = dx.detach(), ddelta.detach()
+        return dx, ddelta
+
+    ts = torch.tensor([t_eps, 1.0], dtype=x0.dtype, device=x0.device)
+    start = (x0, torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device))
+    xs, deltas = odeint(rhs, start, ts, rtol=rtol, atol=atol, method=method, options={"step_t": ts[1:]})
+    x1, delta = xs[-1], deltas[-1]
+    prior_lp = (prior or standard_normal_log_prob)(x1, context)
+    return ProbabilityFlowResult(prior_lp + delta, prior_lp, delta, x1, nfe)
+
+
+def probability_flow_log_prob(
+    score: ScoreFn,
+    x0: Tensor,
+    schedule: VPSchedule,
+    *,
+    context: Tensor | None = None,
+    divergence: str = "exact",
+    probes: int = 1,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    t_eps: float = 1e-5,
+    generator: torch.Generator | None = None,
+    **options: object,
+) -> Tensor:
+    """log p_hat(x0) (n,) in nats through the probability-flow ODE (:func:`probability_flow` for the NFE).
+
+    ``options``: ``probe``, ``method`` and ``prior`` of :func:`probability_flow`.
+
+    Example:
+        >>> lp = probability_flow_log_prob(score, torch.randn(100, 2), VPSchedule(), divergence="exact")
+    """
+    return probability_flow(score, x0, schedule, context=context, divergence=divergence, probes=probes, rtol=rtol,
+                            atol=atol, t_eps=t_eps, generator=generator, **options).log_prob  # type: ignore[arg-type]

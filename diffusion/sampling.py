@@ -1,0 +1,150 @@
+"""Samplers of the VP reverse process for ANY score function ``score(x (n, d), t (n,), context) -> (n, d)``.
+
+Learned scores (``DiffusionHead.score``), analytic scores (``theory.tasks``) and composed (guided) scores all
+go through the same two functions, k-diffusion style:
+
+- :func:`sample_sde`: the reverse SDE dx = [-1/2 beta x - beta s(x, t)] dt + sqrt(beta) dw (t running 1 -> t_eps)
+  on a uniform grid, by Euler-Maruyama or stochastic Heun.
+- :func:`sample_ode`: the probability-flow ODE dx/dt = -1/2 beta(t) [x + s(x, t)] with torchdiffeq's adaptive
+  solvers and explicit tolerances.
+
+Why Heun: the noise of the VP SDE is additive (g depends on t only), so the improved-Euler predictor-corrector
+with a shared Brownian increment is consistent, and it integrates the drift to second order where
+Euler-Maruyama is first order; at equal step counts its samples are markedly closer to the target law, for
+two score calls per step (1-D data N(1, 0.05) with its exact score, 50 steps: mean error 8e-4 against 7.4e-3,
+variance error 3.6% against 13%; ``tests/test_diffusion_sampling.py``). Both need a few hundred uniform steps:
+at 5-10 steps beta h reaches 2-4 near t = 1 and the explicit schemes lose stability.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torchdiffeq import odeint
+
+from shared_embed.errors import DTypeError, ShapeError
+from shared_embed.validation import check_choice, check_fraction, check_positive_float, check_positive_int, check_tensor
+
+from .schedule import VPSchedule
+
+ScoreFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+SDE_METHODS = ("euler_maruyama", "heun")
+#: torchdiffeq's adaptive solvers (the fixed-grid ones need a step size: use :func:`sample_sde` for those).
+ODE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+
+class CountedScore:
+    """Wraps a score function and counts its calls (the number of function evaluations, NFE).
+
+    Example:
+        >>> counted = CountedScore(score)
+        >>> x0 = sample_ode(counted, torch.randn(10, 2), VPSchedule())
+        >>> counted.calls   # e.g. 86
+    """
+
+    def __init__(self, score: ScoreFn) -> None:
+        self.score = score
+        self.calls = 0
+
+    def __call__(self, x: Tensor, t: Tensor, context: Tensor | None) -> Tensor:
+        self.calls += 1
+        return self.score(x, t, context)
+
+
+def check_score_inputs(score: object, x: Tensor, name: str, context: Tensor | None, t_eps: float) -> None:
+    """Shared argument checks: a callable score, x (n, d) finite floats, context None or (n, k), t_eps in (0, 1)."""
+    if not callable(score):
+        raise DTypeError(f"score must be callable as score(x, t, context), got {type(score).__name__}")
+    check_tensor(name, x, ndim=2, min_rows=1)
+    if context is not None:
+        check_tensor("context", context, ndim=2, rows=x.shape[0])
+    check_fraction("t_eps", t_eps)
+
+
+def _call(score: ScoreFn, x: Tensor, t: Tensor, context: Tensor | None) -> Tensor:
+    out = score(x, t.expand(x.shape[0]), context)
+    if not isinstance(out, Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ShapeError(f"score must return a tensor shaped like x {tuple(x.shape)}, got {got}")
+    return out
+
+
+def sample_sde(
+    score: ScoreFn,
+    x1: Tensor,
+    schedule: VPSchedule,
+    *,
+    context: Tensor | None = None,
+    steps: int = 500,
+    method: str = "euler_maruyama",
+    t_eps: float = 1e-3,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Integrate the reverse SDE from x1 (n, d) at t = 1 down to t_eps in ``steps`` uniform steps; (n, d).
+
+    Each step from t to t - h adds the exact noise variance int_{t-h}^t beta = 2 log(a_{t-h} / a_t), the last
+    one included: the result is a draw of x_{t_eps} (noise level s_{t_eps} = 0.01 at the default t_eps). Dropping
+    the last step's noise, as image samplers do, under-disperses by about int beta over one step, which is
+    not small against the variance of a narrow mode at coarse steps. Euler-Maruyama calls the score ``steps``
+    times, Heun ``2 steps`` times (predictor at t, corrector at t - h, same Brownian increment).
+
+    Example:
+        >>> x0 = sample_sde(score, torch.randn(1000, 2), VPSchedule(), steps=200, method="heun")
+    """
+    check_score_inputs(score, x1, "x1", context, t_eps)
+    check_positive_int("steps", steps)
+    check_choice("method", method, SDE_METHODS)
+    ts = torch.linspace(1.0, t_eps, steps + 1, dtype=x1.dtype, device=x1.device)
+    log_a = schedule.log_alpha(ts).to(x1)
+
+    def drift(x: Tensor, t: Tensor) -> Tensor:  # d x / d(-t) without the noise
+        beta = schedule.beta(t).to(x)
+        return 0.5 * beta * x + beta * _call(score, x, t, context)
+
+    x = x1
+    for i in range(steps):
+        t, t_next, h = ts[i], ts[i + 1], ts[i] - ts[i + 1]
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        noise = (2.0 * (log_a[i + 1] - log_a[i])).sqrt() * z
+        d0 = drift(x, t)
+        if method == "euler_maruyama":
+            x = x + h * d0 + noise
+        else:
+            pred = x + h * d0 + noise
+            x = x + 0.5 * h * (d0 + drift(pred, t_next)) + noise
+    return x
+
+
+def sample_ode(
+    score: ScoreFn,
+    x1: Tensor,
+    schedule: VPSchedule,
+    *,
+    context: Tensor | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "dopri5",
+    t_eps: float = 1e-3,
+) -> Tensor:
+    """Integrate the probability-flow ODE from x1 (n, d) at t = 1 down to t_eps with torchdiffeq; (n, d).
+
+    The map is deterministic: the law of the output is exactly the density that
+    :func:`diffusion.likelihood.probability_flow_log_prob` evaluates (up to the solver tolerances).
+    Wrap ``score`` in :class:`CountedScore` to read the NFE.
+
+    Example:
+        >>> x0 = sample_ode(score, torch.randn(1000, 2), VPSchedule(), rtol=1e-4, atol=1e-4)
+    """
+    check_score_inputs(score, x1, "x1", context, t_eps)
+    check_positive_float("rtol", rtol)
+    check_positive_float("atol", atol)
+    check_choice("method", method, ODE_METHODS)
+
+    def velocity(t: Tensor, x: Tensor) -> Tensor:
+        return -0.5 * schedule.beta(t).to(x) * (x + _call(score, x, t, context))
+
+    ts = torch.tensor([1.0, t_eps], dtype=x1.dtype, device=x1.device)
+    # step_t: the last step lands on t_eps instead of overshooting it (the schedule is undefined below t = 0)
+    return odeint(velocity, x1, ts, rtol=rtol, atol=atol, method=method, options={"step_t": ts[1:]})[-1]
