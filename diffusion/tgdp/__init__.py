@@ -1,0 +1,32 @@
+"""TGDP, transfer-guided diffusion (Ouyang et al. 2024; REFERENCE.md section 3), and its baselines.
+
+The target score is the frozen source score plus grad log h_t, h_t = q_t / p_t, learned from a domain
+classifier's density ratio:
+
+- :mod:`.classifier`: c(x[, t][, y]) by BCE, ``DensityRatio`` with the explicit class-prior factor;
+- :mod:`.guidance`: h_psi(x_t, t[, y]) > 0 and L_guide (regression onto w, not log w);
+- :mod:`.regularizers`: L_cycle (time-dependent classifier) and L_cons (DSM of the composed score);
+- :mod:`.compose`: ``GuidedScore`` (s_src + grad log h) and Domain Guidance as plain ScoreFns;
+- :mod:`.fit`: ``fit_tgdp`` through ``shared_embed.train.fit``; :mod:`.labels`: q(y) for conditional TGDP;
+- :mod:`.baselines`: target-only training and fine-tuning of a ``DiffusionHead``.
+
+Example:
+    >>> from diffusion.tgdp import TGDPConfig, fit_tgdp
+    >>> tgdp = fit_tgdp(source_head.score, source_x, target_x, config=TGDPConfig(eta_consistency=1.0))
+    >>> x0 = sample_ode(tgdp.score, torch.randn(1000, 2), VPSchedule())
+"""
+
+from .baselines import fine_tune, train_head
+from .classifier import DensityRatio, DomainClassifier, class_weights, fit_domain_classifier
+from .compose import DomainGuidanceScore, GuidedScore, domain_guidance_score, guidance_grad
+from .fit import TGDPConfig, TGDPFit, fit_tgdp
+from .guidance import DAMPING, POSITIVITY, FunctionGuidance, Guidance, GuidanceNetwork, SourcePosterior, guidance_loss
+from .labels import LabelMarginal
+from .regularizers import consistency_loss, cycle_loss
+
+__all__ = [
+    "DAMPING", "POSITIVITY", "DensityRatio", "DomainClassifier", "DomainGuidanceScore", "FunctionGuidance", "Guidance",
+    "GuidanceNetwork", "GuidedScore", "LabelMarginal", "SourcePosterior", "TGDPConfig", "TGDPFit", "class_weights",
+    "consistency_loss", "cycle_loss", "domain_guidance_score", "fine_tune", "fit_domain_classifier", "fit_tgdp",
+    "guidance_grad", "guidance_loss", "train_head",
+]

@@ -1,0 +1,166 @@
+"""Fit TGDP end to end with the one training loop: classifier -> ratios -> [cycle classifier] -> guidance.
+
+1. c(x[, y]) by BCE on source vs target (``fit_domain_classifier``); w(x_0) = ((1 - c) / c) * prior_factor at
+   every source sample, computed once.
+2. With ``eta_cycle > 0``: the time-dependent classifier c'(x_t, t[, y]) on noised source vs noised target.
+3. h_psi by ``shared_embed.train.fit`` on the loss (L_guide's target Rao-Blackwellised by default)
+   L_guide(source batch) + eta_cycle * L_cycle(target batch) + eta_consistency * L_cons(target batch);
+   the loop batches the source rows and the loss draws the target batch (all n_t rows when n_t <= target_batch).
+4. The target model is ``GuidedScore(source_score, h_psi)``, a plain ScoreFn.
+
+Conditional TGDP passes the labels as contexts (source_context, target_context (n, 1)): the classifier, the
+guidance and the source score then all read y, and grad_x log h_t(x, y) turns grad_x log p_t(x | y) into
+grad_x log q_t(x | y). The label marginal q(y) comes from :class:`~diffusion.tgdp.labels.LabelMarginal`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from shared_embed.errors import ShapeError
+from shared_embed.train import TrainConfig, TrainHistory, fit
+from shared_embed.validation import (
+    check_choice,
+    check_context,
+    check_fraction,
+    check_matrix,
+    check_positive_float,
+    check_positive_int,
+)
+
+from ..sampling import ScoreFn
+from ..schedule import VPSchedule
+from .classifier import DensityRatio, fit_domain_classifier
+from .compose import GuidedScore
+from .guidance import DAMPING, POSITIVITY, GuidanceNetwork, SourcePosterior, guidance_loss
+from .regularizers import consistency_loss, cycle_loss
+
+
+@dataclass
+class TGDPConfig:
+    """Settings of :func:`fit_tgdp`.
+
+    ``damping`` and ``rao_blackwell`` (the posterior-mean target of L_guide): see ``diffusion.tgdp.guidance``.
+    ``eta_cycle`` / ``eta_consistency`` weigh the regularisers (0 switches one off; the cycle classifier is
+    trained only when ``eta_cycle > 0``). ``balanced``: equal class weights in the classifiers (prior factor 1)
+    instead of pooled proportions (prior factor n_s / n_t).
+    """
+
+    classifier_hidden: Sequence[int] = (64, 64)
+    classifier_train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=2000, lr=1e-3, optimizer="adamw", weight_decay=1e-4, description="domain classifier"))
+    balanced: bool = False
+    guidance_hidden: Sequence[int] = (128, 128, 128)
+    positivity: str = "exp"
+    damping: str = "alpha"
+    rao_blackwell: bool = True
+    guidance_train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=4000, lr=1e-3, description="guidance"))
+    eta_cycle: float = 0.0
+    eta_consistency: float = 0.0
+    time_classifier_hidden: Sequence[int] = (64, 64)
+    time_classifier_train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=3000, lr=1e-3, optimizer="adamw", weight_decay=1e-4, description="time classifier"))
+    target_batch: int = 256
+    t_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        check_choice("positivity", self.positivity, POSITIVITY)
+        check_choice("damping", self.damping, DAMPING)
+        check_positive_float("eta_cycle", self.eta_cycle, allow_zero=True)
+        check_positive_float("eta_consistency", self.eta_consistency, allow_zero=True)
+        check_positive_int("target_batch", self.target_batch)
+        check_fraction("t_eps", self.t_eps)
+
+    @property
+    def regularized(self) -> bool:
+        return self.eta_cycle > 0 or self.eta_consistency > 0
+
+
+@dataclass
+class TGDPFit:
+    """A fitted TGDP model: ``score`` (the composed ScoreFn), its pieces and the loop's histories."""
+
+    score: GuidedScore
+    guidance: GuidanceNetwork
+    ratio: DensityRatio
+    time_ratio: DensityRatio | None
+    source_weights: Tensor
+    histories: dict[str, TrainHistory]
+
+
+def fit_tgdp(
+    source_score: ScoreFn,
+    source_x: Tensor,
+    target_x: Tensor,
+    *,
+    source_context: Tensor | None = None,
+    target_context: Tensor | None = None,
+    schedule: VPSchedule | None = None,
+    config: TGDPConfig | None = None,
+) -> TGDPFit:
+    """Fit the classifier(s) and the guidance; return the composed target score.
+
+    Args:
+        source_score: the frozen source model's score ``score(x, t, context)`` (conditional on y when contexts
+            are given).
+        source_x (n_s, d) / target_x (n_t, d): the two samples; source_context / target_context: (n, k) labels
+            for conditional TGDP, both or neither.
+        schedule: the forward process of the source model (default linear VP).
+
+    Raises:
+        ShapeError, DataError, DTypeError: bad samples or contexts (named in the message).
+    """
+    config = config or TGDPConfig()
+    schedule = schedule or VPSchedule()
+    source_x = check_matrix("source_x", source_x)
+    target_x = check_matrix("target_x", target_x, source_x.shape[1])
+    if (source_context is None) != (target_context is None):
+        raise ShapeError("give source_context and target_context together (both or neither)")
+    k = None if source_context is None else check_matrix("source_context", source_context).shape[1]
+    check_context("target_context", target_context, k, rows=target_x.shape[0])
+    histories: dict[str, TrainHistory] = {}
+
+    ratio, histories["classifier"] = fit_domain_classifier(
+        source_x, target_x, source_context=source_context, target_context=target_context,
+        hidden=config.classifier_hidden, balanced=config.balanced, target_batch=config.target_batch,
+        config=config.classifier_train)
+    with torch.no_grad():
+        w0 = ratio.ratio(source_x, None, source_context)
+
+    time_ratio = None
+    if config.eta_cycle > 0:
+        time_ratio, histories["time_classifier"] = fit_domain_classifier(
+            source_x, target_x, source_context=source_context, target_context=target_context,
+            hidden=config.time_classifier_hidden, time_dependent=True, schedule=schedule, balanced=config.balanced,
+            target_batch=config.target_batch, t_eps=config.t_eps, config=config.time_classifier_train)
+
+    guidance = GuidanceNetwork(source_x.shape[1], k, config.guidance_hidden, positivity=config.positivity,
+                               damping=config.damping, schedule=schedule).to(source_x)
+    posterior = SourcePosterior(source_x, w0, schedule, source_context) if config.rao_blackwell else None
+    n_t = target_x.shape[0]
+
+    def loss_fn(batch: Sequence[Tensor]) -> Tensor:
+        ctx = batch[0] if k is not None else None
+        x0, w = batch[-2], batch[-1]
+        loss = guidance_loss(guidance, schedule, x0, w, ctx, config.t_eps, posterior)
+        if not config.regularized:
+            return loss
+        idx = (torch.randint(0, n_t, (config.target_batch,), device=target_x.device)
+               if n_t > config.target_batch else slice(None))
+        xt, ct = target_x[idx], (None if target_context is None else target_context[idx])
+        if time_ratio is not None:
+            loss = loss + config.eta_cycle * cycle_loss(guidance, time_ratio.ratio, schedule, xt, ct, config.t_eps)
+        if config.eta_consistency > 0:
+            loss = loss + config.eta_consistency * consistency_loss(guidance, source_score, schedule, xt, ct,
+                                                                    config.t_eps)
+        return loss
+
+    data = (source_x, w0) if source_context is None else (source_context, source_x, w0)
+    histories["guidance"] = fit(guidance, loss_fn, data, config=config.guidance_train)
+    guidance.requires_grad_(False)
+    return TGDPFit(GuidedScore(source_score, guidance), guidance, ratio, time_ratio, w0, histories)

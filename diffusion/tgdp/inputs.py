@@ -1,0 +1,49 @@
+"""Argument checks and small helpers shared by the TGDP pieces: points, times, noise levels."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from shared_embed.errors import DataError, ShapeError
+from shared_embed.validation import check_fraction, check_tensor
+
+from ..schedule import VPSchedule
+
+
+def check_points(
+    x: Tensor, features: int, t: Tensor | float | None, *, required: bool, name_t: str = "t"
+) -> tuple[Tensor, Tensor | None]:
+    """Check x (n, features) and t (a number or (n,) in (0, 1]); return x and t as (n,) (or None).
+
+    Raises:
+        ShapeError: wrong shapes, or t missing where ``required`` (given where not).
+        DataError: non-finite values or t outside (0, 1].
+    """
+    check_tensor("x", x, ndim=2, last_dim=features, min_rows=1)
+    if t is None:
+        if required:
+            raise ShapeError(f"{name_t} is required: this network is time-dependent")
+        return x, None
+    if not required:
+        raise ShapeError(f"{name_t} must be None: this network does not read time")
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    if t.dim() == 0:
+        t = t.expand(x.shape[0])
+    check_tensor(name_t, t, ndim=1, rows=x.shape[0])
+    if bool(((t <= 0) | (t > 1)).any()):
+        raise DataError(f"{name_t} must lie in (0, 1], got values in [{float(t.min()):.3g}, {float(t.max()):.3g}]")
+    return x, t
+
+
+def noise_level(schedule: VPSchedule, t: Tensor) -> Tensor:
+    """log(s_t / a_t), (n,): the time input of every TGDP network (as in ``diffusion.network``)."""
+    log_a = schedule.log_alpha(t).to(t)
+    return 0.5 * torch.log(-torch.expm1(2.0 * log_a)) - log_a
+
+
+def stratified_times(n: int, t_eps: float, like: Tensor) -> Tensor:
+    """(n,) times U(t_eps, 1), one per stratum of length 1/n in random order (lower-variance batches)."""
+    check_fraction("t_eps", t_eps)
+    u = (torch.randperm(n, device=like.device).to(like.dtype) + torch.rand(n, dtype=like.dtype, device=like.device)) / n
+    return t_eps + (1.0 - t_eps) * u
