@@ -35,6 +35,9 @@ from .validation import check_choice, check_fraction, check_positive_int
 VARIANTS = ("transfer", "no_transfer", "fine_tune", "oracle")
 MIN_VAL_ROWS = 4
 HeadFactory = Callable[[int | None], Head]
+#: ``augment(x) -> x'``: a fresh random version of a training batch's outcomes x (n, d_x), in the model's
+#: original units (e.g. re-dequantised pixels); applied to training batches only, never to validation ones.
+Augment = Callable[[Tensor], Tensor]
 
 
 @dataclass
@@ -77,19 +80,24 @@ class FitResult:
         }
 
 
-def _model_loss(model: ConditionalModel) -> Callable[[Sequence[Tensor]], Tensor]:
+def _model_loss(model: ConditionalModel, augment: Augment | None = None) -> Callable[[Sequence[Tensor]], Tensor]:
     def loss(batch: Sequence[Tensor]) -> Tensor:
-        return model.loss(batch[-1], batch[0] if len(batch) == 2 else None)
+        x = batch[-1]
+        if augment is not None and model.training:  # the loop evaluates validation batches in eval mode
+            x = augment(x)
+        return model.loss(x, batch[0] if len(batch) == 2 else None)
 
     return loss
 
 
 def train_model(
-    model: ConditionalModel, data: PairedData, config: TrainConfig, val_fraction: float = 0.2
+    model: ConditionalModel, data: PairedData, config: TrainConfig, val_fraction: float = 0.2, *,
+    augment: Augment | None = None,
 ) -> TrainHistory:
     """Train every trainable parameter of ``model`` on ``data`` with the shared loop.
 
     Holds out ``val_fraction`` of the rows for early stopping when that leaves ``MIN_VAL_ROWS`` rows.
+    ``augment`` (optional) redraws each training batch's x (see :data:`Augment`).
     """
     if model.conditional != data.conditional:
         want = "paired (c, x)" if model.conditional else "unconditional (c=None)"
@@ -101,8 +109,8 @@ def train_model(
     n_val = int(round(len(data) * val_fraction))
     if val_fraction > 0 and n_val >= MIN_VAL_ROWS and len(data) - n_val >= 1:
         train, val = data.split(val_fraction, torch.Generator().manual_seed(config.seed))
-        return fit(model, _model_loss(model), train.tensors(), val.tensors(), config)
-    return fit(model, _model_loss(model), data.tensors(), None, config)
+        return fit(model, _model_loss(model, augment), train.tensors(), val.tensors(), config)
+    return fit(model, _model_loss(model, augment), data.tensors(), None, config)
 
 
 def new_encoder(d_c: int, config: TransferConfig) -> Encoder:
@@ -110,7 +118,8 @@ def new_encoder(d_c: int, config: TransferConfig) -> Encoder:
 
 
 def fit_source(
-    encoder: Encoder, head: Head, source: PairedData, config: TrainConfig | None = None, *, val_fraction: float = 0.2
+    encoder: Encoder, head: Head, source: PairedData, config: TrainConfig | None = None, *, val_fraction: float = 0.2,
+    augment: Augment | None = None,
 ) -> ConditionalModel:
     """Train ``encoder`` and a source ``head`` jointly on the source pairs; return the (unfrozen) model.
 
@@ -120,7 +129,8 @@ def fit_source(
         raise DataError("source must hold conditions c: the shared embedding is a function of c")
     model = ConditionalModel(head, encoder, Standardizer.fit(source.x), Standardizer.fit(source.c))
     model.to(source.x.device)
-    model.history = train_model(model, source, config or TrainConfig(description="source"), val_fraction)
+    model.history = train_model(model, source, config or TrainConfig(description="source"), val_fraction,
+                                augment=augment)
     return model
 
 
@@ -132,6 +142,7 @@ def fit_target_head(
     *,
     c_scaler: Standardizer | None = None,
     val_fraction: float = 0.2,
+    augment: Augment | None = None,
 ) -> ConditionalModel:
     """Freeze ``embedding`` and train only a new target ``head`` on the target pairs.
 
@@ -146,7 +157,8 @@ def fit_target_head(
         h = embedding(target.c if c_scaler is None else c_scaler(target.c))
     model = ConditionalModel(head, embedding, Standardizer.fit(target.x), c_scaler, Standardizer.fit(h))
     model.to(target.x.device)
-    model.history = train_model(model, target, config or TrainConfig(description="target"), val_fraction)
+    model.history = train_model(model, target, config or TrainConfig(description="target"), val_fraction,
+                                augment=augment)
     return model
 
 
@@ -159,6 +171,7 @@ def fit_variants(
     *,
     oracle_embedding: nn.Module | None = None,
     source_model: ConditionalModel | None = None,
+    augment: Augment | None = None,
 ) -> dict[str, FitResult]:
     """Fit the requested variants on one (source, target) pair of data sets.
 
@@ -167,6 +180,7 @@ def fit_variants(
         source / target: paired data with the same d_c and d_x.
         variants: any of ``VARIANTS``; ``oracle`` needs ``oracle_embedding`` (the task's true h*).
         source_model: reuse an already fitted source model (e.g. shared across n_t in a sweep).
+        augment: optional redraw of each training batch's x, every phase (see :data:`Augment`).
 
     Returns:
         variant name -> :class:`FitResult`, plus ``"source"`` when a source model was fitted here.
@@ -189,7 +203,7 @@ def fit_variants(
             start = time.perf_counter()
             source_model = fit_source(
                 new_encoder(source.d_c, config), head_factory(config.embed_dim).to(device), source,
-                config.source_train, val_fraction=vf,
+                config.source_train, val_fraction=vf, augment=augment,
             )
             results["source"] = FitResult("source", source_model, {"source": source_model.history},
                                           time.perf_counter() - start)
@@ -201,21 +215,22 @@ def fit_variants(
             src = needs_source()
             encoder = copy.deepcopy(src.encoder).freeze()
             model = fit_target_head(encoder, head_factory(config.embed_dim).to(device), target,
-                                    config.target_train, c_scaler=copy.deepcopy(src.c_scaler), val_fraction=vf)
+                                    config.target_train, c_scaler=copy.deepcopy(src.c_scaler), val_fraction=vf,
+                                    augment=augment)
         elif variant == "no_transfer":
             model = fit_source(new_encoder(target.d_c, config), head_factory(config.embed_dim).to(device),
-                               target, config.target_train, val_fraction=vf)
+                               target, config.target_train, val_fraction=vf, augment=augment)
         elif variant == "fine_tune":
             model = copy.deepcopy(needs_source())
             model.encoder.unfreeze()
-            model.history = train_model(model, target, config.target_train, vf)
+            model.history = train_model(model, target, config.target_train, vf, augment=augment)
         else:
             if oracle_embedding is None:
                 raise ConfigError("variant 'oracle' needs oracle_embedding (the task's true h*)")
             d_h = oracle_embedding.out_features
             embedding = FixedEmbedding(oracle_embedding, target.d_c, d_h).to(device)
             model = fit_target_head(embedding, head_factory(d_h).to(device), target, config.target_train,
-                                    val_fraction=vf)
+                                    val_fraction=vf, augment=augment)
         if isinstance(model.encoder, Encoder):
             model.encoder.freeze()  # every fitted model is evaluated as a fixed density
         results[variant] = FitResult(variant, model, {"target": model.history}, time.perf_counter() - start)
