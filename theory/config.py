@@ -1,0 +1,498 @@
+"""Experiment configs: a TOML file parsed into validated dataclasses, every key overridable from the command line.
+
+A config has these tables (all optional except ``grid``; see ``configs/default.toml`` for a commented one):
+
+    [experiment]  name, description
+    [task]        name (theory.tasks.TASKS, conditional tasks) and its keyword arguments (d_c, d_h, d_x, ...)
+    [grid]        n_s, n_t, seeds (lists of ints), heads (names of [heads.*] tables), variants
+    [heads.NAME]  kind ("flow" | "diffusion" | "gaussian"), options = {head constructor kwargs},
+                  n_eval / floor_n / bound_n (per-head overrides), [heads.NAME.train.source|target|floor]
+    [encoder]     embed_dim, hidden, activation, val_fraction
+    [train.source], [train.target], [train.floor]   shared_embed.train.TrainConfig fields
+    [evaluation]  n_eval, floor_n (0: no embedding floor), bound_n, sample_n, sample_contexts
+    [theory]      beta, rate ("generic" or "package.module:function"), z, bootstrap, confidence
+    [run]         workers, threads, device
+
+Unknown keys raise :class:`~shared_embed.errors.ConfigError` naming the key and the valid ones. Overrides
+``key.sub=value`` (``--set`` on the command line) take TOML values (``grid.n_t=[50,100]``,
+``train.target.lr=3e-4``); a value that is not valid TOML is taken as a string (``heads.flow.options.backend=nflows``).
+
+Example:
+    >>> cfg = load_config("configs/default.toml", ["grid.seeds=[0]", "run.workers=1"])
+    >>> cfg.grid.seeds
+    [0]
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from shared_embed.errors import ConfigError
+from shared_embed.train import TrainConfig
+from shared_embed.transfer import VARIANTS
+from shared_embed.validation import check_choice, check_positive_float
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    try:
+        import tomli as tomllib  # type: ignore[no-redef]
+    except ModuleNotFoundError as err:
+        raise ImportError("reading TOML configs on Python 3.10 needs the 'tomli' package: pip install tomli") from err
+
+HEAD_KINDS = ("flow", "diffusion", "gaussian")
+CONDITIONAL_TASKS = ("conditional_gaussian", "conditional_mixture")
+PHASES = ("source", "target", "floor")
+HEAD_KEYS = ("kind", "options", "train", "n_eval", "floor_n", "bound_n")
+#: TrainConfig fields the sweep owns (seeded per cell, no progress bars, no checkpoints).
+SWEEP_OWNED_TRAIN = ("seed", "progress", "description", "checkpoint_path", "checkpoint_every", "resume")
+TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in SWEEP_OWNED_TRAIN)
+#: Default training of each phase, the flow settings of theory.flow_experiment (early stopping throughout).
+DEFAULT_TRAIN: dict[str, dict[str, Any]] = {
+    "source": {"steps": 5000, "batch_size": 256, "lr": 1e-3, "eval_every": 100, "patience": 10},
+    "target": {"steps": 2000, "batch_size": 256, "lr": 1e-3, "eval_every": 20, "patience": 15},
+    "floor": {"steps": 3000, "batch_size": 512, "lr": 1e-3, "eval_every": 100, "patience": 10},
+}
+DEFAULT_HEAD_OPTIONS: dict[str, dict[str, Any]] = {
+    "flow": {"backend": "zuko", "transform": "nsf", "transforms": 2, "hidden": [32, 32], "bins": 6},
+    "diffusion": {},
+    "gaussian": {"hidden": [64, 64]},
+}
+
+
+# -- small typed readers -------------------------------------------------------------------------
+def _where(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _check_keys(table: dict[str, Any], valid: tuple[str, ...] | list[str], where: str) -> None:
+    for key in table:
+        if key not in valid:
+            raise ConfigError(f"unknown key {_where(where, key)!r}; valid keys of [{where or 'top level'}]: "
+                              f"{', '.join(sorted(valid))}")
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where!r} must be a table, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _int(value: Any, where: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where!r} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{where!r} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where!r} must be a number, got {value!r}")
+    return float(value)
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where!r} must be a string, got {value!r}")
+    return value
+
+
+def _int_list(value: Any, where: str, minimum: int = 1) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where!r} must be a non-empty list of integers, got {value!r}")
+    out = [_int(v, f"{where}[{i}]", minimum) for i, v in enumerate(value)]
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{where!r} has repeated values: {out}")
+    return sorted(out)
+
+
+def _str_list(value: Any, where: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where!r} must be a non-empty list of strings, got {value!r}")
+    out = [_str(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{where!r} has repeated values: {out}")
+    return out
+
+
+def _train_overrides(value: Any, where: str) -> dict[str, Any]:
+    table = dict(_table(value, where))
+    _check_keys(table, TRAIN_KEYS, where)
+    try:
+        TrainConfig(**table)
+    except (ConfigError, ValueError, TypeError) as err:
+        raise ConfigError(f"[{where}]: {err}") from err
+    return table
+
+
+# -- the sections --------------------------------------------------------------------------------
+@dataclass
+class TaskSpec:
+    """A conditional ground-truth task of ``theory.tasks``: its name and constructor keyword arguments."""
+
+    name: str = "conditional_gaussian"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, table: dict[str, Any]) -> TaskSpec:
+        from .tasks import TASKS
+
+        table = dict(table)
+        name = check_choice("task.name", table.pop("name", "conditional_gaussian"), CONDITIONAL_TASKS)
+        valid = [p for p in inspect.signature(TASKS[name]).parameters]
+        _check_keys(table, valid + ["name"], "task")
+        return cls(name, table)
+
+    def build(self) -> Any:
+        from .tasks import make_task
+
+        try:
+            return make_task(self.name, **self.options)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"[task] {self.name}: {err}") from err
+
+
+@dataclass
+class GridSpec:
+    """The sweep's axes; cells are (head, n_s, n_t, seed, variant)."""
+
+    n_s: list[int]
+    n_t: list[int]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    heads: list[str] = field(default_factory=lambda: ["flow"])
+    variants: list[str] = field(default_factory=lambda: ["transfer", "no_transfer"])
+
+    @classmethod
+    def parse(cls, table: dict[str, Any]) -> GridSpec:
+        _check_keys(table, [f.name for f in fields(cls)], "grid")
+        for key in ("n_s", "n_t"):
+            if key not in table:
+                raise ConfigError(f"[grid] needs {key!r} (a list of sample sizes)")
+        variants = _str_list(table.get("variants", ["transfer", "no_transfer"]), "grid.variants")
+        for i, v in enumerate(variants):
+            check_choice(f"grid.variants[{i}]", v, VARIANTS)
+        return cls(
+            n_s=_int_list(table["n_s"], "grid.n_s"),
+            n_t=_int_list(table["n_t"], "grid.n_t", minimum=2),
+            seeds=_int_list(table.get("seeds", [0]), "grid.seeds", minimum=0),
+            heads=_str_list(table.get("heads", ["flow"]), "grid.heads"),
+            variants=[v for v in VARIANTS if v in variants],
+        )
+
+
+@dataclass
+class HeadSpec:
+    """One head of the grid: its registered ``kind``, constructor ``options`` (features and context_features
+    are filled in by the sweep), per-phase training overrides and per-head evaluation overrides."""
+
+    name: str
+    kind: str
+    options: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, dict[str, Any]] = field(default_factory=dict)
+    n_eval: int | None = None
+    floor_n: int | None = None
+    bound_n: int | None = None
+
+    @classmethod
+    def parse(cls, name: str, table: dict[str, Any]) -> HeadSpec:
+        where = f"heads.{name}"
+        _check_keys(table, HEAD_KEYS, where)
+        kind = table.get("kind", name if name in HEAD_KINDS else None)
+        if kind is None:
+            raise ConfigError(f"[{where}] needs 'kind' (one of {', '.join(HEAD_KINDS)})")
+        kind = check_choice(f"{where}.kind", kind, HEAD_KINDS)
+        options = {**DEFAULT_HEAD_OPTIONS[kind], **_table(table.get("options", {}), f"{where}.options")}
+        for key in ("features", "context_features"):
+            if key in options:
+                raise ConfigError(f"{where}.options.{key} is set by the sweep (d_x and the embedding size)")
+        train = _table(table.get("train", {}), f"{where}.train")
+        _check_keys(train, PHASES, f"{where}.train")
+        spec = cls(
+            name=name, kind=kind, options=options,
+            train={p: _train_overrides(t, f"{where}.train.{p}") for p, t in train.items()},
+            n_eval=None if "n_eval" not in table else _int(table["n_eval"], f"{where}.n_eval", 2),
+            floor_n=None if "floor_n" not in table else _int(table["floor_n"], f"{where}.floor_n", 0),
+            bound_n=None if "bound_n" not in table else _int(table["bound_n"], f"{where}.bound_n", 0),
+        )
+        spec.check_options()
+        return spec
+
+    def head_class(self) -> type:
+        """The registered Head class of ``kind`` (imports the package that registers it)."""
+        from shared_embed.head import HEADS
+
+        if self.kind == "flow":
+            import flows  # noqa: F401  (registers "flow")
+        elif self.kind == "diffusion":
+            try:
+                import diffusion.head  # noqa: F401  (registers "diffusion")
+            except ImportError as err:
+                raise ConfigError(f"head kind 'diffusion' is not available: {err}") from err
+        if self.kind not in HEADS:
+            raise ConfigError(f"head kind {self.kind!r} is not registered; registered: {sorted(HEADS)}")
+        return HEADS[self.kind]
+
+    def check_options(self) -> None:
+        """Every option must be a keyword of the head's constructor."""
+        params = inspect.signature(self.head_class().__init__).parameters
+        valid = [p for p in params if p not in ("self", "features", "context_features")]
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            _check_keys(self.options, valid, f"heads.{self.name}.options")
+
+
+@dataclass
+class EncoderSpec:
+    """The shared encoder h: R^{d_c} -> R^{embed_dim} and the validation fraction of every fit."""
+
+    embed_dim: int = 2
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "silu"
+    val_fraction: float = 0.2
+
+    @classmethod
+    def parse(cls, table: dict[str, Any]) -> EncoderSpec:
+        _check_keys(table, [f.name for f in fields(cls)], "encoder")
+        out = cls(
+            embed_dim=_int(table.get("embed_dim", 2), "encoder.embed_dim"),
+            hidden=[_int(h, f"encoder.hidden[{i}]") for i, h in enumerate(table.get("hidden", [64, 64]))],
+            activation=_str(table.get("activation", "silu"), "encoder.activation"),
+            val_fraction=_float(table.get("val_fraction", 0.2), "encoder.val_fraction"),
+        )
+        if not 0.0 <= out.val_fraction <= 0.9:
+            raise ConfigError(f"'encoder.val_fraction' must be in [0, 0.9], got {out.val_fraction}")
+        return out
+
+
+@dataclass
+class EvaluationSpec:
+    """Monte Carlo sizes: KL evaluation pairs, the floor head's training pairs (0: no floor), the Girsanov
+    bound's pairs (diffusion heads; 0: none), and the samples drawn per context for the plots."""
+
+    n_eval: int = 20_000
+    floor_n: int = 20_000
+    bound_n: int = 2_000
+    sample_n: int = 300
+    sample_contexts: int = 3
+
+    @classmethod
+    def parse(cls, table: dict[str, Any]) -> EvaluationSpec:
+        _check_keys(table, [f.name for f in fields(cls)], "evaluation")
+        d = cls()
+        return cls(
+            n_eval=_int(table.get("n_eval", d.n_eval), "evaluation.n_eval", 2),
+            floor_n=_int(table.get("floor_n", d.floor_n), "evaluation.floor_n", 0),
+            bound_n=_int(table.get("bound_n", d.bound_n), "evaluation.bound_n", 0),
+            sample_n=_int(table.get("sample_n", d.sample_n), "evaluation.sample_n", 0),
+            sample_contexts=_int(table.get("sample_contexts", d.sample_contexts), "evaluation.sample_contexts"),
+        )
+
+
+@dataclass
+class TheorySpec:
+    """Predictions and checks: smoothness ``beta``, the rate function, the z of 'beyond the standard error',
+    bootstrap resamples and the confidence level of the exponent intervals."""
+
+    beta: float = 2.0
+    rate: str = "generic"
+    z: float = 2.0
+    bootstrap: int = 2000
+    confidence: float = 0.95
+
+    @classmethod
+    def parse(cls, table: dict[str, Any]) -> TheorySpec:
+        _check_keys(table, [f.name for f in fields(cls)], "theory")
+        d = cls()
+        out = cls(
+            beta=check_positive_float("theory.beta", _float(table.get("beta", d.beta), "theory.beta")),
+            rate=_str(table.get("rate", d.rate), "theory.rate"),
+            z=check_positive_float("theory.z", _float(table.get("z", d.z), "theory.z")),
+            bootstrap=_int(table.get("bootstrap", d.bootstrap), "theory.bootstrap", 10),
+            confidence=_float(table.get("confidence", d.confidence), "theory.confidence"),
+        )
+        if not 0.5 <= out.confidence < 1.0:
+            raise ConfigError(f"'theory.confidence' must be in [0.5, 1), got {out.confidence}")
+        from .rates import resolve_rate
+
+        resolve_rate(out.rate)
+        return out
+
+
+@dataclass
+class RunSpec:
+    """Worker processes, torch threads per process, device."""
+
+    workers: int = 1
+    threads: int = 1
+    device: str = "cpu"
+
+    @classmethod
+    def parse(cls, table: dict[str, Any]) -> RunSpec:
+        _check_keys(table, [f.name for f in fields(cls)], "run")
+        from shared_embed.device import resolve_device
+
+        out = cls(
+            workers=_int(table.get("workers", 1), "run.workers"),
+            threads=_int(table.get("threads", 1), "run.threads"),
+            device=_str(table.get("device", "cpu"), "run.device"),
+        )
+        resolve_device(out.device)
+        return out
+
+
+SECTIONS = ("experiment", "task", "grid", "heads", "encoder", "train", "evaluation", "theory", "run")
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment; :meth:`from_dict` validates, :meth:`to_dict` gives the JSON stored with a run."""
+
+    grid: GridSpec
+    name: str = "experiment"
+    description: str = ""
+    task: TaskSpec = field(default_factory=TaskSpec)
+    heads: dict[str, HeadSpec] = field(default_factory=dict)
+    encoder: EncoderSpec = field(default_factory=EncoderSpec)
+    train: dict[str, dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_TRAIN))
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+    theory: TheorySpec = field(default_factory=TheorySpec)
+    run: RunSpec = field(default_factory=RunSpec)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ExperimentConfig:
+        """Validate a raw (TOML-shaped) dict; raises ConfigError naming the first bad key."""
+        raw = _table(raw, "config")
+        _check_keys(raw, SECTIONS, "")
+        if "grid" not in raw:
+            raise ConfigError("the config needs a [grid] table with n_s and n_t")
+        exp = _table(raw.get("experiment", {}), "experiment")
+        _check_keys(exp, ["name", "description"], "experiment")
+        grid = GridSpec.parse(_table(raw["grid"], "grid"))
+        heads_raw = _table(raw.get("heads", {}), "heads")
+        for name, t in heads_raw.items():  # heads outside the grid: structure only (their package may be absent)
+            _check_keys(_table(t, f"heads.{name}"), HEAD_KEYS, f"heads.{name}")
+        heads = {}
+        for i, name in enumerate(grid.heads):
+            if name not in heads_raw and name not in HEAD_KINDS:
+                raise ConfigError(f"grid.heads[{i}] = {name!r} has no [heads.{name}] table and is not a head "
+                                  f"kind ({', '.join(HEAD_KINDS)}); defined heads: {sorted(heads_raw)}")
+            heads[name] = HeadSpec.parse(name, heads_raw.get(name, {}))
+        train_raw = _table(raw.get("train", {}), "train")
+        _check_keys(train_raw, PHASES, "train")
+        train = {p: {**DEFAULT_TRAIN[p], **_train_overrides(train_raw.get(p, {}), f"train.{p}")} for p in PHASES}
+        return cls(
+            grid=grid,
+            name=_str(exp.get("name", "experiment"), "experiment.name"),
+            description=_str(exp.get("description", ""), "experiment.description"),
+            task=TaskSpec.parse(_table(raw.get("task", {}), "task")),
+            heads=heads,
+            encoder=EncoderSpec.parse(_table(raw.get("encoder", {}), "encoder")),
+            train=train,
+            evaluation=EvaluationSpec.parse(_table(raw.get("evaluation", {}), "evaluation")),
+            theory=TheorySpec.parse(_table(raw.get("theory", {}), "theory")),
+            run=RunSpec.parse(_table(raw.get("run", {}), "run")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as a TOML-shaped dict (``from_dict(to_dict())`` round-trips)."""
+        heads = {}
+        for name, h in self.heads.items():
+            t: dict[str, Any] = {"kind": h.kind, "options": h.options, "train": h.train}
+            for key in ("n_eval", "floor_n", "bound_n"):
+                if getattr(h, key) is not None:
+                    t[key] = getattr(h, key)
+            heads[name] = t
+        return json.loads(json.dumps({
+            "experiment": {"name": self.name, "description": self.description},
+            "task": {"name": self.task.name, **self.task.options},
+            "grid": asdict(self.grid), "heads": heads, "encoder": asdict(self.encoder), "train": self.train,
+            "evaluation": asdict(self.evaluation), "theory": asdict(self.theory), "run": asdict(self.run),
+        }))
+
+    # -- what a cell of a head depends on ---------------------------------------------------------
+    def train_config(self, head: str, phase: str, seed: int) -> TrainConfig:
+        """The TrainConfig of ``phase`` (source/target/floor) for ``head``: global settings, head overrides,
+        the given seed, no progress bar."""
+        check_choice("phase", phase, PHASES)
+        settings = {**self.train[phase], **self.heads[head].train.get(phase, {})}
+        return TrainConfig(**settings, seed=seed, progress=False, description=f"{head}/{phase}")
+
+    def eval_setting(self, head: str, key: str) -> int:
+        """``n_eval``, ``floor_n`` or ``bound_n`` for ``head`` (its override, else [evaluation])."""
+        value = getattr(self.heads[head], key)
+        return getattr(self.evaluation, key) if value is None else value
+
+    def settings(self, head: str) -> dict[str, Any]:
+        """Everything a cell of ``head`` depends on besides its grid coordinates (stored in each record)."""
+        h = self.heads[head]
+        return json.loads(json.dumps({
+            "task": {"name": self.task.name, **self.task.options},
+            "head": {"kind": h.kind, "options": h.options},
+            "encoder": asdict(self.encoder),
+            "train": {p: {**self.train[p], **h.train.get(p, {})} for p in PHASES},
+            "evaluation": {k: self.eval_setting(head, k) for k in ("n_eval", "floor_n", "bound_n")}
+                          | {"sample_n": self.evaluation.sample_n,
+                             "sample_contexts": self.evaluation.sample_contexts},
+            "device": self.run.device,
+        }))
+
+    def settings_hash(self, head: str) -> str:
+        """A short digest of :meth:`settings`: cells with another digest came from other settings."""
+        blob = json.dumps(self.settings(head), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# -- loading and overrides -----------------------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """A TOML value (``3``, ``1e-3``, ``[50, 100]``, ``"a"``, ``true``); anything else is a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> dict[str, Any]:
+    """Set ``a.b.c=value`` in the raw config dict (creating tables as needed); returns ``raw``."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like key.sub=value")
+    key, _, text = assignment.partition("=")
+    parts = [p.strip() for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"override {assignment!r} has an empty key part")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {assignment!r}: {'.'.join(parts[:i + 1])!r} is a value, not a table")
+        node = nxt
+    node[parts[-1]] = parse_value(text.strip())
+    return raw
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The raw dict of a TOML file; ConfigError for a missing file or a syntax error (with its position)."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file {os.fspath(path)!r} does not exist") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {os.fspath(path)!r} is not valid TOML: {err}") from err
+
+
+def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Read a TOML config, apply ``key=value`` overrides in order, validate."""
+    raw = read_toml(path)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return ExperimentConfig.from_dict(raw)

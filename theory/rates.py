@@ -1,0 +1,126 @@
+"""Predicted KL decay exponents: the rate template of REFERENCE.md section 1 as code.
+
+These are GENERIC NONPARAMETRIC RATES for beta-smooth conditional densities, with log factors dropped. They
+are a template in the spirit of the transfer theory (Tian & Shen 2024; Cheng et al. 2025), NOT the papers'
+exact theorem statements, which were not available. For the KL of a d-dimensional beta-smooth density
+estimated from n samples the template is ``E KL <~ n^(-2 beta / (2 beta + d))``:
+
+    no transfer:  E KL <~ n_t^(-2b / (2b + d_c + d_x))
+    transfer:     E KL <~ n_t^(-2b / (2b + d_h + d_x)) + floor(n_s),  floor(n_s) <~ n_s^(-2b / (2b + d_c + d_x))
+    oracle:       E KL <~ n_t^(-2b / (2b + d_h + d_x))        (transfer with the true embedding: no floor)
+
+with b = beta for diffusion (and other score or density heads) and b = beta - 1 for flows, whose density
+comes through a Jacobian. Fine-tuning has no prediction in the template (None).
+
+They are upper bounds with unknown constants, so a measured curve that decays FASTER than predicted is
+consistent with them: the checks ask that the measured exponent be at least the predicted one.
+
+A user can supply their own rate function with the signature of :data:`RateFunction`, either directly
+(``predicted_rates(..., rate=my_fn)``) or from a config as ``"package.module:function"``.
+
+Example:
+    >>> r = generic_rates(d_c=16, d_h=2, d_x=2, beta=2.0, head="flow")
+    >>> round(r.transfer, 4), round(r.no_transfer, 4), round(r.floor, 4)
+    (0.3333, 0.1, 0.1)
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from shared_embed.errors import ConfigError
+from shared_embed.validation import check_positive_float, check_positive_int
+
+#: Head kinds whose density comes through a Jacobian: effective smoothness beta - 1.
+JACOBIAN_HEADS = ("flow",)
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Predicted exponents r in ``E KL <~ C n^(-r)``: in n_t per variant (transfer: above its floor) and
+    in n_s for the transfer floor. ``None``: the template makes no prediction. ``label`` names the source."""
+
+    transfer: float
+    no_transfer: float
+    floor: float
+    oracle: float | None = None
+    fine_tune: float | None = None
+    label: str = "generic nonparametric rate (log factors dropped)"
+
+    def for_variant(self, variant: str) -> float | None:
+        """The exponent in n_t of ``variant`` (transfer, no_transfer, fine_tune, oracle), or None."""
+        if variant not in ("transfer", "no_transfer", "fine_tune", "oracle"):
+            raise ConfigError(f"unknown variant {variant!r}; valid: transfer, no_transfer, fine_tune, oracle")
+        return getattr(self, variant)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: ``rate(d_c=, d_h=, d_x=, beta=, head=) -> Rates``: what a user-supplied rate function must look like.
+RateFunction = Callable[..., Rates]
+
+
+def nonparametric_exponent(beta: float, dim: int) -> float:
+    """``2 beta / (2 beta + dim)``: the KL exponent of a beta-smooth density in ``dim`` dimensions."""
+    check_positive_float("beta", beta)
+    check_positive_int("dim", dim)
+    return 2.0 * beta / (2.0 * beta + dim)
+
+
+def effective_smoothness(beta: float, head: str) -> float:
+    """beta for diffusion/Gaussian heads, beta - 1 for flows (density through a Jacobian); must stay > 0."""
+    check_positive_float("beta", beta)
+    eff = beta - 1.0 if head in JACOBIAN_HEADS else beta
+    if eff <= 0:
+        raise ConfigError(
+            f"beta={beta} leaves a {head!r} head an effective smoothness beta - 1 = {eff:g} <= 0; use beta > 1"
+        )
+    return eff
+
+
+def generic_rates(d_c: int, d_h: int, d_x: int, beta: float, head: str = "flow") -> Rates:
+    """The template's exponents for a task of dimensions (d_c, d_h, d_x) and smoothness ``beta``."""
+    for name, v in (("d_c", d_c), ("d_h", d_h), ("d_x", d_x)):
+        check_positive_int(name, v)
+    b = effective_smoothness(beta, head)
+    low = nonparametric_exponent(b, d_h + d_x)
+    high = nonparametric_exponent(b, d_c + d_x)
+    return Rates(transfer=low, no_transfer=high, floor=high, oracle=low, fine_tune=None,
+                 label=f"generic nonparametric rate, effective smoothness {b:g} (log factors dropped)")
+
+
+RATE_FUNCTIONS: dict[str, RateFunction] = {"generic": generic_rates}
+
+
+def resolve_rate(rate: str | RateFunction) -> RateFunction:
+    """A rate function from a callable, a registered name (``"generic"``) or ``"package.module:function"``."""
+    if callable(rate):
+        return rate
+    if not isinstance(rate, str):
+        raise ConfigError(f"rate must be a name, 'module:function' or a callable, got {type(rate).__name__}")
+    if rate in RATE_FUNCTIONS:
+        return RATE_FUNCTIONS[rate]
+    if ":" not in rate:
+        raise ConfigError(f"unknown rate {rate!r}; valid: {sorted(RATE_FUNCTIONS)} or 'package.module:function'")
+    module_name, _, attr = rate.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"rate {rate!r} cannot be imported: {err}") from err
+    if not callable(fn):
+        raise ConfigError(f"rate {rate!r} is not callable")
+    return fn
+
+
+def predicted_rates(
+    d_c: int, d_h: int, d_x: int, beta: float, head: str = "flow", rate: str | RateFunction = "generic"
+) -> Rates:
+    """Call the rate function ``rate`` (see :func:`resolve_rate`) and check that it returned :class:`Rates`."""
+    out = resolve_rate(rate)(d_c=d_c, d_h=d_h, d_x=d_x, beta=beta, head=head)
+    if not isinstance(out, Rates):
+        raise ConfigError(f"rate function {rate!r} must return theory.rates.Rates, got {type(out).__name__}")
+    return out

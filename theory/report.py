@@ -1,0 +1,205 @@
+"""The Markdown report of a sweep folder: setup, predictions, KL tables, the checks table and the PNG plots.
+
+:func:`build_report` reads only what the sweep left on disk (config.json, the cell records, group files and
+samples), so ``gentransfer report DIR`` rebuilds it at any time, e.g. while a sweep is still running.
+Writes ``DIR/report.md``, ``DIR/checks.json``, ``DIR/results.csv`` and ``DIR/plots/*.png``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared_embed.checkpoint import atomic_write_text
+from shared_embed.errors import ConfigError, DataError
+from shared_embed.transfer import VARIANTS
+
+from .checks import CheckResult, fit_exponent, format_checks, ok_records, run_checks, series
+from .config import ExperimentConfig
+from .plots import plot_floor, plot_kl_curves, plot_samples
+from .rates import Rates, effective_smoothness, predicted_rates
+from .sweep import collect_records, read_json, write_csv
+from .transfer_experiment import format_split_table, format_table, sample_efficiency_ratio
+
+Record = dict[str, Any]
+
+
+@dataclass
+class Report:
+    """A built report: its path, the checks, the per-(head, n_s) KL tables and the plot paths."""
+
+    path: Path
+    checks: list[CheckResult]
+    tables: dict[str, str]
+    plots: list[Path]
+
+
+def load_run_config(out_dir: str | os.PathLike[str]) -> ExperimentConfig:
+    """The resolved config a sweep stored in ``out_dir/config.json``."""
+    raw = read_json(Path(out_dir) / "config.json")
+    if raw is None:
+        raise ConfigError(f"{os.fspath(out_dir)!r} holds no config.json: is it a folder written by 'gentransfer run'?")
+    return ExperimentConfig.from_dict(raw)
+
+
+def head_kinds(config: ExperimentConfig, records: list[Record]) -> dict[str, str]:
+    """Head name -> kind, for every head of the records (a folder may hold earlier runs' heads) and the config."""
+    kinds = {r["head"]: r.get("head_kind", r["head"]) for r in records}
+    kinds.update({name: h.kind for name, h in config.heads.items()})
+    return kinds
+
+
+def predictions(config: ExperimentConfig, task: Any, kinds: dict[str, str]) -> dict[str, Rates]:
+    """Head name -> the predicted exponents for the task's dimensions, beta and the config's rate function."""
+    th = config.theory
+    return {name: predicted_rates(task.d_c, task.d_h, task.d_x, th.beta, kind, th.rate) for name, kind in kinds.items()}
+
+
+def subset(records: list[Record], head: str, n_s: int | None) -> list[Record]:
+    """A head's records at one n_s: source variants at that n_s plus the source-free variants."""
+    return [r for r in ok_records(records) if r["head"] == head and (r.get("n_s") is None or r["n_s"] == n_s)]
+
+
+def _n_ss(records: list[Record], head: str) -> list[int | None]:
+    found = sorted({int(r["n_s"]) for r in records if r["head"] == head and r.get("n_s") is not None})
+    return found or [None]
+
+
+def _prediction_table(config: ExperimentConfig, rates: dict[str, Rates], kinds: dict[str, str]) -> str:
+    lines = ["| head | smoothness used | transfer (in n_t, above the floor) | no transfer (n_t) | oracle (n_t) "
+             "| floor (in n_s) |", "|---|---:|---:|---:|---:|---:|"]
+    for name, r in rates.items():
+        kind = kinds[name]
+        try:
+            eff = f"{effective_smoothness(config.theory.beta, kind):g}"
+        except ConfigError:
+            eff = "custom"
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        lines.append(f"| {name} ({kind}) | {eff} | {fmt(r.transfer)} | {fmt(r.no_transfer)} | {fmt(r.oracle)} "
+                     f"| {fmt(r.floor)} |")
+    return "\n".join(lines)
+
+
+def _exponent_table(records: list[Record], rates: dict[str, Rates], config: ExperimentConfig) -> str:
+    lines = ["| head | variant | n_s | quantity | measured exponent [CI] | predicted |", "|---|---|---:|---|---:|---:|"]
+    boot = {"bootstrap": config.theory.bootstrap, "confidence": config.theory.confidence}
+    for head in sorted({r["head"] for r in records}):
+        for variant in ("transfer", "fine_tune", "no_transfer", "oracle"):
+            for n_s in (_n_ss(records, head) if variant in ("transfer", "fine_tune") else [None]):
+                key = "head_term" if variant == "transfer" and series(records, head, variant, n_s, "head_term") \
+                    else "kl"
+                data = {n: {s: r[key] for s, r in lv.items()} for n, lv in
+                        series(records, head, variant, n_s, key).items()}
+                if not data:
+                    continue
+                fit = fit_exponent(data, **boot)
+                pred = rates[head].for_variant(variant) if head in rates else None
+                ci = f" [{fit.low:.3f}, {fit.high:.3f}]" if math.isfinite(fit.low) else ""
+                quantity = "KL - floor" if key == "head_term" else "KL"
+                lines.append(f"| {head} | {variant} | {'-' if n_s is None else n_s} | {quantity} | "
+                             f"{fit.exponent:.3f}{ci} | {'-' if pred is None else f'{pred:.3f}'} |")
+    return "\n".join(lines)
+
+
+def _timing(out_dir: Path, records: list[Record]) -> str:
+    cell = sum((r.get("fit_seconds") or 0) + (r.get("eval_seconds") or 0) + (r.get("bound_seconds") or 0)
+               for r in records)
+    groups = [read_json(p) or {} for p in out_dir.glob("groups/*/*.json")]
+    shared = sum((g.get("source_seconds") or 0) + (g.get("floor_seconds") or 0) for g in groups)
+    run = read_json(out_dir / "run.json") or {}
+    wall = f"; last `gentransfer run`: {run['seconds']:.0f} s wall with {run.get('workers', '?')} worker(s)" \
+        if "seconds" in run else ""
+    return f"compute {cell + shared:.0f} s in total (cells {cell:.0f} s, source and floor fits {shared:.0f} s){wall}"
+
+
+def build_report(out_dir: str | os.PathLike[str], config: ExperimentConfig | None = None) -> Report:
+    """Rebuild ``out_dir/report.md`` (and checks.json, results.csv, plots) from the records on disk."""
+    out = Path(out_dir)
+    config = config or load_run_config(out)
+    records = collect_records(out)
+    if not records:
+        raise DataError(f"{os.fspath(out)!r} holds no cell records yet (run 'gentransfer run' first)")
+    write_csv(records, out / "results.csv")
+    task = config.task.build()
+    kinds = head_kinds(config, records)
+    rates = predictions(config, task, kinds)
+    ok = ok_records(records)
+    th = config.theory
+    checks = run_checks(ok, rates, z=th.z, bootstrap=th.bootstrap, confidence=th.confidence,
+                        head_kinds=kinds)
+    heads = sorted({r["head"] for r in ok})
+    plots: list[Path] = []
+    for head in heads:
+        plots.append(plot_kl_curves(ok, head, rates.get(head), out / f"plots/kl_vs_nt_{head}.png"))
+        if any(r.get("floor") is not None for r in ok if r["head"] == head):
+            plots.append(plot_floor(ok, head, rates.get(head), out / f"plots/floor_vs_ns_{head}.png"))
+        samples = plot_samples(out, ok, head, task, out / f"plots/samples_{head}.png")
+        if samples is not None:
+            plots.append(samples)
+
+    g = config.grid
+    axis = lambda key: sorted({r[key] for r in records if r.get(key) is not None})  # noqa: E731
+    lines = [
+        f"# Theory-validation report: {config.name}", "",
+        config.description, "",
+        f"Generated {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')} from `{out}` "
+        f"({len(ok)} finished cells, {len(records) - len(ok)} failed). Rebuild with `gentransfer report {out}`.", "",
+        "## Setup", "",
+        f"- task: `{config.task.name}` {json.dumps(task.config)}",
+        f"- heads: " + "; ".join(f"`{n}` = {h.kind} {json.dumps(h.options)}" for n, h in config.heads.items()),
+        f"- grid of the records: n_s {axis('n_s')}, n_t {axis('n_t')}, seeds {axis('seed')}, variants "
+        f"{[v for v in VARIANTS if v in {r['variant'] for r in records}]} (latest config: n_s {g.n_s}, n_t {g.n_t}, "
+        f"seeds {g.seeds})",
+        f"- KL(p_T || p_hat) by Monte Carlo on fresh target pairs (n_eval per head: "
+        + ", ".join(f"{n} {config.eval_setting(n, 'n_eval')}" for n in config.heads)
+        + "); embedding floor: a head fitted on floor_n fresh target pairs on the frozen source encoder (floor_n "
+        + ", ".join(f"{n} {config.eval_setting(n, 'floor_n')}" for n in config.heads) + ")",
+        f"- {_timing(out, records)}", "",
+        "## Predictions", "",
+        "Generic nonparametric rates for beta-smooth conditional densities, log factors dropped (a template, not "
+        f"the papers' exact theorems; see `theory/rates.py`): E KL <~ n^-r with the exponents r below, beta = "
+        f"{th.beta:g}, rate function `{th.rate}`. Flows use smoothness beta - 1. They are upper bounds with unknown "
+        "constants, so a curve that decays faster is consistent with them.", "",
+        _prediction_table(config, rates, kinds), "",
+        "## Results: KL(p_T || p_hat) in nats, mean +- SE over seeds", "",
+    ]
+    tables: dict[str, str] = {}
+    for head in heads:
+        for n_s in _n_ss(ok, head):
+            sub = subset(ok, head, n_s)
+            table = format_table(sub)
+            tables[f"{head}/n_s={n_s}"] = table
+            lines += [f"### {head}, n_s = {n_s}", "", table, ""]
+            ref = min(r["n_t"] for r in sub if r["variant"] == "transfer") if any(
+                r["variant"] == "transfer" for r in sub) else None
+            if ref is not None and any(r["variant"] == "no_transfer" for r in sub):
+                ratio = sample_efficiency_ratio(sub, ref)
+                lines += [f"Sample efficiency: no transfer needs {ratio['text']} times the target pairs to match "
+                          f"transfer at n_t = {ref} (KL {ratio['target_kl']:.4f}).", ""]
+            split = format_split_table(sub)
+            if split:
+                lines += ["KL split of transfer (total = embedding floor + head term, one evaluation sample):", "",
+                          split, ""]
+    lines += ["## Measured exponents", "",
+              f"Least-squares slope of log KL (transfer: log(KL - floor)) against log n_t on the seed means; "
+              f"{th.confidence:.0%} bootstrap interval over seeds.", "", _exponent_table(ok, rates, config), "",
+              "## Checks", "",
+              f"Verdicts: pass / FAIL / insufficient data. 'Beyond the SE' means more than z = {th.z:g} combined "
+              "standard errors (Bonferroni-adjusted where one check covers many cells).", "",
+              format_checks(checks), "", "## Plots", ""]
+    lines += [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
+    failed = [r for r in records if r.get("status") == "failed"]
+    if failed:
+        lines += ["## Failed cells", ""] + [f"- {r['head']} n_s={r['n_s']} n_t={r['n_t']} seed={r['seed']} "
+                                            f"{r['variant']}: {r.get('error')}" for r in failed] + [""]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    atomic_write_text(out / "checks.json", json.dumps(
+        {"checks": [c.to_dict() for c in checks], "predictions": {k: v.to_dict() for k, v in rates.items()}},
+        indent=1, default=str) + "\n")
+    return Report(path, checks, tables, plots)

@@ -1,0 +1,480 @@
+"""Experiment sweeps: every (head, n_s, n_t, seed, variant) cell of a config, in parallel, resumable.
+
+Layout of a run folder ``DIR``:
+
+    DIR/config.json                              the resolved config of the latest run
+    DIR/cells/HEAD/ns{N_S|none}/nt{N_T}_seed{S}_{VARIANT}.json   one record per cell (written atomically)
+    DIR/groups/HEAD/ns{N_S}_seed{S}.json         the source fit and embedding floor of a (head, n_s, seed)
+    DIR/models/HEAD/ns{N_S}_seed{S}_{source|floor}.safetensors   those models, reused when a sweep resumes
+    DIR/samples/HEAD/...json                     draws of each fitted model at fixed conditions (first seed)
+    DIR/results.csv                              every record's scalar fields
+
+Work is split into groups that share a source model: (head, n_s, seed) for the variants that use the source
+(transfer, fine_tune), and (head, seed) for those that do not (no_transfer, oracle: their cells have
+n_s = None and serve every n_s). Groups run in worker processes (``spawn``); a cell whose record is on
+disk is skipped, so a killed sweep resumes where it stopped.
+
+Data are drawn in fixed blocks from seeds derived from (seed, stream, block), so the n_t target pairs of a
+cell are the first n_t of one stream whatever the grid holds (nested samples, n_s likewise), and every
+variant of a seed is scored on the same fresh evaluation sample (paired comparisons).
+
+The fitting and scoring are ``shared_embed.transfer.fit_variants`` and ``theory.kl`` (``log_densities``,
+``monte_carlo_kl``, ``fit_floor_model``, ``kl_to_task``), as in ``theory.transfer_experiment``, whose one-call
+grid this module splits into persisted cells.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shared_embed.checkpoint import atomic_write_text, config_diff
+from shared_embed.data import PairedData
+from shared_embed.device import resolve_device
+from shared_embed.errors import ConfigError, GentransferError
+from shared_embed.head import Head
+from shared_embed.model import ConditionalModel
+from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
+
+from .config import ExperimentConfig
+from .kl import fit_floor_model, kl_to_task, log_densities, monte_carlo_kl
+
+SOURCE_VARIANTS = ("transfer", "fine_tune")
+BLOCK = 256
+FLOOR = "__floor__"
+Log = Callable[[str], None]
+#: Scalar record fields, in CSV column order (others follow alphabetically).
+CSV_FIELDS = (
+    "head", "head_kind", "n_s", "n_t", "seed", "variant", "status", "kl", "kl_se", "n_eval", "floor", "floor_se",
+    "floor_paired", "head_term", "head_term_se", "floor_n", "bound", "bound_se", "bound_n", "fit_seconds",
+    "eval_seconds", "source_seconds", "floor_seconds", "bound_seconds", "steps", "best_val", "settings_hash",
+    "error", "finished_at",
+)
+
+
+# -- cells and groups ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    """One grid point; ``n_s`` is None for variants that do not use the source."""
+
+    head: str
+    n_s: int | None
+    n_t: int
+    seed: int
+    variant: str
+
+    @property
+    def path(self) -> str:
+        ns = "none" if self.n_s is None else str(self.n_s)
+        return f"cells/{self.head}/ns{ns}/nt{self.n_t}_seed{self.seed}_{self.variant}.json"
+
+    def __str__(self) -> str:
+        return f"{self.head} n_s={self.n_s} n_t={self.n_t} seed={self.seed} {self.variant}"
+
+
+@dataclass(frozen=True)
+class Group:
+    """Cells sharing (head, n_s, seed): one source model (when n_s is not None) serves them all."""
+
+    head: str
+    n_s: int | None
+    seed: int
+    cells: tuple[Cell, ...]
+
+    @property
+    def stem(self) -> str:
+        return f"{self.head}/ns{self.n_s}_seed{self.seed}"
+
+    def cost(self) -> float:
+        """A rough work estimate, to start the big groups first."""
+        return (self.n_s or 0) / 1000 + sum(c.n_t for c in self.cells) / 1000 + len(self.cells)
+
+
+def plan_cells(config: ExperimentConfig) -> list[Cell]:
+    """Every cell of the config's grid."""
+    g = config.grid
+    cells = []
+    for head in g.heads:
+        for seed in g.seeds:
+            for variant in g.variants:
+                for n_s in (g.n_s if variant in SOURCE_VARIANTS else [None]):
+                    cells.extend(Cell(head, n_s, n_t, seed, variant) for n_t in g.n_t)
+    return cells
+
+
+def plan_groups(cells: Iterable[Cell]) -> list[Group]:
+    """Group cells by (head, n_s, seed), biggest first."""
+    by_key: dict[tuple[str, int | None, int], list[Cell]] = {}
+    for c in cells:
+        by_key.setdefault((c.head, c.n_s, c.seed), []).append(c)
+    groups = [Group(h, ns, s, tuple(cs)) for (h, ns, s), cs in by_key.items()]
+    return sorted(groups, key=lambda g: -g.cost())
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON file's dict, or None when it is missing or unreadable (an interrupted write never leaves one)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def pending_cells(config: ExperimentConfig, out_dir: Path) -> tuple[list[Cell], list[Cell]]:
+    """(cells to run, cells already on disk). A record from other settings is an error, not a skip."""
+    todo, done = [], []
+    for cell in plan_cells(config):
+        record = read_json(out_dir / cell.path)
+        if record is None:
+            todo.append(cell)
+            continue
+        if record.get("settings_hash") != config.settings_hash(cell.head):
+            diff = config_diff(config.settings(cell.head), record.get("settings", {}))
+            raise ConfigError(
+                f"{out_dir / cell.path} was computed with other settings ({'; '.join(diff[:5]) or 'unknown'}); "
+                "use a new --out folder, or delete the old cells to recompute them"
+            )
+        done.append(cell)
+    return todo, done
+
+
+# -- deterministic data ----------------------------------------------------------------------------
+def derived_seed(*parts: Any) -> int:
+    """A 60-bit seed from any parts (stable across processes and Python versions)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()
+    return int(digest[:15], 16)
+
+
+def nested_sample(task: Any, n: int, domain: str, seed: int, stream: str) -> PairedData:
+    """The first n pairs of a stream drawn in blocks of ``BLOCK``: the same rows whatever n asks for."""
+    parts = []
+    for b in range(math.ceil(n / BLOCK)):
+        gen = torch.Generator().manual_seed(derived_seed(seed, stream, domain, b))
+        parts.append(task.sample(BLOCK, domain, gen))
+    c = torch.cat([p.c for p in parts])[:n]
+    x = torch.cat([p.x for p in parts])[:n]
+    return PairedData(c, x)
+
+
+def sample_contexts(task: Any, k: int) -> torch.Tensor:
+    """The k fixed conditions (k, d_c) at which the plots compare samples of each model with the truth."""
+    return task.sample_c(k, torch.Generator().manual_seed(derived_seed("contexts", k)))
+
+
+def eval_generator(seed: int, stream: str = "eval") -> torch.Generator:
+    return torch.Generator().manual_seed(derived_seed(seed, stream))
+
+
+# -- building blocks of a worker --------------------------------------------------------------------
+def head_factory(config: ExperimentConfig, head: str, d_x: int) -> Callable[[int | None], Head]:
+    """``factory(context_features) -> Head`` for the named head of the config."""
+    spec = config.heads[head]
+    cls = spec.head_class()
+
+    def factory(context_features: int | None) -> Head:
+        return cls(d_x, context_features, **spec.options)
+
+    factory.config = {"kind": spec.kind, "features": d_x, **spec.options}  # type: ignore[attr-defined]
+    return factory
+
+
+def transfer_config(config: ExperimentConfig, head: str, seed: int) -> TransferConfig:
+    e = config.encoder
+    return TransferConfig(
+        embed_dim=e.embed_dim, encoder_hidden=tuple(e.hidden), encoder_activation=e.activation,
+        source_train=config.train_config(head, "source", seed),
+        target_train=config.train_config(head, "target", seed), val_fraction=e.val_fraction,
+        device=config.run.device,
+    )
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=True) + "\n")
+
+
+@dataclass
+class _Shared:
+    """What a group's cells share: the source model, the floor model and their bookkeeping."""
+
+    source: ConditionalModel | None = None
+    floor: ConditionalModel | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class GroupRunner:
+    """Runs the cells of one group in this process; every record is written as soon as it is scored."""
+
+    def __init__(self, config: ExperimentConfig, out_dir: Path, group: Group, log: Log | None = None) -> None:
+        self.config, self.out, self.group = config, Path(out_dir), group
+        self.say = log or (lambda _msg: None)
+        self.task = config.task.build()
+        self.factory = head_factory(config, group.head, self.task.d_x)
+        self.tcfg = transfer_config(config, group.head, group.seed)
+        self.settings = config.settings(group.head)
+        self.hash = config.settings_hash(group.head)
+        self.device = resolve_device(config.run.device)
+
+    # shared pieces
+    def _source_and_floor(self, source: PairedData) -> _Shared:
+        """The group's source model (loaded when a previous run saved it, else fitted and saved) and, when a
+        transfer cell needs it, the embedding-floor model of its encoder."""
+        g, cfg = self.group, self.config
+        shared = _Shared()
+        info_path = self.out / f"groups/{g.stem}.json"
+        src_path = self.out / f"models/{g.stem}_source.safetensors"
+        floor_path = self.out / f"models/{g.stem}_floor.safetensors"
+        info = read_json(info_path)
+        floor_n = cfg.eval_setting(g.head, "floor_n")
+        want_floor = floor_n > 0 and any(c.variant == "transfer" for c in g.cells)
+        if info is not None and info.get("settings_hash") == self.hash and src_path.is_file():
+            shared.source = ConditionalModel.load(src_path).to(self.device)
+            if want_floor and info.get("floor") is not None and floor_path.is_file():
+                shared.floor = ConditionalModel.load(floor_path).to(self.device)
+            shared.info = info
+            self.say(f"[{g.stem}] source model loaded from {src_path.name}")
+        if shared.source is None:
+            torch.manual_seed(derived_seed(g.seed, g.n_s, "source-init"))
+            start = time.perf_counter()
+            shared.source = fit_source(new_encoder(source.d_c, self.tcfg), self.factory(self.tcfg.embed_dim),
+                                       source.to(self.tcfg.device), self.tcfg.source_train,
+                                       val_fraction=self.tcfg.val_fraction)
+            seconds = time.perf_counter() - start
+            shared.source.save(src_path)
+            shared.info = {"head": g.head, "n_s": g.n_s, "seed": g.seed, "settings_hash": self.hash,
+                           "source_seconds": seconds, "source_steps": shared.source.history.steps_done,
+                           "source_best_val": shared.source.history.best_val, "floor": None}
+            self.say(f"[{g.stem}] source fitted in {seconds:.1f}s ({shared.source.history.steps_done} steps)")
+        if want_floor and shared.floor is None:
+            torch.manual_seed(derived_seed(g.seed, g.n_s, "floor-init"))
+            start = time.perf_counter()
+            shared.floor = fit_floor_model(
+                self.task, shared.source, self.factory, n=floor_n,
+                train=cfg.train_config(g.head, "floor", derived_seed(g.seed, g.n_s, "floor") % 2**31),
+                generator=torch.Generator().manual_seed(derived_seed(g.seed, g.n_s, "floor-data")),
+                val_fraction=0.1,
+            )
+            fit_seconds = time.perf_counter() - start
+            est = kl_to_task(self.task, shared.floor, n=cfg.eval_setting(g.head, "n_eval"),
+                             generator=eval_generator(g.seed, "floor-eval"))
+            shared.floor.save(floor_path)
+            shared.info.update(floor=est.value, floor_se=est.se, floor_n=floor_n,
+                               floor_seconds=time.perf_counter() - start, floor_fit_seconds=fit_seconds)
+            self.say(f"[{g.stem}] embedding floor {est} (head fitted on {floor_n} target pairs)")
+        _write_json(info_path, shared.info)
+        return shared
+
+    def run(self) -> list[dict[str, Any]]:
+        """Fit and score every cell of the group; returns the records written."""
+        g = self.group
+        pool = nested_sample(self.task, max(c.n_t for c in g.cells), "target", g.seed, "target")
+        cells = sorted(g.cells, key=lambda c: (c.n_t, c.variant))
+        if g.n_s is None:  # source-free variants: fit_variants reads only the source's shape
+            return [self._run_cell(cell, _Shared(), pool, pool.head(cell.n_t)) for cell in cells]
+        source = nested_sample(self.task, g.n_s, "source", g.seed, "source")
+        try:
+            shared = self._source_and_floor(source)
+        except GentransferError as err:  # e.g. a diverged source fit: every cell of the group records it
+            error = f"source/floor fit failed: {type(err).__name__}: {err}"
+            return [self._failed(cell, error) for cell in cells]
+        return [self._run_cell(cell, shared, source, pool.head(cell.n_t)) for cell in cells]
+
+    def _base(self, cell: Cell) -> dict[str, Any]:
+        return {"head": cell.head, "head_kind": self.config.heads[cell.head].kind, "n_s": cell.n_s,
+                "n_t": cell.n_t, "seed": cell.seed, "variant": cell.variant, "settings_hash": self.hash}
+
+    def _failed(self, cell: Cell, error: str) -> dict[str, Any]:
+        record = {**self._base(cell), "status": "failed", "error": error, "finished_at": _now(),
+                  "torch": torch.__version__, "settings": self.settings}
+        _write_json(self.out / cell.path, record)
+        self.say(f"[{cell}] FAILED: {error}")
+        return record
+
+    def _run_cell(self, cell: Cell, shared: _Shared, source: PairedData, target: PairedData) -> dict[str, Any]:
+        base = {**self._base(cell), "source_seconds": shared.info.get("source_seconds", 0.0)
+                if cell.variant in SOURCE_VARIANTS else 0.0}
+        cell_seed = derived_seed(cell.head, cell.n_s, cell.n_t, cell.seed, cell.variant) % 2**31
+        tcfg = replace(self.tcfg, target_train=self.tcfg.target_train.replace(seed=cell_seed))
+        try:
+            torch.manual_seed(cell_seed)
+            start = time.perf_counter()
+            fitted = fit_variants(self.factory, source, target, tcfg, [cell.variant],
+                                  oracle_embedding=getattr(self.task, "embedding", None),
+                                  source_model=shared.source)[cell.variant]
+            fit_seconds = time.perf_counter() - start
+            record = {**base, **self._score(cell, fitted.model, shared.floor, shared.info)}
+            hist = fitted.histories["target"]
+            record.update(status="ok", fit_seconds=fit_seconds, steps=hist.steps_done, best_val=hist.best_val)
+            self._samples(cell, fitted.model, cell_seed)
+        except GentransferError as err:  # a diverged fit is a result too: recorded, reported, not retried
+            return self._failed(cell, f"{type(err).__name__}: {err}")
+        record.update(finished_at=_now(), torch=torch.__version__, settings=self.settings)
+        _write_json(self.out / cell.path, record)
+        extra = (f" = floor {record['floor_paired']:.4f} + head {record['head_term']:.4f}"
+                 if "head_term" in record else "")
+        self.say(f"[{cell}] KL {record['kl']:.4f} +- {record['kl_se']:.4f}{extra} "
+                 f"({record['fit_seconds']:.1f}s fit, {record['eval_seconds']:.1f}s eval)")
+        return record
+
+    def _score(self, cell: Cell, model: ConditionalModel, floor: ConditionalModel | None,
+               info: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.config
+        start = time.perf_counter()
+        models: dict[str, Any] = {"model": model}
+        if cell.variant == "transfer" and floor is not None:
+            models[FLOOR] = floor
+        n_eval = cfg.eval_setting(cell.head, "n_eval")
+        log_p, log_q = log_densities(self.task, models, n=n_eval, generator=eval_generator(cell.seed))
+        est = monte_carlo_kl(log_p, log_q["model"])
+        out: dict[str, Any] = {"kl": est.value, "kl_se": est.se, "n_eval": est.n}
+        if FLOOR in log_q:
+            paired = monte_carlo_kl(log_p, log_q[FLOOR])
+            head = monte_carlo_kl(log_q[FLOOR], log_q["model"])
+            out.update(floor=info["floor"], floor_se=info["floor_se"], floor_n=info["floor_n"],
+                       floor_seconds=info.get("floor_seconds", 0.0), floor_paired=paired.value,
+                       floor_paired_se=paired.se, head_term=head.value, head_term_se=head.se)
+        out["eval_seconds"] = time.perf_counter() - start
+        if cfg.heads[cell.head].kind == "diffusion":
+            out.update(self._bound(cell, model))
+        return out
+
+    def _bound(self, cell: Cell, model: ConditionalModel) -> dict[str, Any]:
+        """The Girsanov bound on KL for a diffusion head (``theory.bounds.girsanov_bound_for``)."""
+        n = self.config.eval_setting(cell.head, "bound_n")
+        if n <= 0:
+            return {}
+        from .bounds import girsanov_bound_for
+
+        start = time.perf_counter()
+        est = girsanov_bound_for(self.task, model, n=n, generator=eval_generator(cell.seed, "bound"))
+        return {"bound": est.value, "bound_se": est.se, "bound_n": est.n,
+                "bound_seconds": time.perf_counter() - start}
+
+    def _samples(self, cell: Cell, model: ConditionalModel, cell_seed: int) -> None:
+        cfg = self.config
+        if cell.seed != min(cfg.grid.seeds) or cfg.evaluation.sample_n <= 0:
+            return
+        contexts = sample_contexts(self.task, cfg.evaluation.sample_contexts)
+        torch.manual_seed(cell_seed + 1)
+        with torch.no_grad():
+            draws = [model.sample(cfg.evaluation.sample_n, c.to(self.device)).cpu().tolist() for c in contexts]
+        _write_json(self.out / cell.path.replace("cells/", "samples/", 1),
+                    {"cell": cell.__dict__, "contexts": contexts.tolist(), "samples": draws})
+
+
+# -- the sweep --------------------------------------------------------------------------------------
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    os.environ.setdefault("GENTRANSFER_QUIET", "1")
+
+
+def _run_group(config_dict: dict[str, Any], out_dir: str, group: Group, verbose: bool) -> int:
+    """Worker entry point (top level so ``spawn`` can pickle it): run one group, return its cell count."""
+    config = ExperimentConfig.from_dict(config_dict)
+    log = (lambda msg: print(msg, flush=True)) if verbose else None
+    return len(GroupRunner(config, Path(out_dir), group, log).run())
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did: cells run now, cells found on disk, failed cells, wall time, the CSV path."""
+
+    ran: int
+    skipped: int
+    failed: int
+    seconds: float
+    csv_path: Path
+
+
+def write_config(config: ExperimentConfig, out_dir: Path) -> None:
+    """Store the resolved config with the run (the report reads it back)."""
+    _write_json(out_dir / "config.json", config.to_dict())
+
+
+def run_sweep(
+    config: ExperimentConfig, out_dir: str | os.PathLike[str], *, workers: int | None = None,
+    log: Log | None = print,
+) -> SweepResult:
+    """Run every missing cell of ``config`` into ``out_dir``; then collect all records into results.csv.
+
+    ``workers`` (default ``config.run.workers``) > 1 runs groups in that many ``spawn``-ed processes, each
+    with ``config.run.threads`` torch threads; 1 runs them in this process.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    workers = config.run.workers if workers is None else workers
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    todo, done = pending_cells(config, out)
+    write_config(config, out)
+    say = log or (lambda _msg: None)
+    groups = plan_groups(todo)
+    say(f"{len(todo)} cells to run in {len(groups)} groups ({len(done)} already on disk), "
+        f"{min(workers, max(len(groups), 1))} worker(s)")
+    start = time.perf_counter()
+    if groups and (workers == 1 or len(groups) == 1):
+        for group in groups:
+            GroupRunner(config, out, group, log).run()
+    elif groups:
+        ctx = multiprocessing.get_context("spawn")
+        raw = config.to_dict()
+        with ProcessPoolExecutor(max_workers=min(workers, len(groups)), mp_context=ctx,
+                                 initializer=_init_worker, initargs=(config.run.threads,)) as pool:
+            futures: dict[Future, Group] = {pool.submit(_run_group, raw, str(out), g, log is not None): g
+                                            for g in groups}
+            pending = set(futures)
+            try:
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        fut.result()  # re-raise a worker's error here
+                        say(f"group {futures[fut].stem} done ({len(futures) - len(pending)}/{len(futures)})")
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                raise
+    seconds = time.perf_counter() - start
+    records = collect_records(out)
+    csv_path = write_csv(records, out / "results.csv")
+    failed = sum(r.get("status") == "failed" for r in records)
+    return SweepResult(ran=len(todo), skipped=len(done), failed=failed, seconds=seconds, csv_path=csv_path)
+
+
+# -- records ------------------------------------------------------------------------------------------
+def collect_records(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every cell record under ``out_dir/cells``, sorted by (head, variant, n_s, n_t, seed)."""
+    records = []
+    for path in sorted(Path(out_dir).glob("cells/*/*/*.json")):
+        record = read_json(path)
+        if record is not None:
+            records.append(record)
+    return sorted(records, key=lambda r: (r["head"], r["variant"], r["n_s"] or 0, r["n_t"], r["seed"]))
+
+
+def write_csv(records: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """One row per record, its scalar fields as columns (``CSV_FIELDS`` first); written atomically."""
+    keys = {k for r in records for k, v in r.items() if not isinstance(v, (dict, list))}
+    columns = [k for k in CSV_FIELDS if k in keys] + sorted(keys - set(CSV_FIELDS))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    atomic_write_text(path, buf.getvalue())
+    return Path(path)
