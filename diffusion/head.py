@@ -27,13 +27,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from shared_embed.errors import DataError
 from shared_embed.head import Head, register_head
-from shared_embed.validation import check_choice, check_fraction, check_positive_float, check_positive_int, check_tensor
+from shared_embed.validation import check_choice, check_fraction, check_positive_float, check_positive_int
 
 from .likelihood import DIVERGENCES, probability_flow_log_prob
 from .network import ScoreNetwork
-from .sampling import SDE_METHODS, sample_ode, sample_sde
+from .sampling import SDE_METHODS, check_times, sample_ode, sample_sde
 from .schedule import SCHEDULES, VPSchedule
 
 SAMPLERS = ("ode", *SDE_METHODS)
@@ -114,10 +113,6 @@ class DiffusionHead(Head):
         return "exact" if self.features <= EXACT_DIVERGENCE_MAX_FEATURES else "hutchinson"
 
     # -- the network in its three readings ---------------------------------------------------------
-    def _rows(self, t: Tensor | float, x: Tensor) -> Tensor:
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        return t.expand(x.shape[0]) if t.dim() == 0 else t
-
     def _scales(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """a_t, s_t and the network's noise level log(s_t / a_t), each (n,)."""
         log_a = self.schedule.log_alpha(t).to(t)
@@ -140,11 +135,7 @@ class DiffusionHead(Head):
 
     def _check(self, x: Tensor, t: Tensor | float, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
         x, context = self.check_inputs(x, context)
-        t = self._rows(t, x)
-        check_tensor("t", t, ndim=1, rows=x.shape[0])
-        if bool(((t <= 0) | (t > 1)).any()):
-            raise DataError(f"t must lie in (0, 1], got values in [{float(t.min()):.3g}, {float(t.max()):.3g}]")
-        return x, t, context
+        return x, check_times("t", t, x), context
 
     def epsilon(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:
         """e_hat(x_t, t, context): x (n, features), t a number or (n,) in (0, 1], context (n, k) or None -> (n, features)."""

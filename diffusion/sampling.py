@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from shared_embed.errors import DTypeError, ShapeError
+from shared_embed.errors import DataError, DTypeError, ShapeError
 from shared_embed.validation import check_choice, check_fraction, check_positive_float, check_positive_int, check_tensor
 
 from .schedule import VPSchedule
@@ -61,6 +61,19 @@ def check_score_inputs(score: object, x: Tensor, name: str, context: Tensor | No
     if context is not None:
         check_tensor("context", context, ndim=2, rows=x.shape[0])
     check_fraction("t_eps", t_eps)
+
+
+def check_times(name: str, t: Tensor | float, x: Tensor) -> Tensor:
+    """t as (n,) in (0, 1] for the n rows of x (a number is broadcast); ShapeError / DataError otherwise."""
+    if not isinstance(t, (Tensor, float, int)) or isinstance(t, bool):
+        raise DTypeError(f"{name} must be a number or a tensor of shape ({x.shape[0]},), got {type(t).__name__}")
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    if t.dim() == 0:
+        t = t.expand(x.shape[0])
+    check_tensor(name, t, ndim=1, rows=x.shape[0])
+    if bool(((t <= 0) | (t > 1)).any()):
+        raise DataError(f"{name} must lie in (0, 1], got values in [{float(t.min()):.3g}, {float(t.max()):.3g}]")
+    return t
 
 
 def _call(score: ScoreFn, x: Tensor, t: Tensor, context: Tensor | None) -> Tensor:

@@ -26,6 +26,20 @@ def tensors(draw: st.DrawFn, max_rank: int = 3, max_dim: int = 5) -> Any:
     return t
 
 
+@st.composite
+def matrices(draw: st.DrawFn, cols: int, max_rows: int = 4) -> Any:
+    """Near-valid inputs: (n, cols +- 1) tensors, n in 0..max_rows, assorted dtypes, sometimes NaN/inf, or
+    anything from :func:`tensors`; these reach past the first shape check into the code underneath."""
+    if draw(st.integers(0, 4)) == 0:
+        return draw(tensors())
+    shape = [draw(st.integers(0, max_rows)), draw(st.sampled_from([cols, cols, cols, max(cols - 1, 0), cols + 1]))]
+    dtype = draw(st.sampled_from([torch.float32, torch.float32, torch.float64, torch.int64]))
+    t = (torch.randn(shape) * 3).to(dtype) if dtype.is_floating_point else torch.ones(shape, dtype=dtype)
+    if dtype.is_floating_point and t.numel() and draw(st.integers(0, 3)) == 0:
+        t.view(-1)[draw(st.integers(0, t.numel() - 1))] = draw(st.sampled_from([float("nan"), float("inf")]))
+    return t
+
+
 def only_documented_errors(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call ``fn``; it may succeed or raise a GentransferError with a message, nothing else.
 

@@ -115,6 +115,13 @@ def _int_list(value: Any, where: str, minimum: int = 1) -> list[int]:
     return sorted(out)
 
 
+def _widths(value: Any, where: str) -> list[int]:
+    """Hidden-layer widths: a non-empty list of positive integers, order kept, repeats allowed."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where!r} must be a non-empty list of layer widths, e.g. [64, 64], got {value!r}")
+    return [_int(v, f"{where}[{i}]") for i, v in enumerate(value)]
+
+
 def _str_list(value: Any, where: str) -> list[str]:
     if isinstance(value, str):
         value = [value]
@@ -265,7 +272,7 @@ class EncoderSpec:
         _check_keys(table, [f.name for f in fields(cls)], "encoder")
         out = cls(
             embed_dim=_int(table.get("embed_dim", 2), "encoder.embed_dim"),
-            hidden=[_int(h, f"encoder.hidden[{i}]") for i, h in enumerate(table.get("hidden", [64, 64]))],
+            hidden=_widths(table.get("hidden", [64, 64]), "encoder.hidden"),
             activation=_str(table.get("activation", "silu"), "encoder.activation"),
             val_fraction=_float(table.get("val_fraction", 0.2), "encoder.val_fraction"),
         )

@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from shared_embed.errors import DTypeError, ShapeError
-from shared_embed.validation import check_positive_float
+from shared_embed.validation import check_positive_float, check_tensor
 
-from ..sampling import ScoreFn
+from ..sampling import ScoreFn, check_times
 from .guidance import Guidance
 
 
@@ -58,7 +58,11 @@ class GuidedScore:
         self.source_score = source_score
         self.guidance = guidance
 
-    def __call__(self, x: Tensor, t: Tensor, context: Tensor | None = None) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:
+        check_tensor("x", x, ndim=2, min_rows=1)
+        t = check_times("t", t, x)
+        if context is not None:
+            check_tensor("context", context, ndim=2, rows=x.shape[0])
         return self.source_score(x, t, context) + guidance_grad(self.guidance, x, t, context)
 
 

@@ -27,6 +27,7 @@ from shared_embed.validation import (
     check_choice,
     check_context,
     check_fraction,
+    check_matches,
     check_matrix,
     check_positive_float,
     check_positive_int,
@@ -118,11 +119,17 @@ def fit_tgdp(
     config = config or TGDPConfig()
     schedule = schedule or VPSchedule()
     source_x = check_matrix("source_x", source_x)
-    target_x = check_matrix("target_x", target_x, source_x.shape[1])
+    target_x = check_matches("target_x", check_matrix("target_x", target_x, source_x.shape[1]), source_x,
+                             owner="source_x")
     if (source_context is None) != (target_context is None):
         raise ShapeError("give source_context and target_context together (both or neither)")
-    k = None if source_context is None else check_matrix("source_context", source_context).shape[1]
-    check_context("target_context", target_context, k, rows=target_x.shape[0])
+    k = None
+    if source_context is not None:
+        k = check_matrix("source_context", source_context).shape[1]
+        check_context("source_context", source_context, k, rows=source_x.shape[0])
+        check_context("target_context", target_context, k, rows=target_x.shape[0])
+        for name, ctx in (("source_context", source_context), ("target_context", target_context)):
+            check_matches(name, ctx, source_x, owner="source_x")
     histories: dict[str, TrainHistory] = {}
 
     ratio, histories["classifier"] = fit_domain_classifier(

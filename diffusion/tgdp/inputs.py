@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from shared_embed.errors import DataError, ShapeError
+from shared_embed.errors import ShapeError
 from shared_embed.validation import check_fraction, check_tensor
 
+from ..sampling import check_times
 from ..schedule import VPSchedule
 
 
@@ -27,13 +28,7 @@ def check_points(
         return x, None
     if not required:
         raise ShapeError(f"{name_t} must be None: this network does not read time")
-    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    if t.dim() == 0:
-        t = t.expand(x.shape[0])
-    check_tensor(name_t, t, ndim=1, rows=x.shape[0])
-    if bool(((t <= 0) | (t > 1)).any()):
-        raise DataError(f"{name_t} must lie in (0, 1], got values in [{float(t.min()):.3g}, {float(t.max()):.3g}]")
-    return x, t
+    return x, check_times(name_t, t, x)
 
 
 def noise_level(schedule: VPSchedule, t: Tensor) -> Tensor:
