@@ -82,3 +82,11 @@ def test_help_for_newcomers() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["run", "--help"])
     assert exc.value.code == 0
+
+
+@pytest.mark.parametrize("args, message", [(["--shard", "2/2"], "shard"), (["--device", "tpu"], "device")])
+def test_bad_shard_or_device_is_one_line_with_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          args: list[str], message: str) -> None:
+    assert main(["run", str(SMOKE), "--out", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gentransfer: error:") and message in err and not list(tmp_path.iterdir())

@@ -13,10 +13,12 @@ from theory.config import ExperimentConfig
 from theory.sweep import (
     collect_records,
     nested_sample,
+    parse_shard,
     pending_cells,
     plan_cells,
     plan_groups,
     run_sweep,
+    shard_cells,
 )
 from theory.tasks import ConditionalGaussianTask
 
@@ -113,3 +115,31 @@ def test_diverged_fits_are_recorded_as_failed_cells_and_reported(tmp_path: Path)
     report = build_report(tmp_path)
     assert report.checks == [] and "## Failed cells" in report.path.read_text()
     assert run_sweep(cfg, tmp_path, log=None).ran == 0  # failures are results: not retried
+
+
+def test_shards_split_the_grid_into_disjoint_whole_groups() -> None:
+    cfg = tiny(n_s=[64, 128], seeds=[0, 1, 2])
+    cells = plan_cells(cfg)
+    shards = [shard_cells(cfg, cells, (i, 3)) for i in range(3)]
+    assert sorted(map(str, sum(shards, []))) == sorted(map(str, cells))  # every cell exactly once
+    assert all(shards)  # 9 groups over 3 shards: none left idle
+    for shard in shards:  # a group never straddles two shards (one source fit serves it)
+        keys = {(c.head, c.n_s, c.seed) for c in shard}
+        assert all((c.head, c.n_s, c.seed) in keys for c in cells if (c.head, c.n_s, c.seed) in keys)
+    # the deal ignores what is already done: shard 1 of the remaining cells is a subset of shard 1
+    remaining = [c for c in cells if c.seed != 0]
+    assert set(map(str, shard_cells(cfg, remaining, (1, 3)))) <= set(map(str, shards[1]))
+
+
+def test_two_shards_into_one_folder_run_every_cell_once(tmp_path: Path) -> None:
+    cfg = tiny(seeds=[0, 1])
+    a = run_sweep(cfg, tmp_path, log=None, shard=(0, 2))
+    b = run_sweep(cfg, tmp_path, log=None, shard=(1, 2))
+    assert a.ran + b.ran == len(plan_cells(cfg)) and a.ran and b.ran
+    assert run_sweep(cfg, tmp_path, log=None).ran == 0  # nothing left for an unsharded run
+
+
+@pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2", "0/0", ""])
+def test_bad_shards_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="shard"):
+        parse_shard(text)

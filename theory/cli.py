@@ -23,7 +23,7 @@ from shared_embed.errors import GentransferError
 from .checks import PASS
 from .config import load_config
 from .report import build_report
-from .sweep import run_sweep
+from .sweep import parse_shard, run_sweep
 
 DESCRIPTION = """\
 gentransfer: transfer learning for generative models, checked against the theory.
@@ -51,6 +51,7 @@ Configs live in configs/: default.toml (the main job), full.toml (the whole stud
 smoke.toml (seconds, for tests). Any key can be overridden with --set section.key=value (TOML values:
 numbers, [lists], "strings"; bare words are strings), e.g. --set grid.n_t=[50,100,200] --set run.workers=2.
 An interrupted run resumes: run the same command again and finished cells are skipped.
+Across hosts: give each host --shard I/N (I = 0..N-1) and one --out folder, then 'gentransfer report DIR'.
 """
 
 
@@ -66,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set grid.seeds=[0,1] (repeatable)")
     run.add_argument("--workers", type=int, help="parallel worker processes (default: run.workers of the config)")
+    run.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto (default: run.device of the config)")
+    run.add_argument("--shard", default="0/1", metavar="I/N",
+                     help="run only shard I of N of the grid's groups, e.g. 0/2 on one host and 1/2 on another "
+                          "(same --out folder, or copy the cells/ folders together), then 'report'")
     run.add_argument("--quiet", action="store_true", help="no per-cell progress lines")
     run.add_argument("--no-report", action="store_true", help="skip the report (build it later with 'report')")
     rep = sub.add_parser("report", help="rebuild report.md, checks.json, results.csv and plots from a run folder",
@@ -90,16 +95,19 @@ def _print_report(report, out: Path) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
+    overrides = args.overrides + ([f'run.device="{args.device}"'] if args.device else [])
+    config = load_config(args.config, overrides)
+    shard = parse_shard(args.shard)
     if args.workers is not None:
         config.run.workers = args.workers
     if config.run.workers < 1:
         raise GentransferError(f"--workers must be >= 1, got {config.run.workers}")
     torch.set_num_threads(config.run.threads)
     print(f"gentransfer run: {config.name} -> {args.out} ({config.run.workers} worker(s), "
-          f"{config.run.threads} torch thread(s) each)", flush=True)
+          f"{config.run.threads} torch thread(s) each, device {config.run.device}"
+          f"{'' if shard == (0, 1) else f', shard {args.shard}'})", flush=True)
     start = time.perf_counter()
-    result = run_sweep(config, args.out, log=None if args.quiet else (lambda m: print(m, flush=True)))
+    result = run_sweep(config, args.out, log=None if args.quiet else (lambda m: print(m, flush=True)), shard=shard)
     atomic_write_text(Path(args.out) / "run.json", json.dumps({
         "config_file": os.fspath(args.config), "overrides": args.overrides, "workers": config.run.workers,
         "ran": result.ran, "skipped": result.skipped, "failed": result.failed, "seconds": result.seconds}) + "\n")

@@ -125,6 +125,32 @@ def plan_groups(cells: Iterable[Cell]) -> list[Group]:
     return sorted(groups, key=lambda g: -g.cost())
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N) with 0 <= I < N: this process runs shard I of N (see :func:`shard_cells`)."""
+    index, sep, count = text.strip().partition("/")
+    if not (sep and index.isdigit() and count.isdigit()):
+        raise ConfigError(f"shard must look like I/N with 0 <= I < N (e.g. 0/2 and 1/2), got {text!r}")
+    return _check_shard((int(index), int(count)))
+
+
+def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    index, count = shard
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"shard must be I/N with 0 <= I < N (e.g. 0/2 and 1/2), got {index}/{count}")
+    return shard
+
+
+def shard_cells(config: ExperimentConfig, cells: Iterable[Cell], shard: tuple[int, int]) -> list[Cell]:
+    """The cells of shard (I, N): whole groups, dealt round-robin over ALL the grid's groups, biggest first.
+
+    The deal depends on the config only, never on what is already on disk, so N processes or hosts given
+    ``0/N`` ... ``N-1/N`` (on a shared folder, or folders merged afterwards) run every cell exactly once.
+    """
+    index, count = _check_shard(shard)
+    mine = {g.stem for k, g in enumerate(plan_groups(plan_cells(config))) if k % count == index}
+    return [c for c in cells if Group(c.head, c.n_s, c.seed, ()).stem in mine]
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON file's dict, or None when it is missing or unreadable (an interrupted write never leaves one)."""
     try:
@@ -409,12 +435,13 @@ def write_config(config: ExperimentConfig, out_dir: Path) -> None:
 
 def run_sweep(
     config: ExperimentConfig, out_dir: str | os.PathLike[str], *, workers: int | None = None,
-    log: Log | None = print,
+    log: Log | None = print, shard: tuple[int, int] = (0, 1),
 ) -> SweepResult:
     """Run every missing cell of ``config`` into ``out_dir``; then collect all records into results.csv.
 
     ``workers`` (default ``config.run.workers``) > 1 runs groups in that many ``spawn``-ed processes, each
-    with ``config.run.threads`` torch threads; 1 runs them in this process.
+    with ``config.run.threads`` torch threads; 1 runs them in this process. ``shard`` = (I, N) runs only
+    the groups of shard I of N (:func:`shard_cells`), to spread one sweep over several hosts.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -422,6 +449,8 @@ def run_sweep(
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     todo, done = pending_cells(config, out)
+    if shard != (0, 1):
+        todo = shard_cells(config, todo, shard)
     write_config(config, out)
     say = log or (lambda _msg: None)
     groups = plan_groups(todo)

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from shared_embed import TrainConfig, fit, save_checkpoint
+from shared_embed.distributed import init_distributed, shutdown_distributed
 
 
 def main() -> None:
@@ -27,8 +26,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if "RANK" in os.environ:
-        dist.init_process_group("gloo")
+    session = init_distributed("cpu")
     g = torch.Generator().manual_seed(0)
     x = torch.randn(512, 4, generator=g)
     y = torch.sin(x @ torch.randn(4, 1, generator=g)) + 0.1 * torch.randn(512, 1, generator=g)
@@ -43,12 +41,11 @@ def main() -> None:
     cfg = TrainConfig(steps=args.steps, batch_size=64, lr=1e-2, seed=3, checkpoint_path=args.checkpoint,
                       checkpoint_every=5 if args.checkpoint else 0)
     history = fit(model, loss, (x, y), config=cfg)
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if session.is_main:
         out = Path(args.out)
         save_checkpoint(out / "weights.safetensors", model, {"job": "train_job"})
         (out / "history.json").write_text(json.dumps(history.to_dict()))
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    shutdown_distributed()
 
 
 if __name__ == "__main__":
