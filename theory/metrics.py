@@ -53,7 +53,7 @@ def _pair(x: Tensor, y: Tensor, min_rows: int) -> tuple[Tensor, Tensor]:
 def median_bandwidth(x: Tensor, y: Tensor) -> float:
     """The median heuristic: the median Euclidean distance between distinct points of the pooled sample."""
     x, y = _pair(x, y, 1)
-    z = torch.cat([x, y])
+    z = torch.cat([x, y]).detach()  # a statistic of the points, never part of a graph
     dist = torch.cdist(z, z)
     off = dist[~torch.eye(z.shape[0], dtype=torch.bool, device=z.device)]
     bw = float(off.median()) if off.numel() else 0.0

@@ -1,0 +1,239 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # TGDP on the two-Gaussian simulation
+#
+# Transfer-guided diffusion (Ouyang et al. 2024) on the paper's simulation (`theory.tasks.TwoGaussianTask`):
+#
+#     source p = 1/2 N(mu_S, 0.1 I) + 1/2 N(-mu_S, 0.1 I),  mu_S = (0.5,  0.5),  10,000 samples
+#     target q = 1/2 N(mu_T, 0.1 I) + 1/2 N(-mu_T, 0.1 I),  mu_T = (0.5, -0.5),  100 samples
+#
+# Under one forward (noising) process the target score is the source score plus a guidance term:
+#
+#     grad log q_t(x) = grad log p_t(x) + grad log h_t(x),   h_t(x) = q_t(x) / p_t(x) = E_p[ w(x_0) | x_t = x ]
+#
+# with w = q / p. TGDP keeps the source diffusion model frozen and learns only h (`diffusion.tgdp.fit_tgdp`):
+# a domain classifier gives w at every source sample, and a guidance network h_psi(x_t, t) is regressed onto w on
+# noised SOURCE samples. Everything here is analytic, so the learned log h_t can be held against the exact one.
+#
+# Here the source model is a LEARNED `DiffusionHead` (denoising score matching on the 10,000 source samples),
+# as in the paper. To fit a live demo's time budget, the guidance network is trained for 3,000 steps without
+# the Rao-Blackwellised target (`rao_blackwell=False`, much cheaper per step) but WITH the paper's consistency
+# regulariser (`eta_consistency=1`: denoising score matching of the composed score on the target samples, the
+# source network frozen). Without it, at this budget, the guidance is too rough where the source has little
+# mass (measured: MMD^2 of the samples 0.036 without, 0.002 with; see the README).
+#
+# `GENTRANSFER_DEMO_FAST=1` shrinks every step count (numbers then meaningless); `GENTRANSFER_DEMO_OUT` sets the
+# output folder (default `examples/output/`).
+
+# %%
+import os
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed: pictures go to PNG files
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from diffusion import DiffusionHead, VPSchedule, probability_flow_log_prob, sample_ode
+from diffusion.tgdp import FunctionGuidance, GuidedScore, TGDPConfig, fit_tgdp, train_head
+from shared_embed import TrainConfig
+from theory.kl import monte_carlo_kl
+from theory.metrics import mmd2
+from theory.tasks import TwoGaussianTask
+
+FAST = os.environ.get("GENTRANSFER_DEMO_FAST") == "1"
+HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+OUT = Path(os.environ.get("GENTRANSFER_DEMO_OUT") or HERE / "output")
+OUT.mkdir(parents=True, exist_ok=True)
+torch.manual_seed(0)
+START = time.perf_counter()
+
+N_S, N_T = (2000, 100) if FAST else (10_000, 100)
+SOURCE_STEPS = 50 if FAST else 1500
+CLASSIFIER_STEPS = 50 if FAST else 1500
+GUIDANCE_STEPS = 50 if FAST else 3000
+N_SAMPLES = 300 if FAST else 1000  # draws per model for the pictures and the MMD
+N_KL = 100 if FAST else 500  # target draws for the probability-flow KL
+TOL = dict(rtol=1e-3, atol=1e-3) if FAST else dict(rtol=1e-4, atol=1e-4)  # adaptive ODE solver tolerances
+print(f"mode: {'FAST (tiny steps, numbers meaningless)' if FAST else 'full'}; n_s = {N_S}, n_t = {N_T}")
+
+# %% [markdown]
+# ## Data
+
+# %%
+task = TwoGaussianTask()  # mu_S = (0.5, 0.5), mu_T = (0.5, -0.5), variance 0.1, d = 2
+schedule = VPSchedule()  # linear beta from 0.1 to 20
+gen = torch.Generator().manual_seed(0)
+source_x = task.sample(N_S, "source", gen).x  # the labels (c) are not used: unconditional TGDP
+target_x = task.sample(N_T, "target", gen).x
+source_val = task.sample(N_S // 5, "source", gen).x  # held out, for early stopping of the source model
+
+# %% [markdown]
+# ## The frozen source model: a diffusion head trained on the 10,000 source samples
+# `train_head` runs the library's training loop on the head's denoising-score-matching loss.
+
+# %%
+source_head = DiffusionHead(2, None, width=64, blocks=2, **TOL)
+history = train_head(source_head, source_x, config=TrainConfig(steps=SOURCE_STEPS, lr=2e-3, eval_every=100,
+                                                                patience=5, description="source"),
+                     val_x=source_val)
+source_head.requires_grad_(False).eval()
+print(f"source diffusion head: {history.steps_done} steps, {history.seconds:.1f} s")
+
+# %% [markdown]
+# ## TGDP: classifier -> density ratio w -> guidance h_psi(x_t, t)
+# Loss of the guidance: L_guide (source samples) + eta_consistency * L_cons (target samples).
+# `fit_tgdp` takes the frozen source score as a plain function and returns the composed target score
+# `s_src + grad log h_psi` (a `GuidedScore`) together with its pieces.
+
+# %%
+config = TGDPConfig(
+    classifier_train=TrainConfig(steps=CLASSIFIER_STEPS, lr=1e-3, optimizer="adamw", weight_decay=1e-4,
+                                 description="domain classifier"),
+    rao_blackwell=False,  # regress onto w(x_0) itself: cheaper steps than the posterior-mean target
+    eta_consistency=1.0,  # + DSM of s_src + grad log h_psi on the target samples
+    guidance_train=TrainConfig(steps=GUIDANCE_STEPS, lr=3e-3, description="guidance"),
+)
+tgdp = fit_tgdp(source_head.score, source_x, target_x, schedule=schedule, config=config)
+print("TGDP fit: " + ", ".join(f"{k} {h.steps_done} steps {h.seconds:.1f} s" for k, h in tgdp.histories.items()))
+
+# %% [markdown]
+# ## The baseline: a diffusion model on the 100 target samples alone ("vanilla")
+
+# %%
+vanilla = DiffusionHead(2, None, width=64, blocks=2, **TOL)
+train_head(vanilla, target_x, config=TrainConfig(steps=SOURCE_STEPS // 2, lr=2e-3, description="target only"))
+vanilla.requires_grad_(False).eval()
+
+# %% [markdown]
+# ## Learned vs exact guidance log h_t
+# The exact log h_t = log q_t - log p_t comes from the task. Only grad log h enters the score, so a constant
+# offset in log h does not change the model: we report the MSE both raw and with the mean offset removed,
+# measured on noised TARGET samples x_t (where the sampler needs the guidance).
+
+# %%
+TIMES = (0.05, 0.2, 0.5)
+eval_gen = torch.Generator().manual_seed(1)
+mse_rows = []
+for t in TIMES:
+    x0 = task.sample(2000, "target", eval_gen).x
+    a, s = schedule.alpha(torch.tensor(t)), schedule.sigma(torch.tensor(t))
+    xt = a * x0 + s * torch.randn(x0.shape, generator=eval_gen)
+    with torch.no_grad():
+        learned = tgdp.guidance.log_h(xt, torch.full((xt.shape[0],), t))
+    exact = task.log_guidance(xt, a, s)
+    diff = learned - exact
+    mse_rows.append((t, float(diff.square().mean()), float(diff.var()), float(exact.var()), float(diff.mean())))
+    print(f"t = {t:.2f}: MSE log h = {mse_rows[-1][1]:.4f}, MSE up to a constant = {mse_rows[-1][2]:.4f} "
+          f"(variance of the exact log h_t: {mse_rows[-1][3]:.4f})")
+
+# Along the line x = (0.5, u): the target mode (0.5, -0.5) at u = -0.5, the source mode (0.5, 0.5) at u = +0.5.
+u = torch.linspace(-1.6, 1.6, 161)
+line = torch.stack([torch.full_like(u, 0.5), u], 1)
+fig, axes = plt.subplots(1, len(TIMES), figsize=(13, 3.8))
+for ax, (t, mse, cmse, _, offset) in zip(axes, mse_rows):
+    a, s = schedule.alpha(torch.tensor(t)), schedule.sigma(torch.tensor(t))
+    with torch.no_grad():
+        learned = tgdp.guidance.log_h(line, torch.full((line.shape[0],), t))
+    ax.plot(u, task.log_guidance(line, a, s), "k-", lw=2, label="exact log h_t")
+    ax.plot(u, learned, "-", color="tab:blue", lw=1.5, label="learned log h_psi")
+    ax.plot(u, learned - offset, "--", color="tab:blue", lw=1, alpha=0.7, label="learned, mean offset removed")
+    ax.axvline(-0.5, color="tab:green", ls=":", lw=1, label="target mode")
+    ax.axvline(0.5, color="tab:orange", ls=":", lw=1, label="source mode")
+    ax.set_title(f"t = {t:g}  (MSE {mse:.3f}, up to a constant {cmse:.3f})", fontsize=10)
+    ax.set_xlabel("u, with x = (0.5, u)")
+    ax.grid(alpha=0.3)
+axes[0].set_ylabel("log h_t(x) = log q_t(x) / p_t(x)")
+axes[0].legend(fontsize=8)
+fig.suptitle(f"TGDP guidance: learned vs exact (n_s = {N_S}, n_t = {N_T})", fontsize=12)
+fig.tight_layout()
+path = OUT / "tgdp_guidance.png"
+fig.savefig(path, dpi=110)
+plt.close(fig)
+print(f"saved {path}")
+
+# %% [markdown]
+# ## Samples and scores against the truth
+# All models are sampled with the probability-flow ODE from the same noise. Besides the learned TGDP model we
+# also show TGDP with the EXACT guidance on the learned source model: what a perfect classifier and guidance
+# network would give. Scores: MMD^2 to fresh target draws (Gaussian kernel, median bandwidth) and, for the
+# learned models, KL(q || model) through the probability-flow likelihood (exact divergence).
+
+# %%
+exact_guided = GuidedScore(source_head.score, FunctionGuidance(
+    lambda x, t, c: task.log_guidance(x, schedule.alpha(t), schedule.sigma(t))))
+scores = {"source model as is": source_head.score, "target only (vanilla)": vanilla.score,
+          "TGDP, learned guidance": tgdp.score, "TGDP, exact guidance": exact_guided}
+x1 = torch.randn(N_SAMPLES, 2, generator=torch.Generator().manual_seed(2))
+truth = task.sample(N_SAMPLES, "target", torch.Generator().manual_seed(3)).x
+samples, mmds = {}, {}
+with torch.no_grad():  # the guided score takes grad log h locally; no graph is kept
+    for name, score in scores.items():
+        samples[name] = sample_ode(score, x1, schedule, **TOL)
+        mmds[name] = mmd2(samples[name], truth)[0]
+
+kl_x = task.sample(N_KL, "target", torch.Generator().manual_seed(4)).x
+log_q = task.log_prob(kl_x.double(), "target").double()
+kls = {}
+for name in ("source model as is", "target only (vanilla)", "TGDP, learned guidance"):
+    log_model = probability_flow_log_prob(scores[name], kl_x, schedule, divergence="exact", **TOL)
+    kls[name] = monte_carlo_kl(log_q, log_model.detach())
+for name in scores:
+    kl_text = f"KL = {kls[name].value:.4f} +- {kls[name].se:.4f} nats (n={kls[name].n})" if name in kls else ""
+    print(f"{name:<24s} MMD^2 = {mmds[name]:.5f}   {kl_text}")
+
+# %%
+g1, g2 = np.meshgrid(np.linspace(-1.6, 1.6, 120), np.linspace(-1.6, 1.6, 120))
+grid = torch.tensor(np.stack([g1.ravel(), g2.ravel()], 1))
+true_density = task.log_prob(grid, "target").exp().reshape(g1.shape).numpy()
+source_density = task.log_prob(grid, "source").exp().reshape(g1.shape).numpy()
+fig, axes = plt.subplots(1, len(scores), figsize=(4 * len(scores), 4.8), sharex=True, sharey=True)
+for ax, (name, x) in zip(axes, samples.items()):
+    ax.contour(g1, g2, source_density, levels=4, colors="tab:orange", linewidths=0.7, alpha=0.6)
+    ax.contour(g1, g2, true_density, levels=4, colors="k", linewidths=0.8)
+    ax.scatter(x[:, 0], x[:, 1], s=3, alpha=0.4, color="tab:blue", label="model draws")
+    subtitle = f"MMD^2 {mmds[name]:.4f}" + (f", KL {kls[name].value:.2f}" if name in kls else "")
+    ax.set_title(f"{name}\n{subtitle}", fontsize=10)
+    ax.set_xlabel("x[0]")
+    ax.set_xlim(-1.8, 1.8)
+    ax.set_ylim(-1.8, 1.8)
+axes[1].scatter(target_x[:, 0], target_x[:, 1], s=12, marker="x", color="tab:red", label=f"{N_T} target samples")
+axes[0].set_ylabel("x[1]")
+axes[0].plot([], [], color="k", lw=0.8, label="target density q")
+axes[0].plot([], [], color="tab:orange", lw=0.7, label="source density p")
+axes[0].legend(fontsize=8, loc="lower left")
+axes[1].legend(fontsize=8, loc="lower left")
+fig.suptitle("Samples (probability-flow ODE) against the true target density", fontsize=12)
+fig.tight_layout(rect=(0, 0, 1, 0.95))
+path = OUT / "tgdp_samples.png"
+fig.savefig(path, dpi=110)
+plt.close(fig)
+print(f"saved {path}")
+
+# %% [markdown]
+# ## What to notice
+# - The guidance is large and sharp at small t (the domains are well separated there) and flattens to 0 as
+#   t -> 1, where both noised laws tend to N(0, I).
+# - The learned log h follows the exact one where the source has data; between and beyond the modes, where the
+#   source has few samples and the classifier saw only 100 target points, it is rougher.
+# - Steering the frozen source model with it moves the mass from the source modes onto the target modes: KL
+#   falls from about 2.8 nats (source model as is) to about 0.2, and the samples are nearly as close to the
+#   truth as with the EXACT guidance. What is left is the guidance error at small t (first figure).
+# - Be honest with the class: on this easy 2-D task, 100 target samples are enough for a diffusion model trained
+#   on the target alone, which here does as well or better. TGDP pays off when the target sample is too small
+#   or the target law too complex to learn from scratch, and it never retrains the source network.
+
+# %%
+print(f"total time: {time.perf_counter() - START:.1f} s")
