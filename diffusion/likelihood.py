@@ -137,7 +137,7 @@ def probability_flow(
         with torch.enable_grad():
             if not (keep_graph and x.requires_grad):
                 x = x.detach().requires_grad_(True)
-            s = _call(score, x, t, context)
+            s = _call(score, x, t, context, (t_eps, 1.0))
             div_s = (exact_divergence(s, x, keep_graph) if vectors is None
                      else hutchinson_divergence(s, x, vectors, keep_graph))
         dx = -0.5 * beta * (x + s)

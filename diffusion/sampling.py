@@ -76,7 +76,17 @@ def check_times(name: str, t: Tensor | float, x: Tensor) -> Tensor:
     return t
 
 
-def _call(score: ScoreFn, x: Tensor, t: Tensor, context: Tensor | None) -> Tensor:
+def _call(score: ScoreFn, x: Tensor, t: Tensor, context: Tensor | None, t_range: tuple[float, float] | None = None
+          ) -> Tensor:
+    """score(x, t, context) with t broadcast to (n,) and its output shape checked.
+
+    ``t_range`` clamps t for the adaptive ODE solvers: torchdiffeq's first-step probe evaluates the right-hand
+    side at t0 + h0 with h0 unbounded (about 30 when the flow barely moves at t = 1, as for any good score),
+    outside the schedule's [0, 1], where a checked score rightly refuses it. The clamp touches only that probe:
+    every accepted step lies inside the integration interval.
+    """
+    if t_range is not None:
+        t = t.clamp(*t_range)
     out = score(x, t.expand(x.shape[0]), context)
     if not isinstance(out, Tensor) or out.shape != x.shape:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -156,7 +166,7 @@ def sample_ode(
     check_choice("method", method, ODE_METHODS)
 
     def velocity(t: Tensor, x: Tensor) -> Tensor:
-        return -0.5 * schedule.beta(t).to(x) * (x + _call(score, x, t, context))
+        return -0.5 * schedule.beta(t).to(x) * (x + _call(score, x, t, context, (t_eps, 1.0)))
 
     ts = torch.tensor([1.0, t_eps], dtype=x1.dtype, device=x1.device)
     # step_t: the last step lands on t_eps instead of overshooting it (the schedule is undefined below t = 0)
