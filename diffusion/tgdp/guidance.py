@@ -38,11 +38,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shared_embed.mlp import mlp
-from shared_embed.validation import check_choice, check_context, check_fraction, check_positive_int, check_tensor
+from shared_embed.validation import check_choice, check_context, check_positive_int, check_tensor
 
 from ..network import SinusoidalEmbedding
 from ..schedule import VPSchedule
-from .inputs import check_points, noise_level, stratified_times
+from .inputs import check_points, noise_level, noised_rows
 
 POSITIVITY = ("exp", "softplus")
 DAMPING = ("alpha", "none")
@@ -196,10 +196,7 @@ def guidance_loss(
     sample the rows x0 are drawn from), the target is E[w | x_t] instead of w(x_0): the same loss up to a
     constant, with lower-variance gradients (module docstring).
     """
-    check_tensor("x0", x0, ndim=2, min_rows=1)
+    t, x_t, _ = noised_rows(schedule, x0, t_eps)
     check_tensor("w0", w0, ndim=1, rows=x0.shape[0])
-    check_fraction("t_eps", t_eps)
-    t = stratified_times(x0.shape[0], t_eps, x0)
-    x_t, _ = schedule.marginal(x0, t)
     target = w0.detach() if posterior is None else posterior.mean_ratio(x_t, t, context)
     return (guidance.h(x_t, t, context) - target).square().mean()

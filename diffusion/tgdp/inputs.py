@@ -37,6 +37,17 @@ def noise_level(schedule: VPSchedule, t: Tensor) -> Tensor:
     return 0.5 * torch.log(-torch.expm1(2.0 * log_a)) - log_a
 
 
+def noised_rows(schedule: VPSchedule, x0: Tensor, t_eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Check x0 (n, d) and t_eps; draw stratified t (n,) and x_t = a_t x0 + s_t e; return (t, x_t, e).
+
+    The common first step of every TGDP loss (L_guide, L_cycle, L_cons).
+    """
+    check_tensor("x0", x0, ndim=2, min_rows=1)
+    t = stratified_times(x0.shape[0], t_eps, x0)
+    x_t, noise = schedule.marginal(x0, t)
+    return t, x_t, noise
+
+
 def stratified_times(n: int, t_eps: float, like: Tensor) -> Tensor:
     """(n,) times U(t_eps, 1), one per stratum of length 1/n in random order (lower-variance batches)."""
     check_fraction("t_eps", t_eps)

@@ -20,13 +20,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from shared_embed.validation import check_fraction, check_tensor
 
 from ..sampling import ScoreFn
 from ..schedule import VPSchedule
 from .compose import guidance_grad
 from .guidance import Guidance
-from .inputs import stratified_times
+from .inputs import noised_rows
 
 #: ``ratio(x_t (n, d), t (n,), context) -> (n,)``: a noised density ratio q_t / p_t (e.g. ``DensityRatio.ratio``).
 RatioFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
@@ -41,10 +40,7 @@ def cycle_loss(
     t_eps: float = 1e-5,
 ) -> Tensor:
     """L_cycle on target rows x0 (n, d): mean (h(x_t, t) - ratio(x_t, t))^2; the reference ratio is detached."""
-    check_tensor("x0", x0, ndim=2, min_rows=1)
-    check_fraction("t_eps", t_eps)
-    t = stratified_times(x0.shape[0], t_eps, x0)
-    x_t, _ = schedule.marginal(x0, t)
+    t, x_t, _ = noised_rows(schedule, x0, t_eps)
     reference = ratio(x_t, t, context).detach()
     return (guidance.h(x_t, t, context) - reference).square().mean()
 
@@ -61,10 +57,7 @@ def consistency_loss(
 
     The source score is evaluated without a graph (frozen); gradients reach the guidance's parameters only.
     """
-    check_tensor("x0", x0, ndim=2, min_rows=1)
-    check_fraction("t_eps", t_eps)
-    t = stratified_times(x0.shape[0], t_eps, x0)
-    x_t, noise = schedule.marginal(x0, t)
+    t, x_t, noise = noised_rows(schedule, x0, t_eps)
     s = schedule.sigma(t).to(x0).unsqueeze(-1)
     with torch.no_grad():
         s_src = source_score(x_t, t, context)
