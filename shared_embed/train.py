@@ -133,6 +133,24 @@ def _lr_factor(config: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
+def _grad_norm(params: list[nn.Parameter], clip: float | None) -> Tensor:
+    """Total 2-norm of the gradients, after clipping them to ``clip`` in place when it is given.
+
+    With ``clip`` this is ``clip_grad_norm_``. Without it only the norm is needed (for the NaN/inf check), so
+    the no-op rescaling by 1 that ``clip_grad_norm_(params, inf)`` applies to every gradient is skipped: the
+    per-step overhead of the loop on small heads (see ``benchmarks/training_overhead.py``).
+    """
+    if clip is not None:
+        return torch.nn.utils.clip_grad_norm_(params, clip)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6; the same norm as clip_grad_norm_
+    if total_norm is not None:
+        return total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
 def _show_progress(config: TrainConfig, rank: int) -> bool:
     if rank != 0 or os.environ.get("GENTRANSFER_QUIET"):
         return False
@@ -253,29 +271,29 @@ def fit(
                 if i < epoch_batch:
                     continue  # resuming mid-epoch: skip what was already seen
                 loss = runner(*batch)
-                if not torch.isfinite(loss):
+                loss_value = float(loss.detach())  # one host sync per step: checked here, logged below
+                if not math.isfinite(loss_value):
                     raise TrainingDivergedError(
-                        f"{config.description}: loss is {float(loss)} at step {step}; last good checkpoint: "
+                        f"{config.description}: loss is {loss_value} at step {step}; last good checkpoint: "
                         f"{last_ckpt}. Lower the learning rate (lr={config.lr}) or check the data."
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                clip = config.grad_clip if config.grad_clip is not None else math.inf
-                norm = torch.nn.utils.clip_grad_norm_(params, clip)
-                if not torch.isfinite(norm):
+                norm = float(_grad_norm(params, config.grad_clip))
+                if not math.isfinite(norm):
                     raise TrainingDivergedError(
-                        f"{config.description}: gradient norm is {float(norm)} at step {step}; last good "
+                        f"{config.description}: gradient norm is {norm} at step {step}; last good "
                         f"checkpoint: {last_ckpt}. Lower the learning rate (lr={config.lr})."
                     )
                 optimizer.step()
                 scheduler.step()
                 step += 1
                 epoch_batch = i + 1
-                logged = loss.detach()
                 if distributed:  # log the global-batch loss, as one process would see it
+                    logged = loss.detach().clone()
                     dist.all_reduce(logged)
-                    logged = logged / world
-                history.train_loss.append(float(logged))
+                    loss_value = float(logged / world)
+                history.train_loss.append(loss_value)
                 bar.update(1)
                 if val_data is not None and (step % config.eval_every == 0 or step == config.steps):
                     module.eval()
