@@ -16,9 +16,6 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import platform
 import sys
 import time
 from dataclasses import asdict, replace
@@ -26,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-# Run from a checkout: make the repository's packages importable whatever the working directory.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import RESULTS as RESULTS_DIR  # noqa: E402  (also puts the repository root on sys.path)
+from common import append_record  # noqa: E402
 
 from diffusion import make_diffusion_head, probability_flow  # noqa: E402
 from shared_embed.transfer import fit_variants  # noqa: E402
@@ -38,7 +35,7 @@ from theory.diffusion_experiment import (  # noqa: E402
 )
 from theory.tasks import ConditionalGaussianTask  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "diffusion_transfer.jsonl"
+RESULTS = RESULTS_DIR / "diffusion_transfer.jsonl"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -113,16 +110,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.threads} thread(s))")
     print(f"wall time: {result['seconds']:.0f} s")
     line = {
-        "benchmark": "diffusion_transfer", "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "quick": args.quick, "experiment": asdict(exp),
-        "torch": torch.__version__, "python": platform.python_version(), "threads": args.threads,
         "seconds": result["seconds"], "summary": result["summary"], "ratio": result["ratio"],
         "nfe_probe": probe, "records": result["records"],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("a") as f:
-        f.write(json.dumps(line) + "\n")
-    print(f"appended to {args.out}")
+    print(f"appended to {append_record('diffusion_transfer', line, args.out)}")
     return 0
 
 

@@ -14,21 +14,18 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import platform
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-# Run from a checkout: make the repository's packages importable whatever the working directory.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import RESULTS as RESULTS_DIR  # noqa: E402  (also puts the repository root on sys.path)
+from common import append_record  # noqa: E402
 
 from theory.flow_experiment import FlowExperiment, run_flow_experiment  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "flow_transfer.jsonl"
+RESULTS = RESULTS_DIR / "flow_transfer.jsonl"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,16 +81,11 @@ def main(argv: list[str] | None = None) -> int:
               f" (transfer KL at 100: {r['target_kl']:.4f})")
     print(f"wall time: {result['seconds']:.0f} s")
     line = {
-        "benchmark": "flow_transfer", "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "quick": args.quick, "experiment": asdict(exp),
-        "torch": torch.__version__, "python": platform.python_version(), "threads": args.threads,
         "seconds": result["seconds"], "summary": result["summary"], "ratio": result["ratio"],
         "records": result["records"],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("a") as f:
-        f.write(json.dumps(line) + "\n")
-    print(f"appended to {args.out}")
+    print(f"appended to {append_record('flow_transfer', line, args.out)}")
     return 0
 
 

@@ -1,0 +1,113 @@
+"""Shared bits of the benchmark scripts: repository imports, machine info, timing, tables, the JSON-line writer.
+
+Every script in ``benchmarks/`` does ``from common import ...`` (the script's folder is on ``sys.path`` when it
+runs as ``python benchmarks/<name>.py``); importing this module also puts the repository root on ``sys.path``
+so ``shared_embed``, ``flows``, ``diffusion`` and ``theory`` import from the checkout.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo ('unknown' where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """torch / python versions, torch threads, OMP_NUM_THREADS, CPU model and logical core count."""
+    return {
+        "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+
+
+def machine_line() -> str:
+    """One human line of :func:`machine_info` for the printed report."""
+    m = machine_info()
+    return (f"machine: {m['cpu']} ({m['cpu_count']} logical cores), torch {m['torch']} with {m['threads']} "
+            f"thread(s), python {m['python']}")
+
+
+def time_call(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call of ``fn``. On a shared machine the CPU time of a
+    single-threaded run is the steadier figure: time spent waiting for a core does not count."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int,
+                     warmup: int = 1) -> dict[str, dict[str, list[float]]]:
+    """``{name: {"wall": [...], "cpu": [...]}}``: seconds per call of each ``fns`` entry, the entries
+    interleaved round by round so slow drifts of a shared machine hit every entry alike; ``warmup``
+    untimed rounds first."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            wall, cpu = time_call(fn)
+            times[name]["wall"].append(wall)
+            times[name]["cpu"].append(cpu)
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table; floats printed with 4 significant digits."""
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def append_record(name: str, record: dict[str, Any], out: Path | None = None) -> Path:
+    """Append one JSON line ``{"benchmark": name, "time": ..., **machine_info(), **record}`` to
+    ``out`` (default ``benchmarks/results/<name>.jsonl``); returns the path."""
+    path = out or RESULTS / f"{name}.jsonl"
+    line = {"benchmark": name, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            **machine_info(), **record}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(line) + "\n")
+    return path
+
+
+def read_latest(name: str, results: Path = RESULTS) -> dict[str, Any] | None:
+    """The last JSON line of ``results/<name>.jsonl``, or None when the file is absent or empty."""
+    path = results / f"{name}.jsonl"
+    if not path.is_file():
+        return None
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    return json.loads(lines[-1]) if lines else None
