@@ -33,7 +33,7 @@ from shared_embed.validation import check_choice, check_fraction, check_positive
 from .likelihood import DIVERGENCES, probability_flow_log_prob
 from .network import ScoreNetwork
 from .sampling import SDE_METHODS, check_times, sample_ode, sample_sde
-from .schedule import SCHEDULES, VPSchedule
+from .schedule import SCHEDULES, VPSchedule, stratified_times
 
 SAMPLERS = ("ode", *SDE_METHODS)
 PARAMETERIZATIONS = ("residual", "epsilon")
@@ -119,9 +119,10 @@ class DiffusionHead(Head):
         log_s = 0.5 * torch.log(-torch.expm1(2.0 * log_a))
         return log_a.exp(), log_s.exp(), log_s - log_a
 
-    def _epsilon(self, x: Tensor, t: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(e_hat, s_t[:, None]) without argument checks; t is (n,)."""
-        _, s, level = self._scales(t)
+    def _epsilon(self, x: Tensor, t: Tensor, context: Tensor | None,
+                 scales: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """(e_hat, s_t[:, None]) without argument checks; t is (n,); ``scales``: ``_scales(t)`` if already known."""
+        _, s, level = self._scales(t) if scales is None else scales
         out = self.net(x, level, context)
         s = s.unsqueeze(-1)
         return (s * (x + out) if self.parameterization == "residual" else out), s
@@ -156,11 +157,12 @@ class DiffusionHead(Head):
         batch-to-batch variance is lower, which steadies training and the early-stopping validation loss.
         """
         x, context = self.check_inputs(x, context)
-        n = x.shape[0]
-        u = (torch.randperm(n, device=x.device).to(x.dtype) + torch.rand(n, dtype=x.dtype, device=x.device)) / n
-        t = self.t_eps + (1.0 - self.t_eps) * u
-        x_t, noise = self.schedule.marginal(x, t)
-        eps, _ = self._epsilon(x_t, t, context)
+        t = stratified_times(x.shape[0], self.t_eps, x)
+        scales = self._scales(t)  # a_t, s_t and the noise level once per batch: the loss is the hot path
+        a, s, _ = scales
+        noise = torch.randn_like(x)
+        x_t = a.unsqueeze(-1) * x + s.unsqueeze(-1) * noise
+        eps, _ = self._epsilon(x_t, t, context, scales)
         return (eps - noise).square().mean()
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from shared_embed.validation import check_choice, check_positive_float
+from shared_embed.validation import check_choice, check_fraction, check_positive_float
 
 SCHEDULES = ("linear", "cosine")
 
@@ -104,3 +104,11 @@ def _col(v: Tensor, like: Tensor) -> Tensor:
     """Broadcast a scalar or per-row (n,) tensor against (n, d)."""
     v = v.to(like)
     return v.unsqueeze(-1) if v.dim() == 1 else v
+
+
+def stratified_times(n: int, t_eps: float, like: Tensor) -> Tensor:
+    """(n,) times U(t_eps, 1), one per stratum of length 1/n in random order (Kingma et al. 2021's
+    low-discrepancy sampler): each t is still U(t_eps, 1), and batch means vary less."""
+    check_fraction("t_eps", t_eps)
+    u = (torch.randperm(n, device=like.device).to(like.dtype) + torch.rand(n, dtype=like.dtype, device=like.device)) / n
+    return t_eps + (1.0 - t_eps) * u

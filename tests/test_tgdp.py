@@ -48,7 +48,7 @@ from diffusion.tgdp import (
     guidance_grad,
     guidance_loss,
 )
-from diffusion.tgdp.inputs import stratified_times
+from diffusion.schedule import stratified_times
 from shared_embed import ConfigError, DataError, DTypeError, ShapeError
 from shared_embed.train import TrainConfig
 from tests.test_diffusion_sampling import mmd_permutation_test

@@ -31,8 +31,8 @@ from shared_embed.train import TrainConfig, TrainHistory, fit
 from shared_embed.validation import check_context, check_fraction, check_matrix, check_positive_int
 
 from ..network import SinusoidalEmbedding
-from ..schedule import VPSchedule
-from .inputs import check_points, noise_level, stratified_times
+from ..schedule import VPSchedule, stratified_times
+from .inputs import check_points, noise_level
 
 
 class DomainClassifier(nn.Module):

@@ -6,10 +6,10 @@ import torch
 from torch import Tensor
 
 from shared_embed.errors import ShapeError
-from shared_embed.validation import check_fraction, check_tensor
+from shared_embed.validation import check_tensor
 
 from ..sampling import check_times
-from ..schedule import VPSchedule
+from ..schedule import VPSchedule, stratified_times
 
 
 def check_points(
@@ -46,10 +46,3 @@ def noised_rows(schedule: VPSchedule, x0: Tensor, t_eps: float) -> tuple[Tensor,
     t = stratified_times(x0.shape[0], t_eps, x0)
     x_t, noise = schedule.marginal(x0, t)
     return t, x_t, noise
-
-
-def stratified_times(n: int, t_eps: float, like: Tensor) -> Tensor:
-    """(n,) times U(t_eps, 1), one per stratum of length 1/n in random order (lower-variance batches)."""
-    check_fraction("t_eps", t_eps)
-    u = (torch.randperm(n, device=like.device).to(like.dtype) + torch.rand(n, dtype=like.dtype, device=like.device)) / n
-    return t_eps + (1.0 - t_eps) * u
