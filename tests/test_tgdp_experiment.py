@@ -1,0 +1,103 @@
+"""The TGDP simulation experiment: a tiny end-to-end run (records, table, plots), and the full grid (``-m slow``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared_embed.train import TrainConfig
+from theory.tgdp_experiment import TGDPSettings, compare, load_records, run_tgdp_experiment
+from theory.tgdp_methods import METHODS
+
+
+def tiny_settings() -> TGDPSettings:
+    quick = TrainConfig(steps=20, batch_size=64, eval_every=10)
+    return TGDPSettings(
+        n_source=400, n_targets=(10,), seeds=(0,), source_train=quick, target_train=quick, fine_tune_train=quick,
+        head={"width": 16, "blocks": 1, "time_features": 8},
+        tgdp={"classifier_train": {"steps": 20}, "guidance_train": {"steps": 20, "batch_size": 64},
+              "time_classifier_train": {"steps": 20}},
+        rtol=1e-3, n_eval=200, n_mmd=100, n_errors=200, times=(0.1, 0.5), plot_times=(0.1, 0.5), keep_samples=50)
+
+
+def test_tiny_tgdp_experiment_end_to_end(tmp_path: Path) -> None:
+    result = run_tgdp_experiment(tiny_settings(), out_dir=tmp_path)
+    records = result["records"]
+    assert len(records) == 2 * len(METHODS)  # one seed, one n_t, two versions
+    assert {(r["conditional"], r["method"]) for r in records} == {(c, m) for c in (False, True) for m in METHODS}
+    for r in records:
+        assert math.isfinite(r["kl"]) and r["kl_se"] >= 0 and r["n_eval"] == 200, r["method"]
+        assert math.isfinite(r["mmd2"]) and r["mmd_bandwidth"] > 0
+        assert len(r["samples"]) == 50
+        if r["method"] in ("tgdp", "tgdp_reg", "tgdp_exact_w"):
+            assert set(r["log_h_mse"]) == {"0.1", "0.5"}
+            assert all(math.isfinite(v) and v >= 0 for v in r["log_h_mse"].values())
+            assert r["log_h_mse_mean"] >= 0 and r["grad_mse_q_mean"] >= 0
+        if r["method"] in ("tgdp", "tgdp_reg"):
+            assert r["ratio_mse"] >= 0
+        if r["conditional"]:
+            assert r["label_kl"] >= 0 and len(r["label_probs"]) == 2
+    reg = next(r for r in records if r["method"] == "tgdp_reg")
+    assert reg["settings"] == {"eta_cycle": 1.0, "eta_consistency": 1.0}
+    # the records on disk are the records returned, one file per (seed, n_t, conditional, method)
+    on_disk = load_records(tmp_path)
+    assert len(on_disk) == len(records)
+    assert json.loads((tmp_path / "settings.json").read_text())["n_source"] == 400
+    table = (tmp_path / "table.md").read_text()
+    assert table.strip() == result["table"]
+    for m in METHODS:
+        assert f"| {m}" in table
+    assert "| uncond | 10 |" in table and "| cond | 10 |" in table
+    assert len(result["plots"]) == 4
+    for p in result["plots"]:
+        assert Path(p).exists() and Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Path(p).stat().st_size > 5000
+    gap = compare(result["summary"], "tgdp", "target_only", 10, False)
+    assert math.isfinite(gap["gap"]) and gap["se"] >= 0
+
+
+def test_unknown_method_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown method"):
+        run_tgdp_experiment(TGDPSettings(methods=("tgdp", "magic")))
+
+
+@pytest.fixture(scope="module")
+def full_grid(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The full grid (n_s = 10,000, n_t in {10, 100, 1000}, 3 seeds, both versions; about 35 min on one core)."""
+    torch.set_num_threads(1)
+    result = run_tgdp_experiment(TGDPSettings(), out_dir=tmp_path_factory.mktemp("tgdp_sim"), progress=True)
+    print(result["table"])
+    return result
+
+
+def _losses(summary: list, methods: tuple[str, ...]) -> list[dict]:
+    """Comparisons at n_t = 10 and 100, both versions, where ``methods`` is not below a baseline beyond the SE."""
+    return [c for conditional in (False, True) for n_t in (10, 100) for method in methods
+            for baseline in ("target_only", "fine_tune")
+            if not (c := compare(summary, method, baseline, n_t, conditional))["beats"]]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)  # the suite's 300 s limit is for the default run
+def test_exact_guidance_on_the_learned_source_beats_the_baselines(full_grid: dict) -> None:
+    """With the exact grad log h_t added to the LEARNED source score, TGDP beats target-only and fine-tuning at
+    n_t = 10 and 100: the composition, the source model and the evaluation are right (measured KL 0.054 uncond.,
+    0.062 cond., vs 0.11-1.13 for the baselines)."""
+    assert not _losses(full_grid["summary"], ("tgdp_exact_h",))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+@pytest.mark.xfail(strict=False, reason=(
+    "measured on the full grid: learned TGDP loses to target-only and fine-tuning at n_t = 10 and 100 (e.g. uncond. "
+    "n_t = 100: TGDP 0.73 +- 0.24 vs target-only 0.11 +- 0.01 nats). The guidance regression h_psi ~ w is the gap: "
+    "with the EXACT w it still gives 1.6 nats (log h too flat at t <= 0.1, where the target modes sit in the "
+    "source's tails), and at n_t = 10 the classifier's log w error is 9-13 nats^2. See the closing note of the TGDP "
+    "issue and runs/tgdp_sim/log_h_*.png."))
+def test_learned_tgdp_beats_the_baselines(full_grid: dict) -> None:
+    """The paper's claim on its simulation: TGDP, with and without the regularisers, below target-only and
+    fine-tuning at n_t = 10 and 100, by more than the combined SE over seeds."""
+    assert not _losses(full_grid["summary"], ("tgdp", "tgdp_reg"))
