@@ -24,6 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
 
 
 def cpu_model() -> str:
@@ -111,3 +112,24 @@ def read_latest(name: str, results: Path = RESULTS) -> dict[str, Any] | None:
         return None
     lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
     return json.loads(lines[-1]) if lines else None
+
+
+def plain_train(module: nn.Module, loss: Callable[[Tensor, Tensor], Tensor], c: Tensor, x: Tensor,
+                steps: int, batch_size: int, lr: float = 1e-3) -> None:
+    """The plain baseline every overhead benchmark compares with: shuffle, slice a batch, zero_grad, backward,
+    Adam step; ``loss(c_batch, x_batch)``, no checks, no schedule, no clipping, no logging."""
+    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(0)
+    step = 0
+    module.train()
+    while step < steps:
+        perm = torch.randperm(x.shape[0], generator=gen)
+        for start in range(0, x.shape[0], batch_size):
+            idx = perm[start:start + batch_size]
+            value = loss(c[idx], x[idx])
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+            step += 1
+            if step >= steps:
+                return

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from common import append_record, machine_line, median, table, time_interleaved  # noqa: E402
+from common import append_record, machine_line, median, plain_train, table, time_interleaved  # noqa: E402
 
 from diffusion import DiffusionHead  # noqa: E402
 from shared_embed.train import TrainConfig, fit  # noqa: E402
@@ -80,24 +80,10 @@ def plain_dsm(head: DiffusionHead) -> Callable[[Tensor, Tensor], Tensor]:
     return loss
 
 
-def plain_train(head: DiffusionHead, c: Tensor, x: Tensor, steps: int, batch_size: int, lr: float = 1e-3) -> None:
-    """A minimal epoch loop: shuffle, slice a batch, zero_grad, backward, Adam step."""
-    loss = plain_dsm(head)
-    opt = torch.optim.Adam(head.net.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(0)
-    step = 0
-    head.train()
-    while step < steps:
-        perm = torch.randperm(x.shape[0], generator=gen)
-        for start in range(0, x.shape[0], batch_size):
-            idx = perm[start:start + batch_size]
-            value = loss(c[idx], x[idx])
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
-            step += 1
-            if step >= steps:
-                return
+def plain_run(c: Tensor, x: Tensor, steps: int, batch_size: int) -> None:
+    """The plain loop of ``common.plain_train`` on a fresh head with the plain DSM loss."""
+    head = new_head()
+    plain_train(head, plain_dsm(head), c, x, steps, batch_size)
 
 
 def runners(c: Tensor, x: Tensor, steps: int, batch_size: int) -> dict[str, Callable[[], None]]:
@@ -116,7 +102,7 @@ def runners(c: Tensor, x: Tensor, steps: int, batch_size: int) -> dict[str, Call
         loss = plain_dsm(head)
         fit(head.net, lambda b: loss(b[0], b[1]), (c, x), config=same)
 
-    return {"plain": lambda: plain_train(new_head(), c, x, steps, batch_size), "toolkit": toolkit(same),
+    return {"plain": lambda: plain_run(c, x, steps, batch_size), "toolkit": toolkit(same),
             "toolkit_default": toolkit(default), "loop_plain_loss": loop_only}
 
 

@@ -39,7 +39,7 @@ from types import ModuleType
 import torch
 from torch import Tensor, nn
 
-from common import append_record, machine_line, median, table, time_interleaved  # noqa: E402
+from common import append_record, machine_line, median, plain_train, table, time_interleaved  # noqa: E402
 
 from flows import FlowHead  # noqa: E402
 from shared_embed.train import TrainConfig, fit  # noqa: E402
@@ -85,26 +85,6 @@ def plain_loss(head: FlowHead) -> Callable[[Tensor, Tensor], Tensor]:
     if head.backend == "zuko":
         return lambda c, x: -flow(c).log_prob(x).mean()
     return lambda c, x: -flow.log_prob(x, context=c).mean()
-
-
-def plain_train(module: nn.Module, loss: Callable[[Tensor, Tensor], Tensor], c: Tensor, x: Tensor,
-                steps: int, batch_size: int, lr: float = 1e-3) -> None:
-    """A minimal epoch loop: shuffle, slice a batch, zero_grad, backward, Adam step."""
-    opt = torch.optim.Adam(module.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(0)
-    step = 0
-    module.train()
-    while step < steps:
-        perm = torch.randperm(x.shape[0], generator=gen)
-        for start in range(0, x.shape[0], batch_size):
-            idx = perm[start:start + batch_size]
-            value = loss(c[idx], x[idx])
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
-            step += 1
-            if step >= steps:
-                return
 
 
 def load_train(path: Path) -> ModuleType:
