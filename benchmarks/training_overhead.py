@@ -37,7 +37,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from common import append_record, machine_line, median, plain_train, table, time_interleaved  # noqa: E402
 
