@@ -23,14 +23,7 @@ from shared_embed.train import TrainConfig
 from shared_embed.transfer import VARIANTS, TransferConfig
 
 from .tasks import ConditionalGaussianTask
-from .transfer_experiment import (
-    Log,
-    format_split_table,
-    format_table,
-    run_transfer_grid,
-    sample_efficiency_ratio,
-    summarize,
-)
+from .transfer_experiment import Log, grid_result, run_transfer_grid
 
 
 def diffusion_transfer_config() -> TransferConfig:
@@ -94,7 +87,4 @@ def run_diffusion_experiment(
         transfer_config or diffusion_transfer_config(), n_eval=exp.n_eval, floor_n=exp.floor_n,
         floor_train=floor_train, log=log,
     )
-    seconds = time.perf_counter() - start
-    ratio = sample_efficiency_ratio(records, 100) if 100 in exp.n_t_list else None
-    return {"records": records, "summary": summarize(records), "table": format_table(records),
-            "split_table": format_split_table(records), "ratio": ratio, "seconds": seconds}
+    return grid_result(records, time.perf_counter() - start)

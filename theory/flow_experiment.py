@@ -21,14 +21,7 @@ from shared_embed.train import TrainConfig
 from shared_embed.transfer import VARIANTS, TransferConfig
 
 from .tasks import ConditionalGaussianTask
-from .transfer_experiment import (
-    Log,
-    format_split_table,
-    format_table,
-    run_transfer_grid,
-    sample_efficiency_ratio,
-    summarize,
-)
+from .transfer_experiment import Log, grid_result, run_transfer_grid
 
 
 def flow_transfer_config() -> TransferConfig:
@@ -86,7 +79,4 @@ def run_flow_experiment(
         task, make_flow_head(task.d_x, **exp.head), exp.n_s, exp.n_t_list, exp.seeds, exp.variants,
         transfer_config or flow_transfer_config(), n_eval=exp.n_eval, floor_n=exp.floor_n, log=log,
     )
-    seconds = time.perf_counter() - start
-    ratio = sample_efficiency_ratio(records, 100) if 100 in exp.n_t_list else None
-    return {"records": records, "summary": summarize(records), "table": format_table(records),
-            "split_table": format_split_table(records), "ratio": ratio, "seconds": seconds}
+    return grid_result(records, time.perf_counter() - start)

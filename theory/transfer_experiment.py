@@ -246,3 +246,13 @@ def sample_efficiency_ratio(
             return {**out, "n_t_needed": n_needed, "ratio": ratio, "bound": "=", "text": f"{ratio:.3g}"}
     return {**out, "n_t_needed": None, "ratio": None, "bound": ">",
             "text": f"> {curve[-1][0] / reference_n_t:.3g}"}
+
+
+def grid_result(records: Sequence[dict[str, Any]], seconds: float, reference_n_t: int = 100) -> dict[str, Any]:
+    """What an experiment returns: its records, the per-(variant, n_t) summary, the Markdown tables (KL per
+    variant, transfer KL split), the sample-efficiency ratio at ``reference_n_t`` (None when that n_t was not
+    run) and the wall time."""
+    ran_reference = any(int(r["n_t"]) == reference_n_t for r in records)
+    return {"records": list(records), "summary": summarize(records), "table": format_table(records),
+            "split_table": format_split_table(records),
+            "ratio": sample_efficiency_ratio(records, reference_n_t) if ran_reference else None, "seconds": seconds}
