@@ -7,6 +7,7 @@ so ``shared_embed``, ``flows``, ``diffusion`` and ``theory`` import from the che
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -133,3 +134,45 @@ def plain_train(module: nn.Module, loss: Callable[[Tensor, Tensor], Tensor], c: 
             step += 1
             if step >= steps:
                 return
+
+
+# -- the transfer-grid benchmarks (flow_transfer.py, diffusion_transfer.py) --------------------------------
+def add_grid_arguments(p: argparse.ArgumentParser, results: Path) -> None:
+    """The arguments every transfer-grid benchmark takes (its head's own options are added by the script)."""
+    p.add_argument("--quick", action="store_true", help="small grid: n_t in {50, 100, 1000}, one seed")
+    p.add_argument("--n-s", type=int, help="source sample size (default 10000)")
+    p.add_argument("--n-t", type=int, nargs="+", help="target sample sizes")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds")
+    p.add_argument("--floor-n", type=int, help="target pairs for the embedding-floor head (0: no KL split)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--out", type=Path, default=results, help="JSON-lines file to append to")
+    p.add_argument("--quiet", action="store_true", help="no per-cell log lines")
+
+
+def grid_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The experiment fields the grid arguments override (for ``dataclasses.replace``)."""
+    changes: dict[str, Any] = {}
+    if args.n_s:
+        changes["n_s"] = args.n_s
+    if args.n_t:
+        changes["n_t_list"] = tuple(args.n_t)
+    if args.seeds:
+        changes["seeds"] = tuple(args.seeds)
+    if args.floor_n is not None:
+        changes["floor_n"] = args.floor_n or None
+    return changes
+
+
+def print_grid_result(result: dict[str, Any], what: str, floor_n: int | None) -> None:
+    """The KL table, the transfer KL split and the sample-efficiency ratio of a transfer-grid result."""
+    print()
+    print(what)
+    print(result["table"])
+    if result["split_table"]:
+        print(f"\nKL split of transfer (embedding floor: a head fit to {floor_n} target pairs on the frozen "
+              "source encoder):")
+        print(result["split_table"])
+    if result["ratio"] is not None:
+        r = result["ratio"]
+        print(f"sample-efficiency ratio (n_t no-transfer needs to match transfer at n_t=100, / 100): {r['text']}"
+              f" (transfer KL at 100: {r['target_kl']:.4f})")

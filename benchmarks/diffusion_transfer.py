@@ -19,12 +19,11 @@ import argparse
 import sys
 import time
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import torch
 
 from common import RESULTS as RESULTS_DIR  # noqa: E402  (also puts the repository root on sys.path)
-from common import append_record  # noqa: E402
+from common import add_grid_arguments, append_record, grid_changes, print_grid_result  # noqa: E402
 
 from diffusion import make_diffusion_head, probability_flow  # noqa: E402
 from shared_embed.transfer import fit_variants  # noqa: E402
@@ -40,16 +39,9 @@ RESULTS = RESULTS_DIR / "diffusion_transfer.jsonl"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small grid: n_t in {50, 100, 1000}, one seed")
-    p.add_argument("--n-s", type=int, help="source sample size (default 10000)")
-    p.add_argument("--n-t", type=int, nargs="+", help="target sample sizes")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds")
+    add_grid_arguments(p, RESULTS)
     p.add_argument("--n-eval", type=int, help="KL evaluation pairs per seed")
-    p.add_argument("--floor-n", type=int, help="target pairs for the embedding-floor head (0: no KL split)")
     p.add_argument("--rtol", type=float, help="probability-flow solver rtol = atol (default 1e-4)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--out", type=Path, default=RESULTS, help="JSON-lines file to append to")
-    p.add_argument("--quiet", action="store_true", help="no per-cell log lines")
     return p.parse_args(argv)
 
 
@@ -76,34 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     exp = DiffusionExperiment.quick() if args.quick else DiffusionExperiment()
-    changes: dict = {}
-    if args.n_s:
-        changes["n_s"] = args.n_s
-    if args.n_t:
-        changes["n_t_list"] = tuple(args.n_t)
-    if args.seeds:
-        changes["seeds"] = tuple(args.seeds)
+    changes = grid_changes(args)
     if args.n_eval:
         changes["n_eval"] = args.n_eval
-    if args.floor_n is not None:
-        changes["floor_n"] = args.floor_n or None
     if args.rtol:
         changes["head"] = {**exp.head, "rtol": args.rtol, "atol": args.rtol}
     exp = replace(exp, **changes)
     log = None if args.quiet else (lambda msg: print(time.strftime("%H:%M:%S"), msg, flush=True))
     result = run_diffusion_experiment(exp, log=log)
-    print()
-    print(f"KL(p_T || p_hat) in nats (probability-flow log-density, {exp.n_eval} pairs per seed), mean +- SE "
-          f"over seeds {list(exp.seeds)}; n_s = {exp.n_s}; head {exp.head}")
-    print(result["table"])
-    if result["split_table"]:
-        print(f"\nKL split of transfer (embedding floor: a head fit to {exp.floor_n} target pairs on the frozen "
-              "source encoder):")
-        print(result["split_table"])
-    if result["ratio"] is not None:
-        r = result["ratio"]
-        print(f"sample-efficiency ratio (n_t no-transfer needs to match transfer at n_t=100, / 100): {r['text']}"
-              f" (transfer KL at 100: {r['target_kl']:.4f})")
+    print_grid_result(result, f"KL(p_T || p_hat) in nats (probability-flow log-density, {exp.n_eval} pairs per seed), "
+                      f"mean +- SE over seeds {list(exp.seeds)}; n_s = {exp.n_s}; head {exp.head}", exp.floor_n)
     probe = nfe_probe(exp)
     print(f"probability-flow cost: NFE {probe['nfe']}, {probe['seconds']:.2f} s per {probe['n']} log-densities "
           f"of a no-transfer head fit to {probe['n_t']} pairs (rtol = atol = {probe['rtol']:g}, "

@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import torch
 
 from common import RESULTS as RESULTS_DIR  # noqa: E402  (also puts the repository root on sys.path)
-from common import append_record  # noqa: E402
+from common import add_grid_arguments, append_record, grid_changes, print_grid_result  # noqa: E402
 
 from theory.flow_experiment import FlowExperiment, run_flow_experiment  # noqa: E402
 
@@ -30,16 +29,9 @@ RESULTS = RESULTS_DIR / "flow_transfer.jsonl"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small grid: n_t in {50, 100, 1000}, one seed")
-    p.add_argument("--n-s", type=int, help="source sample size (default 10000)")
-    p.add_argument("--n-t", type=int, nargs="+", help="target sample sizes")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds")
+    add_grid_arguments(p, RESULTS)
     p.add_argument("--backend", help="flow backend (zuko, nflows)")
     p.add_argument("--transform", help="flow transform (see flows.TRANSFORMS)")
-    p.add_argument("--floor-n", type=int, help="target pairs for the embedding-floor head (0: no KL split)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--out", type=Path, default=RESULTS, help="JSON-lines file to append to")
-    p.add_argument("--quiet", action="store_true", help="no per-cell log lines")
     return p.parse_args(argv)
 
 
@@ -47,15 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     exp = FlowExperiment.quick() if args.quick else FlowExperiment()
-    changes: dict = {}
-    if args.n_s:
-        changes["n_s"] = args.n_s
-    if args.n_t:
-        changes["n_t_list"] = tuple(args.n_t)
-    if args.seeds:
-        changes["seeds"] = tuple(args.seeds)
-    if args.floor_n is not None:
-        changes["floor_n"] = args.floor_n or None
+    changes = grid_changes(args)
     if args.backend or args.transform:
         head = dict(exp.head)
         if args.backend:
@@ -68,17 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     exp = replace(exp, **changes)
     log = None if args.quiet else (lambda msg: print(msg, flush=True))
     result = run_flow_experiment(exp, log=log)
-    print()
-    print(f"KL(p_T || p_hat) in nats, mean +- SE over seeds {list(exp.seeds)}; n_s = {exp.n_s}; head {exp.head}")
-    print(result["table"])
-    if result["split_table"]:
-        print(f"\nKL split of transfer (embedding floor: a head fit to {exp.floor_n} target pairs on the frozen "
-              "source encoder):")
-        print(result["split_table"])
-    if result["ratio"] is not None:
-        r = result["ratio"]
-        print(f"sample-efficiency ratio (n_t no-transfer needs to match transfer at n_t=100, / 100): {r['text']}"
-              f" (transfer KL at 100: {r['target_kl']:.4f})")
+    print_grid_result(result, f"KL(p_T || p_hat) in nats, mean +- SE over seeds {list(exp.seeds)}; n_s = {exp.n_s}; "
+                      f"head {exp.head}", exp.floor_n)
     print(f"wall time: {result['seconds']:.0f} s")
     line = {
         "quick": args.quick, "experiment": asdict(exp),
