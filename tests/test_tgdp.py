@@ -409,6 +409,26 @@ def test_short_fit_tgdp_learns_log_h(domains) -> None:
     assert mse[True] < 0.5 * mse[False]
 
 
+def test_known_source_weights_skip_the_classifier_and_target_coverage_needs_the_posterior(domains) -> None:
+    """``source_weights`` (here the exact w) replace the classifier: no classifier is fitted and ``ratio`` is
+    None; target coverage (L_guide also on noised target rows) trains, and needs the Rao-Blackwellised target,
+    since target rows have no w(x_0); ``guidance_loss`` without w0 and posterior is refused."""
+    xs, _, xt, _ = domains
+    w = TASK.log_density_ratio(xs).exp()
+    torch.manual_seed(0)
+    fit = fit_tgdp(SOURCE, xs, xt, config=_tgdp_config(20, target_coverage=1.0), source_weights=w)
+    assert fit.ratio is None and set(fit.histories) == {"guidance"} and torch.equal(fit.source_weights, w)
+    assert fit.histories["guidance"].steps_done == 20
+    with pytest.raises(ConfigError, match="target_coverage needs rao_blackwell"):
+        _tgdp_config(20, rao_blackwell=False, target_coverage=1.0)
+    with pytest.raises(DataError, match="source_weights"):
+        fit_tgdp(SOURCE, xs, xt, config=_tgdp_config(20), source_weights=-w)
+    with pytest.raises(ShapeError, match="source_weights"):
+        fit_tgdp(SOURCE, xs, xt, config=_tgdp_config(20), source_weights=w[:10])
+    with pytest.raises(ConfigError, match="w0 or a SourcePosterior"):
+        guidance_loss(GuidanceNetwork(2, None, (8,), schedule=SCH).double(), SCH, xt, None)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # 4. regularisers
 # --------------------------------------------------------------------------------------------------------------

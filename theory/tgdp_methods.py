@@ -19,18 +19,16 @@ from diffusion.schedule import VPSchedule
 from diffusion.tgdp import (
     DensityRatio,
     FunctionGuidance,
-    GuidanceNetwork,
     GuidedScore,
-    SourcePosterior,
+    TGDPFit,
     domain_guidance_score,
     fine_tune,
     fit_tgdp,
-    guidance_loss,
     train_head,
 )
 from diffusion.tgdp.guidance import Guidance
 from shared_embed.data import PairedData
-from shared_embed.train import TrainConfig, fit
+from shared_embed.train import TrainConfig
 
 from .real.digits_tgdp import tgdp_config
 from .tasks import TwoGaussianTask
@@ -69,25 +67,14 @@ def _split_fit(head: DiffusionHead, target: PairedData, config: TrainConfig, val
     return head, history.steps_done
 
 
-def fit_exact_w_guidance(task: TwoGaussianTask, source: PairedData, schedule: VPSchedule, conditional: bool,
-                         options: dict[str, Any], seed: int) -> tuple[GuidanceNetwork, int]:
-    """TGDP's guidance with the classifier replaced by the EXACT w = q / p at every source draw: L_guide only,
-    same network, posterior target and loop settings as ``fit_tgdp`` (``options`` as in TGDPSettings.tgdp)."""
-    config = tgdp_config(options, seed)
-    ctx = source.c if conditional else None
-    w0 = task.log_density_ratio(source.x, ctx).exp()
-    guidance = GuidanceNetwork(2, 1 if conditional else None, config.guidance_hidden, positivity=config.positivity,
-                               damping=config.damping, schedule=schedule)
-    posterior = SourcePosterior(source.x, w0, schedule, ctx) if config.rao_blackwell else None
-
-    def loss_fn(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return guidance_loss(guidance, schedule, batch[-2], batch[-1], batch[0] if conditional else None,
-                             config.t_eps, posterior)
-
-    history = fit(guidance, loss_fn, (source.x, w0) if ctx is None else (ctx, source.x, w0),
-                  config=config.guidance_train)
-    guidance.requires_grad_(False)
-    return guidance, history.steps_done
+def fit_exact_w_guidance(task: TwoGaussianTask, src: DiffusionHead, source: PairedData, target: PairedData,
+                         schedule: VPSchedule, conditional: bool, options: dict[str, Any], seed: int) -> TGDPFit:
+    """TGDP with the classifier replaced by the EXACT w = q / p at every source draw (``fit_tgdp`` with
+    ``source_weights``): the same guidance network, targets and loop settings as the ``tgdp`` method."""
+    ctx = {"source_context": source.c, "target_context": target.c} if conditional else {}
+    w0 = task.log_density_ratio(source.x, source.c if conditional else None).exp()
+    return fit_tgdp(src.score, source.x, target.x, schedule=schedule, config=tgdp_config(options, seed),
+                    source_weights=w0, **ctx)
 
 
 def exact_guidance(task: TwoGaussianTask, schedule: VPSchedule) -> FunctionGuidance:
@@ -106,8 +93,8 @@ def fit_method(method: str, task: TwoGaussianTask, s: TGDPSettings, seed: int, c
     if method == "tgdp_exact_h":
         return Fitted(GuidedScore(src.score, exact_guidance(task, schedule)))  # no guidance errors: exact
     if method == "tgdp_exact_w":
-        guidance, steps = fit_exact_w_guidance(task, source, schedule, conditional, s.tgdp, seed)
-        return Fitted(GuidedScore(src.score, guidance), guidance, steps=steps)
+        fitted = fit_exact_w_guidance(task, src, source, target, schedule, conditional, s.tgdp, seed)
+        return Fitted(fitted.score, fitted.guidance, steps=fitted.histories["guidance"].steps_done)
     if method == "target_only":
         head = DiffusionHead(2, 1 if conditional else None, **s.head)
         head, steps = _split_fit(head, target, s.target_train, s.val_fraction, seed, conditional, tune=False)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from shared_embed.errors import ConfigError
 from shared_embed.mlp import mlp
 from shared_embed.validation import check_choice, check_context, check_positive_int, check_tensor
 
@@ -184,7 +185,7 @@ def guidance_loss(
     guidance: Guidance,
     schedule: VPSchedule,
     x0: Tensor,
-    w0: Tensor,
+    w0: Tensor | None,
     context: Tensor | None = None,
     t_eps: float = 1e-5,
     posterior: SourcePosterior | None = None,
@@ -194,9 +195,14 @@ def guidance_loss(
     ``w0`` are the density ratios w(x_0) (from :class:`~diffusion.tgdp.classifier.DensityRatio` or exact),
     computed once and held fixed (they carry no gradient). With ``posterior`` (built on the whole source
     sample the rows x0 are drawn from), the target is E[w | x_t] instead of w(x_0): the same loss up to a
-    constant, with lower-variance gradients (module docstring).
+    constant, with lower-variance gradients (module docstring). ``w0`` is then unused and may be None, and
+    x0 may be ANY rows, target ones included: E_p[w | x_t = x] is defined at every x, and the pointwise
+    minimiser of the regression is h_t wherever the rows put mass (``TGDPConfig.target_coverage``).
     """
     t, x_t, _ = noised_rows(schedule, x0, t_eps)
-    check_tensor("w0", w0, ndim=1, rows=x0.shape[0])
+    if posterior is None:
+        if w0 is None:
+            raise ConfigError("guidance_loss needs the ratios w0 or a SourcePosterior (Rao-Blackwellised target)")
+        check_tensor("w0", w0, ndim=1, rows=x0.shape[0])
     target = w0.detach() if posterior is None else posterior.mean_ratio(x_t, t, context)
     return (guidance.h(x_t, t, context) - target).square().mean()
