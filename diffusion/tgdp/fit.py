@@ -54,8 +54,10 @@ class TGDPConfig:
     ``target_coverage`` (needs ``rao_blackwell``): weight of L_guide evaluated ALSO at noised target rows, with
     the same Rao-Blackwellised target E_p[w | x_t]. The minimiser is still h_t, but the regression now sees
     the regions where q_t has its mass: on source rows alone it rarely visits the target modes when they lie
-    in the source's tails (at small t), and the learned log h stays too flat there (measured in the TGDP
-    simulation). Off (0) by default, as in the paper.
+    in the source's tails (at small t), and the learned log h stays too flat there. Off (0) by default, as in
+    the paper. Measured on the TGDP simulation (seed 0, unconditional, weight 1): with the EXACT w the KL
+    fell from 1.88 to 1.20 nats, but with the classifier's w it rose (n_t = 100: 1.00 -> 1.24; n_t = 10:
+    6.5 -> 11.8): the target rows are where the classifier's ratio is least reliable.
     """
 
     classifier_hidden: Sequence[int] = (64, 64)
