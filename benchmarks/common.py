@@ -136,6 +136,14 @@ def plain_train(module: nn.Module, loss: Callable[[Tensor, Tensor], Tensor], c: 
                 return
 
 
+def make_data(n: int) -> tuple[Tensor, Tensor]:
+    """The overhead benchmarks' data, seeded: (c, x) with c ~ N(0, I_2), x = A c + 0.5 noise (unit scale)."""
+    gen = torch.Generator().manual_seed(0)
+    c = torch.randn(n, 2, generator=gen)
+    x = c @ torch.tensor([[0.8, -0.3], [0.4, 0.6]]) + 0.5 * torch.randn(n, 2, generator=gen)
+    return c, x
+
+
 # -- the transfer-grid benchmarks (flow_transfer.py, diffusion_transfer.py) --------------------------------
 def add_grid_arguments(p: argparse.ArgumentParser, results: Path) -> None:
     """The arguments every transfer-grid benchmark takes (its head's own options are added by the script)."""

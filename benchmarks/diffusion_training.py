@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from common import append_record, machine_line, median, plain_train, table, time_interleaved  # noqa: E402
+from common import append_record, machine_line, make_data, median, plain_train, table, time_interleaved  # noqa: E402
 
 from diffusion import DiffusionHead  # noqa: E402
 from shared_embed.train import TrainConfig, fit  # noqa: E402
@@ -47,14 +47,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", type=Path, help="JSON-lines file (default benchmarks/results/diffusion_training.jsonl)")
     return p.parse_args(argv)
-
-
-def make_data(n: int) -> tuple[Tensor, Tensor]:
-    """(c, x): c ~ N(0, I_2), x = A c + 0.5 noise."""
-    gen = torch.Generator().manual_seed(0)
-    c = torch.randn(n, 2, generator=gen)
-    x = c @ torch.tensor([[0.8, -0.3], [0.4, 0.6]]) + 0.5 * torch.randn(n, 2, generator=gen)
-    return c, x
 
 
 def new_head() -> DiffusionHead:

@@ -39,7 +39,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from common import append_record, machine_line, median, plain_train, table, time_interleaved  # noqa: E402
+from common import append_record, machine_line, make_data, median, plain_train, table, time_interleaved  # noqa: E402
 
 from flows import FlowHead  # noqa: E402
 from shared_embed.train import TrainConfig, fit  # noqa: E402
@@ -64,14 +64,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="another version of shared_embed/train.py, timed as 'toolkit_other' in the same run")
     p.add_argument("--out", type=Path, help="JSON-lines file (default benchmarks/results/training_overhead.jsonl)")
     return p.parse_args(argv)
-
-
-def make_data(n: int) -> tuple[Tensor, Tensor]:
-    """(c, x): c ~ N(0, I_2), x = A c + 0.5 noise, standardised scale (the heads' usual inputs)."""
-    gen = torch.Generator().manual_seed(0)
-    c = torch.randn(n, 2, generator=gen)
-    x = c @ torch.tensor([[0.8, -0.3], [0.4, 0.6]]) + 0.5 * torch.randn(n, 2, generator=gen)
-    return c, x
 
 
 def new_head(options: dict) -> FlowHead:

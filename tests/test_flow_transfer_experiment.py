@@ -20,6 +20,8 @@ from theory.transfer_experiment import (
     summarize,
 )
 
+from .transfer_checks import assert_transfer_beats_no_transfer
+
 
 def record(variant: str, n_t: int, kl: float, seed: int = 0) -> dict:
     return {"variant": variant, "n_t": n_t, "kl": kl, "kl_se": 0.01, "seed": seed}
@@ -86,13 +88,4 @@ def test_flow_transfer_experiment() -> None:
     print(result["table"])
     print(result["split_table"])
     print("sample-efficiency ratio:", result["ratio"]["text"])
-    mean = {(r["variant"], r["n_t"]): r for r in result["summary"]}
-    for n_t in (50, 100):
-        transfer, no_transfer = mean[("transfer", n_t)], mean[("no_transfer", n_t)]
-        assert transfer["kl_mean"] < 0.6 * no_transfer["kl_mean"], (n_t, transfer, no_transfer)
-        gap = no_transfer["kl_mean"] - transfer["kl_mean"]
-        assert gap > 2 * math.hypot(transfer["kl_se_seeds"], no_transfer["kl_se_seeds"])
-    assert result["ratio"]["bound"] == ">" or result["ratio"]["ratio"] > 2
-    for r in result["records"]:
-        if r["variant"] == "transfer":
-            assert math.isclose(r["kl"], r["floor"] + r["head_term"], abs_tol=1e-9)
+    assert_transfer_beats_no_transfer(result)
