@@ -115,8 +115,7 @@ class DiffusionHead(Head):
     # -- the network in its three readings ---------------------------------------------------------
     def _scales(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """a_t, s_t and the network's noise level log(s_t / a_t), each (n,)."""
-        log_a = self.schedule.log_alpha(t).to(t)
-        log_s = 0.5 * torch.log(-torch.expm1(2.0 * log_a))
+        log_a, log_s = (v.to(t) for v in self.schedule.log_scales(t))
         return log_a.exp(), log_s.exp(), log_s - log_a
 
     def _epsilon(self, x: Tensor, t: Tensor, context: Tensor | None,

@@ -70,6 +70,16 @@ class VPSchedule:
         """s_t = sqrt(1 - a_t^2), the noise scale (computed stably for small t)."""
         return torch.sqrt(-torch.expm1(2.0 * self.log_alpha(t)))
 
+    def log_scales(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        """(log a_t, log s_t), log s_t = 1/2 log(1 - a_t^2) computed stably for small t."""
+        log_a = self.log_alpha(t)
+        return log_a, 0.5 * torch.log(-torch.expm1(2.0 * log_a))
+
+    def noise_level(self, t: Tensor | float) -> Tensor:
+        """log(s_t / a_t), what every time-dependent network here reads instead of raw t (``diffusion.network``)."""
+        log_a, log_s = self.log_scales(t)
+        return log_s - log_a
+
     def beta(self, t: Tensor | float) -> Tensor:
         """beta(t) = -2 d log a_t / dt."""
         t = self._t(t)

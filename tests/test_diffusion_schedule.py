@@ -69,6 +69,19 @@ def test_sde_coefficients_and_marginal(kind: str) -> None:
     assert e is noise and torch.allclose(x_t, sch.alpha(t)[:, None] * x + sch.sigma(t)[:, None] * noise)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_log_scales_and_noise_level_match_alpha_and_sigma(kind: str) -> None:
+    """(log a_t, log s_t) and the networks' noise level log(s_t / a_t) against a_t and s_t, float64, and finite
+    at t = 1e-5, where s_t ~ 3e-3 and a naive log(sqrt(1 - a_t^2)) loses digits."""
+    sch = VPSchedule(kind)
+    t = torch.tensor([1e-5, 1e-3, 0.1, 0.5, 0.9], dtype=torch.float64)
+    log_a, log_s = sch.log_scales(t)
+    assert torch.allclose(log_a.exp(), sch.alpha(t), rtol=1e-12)
+    assert torch.allclose(log_s.exp(), sch.sigma(t), rtol=1e-12)
+    assert torch.allclose(sch.noise_level(t), torch.log(sch.sigma(t) / sch.alpha(t)), rtol=1e-12)
+    assert bool(torch.isfinite(sch.noise_level(t)).all()) and bool((sch.noise_level(t).diff() > 0).all())
+
+
 def test_marginal_moments_by_monte_carlo() -> None:
     sch = VPSchedule()
     n, t = 200_000, 0.3

@@ -32,7 +32,7 @@ from shared_embed.validation import check_context, check_fraction, check_matrix,
 
 from ..network import SinusoidalEmbedding
 from ..schedule import VPSchedule, stratified_times
-from .inputs import check_points, noise_level
+from .inputs import check_points
 
 
 class DomainClassifier(nn.Module):
@@ -78,7 +78,7 @@ class DomainClassifier(nn.Module):
         if context is not None:
             parts.append(context)
         if self.time is not None:
-            parts.append(self.time(noise_level(self.schedule, t)))
+            parts.append(self.time(self.schedule.noise_level(t).to(t)))
         return self.net(torch.cat(parts, dim=-1)).squeeze(-1)
 
     def forward(self, x: Tensor, t: Tensor | float | None = None, context: Tensor | None = None) -> Tensor:

@@ -43,7 +43,7 @@ from shared_embed.validation import check_choice, check_context, check_positive_
 
 from ..network import SinusoidalEmbedding
 from ..schedule import VPSchedule
-from .inputs import check_points, noise_level, noised_rows
+from .inputs import check_points, noised_rows
 
 POSITIVITY = ("exp", "softplus")
 DAMPING = ("alpha", "none")
@@ -122,7 +122,7 @@ class GuidanceNetwork(nn.Module):
         x, t = check_points(x, self.features, t, required=True)
         context = check_context("context", context, self.context_features, rows=x.shape[0])
         parts = [x] if context is None else [x, context]
-        parts.append(self.time(noise_level(self.schedule, t)))
+        parts.append(self.time(self.schedule.noise_level(t).to(t)))
         return self.net(torch.cat(parts, dim=-1)).squeeze(-1), t
 
     def log_h(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:

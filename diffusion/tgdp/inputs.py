@@ -1,8 +1,7 @@
-"""Argument checks and small helpers shared by the TGDP pieces: points, times, noise levels."""
+"""Argument checks and small helpers shared by the TGDP pieces: points and noised rows."""
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from shared_embed.errors import ShapeError
@@ -29,12 +28,6 @@ def check_points(
     if not required:
         raise ShapeError(f"{name_t} must be None: this network does not read time")
     return x, check_times(name_t, t, x)
-
-
-def noise_level(schedule: VPSchedule, t: Tensor) -> Tensor:
-    """log(s_t / a_t), (n,): the time input of every TGDP network (as in ``diffusion.network``)."""
-    log_a = schedule.log_alpha(t).to(t)
-    return 0.5 * torch.log(-torch.expm1(2.0 * log_a)) - log_a
 
 
 def noised_rows(schedule: VPSchedule, x0: Tensor, t_eps: float) -> tuple[Tensor, Tensor, Tensor]:
