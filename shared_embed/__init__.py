@@ -17,6 +17,7 @@ from .errors import (
     TrainingDivergedError,
 )
 from .gaussian import GaussianHead
+from .linear_gaussian import LinearGaussianHead
 from .head import HEADS, Head, build_head, register_head
 from .model import ConditionalDistribution, ConditionalModel
 from .standardize import Standardizer
@@ -26,7 +27,7 @@ from .transfer import VARIANTS, FitResult, TransferConfig, fit_source, fit_targe
 __all__ = [
     "HEADS", "VARIANTS", "CheckpointError", "ConditionalDistribution", "ConditionalModel", "ConfigError",
     "DTypeError", "DataError", "Encoder", "FitResult", "FixedEmbedding", "GaussianHead", "GentransferError",
-    "Head", "PairedData", "ShapeError", "Standardizer", "TrainConfig", "TrainHistory", "TrainingDivergedError",
+    "Head", "LinearGaussianHead", "PairedData", "ShapeError", "Standardizer", "TrainConfig", "TrainHistory", "TrainingDivergedError",
     "TransferConfig", "build_head", "evaluate_loss", "fit", "fit_source", "fit_target_head", "fit_variants",
     "load_checkpoint", "register_head", "resolve_device", "save_checkpoint", "train_model",
 ]

@@ -5,7 +5,9 @@ Four variants, each returning a :class:`~shared_embed.model.ConditionalModel` sc
 - ``transfer``: encoder + source head on the source; encoder frozen; a new head on the target;
 - ``no_transfer``: encoder + head from scratch on the target only;
 - ``fine_tune``: start from the source encoder and head, train everything on the target;
-- ``oracle``: the task's true embedding h* frozen, a head on the target (ground-truth tasks only).
+- ``oracle``: the task's true embedding h* frozen, a head on the target (ground-truth tasks only);
+- ``direct``: no transfer and no encoder: a head on the standardised condition c itself, target only (with a
+  linear-Gaussian head this is Gaussian linear regression on c, whose expected KL is known exactly).
 
 A head comes from a factory ``head_factory(context_features) -> Head``, which ``flows`` and
 ``diffusion`` provide; this module never asks what kind of head it holds.
@@ -32,7 +34,7 @@ from .standardize import Standardizer
 from .train import TrainConfig, TrainHistory, fit
 from .validation import check_choice, check_fraction, check_positive_int
 
-VARIANTS = ("transfer", "no_transfer", "fine_tune", "oracle")
+VARIANTS = ("transfer", "no_transfer", "fine_tune", "oracle", "direct")
 MIN_VAL_ROWS = 4
 HeadFactory = Callable[[int | None], Head]
 #: ``augment(x) -> x'``: a fresh random version of a training batch's outcomes x (n, d_x), in the model's
@@ -106,11 +108,29 @@ def train_model(
         raise ShapeError(f"data.x has {data.d_x} features, the model expects {model.x_features}")
     if data.conditional and data.d_c != model.c_features:
         raise ShapeError(f"data.c has {data.d_c} features, the model expects {model.c_features}")
+    if _has_closed_form(model):
+        return _fit_closed_form(model, data)
     n_val = int(round(len(data) * val_fraction))
     if val_fraction > 0 and n_val >= MIN_VAL_ROWS and len(data) - n_val >= 1:
         train, val = data.split(val_fraction, torch.Generator().manual_seed(config.seed))
         return fit(model, _model_loss(model, augment), train.tensors(), val.tensors(), config)
     return fit(model, _model_loss(model, augment), data.tensors(), None, config)
+
+
+def _has_closed_form(model: ConditionalModel) -> bool:
+    """A head with an exact maximum-likelihood solver on a context that nothing else trains."""
+    frozen = model.encoder is None or not any(p.requires_grad for p in model.encoder.parameters())
+    return frozen and callable(getattr(model.head, "fit_closed_form", None))
+
+
+def _fit_closed_form(model: ConditionalModel, data: PairedData) -> TrainHistory:
+    """Solve the head's maximum-likelihood fit exactly on every row (no validation split, no steps)."""
+    start = time.perf_counter()
+    with torch.no_grad():
+        x, context = model.x_scaler(data.x), model.embed(data.c if data.conditional else None)
+        model.head.fit_closed_form(x, context)
+        nll = float(model.head.loss(x, context))
+    return TrainHistory(train_loss=[nll], best_val=nll, seconds=time.perf_counter() - start)
 
 
 def new_encoder(d_c: int, config: TransferConfig) -> Encoder:
@@ -223,6 +243,10 @@ def fit_variants(
         elif variant == "fine_tune":
             model = copy.deepcopy(needs_source())
             model.encoder.unfreeze()
+            model.history = train_model(model, target, config.target_train, vf, augment=augment)
+        elif variant == "direct":
+            model = ConditionalModel(head_factory(target.d_c).to(device), None, Standardizer.fit(target.x),
+                                     Standardizer.fit(target.c))
             model.history = train_model(model, target, config.target_train, vf, augment=augment)
         else:
             if oracle_embedding is None:
