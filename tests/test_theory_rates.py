@@ -28,7 +28,10 @@ def test_generic_rates_for_the_default_task() -> None:
     assert flow.fine_tune is None
     diff = generic_rates(d_c=16, d_h=2, d_x=2, beta=2.0, head="diffusion")  # smoothness 2
     assert diff.transfer == pytest.approx(4 / 8) and diff.no_transfer == pytest.approx(4 / 22)
-    assert "log factors dropped" in flow.label
+    assert "template" in flow.label and "(log n)^0" in flow.label
+    lin = generic_rates(d_c=16, d_h=2, d_x=2, beta=2.0, head="linear_gaussian", log_power=1.0)
+    assert (lin.transfer, lin.oracle, lin.direct) == (1.0, 1.0, 1.0) and "parametric" in lin.label
+    assert lin.no_transfer == pytest.approx(4 / 22) and lin.log_power == 1.0
 
 
 def test_transfer_is_faster_than_no_transfer_whenever_d_h_below_d_c() -> None:

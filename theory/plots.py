@@ -24,8 +24,10 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 from .checks import floors, level_stats, mean_se, series
 from .rates import Rates
 
-COLORS = {"transfer": "tab:blue", "no_transfer": "tab:red", "fine_tune": "tab:green", "oracle": "tab:purple"}
-LABELS = {"transfer": "transfer", "no_transfer": "no transfer", "fine_tune": "fine-tune", "oracle": "oracle h*"}
+COLORS = {"transfer": "tab:blue", "no_transfer": "tab:red", "fine_tune": "tab:green", "oracle": "tab:purple",
+          "direct": "tab:orange"}
+LABELS = {"transfer": "transfer", "no_transfer": "no transfer", "fine_tune": "fine-tune", "oracle": "oracle h*",
+          "direct": "direct on c"}
 Record = dict[str, Any]
 
 
@@ -73,7 +75,7 @@ def _slope_line(ax: Axes, n: np.ndarray, y0: float, exponent: float, floor: floa
 
 def _mean_floor(records: Sequence[Record], head: str, n_s: int) -> float | None:
     fl = floors(records, head).get(n_s)
-    return None if not fl else mean_se([v for v, _ in fl.values()])[0]
+    return None if not fl else mean_se(list(fl.values()))[0]
 
 
 def plot_kl_curves(records: Sequence[Record], head: str, rates: Rates | None, path: str | os.PathLike[str]) -> Path:
@@ -82,7 +84,7 @@ def plot_kl_curves(records: Sequence[Record], head: str, rates: Rates | None, pa
     big = n_ss[-1] if n_ss else None
     fig = Figure(figsize=(12, 4.6))
     left, right = fig.subplots(1, 2, sharey=True)
-    for variant in ("transfer", "fine_tune", "no_transfer", "oracle"):
+    for variant in ("transfer", "fine_tune", "no_transfer", "oracle", "direct"):
         n, m, se = _curve(records, head, variant, big)
         if not n.size:
             continue
@@ -124,7 +126,7 @@ def plot_floor(records: Sequence[Record], head: str, rates: Rates | None, path: 
     ax = fig.subplots()
     if fl:
         n = np.array(list(fl), dtype=float)
-        stats = [mean_se([v for v, _ in d.values()], [s for _, s in d.values()]) for d in fl.values()]
+        stats = [mean_se(list(d.values())) for d in fl.values()]
         m, se = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
         ax.errorbar(n, m, yerr=se, fmt="o-", color=COLORS["transfer"], capsize=3, label="measured floor")
         if rates is not None and m[0] > 0:

@@ -10,7 +10,13 @@ estimated from n samples the template is ``E KL <~ n^(-2 beta / (2 beta + d))``:
     oracle:       E KL <~ n_t^(-2b / (2b + d_h + d_x))        (transfer with the true embedding: no floor)
 
 with b = beta for diffusion (and other score or density heads) and b = beta - 1 for flows, whose density
-comes through a Jacobian. Fine-tuning has no prediction in the template (None).
+comes through a Jacobian. Fine-tuning has no prediction in the template (None). ``log_power`` = gamma makes
+the log factor explicit: E KL <~ n^(-r) (log n)^gamma, and the checks fit the slope of log(KL / (log n)^gamma).
+
+A PARAMETRIC head (a well-specified linear-Gaussian head, :data:`PARAMETRIC_HEADS`) is not a template case:
+its maximum-likelihood fit has E KL = k / (2n) + O(n^-2) with k free parameters, exponent exactly 1 for the
+variants that fit it on a fixed context (transfer's head term, oracle, direct). No-transfer still learns an
+encoder (a nonparametric part) and the floor comes from the encoder, so those keep the template in d_c.
 
 They are upper bounds with unknown constants, so a measured curve that decays FASTER than predicted is
 consistent with them: the checks ask that the measured exponent be at least the predicted one.
@@ -36,6 +42,9 @@ from shared_embed.validation import check_positive_float, check_positive_int
 
 #: Head kinds whose density comes through a Jacobian: effective smoothness beta - 1.
 JACOBIAN_HEADS = ("flow",)
+#: Well-specified finite-dimensional heads: the parametric rate 1 on a fixed context.
+PARAMETRIC_HEADS = ("linear_gaussian",)
+VARIANT_NAMES = ("transfer", "no_transfer", "fine_tune", "oracle", "direct")
 
 
 @dataclass(frozen=True)
@@ -48,12 +57,14 @@ class Rates:
     floor: float
     oracle: float | None = None
     fine_tune: float | None = None
+    direct: float | None = None
+    log_power: float = 0.0
     label: str = "generic nonparametric rate (log factors dropped)"
 
     def for_variant(self, variant: str) -> float | None:
-        """The exponent in n_t of ``variant`` (transfer, no_transfer, fine_tune, oracle), or None."""
-        if variant not in ("transfer", "no_transfer", "fine_tune", "oracle"):
-            raise ConfigError(f"unknown variant {variant!r}; valid: transfer, no_transfer, fine_tune, oracle")
+        """The exponent in n_t of ``variant`` (one of :data:`VARIANT_NAMES`), or None."""
+        if variant not in VARIANT_NAMES:
+            raise ConfigError(f"unknown variant {variant!r}; valid: {', '.join(VARIANT_NAMES)}")
         return getattr(self, variant)
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,15 +93,21 @@ def effective_smoothness(beta: float, head: str) -> float:
     return eff
 
 
-def generic_rates(d_c: int, d_h: int, d_x: int, beta: float, head: str = "flow") -> Rates:
-    """The template's exponents for a task of dimensions (d_c, d_h, d_x) and smoothness ``beta``."""
+def generic_rates(d_c: int, d_h: int, d_x: int, beta: float, head: str = "flow", log_power: float = 0.0) -> Rates:
+    """The exponents for a task of dimensions (d_c, d_h, d_x): the template with smoothness ``beta`` and log
+    factor (log n)^``log_power``, or the parametric rate 1 for a parametric head on a fixed context."""
     for name, v in (("d_c", d_c), ("d_h", d_h), ("d_x", d_x)):
         check_positive_int(name, v)
     b = effective_smoothness(beta, head)
     low = nonparametric_exponent(b, d_h + d_x)
     high = nonparametric_exponent(b, d_c + d_x)
-    return Rates(transfer=low, no_transfer=high, floor=high, oracle=low, fine_tune=None,
-                 label=f"generic nonparametric rate, effective smoothness {b:g} (log factors dropped)")
+    if head in PARAMETRIC_HEADS:
+        return Rates(transfer=1.0, no_transfer=high, floor=high, oracle=1.0, fine_tune=None, direct=1.0,
+                     log_power=log_power, label=f"parametric rate 1 (E KL ~ k/2n) on a fixed context; template "
+                     f"with smoothness {b:g} for the learned encoder (no-transfer, floor)")
+    return Rates(transfer=low, no_transfer=high, floor=high, oracle=low, fine_tune=None, direct=high,
+                 log_power=log_power, label=f"generic nonparametric template, effective smoothness {b:g}, "
+                 f"log factor (log n)^{log_power:g}")
 
 
 RATE_FUNCTIONS: dict[str, RateFunction] = {"generic": generic_rates}
@@ -117,10 +134,12 @@ def resolve_rate(rate: str | RateFunction) -> RateFunction:
 
 
 def predicted_rates(
-    d_c: int, d_h: int, d_x: int, beta: float, head: str = "flow", rate: str | RateFunction = "generic"
+    d_c: int, d_h: int, d_x: int, beta: float, head: str = "flow", rate: str | RateFunction = "generic",
+    log_power: float = 0.0,
 ) -> Rates:
     """Call the rate function ``rate`` (see :func:`resolve_rate`) and check that it returned :class:`Rates`."""
-    out = resolve_rate(rate)(d_c=d_c, d_h=d_h, d_x=d_x, beta=beta, head=head)
+    kw = {"log_power": log_power} if log_power else {}
+    out = resolve_rate(rate)(d_c=d_c, d_h=d_h, d_x=d_x, beta=beta, head=head, **kw)
     if not isinstance(out, Rates):
         raise ConfigError(f"rate function {rate!r} must return theory.rates.Rates, got {type(out).__name__}")
     return out
