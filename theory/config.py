@@ -2,15 +2,22 @@
 
 A config has these tables (all optional except ``grid``; see ``configs/default.toml`` for a commented one):
 
-    [experiment]  name, description
-    [task]        name (theory.tasks.TASKS, conditional tasks) and its keyword arguments (d_c, d_h, d_x, ...)
-    [grid]        n_s, n_t, seeds (lists of ints), heads (names of [heads.*] tables), variants
-    [heads.NAME]  kind ("flow" | "diffusion" | "gaussian"), options = {head constructor kwargs},
-                  n_eval / floor_n / bound_n (per-head overrides), [heads.NAME.train.source|target|floor]
-    [encoder]     embed_dim, hidden, activation, val_fraction
+    [experiment]  name, description, control (a deliberately broken pipeline, a negative control of
+                  ``theory.controls``; "" for the real pipeline)
+    [task]        name (theory.tasks.TASKS, conditional tasks), its keyword arguments (d_c, d_h, d_x, ...) and
+                  instance ("per_seed": every grid seed draws its own task instance; "fixed": one instance,
+                  from the task's own ``seed`` option)
+    [grid]        n_s, n_t, seeds (lists of ints), heads (names of [heads.*] tables), variants, tasks (a list
+                  of task-option tables, e.g. [{d_c = 4}, {d_c = 16}]: one task per entry, the [task]
+                  options overridden; a dimension-law study sweeps them)
+    [heads.NAME]  kind ("flow" | "diffusion" | "gaussian" | "linear_gaussian"), options = {head constructor
+                  kwargs}, n_eval / floor_n / bound_n (per-head overrides), variants (a subset of the grid's),
+                  [heads.NAME.train.source|target|floor]
+    [encoder]     embed_dim (an int, or "d_h": each task's own), hidden, activation, val_fraction
     [train.source], [train.target], [train.floor]   shared_embed.train.TrainConfig fields
     [evaluation]  n_eval, floor_n (0: no embedding floor), bound_n, sample_n, sample_contexts
-    [theory]      beta, rate ("generic" or "package.module:function"), z, bootstrap, confidence
+    [theory]      beta, rate ("generic" or "package.module:function"), log_power, confidence, margin,
+                  flat_margin
     [run]         workers, threads, device
 
 Unknown keys raise :class:`~shared_embed.errors.ConfigError` naming the key and the valid ones. Overrides
@@ -46,10 +53,10 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     except ModuleNotFoundError as err:
         raise ImportError("reading TOML configs on Python 3.10 needs the 'tomli' package: pip install tomli") from err
 
-HEAD_KINDS = ("flow", "diffusion", "gaussian")
+HEAD_KINDS = ("flow", "diffusion", "gaussian", "linear_gaussian")
 CONDITIONAL_TASKS = ("conditional_gaussian", "conditional_mixture")
 PHASES = ("source", "target", "floor")
-HEAD_KEYS = ("kind", "options", "train", "n_eval", "floor_n", "bound_n")
+HEAD_KEYS = ("kind", "options", "train", "n_eval", "floor_n", "bound_n", "variants")
 #: TrainConfig fields the sweep owns (seeded per cell, no progress bars, no checkpoints).
 SWEEP_OWNED_TRAIN = ("seed", "progress", "description", "checkpoint_path", "checkpoint_every", "resume")
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in SWEEP_OWNED_TRAIN)
@@ -63,7 +70,9 @@ DEFAULT_HEAD_OPTIONS: dict[str, dict[str, Any]] = {
     "flow": {"backend": "zuko", "transform": "nsf", "transforms": 2, "hidden": [32, 32], "bins": 6},
     "diffusion": {},
     "gaussian": {"hidden": [64, 64]},
+    "linear_gaussian": {},
 }
+TASK_INSTANCES = ("per_seed", "fixed")
 
 
 # -- small typed readers -------------------------------------------------------------------------
@@ -146,10 +155,12 @@ def _train_overrides(value: Any, where: str) -> dict[str, Any]:
 # -- the sections --------------------------------------------------------------------------------
 @dataclass
 class TaskSpec:
-    """A conditional ground-truth task of ``theory.tasks``: its name and constructor keyword arguments."""
+    """A conditional ground-truth task of ``theory.tasks``: its name, constructor keyword arguments and whether
+    each grid seed draws its own instance (``instance = "per_seed"``, the default) or all share one."""
 
     name: str = "conditional_gaussian"
     options: dict[str, Any] = field(default_factory=dict)
+    instance: str = "per_seed"
 
     @classmethod
     def parse(cls, table: dict[str, Any]) -> TaskSpec:
@@ -157,17 +168,46 @@ class TaskSpec:
 
         table = dict(table)
         name = check_choice("task.name", table.pop("name", "conditional_gaussian"), CONDITIONAL_TASKS)
+        instance = check_choice("task.instance", table.pop("instance", "per_seed"), TASK_INSTANCES)
         valid = [p for p in inspect.signature(TASKS[name]).parameters]
-        _check_keys(table, valid + ["name"], "task")
-        return cls(name, table)
+        _check_keys(table, valid + ["name", "instance"], "task")
+        return cls(name, table, instance)
 
-    def build(self) -> Any:
+    def check_overrides(self, overrides: dict[str, Any], where: str) -> None:
+        from .tasks import TASKS
+
+        valid = [p for p in inspect.signature(TASKS[self.name]).parameters if p != "seed"]
+        _check_keys(overrides, valid, where)
+
+    def build(self, seed: int | None = None, overrides: dict[str, Any] | None = None) -> Any:
+        """The task with ``overrides``; with ``instance = "per_seed"`` and a grid ``seed``, that seed's instance."""
         from .tasks import make_task
 
+        options = {**self.options, **(overrides or {})}
+        if self.instance == "per_seed" and seed is not None:
+            options["seed"] = seed
         try:
-            return make_task(self.name, **self.options)
+            return make_task(self.name, **options)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"[task] {self.name}: {err}") from err
+
+
+def task_label(overrides: dict[str, Any]) -> str:
+    """A file-system-safe name of a grid task, e.g. ``d_c=4,d_h=2``; "" for the config's own task."""
+    return ",".join(f"{k}={overrides[k]}" for k in sorted(overrides))
+
+
+def _task_list(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value or not all(isinstance(t, dict) for t in value):
+        raise ConfigError("'grid.tasks' must be a non-empty list of tables of task options, e.g. [{d_c = 4}]")
+    labels = [task_label(t) for t in value]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"'grid.tasks' lists a task twice: {labels}")
+    for i, t in enumerate(value):
+        for k, v in t.items():
+            if not isinstance(v, (int, float, str, bool)) or any(ch in str(v) for ch in "/\\,="):
+                raise ConfigError(f"grid.tasks[{i}].{k} must be a plain number or word, got {v!r}")
+    return [dict(t) for t in value]
 
 
 @dataclass
@@ -179,6 +219,7 @@ class GridSpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     heads: list[str] = field(default_factory=lambda: ["flow"])
     variants: list[str] = field(default_factory=lambda: ["transfer", "no_transfer"])
+    tasks: list[dict[str, Any]] = field(default_factory=lambda: [{}])
 
     @classmethod
     def parse(cls, table: dict[str, Any]) -> GridSpec:
@@ -195,7 +236,15 @@ class GridSpec:
             seeds=_int_list(table.get("seeds", [0]), "grid.seeds", minimum=0),
             heads=_str_list(table.get("heads", ["flow"]), "grid.heads"),
             variants=[v for v in VARIANTS if v in variants],
+            tasks=_task_list(table.get("tasks", [{}])),
         )
+
+    def task_overrides(self, label: str) -> dict[str, Any]:
+        """The task options of the grid task named ``label`` (see :func:`task_label`)."""
+        for t in self.tasks:
+            if task_label(t) == label:
+                return t
+        raise ConfigError(f"no grid task is labelled {label!r}; have {[task_label(t) for t in self.tasks]}")
 
 
 @dataclass
@@ -210,6 +259,8 @@ class HeadSpec:
     n_eval: int | None = None
     floor_n: int | None = None
     bound_n: int | None = None
+    #: the grid variants this head runs (None: all of [grid] variants)
+    variants: list[str] | None = None
 
     @classmethod
     def parse(cls, name: str, table: dict[str, Any]) -> HeadSpec:
@@ -231,6 +282,9 @@ class HeadSpec:
             n_eval=None if "n_eval" not in table else _int(table["n_eval"], f"{where}.n_eval", 2),
             floor_n=None if "floor_n" not in table else _int(table["floor_n"], f"{where}.floor_n", 0),
             bound_n=None if "bound_n" not in table else _int(table["bound_n"], f"{where}.bound_n", 0),
+            variants=None if "variants" not in table else [
+                check_choice(f"{where}.variants[{i}]", v, VARIANTS)
+                for i, v in enumerate(_str_list(table["variants"], f"{where}.variants"))],
         )
         spec.check_options()
         return spec
@@ -260,9 +314,11 @@ class HeadSpec:
 
 @dataclass
 class EncoderSpec:
-    """The shared encoder h: R^{d_c} -> R^{embed_dim} and the validation fraction of every fit."""
+    """The shared encoder h: R^{d_c} -> R^{embed_dim} and the validation fraction of every fit.
 
-    embed_dim: int = 2
+    ``embed_dim = "d_h"`` sizes the encoder to each task's true embedding dimension (a study over d_h)."""
+
+    embed_dim: int | str = 2
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     activation: str = "silu"
     val_fraction: float = 0.2
@@ -271,7 +327,8 @@ class EncoderSpec:
     def parse(cls, table: dict[str, Any]) -> EncoderSpec:
         _check_keys(table, [f.name for f in fields(cls)], "encoder")
         out = cls(
-            embed_dim=_int(table.get("embed_dim", 2), "encoder.embed_dim"),
+            embed_dim="d_h" if table.get("embed_dim") == "d_h" else _int(table.get("embed_dim", 2),
+                                                                          "encoder.embed_dim"),
             hidden=_widths(table.get("hidden", [64, 64]), "encoder.hidden"),
             activation=_str(table.get("activation", "silu"), "encoder.activation"),
             val_fraction=_float(table.get("val_fraction", 0.2), "encoder.val_fraction"),
@@ -307,14 +364,16 @@ class EvaluationSpec:
 
 @dataclass
 class TheorySpec:
-    """Predictions and checks: smoothness ``beta``, the rate function, the z of 'beyond the standard error',
-    bootstrap resamples and the confidence level of the exponent intervals."""
+    """Predictions and checks: smoothness ``beta``, the rate function and its log-factor power, the confidence
+    of the intervals (1 - the report's family-wise error rate), the factor a known answer must be able to
+    detect (``margin``) and the equivalence margin of the dimension laws' "flat" claims (``flat_margin``)."""
 
     beta: float = 2.0
     rate: str = "generic"
-    z: float = 2.0
-    bootstrap: int = 2000
+    log_power: float = 0.0
     confidence: float = 0.95
+    margin: float = 2.0
+    flat_margin: float = 1.5
 
     @classmethod
     def parse(cls, table: dict[str, Any]) -> TheorySpec:
@@ -323,12 +382,16 @@ class TheorySpec:
         out = cls(
             beta=check_positive_float("theory.beta", _float(table.get("beta", d.beta), "theory.beta")),
             rate=_str(table.get("rate", d.rate), "theory.rate"),
-            z=check_positive_float("theory.z", _float(table.get("z", d.z), "theory.z")),
-            bootstrap=_int(table.get("bootstrap", d.bootstrap), "theory.bootstrap", 10),
+            log_power=_float(table.get("log_power", d.log_power), "theory.log_power"),
             confidence=_float(table.get("confidence", d.confidence), "theory.confidence"),
+            margin=_float(table.get("margin", d.margin), "theory.margin"),
+            flat_margin=_float(table.get("flat_margin", d.flat_margin), "theory.flat_margin"),
         )
         if not 0.5 <= out.confidence < 1.0:
             raise ConfigError(f"'theory.confidence' must be in [0.5, 1), got {out.confidence}")
+        for key in ("margin", "flat_margin"):
+            if not getattr(out, key) > 1.0:
+                raise ConfigError(f"'theory.{key}' must be a factor > 1, got {getattr(out, key)}")
         from .rates import resolve_rate
 
         resolve_rate(out.rate)
@@ -367,6 +430,7 @@ class ExperimentConfig:
     grid: GridSpec
     name: str = "experiment"
     description: str = ""
+    control: str = ""
     task: TaskSpec = field(default_factory=TaskSpec)
     heads: dict[str, HeadSpec] = field(default_factory=dict)
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
@@ -383,7 +447,8 @@ class ExperimentConfig:
         if "grid" not in raw:
             raise ConfigError("the config needs a [grid] table with n_s and n_t")
         exp = _table(raw.get("experiment", {}), "experiment")
-        _check_keys(exp, ["name", "description"], "experiment")
+        _check_keys(exp, ["name", "description", "control"], "experiment")
+        from .controls import check_control
         grid = GridSpec.parse(_table(raw["grid"], "grid"))
         heads_raw = _table(raw.get("heads", {}), "heads")
         for name, t in heads_raw.items():  # heads outside the grid: structure only (their package may be absent)
@@ -394,6 +459,9 @@ class ExperimentConfig:
                 raise ConfigError(f"grid.heads[{i}] = {name!r} has no [heads.{name}] table and is not a head "
                                   f"kind ({', '.join(HEAD_KINDS)}); defined heads: {sorted(heads_raw)}")
             heads[name] = HeadSpec.parse(name, heads_raw.get(name, {}))
+        task = TaskSpec.parse(_table(raw.get("task", {}), "task"))
+        for i, overrides in enumerate(grid.tasks):
+            task.check_overrides(overrides, f"grid.tasks[{i}]")
         train_raw = _table(raw.get("train", {}), "train")
         _check_keys(train_raw, PHASES, "train")
         train = {p: {**DEFAULT_TRAIN[p], **_train_overrides(train_raw.get(p, {}), f"train.{p}")} for p in PHASES}
@@ -401,7 +469,8 @@ class ExperimentConfig:
             grid=grid,
             name=_str(exp.get("name", "experiment"), "experiment.name"),
             description=_str(exp.get("description", ""), "experiment.description"),
-            task=TaskSpec.parse(_table(raw.get("task", {}), "task")),
+            control=check_control(_str(exp.get("control", ""), "experiment.control")),
+            task=task,
             heads=heads,
             encoder=EncoderSpec.parse(_table(raw.get("encoder", {}), "encoder")),
             train=train,
@@ -415,13 +484,13 @@ class ExperimentConfig:
         heads = {}
         for name, h in self.heads.items():
             t: dict[str, Any] = {"kind": h.kind, "options": h.options, "train": h.train}
-            for key in ("n_eval", "floor_n", "bound_n"):
+            for key in ("n_eval", "floor_n", "bound_n", "variants"):
                 if getattr(h, key) is not None:
                     t[key] = getattr(h, key)
             heads[name] = t
         return json.loads(json.dumps({
-            "experiment": {"name": self.name, "description": self.description},
-            "task": {"name": self.task.name, **self.task.options},
+            "experiment": {"name": self.name, "description": self.description, "control": self.control},
+            "task": {"name": self.task.name, "instance": self.task.instance, **self.task.options},
             "grid": asdict(self.grid), "heads": heads, "encoder": asdict(self.encoder), "train": self.train,
             "evaluation": asdict(self.evaluation), "theory": asdict(self.theory), "run": asdict(self.run),
         }))
@@ -439,11 +508,11 @@ class ExperimentConfig:
         value = getattr(self.heads[head], key)
         return getattr(self.evaluation, key) if value is None else value
 
-    def settings(self, head: str) -> dict[str, Any]:
-        """Everything a cell of ``head`` depends on besides its grid coordinates (stored in each record)."""
+    def settings(self, head: str, task: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything a cell of ``head`` (on grid task ``task``) depends on besides its grid coordinates."""
         h = self.heads[head]
         return json.loads(json.dumps({
-            "task": {"name": self.task.name, **self.task.options},
+            "task": {"name": self.task.name, "instance": self.task.instance, **self.task.options, **(task or {})},
             "head": {"kind": h.kind, "options": h.options},
             "encoder": asdict(self.encoder),
             "train": {p: {**self.train[p], **h.train.get(p, {})} for p in PHASES},
@@ -451,11 +520,12 @@ class ExperimentConfig:
                           | {"sample_n": self.evaluation.sample_n,
                              "sample_contexts": self.evaluation.sample_contexts},
             "device": self.run.device,
+            "control": self.control,
         }))
 
-    def settings_hash(self, head: str) -> str:
+    def settings_hash(self, head: str, task: dict[str, Any] | None = None) -> str:
         """A short digest of :meth:`settings`: cells with another digest came from other settings."""
-        blob = json.dumps(self.settings(head), sort_keys=True).encode()
+        blob = json.dumps(self.settings(head, task), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 

@@ -48,9 +48,10 @@ from shared_embed.device import resolve_device
 from shared_embed.errors import ConfigError, GentransferError
 from shared_embed.head import Head
 from shared_embed.model import ConditionalModel
-from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
+from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder, train_model
 
-from .config import ExperimentConfig
+from .config import ExperimentConfig, task_label
+from .controls import blind_factory, distort_kl, wrong_variance_task
 from .kl import fit_floor_model, kl_to_task, log_densities, monte_carlo_kl
 
 SOURCE_VARIANTS = ("transfer", "fine_tune")
@@ -76,14 +77,17 @@ class Cell:
     n_t: int
     seed: int
     variant: str
+    task: str = ""  #: label of the grid task ("" when the grid has the config's task only)
 
     @property
     def path(self) -> str:
         ns = "none" if self.n_s is None else str(self.n_s)
-        return f"cells/{self.head}/ns{ns}/nt{self.n_t}_seed{self.seed}_{self.variant}.json"
+        where = f"{self.task}/" if self.task else ""
+        return f"cells/{where}{self.head}/ns{ns}/nt{self.n_t}_seed{self.seed}_{self.variant}.json"
 
     def __str__(self) -> str:
-        return f"{self.head} n_s={self.n_s} n_t={self.n_t} seed={self.seed} {self.variant}"
+        where = f"[{self.task}] " if self.task else ""
+        return f"{where}{self.head} n_s={self.n_s} n_t={self.n_t} seed={self.seed} {self.variant}"
 
 
 @dataclass(frozen=True)
@@ -94,10 +98,12 @@ class Group:
     n_s: int | None
     seed: int
     cells: tuple[Cell, ...]
+    task: str = ""
 
     @property
     def stem(self) -> str:
-        return f"{self.head}/ns{self.n_s}_seed{self.seed}"
+        where = f"{self.task}/" if self.task else ""
+        return f"{where}{self.head}/ns{self.n_s}_seed{self.seed}"
 
     def cost(self) -> float:
         """A rough work estimate, to start the big groups first."""
@@ -107,21 +113,24 @@ class Group:
 def plan_cells(config: ExperimentConfig) -> list[Cell]:
     """Every cell of the config's grid."""
     g = config.grid
+    labels = [task_label(t) for t in g.tasks]
     cells = []
-    for head in g.heads:
-        for seed in g.seeds:
-            for variant in g.variants:
-                for n_s in (g.n_s if variant in SOURCE_VARIANTS else [None]):
-                    cells.extend(Cell(head, n_s, n_t, seed, variant) for n_t in g.n_t)
+    for task in labels:
+        for head in g.heads:
+            wanted = config.heads[head].variants
+            for seed in g.seeds:
+                for variant in [v for v in g.variants if wanted is None or v in wanted]:
+                    for n_s in (g.n_s if variant in SOURCE_VARIANTS else [None]):
+                        cells.extend(Cell(head, n_s, n_t, seed, variant, task) for n_t in g.n_t)
     return cells
 
 
 def plan_groups(cells: Iterable[Cell]) -> list[Group]:
-    """Group cells by (head, n_s, seed), biggest first."""
-    by_key: dict[tuple[str, int | None, int], list[Cell]] = {}
+    """Group cells by (task, head, n_s, seed), biggest first."""
+    by_key: dict[tuple[str, str, int | None, int], list[Cell]] = {}
     for c in cells:
-        by_key.setdefault((c.head, c.n_s, c.seed), []).append(c)
-    groups = [Group(h, ns, s, tuple(cs)) for (h, ns, s), cs in by_key.items()]
+        by_key.setdefault((c.task, c.head, c.n_s, c.seed), []).append(c)
+    groups = [Group(h, ns, s, tuple(cs), t) for (t, h, ns, s), cs in by_key.items()]
     return sorted(groups, key=lambda g: -g.cost())
 
 
@@ -148,7 +157,7 @@ def shard_cells(config: ExperimentConfig, cells: Iterable[Cell], shard: tuple[in
     """
     index, count = _check_shard(shard)
     mine = {g.stem for k, g in enumerate(plan_groups(plan_cells(config))) if k % count == index}
-    return [c for c in cells if Group(c.head, c.n_s, c.seed, ()).stem in mine]
+    return [c for c in cells if Group(c.head, c.n_s, c.seed, (), c.task).stem in mine]
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -167,14 +176,25 @@ def pending_cells(config: ExperimentConfig, out_dir: Path) -> tuple[list[Cell], 
         if record is None:
             todo.append(cell)
             continue
-        if record.get("settings_hash") != config.settings_hash(cell.head):
-            diff = config_diff(config.settings(cell.head), record.get("settings", {}))
+        task = config.grid.task_overrides(cell.task)
+        if record.get("settings_hash") != config.settings_hash(cell.head, task):
+            diff = config_diff(config.settings(cell.head, task), record.get("settings", {}))
             raise ConfigError(
                 f"{out_dir / cell.path} was computed with other settings ({'; '.join(diff[:5]) or 'unknown'}); "
                 "use a new --out folder, or delete the old cells to recompute them"
             )
         done.append(cell)
     return todo, done
+
+
+def module_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's parameters and buffers (names, shapes and bytes): equal iff bit for bit equal."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 # -- deterministic data ----------------------------------------------------------------------------
@@ -185,7 +205,10 @@ def derived_seed(*parts: Any) -> int:
 
 
 def nested_sample(task: Any, n: int, domain: str, seed: int, stream: str) -> PairedData:
-    """The first n pairs of a stream drawn in blocks of ``BLOCK``: the same rows whatever n asks for."""
+    """The first n pairs of a stream drawn in blocks of ``BLOCK``: the same rows whatever n asks for.
+
+    With ``instance = "per_seed"`` tasks, seed s draws its data from its own task instance (task seed s).
+    """
     parts = []
     for b in range(math.ceil(n / BLOCK)):
         gen = torch.Generator().manual_seed(derived_seed(seed, stream, domain, b))
@@ -217,10 +240,13 @@ def head_factory(config: ExperimentConfig, head: str, d_x: int) -> Callable[[int
     return factory
 
 
-def transfer_config(config: ExperimentConfig, head: str, seed: int) -> TransferConfig:
+def transfer_config(config: ExperimentConfig, head: str, seed: int, d_h: int | None = None) -> TransferConfig:
+    """The workflow settings of a cell; ``d_h`` (the task's) sizes an encoder configured as ``embed_dim = "d_h"``."""
     e = config.encoder
+    if e.embed_dim == "d_h" and d_h is None:
+        raise ConfigError("encoder.embed_dim = 'd_h' needs the task's d_h")
     return TransferConfig(
-        embed_dim=e.embed_dim, encoder_hidden=tuple(e.hidden), encoder_activation=e.activation,
+        embed_dim=d_h if e.embed_dim == "d_h" else e.embed_dim, encoder_hidden=tuple(e.hidden), encoder_activation=e.activation,
         source_train=config.train_config(head, "source", seed),
         target_train=config.train_config(head, "target", seed), val_fraction=e.val_fraction,
         device=config.run.device,
@@ -250,11 +276,16 @@ class GroupRunner:
     def __init__(self, config: ExperimentConfig, out_dir: Path, group: Group, log: Log | None = None) -> None:
         self.config, self.out, self.group = config, Path(out_dir), group
         self.say = log or (lambda _msg: None)
-        self.task = config.task.build()
-        self.factory = head_factory(config, group.head, self.task.d_x)
-        self.tcfg = transfer_config(config, group.head, group.seed)
-        self.settings = config.settings(group.head)
-        self.hash = config.settings_hash(group.head)
+        overrides = config.grid.task_overrides(group.task)
+        self.task = config.task.build(seed=group.seed, overrides=overrides)
+        #: the truth KL is scored against: the task itself, unless a control distorts it
+        self.eval_task = wrong_variance_task(self.task) if config.control == "wrong_truth_variance" else self.task
+        self.stream = f"{group.task}/" if group.task else ""
+        factory = head_factory(config, group.head, self.task.d_x)
+        self.factory = blind_factory(factory) if config.control == "context_blind" else factory
+        self.tcfg = transfer_config(config, group.head, group.seed, self.task.d_h)
+        self.settings = config.settings(group.head, overrides)
+        self.hash = config.settings_hash(group.head, overrides)
         self.device = resolve_device(config.run.device)
 
     # shared pieces
@@ -282,10 +313,14 @@ class GroupRunner:
                                        source.to(self.tcfg.device), self.tcfg.source_train,
                                        val_fraction=self.tcfg.val_fraction)
             seconds = time.perf_counter() - start
-            shared.source.save(src_path)
             shared.info = {"head": g.head, "n_s": g.n_s, "seed": g.seed, "settings_hash": self.hash,
                            "source_seconds": seconds, "source_steps": shared.source.history.steps_done,
                            "source_best_val": shared.source.history.best_val, "floor": None}
+            if cfg.control == "random_encoder":  # negative control: transfer gets an untrained encoder
+                torch.manual_seed(derived_seed(g.seed, "random-encoder"))  # one encoder per seed, every n_s
+                shared.source.encoder = new_encoder(source.d_c, self.tcfg).to(self.device).freeze()
+            shared.info["source_encoder_digest"] = module_digest(shared.source.encoder)
+            shared.source.save(src_path)
             self.say(f"[{g.stem}] source fitted in {seconds:.1f}s ({shared.source.history.steps_done} steps)")
         if want_floor and shared.floor is None:
             torch.manual_seed(derived_seed(g.seed, g.n_s, "floor-init"))
@@ -297,7 +332,7 @@ class GroupRunner:
                 val_fraction=0.1,
             )
             fit_seconds = time.perf_counter() - start
-            est = kl_to_task(self.task, shared.floor, n=cfg.eval_setting(g.head, "n_eval"),
+            est = kl_to_task(self.eval_task, shared.floor, n=cfg.eval_setting(g.head, "n_eval"),
                              generator=eval_generator(g.seed, "floor-eval"))
             shared.floor.save(floor_path)
             shared.info.update(floor=est.value, floor_se=est.se, floor_n=floor_n,
@@ -309,11 +344,11 @@ class GroupRunner:
     def run(self) -> list[dict[str, Any]]:
         """Fit and score every cell of the group; returns the records written."""
         g = self.group
-        pool = nested_sample(self.task, max(c.n_t for c in g.cells), "target", g.seed, "target")
+        pool = nested_sample(self.task, max(c.n_t for c in g.cells), "target", g.seed, f"{self.stream}target")
         cells = sorted(g.cells, key=lambda c: (c.n_t, c.variant))
         if g.n_s is None:  # source-free variants: fit_variants reads only the source's shape
             return [self._run_cell(cell, _Shared(), pool, pool.head(cell.n_t)) for cell in cells]
-        source = nested_sample(self.task, g.n_s, "source", g.seed, "source")
+        source = nested_sample(self.task, g.n_s, "source", g.seed, f"{self.stream}source")
         try:
             shared = self._source_and_floor(source)
         except GentransferError as err:  # e.g. a diverged source fit: every cell of the group records it
@@ -322,8 +357,11 @@ class GroupRunner:
         return [self._run_cell(cell, shared, source, pool.head(cell.n_t)) for cell in cells]
 
     def _base(self, cell: Cell) -> dict[str, Any]:
+        t = self.task
         return {"head": cell.head, "head_kind": self.config.heads[cell.head].kind, "n_s": cell.n_s,
-                "n_t": cell.n_t, "seed": cell.seed, "variant": cell.variant, "settings_hash": self.hash}
+                "n_t": cell.n_t, "seed": cell.seed, "variant": cell.variant, "settings_hash": self.hash,
+                "task": cell.task, "task_name": self.config.task.name, "embedding": t.embedding_kind,
+                "task_seed": t.seed, "d_c": t.d_c, "d_h": t.d_h, "d_x": t.d_x, "control": self.config.control}
 
     def _failed(self, cell: Cell, error: str) -> dict[str, Any]:
         record = {**self._base(cell), "status": "failed", "error": error, "finished_at": _now(),
@@ -343,8 +381,15 @@ class GroupRunner:
             fitted = fit_variants(self.factory, source, target, tcfg, [cell.variant],
                                   oracle_embedding=getattr(self.task, "embedding", None),
                                   source_model=shared.source)[cell.variant]
+            if cell.variant == "transfer" and self.config.control == "trainable_encoder":
+                fitted.model.encoder.unfreeze()  # negative control: the encoder keeps learning on the target
+                train_model(fitted.model, target, tcfg.target_train, tcfg.val_fraction)
+                fitted.model.encoder.freeze()
             fit_seconds = time.perf_counter() - start
             record = {**base, **self._score(cell, fitted.model, shared.floor, shared.info)}
+            if cell.variant == "transfer":
+                record.update(encoder_digest=module_digest(fitted.model.encoder),
+                              source_encoder_digest=shared.info.get("source_encoder_digest"))
             hist = fitted.histories["target"]
             record.update(status="ok", fit_seconds=fit_seconds, steps=hist.steps_done, best_val=hist.best_val)
             self._samples(cell, fitted.model, cell_seed)
@@ -366,7 +411,7 @@ class GroupRunner:
         if cell.variant == "transfer" and floor is not None:
             models[FLOOR] = floor
         n_eval = cfg.eval_setting(cell.head, "n_eval")
-        log_p, log_q = log_densities(self.task, models, n=n_eval, generator=eval_generator(cell.seed))
+        log_p, log_q = log_densities(self.eval_task, models, n=n_eval, generator=eval_generator(cell.seed))
         est = monte_carlo_kl(log_p, log_q["model"])
         out: dict[str, Any] = {"kl": est.value, "kl_se": est.se, "n_eval": est.n}
         if FLOOR in log_q:
@@ -375,6 +420,7 @@ class GroupRunner:
             out.update(floor=info["floor"], floor_se=info["floor_se"], floor_n=info["floor_n"],
                        floor_seconds=info.get("floor_seconds", 0.0), floor_paired=paired.value,
                        floor_paired_se=paired.se, head_term=head.value, head_term_se=head.se)
+        out = distort_kl(out, cfg.control)
         out["eval_seconds"] = time.perf_counter() - start
         if cfg.heads[cell.head].kind == "diffusion":
             out.update(self._bound(cell, model))
@@ -489,11 +535,13 @@ def run_sweep(
 def collect_records(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every cell record under ``out_dir/cells``, sorted by (head, variant, n_s, n_t, seed)."""
     records = []
-    for path in sorted(Path(out_dir).glob("cells/*/*/*.json")):
+    paths = [*Path(out_dir).glob("cells/*/*/*.json"), *Path(out_dir).glob("cells/*/*/*/*.json")]
+    for path in sorted(paths):
         record = read_json(path)
         if record is not None:
             records.append(record)
-    return sorted(records, key=lambda r: (r["head"], r["variant"], r["n_s"] or 0, r["n_t"], r["seed"]))
+    return sorted(records, key=lambda r: (r.get("task", ""), r["head"], r["variant"], r["n_s"] or 0, r["n_t"],
+                                          r["seed"]))
 
 
 def write_csv(records: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:

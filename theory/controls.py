@@ -1,0 +1,149 @@
+"""Negative controls: pipelines broken on purpose, and distortions of finished records, that checks must FAIL.
+
+A check that a wrong answer would also pass shows nothing. Each control below is aimed at a check; the
+tests run every control at a small size and assert that its check FAILs while the correct pipeline PASSes,
+and a slow test measures the false-pass and false-fail rates over repetitions.
+
+Broken pipelines (``[experiment] control = NAME`` in a study config; the sweep applies them):
+
+| control | what is broken | the check that must FAIL |
+|---|---|---|
+| ``random_encoder`` | transfer uses a randomly initialised frozen encoder | embedding floor falls as n_s grows |
+| ``context_blind`` | every head ignores its context | KL equals its known answer |
+| ``trainable_encoder`` | transfer's encoder keeps training on the target | transfer keeps the source embedding |
+| ``wrong_truth_variance`` | KL is scored against a truth whose target noise variance is 1.5x | KL equals its known answer |
+| ``kl_offset`` | the KL estimator adds 0.05 nats | KL equals its known answer |
+| ``kl_factor`` | the KL estimator is off by a factor 2 | KL equals its known answer |
+
+Record distortions (:func:`distort_records`) turn a finished run's records into wrong ones (every KL x3,
+x0.1, +0.05 nats, a NaN): the report shows which checks FAIL on each, on the run's own records.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from shared_embed.errors import ConfigError
+from shared_embed.head import Head
+
+from .verdict import KL_FIELDS, Record
+
+PIPELINE_CONTROLS = ("random_encoder", "context_blind", "trainable_encoder", "wrong_truth_variance", "kl_offset",
+                     "kl_factor")
+#: The check each pipeline control is aimed at (the name a :class:`~theory.verdict.CheckResult` carries).
+TARGET_CHECK = {
+    "random_encoder": "embedding floor falls as n_s grows",
+    "context_blind": "KL equals its known answer",
+    "trainable_encoder": "transfer keeps the source embedding",
+    "wrong_truth_variance": "KL equals its known answer",
+    "kl_offset": "KL equals its known answer",
+    "kl_factor": "KL equals its known answer",
+}
+KL_OFFSET, KL_FACTOR, TRUTH_VARIANCE_FACTOR = 0.05, 2.0, 1.5
+
+
+def check_control(name: str) -> str:
+    """Validate a control name ("" is the real pipeline)."""
+    if name and name not in PIPELINE_CONTROLS:
+        raise ConfigError(f"unknown control {name!r}; valid: '' (none), {', '.join(PIPELINE_CONTROLS)}")
+    return name
+
+
+class ContextBlindHead(Head):
+    """A head that ignores its context (it always sees zeros): the ``context_blind`` control."""
+
+    def __init__(self, inner: Head) -> None:
+        super().__init__(inner.features, inner.context_features)
+        self.inner = inner
+        self.kind = inner.kind
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.inner.config
+
+    @staticmethod
+    def _blind(context: Tensor | None) -> Tensor | None:
+        return None if context is None else torch.zeros_like(context)
+
+    def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.inner.loss(x, self._blind(context))
+
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.inner.log_prob(x, self._blind(context))
+
+    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+        return self.inner.sample(n, self._blind(self.sample_context(n, context)))
+
+
+class ContextBlindExactHead(ContextBlindHead):
+    """:class:`ContextBlindHead` for a head with an exact maximum-likelihood solver."""
+
+    def fit_closed_form(self, x: Tensor, context: Tensor | None = None) -> None:
+        self.inner.fit_closed_form(x, self._blind(context))  # type: ignore[attr-defined]
+
+
+def blind_factory(factory: Callable[[int | None], Head]) -> Callable[[int | None], Head]:
+    """Wrap a head factory so every head it makes ignores its context."""
+
+    def make(context_features: int | None) -> Head:
+        head = factory(context_features)
+        exact = callable(getattr(head, "fit_closed_form", None))
+        return ContextBlindExactHead(head) if exact else ContextBlindHead(head)
+
+    make.config = getattr(factory, "config", {})  # type: ignore[attr-defined]
+    return make
+
+
+def wrong_variance_task(task: Any, factor: float = TRUTH_VARIANCE_FACTOR) -> Any:
+    """A copy of a linear-Gaussian task whose TARGET noise covariance is scaled by ``factor``."""
+    if not hasattr(task, "params") or "target" not in task.params or len(task.params["target"]) != 3:
+        raise ConfigError("control 'wrong_truth_variance' needs the conditional_gaussian task")
+    bad = copy.deepcopy(task)
+    a, b, cov = bad.params["target"]
+    bad.params["target"] = (a, b, cov * factor)
+    return bad
+
+
+def distort_kl(fields: dict[str, Any], control: str) -> dict[str, Any]:
+    """Apply a KL-estimator control (kl_offset: +0.05 nats, kl_factor: x2) to a record's KL fields."""
+    if control not in ("kl_offset", "kl_factor"):
+        return fields
+    out = dict(fields)
+    for key in KL_FIELDS:
+        if out.get(key) is not None:
+            out[key] = out[key] + KL_OFFSET if control == "kl_offset" else out[key] * KL_FACTOR
+    return out
+
+
+# -- distortions of finished records ----------------------------------------------------------------------
+RECORD_DISTORTIONS: dict[str, Callable[[float], float]] = {
+    "KL x3": lambda v: 3.0 * v,
+    "KL x0.1": lambda v: 0.1 * v,
+    "KL +0.05 nats": lambda v: v + 0.05,
+}
+
+
+def distort_records(records: Sequence[Record], distortion: str) -> list[Record]:
+    """Copies of ``records`` with every KL field distorted (see :data:`RECORD_DISTORTIONS`), or one KL made NaN
+    (``"one NaN KL"``)."""
+    out = [dict(r) for r in records]
+    if distortion == "one NaN KL":
+        for r in out:
+            if r.get("status", "ok") == "ok" and r.get("kl") is not None:
+                r["kl"] = math.nan
+                break
+        return out
+    if distortion not in RECORD_DISTORTIONS:
+        raise ConfigError(f"unknown distortion {distortion!r}; valid: {[*RECORD_DISTORTIONS, 'one NaN KL']}")
+    fn = RECORD_DISTORTIONS[distortion]
+    for r in out:
+        for key in KL_FIELDS:
+            if r.get(key) is not None:
+                r[key] = fn(float(r[key]))
+    return out
