@@ -126,7 +126,8 @@ def sde_kl_for(
     invariant under a common affine map; isotropic neighbourhoods then suit p, which lowers the kNN bias on
     narrow conditional laws) and scored by :func:`theory.knn_kl.knn_cross_kl` with neighbour rank ``k``.
     Returns the mean over contexts with SE = sd / sqrt(contexts), and n = the draws of each side in all.
-    The kNN bias is downward (measured up to -15% of the KL at 500 rows a context; docs/theory.md).
+    The kNN bias is downward where the SDE law is narrower than or shifted against the target (-15 to -30% of
+    the KL measured on a shifted conditional Gaussian at the defaults; docs/theory.md).
     """
     head = _diffusion_head(model, "the SDE law's KL")
     check_positive_int("contexts", contexts, minimum=2)

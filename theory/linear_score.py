@@ -46,7 +46,7 @@ from shared_embed.validation import check_fraction, check_positive_float, check_
 
 from .kl import gaussian_kl
 
-#: Tolerances of the moment ODE solves (float64 dopri5); the moments and KLs are then exact to about 1e-7 relative (tested).
+#: Tolerances of the moment ODE solves (float64 dopri5); moments and KLs are then exact to ~1e-7 relative (tested).
 MOMENT_RTOL = 1e-10
 MOMENT_ATOL = 1e-10
 
@@ -98,7 +98,8 @@ class LinearErrorCase:
             object.__setattr__(self, name, getattr(self, name).double())
 
     @classmethod
-    def isotropic(cls, d: int = 2, error_scale: float = 0.0, error_shift: float = 0.0, **kwargs: Any) -> LinearErrorCase:
+    def isotropic(cls, d: int = 2, error_scale: float = 0.0, error_shift: float = 0.0,
+                  **kwargs: Any) -> LinearErrorCase:
         """N(0, I_d) data with A = error_scale * I and b = error_shift * (1, ..., 1)."""
         eye = torch.eye(d, dtype=torch.float64)
         return cls(torch.zeros(d, dtype=torch.float64), eye, error_scale * eye,
