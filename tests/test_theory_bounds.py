@@ -29,8 +29,8 @@ def test_standardized_law_is_the_law_of_the_standardized_outcome() -> None:
 
 
 def test_a_diffusion_sweep_cell_records_its_bound_beside_its_kl(tmp_path: Path) -> None:
-    """A tiny diffusion-head sweep: every cell carries a finite Girsanov bound with its SE, and the
-    girsanov check reads them (its verdict on an untrained head is not the point here)."""
+    """A tiny diffusion-head sweep: every cell carries a finite Girsanov bound with its SE and the kNN KL of
+    its SDE law (on 2 x bound_n draws), and the girsanov check reads them (its verdict on an untrained head is not the point here)."""
     config = ExperimentConfig.from_dict({
         "task": {"name": "conditional_gaussian", "d_c": 4},
         "grid": {"n_s": [64], "n_t": [16], "seeds": [0], "heads": ["diffusion"], "variants": ["transfer"]},
@@ -45,3 +45,4 @@ def test_a_diffusion_sweep_cell_records_its_bound_beside_its_kl(tmp_path: Path) 
     (record,) = collect_records(tmp_path)
     assert math.isfinite(record["bound"]) and record["bound_se"] > 0 and record["bound_n"] == 64
     assert record["bound"] > 0 and math.isfinite(record["kl"])
+    assert math.isfinite(record["kl_sde"]) and record["kl_sde_se"] > 0 and record["kl_sde_n"] == 128

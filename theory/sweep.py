@@ -427,16 +427,18 @@ class GroupRunner:
         return out
 
     def _bound(self, cell: Cell, model: ConditionalModel) -> dict[str, Any]:
-        """The Girsanov bound on KL for a diffusion head (``theory.bounds.girsanov_bound_for``)."""
+        """The Girsanov bound on KL for a diffusion head (``theory.bounds.girsanov_bound_for``), and the kNN KL of
+        the head's reverse-SDE law that it bounds (``theory.bounds.sde_kl_for``, on 2 x bound_n draws a side)."""
         n = self.config.eval_setting(cell.head, "bound_n")
         if n <= 0:
             return {}
-        from .bounds import girsanov_bound_for
+        from .bounds import girsanov_bound_for, sde_kl_for
 
         start = time.perf_counter()
         est = girsanov_bound_for(self.task, model, n=n, generator=eval_generator(cell.seed, "bound"))
-        return {"bound": est.value, "bound_se": est.se, "bound_n": est.n,
-                "bound_seconds": time.perf_counter() - start}
+        sde = sde_kl_for(self.task, model, n=2 * n, generator=eval_generator(cell.seed, "kl_sde"))
+        return {"bound": est.value, "bound_se": est.se, "bound_n": est.n, "kl_sde": sde.value, "kl_sde_se": sde.se,
+                "kl_sde_n": sde.n, "bound_seconds": time.perf_counter() - start}
 
     def _samples(self, cell: Cell, model: ConditionalModel, cell_seed: int) -> None:
         cfg = self.config
