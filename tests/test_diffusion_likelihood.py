@@ -19,10 +19,12 @@ from diffusion import (
     VPSchedule,
     exact_divergence,
     hutchinson_divergence,
+    jacobian_trace,
     probability_flow,
     probability_flow_log_prob,
     standard_normal_log_prob,
 )
+from diffusion import likelihood
 from shared_embed import ConfigError, DataError, DTypeError, ShapeError
 from theory.tasks import ConditionalMixtureTask, TwoGaussianTask
 
@@ -74,6 +76,33 @@ def test_exact_divergence_is_the_trace_of_the_jacobian() -> None:
     # Hutchinson with the d unit vectors as "probes" is exact, scaled by d
     probes = torch.eye(3, dtype=torch.float64)[:, None, :].expand(3, 4, 3)
     assert torch.allclose(3 * hutchinson_divergence(net(x), x, probes, False), div)
+    # the torch.func trace (one batched backward pass) gives the same output and trace
+    out, trace = jacobian_trace(net, x)
+    torch.testing.assert_close(out, net(x), rtol=0, atol=0)
+    torch.testing.assert_close(trace, div, rtol=1e-12, atol=1e-12)
+
+
+def test_torch_func_trace_is_differentiable_and_chunked(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 5)).double()
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    loop = exact_divergence(net(x), x, create_graph=True)
+    grads_loop = torch.autograd.grad(loop.sum(), [x, *net.parameters()], materialize_grads=True)
+    monkeypatch.setattr(likelihood, "EXACT_CHUNK_ROWS", 12)  # two unit vectors per chunk
+    _, trace = jacobian_trace(net, x)
+    grads = torch.autograd.grad(trace.sum(), [x, *net.parameters()], materialize_grads=True)
+    torch.testing.assert_close(trace, loop)
+    for a, b in zip(grads, grads_loop):
+        torch.testing.assert_close(a, b)
+
+
+def test_exact_and_exact_loop_give_the_same_flow() -> None:
+    score = TwoGaussianTask().score_fn("source", SCH)
+    x = torch.randn(20, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a = probability_flow(score, x, SCH, divergence="exact", rtol=1e-6, atol=1e-6)
+        b = probability_flow(score, x, SCH, divergence="exact_loop", rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(a.log_prob, b.log_prob, rtol=1e-9, atol=1e-9)
+    assert a.nfe == b.nfe
 
 
 @pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
