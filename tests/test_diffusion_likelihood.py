@@ -95,14 +95,16 @@ def test_torch_func_trace_is_differentiable_and_chunked(monkeypatch: pytest.Monk
         torch.testing.assert_close(a, b)
 
 
-def test_exact_and_exact_loop_give_the_same_flow() -> None:
+@pytest.mark.parametrize("n", [20, 3000])  # "exact" takes torch.func for the small batch, the loop for the large
+def test_every_exact_divergence_gives_the_same_flow(n: int) -> None:
     score = TwoGaussianTask().score_fn("source", SCH)
-    x = torch.randn(20, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        a = probability_flow(score, x, SCH, divergence="exact", rtol=1e-6, atol=1e-6)
-        b = probability_flow(score, x, SCH, divergence="exact_loop", rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(a.log_prob, b.log_prob, rtol=1e-9, atol=1e-9)
-    assert a.nfe == b.nfe
+        runs = {div: probability_flow(score, x, SCH, divergence=div, rtol=1e-6, atol=1e-6)
+                for div in ("exact", "exact_func", "exact_loop")}
+    for div in ("exact_func", "exact_loop"):
+        torch.testing.assert_close(runs[div].log_prob, runs["exact"].log_prob, rtol=1e-9, atol=1e-9)
+        assert runs[div].nfe == runs["exact"].nfe
 
 
 @pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
