@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
 import subprocess
 import sys
+import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from theory.cli import main
+from theory.config import load_config
+from theory.toml_writer import dumps as toml_dumps
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.toml"
@@ -70,8 +76,66 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_show_prints_the_resolved_config(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["show", str(SMOKE), "--set", "grid.seeds=[4]"]) == 0
+    assert main(["show", str(SMOKE), "--set", "grid.seeds=[4]", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["grid"]["seeds"] == [4]
+
+
+@pytest.mark.parametrize("name", ["default", "full", "smoke"])  # the configs of `gentransfer run`
+def test_show_prints_toml_that_runs_as_the_same_config(name: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", name, "--set", "run.workers=3"]) == 0  # a shipped config by name
+    text = capsys.readouterr().out
+    assert tomllib.loads(text)["run"]["workers"] == 3
+    (tmp_path / "shown.toml").write_text(text)
+    expected = load_config(ROOT / "configs" / f"{name}.toml", ["run.workers=3"]).to_dict()
+    assert load_config(tmp_path / "shown.toml").to_dict() == expected
+
+
+def test_toml_writer_round_trips_every_value_kind() -> None:
+    value = {"a": 1, "b": -2.5e-7, "c": "x \"y\" \u00e9", "d": [1, 2], "e": True, "f": None, "g": {},
+             "t": {"u": {"v": [0.5, "w"], "inline": [{"k": 1}]}, "z": float("inf")}, "odd key": 3}
+    back = tomllib.loads(toml_dumps(value))
+    assert back == {k: v for k, v in value.items() if v is not None}
+
+
+def test_version_and_a_closed_pipe(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"gentransfer {importlib.metadata.version('gentransfer')}"
+    # `gentransfer show CONFIG | head`: the reader leaves before the output is written
+    proc = subprocess.Popen([sys.executable, "-m", "theory", "show", "full"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_configs_ship_with_the_package(tmp_path: Path) -> None:
+    """A wheel holds configs/ as package data, and the CLI finds them there, away from the source tree."""
+    wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(ROOT)], check=True,
+                   capture_output=True)
+    (wheel,) = wheel_dir.glob("gentransfer-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    shipped = {f"theory/configs/{p.name}" for p in (ROOT / "configs").glob("*.toml")}
+    assert shipped and shipped <= names
+    zipfile.ZipFile(wheel).extractall(site)
+    code = "from theory.cli import shipped_configs, resolve_config; from pathlib import Path; " \
+           "print(shipped_configs()); print(resolve_config(Path('default')))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(site)}, check=True)
+    folder, default = done.stdout.split()
+    assert Path(folder) == site / "theory" / "configs" and Path(default) == site / "theory" / "configs" / "default.toml"
+
+
+def test_unknown_config_names_list_the_shipped_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", "defualt"]) == 2
+    err = capsys.readouterr().err
+    assert "no config file defualt" in err and "default" in err and "smoke" in err
 
 
 def test_help_for_newcomers() -> None:
