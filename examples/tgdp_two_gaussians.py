@@ -39,9 +39,6 @@ import os
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display needed: pictures go to PNG files
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -49,11 +46,12 @@ import torch
 from diffusion import DiffusionHead, VPSchedule, probability_flow_log_prob, sample_ode
 from diffusion.tgdp import FunctionGuidance, GuidedScore, TGDPConfig, fit_tgdp, train_head
 from shared_embed import TrainConfig
+from shared_embed.progress import env_flag
 from theory.kl import monte_carlo_kl
 from theory.metrics import mmd2
 from theory.tasks import TwoGaussianTask
 
-FAST = os.environ.get("GENTRANSFER_DEMO_FAST") == "1"
+FAST = env_flag("GENTRANSFER_DEMO_FAST")
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 OUT = Path(os.environ.get("GENTRANSFER_DEMO_OUT") or HERE / "output")
 OUT.mkdir(parents=True, exist_ok=True)
@@ -161,7 +159,6 @@ fig.suptitle(f"TGDP guidance: learned vs exact (n_s = {N_S}, n_t = {N_T})", font
 fig.tight_layout()
 path = OUT / "tgdp_guidance.png"
 fig.savefig(path, dpi=110)
-plt.close(fig)
 print(f"saved {path}")
 
 # %% [markdown]
@@ -219,7 +216,6 @@ fig.suptitle("Samples (probability-flow ODE) against the true target density", f
 fig.tight_layout(rect=(0, 0, 1, 0.95))
 path = OUT / "tgdp_samples.png"
 fig.savefig(path, dpi=110)
-plt.close(fig)
 print(f"saved {path}")
 
 # %% [markdown]
