@@ -154,3 +154,21 @@ def test_bad_shard_or_device_is_one_line_with_exit_code_2(tmp_path: Path, capsys
     assert main(["run", str(SMOKE), "--out", str(tmp_path), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gentransfer: error:") and message in err and not list(tmp_path.iterdir())
+
+
+def test_the_samples_figure_is_labelled(smoke_run: tuple[Path, str]) -> None:
+    """Axes with units, a legend of the conditions, and each panel's KL in its title."""
+    from theory.config import load_config as load
+    from theory.plots import samples_figure
+    from theory.sweep import collect_records
+
+    out, _ = smoke_run
+    records = [r for r in collect_records(out) if r.get("status", "ok") == "ok"]
+    head = records[0]["head"]
+    fig = samples_figure(out, records, head, load(SMOKE).task.build())
+    assert fig is not None
+    axes = [ax for ax in fig.axes if ax.has_data()]
+    assert any("data units" in ax.get_xlabel() for ax in axes) and any("data units" in ax.get_ylabel() for ax in axes)
+    assert fig.legends and [t.get_text() for t in fig.legends[0].get_texts()][:2] == ["c1", "c2"]
+    model_panels = [ax for ax in axes if not ax.get_title().startswith("truth")]
+    assert model_panels and all("KL = " in ax.get_title() and "nats" in ax.get_title() for ax in model_panels)

@@ -3,7 +3,8 @@
 - :func:`plot_kl_curves`: log-log KL vs n_t per variant (mean +- SE over seeds) with the predicted slopes drawn
   in, and the transfer curves of every n_s against their embedding floors;
 - :func:`plot_floor`: the embedding floor vs n_s with the predicted slope;
-- :func:`plot_samples`: draws of each variant at fixed conditions beside draws of the true target law.
+- :func:`plot_samples`: draws of each variant at fixed conditions beside draws of the true target law, each panel
+  titled with its KL (:func:`samples_figure` builds the figure without saving it).
 """
 
 from __future__ import annotations
@@ -151,9 +152,16 @@ def _load_samples(out_dir: Path, record: Record) -> dict[str, Any] | None:
 
 def plot_samples(out_dir: str | os.PathLike[str], records: Sequence[Record], head: str, task: Any,
                  path: str | os.PathLike[str], max_columns: int = 3) -> Path | None:
+    """Save :func:`samples_figure` to ``path``; None when the run stored no samples."""
+    fig = samples_figure(out_dir, records, head, task, max_columns)
+    return None if fig is None else _save(fig, path)
+
+
+def samples_figure(out_dir: str | os.PathLike[str], records: Sequence[Record], head: str, task: Any,
+                   max_columns: int = 3) -> Figure | None:
     """Rows: variants (transfer / fine-tune at the largest n_s); columns: the truth, then up to ``max_columns``
-    n_t. Each panel scatters the first two coordinates of draws at the same fixed conditions (one colour each).
-    Returns None when the run stored no samples."""
+    n_t. Each panel scatters the first two coordinates of draws at the same fixed conditions (one colour each,
+    keyed in the legend) and is titled with that cell's KL(p_T || p_hat). None when the run stored no samples."""
     out_dir = Path(out_dir)
     rs = [r for r in records if r["head"] == head and r.get("status", "ok") == "ok"]
     if not rs:
@@ -162,12 +170,15 @@ def plot_samples(out_dir: str | os.PathLike[str], records: Sequence[Record], hea
     n_ss = sorted({int(r["n_s"]) for r in rs if r.get("n_s") is not None})
     big = n_ss[-1] if n_ss else None
     panels: dict[tuple[str, int], dict[str, Any]] = {}
+    cell_kl: dict[tuple[str, int], tuple[float, float]] = {}
     for r in rs:
         if int(r["seed"]) != seed or (r.get("n_s") is not None and r["n_s"] != big):
             continue
         s = _load_samples(out_dir, r)
         if s is not None:
             panels[(r["variant"], int(r["n_t"]))] = s
+            if r.get("kl") is not None:
+                cell_kl[(r["variant"], int(r["n_t"]))] = (float(r["kl"]), float(r.get("kl_se") or 0.0))
     if not panels:
         return None
     variants = [v for v in COLORS if any(k[0] == v for k in panels)]
@@ -185,7 +196,7 @@ def plot_samples(out_dir: str | os.PathLike[str], records: Sequence[Record], hea
     pad = 0.35 * (hi - lo)
     lo, hi = lo - pad, hi + pad
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
-    fig = Figure(figsize=(2.7 * (1 + len(n_ts)), 2.6 * len(variants)))
+    fig = Figure(figsize=(2.7 * (1 + len(n_ts)) + 0.8, 2.9 * len(variants)), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(variants), 1 + len(n_ts), squeeze=False))
     for i, variant in enumerate(variants):
         for j in range(1 + len(n_ts)):
@@ -197,6 +208,8 @@ def plot_samples(out_dir: str | os.PathLike[str], records: Sequence[Record], hea
                 sets = [] if s is None else [np.asarray(x) for x in s["samples"]]
                 ns_txt = f", n_s={big}" if variant in ("transfer", "fine_tune") else ""
                 title = f"{LABELS[variant]}, n_t={n_ts[j - 1]}{ns_txt}"
+                if (kl := cell_kl.get((variant, n_ts[j - 1]))) is not None:
+                    title += f"\nKL = {kl[0]:.3f} +- {kl[1]:.3f} nats"
             for k, x in enumerate(sets):
                 ax.scatter(x[:, 0], x[:, 1] if x.shape[1] > 1 else np.zeros(len(x)), s=3, alpha=0.5,
                            color=colors[k % len(colors)])
@@ -205,7 +218,14 @@ def plot_samples(out_dir: str | os.PathLike[str], records: Sequence[Record], hea
                 ax.set_ylim(lo[1], hi[1])
             ax.set_title(title, fontsize=8)
             ax.tick_params(labelsize=6)
-    fig.suptitle(f"{head}: samples at {len(contexts)} fixed conditions c (one colour each), seed {seed}",
-                 fontsize=10)
-    return _save(fig, path)
+            if i == len(variants) - 1:
+                ax.set_xlabel("x[0] (data units)", fontsize=7)
+            if j == 0:
+                ax.set_ylabel("x[1] (data units)" if allx.shape[1] > 1 else "(x is 1-D)", fontsize=7)
+    keys = [axes[0, 0].scatter([], [], s=12, color=colors[k % len(colors)], label=f"c{k + 1}")
+            for k in range(len(contexts))]
+    fig.legend(handles=keys, title="condition", loc="outside right upper", fontsize=7, title_fontsize=7)
+    fig.suptitle(f"{head}: samples at {len(contexts)} fixed conditions c (one colour each), seed {seed}; "
+                 "KL(p_T || p_hat) of each cell", fontsize=10)
+    return fig
 
