@@ -8,11 +8,12 @@ from x_{t_eps} = x_0 to x_1,
 The divergence is exact or Hutchinson's estimator. The exact trace of the Jacobian has two implementations
 with the same result: ``"exact_func"``, ``torch.func`` with the d vector-Jacobian products batched by ``vmap``
 into one backward pass, and ``"exact_loop"``, d separate backward passes. Both cost d backward passes in
-arithmetic; the batched form saves the fixed cost of each pass, which dominates for small batches (measured
-at d = 64: 4.4x faster for a width-64 score network on 10 points, 1.7x on 50), and loses to the loop on large
-ones (0.5-0.7x on 200-500 points), where the batched backward's (d, n, width) intermediates leave the cache.
-``"exact"`` (the default, fine for d <= ~16 and more) picks ``exact_func`` when n * d <= ``EXACT_FUNC_MAX_ROWS``
-and the loop otherwise; ``benchmarks/likelihood.py`` measures all of them side by side. The third choice is
+arithmetic; the batched form saves the fixed cost of each of the d passes, which dominates when d is large and
+the batch small (whole probability-flow solves at d = 64 on 20 points: 2.9x faster than the loop for a width-64
+score network and for an analytic score), and loses where the passes are few or large (0.5-0.6x at d = 2 and
+at d = 64 on 500 points, where the batched backward's (d, n, width) intermediates leave the cache). ``"exact"``
+(the default) picks ``exact_func`` when d >= ``EXACT_FUNC_MIN_FEATURES`` and n * d <= ``EXACT_FUNC_MAX_ROWS``,
+the loop otherwise; ``benchmarks/likelihood.py`` measures them side by side. The third choice is
 Hutchinson's estimator E_v[v^T (ds/dx) v] with ``probes`` seeded Rademacher (or Gaussian) vectors drawn once
 and held fixed along the path, so the ODE stays deterministic for the adaptive solver and the estimate is
 unbiased for the same integral. Rademacher is the default: its variance has no diagonal term (on the TGDP
@@ -46,7 +47,9 @@ from .schedule import VPSchedule
 DIVERGENCES = ("exact", "exact_func", "exact_loop", "hutchinson")
 #: rows (points x basis vectors) of one batched backward pass of ``exact_func``; bounds its memory.
 EXACT_CHUNK_ROWS = 2**16
-#: ``"exact"`` takes ``exact_func`` up to this many rows n * d, the d-pass loop beyond (see the module docstring).
+#: ``"exact"`` takes ``exact_func`` from this many features and up to this many rows n * d, the d-pass loop
+#: otherwise (see the module docstring).
+EXACT_FUNC_MIN_FEATURES = 32
 EXACT_FUNC_MAX_ROWS = 4096
 PROBES = ("rademacher", "gaussian")
 #: log-density of x_1 at t = 1 given the context; the default is the standard normal.
@@ -164,7 +167,8 @@ def probability_flow(
         with torch.enable_grad():
             if not (keep_graph and x.requires_grad):
                 x = x.detach().requires_grad_(True)
-            if divergence == "exact_func" or (divergence == "exact" and x.numel() <= EXACT_FUNC_MAX_ROWS):
+            if divergence == "exact_func" or (divergence == "exact" and x.shape[1] >= EXACT_FUNC_MIN_FEATURES
+                                              and x.numel() <= EXACT_FUNC_MAX_ROWS):
                 s, div_s = jacobian_trace(lambda z: _call(score, z, t, context, (t_eps, 1.0)), x)
             else:
                 s = _call(score, x, t, context, (t_eps, 1.0))
