@@ -8,7 +8,16 @@ Example:
     >>> factory = make_flow_head(2, backend="nflows", transform="affine_ar")
 """
 
-from .backends import BACKENDS, DEFAULT_TRANSFORM, SPLINE_TRANSFORMS, TRANSFORMS, FlowModule, FlowSpec, build_flow, check_backend
+from .backends import (
+    BACKENDS,
+    DEFAULT_TRANSFORM,
+    SPLINE_TRANSFORMS,
+    TRANSFORMS,
+    FlowModule,
+    FlowSpec,
+    build_flow,
+    check_backend,
+)
 from .head import FlowDistribution, FlowHead, make_flow_head
 
 __all__ = [

@@ -14,7 +14,7 @@ from shared_embed.head import Head, register_head
 from shared_embed.rng import check_generator
 from shared_embed.validation import check_positive_float, check_positive_int
 
-from .backends import DEFAULT_TRANSFORM, SPLINE_TRANSFORMS, FlowModule, FlowSpec, build_flow, check_backend
+from .backends import SPLINE_TRANSFORMS, FlowModule, FlowSpec, build_flow, check_backend
 
 #: transforms per backend when ``transforms`` is not given: 3 layers, one ODE block for ``cnf``.
 DEFAULT_TRANSFORMS = 3

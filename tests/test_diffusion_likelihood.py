@@ -20,11 +20,11 @@ from diffusion import (
     exact_divergence,
     hutchinson_divergence,
     jacobian_trace,
+    likelihood,
     probability_flow,
     probability_flow_log_prob,
     standard_normal_log_prob,
 )
-from diffusion import likelihood
 from shared_embed import ConfigError, DataError, DTypeError, ShapeError
 from theory.tasks import ConditionalMixtureTask, TwoGaussianTask
 

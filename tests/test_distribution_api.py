@@ -9,8 +9,18 @@ import torch
 
 from diffusion import DiffusionHead
 from flows import FlowHead
-from shared_embed import (ConditionalModel, ConfigError, DTypeError, Encoder, GaussianHead, Head, ShapeError,
-                          Standardizer, TrainConfig, fit_source)
+from shared_embed import (
+    ConditionalModel,
+    ConfigError,
+    DTypeError,
+    Encoder,
+    GaussianHead,
+    Head,
+    ShapeError,
+    Standardizer,
+    TrainConfig,
+    fit_source,
+)
 from shared_embed.distribution import BatchedConditional
 from theory.tasks import ConditionalGaussianTask
 
