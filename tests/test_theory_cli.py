@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -114,10 +115,15 @@ def test_version_and_a_closed_pipe(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_configs_ship_with_the_package(tmp_path: Path) -> None:
     """A wheel holds configs/ as package data, and the CLI finds them there, away from the source tree."""
-    wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
+    wheel_dir, site, source = tmp_path / "wheel", tmp_path / "site", tmp_path / "source"
+    source.mkdir()  # build from a copy, so the build leaves the source tree untouched
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("shared_embed", "flows", "diffusion", "theory", "configs"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(ROOT)], check=True,
-                   capture_output=True)
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(source)],
+                   check=True, capture_output=True)
     (wheel,) = wheel_dir.glob("gentransfer-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
