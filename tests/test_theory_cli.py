@@ -178,3 +178,30 @@ def test_the_samples_figure_is_labelled(smoke_run: tuple[Path, str]) -> None:
     assert fig.legends and [t.get_text() for t in fig.legends[0].get_texts()][:2] == ["c1", "c2"]
     model_panels = [ax for ax in axes if not ax.get_title().startswith("truth")]
     assert model_panels and all("KL = " in ax.get_title() and "nats" in ax.get_title() for ax in model_panels)
+
+
+def test_the_kl_curves_figure_is_readable(smoke_run: tuple[Path, str]) -> None:
+    """At most 6 legend entries per panel, the predicted exponents and the floor's value in them, and more than
+    a decade's worth of labelled ticks on the log KL axis."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from theory.config import load_config as load
+    from theory.plots import kl_curves_figure
+    from theory.report import predictions
+    from theory.sweep import collect_records
+
+    out, _ = smoke_run
+    config = load(SMOKE)
+    records = [r for r in collect_records(out) if r.get("status", "ok") == "ok"]
+    head = records[0]["head"]
+    rates = predictions(config, config.task.build(), {head: config.heads[head].kind})
+    fig = kl_curves_figure(records, head, rates.get(head))
+    FigureCanvasAgg(fig).draw()
+    left, right = fig.axes
+    texts = [t.get_text() for t in left.get_legend().get_texts()]
+    assert len(texts) <= 6 and len(right.get_legend().get_texts()) <= 6, texts
+    assert any("predicted" in t and "n^-" in t for t in texts) and any("floor" in t and "nats" in t for t in texts)
+    lo, hi = left.get_ylim()
+    labelled = [t for t in left.get_yticklabels() if t.get_text() and lo <= t.get_position()[1] <= hi]
+    assert len(labelled) >= 3, [t.get_text() for t in labelled]
+    assert "nats" in left.get_ylabel() and "target pairs" in left.get_xlabel()

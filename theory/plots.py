@@ -20,7 +20,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
 from .checks import floors, level_stats, mean_se, series
 from .rates import Rates
@@ -41,17 +41,20 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
 
 
 def _log_axes(ax: Axes, x_ticks: Sequence[float], log_y: bool = True) -> None:
-    """Log axes with plain-number labels; x ticks at the grid's sample sizes."""
-    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+    """Log axes with plain-number labels; x ticks at the grid's sample sizes, y ticks at 1-2-5 steps (finer
+    within one decade), every one labelled."""
+    plain = FuncFormatter(lambda v, _pos: f"{v:.3g}")
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(FixedLocator(sorted(x_ticks)))
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(NullFormatter())
     if log_y:
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(plain)
         lo, hi = ax.get_ylim()
-        ax.yaxis.set_minor_formatter(plain if hi / lo < 10 else NullFormatter())  # label 2..9 within a decade
+        subs = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if hi / lo < 10 else (1.0, 2.0, 5.0)
+        ax.yaxis.set_major_locator(LogLocator(subs=subs))
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="both", alpha=0.3)
 
 
@@ -63,7 +66,8 @@ def _curve(records: Sequence[Record], head: str, variant: str, n_s: int | None, 
     return n, np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
 
 
-def _slope_line(ax: Axes, n: np.ndarray, y0: float, exponent: float, floor: float, color: str, label: str) -> None:
+def _slope_line(ax: Axes, n: np.ndarray, y0: float, exponent: float, floor: float, color: str,
+                label: str | None) -> None:
     """floor + (y0 - floor) (n / n0)^-exponent through the first point, dashed."""
     if not n.size or y0 - floor <= 0:
         return
@@ -78,7 +82,13 @@ def _mean_floor(records: Sequence[Record], head: str, n_s: int) -> float | None:
 
 
 def plot_kl_curves(records: Sequence[Record], head: str, rates: Rates | None, path: str | os.PathLike[str]) -> Path:
-    """Left: each variant at the largest n_s with its predicted slope; right: transfer at every n_s."""
+    """Save :func:`kl_curves_figure` to ``path``."""
+    return _save(kl_curves_figure(records, head, rates), path)
+
+
+def kl_curves_figure(records: Sequence[Record], head: str, rates: Rates | None) -> Figure:
+    """Left: each variant at the largest n_s with its predicted slope (dashed, exponent in the legend); right:
+    transfer at every n_s against its embedding floor (dotted)."""
     n_ss = sorted({int(r["n_s"]) for r in records if r["head"] == head and r.get("n_s") is not None})
     big = n_ss[-1] if n_ss else None
     fig = Figure(figsize=(12, 4.6))
@@ -89,21 +99,26 @@ def plot_kl_curves(records: Sequence[Record], head: str, rates: Rates | None, pa
             continue
         color = COLORS[variant]
         ns_txt = f" (n_s={big})" if variant in ("transfer", "fine_tune") else ""
-        left.errorbar(n, m, yerr=se, fmt="o-", color=color, capsize=3, label=f"{LABELS[variant]}{ns_txt}")
         pred = rates.for_variant(variant) if rates else None
+        pred_txt = ""
         if pred is not None:
             floor = (_mean_floor(records, head, big) or 0.0) if variant == "transfer" and big else 0.0
-            shape = f"floor + C n^-{pred:.2f}" if floor else f"C n^-{pred:.2f}"
-            _slope_line(left, n, m[0], pred, floor, color, f"predicted {shape}")
+            pred_txt = f"; predicted {'floor + ' if floor else ''}C n^-{pred:.2f}"
+            _slope_line(left, n, m[0], pred, floor, color, None)
+        left.errorbar(n, m, yerr=se, fmt="o-", color=color, capsize=3, label=f"{LABELS[variant]}{ns_txt}{pred_txt}")
+    if rates is not None:
+        left.plot([], [], "k--", lw=1, label="dashed: predicted rate through the first point")
     if big is not None and (fl := _mean_floor(records, head, big)):
-        left.axhline(fl, color=COLORS["transfer"], ls=":", lw=1, label=f"embedding floor (n_s={big})")
+        left.axhline(fl, color=COLORS["transfer"], ls=":", lw=1, label=f"embedding floor (n_s={big}): {fl:.3f} nats")
     left.set_title(f"{head}: KL(p_T || p_hat) vs n_t")
     cmap = [COLORS["transfer"], "tab:cyan", "tab:olive", "tab:orange", "tab:brown", "tab:gray"]
     for i, n_s in enumerate(n_ss):
         n, m, se = _curve(records, head, "transfer", n_s)
         color = cmap[i % len(cmap)]
-        right.errorbar(n, m, yerr=se, fmt="o-", color=color, capsize=3, label=f"transfer, n_s={n_s}")
-        if (fl := _mean_floor(records, head, n_s)):
+        fl = _mean_floor(records, head, n_s)
+        floor_txt = f" (floor {fl:.3f})" if fl else ""
+        right.errorbar(n, m, yerr=se, fmt="o-", color=color, capsize=3, label=f"transfer, n_s={n_s}{floor_txt}")
+        if fl:
             right.axhline(fl, color=color, ls=":", lw=1)
     n, m, se = _curve(records, head, "no_transfer", None)
     if n.size:
@@ -115,7 +130,7 @@ def plot_kl_curves(records: Sequence[Record], head: str, rates: Rates | None, pa
         ax.set_xlabel("n_t (target pairs)")
         ax.legend(fontsize=7)
     left.set_ylabel("KL (nats), mean +- SE over seeds")
-    return _save(fig, path)
+    return fig
 
 
 def plot_floor(records: Sequence[Record], head: str, rates: Rates | None, path: str | os.PathLike[str]) -> Path:
