@@ -141,7 +141,7 @@ for row, c in enumerate(conditions):
         x = models[name].sample(n_draws, c, generator=torch.Generator().manual_seed(100 + row)).numpy()
         ax.scatter(x[:, 0], x[:, 1], s=5, alpha=0.5, color=colors[name], label="model draws")
         if row == 0:
-            ax.set_title(f"{title}\nKL = {kls[name].value:.3f} +- {kls[name].se:.3f}", fontsize=10)
+            ax.set_title(f"{title}\nKL = {kls[name].value:.3f} +- {kls[name].se:.3f} nats", fontsize=10)
         if col == 0:
             ax.set_ylabel(f"condition c{row + 1}\nx[1] (data units)")
         if row == 2:

@@ -201,7 +201,7 @@ for ax, (name, x) in zip(axes, samples.items()):
     ax.contour(g1, g2, source_density, levels=4, colors="tab:orange", linewidths=0.7, alpha=0.6)
     ax.contour(g1, g2, true_density, levels=4, colors="k", linewidths=0.8)
     ax.scatter(x[:, 0], x[:, 1], s=3, alpha=0.4, color="tab:blue", label="model draws")
-    subtitle = f"MMD^2 {mmds[name]:.4f}" + (f", KL {kls[name].value:.2f}" if name in kls else "")
+    subtitle = f"MMD^2 {mmds[name]:.4f}" + (f", KL {kls[name].value:.2f} nats" if name in kls else "")
     ax.set_title(f"{name}\n{subtitle}", fontsize=10)
     ax.set_xlabel("x[0]")
     ax.set_xlim(-1.8, 1.8)
