@@ -17,6 +17,7 @@ from .likelihood import (
     ProbabilityFlowResult,
     exact_divergence,
     hutchinson_divergence,
+    jacobian_trace,
     probability_flow,
     probability_flow_log_prob,
     standard_normal_log_prob,
@@ -28,7 +29,7 @@ from .schedule import SCHEDULES, VPSchedule
 __all__ = [
     "DIVERGENCES", "ODE_METHODS", "PARAMETERIZATIONS", "SAMPLERS", "SCHEDULES", "SDE_METHODS", "CountedScore",
     "DiffusionHead", "GirsanovBound", "ProbabilityFlowResult", "ScoreFn", "ScoreNetwork", "SinusoidalEmbedding",
-    "VPSchedule", "exact_divergence", "girsanov_bound", "hutchinson_divergence", "make_diffusion_head",
+    "VPSchedule", "exact_divergence", "girsanov_bound", "hutchinson_divergence", "jacobian_trace", "make_diffusion_head",
     "mixture_prior_kl_bound", "probability_flow", "probability_flow_log_prob", "sample_ode", "sample_sde",
     "standard_normal_log_prob",
 ]

@@ -9,6 +9,19 @@
 - ``sample``: the probability-flow ODE by default, so that samples come from exactly the density that
   ``log_prob`` reports (the KL the experiments measure); ``sampler="heun"`` or ``"euler_maruyama"`` gives the
   reverse SDE instead (the model the Girsanov bound covers).
+- ``head(context)``: a ``torch.distributions.Distribution`` (sample through the sampler, log_prob through the
+  probability flow), with torch's batching rules.
+
+Inference settings are chosen at call time, like diffusers' ``num_inference_steps=``, and are not part of
+the weights: ``head.sample(n, c, sampler="heun", steps=200)``, ``head.log_prob(x, c, divergence="hutchinson",
+probes=4)``, ``head(c, sampler="heun")``. The constructor's ``sampler``, ``sample_steps``, ``divergence``,
+``probes``, ``rtol`` and ``atol`` are only the defaults of those calls: they are not in ``config``, so weights
+saved under one sampler load into a head built with any other (checkpoints of older versions, which stored
+them, still load).
+
+EMA (``ema_decay``): an exponential moving average of the network's weights (``torch.optim.swa_utils``),
+updated after every optimiser step of the shared loop and used by ``score``, ``sample`` and ``log_prob`` once
+it holds an average (the loss trains the live weights); it is saved with the checkpoint.
 
 Parameterisation (``parameterization``): ``"residual"`` (default) writes e_hat = s_t (x_t + F), i.e. the score
 is -x_t - F: the network F learns the departure from the standard normal that standardised data start near,
@@ -25,9 +38,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from shared_embed.head import Head, register_head
+from shared_embed.rng import check_generator
 from shared_embed.validation import check_choice, check_fraction, check_positive_float, check_positive_int
 
 from .likelihood import DIVERGENCES, probability_flow_log_prob
@@ -51,9 +66,12 @@ class DiffusionHead(Head):
         parameterization: ``"residual"`` or ``"epsilon"`` (module docstring).
         schedule / beta_min / beta_max: the :class:`VPSchedule`.
         t_eps: lower end of t in the loss, the likelihood and the samplers.
-        sampler: ``"ode"``, ``"heun"`` or ``"euler_maruyama"``; sample_steps: steps of the SDE samplers.
-        divergence: ``"auto"``, ``"exact"`` or ``"hutchinson"`` (``probes`` Rademacher vectors, seed 0).
-        rtol / atol: tolerances of the adaptive ODE solves (likelihood and ODE sampler).
+        ema_decay: None (no EMA) or the decay in (0, 1) of an EMA of the weights, e.g. 0.999.
+        sampler / sample_steps / divergence / probes / rtol / atol: DEFAULTS of the call-time settings, not
+            part of the weights: ``sampler`` ``"ode"``, ``"heun"`` or ``"euler_maruyama"`` and ``sample_steps``
+            (SDE samplers) for ``sample(..., sampler=, steps=)``; ``divergence`` ``"auto"``, ``"exact"`` or
+            ``"hutchinson"`` (``probes`` Rademacher vectors, seed 0) for ``log_prob(..., divergence=, probes=)``;
+            ``rtol`` / ``atol``, the adaptive ODE solves' tolerances, for both.
 
     Example:
         >>> head = DiffusionHead(2, 3, width=32, blocks=2)
@@ -61,7 +79,14 @@ class DiffusionHead(Head):
         torch.Size([])
         >>> head.log_prob(torch.randn(5, 2), torch.randn(5, 3)).shape
         torch.Size([5])
+        >>> head(torch.randn(5, 3), sampler="heun", steps=50).sample((2,)).shape
+        torch.Size([2, 5, 2])
     """
+
+    SAMPLE_OPTIONS = ("sampler", "steps", "rtol", "atol")
+    LOG_PROB_OPTIONS = ("divergence", "probes", "rtol", "atol")
+    LEGACY_CONFIG_KEYS = ("sampler", "sample_steps", "divergence", "probes", "rtol", "atol")
+    ADDED_CONFIG_KEYS = {"ema_decay": None}
 
     def __init__(
         self,
@@ -75,6 +100,7 @@ class DiffusionHead(Head):
         beta_min: float = 0.1,
         beta_max: float = 20.0,
         t_eps: float = 1e-5,
+        ema_decay: float | None = None,
         sampler: str = "ode",
         sample_steps: int = 500,
         divergence: str = "auto",
@@ -94,6 +120,11 @@ class DiffusionHead(Head):
         self.atol = check_positive_float("atol", atol)
         self.net = ScoreNetwork(features, context_features, width, blocks, time_features)
         self._arch = {"width": width, "blocks": blocks, "time_features": time_features}
+        self.ema_decay = None if ema_decay is None else check_fraction("ema_decay", ema_decay)
+        self.ema: AveragedModel | None = None
+        if self.ema_decay is not None:
+            self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
+            self.ema.requires_grad_(False)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -101,16 +132,39 @@ class DiffusionHead(Head):
             "features": self.features, "context_features": self.context_features, **self._arch,
             "parameterization": self.parameterization, "schedule": self.schedule.kind,
             "beta_min": self.schedule.beta_min, "beta_max": self.schedule.beta_max, "t_eps": self.t_eps,
-            "sampler": self.sampler, "sample_steps": self.sample_steps, "divergence": self.divergence,
-            "probes": self.probes, "rtol": self.rtol, "atol": self.atol,
+            "ema_decay": self.ema_decay,
         }
 
     @property
-    def divergence_method(self) -> str:
-        """The divergence ``log_prob`` uses: ``divergence``, with ``"auto"`` resolved by the dimension."""
-        if self.divergence != "auto":
-            return self.divergence
+    def inference(self) -> dict[str, Any]:
+        """The current defaults of the call-time settings (not saved with the weights)."""
+        return {"sampler": self.sampler, "steps": self.sample_steps, "divergence": self.divergence,
+                "probes": self.probes, "rtol": self.rtol, "atol": self.atol}
+
+    def resolve_divergence(self, divergence: str = "auto") -> str:
+        """``"exact"`` or ``"hutchinson"``; ``"auto"``: exact up to 16 features, Hutchinson beyond."""
+        divergence = check_choice("divergence", divergence, ("auto", *DIVERGENCES))
+        if divergence != "auto":
+            return divergence
         return "exact" if self.features <= EXACT_DIVERGENCE_MAX_FEATURES else "hutchinson"
+
+    @property
+    def divergence_method(self) -> str:
+        """The divergence ``log_prob`` uses by default: ``divergence``, with ``"auto"`` resolved by the dimension."""
+        return self.resolve_divergence(self.divergence)
+
+    # -- EMA ------------------------------------------------------------------------------------------
+    def after_optimizer_step(self) -> None:
+        """Called by the shared loop after each optimiser step: update the EMA while the network trains."""
+        if self.ema is not None and any(p.requires_grad for p in self.net.parameters()):
+            self.ema.update_parameters(self.net)
+
+    @property
+    def inference_net(self) -> nn.Module:
+        """The network that scores, samples and likelihoods use: the EMA once it holds an average, else the live one."""
+        if self.ema is not None and int(self.ema.n_averaged) > 0:
+            return self.ema.module
+        return self.net
 
     # -- the network in its three readings ---------------------------------------------------------
     def _scales(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -119,18 +173,21 @@ class DiffusionHead(Head):
         return log_a.exp(), log_s.exp(), log_s - log_a
 
     def _epsilon(self, x: Tensor, t: Tensor, context: Tensor | None,
-                 scales: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        """(e_hat, s_t[:, None]) without argument checks; t is (n,); ``scales``: ``_scales(t)`` if already known."""
+                 scales: tuple[Tensor, Tensor, Tensor] | None = None, net: nn.Module | None = None
+                 ) -> tuple[Tensor, Tensor]:
+        """(e_hat, s_t[:, None]) without argument checks; t is (n,); ``scales``: ``_scales(t)`` if already known;
+        ``net``: the network (default: the live one, which the loss trains)."""
         _, s, level = self._scales(t) if scales is None else scales
-        out = self.net(x, level, context)
+        out = (self.net if net is None else net)(x, level, context)
         s = s.unsqueeze(-1)
         return (s * (x + out) if self.parameterization == "residual" else out), s
 
     def _score(self, x: Tensor, t: Tensor, context: Tensor | None) -> Tensor:
+        net = self.inference_net
         if self.parameterization == "residual":
             _, _, level = self._scales(t)
-            return -x - self.net(x, level, context)
-        eps, s = self._epsilon(x, t, context)
+            return -x - net(x, level, context)
+        eps, s = self._epsilon(x, t, context, net=net)
         return -eps / s
 
     def _check(self, x: Tensor, t: Tensor | float, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -138,9 +195,11 @@ class DiffusionHead(Head):
         return x, check_times("t", t, x), context
 
     def epsilon(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:
-        """e_hat(x_t, t, context): x (n, features), t a number or (n,) in (0, 1], context (n, k) or None -> (n, features)."""
+        """e_hat(x_t, t, context): x (n, features), t a number or (n,) in (0, 1], context (n, k) or None -> (n, features).
+
+        The inference network (the EMA when it holds an average), as for ``score``."""
         x, t, context = self._check(x, t, context)
-        return self._epsilon(x, t, context)[0]
+        return self._epsilon(x, t, context, net=self.inference_net)[0]
 
     def score(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:
         """The model score grad_x log p_t = -e_hat / s_t, (n, features): a ScoreFn for the samplers."""
@@ -164,25 +223,43 @@ class DiffusionHead(Head):
         eps, _ = self._epsilon(x_t, t, context, scales)
         return (eps - noise).square().mean()
 
-    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """log p_hat(x | context), (n,), through the probability-flow ODE; differentiable when grad is on."""
+    def log_prob(self, x: Tensor, context: Tensor | None = None, *, divergence: str | None = None,
+                 probes: int | None = None, rtol: float | None = None, atol: float | None = None) -> Tensor:
+        """log p_hat(x | context), (n,), through the probability-flow ODE; differentiable when grad is on.
+
+        Call-time settings (None: the head's defaults, ``head.inference``): ``divergence`` (``"auto"``,
+        ``"exact"``, ``"hutchinson"``), ``probes`` (Hutchinson vectors), ``rtol`` / ``atol`` of the solve.
+        """
         x, context = self.check_inputs(x, context)
         return probability_flow_log_prob(
-            self._score, x, self.schedule, context=context, divergence=self.divergence_method, probes=self.probes,
-            rtol=self.rtol, atol=self.atol, t_eps=self.t_eps,
+            self._score, x, self.schedule, context=context,
+            divergence=self.resolve_divergence(self.divergence if divergence is None else divergence),
+            probes=check_positive_int("probes", self.probes if probes is None else probes),
+            rtol=self.rtol if rtol is None else rtol, atol=self.atol if atol is None else atol, t_eps=self.t_eps,
         )
 
-    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
-        """(n, features) draws by ``sampler`` from x_1 ~ N(0, I); context None, (k,) shared or (n, k)."""
+    def sample(self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None,
+               sampler: str | None = None, steps: int | None = None, rtol: float | None = None,
+               atol: float | None = None) -> Tensor:
+        """(n, features) draws from x_1 ~ N(0, I); context None, (k,) shared or (n, k).
+
+        Call-time settings (None: the head's defaults, ``head.inference``): ``sampler`` (``"ode"``, ``"heun"``,
+        ``"euler_maruyama"``), ``steps`` of the SDE samplers, ``rtol`` / ``atol`` of the ODE sampler;
+        ``generator`` seeds x_1 and the SDE noise.
+        """
         context = self.sample_context(n, context)
+        sampler = check_choice("sampler", self.sampler if sampler is None else sampler, SAMPLERS)
+        steps = check_positive_int("steps", self.sample_steps if steps is None else steps)
         like = next(iter(self.parameters()))
         with torch.no_grad():
-            x1 = torch.randn(n, self.features, dtype=like.dtype, device=like.device)
-            if self.sampler == "ode":
-                return sample_ode(self._score, x1, self.schedule, context=context, rtol=self.rtol, atol=self.atol,
+            x1 = torch.randn(n, self.features, generator=check_generator(generator), dtype=like.dtype,
+                             device=like.device)
+            if sampler == "ode":
+                return sample_ode(self._score, x1, self.schedule, context=context,
+                                  rtol=self.rtol if rtol is None else rtol, atol=self.atol if atol is None else atol,
                                   t_eps=self.t_eps)
-            return sample_sde(self._score, x1, self.schedule, context=context, steps=self.sample_steps,
-                              method=self.sampler, t_eps=self.t_eps)
+            return sample_sde(self._score, x1, self.schedule, context=context, steps=steps, method=sampler,
+                              t_eps=self.t_eps, generator=generator)
 
 
 def make_diffusion_head(features: int, **kwargs: Any) -> Callable[[int | None], DiffusionHead]:

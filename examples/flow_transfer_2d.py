@@ -35,19 +35,17 @@ import os
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display needed: pictures go to PNG files
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from flows import FlowHead
 from shared_embed import Encoder, TrainConfig, fit_source, fit_target_head
+from shared_embed.progress import env_flag
 from theory.kl import kl_to_task
 from theory.tasks import ConditionalGaussianTask
 
-FAST = os.environ.get("GENTRANSFER_DEMO_FAST") == "1"
+FAST = env_flag("GENTRANSFER_DEMO_FAST")
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 OUT = Path(os.environ.get("GENTRANSFER_DEMO_OUT") or HERE / "output")
 OUT.mkdir(parents=True, exist_ok=True)
@@ -84,12 +82,11 @@ print(f"source fit: {source_model.history.steps_done} steps, {source_model.histo
 
 # %% [markdown]
 # ## Steps 2 and 3: freeze the embedding, learn a new target head on 100 pairs
-# Only the head's parameters train; the encoder is a fixed map R^16 -> R^2 now.
+# `fit_target_head` takes the fitted source model: it copies and freezes the encoder (with the scaling of c
+# it was trained with) and trains only the new head; the encoder is a fixed map R^16 -> R^2 now.
 
 # %%
-source_model.encoder.freeze()
-transfer = fit_target_head(source_model.encoder, FlowHead(2, 2, **HEAD), target, TARGET_TRAIN,
-                           c_scaler=source_model.c_scaler)
+transfer = fit_target_head(source_model, FlowHead(2, 2, **HEAD), target, TARGET_TRAIN)
 n_trainable = sum(p.numel() for p in transfer.parameters() if p.requires_grad)
 n_frozen = sum(p.numel() for p in transfer.parameters() if not p.requires_grad)
 print(f"transfer fit: {transfer.history.steps_done} steps; {n_trainable} trainable and {n_frozen} frozen parameters")
@@ -100,6 +97,7 @@ print(f"transfer fit: {transfer.history.steps_done} steps; {n_trainable} trainab
 # the target data is exactly that).
 
 # %%
+source_model.encoder.freeze()  # evaluated below as a fixed density, "source head as is"
 no_transfer = fit_source(Encoder(16, 2), FlowHead(2, 2, **HEAD), target, TARGET_TRAIN)
 no_transfer.encoder.freeze()
 print(f"no-transfer fit: {no_transfer.history.steps_done} steps")
@@ -137,18 +135,17 @@ grid = torch.tensor(np.stack([g1.ravel(), g2.ravel()], 1), dtype=torch.float64)
 fig, axes = plt.subplots(3, 3, figsize=(11, 10.5), sharex=True, sharey=True)
 for row, c in enumerate(conditions):
     density = task.log_prob(grid, c.expand(grid.shape[0], -1), "target").exp().reshape(g1.shape).numpy()
-    torch.manual_seed(100 + row)
     for col, (name, title) in enumerate(columns):
         ax = axes[row, col]
         ax.contour(g1, g2, density, levels=6, colors="0.4", linewidths=0.8)
-        x = models[name].sample(n_draws, c=c).numpy()
+        x = models[name].sample(n_draws, c, generator=torch.Generator().manual_seed(100 + row)).numpy()
         ax.scatter(x[:, 0], x[:, 1], s=5, alpha=0.5, color=colors[name], label="model draws")
         if row == 0:
-            ax.set_title(f"{title}\nKL = {kls[name].value:.3f} +- {kls[name].se:.3f}", fontsize=10)
+            ax.set_title(f"{title}\nKL = {kls[name].value:.3f} +- {kls[name].se:.3f} nats", fontsize=10)
         if col == 0:
-            ax.set_ylabel(f"condition c{row + 1}\nx[1]")
+            ax.set_ylabel(f"condition c{row + 1}\nx[1] (data units)")
         if row == 2:
-            ax.set_xlabel("x[0]")
+            ax.set_xlabel("x[0] (data units)")
         ax.set_xlim(lo[0], hi[0])
         ax.set_ylim(lo[1], hi[1])
 axes[0, 0].plot([], [], color="0.4", lw=0.8, label="true target density")
@@ -157,7 +154,6 @@ fig.suptitle("Flow heads on the target task: samples vs the exact target density
 fig.tight_layout()
 path = OUT / "flow_transfer_2d.png"
 fig.savefig(path, dpi=110)
-plt.close(fig)
 print(f"saved {path}")
 
 # %% [markdown]

@@ -33,23 +33,21 @@ import os
 import time
 from pathlib import Path
 
-import matplotlib
-import matplotlib.ticker
-
-matplotlib.use("Agg")  # no display needed: pictures go to PNG files
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import torch
 
 from flows import make_flow_head
 from shared_embed import TrainConfig, fit_variants
+from shared_embed.progress import env_flag
 from theory.checks import fit_exponent
 from theory.flow_experiment import flow_transfer_config
 from theory.kl import fit_floor_model, kl_split, kl_to_task
 from theory.rates import generic_rates
 from theory.tasks import ConditionalGaussianTask
 
-FAST = os.environ.get("GENTRANSFER_DEMO_FAST") == "1"
+FAST = env_flag("GENTRANSFER_DEMO_FAST")
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 OUT = Path(os.environ.get("GENTRANSFER_DEMO_OUT") or HERE / "output")
 OUT.mkdir(parents=True, exist_ok=True)
@@ -160,35 +158,41 @@ def ses(table):
     return np.array([math.sqrt(np.mean(np.square(list(table[m].values())))) for m in N_TS])
 
 
-fig, ax = plt.subplots(figsize=(7, 5))
+fig, ax = plt.subplots(figsize=(7.5, 5.2))
 series = [("no transfer: KL", means(kl["no_transfer"]), ses(se["no_transfer"]), fit_nt, rates.no_transfer,
            "tab:red"),
           ("transfer: KL - floor", means(head_term), ses(se["transfer"]), fit_tr, rates.transfer, "tab:blue")]
+handles = []
 for label, y, err, fit, predicted, color in series:
     ok = y > 0
-    ax.errorbar(n[ok], y[ok], yerr=err[ok], fmt="o", color=color, capsize=3, label=label)
+    slopes = f"slope fitted -{fit.exponent:.2f}, predicted -{predicted:.2f}"
+    handles.append(ax.errorbar(n[ok], y[ok], yerr=err[ok], fmt="o", color=color, capsize=3,
+                               label=f"{label} ({slopes})"))
     if math.isfinite(fit.exponent):
-        ax.plot(n, np.exp(fit.intercept) * n ** (-fit.exponent), "-", color=color, lw=1.2,
-                label=f"{label.split(':')[0]}: fitted slope -{fit.exponent:.2f}")
+        ax.plot(n, np.exp(fit.intercept) * n ** (-fit.exponent), "-", color=color, lw=1.2)
     if ok.any():
         n0, y0 = n[ok][0], y[ok][0]
-        ax.plot(n, y0 * (n / n0) ** (-predicted), "--", color=color, lw=1.2,
-                label=f"{label.split(':')[0]}: predicted slope -{predicted:.2f}")
-ax.plot(n, means(kl["transfer"]), "s:", color="tab:cyan", ms=4, label="transfer: total KL")
-ax.axhline(np.mean(list(floors.values())), color="0.5", ls=":", lw=1, label="embedding floor")
+        ax.plot(n, y0 * (n / n0) ** (-predicted), "--", color=color, lw=1.2)
+handles.append(ax.plot(n, means(kl["transfer"]), "s:", color="tab:cyan", ms=4, label="transfer: total KL")[0])
+handles.append(ax.axhline(np.mean(list(floors.values())), color="0.5", ls=":", lw=1, label="embedding floor"))
+# one key for the line styles instead of one legend entry per line
+handles.append(ax.plot([], [], "k-", lw=1.2, label="solid: fitted power law")[0])
+handles.append(ax.plot([], [], "k--", lw=1.2, label="dashed: predicted slope")[0])
 ax.set_xscale("log")
 ax.set_yscale("log")
 ax.set_xticks(n, [str(int(v)) for v in n])
 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # 1-2-5 ticks, all labelled
+ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 ax.set_xlabel("target pairs n_t (log scale)")
 ax.set_ylabel("KL(p_T || p_hat) in nats (log scale)")
-ax.set_title(f"KL rate, flow heads, d_c={D_C}, d_h={D_H}, d_x={D_X}, n_s={N_S}, beta={BETA:g}")
-ax.legend(fontsize=8, loc="lower left")
+ax.set_title(f"KL rate, flow heads, d_c={D_C}, d_h={D_H}, d_x={D_X}, n_s={N_S}, beta={BETA:g}", fontsize=10)
+ax.legend(handles=handles, fontsize=8, loc="lower left")
 ax.grid(True, which="both", alpha=0.3)
 fig.tight_layout()
 path = OUT / "kl_rate.png"
 fig.savefig(path, dpi=110)
-plt.close(fig)
 print(f"saved {path}")
 
 # %% [markdown]

@@ -39,9 +39,6 @@ import os
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display needed: pictures go to PNG files
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -49,11 +46,12 @@ import torch
 from diffusion import DiffusionHead, VPSchedule, probability_flow_log_prob, sample_ode
 from diffusion.tgdp import FunctionGuidance, GuidedScore, TGDPConfig, fit_tgdp, train_head
 from shared_embed import TrainConfig
+from shared_embed.progress import env_flag
 from theory.kl import monte_carlo_kl
 from theory.metrics import mmd2
 from theory.tasks import TwoGaussianTask
 
-FAST = os.environ.get("GENTRANSFER_DEMO_FAST") == "1"
+FAST = env_flag("GENTRANSFER_DEMO_FAST")
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 OUT = Path(os.environ.get("GENTRANSFER_DEMO_OUT") or HERE / "output")
 OUT.mkdir(parents=True, exist_ok=True)
@@ -161,7 +159,6 @@ fig.suptitle(f"TGDP guidance: learned vs exact (n_s = {N_S}, n_t = {N_T})", font
 fig.tight_layout()
 path = OUT / "tgdp_guidance.png"
 fig.savefig(path, dpi=110)
-plt.close(fig)
 print(f"saved {path}")
 
 # %% [markdown]
@@ -204,7 +201,7 @@ for ax, (name, x) in zip(axes, samples.items()):
     ax.contour(g1, g2, source_density, levels=4, colors="tab:orange", linewidths=0.7, alpha=0.6)
     ax.contour(g1, g2, true_density, levels=4, colors="k", linewidths=0.8)
     ax.scatter(x[:, 0], x[:, 1], s=3, alpha=0.4, color="tab:blue", label="model draws")
-    subtitle = f"MMD^2 {mmds[name]:.4f}" + (f", KL {kls[name].value:.2f}" if name in kls else "")
+    subtitle = f"MMD^2 {mmds[name]:.4f}" + (f", KL {kls[name].value:.2f} nats" if name in kls else "")
     ax.set_title(f"{name}\n{subtitle}", fontsize=10)
     ax.set_xlabel("x[0]")
     ax.set_xlim(-1.8, 1.8)
@@ -219,7 +216,6 @@ fig.suptitle("Samples (probability-flow ODE) against the true target density", f
 fig.tight_layout(rect=(0, 0, 1, 0.95))
 path = OUT / "tgdp_samples.png"
 fig.savefig(path, dpi=110)
-plt.close(fig)
 print(f"saved {path}")
 
 # %% [markdown]

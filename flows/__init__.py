@@ -8,10 +8,19 @@ Example:
     >>> factory = make_flow_head(2, backend="nflows", transform="affine_ar")
 """
 
-from .backends import BACKENDS, SPLINE_TRANSFORMS, TRANSFORMS, FlowModule, FlowSpec, build_flow, check_backend
+from .backends import (
+    BACKENDS,
+    DEFAULT_TRANSFORM,
+    SPLINE_TRANSFORMS,
+    TRANSFORMS,
+    FlowModule,
+    FlowSpec,
+    build_flow,
+    check_backend,
+)
 from .head import FlowDistribution, FlowHead, make_flow_head
 
 __all__ = [
-    "BACKENDS", "SPLINE_TRANSFORMS", "TRANSFORMS", "FlowDistribution", "FlowHead", "FlowModule", "FlowSpec",
+    "BACKENDS", "DEFAULT_TRANSFORM", "SPLINE_TRANSFORMS", "TRANSFORMS", "FlowDistribution", "FlowHead", "FlowModule", "FlowSpec",
     "build_flow", "check_backend", "make_flow_head",
 ]

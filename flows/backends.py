@@ -45,6 +45,7 @@ from zuko.transforms import MonotonicRQSTransform
 
 from shared_embed.errors import ConfigError
 from shared_embed.mlp import ACTIVATIONS
+from shared_embed.rng import global_rng_from
 from shared_embed.validation import check_choice
 
 
@@ -83,8 +84,8 @@ class FlowModule(nn.Module, ABC):
         """log-density (n,) of x (n, features) given context (n, k) or None."""
 
     @abstractmethod
-    def rsample(self, n: int, context: Tensor | None) -> Tensor:
-        """(n, features) reparameterised draws; context is (n, k) or None."""
+    def rsample(self, n: int, context: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
+        """(n, features) reparameterised draws; context is (n, k) or None; ``generator`` seeds them."""
 
 
 class ZukoFlow(FlowModule):
@@ -97,9 +98,11 @@ class ZukoFlow(FlowModule):
     def log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
         return self.flow(context).log_prob(x)
 
-    def rsample(self, n: int, context: Tensor | None) -> Tensor:
+    def rsample(self, n: int, context: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
         dist = self.flow(context)
-        return dist.rsample((n,)) if context is None else dist.rsample()
+        like = next(self.flow.parameters(), None)
+        with global_rng_from(generator, torch.device("cpu") if like is None else like.device):  # zuko takes no generator
+            return dist.rsample((n,)) if context is None else dist.rsample()
 
 
 class NflowsFlow(FlowModule):
@@ -112,11 +115,11 @@ class NflowsFlow(FlowModule):
     def log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
         return self.flow.log_prob(x, context=context)
 
-    def rsample(self, n: int, context: Tensor | None) -> Tensor:
+    def rsample(self, n: int, context: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
         # nflows' StandardNormal draws float32 noise whatever the flow's dtype, so draw it here in the
         # parameters' dtype and push it through the inverse transform (what ``Flow.sample`` does).
         ref = next(self.flow.parameters())
-        noise = torch.randn(n, self.spec.features, dtype=ref.dtype, device=ref.device)
+        noise = torch.randn(n, self.spec.features, generator=generator, dtype=ref.dtype, device=ref.device)
         x, _ = self.flow._transform.inverse(noise, context=context)
         return x
 
@@ -246,13 +249,18 @@ BACKENDS: dict[str, dict[str, Builder]] = {
 #: backend name -> the transform names it offers.
 TRANSFORMS: dict[str, tuple[str, ...]] = {backend: tuple(t) for backend, t in BACKENDS.items()}
 
+#: backend name -> the transform a FlowHead gets when none is named.
+DEFAULT_TRANSFORM: dict[str, str] = {"zuko": "nsf", "nflows": "spline_ar"}
+
 #: transforms built from splines (they use ``bins`` and ``tail_bound``).
 SPLINE_TRANSFORMS = frozenset({"nsf", "nsf_coupling", "spline_ar", "spline_coupling"})
 
 
-def check_backend(backend: str, transform: str) -> tuple[str, str]:
-    """Check a (backend, transform) pair; the ConfigError lists the valid names."""
+def check_backend(backend: str, transform: str | None) -> tuple[str, str]:
+    """Check a (backend, transform) pair (None: the backend's default); the ConfigError lists the valid names."""
     check_choice("flow backend", backend, BACKENDS)
+    if transform is None:
+        transform = DEFAULT_TRANSFORM[backend]
     if transform not in BACKENDS[backend]:
         valid = ", ".join(repr(t) for t in TRANSFORMS[backend])
         raise ConfigError(f"unknown transform {transform!r} for flow backend {backend!r}; valid choices: {valid}")

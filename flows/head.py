@@ -7,11 +7,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, constraints
 
-from shared_embed.errors import DataError, ShapeError
+from shared_embed.distribution import BatchedConditional
+from shared_embed.errors import DataError
 from shared_embed.head import Head, register_head
-from shared_embed.validation import check_context, check_positive_float, check_positive_int, check_tensor
+from shared_embed.rng import check_generator
+from shared_embed.validation import check_positive_float, check_positive_int
 
 from .backends import SPLINE_TRANSFORMS, FlowModule, FlowSpec, build_flow, check_backend
 
@@ -25,13 +26,15 @@ class FlowHead(Head):
     """p(x | context) as a normalizing flow from the zuko (default) or nflows library.
 
     The loss is the mean negative log-likelihood, so the shared training loop trains it; ``log_prob``
-    is the exact log-density; ``sample`` and ``rsample`` draw one x per context row. Calling the head on
-    a context returns a ``torch.distributions.Distribution``, as a zuko conditional flow does.
+    is the exact log-density; ``sample`` and ``rsample`` draw one x per context row (``generator=`` for
+    reproducible draws). Calling the head on a context returns a ``torch.distributions.Distribution``, as a
+    zuko conditional flow does.
 
     Args:
         features: d_x.
         context_features: d_h, or None for an unconditional flow.
-        backend: ``"zuko"`` or ``"nflows"``; transform: see ``flows.backends.TRANSFORMS``.
+        backend: ``"zuko"`` or ``"nflows"``; transform: see ``flows.backends.TRANSFORMS`` (None: the backend's
+            default, ``DEFAULT_TRANSFORM``: ``nsf`` for zuko, ``spline_ar`` for nflows).
         transforms: number of layers (None: 3, or 1 ODE block for ``cnf``).
         hidden: hidden widths of each layer's network (nflows: equal widths).
         bins / tail_bound: spline bins and the half-width of the spline interval (spline transforms).
@@ -45,12 +48,14 @@ class FlowHead(Head):
         torch.Size([5, 2])
     """
 
+    has_rsample = True
+
     def __init__(
         self,
         features: int,
         context_features: int | None = None,
         backend: str = "zuko",
-        transform: str = "nsf",
+        transform: str | None = None,
         transforms: int | None = None,
         hidden: Sequence[int] = (64, 64),
         bins: int = 8,
@@ -59,6 +64,7 @@ class FlowHead(Head):
     ) -> None:
         super().__init__(features, context_features)
         self.backend, self.transform = check_backend(backend, transform)
+        transform = self.transform
         if transforms is None:
             transforms = DEFAULT_CNF_BLOCKS if transform == "cnf" else DEFAULT_TRANSFORMS
         check_positive_int("transforms", transforms)
@@ -101,69 +107,24 @@ class FlowHead(Head):
         """Mean negative log-likelihood of the batch (nats)."""
         return -self.log_prob(x, context).mean()
 
-    def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
+    def rsample(self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None) -> Tensor:
         """(n, features) draws that carry gradients to the parameters; context None, (k,) or (n, k).
 
-        zuko's ``cnf`` passes its parameters to the adjoint ODE solver in train mode only, so in eval
-        mode its draws carry no parameter gradients (every other transform does in both modes).
+        ``generator`` makes the draws reproducible. zuko's ``cnf`` passes its parameters to the adjoint ODE
+        solver in train mode only, so in eval mode its draws carry no parameter gradients (every other
+        transform does in both modes).
         """
         context = self.sample_context(n, context)
-        return self.flow.rsample(n, context)
+        return self.flow.rsample(n, context, check_generator(generator))
 
-    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+    def sample(self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None) -> Tensor:
         """(n, features) draws without gradients; context None, (k,) shared or (n, k) one per row."""
         with torch.no_grad():
-            return self.rsample(n, context)
-
-    def forward(self, context: Tensor | None = None) -> FlowDistribution:
-        """The distribution of x given each row of context (n, k), or the unconditional one."""
-        context = check_context("context", context, self.context_features)
-        if context is not None:
-            check_tensor("context", context, min_rows=1)
-        return FlowDistribution(self, context)
+            return self.rsample(n, context, generator=generator)
 
 
-class FlowDistribution(Distribution):
-    """``torch.distributions`` view of a flow head: batch_shape (n,) for a context (n, k), else ().
-
-    ``log_prob(value)`` takes value (*S, n, features) (or (*S, features) unconditionally); ``sample`` /
-    ``rsample(sample_shape)`` return (*sample_shape, n, features).
-    """
-
-    arg_constraints: dict[str, constraints.Constraint] = {}
-    support = constraints.real_vector
-    has_rsample = True
-
-    def __init__(self, head: FlowHead, context: Tensor | None) -> None:
-        self.head = head
-        self.context = context
-        batch = torch.Size(()) if context is None else torch.Size((context.shape[0],))
-        super().__init__(batch, torch.Size((head.features,)), validate_args=False)
-
-    def _rows(self, reps: int) -> Tensor | None:
-        return None if self.context is None else self.context.repeat(reps, 1)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        check_tensor("value", value, last_dim=self.head.features)
-        n = self.batch_shape.numel()
-        if self.context is not None and (value.dim() < 2 or value.shape[-2] != n):
-            raise ShapeError(
-                f"value must have shape (..., {n}, {self.head.features}) to match the context rows, "
-                f"got {tuple(value.shape)}"
-            )
-        flat = value.reshape(-1, self.head.features)
-        return self.head.log_prob(flat, self._rows(flat.shape[0] // n)).reshape(value.shape[:-1])
-
-    def rsample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> Tensor:
-        sample_shape = torch.Size(sample_shape)
-        k = sample_shape.numel()
-        n = self.batch_shape.numel()
-        draws = self.head.rsample(k * n, self._rows(k))
-        return draws.reshape(*sample_shape, *self.batch_shape, self.head.features)
-
-    def sample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape)
+#: The distribution a flow head returns when called on a context (the batched view every head shares).
+FlowDistribution = BatchedConditional
 
 
 def make_flow_head(features: int, **kwargs: Any) -> Callable[[int | None], FlowHead]:

@@ -6,6 +6,7 @@ workflow, checkpoints and the baseline Gaussian head. Imports nothing from ``flo
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import PairedData
 from .device import resolve_device
+from .distribution import BatchedConditional
 from .encoder import Encoder, FixedEmbedding
 from .errors import (
     CheckpointError,
@@ -25,7 +26,7 @@ from .train import TrainConfig, TrainHistory, evaluate_loss, fit
 from .transfer import VARIANTS, FitResult, TransferConfig, fit_source, fit_target_head, fit_variants, train_model
 
 __all__ = [
-    "HEADS", "VARIANTS", "CheckpointError", "ConditionalDistribution", "ConditionalModel", "ConfigError",
+    "HEADS", "VARIANTS", "BatchedConditional", "CheckpointError", "ConditionalDistribution", "ConditionalModel", "ConfigError",
     "DTypeError", "DataError", "Encoder", "FitResult", "FixedEmbedding", "GaussianHead", "GentransferError",
     "Head", "LinearGaussianHead", "PairedData", "ShapeError", "Standardizer", "TrainConfig", "TrainHistory", "TrainingDivergedError",
     "TransferConfig", "build_head", "evaluate_loss", "fit", "fit_source", "fit_target_head", "fit_variants",

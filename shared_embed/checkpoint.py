@@ -13,6 +13,7 @@ import json
 import os
 import struct
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,12 +165,16 @@ def config_diff(expected: Any, found: Any, prefix: str = "") -> list[str]:
     return [] if expected == found else [f"{prefix or 'config'}: expected {expected!r}, checkpoint has {found!r}"]
 
 
-def load_module_state(path: str | os.PathLike[str], module: nn.Module, expected_config: dict[str, Any]) -> dict:
+def load_module_state(path: str | os.PathLike[str], module: nn.Module, expected_config: dict[str, Any], *,
+                      normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict:
     """Load weights into ``module`` after checking the stored config equals ``expected_config``.
 
-    Returns the checkpoint's ``extra`` dict. Raises CheckpointError naming every differing key.
+    ``normalize`` maps the stored config first (e.g. drops keys an older version kept that are no longer part of
+    the weights). Returns the checkpoint's ``extra`` dict. Raises CheckpointError naming every differing key.
     """
     tensors, config, extra = load_checkpoint(path)
+    if normalize is not None:
+        config = normalize(config)
     diff = config_diff(json.loads(json.dumps(expected_config)), config)
     if diff:
         raise CheckpointError(f"{path} was saved with a different configuration: " + "; ".join(diff))

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .head import Head, register_head
 from .mlp import mlp
+from .rng import check_generator
 
 
 @register_head("gaussian")
@@ -22,6 +23,8 @@ class GaussianHead(Head):
         >>> head.log_prob(torch.randn(5, 2), torch.randn(5, 3)).shape
         torch.Size([5])
     """
+
+    has_rsample = True
 
     def __init__(
         self,
@@ -61,7 +64,14 @@ class GaussianHead(Head):
     def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         return -self.log_prob(x, context).mean()
 
-    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+    def rsample(self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None) -> Tensor:
+        """(n, features) draws mu + sigma * e that carry gradients; context None, (k,) shared or (n, k)."""
         context = self.sample_context(n, context)
         mean, log_var = self._moments(n, context)
-        return mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+        noise = torch.randn(mean.shape, generator=check_generator(generator), dtype=mean.dtype, device=mean.device)
+        return mean + torch.exp(0.5 * log_var) * noise
+
+    def sample(self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None) -> Tensor:
+        """(n, features) draws without gradients; context None, (k,) shared or (n, k)."""
+        with torch.no_grad():
+            return self.rsample(n, context, generator=generator)

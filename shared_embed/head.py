@@ -5,7 +5,14 @@ context at all when ``context_features is None``:
 
 - ``loss(x, context) -> Tensor``: the scalar the shared training loop minimises;
 - ``log_prob(x, context) -> Tensor`` (n,): log-density of x, in nats;
-- ``sample(n, context) -> Tensor`` (n, features): one draw per context row.
+- ``sample(n, context, generator=None) -> Tensor`` (n, features): one draw per context row; ``rsample`` where
+  ``has_rsample`` (draws that carry gradients);
+- ``head(context)``: a ``torch.distributions.Distribution`` with torch's batching rules (batch_shape = the
+  context's leading dims), as a zuko conditional flow is.
+
+Inference settings that are not part of the weights (a diffusion head's sampler, steps, tolerances) are
+keyword options of ``sample`` / ``log_prob`` / ``head(context, ...)``, listed in ``SAMPLE_OPTIONS`` and
+``LOG_PROB_OPTIONS``; they never enter ``config``.
 
 The workflow never asks what kind of head it holds; ``flows`` and ``diffusion`` subclass :class:`Head`
 and register themselves with :func:`register_head` so checkpoints can be rebuilt from their config.
@@ -20,6 +27,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
+from .distribution import BatchedConditional
 from .errors import ConfigError, ShapeError
 from .validation import check_context, check_matches, check_positive_int, check_tensor
 
@@ -29,6 +37,15 @@ class Head(nn.Module, ABC):
 
     #: Registry name, set by :func:`register_head`.
     kind: ClassVar[str] = ""
+    #: Whether :meth:`rsample` gives draws that carry gradients to the parameters.
+    has_rsample: ClassVar[bool] = False
+    #: Keyword options of :meth:`sample` and of :meth:`log_prob` chosen at call time (not saved with the weights).
+    SAMPLE_OPTIONS: ClassVar[tuple[str, ...]] = ()
+    LOG_PROB_OPTIONS: ClassVar[tuple[str, ...]] = ()
+    #: Keys that older checkpoints stored in ``config`` and that are now call-time options: dropped on loading.
+    LEGACY_CONFIG_KEYS: ClassVar[tuple[str, ...]] = ()
+    #: Config keys added since the first checkpoints, with the value an older checkpoint implies.
+    ADDED_CONFIG_KEYS: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, features: int, context_features: int | None) -> None:
         super().__init__()
@@ -48,12 +65,59 @@ class Head(nn.Module, ABC):
         """Scalar training loss on a batch x (n, features)."""
 
     @abstractmethod
-    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+    def log_prob(self, x: Tensor, context: Tensor | None = None, **options: Any) -> Tensor:
         """Log-density (n,) of x (n, features) given context (n, context_features) or None."""
 
     @abstractmethod
-    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+    def sample(self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None,
+               **options: Any) -> Tensor:
         """Draw (n, features); context is None, (context_features,) shared, or (n, context_features)."""
+
+    def rsample(self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None,
+                **options: Any) -> Tensor:
+        """Like :meth:`sample`, with gradients to the parameters (heads with ``has_rsample`` only)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no reparameterised sampler (has_rsample is False); use sample()"
+        )
+
+    def forward(self, context: Tensor | None = None, **options: Any) -> BatchedConditional:
+        """The distribution of x given each row of context (*B, context_features) (or the unconditional law).
+
+        ``options``: call-time settings of ``sample`` / ``log_prob`` (``SAMPLE_OPTIONS``, ``LOG_PROB_OPTIONS``).
+        """
+        sample_kw, log_prob_kw = self.split_options(options)
+        context = check_context("context", context, self.context_features, batched=True)
+        if context is not None:
+            like = next(iter(self.parameters()), None)
+            if like is not None:
+                check_matches("context", context, like, f"this {type(self).__name__}")
+
+        def log_prob_rows(x: Tensor, ctx: Tensor | None) -> Tensor:
+            return self.log_prob(x, ctx, **log_prob_kw)
+
+        def sample_rows(m: int, ctx: Tensor | None, generator: torch.Generator | None, reparam: bool) -> Tensor:
+            draw = self.rsample if reparam else self.sample
+            return draw(m, ctx, generator=generator, **sample_kw)
+
+        return BatchedConditional(self.features, context, log_prob_rows, sample_rows, self.has_rsample)
+
+    @classmethod
+    def split_options(cls, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Route call-time options to ``sample`` and ``log_prob``; a ConfigError names an unknown one."""
+        known = set(cls.SAMPLE_OPTIONS) | set(cls.LOG_PROB_OPTIONS)
+        unknown = sorted(set(options) - known)
+        if unknown:
+            valid = ", ".join(sorted(known)) or "none"
+            raise ConfigError(f"unknown option(s) {unknown} for {cls.__name__}; valid options: {valid}")
+        return ({k: v for k, v in options.items() if k in cls.SAMPLE_OPTIONS},
+                {k: v for k, v in options.items() if k in cls.LOG_PROB_OPTIONS})
+
+    @classmethod
+    def weights_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """A stored config as this version writes it: without the keys that are call-time options now, and with
+        the keys added since (older checkpoints lack them) at the value they imply."""
+        kept = {k: v for k, v in config.items() if k not in cls.LEGACY_CONFIG_KEYS}
+        return {**cls.ADDED_CONFIG_KEYS, **kept}
 
     # -- helpers for subclasses ------------------------------------------------------------------
     def check_inputs(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor | None]:

@@ -8,13 +8,16 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, constraints
 
 from .checkpoint import load_checkpoint, load_module_state, save_checkpoint
+from .device import resolve_device
+from .distribution import BatchedConditional, broadcast_batch, flatten_rows
 from .encoder import Encoder
 from .errors import CheckpointError, ShapeError
 from .head import Head, build_head
+from .rng import check_generator
 from .standardize import Standardizer
+from .train import TrainHistory
 from .validation import check_matches, check_positive_int, check_tensor
 
 
@@ -24,7 +27,9 @@ class ConditionalModel(nn.Module):
     The head sees standardised outcomes and the (optionally standardised, H) embedding of standardised
     conditions; a frozen embedding is standardised so a new head sees contexts of unit scale. ``log_prob`` is
     the exact density of the original x (the Jacobian of the scaling is added back). Calling the model
-    on conditions returns a ``torch.distributions.Distribution``, as a zuko conditional flow does.
+    on conditions returns a ``torch.distributions.Distribution``, as a zuko conditional flow does, with torch's
+    batching rules: ``model(c).sample((n,))`` is (n, k, d_x) for c (k, d_c), and ``model(c[:1]).log_prob(x)``
+    scores every row of x under one condition in one vectorised call.
 
     Args:
         head: any :class:`~shared_embed.head.Head`.
@@ -35,6 +40,8 @@ class ConditionalModel(nn.Module):
         >>> model = ConditionalModel(GaussianHead(2, 2), Encoder(16, 2))
         >>> model(torch.randn(5, 16)).log_prob(torch.randn(5, 2)).shape
         torch.Size([5])
+        >>> model(torch.randn(5, 16)).sample((3,), generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([3, 5, 2])
     """
 
     def __init__(
@@ -51,6 +58,8 @@ class ConditionalModel(nn.Module):
         self.x_scaler = x_scaler if x_scaler is not None else Standardizer(head.features)
         self.c_scaler = c_scaler
         self.h_scaler = h_scaler
+        #: the training history of the last fit (set by the workflow; saved and loaded with the checkpoint).
+        self.history: TrainHistory | None = None
         if encoder is not None and head.context_features != encoder.out_features:
             raise ShapeError(
                 f"head.context_features ({head.context_features}) must equal encoder.out_features "
@@ -76,19 +85,23 @@ class ConditionalModel(nn.Module):
 
     # -- the model ---------------------------------------------------------------------------------
     def embed(self, c: Tensor | None) -> Tensor | None:
-        """The head's context for conditions c (n, d_c): h(standardised c); None when unconditional."""
+        """The head's context for conditions c (*B, d_c): h(standardised c), (*B, d_h); None when unconditional."""
         if not self.conditional:
             if c is not None:
                 raise ShapeError("c must be None: this model is unconditional")
             return None
         if c is None:
             raise ShapeError(f"c is required: this model is conditional on {self.c_features} features")
-        check_tensor("c", c, ndim=2, last_dim=self.c_features)
+        check_tensor("c", c, last_dim=self.c_features)
+        if c.dim() == 0:
+            raise ShapeError(f"c must have shape (..., {self.c_features}), got a scalar")
         check_matches("c", c, self.x_scaler.mean, "this model")
+        batch, flat = c.shape[:-1], c.reshape(-1, c.shape[-1])
         if self.c_scaler is not None:
-            c = self.c_scaler(c)
-        h = c if self.encoder is None else self.encoder(c)
-        return h if self.h_scaler is None else self.h_scaler(h)
+            flat = self.c_scaler(flat)
+        h = flat if self.encoder is None else self.encoder(flat)
+        h = h if self.h_scaler is None else self.h_scaler(h)
+        return h.reshape(*batch, h.shape[-1])
 
     def _check_x(self, x: Tensor) -> Tensor:
         check_tensor("x", x, ndim=2, last_dim=self.x_features, min_rows=1)
@@ -99,27 +112,76 @@ class ConditionalModel(nn.Module):
         self._check_x(x)
         return self.head.loss(self.x_scaler(x), self.embed(c))
 
-    def log_prob(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        """log p_hat(x | c), (n,), in nats, in the original units of x."""
-        self._check_x(x)
-        if c is not None and c.dim() == 2 and c.shape[0] != x.shape[0]:
-            raise ShapeError(f"c and x must have the same number of rows, got {c.shape[0]} and {x.shape[0]}")
-        return self.head.log_prob(self.x_scaler(x), self.embed(c)) + self.x_scaler.log_abs_det()
+    # the model on rows of (x, embedding): what log_prob, sample and the distribution view share
+    def _log_prob_rows(self, x: Tensor, h: Tensor | None, options: dict[str, Any]) -> Tensor:
+        return self.head.log_prob(self.x_scaler(x), h, **options) + self.x_scaler.log_abs_det()
 
-    def sample(self, n: int, c: Tensor | None = None) -> Tensor:
-        """(n, d_x) draws; c is None (unconditional), (d_c,) shared, or (n, d_c) one per row."""
+    def _sample_rows(self, n: int, h: Tensor | None, generator: torch.Generator | None, reparameterized: bool,
+                     options: dict[str, Any]) -> Tensor:
+        draw = self.head.rsample if reparameterized else self.head.sample
+        return self.x_scaler.inverse(draw(n, h, generator=generator, **options))
+
+    def log_prob(self, x: Tensor, c: Tensor | None = None, **options: Any) -> Tensor:
+        """log p_hat(x | c) in nats, in the original units of x, with torch's broadcasting.
+
+        x (*B1, d_x) and c (*B2, d_c) broadcast in their leading dims: (n, d_x) with (n, d_c) row by row, or
+        with one condition (d_c,) / (1, d_c) for all n points (the embedding is computed once). Returns
+        broadcast(B1, B2). ``options``: the head's call-time settings (``head.LOG_PROB_OPTIONS``).
+        """
+        check_tensor("x", x, last_dim=self.x_features)
+        check_matches("x", x, self.x_scaler.mean, "this model")
+        _, log_prob_kw = self.head.split_options(options)
+        h = self.embed(c)
+        shape = broadcast_batch("x", x, torch.Size(()) if h is None else h.shape[:-1], self.x_features)
+        if shape.numel() == 0:
+            return x.new_zeros(shape)
+        rows = None if h is None else flatten_rows(h, shape)
+        return self._log_prob_rows(flatten_rows(x, shape), rows, log_prob_kw).reshape(shape)
+
+    def _shared_context(self, n: int, c: Tensor | None) -> Tensor | None:
+        """The head's context for n draws: c None, one condition (d_c,) / (1, d_c) shared, or (n, d_c)."""
         check_positive_int("n", n)
         if c is not None:
             check_tensor("c", c)
-        if c is not None and c.dim() == 1:
-            c = c.unsqueeze(0)
-        if c is not None and c.dim() == 2 and c.shape[0] == 1 and n > 1:
-            c = c.expand(n, -1)
-        return self.x_scaler.inverse(self.head.sample(n, self.embed(c)))
+            if c.dim() == 1:
+                c = c.unsqueeze(0)
+            if c.dim() != 2 or c.shape[0] not in (1, n):
+                raise ShapeError(
+                    f"sample(n, c) draws n={n} points: c must be one condition ({self.c_features},) or "
+                    f"(1, {self.c_features}) shared by all of them, or (n={n}, {self.c_features}), one per draw; "
+                    f"got shape {tuple(c.shape)}. For n draws from each of k conditions use "
+                    f"model(c).sample((n,)), which returns (n, k, {self.x_features})"
+                )
+        h = self.embed(c)
+        return None if h is None else h.expand(n, -1)
 
-    def forward(self, c: Tensor | None = None) -> ConditionalDistribution:
-        """The distribution p_hat(x | c) for each row of c (or the unconditional one)."""
-        return ConditionalDistribution(self, c)
+    def sample(self, n: int, c: Tensor | None = None, *, generator: torch.Generator | None = None,
+               **options: Any) -> Tensor:
+        """n draws (n, d_x): c None (unconditional), one condition (d_c,) or (1, d_c) shared by all n draws, or
+        (n, d_c), one condition per draw. n draws from each of k conditions: ``model(c).sample((n,))`` -> (n, k, d_x).
+
+        ``generator`` makes the draws reproducible; ``options``: the head's call-time settings
+        (``head.SAMPLE_OPTIONS``, e.g. a diffusion head's ``sampler="heun", steps=200``).
+        """
+        sample_kw, _ = self.head.split_options(options)
+        check_generator(generator)
+        with torch.no_grad():
+            return self._sample_rows(n, self._shared_context(n, c), generator, False, sample_kw)
+
+    def rsample(self, n: int, c: Tensor | None = None, *, generator: torch.Generator | None = None,
+                **options: Any) -> Tensor:
+        """Like :meth:`sample`, with gradients to the parameters (heads with ``has_rsample``, e.g. flows)."""
+        if not self.head.has_rsample:
+            raise NotImplementedError(f"{type(self.head).__name__} has no reparameterised sampler; use sample()")
+        sample_kw, _ = self.head.split_options(options)
+        return self._sample_rows(n, self._shared_context(n, c), check_generator(generator), True, sample_kw)
+
+    def forward(self, c: Tensor | None = None, **options: Any) -> ConditionalDistribution:
+        """The distribution p_hat(x | c) for each condition of c (*B, d_c) (batch_shape B), or the unconditional one.
+
+        ``options``: the head's call-time settings, used by the distribution's ``sample`` and ``log_prob``.
+        """
+        return ConditionalDistribution(self, c, **options)
 
     # -- persistence -------------------------------------------------------------------------------
     @property
@@ -138,17 +200,29 @@ class ConditionalModel(nn.Module):
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``path`` (safetensors + embedded config) and a readable ``.json`` beside it."""
-        return save_checkpoint(path, self, {"model": "ConditionalModel", **self.config})
+        """Write ``path`` (safetensors + embedded config and training history) and a readable ``.json`` beside it."""
+        extra = {} if self.history is None else {"history": self.history.to_dict()}
+        return save_checkpoint(path, self, {"model": "ConditionalModel", **self.config}, extra=extra)
+
+    def _stored_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint's config with the head's former config keys that are call-time options now dropped."""
+        if isinstance(config.get("head"), dict):
+            config = {**config, "head": type(self.head).weights_config(config["head"])}
+        return config
 
     def load_weights(self, path: str | os.PathLike[str]) -> ConditionalModel:
-        """Load weights saved by :meth:`save`; refuses a checkpoint of a different configuration."""
-        load_module_state(path, self, {"model": "ConditionalModel", **self.config})
+        """Load weights (and the training history) saved by :meth:`save`; refuses another configuration."""
+        extra = load_module_state(path, self, {"model": "ConditionalModel", **self.config},
+                                  normalize=self._stored_config)
+        if "history" in extra:
+            self.history = TrainHistory(**extra["history"])
         return self
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> ConditionalModel:
-        """Rebuild a model from its checkpoint alone (the head's package must be imported)."""
+    def load(cls, path: str | os.PathLike[str], device: str | torch.device | None = None) -> ConditionalModel:
+        """Rebuild a model from its checkpoint alone, in eval mode with its training history, on ``device``
+        (default: CPU). The head's package must be imported (``flows``, ``diffusion``)."""
+        target = resolve_device("cpu" if device is None else device)
         _, config, _ = load_checkpoint(path)
         if config.get("model") != "ConditionalModel":
             raise CheckpointError(f"{path} does not hold a ConditionalModel (config 'model'={config.get('model')!r})")
@@ -161,36 +235,27 @@ class ConditionalModel(nn.Module):
         model = cls(head, encoder, Standardizer(head.features), scaler("c_scaler"), scaler("h_scaler"))
         if encoder is not None:
             encoder.freeze()
-        return model.load_weights(path)
+        return model.load_weights(path).to(target).eval()
 
 
-class ConditionalDistribution(Distribution):
-    """``torch.distributions`` view of p_hat(x | c) for a batch of conditions (batch_shape = (n,))."""
+class ConditionalDistribution(BatchedConditional):
+    """``torch.distributions`` view of p_hat(x | c) for conditions c (*B, d_c): batch_shape B, event_shape (d_x,).
 
-    arg_constraints: dict[str, constraints.Constraint] = {}
-    support = constraints.real_vector
-    has_rsample = False
+    The embedding of c is computed once; ``log_prob(x)`` broadcasts x (..., d_x) against B and ``sample((n,))``
+    returns (n, *B, d_x), each in one vectorised call (see ``shared_embed.distribution``).
+    """
 
-    def __init__(self, model: ConditionalModel, c: Tensor | None) -> None:
+    def __init__(self, model: ConditionalModel, c: Tensor | None, **options: Any) -> None:
         self.model = model
         self.c = c
-        batch = torch.Size(()) if c is None else torch.Size((c.shape[0],))
-        super().__init__(batch, torch.Size((model.x_features,)), validate_args=False)
+        sample_kw, log_prob_kw = model.head.split_options(options)
+        h = model.embed(c)
 
-    def log_prob(self, value: Tensor) -> Tensor:
-        if self.c is None:
-            flat = value.reshape(-1, self.model.x_features)
-            return self.model.log_prob(flat).reshape(value.shape[:-1])
-        n = self.c.shape[0]
-        flat = value.reshape(-1, n, self.model.x_features)
-        out = torch.stack([self.model.log_prob(v, self.c) for v in flat])
-        return out.reshape(value.shape[:-1])
+        def log_prob_rows(x: Tensor, rows: Tensor | None) -> Tensor:
+            check_matches("value", x, model.x_scaler.mean, "this model")
+            return model._log_prob_rows(x, rows, log_prob_kw)
 
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> Tensor:
-        k = int(torch.Size(sample_shape).numel())
-        with torch.no_grad():
-            if self.c is None:
-                out = self.model.sample(k)
-            else:
-                out = torch.stack([self.model.sample(self.c.shape[0], self.c) for _ in range(k)])
-        return out.reshape(*sample_shape, *self.batch_shape, self.model.x_features)
+        def sample_rows(m: int, rows: Tensor | None, generator: torch.Generator | None, reparam: bool) -> Tensor:
+            return model._sample_rows(m, rows, generator, reparam, sample_kw)
+
+        super().__init__(model.x_features, h, log_prob_rows, sample_rows, model.head.has_rsample)

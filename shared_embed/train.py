@@ -2,7 +2,7 @@
 
 It minimises ``loss_fn(batch)`` over batches of a tuple of tensors and knows nothing of flows, scores or KL.
 Features: Adam/AdamW, warm-up + cosine/linear/constant learning rate, gradient clipping, early stopping on a
-validation loss (best weights restored), seeding, a tqdm bar (silent off a TTY or when asked), a clear error
+validation loss (best weights restored), seeding, a tqdm bar (on a terminal or in a notebook; ``GENTRANSFER_QUIET=1`` silences it), a clear error
 on a NaN/inf loss or gradient, periodic checkpoints with exact resume, and DistributedDataParallel when
 ``torch.distributed`` is initialised (launch with ``torchrun``).
 
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -27,11 +25,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import check_same_rows, iterate_batches
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
+from .progress import progress_bar, watched
 from .state import flatten_training_state, unflatten_training_state
 from .validation import check_choice, check_positive_float, check_positive_int
 
@@ -152,9 +150,7 @@ def _grad_norm(params: list[nn.Parameter], clip: float | None) -> Tensor:
 
 
 def _show_progress(config: TrainConfig, rank: int) -> bool:
-    if rank != 0 or os.environ.get("GENTRANSFER_QUIET"):
-        return False
-    return sys.stderr.isatty() if config.progress is None else bool(config.progress)
+    return rank == 0 and watched(config.progress)
 
 
 @torch.no_grad()
@@ -190,6 +186,9 @@ def fit(
         train_data: tensors sharing their first dimension, e.g. ``(c, x)``.
         val_data: the same layout; enables early stopping (``patience``) and best-weight restoring.
         config: :class:`TrainConfig`.
+
+    Every submodule of ``module`` with a method ``after_optimizer_step()`` has it called after each optimiser
+    step (a diffusion head's EMA of its weights updates there).
 
     Raises:
         TrainingDivergedError: a NaN/inf loss or gradient; the message names the step and last checkpoint.
@@ -257,8 +256,10 @@ def fit(
         last_ckpt = str(ckpt)
 
     start_time = time.perf_counter()
-    bar = tqdm(total=config.steps, initial=step, desc=config.description, disable=not _show_progress(config, rank),
-               leave=False, dynamic_ncols=True)
+    bar = progress_bar(enabled=_show_progress(config, rank), total=config.steps, initial=step,
+                       desc=config.description, leave=False, dynamic_ncols=True)
+    # modules that keep running averages of their weights (a diffusion head's EMA) update after every step
+    step_hooks = [m.after_optimizer_step for m in module.modules() if callable(getattr(m, "after_optimizer_step", None))]
     module.train()
     try:
         while step < config.steps and not history.stopped_early:
@@ -287,6 +288,8 @@ def fit(
                     )
                 optimizer.step()
                 scheduler.step()
+                for hook in step_hooks:
+                    hook()
                 step += 1
                 epoch_batch = i + 1
                 if distributed:  # log the global-batch loss, as one process would see it

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .data import PairedData
 from .device import resolve_device
 from .encoder import Encoder, FixedEmbedding
-from .errors import ConfigError, DataError, ShapeError
+from .errors import ConfigError, DataError, DTypeError, ShapeError
 from .head import Head
 from .model import ConditionalModel
 from .standardize import Standardizer
@@ -137,14 +137,31 @@ def new_encoder(d_c: int, config: TransferConfig) -> Encoder:
     return Encoder(d_c, config.embed_dim, config.encoder_hidden, config.encoder_activation)
 
 
+def _check_paired(name: str, data: object) -> PairedData:
+    if not isinstance(data, PairedData):
+        hint = " (wrap a (c, x) pair: PairedData(c, x))" if isinstance(data, (tuple, list)) else ""
+        raise DataError(f"{name} must be a shared_embed.PairedData, got {type(data).__name__}{hint}")
+    return data
+
+
+def _check_head(name: str, head: object) -> Head:
+    if not isinstance(head, Head):
+        raise DTypeError(f"{name} must be a Head (e.g. FlowHead(2, 2)), got {type(head).__name__}")
+    return head
+
+
 def fit_source(
     encoder: Encoder, head: Head, source: PairedData, config: TrainConfig | None = None, *, val_fraction: float = 0.2,
     augment: Augment | None = None,
 ) -> ConditionalModel:
     """Train ``encoder`` and a source ``head`` jointly on the source pairs; return the (unfrozen) model.
 
-    Scalers are fitted on the source data. Call ``model.encoder.freeze()`` to reuse the embedding.
+    Scalers are fitted on the source data. Transfer with ``fit_target_head(model, new_head, target)``.
     """
+    _check_paired("source", source)
+    _check_head("head", head)
+    if not isinstance(encoder, Encoder):
+        raise DTypeError(f"encoder must be a shared_embed.Encoder, got {type(encoder).__name__}")
     if not source.conditional:
         raise DataError("source must hold conditions c: the shared embedding is a function of c")
     model = ConditionalModel(head, encoder, Standardizer.fit(source.x), Standardizer.fit(source.c))
@@ -154,21 +171,57 @@ def fit_source(
     return model
 
 
+_UNSET: Any = object()
+
+
 def fit_target_head(
-    embedding: nn.Module,
+    source: ConditionalModel | nn.Module,
     head: Head,
     target: PairedData,
     config: TrainConfig | None = None,
     *,
-    c_scaler: Standardizer | None = None,
+    c_scaler: Standardizer | None = _UNSET,
     val_fraction: float = 0.2,
     augment: Augment | None = None,
 ) -> ConditionalModel:
-    """Freeze ``embedding`` and train only a new target ``head`` on the target pairs.
+    """Train only a new target ``head`` on the target pairs, on the frozen embedding of a fitted source model.
 
-    ``c_scaler`` must be the one the embedding was trained with (None: the embedding reads raw c). The
-    embedding's outputs on the target conditions are standardised, so the new head sees unit-scale contexts.
+    Args:
+        source: the fitted source model (``fit_source``'s result): its encoder is copied and frozen, and the
+            condition scaler it was trained with comes along, so the target model sees c exactly as the source
+            did. Also accepted: a frozen embedding module (e.g. the task's true h*, which reads raw c); a bare
+            learned ``Encoder`` needs ``c_scaler`` said explicitly (the source model's ``c_scaler``, or None
+            if it was trained on raw c), since a forgotten scaler silently changes what the embedding sees.
+        head / target / config: the new head, the target pairs, the training settings.
+
+    The embedding's outputs on the target conditions are standardised, so the new head sees unit-scale contexts.
+
+    Example:
+        >>> src = fit_source(Encoder(16, 2), FlowHead(2, 2), source)
+        >>> tgt = fit_target_head(src, FlowHead(2, 2), target)
     """
+    _check_head("head", head)
+    _check_paired("target", target)
+    if isinstance(source, ConditionalModel):
+        if c_scaler is not _UNSET:
+            raise ConfigError("c_scaler must not be given with a source model: the model carries its own")
+        if source.encoder is None:
+            raise ConfigError("source model has no encoder to transfer (it reads c directly)")
+        embedding: nn.Module = copy.deepcopy(source.encoder)
+        c_scaler = copy.deepcopy(source.c_scaler)
+    elif isinstance(source, nn.Module):
+        embedding = source
+        if c_scaler is _UNSET:
+            if isinstance(source, Encoder):
+                raise ConfigError(
+                    "pass the fitted source model itself, fit_target_head(source_model, head, target): it carries "
+                    "the encoder and the condition scaler the encoder was trained with; with a bare Encoder, "
+                    "say c_scaler=source_model.c_scaler (or c_scaler=None if it was trained on raw c)"
+                )
+            c_scaler = None
+    else:
+        raise DTypeError(f"source must be the fitted source ConditionalModel (or a frozen embedding module), "
+                         f"got {type(source).__name__}")
     if isinstance(embedding, Encoder):
         embedding.freeze()
     elif any(p.requires_grad for p in embedding.parameters()):
@@ -180,6 +233,31 @@ def fit_target_head(
     model.history = train_model(model, target, config or TrainConfig(description="target"), val_fraction,
                                 augment=augment)
     return model
+
+
+def _check_variants(variants: object) -> list[str]:
+    if isinstance(variants, str):
+        raise ConfigError(f"variants must be a sequence of variant names, e.g. ({variants!r},), got the string "
+                          f"{variants!r}; valid names: {', '.join(VARIANTS)}")
+    try:
+        names = list(variants)  # type: ignore[call-overload]
+    except TypeError as err:
+        raise ConfigError(f"variants must be a sequence of names from {VARIANTS}, got {type(variants).__name__}"
+                          ) from err
+    return [check_choice("variant", v, VARIANTS) for v in names]
+
+
+def _check_factory(head_factory: object) -> HeadFactory:
+    if isinstance(head_factory, Head):
+        raise DTypeError(
+            f"head_factory must build a new head per variant, factory(context_features) -> Head, got a "
+            f"{type(head_factory).__name__} instance; pass e.g. make_flow_head(2, ...) or "
+            f"lambda k: {type(head_factory).__name__}(..., k)"
+        )
+    if not callable(head_factory):
+        raise DTypeError(f"head_factory must be callable as factory(context_features) -> Head, got "
+                         f"{type(head_factory).__name__}")
+    return head_factory  # type: ignore[return-value]
 
 
 def fit_variants(
@@ -205,8 +283,11 @@ def fit_variants(
     Returns:
         variant name -> :class:`FitResult`, plus ``"source"`` when a source model was fitted here.
     """
+    head_factory = _check_factory(head_factory)
+    _check_paired("source", source)
+    _check_paired("target", target)
     config = config or TransferConfig()
-    variants = [check_choice("variant", v, VARIANTS) for v in variants]
+    variants = _check_variants(variants)
     if source.d_c != target.d_c or source.d_x != target.d_x:
         raise ShapeError(
             f"source and target must share dimensions, got (d_c, d_x) = ({source.d_c}, {source.d_x}) "
@@ -232,11 +313,8 @@ def fit_variants(
     for variant in variants:
         start = time.perf_counter()
         if variant == "transfer":
-            src = needs_source()
-            encoder = copy.deepcopy(src.encoder).freeze()
-            model = fit_target_head(encoder, head_factory(config.embed_dim).to(device), target,
-                                    config.target_train, c_scaler=copy.deepcopy(src.c_scaler), val_fraction=vf,
-                                    augment=augment)
+            model = fit_target_head(needs_source(), head_factory(config.embed_dim).to(device), target,
+                                    config.target_train, val_fraction=vf, augment=augment)
         elif variant == "no_transfer":
             model = fit_source(new_encoder(target.d_c, config), head_factory(config.embed_dim).to(device),
                                target, config.target_train, val_fraction=vf, augment=augment)

@@ -93,14 +93,20 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     return value
 
 
-def check_context(name: str, context: Any, expected: int | None, rows: int | None = None) -> Tensor | None:
-    """Check a head's context: None for an unconditional head, else (rows, expected) finite floats."""
+def check_context(name: str, context: Any, expected: int | None, rows: int | None = None, *,
+                  batched: bool = False) -> Tensor | None:
+    """Check a head's context: None for an unconditional head, else (rows, expected) finite floats.
+
+    ``batched``: any leading batch dims, (*B, expected), as a distribution's context may have.
+    """
     if expected is None:
         if context is not None:
             raise ShapeError(f"{name} must be None: this head is unconditional (context_features=None)")
         return None
     if context is None:
         raise ShapeError(f"{name} is required: this head is conditional on {expected} context features")
+    if batched:
+        return check_tensor(name, context, last_dim=expected)
     return check_tensor(name, context, ndim=2, last_dim=expected, rows=rows)
 
 

@@ -181,3 +181,84 @@ def test_bad_inputs_are_refused() -> None:
     with pytest.raises(DataError, match="n"):
         head.sample(0, c)
 
+
+
+def test_inference_settings_are_chosen_at_call_time() -> None:
+    head = randomise(DiffusionHead(2, 3, **SMALL))
+    c = torch.randn(3)
+    config = head.config
+    for key in ("sampler", "sample_steps", "divergence", "probes", "rtol", "atol"):
+        assert key not in config  # not part of what the weights are
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    heun = head.sample(4, c, generator=gen(), sampler="heun", steps=5)
+    assert torch.equal(heun, head.sample(4, c, generator=gen(), sampler="heun", steps=5))
+    assert not torch.allclose(heun, head.sample(4, c, generator=gen(), sampler="heun", steps=6))
+    ode = head.sample(4, c, generator=gen(), rtol=1e-3, atol=1e-3)
+    assert not torch.allclose(heun, ode)
+    dist = head(c.expand(2, 3), sampler="euler_maruyama", steps=3, divergence="hutchinson", probes=2)
+    assert dist.sample((3,)).shape == (3, 2, 2)
+    x = torch.randn(2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(dist.log_prob(x), head.log_prob(x, c.expand(2, 3), divergence="hutchinson",
+                                                                   probes=2))
+    with pytest.raises(ConfigError, match="sampler"):
+        head.sample(2, c, sampler="ddim")
+    with pytest.raises(ConfigError, match="divergence"):
+        head.log_prob(x, c.expand(2, 3), divergence="trace")
+
+
+def test_weights_load_into_a_head_built_with_other_inference_settings(tmp_path) -> None:
+    encoder = Encoder(5, 3, hidden=(8,)).freeze()
+    model = ConditionalModel(randomise(DiffusionHead(2, 3, sampler="ode", **SMALL)), encoder)
+    path = model.save(tmp_path / "model.safetensors")
+    other = ConditionalModel(DiffusionHead(2, 3, sampler="heun", sample_steps=7, rtol=1e-3, **SMALL),
+                             Encoder(5, 3, hidden=(8,)).freeze())
+    other.load_weights(path)
+    assert other.head.sampler == "heun" and other.head.sample_steps == 7  # its own call-time defaults
+    # a checkpoint of an older version kept the inference settings in its config: it still loads
+    from shared_embed.checkpoint import save_checkpoint
+
+    legacy = {"model": "ConditionalModel", **model.config}
+    legacy["head"] = {**legacy["head"], "sampler": "euler_maruyama", "sample_steps": 9, "divergence": "auto",
+                      "probes": 1, "rtol": 1e-4, "atol": 1e-4}
+    legacy["head"].pop("ema_decay")
+    old = save_checkpoint(tmp_path / "old.safetensors", model, legacy)
+    loaded = ConditionalModel.load(old)
+    assert loaded.head.sampler == "euler_maruyama" and loaded.head.sample_steps == 9
+    x, c = torch.randn(3, 2), torch.randn(3, 5)
+    with torch.no_grad():  # its old defaults (rtol 1e-4) are call-time settings: ask for the same solve
+        torch.testing.assert_close(loaded.log_prob(x, c, rtol=1e-5, atol=1e-5), model.log_prob(x, c))
+
+
+def test_ema_of_the_weights_follows_the_decay_rule_and_drives_inference(tmp_path) -> None:
+    decay = 0.9
+    head = DiffusionHead(2, None, ema_decay=decay, **SMALL)
+    weights = [randomise(DiffusionHead(2, None, **SMALL), seed=s).net.state_dict() for s in (1, 2)]
+    head.net.load_state_dict(weights[0])
+    head.after_optimizer_step()
+    head.net.load_state_dict(weights[1])
+    head.after_optimizer_step()
+    for name, w in head.ema.module.state_dict().items():  # first update copies, then ema = d ema + (1 - d) w
+        torch.testing.assert_close(w, decay * weights[0][name] + (1 - decay) * weights[1][name])
+    # the score (so sampling and likelihood) uses the average; the loss trains the live weights
+    averaged = DiffusionHead(2, None, **SMALL)
+    averaged.net.load_state_dict(head.ema.module.state_dict())
+    x, t = torch.randn(5, 2), torch.rand(5) * 0.9 + 0.05
+    with torch.no_grad():
+        torch.testing.assert_close(head.score(x, t), averaged.score(x, t))
+    # saved with the checkpoint
+    model = ConditionalModel(head)
+    loaded = ConditionalModel.load(model.save(tmp_path / "ema.safetensors"))
+    assert int(loaded.head.ema.n_averaged) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.head.score(x, t), averaged.score(x, t))
+    # the shared loop updates it after every optimiser step, and a frozen head's EMA stays put
+    trained = DiffusionHead(2, None, ema_decay=0.99, **SMALL)
+    data = (torch.randn(64, 2),)
+    fit(trained, lambda b: trained.loss(b[0]), data, config=TrainConfig(steps=7, batch_size=32))
+    assert int(trained.ema.n_averaged) == 7
+    trained.net.requires_grad_(False)
+    trained.after_optimizer_step()
+    assert int(trained.ema.n_averaged) == 7
+    with pytest.raises(DataError, match="ema_decay"):
+        DiffusionHead(2, ema_decay=1.5)

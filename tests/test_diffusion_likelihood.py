@@ -19,6 +19,8 @@ from diffusion import (
     VPSchedule,
     exact_divergence,
     hutchinson_divergence,
+    jacobian_trace,
+    likelihood,
     probability_flow,
     probability_flow_log_prob,
     standard_normal_log_prob,
@@ -74,6 +76,46 @@ def test_exact_divergence_is_the_trace_of_the_jacobian() -> None:
     # Hutchinson with the d unit vectors as "probes" is exact, scaled by d
     probes = torch.eye(3, dtype=torch.float64)[:, None, :].expand(3, 4, 3)
     assert torch.allclose(3 * hutchinson_divergence(net(x), x, probes, False), div)
+    # the torch.func trace (one batched backward pass) gives the same output and trace
+    out, trace = jacobian_trace(net, x)
+    torch.testing.assert_close(out, net(x), rtol=0, atol=0)
+    torch.testing.assert_close(trace, div, rtol=1e-12, atol=1e-12)
+
+
+def test_torch_func_trace_is_differentiable_and_chunked(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 5)).double()
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    loop = exact_divergence(net(x), x, create_graph=True)
+    grads_loop = torch.autograd.grad(loop.sum(), [x, *net.parameters()], materialize_grads=True)
+    monkeypatch.setattr(likelihood, "EXACT_CHUNK_ROWS", 12)  # two unit vectors per chunk
+    _, trace = jacobian_trace(net, x)
+    grads = torch.autograd.grad(trace.sum(), [x, *net.parameters()], materialize_grads=True)
+    torch.testing.assert_close(trace, loop)
+    for a, b in zip(grads, grads_loop):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("n", [4, 300])  # "exact" takes torch.func for the small batch, the loop for the large
+def test_every_exact_divergence_gives_the_same_flow(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"func": 0}
+
+    def counted(fn, x):
+        calls["func"] += 1
+        return jacobian_trace(fn, x)
+
+    monkeypatch.setattr(likelihood, "jacobian_trace", counted)
+    d = likelihood.EXACT_FUNC_MIN_FEATURES
+    v = torch.linspace(0.5, 1.5, d, dtype=torch.float64)
+    score = lambda x, t, c: -x / (SCH.alpha(t).square()[:, None] * (v - 1) + 1)  # noqa: E731  N(0, diag(v)) noised
+    x = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        runs = {div: probability_flow(score, x, SCH, divergence=div, rtol=1e-5, atol=1e-5)
+                for div in ("exact", "exact_func", "exact_loop")}
+    nfe = runs["exact"].nfe
+    assert calls["func"] == (2 * nfe if n * d <= likelihood.EXACT_FUNC_MAX_ROWS else nfe)  # which one "exact" took
+    for div in ("exact_func", "exact_loop"):
+        torch.testing.assert_close(runs[div].log_prob, runs["exact"].log_prob, rtol=1e-9, atol=1e-9)
+        assert runs[div].nfe == runs["exact"].nfe
 
 
 @pytest.mark.parametrize("probe", ["rademacher", "gaussian"])

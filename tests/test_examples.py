@@ -1,35 +1,79 @@
-"""The teaching demos in ``examples/`` run end to end in their FAST mode and print well-formed numbers.
+"""The teaching demos in ``examples/`` run end to end as notebooks, in their FAST mode, and print well-formed numbers.
 
-Each demo runs as a subprocess (as a lecturer would run it) with ``GENTRANSFER_DEMO_FAST=1``, one thread and a
-temporary output folder; the test checks the exit code, parses the printed KL / MSE / slope lines to finite
-numbers and checks that the PNG pictures exist and are not trivial. In FAST mode the numbers are meaningless, so
-only their form is checked. The three together take about 15-20 s on one core.
+Each demo (a jupytext percent script) is converted to a notebook and executed under nbclient in a fresh
+ipykernel, as a lecturer would open it in Jupyter, with ``GENTRANSFER_DEMO_FAST=1``, one thread and a
+temporary output folder. The test checks that every cell ran, parses the printed KL / MSE / slope lines to
+finite numbers, that the figures show inline (image/png outputs) and are saved as non-trivial PNG files, and
+that every saved figure is labelled (axes, a legend, the number it illustrates). In FAST mode the numbers are
+meaningless, so only their form is checked.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
+import jupytext
+import nbformat
 import pytest
+from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)"
 MIN_PNG_BYTES = 10_000  # a figure with axes, curves and text; an empty canvas is a few kB
+FIGURES = "_figures_seen"
+# test scaffolding run in the kernel around the demo: record what each saved figure shows
+RECORD_FIGURES = f"""
+import matplotlib.figure
+{FIGURES} = []
+_savefig = matplotlib.figure.Figure.savefig
+
+def _recording_savefig(fig, *args, **kwargs):
+    axes = [ax for ax in fig.axes if ax.has_data()]
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None] + list(fig.legends)
+    {FIGURES}.append({{
+        "xlabels": [ax.get_xlabel() for ax in axes], "ylabels": [ax.get_ylabel() for ax in axes],
+        "titles": [ax.get_title() for ax in axes] + [fig._suptitle.get_text() if fig._suptitle else ""],
+        "legend_entries": [len(lg.get_texts()) for lg in legends],
+        "legend_texts": [t.get_text() for lg in legends for t in lg.get_texts()],
+    }})
+    return _savefig(fig, *args, **kwargs)
+
+matplotlib.figure.Figure.savefig = _recording_savefig
+"""
 
 
-def run_demo(name: str, out: Path) -> str:
-    env = {**os.environ, "GENTRANSFER_DEMO_FAST": "1", "GENTRANSFER_DEMO_OUT": str(out), "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1", "GENTRANSFER_QUIET": "1", "MPLBACKEND": "Agg"}
-    proc = subprocess.run([sys.executable, str(EXAMPLES / name)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, f"{name} failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+def run_notebook(name: str, out: Path, monkeypatch: pytest.MonkeyPatch, quiet: str = "1") -> dict:
+    """Execute examples/NAME as a notebook; its stdout, stderr, inline PNG count and recorded figures."""
+    for key, value in {"GENTRANSFER_DEMO_FAST": "1", "GENTRANSFER_DEMO_OUT": str(out), "OMP_NUM_THREADS": "1",
+                       "MKL_NUM_THREADS": "1", "GENTRANSFER_QUIET": quiet}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's own inline backend, as in Jupyter
+    nb = jupytext.read(EXAMPLES / name)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(RECORD_FIGURES))
+    nb.cells.append(nbformat.v4.new_code_cell(f"import json; print('FIGURES=' + json.dumps({FIGURES}))"))
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(EXAMPLES)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    stdout = "".join(o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stdout")
+    stderr = "".join(o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stderr")
+    images = sum("image/png" in o.get("data", {}) for o in outputs if o.output_type == "display_data")
+    figures = json.loads(stdout.split("FIGURES=")[-1])
+    return {"stdout": stdout, "stderr": stderr, "images": images, "figures": figures}
+
+
+def check_figures_are_labelled(figures: list[dict], count: int) -> None:
+    """Each saved figure: labelled axes, a legend of at most 6 entries, the number it illustrates in a title
+    or the legend (a KL, MSE, MMD or slope with its value)."""
+    assert len(figures) == count, figures
+    number = re.compile(r"(KL|MSE|MMD|slope)[^0-9\n]{0,20}[-+]?\d")
+    for fig in figures:
+        assert any(fig["xlabels"]) and any(fig["ylabels"]), fig
+        assert fig["legend_entries"] and max(fig["legend_entries"]) <= 6, fig
+        assert any(number.search(t) for t in fig["titles"] + fig["legend_texts"]), fig
 
 
 def finite(text: str) -> float:
@@ -48,23 +92,32 @@ def check_pngs(out: Path, names: list[str]) -> None:
 
 
 def test_examples_are_jupytext_percent_scripts() -> None:
+    """The demos leave the backend and the figures to the front end: Jupyter shows them inline."""
     for path in sorted(EXAMPLES.glob("*.py")):
         text = path.read_text()
         assert "# %% [markdown]" in text and text.count("\n# %%\n") >= 3, f"{path.name}: not in the percent format"
         assert "GENTRANSFER_DEMO_FAST" in text and "GENTRANSFER_DEMO_OUT" in text, path.name
+        assert "matplotlib.use(" not in text and "plt.close(" not in text, path.name
 
 
-def test_flow_transfer_2d(tmp_path: Path) -> None:
-    stdout = run_demo("flow_transfer_2d.py", tmp_path)
+def test_flow_transfer_2d(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also with GENTRANSFER_QUIET=0: the training shows its progress in the notebook, without a warning."""
+    run = run_notebook("flow_transfer_2d.py", tmp_path, monkeypatch, quiet="0")
+    stdout = run["stdout"]
     kl = {m.group(1): (finite(m.group(2)), finite(m.group(3)))
           for m in re.finditer(rf"^KL (\w+)\s+= {NUMBER} \+- {NUMBER} nats", stdout, re.M)}
     assert set(kl) == {"source_as_is", "no_transfer", "transfer"}, stdout
     assert all(se >= 0 for _, se in kl.values())
     check_pngs(tmp_path, ["flow_transfer_2d.png"])
+    assert run["images"] == 1
+    check_figures_are_labelled(run["figures"], 1)
+    assert re.search(r"train: +\d+%\|.*it/s", run["stderr"]), run["stderr"][:500]
+    assert "IProgress" not in run["stderr"] and "Warning" not in run["stderr"], run["stderr"][:500]
 
 
-def test_tgdp_two_gaussians(tmp_path: Path) -> None:
-    stdout = run_demo("tgdp_two_gaussians.py", tmp_path)
+def test_tgdp_two_gaussians(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = run_notebook("tgdp_two_gaussians.py", tmp_path, monkeypatch)
+    stdout = run["stdout"]
     mse = re.findall(rf"^t = {NUMBER}: MSE log h = {NUMBER}, MSE up to a constant = {NUMBER}", stdout, re.M)
     assert len(mse) == 3, stdout
     assert all(finite(a) >= 0 and finite(b) >= 0 for _, a, b in mse)
@@ -77,10 +130,13 @@ def test_tgdp_two_gaussians(tmp_path: Path) -> None:
     for value, se in kl:
         finite(value), finite(se)
     check_pngs(tmp_path, ["tgdp_guidance.png", "tgdp_samples.png"])
+    assert run["images"] == 2 and not run["stderr"], run["stderr"][:500]
+    check_figures_are_labelled(run["figures"], 2)
 
 
-def test_kl_rate(tmp_path: Path) -> None:
-    stdout = run_demo("kl_rate.py", tmp_path)
+def test_kl_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = run_notebook("kl_rate.py", tmp_path, monkeypatch)
+    stdout = run["stdout"]
     levels = re.findall(rf"n_t =\s+(\d+):\s+KL transfer = {NUMBER} \+- {NUMBER} .*KL no_transfer = {NUMBER}", stdout)
     assert len(levels) >= 3, stdout
     for _, *values in levels:
@@ -92,3 +148,5 @@ def test_kl_rate(tmp_path: Path) -> None:
     assert slopes["transfer"][1] == pytest.approx(1 / 3, abs=1e-3)  # generic template, flows: beta - 1 = 1, d = 4
     assert slopes["no_transfer"][1] == pytest.approx(0.1, abs=1e-3)  # d = 18
     check_pngs(tmp_path, ["kl_rate.png"])
+    assert run["images"] == 1 and not run["stderr"], run["stderr"][:500]
+    check_figures_are_labelled(run["figures"], 1)

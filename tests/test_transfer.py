@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from shared_embed import (ConditionalModel, ConfigError, Encoder, GaussianHead, PairedData, ShapeError,
-                          Standardizer, TrainConfig, TransferConfig, fit_source, fit_variants)
+from shared_embed import (ConditionalModel, ConfigError, DataError, DTypeError, Encoder, GaussianHead, PairedData,
+                          ShapeError, Standardizer, TrainConfig, TransferConfig, fit_source, fit_target_head,
+                          fit_variants)
 from theory.tasks import ConditionalGaussianTask
 
 
@@ -83,3 +84,39 @@ def test_workflow_errors():
                      variants=["oracle"])
     with pytest.raises(ShapeError, match="head.context_features"):
         fit_source(Encoder(4, 3), GaussianHead(2, 2), src)
+
+
+def test_errors_name_what_was_expected():
+    src = PairedData(torch.randn(20, 4), torch.randn(20, 2))
+    with pytest.raises(DTypeError, match="head_factory must build a new head.*GaussianHead instance"):
+        fit_variants(GaussianHead(2, 2), src, src)
+    with pytest.raises(DataError, match=r"source must be a shared_embed.PairedData, got tuple.*PairedData\(c, x\)"):
+        fit_source(Encoder(4, 2), GaussianHead(2, 2), (src.c, src.x))
+    with pytest.raises(ConfigError, match=r"variants must be a sequence.*\('transfer',\), got the string"):
+        fit_variants(lambda k: GaussianHead(2, k), src, src, variants="transfer")
+    with pytest.raises(DTypeError, match="head must be a Head"):
+        fit_source(Encoder(4, 2), lambda k: GaussianHead(2, k), src)
+
+
+def test_transfer_takes_the_fitted_source_model_and_keeps_its_scaler():
+    """Conditions in other units (10 c + 5): the target model must see c through the source's scaler."""
+    task = ConditionalGaussianTask(d_c=6, d_h=2, d_x=2)
+    gen = torch.Generator().manual_seed(0)
+    source, target = task.sample(400, "source", gen), task.sample(60, "target", gen)
+    source, target = PairedData(10 * source.c + 5, source.x), PairedData(10 * target.c + 5, target.x)
+    src = fit_source(Encoder(6, 2, hidden=(16,)), GaussianHead(2, 2, hidden=(8,)), source, TrainConfig(steps=30))
+    cfg = TrainConfig(steps=20)
+    tgt = fit_target_head(src, GaussianHead(2, 2, hidden=(8,)), target, cfg)
+    assert torch.equal(tgt.c_scaler.mean, src.c_scaler.mean) and torch.equal(tgt.c_scaler.std, src.c_scaler.std)
+    assert tgt.encoder is not src.encoder and tgt.encoder.frozen  # a frozen copy: src stays as it was
+    for a, b in zip(src.encoder.parameters(), tgt.encoder.parameters()):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        torch.testing.assert_close(tgt.embed(target.c[:3]), tgt.h_scaler(src.encoder(src.c_scaler(target.c[:3]))))
+    # the old form works when the scaler is said, and refuses to guess when it is not
+    old = fit_target_head(src.encoder, GaussianHead(2, 2, hidden=(8,)), target, cfg, c_scaler=src.c_scaler)
+    assert torch.equal(old.c_scaler.mean, src.c_scaler.mean)
+    with pytest.raises(ConfigError, match=r"pass the fitted source model itself.*c_scaler=source_model.c_scaler"):
+        fit_target_head(src.encoder, GaussianHead(2, 2), target, cfg)
+    with pytest.raises(ConfigError, match="carries its own"):
+        fit_target_head(src, GaussianHead(2, 2), target, cfg, c_scaler=src.c_scaler)

@@ -3,12 +3,14 @@
     gentransfer run configs/default.toml --out runs/default          # sweep + report (resumes if interrupted)
     gentransfer run configs/default.toml --out runs/x --set grid.seeds=[0] --set train.target.lr=3e-4
     gentransfer report runs/default                                   # rebuild report.md from the records
-    gentransfer show configs/default.toml --set grid.n_t=[50,100]     # print the resolved config, run nothing
+    gentransfer show configs/default.toml --set grid.n_t=[50,100]     # print the resolved config (TOML), run nothing
+    gentransfer run default --out runs/default                        # a shipped config by name (pip installs too)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import sys
@@ -24,6 +26,7 @@ from .checks import PASS
 from .config import load_config
 from .report import build_report
 from .sweep import parse_shard, run_sweep
+from .toml_writer import dumps as toml_dumps
 
 DESCRIPTION = """\
 gentransfer: transfer learning for generative models, checked against the theory.
@@ -47,22 +50,53 @@ What a run writes into its --out folder:
 """
 
 EPILOG = """\
-Configs live in configs/: default.toml (the main job), full.toml (the whole study, flows and diffusion),
-smoke.toml (seconds, for tests). Any key can be overridden with --set section.key=value (TOML values:
+Configs live in configs/ and ship with the package: default.toml (the main job), full.toml (the whole
+study, flows and diffusion), smoke.toml (seconds, for tests). Give a path, or a shipped config's name
+(e.g. 'default'), which also works where gentransfer was installed with pip. Any key can be overridden with --set section.key=value (TOML values:
 numbers, [lists], "strings"; bare words are strings), e.g. --set grid.n_t=[50,100,200] --set run.workers=2.
 An interrupted run resumes: run the same command again and finished cells are skipped.
 Across hosts: give each host --shard I/N (I = 0..N-1) and one --out folder, then 'gentransfer report DIR'.
 """
 
 
+def version() -> str:
+    """The installed gentransfer's version ("unknown" when run from a tree that was never installed)."""
+    try:
+        return importlib.metadata.version("gentransfer")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def shipped_configs() -> Path:
+    """The folder of the configs that ship with gentransfer: ``theory/configs/`` where it was installed from a
+    wheel (the package data ``theory.configs``), the source tree's ``configs/`` in a checkout (editable too)."""
+    here = Path(__file__).resolve().parent
+    installed = here / "configs"
+    return installed if installed.is_dir() else here.parent / "configs"
+
+
+def resolve_config(config: Path) -> Path:
+    """``config`` if that file exists, else the shipped config of that name (``default``, ``default.toml``
+    or ``configs/default.toml``); a GentransferError listing the shipped names otherwise."""
+    if config.is_file():
+        return config
+    folder = shipped_configs()
+    candidate = folder / (config.name if config.suffix == ".toml" else f"{config.name}.toml")
+    if candidate.is_file() and (config.parent == Path(".") or config.parent.name == "configs"):
+        return candidate
+    names = ", ".join(sorted(p.stem for p in folder.glob("*.toml"))) or "none found"
+    raise GentransferError(f"no config file {config}; shipped configs (give the name or a path): {names}")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gentransfer", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"gentransfer {version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="run (or resume) an experiment, then write its report",
                          description="Run every missing cell of CONFIG into --out, then write the report there.",
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("config", type=Path, help="experiment config (TOML), e.g. configs/default.toml")
+    run.add_argument("config", type=Path, help="experiment config (TOML), e.g. configs/default.toml or 'default'")
     run.add_argument("--out", type=Path, required=True, help="output folder (created; reused to resume)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set grid.seeds=[0,1] (repeatable)")
@@ -76,8 +110,11 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild report.md, checks.json, results.csv and plots from a run folder",
                          description="Rebuild DIR/report.md, checks.json, results.csv and plots/ from DIR's records.")
     rep.add_argument("dir", type=Path, help="a folder written by 'gentransfer run'")
-    show = sub.add_parser("show", help="print the resolved config (after --set overrides) as JSON and exit")
-    show.add_argument("config", type=Path)
+    show = sub.add_parser("show", help="print the resolved config (after --set overrides) as TOML and exit",
+                          description="Print the resolved config as TOML (a runnable config: save it and 'run' "
+                                      "it); --json prints JSON instead.")
+    show.add_argument("config", type=Path, help="a config path, or a shipped config's name, e.g. 'default'")
+    show.add_argument("--json", action="store_true", help="print JSON instead of TOML")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return p
 
@@ -96,7 +133,7 @@ def _print_report(report, out: Path) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     overrides = args.overrides + ([f'run.device="{args.device}"'] if args.device else [])
-    config = load_config(args.config, overrides)
+    config = load_config(resolve_config(args.config), overrides)
     shard = parse_shard(args.shard)
     if args.workers is not None:
         config.run.workers = args.workers
@@ -134,8 +171,15 @@ def main(argv: list[str] | None = None) -> int:
             report = build_report(args.dir)
             _print_report(report, args.dir)
             return 0
-        print(json.dumps(load_config(args.config, args.overrides).to_dict(), indent=2))
+        resolved = load_config(resolve_config(args.config), args.overrides).to_dict()
+        print(json.dumps(resolved, indent=2) if args.json else toml_dumps(resolved), end="\n" if args.json else "")
+        sys.stdout.flush()
         return 0
+    except BrokenPipeError:
+        # the reader left (``gentransfer show CONFIG | head``): stop quietly; point stdout at devnull so the
+        # interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except GentransferError as err:
         print(f"gentransfer: error: {err}", file=sys.stderr)
         return 2

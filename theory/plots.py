@@ -3,7 +3,8 @@
 - :func:`plot_kl_curves`: log-log KL vs n_t per variant (mean +- SE over seeds) with the predicted slopes drawn
   in, and the transfer curves of every n_s against their embedding floors;
 - :func:`plot_floor`: the embedding floor vs n_s with the predicted slope;
-- :func:`plot_samples`: draws of each variant at fixed conditions beside draws of the true target law.
+- :func:`plot_samples`: draws of each variant at fixed conditions beside draws of the true target law, each panel
+  titled with its KL (:func:`samples_figure` builds the figure without saving it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
 from .checks import floors, level_stats, mean_se, series
 from .rates import Rates
@@ -42,17 +43,20 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
 
 
 def _log_axes(ax: Axes, x_ticks: Sequence[float], log_y: bool = True) -> None:
-    """Log axes with plain-number labels; x ticks at the grid's sample sizes."""
-    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+    """Log axes with plain-number labels; x ticks at the grid's sample sizes, y ticks at 1-2-5 steps (finer
+    within one decade), every one labelled."""
+    plain = FuncFormatter(lambda v, _pos: f"{v:.3g}")
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(FixedLocator(sorted(x_ticks)))
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(NullFormatter())
     if log_y:
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(plain)
         lo, hi = ax.get_ylim()
-        ax.yaxis.set_minor_formatter(plain if hi / lo < 10 else NullFormatter())  # label 2..9 within a decade
+        subs = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if hi / lo < 10 else (1.0, 2.0, 5.0)
+        ax.yaxis.set_major_locator(LogLocator(subs=subs))
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="both", alpha=0.3)
 
 
@@ -64,7 +68,8 @@ def _curve(records: Sequence[Record], head: str, variant: str, n_s: int | None, 
     return n, np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
 
 
-def _slope_line(ax: Axes, n: np.ndarray, y0: float, exponent: float, floor: float, color: str, label: str) -> None:
+def _slope_line(ax: Axes, n: np.ndarray, y0: float, exponent: float, floor: float, color: str,
+                label: str | None) -> None:
     """floor + (y0 - floor) (n / n0)^-exponent through the first point, dashed."""
     if not n.size or y0 - floor <= 0:
         return
@@ -79,7 +84,13 @@ def _mean_floor(records: Sequence[Record], head: str, n_s: int) -> float | None:
 
 
 def plot_kl_curves(records: Sequence[Record], head: str, rates: Rates | None, path: str | os.PathLike[str]) -> Path:
-    """Left: each variant at the largest n_s with its predicted slope; right: transfer at every n_s."""
+    """Save :func:`kl_curves_figure` to ``path``."""
+    return _save(kl_curves_figure(records, head, rates), path)
+
+
+def kl_curves_figure(records: Sequence[Record], head: str, rates: Rates | None) -> Figure:
+    """Left: each variant at the largest n_s with its predicted slope (dashed, exponent in the legend); right:
+    transfer at every n_s against its embedding floor (dotted)."""
     n_ss = sorted({int(r["n_s"]) for r in records if r["head"] == head and r.get("n_s") is not None})
     big = n_ss[-1] if n_ss else None
     fig = Figure(figsize=(12, 4.6))
@@ -90,21 +101,26 @@ def plot_kl_curves(records: Sequence[Record], head: str, rates: Rates | None, pa
             continue
         color = COLORS[variant]
         ns_txt = f" (n_s={big})" if variant in ("transfer", "fine_tune") else ""
-        left.errorbar(n, m, yerr=se, fmt="o-", color=color, capsize=3, label=f"{LABELS[variant]}{ns_txt}")
         pred = rates.for_variant(variant) if rates else None
+        pred_txt = ""
         if pred is not None:
             floor = (_mean_floor(records, head, big) or 0.0) if variant == "transfer" and big else 0.0
-            shape = f"floor + C n^-{pred:.2f}" if floor else f"C n^-{pred:.2f}"
-            _slope_line(left, n, m[0], pred, floor, color, f"predicted {shape}")
+            pred_txt = f"; predicted {'floor + ' if floor else ''}C n^-{pred:.2f}"
+            _slope_line(left, n, m[0], pred, floor, color, None)
+        left.errorbar(n, m, yerr=se, fmt="o-", color=color, capsize=3, label=f"{LABELS[variant]}{ns_txt}{pred_txt}")
+    if rates is not None:
+        left.plot([], [], "k--", lw=1, label="dashed: predicted rate through the first point")
     if big is not None and (fl := _mean_floor(records, head, big)):
-        left.axhline(fl, color=COLORS["transfer"], ls=":", lw=1, label=f"embedding floor (n_s={big})")
+        left.axhline(fl, color=COLORS["transfer"], ls=":", lw=1, label=f"embedding floor (n_s={big}): {fl:.3f} nats")
     left.set_title(f"{head}: KL(p_T || p_hat) vs n_t")
     cmap = [COLORS["transfer"], "tab:cyan", "tab:olive", "tab:orange", "tab:brown", "tab:gray"]
     for i, n_s in enumerate(n_ss):
         n, m, se = _curve(records, head, "transfer", n_s)
         color = cmap[i % len(cmap)]
-        right.errorbar(n, m, yerr=se, fmt="o-", color=color, capsize=3, label=f"transfer, n_s={n_s}")
-        if (fl := _mean_floor(records, head, n_s)):
+        fl = _mean_floor(records, head, n_s)
+        floor_txt = f" (floor {fl:.3f})" if fl else ""
+        right.errorbar(n, m, yerr=se, fmt="o-", color=color, capsize=3, label=f"transfer, n_s={n_s}{floor_txt}")
+        if fl:
             right.axhline(fl, color=color, ls=":", lw=1)
     n, m, se = _curve(records, head, "no_transfer", None)
     if n.size:
@@ -116,7 +132,7 @@ def plot_kl_curves(records: Sequence[Record], head: str, rates: Rates | None, pa
         ax.set_xlabel("n_t (target pairs)")
         ax.legend(fontsize=7)
     left.set_ylabel("KL (nats), mean +- SE over seeds")
-    return _save(fig, path)
+    return fig
 
 
 def plot_floor(records: Sequence[Record], head: str, rates: Rates | None, path: str | os.PathLike[str]) -> Path:
@@ -153,9 +169,16 @@ def _load_samples(out_dir: Path, record: Record) -> dict[str, Any] | None:
 
 def plot_samples(out_dir: str | os.PathLike[str], records: Sequence[Record], head: str, task: Any,
                  path: str | os.PathLike[str], max_columns: int = 3) -> Path | None:
+    """Save :func:`samples_figure` to ``path``; None when the run stored no samples."""
+    fig = samples_figure(out_dir, records, head, task, max_columns)
+    return None if fig is None else _save(fig, path)
+
+
+def samples_figure(out_dir: str | os.PathLike[str], records: Sequence[Record], head: str, task: Any,
+                   max_columns: int = 3) -> Figure | None:
     """Rows: variants (transfer / fine-tune at the largest n_s); columns: the truth, then up to ``max_columns``
-    n_t. Each panel scatters the first two coordinates of draws at the same fixed conditions (one colour each).
-    Returns None when the run stored no samples."""
+    n_t. Each panel scatters the first two coordinates of draws at the same fixed conditions (one colour each,
+    keyed in the legend) and is titled with that cell's KL(p_T || p_hat). None when the run stored no samples."""
     out_dir = Path(out_dir)
     rs = [r for r in records if r["head"] == head and r.get("status", "ok") == "ok"]
     if not rs:
@@ -164,12 +187,15 @@ def plot_samples(out_dir: str | os.PathLike[str], records: Sequence[Record], hea
     n_ss = sorted({int(r["n_s"]) for r in rs if r.get("n_s") is not None})
     big = n_ss[-1] if n_ss else None
     panels: dict[tuple[str, int], dict[str, Any]] = {}
+    cell_kl: dict[tuple[str, int], tuple[float, float]] = {}
     for r in rs:
         if int(r["seed"]) != seed or (r.get("n_s") is not None and r["n_s"] != big):
             continue
         s = _load_samples(out_dir, r)
         if s is not None:
             panels[(r["variant"], int(r["n_t"]))] = s
+            if r.get("kl") is not None:
+                cell_kl[(r["variant"], int(r["n_t"]))] = (float(r["kl"]), float(r.get("kl_se") or 0.0))
     if not panels:
         return None
     variants = [v for v in COLORS if any(k[0] == v for k in panels)]
@@ -187,7 +213,7 @@ def plot_samples(out_dir: str | os.PathLike[str], records: Sequence[Record], hea
     pad = 0.35 * (hi - lo)
     lo, hi = lo - pad, hi + pad
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
-    fig = Figure(figsize=(2.7 * (1 + len(n_ts)), 2.6 * len(variants)))
+    fig = Figure(figsize=(2.7 * (1 + len(n_ts)) + 0.8, 2.9 * len(variants)), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(variants), 1 + len(n_ts), squeeze=False))
     for i, variant in enumerate(variants):
         for j in range(1 + len(n_ts)):
@@ -199,6 +225,8 @@ def plot_samples(out_dir: str | os.PathLike[str], records: Sequence[Record], hea
                 sets = [] if s is None else [np.asarray(x) for x in s["samples"]]
                 ns_txt = f", n_s={big}" if variant in ("transfer", "fine_tune") else ""
                 title = f"{LABELS[variant]}, n_t={n_ts[j - 1]}{ns_txt}"
+                if (kl := cell_kl.get((variant, n_ts[j - 1]))) is not None:
+                    title += f"\nKL = {kl[0]:.3f} +- {kl[1]:.3f} nats"
             for k, x in enumerate(sets):
                 ax.scatter(x[:, 0], x[:, 1] if x.shape[1] > 1 else np.zeros(len(x)), s=3, alpha=0.5,
                            color=colors[k % len(colors)])
@@ -207,7 +235,14 @@ def plot_samples(out_dir: str | os.PathLike[str], records: Sequence[Record], hea
                 ax.set_ylim(lo[1], hi[1])
             ax.set_title(title, fontsize=8)
             ax.tick_params(labelsize=6)
-    fig.suptitle(f"{head}: samples at {len(contexts)} fixed conditions c (one colour each), seed {seed}",
-                 fontsize=10)
-    return _save(fig, path)
+            if i == len(variants) - 1:
+                ax.set_xlabel("x[0] (data units)", fontsize=7)
+            if j == 0:
+                ax.set_ylabel("x[1] (data units)" if allx.shape[1] > 1 else "(x is 1-D)", fontsize=7)
+    keys = [axes[0, 0].scatter([], [], s=12, color=colors[k % len(colors)], label=f"c{k + 1}")
+            for k in range(len(contexts))]
+    fig.legend(handles=keys, title="condition", loc="outside right upper", fontsize=7, title_fontsize=7)
+    fig.suptitle(f"{head}: samples at {len(contexts)} fixed conditions c (one colour each), seed {seed}; "
+                 "KL(p_T || p_hat) of each cell", fontsize=10)
+    return fig
 

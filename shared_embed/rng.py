@@ -1,0 +1,35 @@
+"""Seeding draws from a ``torch.Generator`` when a library underneath only reads torch's global RNG."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from .errors import DTypeError
+
+
+def check_generator(generator: object) -> torch.Generator | None:
+    """``generator`` if it is a ``torch.Generator`` or None; a DTypeError naming the argument otherwise."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise DTypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
+@contextlib.contextmanager
+def global_rng_from(generator: torch.Generator | None, device: torch.device) -> Iterator[None]:
+    """Inside the block, torch's global RNG is seeded from ``generator``; outside, it is left as it was.
+
+    For libraries whose samplers take no generator (zuko's flows): the same generator state gives the same
+    draws, the generator advances, and the caller's global stream is untouched. ``None``: a plain block.
+    """
+    if check_generator(generator) is None:
+        yield
+        return
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    accelerator = device.type != "cpu"
+    with torch.random.fork_rng(devices=[device] if accelerator else [],
+                               device_type=device.type if accelerator else None):
+        torch.manual_seed(seed)
+        yield
