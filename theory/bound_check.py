@@ -36,37 +36,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
 
 from shared_embed.validation import check_fraction, check_positive_float
 
-from .checks import FAIL, INSUFFICIENT, PASS, CheckResult, Record, ok_records
+from .stats import holm
+from .verdict import DIAGNOSTIC, FAIL, INSUFFICIENT, PASS, CheckResult, Record, ok_records
 
-DIAGNOSTIC = "diagnostic"
 _NORMAL = NormalDist()
-
-
-@dataclass
-class BoundCheckResult(CheckResult):
-    """A :class:`~theory.checks.CheckResult` that also states what it tests and with which statistic."""
-
-    hypothesis: str = ""
-    statistic: str = ""
+#: The bound checks return plain :class:`~theory.verdict.CheckResult` objects (hypothesis and statistic set).
+BoundCheckResult = CheckResult
 
 
 def holm_reject(p_values: Sequence[float], alpha: float) -> list[bool]:
-    """Holm's step-down: reject the i-th smallest p while p_(i) <= alpha / (m - i); family-wise error <= alpha."""
+    """Holm's step-down (:func:`theory.stats.holm`): which p-values are rejected at family-wise level alpha."""
     check_fraction("alpha", alpha)
-    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
-    reject = [False] * len(p_values)
-    for rank, i in enumerate(order):
-        if not p_values[i] <= alpha / (len(p_values) - rank):
-            break
-        reject[i] = True
-    return reject
+    return [p <= alpha for p in holm(p_values)]
 
 
 def _finite(r: Record, *keys: str) -> bool:

@@ -26,6 +26,7 @@ import numpy as np
 
 from shared_embed.errors import DataError
 
+from .bound_check import check_sde_bound, diagnose_ode_bound
 from .known_answer_check import KNOWN_ANSWER_VARIANTS, PARAMETRIC_KINDS, check_known_answer
 from .rate_checks import (
     SlopeFit,
@@ -106,6 +107,8 @@ def _head_checks(rs: list[Record], head: str, rate: Rates | None, confidence: fl
         out.append(check_embedding_frozen(mine, head))
     if {"transfer", "no_transfer"} <= variants:
         out += [check_catch_up(mine, head, n, **ci) for n in n_ss]
+    if any(r.get("head_kind") == "diffusion" for r in mine):  # its own Holm over cells; ODE: a diagnostic only
+        out += [check_sde_bound(mine, head, alpha=1.0 - confidence), diagnose_ode_bound(mine, head)]
     if task:
         for c in out:
             c.scope = f"{c.scope} [{task}]" if task not in c.scope else c.scope
