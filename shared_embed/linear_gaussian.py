@@ -23,6 +23,7 @@ from .errors import DataError
 
 LOG_2PI = math.log(2 * math.pi)
 from .head import Head, register_head
+from .rng import check_generator
 
 
 @register_head("linear_gaussian")
@@ -36,6 +37,8 @@ class LinearGaussianHead(Head):
         >>> head.log_prob(x, z).shape
         torch.Size([100])
     """
+
+    has_rsample = True
 
     def __init__(self, features: int, context_features: int | None = None) -> None:
         super().__init__(features, context_features)
@@ -76,10 +79,17 @@ class LinearGaussianHead(Head):
     def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         return -self.log_prob(x, context).mean()
 
-    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+    def rsample(self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None) -> Tensor:
+        """(n, features) draws loc + L e that carry gradients; context None, (k,) shared or (n, k)."""
         context = self.sample_context(n, context)
         loc = self._loc(n, context)
-        return loc + torch.randn_like(loc) @ self.scale_tril().T
+        noise = torch.randn(loc.shape, generator=check_generator(generator), dtype=loc.dtype, device=loc.device)
+        return loc + noise @ self.scale_tril().T
+
+    def sample(self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None) -> Tensor:
+        """(n, features) draws without gradients."""
+        with torch.no_grad():
+            return self.rsample(n, context, generator=generator)
 
     @torch.no_grad()
     def fit_closed_form(self, x: Tensor, context: Tensor | None = None) -> None:

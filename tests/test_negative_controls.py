@@ -33,7 +33,7 @@ def study(control: str = "", *, source: bool, seeds: tuple[int, ...] = (0, 1, 2,
         "heads": {"lin": {"kind": "linear_gaussian"}},
         "encoder": {"hidden": [16]},
         "train": {"source": {"steps": 500, "lr": 1e-2, "eval_every": 50, "patience": 5}},
-        "evaluation": {"n_eval": 3000, "floor_n": 2000, "sample_n": 0},
+        "evaluation": {"n_eval": 3000, "floor_n": 2000, "sample_n": 10, "sample_contexts": 2},
         "run": {"workers": 1},
     }
 

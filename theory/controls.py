@@ -74,11 +74,12 @@ class ContextBlindHead(Head):
     def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         return self.inner.loss(x, self._blind(context))
 
-    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        return self.inner.log_prob(x, self._blind(context))
+    def log_prob(self, x: Tensor, context: Tensor | None = None, **options: Any) -> Tensor:
+        return self.inner.log_prob(x, self._blind(context), **options)
 
-    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
-        return self.inner.sample(n, self._blind(self.sample_context(n, context)))
+    def sample(self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None,
+               **options: Any) -> Tensor:
+        return self.inner.sample(n, self._blind(self.sample_context(n, context)), generator=generator, **options)
 
 
 class ContextBlindExactHead(ContextBlindHead):
