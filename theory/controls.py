@@ -148,3 +148,30 @@ def distort_records(records: Sequence[Record], distortion: str) -> list[Record]:
             if r.get(key) is not None:
                 r[key] = fn(float(r[key]))
     return out
+
+
+# -- the small studies the controls run in ----------------------------------------------------------------
+#: Controls whose target check needs a source fit (transfer); the others need only the known-answer variants.
+SOURCE_CONTROLS = ("random_encoder", "trainable_encoder")
+
+
+def control_study(control: str = "", *, source: bool, seeds: Sequence[int] = (0, 1, 2, 3),
+                  offset: int = 0) -> dict[str, Any]:
+    """A small study config (seconds on one core) in which each control's target check can PASS or FAIL.
+
+    ``source=True``: transfer with an exactly fitted linear-Gaussian head at n_s = 100 and 3200 (the floor and
+    the embedding checks); ``source=False``: the known-answer variants oracle and direct at n_t 25 to 200.
+    ``offset`` shifts the seeds, so repetitions are independent (fresh task instances and data).
+    """
+    grid = {"n_s": [100, 3200], "n_t": [20, 40], "variants": ["transfer"]} if source else \
+        {"n_s": [100], "n_t": [25, 50, 100, 200], "variants": ["oracle", "direct"]}
+    return {
+        "experiment": {"name": f"control {control or 'none'}", "control": check_control(control)},
+        "task": {"name": "conditional_gaussian", "d_c": 4},
+        "grid": {**grid, "seeds": [s + offset for s in seeds], "heads": ["lin"]},
+        "heads": {"lin": {"kind": "linear_gaussian"}},
+        "encoder": {"hidden": [16]},
+        "train": {"source": {"steps": 500, "lr": 1e-2, "eval_every": 50, "patience": 5}},
+        "evaluation": {"n_eval": 3000, "floor_n": 2000, "sample_n": 10, "sample_contexts": 2},
+        "run": {"workers": 1},
+    }

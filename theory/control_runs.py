@@ -1,0 +1,67 @@
+"""Run the negative controls through the engine and count how often each check gives the wrong verdict.
+
+:func:`control_verdicts` runs one small study (:func:`theory.controls.control_study`) and returns its
+verdicts; :func:`control_rates` repeats every control on fresh seeds and returns, per control, how often its
+target check did NOT fail (the false-pass rate) and, for the correct pipeline, how often any check FAILed
+(the false-fail rate), with the record distortions applied to each correct repetition's records beside them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .checks import FAIL, run_checks
+from .config import ExperimentConfig
+from .controls import PIPELINE_CONTROLS, RECORD_DISTORTIONS, SOURCE_CONTROLS, TARGET_CHECK, control_study, \
+    distort_records
+from .rates import generic_rates
+from .sweep import collect_records, run_sweep
+from .verdict import Record
+
+RATES = {"lin": generic_rates(d_c=4, d_h=2, d_x=2, beta=2.0, head="linear_gaussian")}
+
+
+def worst_verdicts(records: Sequence[Record]) -> dict[str, str]:
+    """Check name -> verdict over its scopes (a FAIL anywhere wins)."""
+    found: dict[str, str] = {}
+    for c in run_checks(records, RATES):
+        if found.get(c.name) != FAIL:
+            found[c.name] = c.verdict
+    return found
+
+
+def control_verdicts(raw: dict[str, Any], out: str | os.PathLike[str]) -> tuple[dict[str, str], list[Record]]:
+    """Run a control study into ``out``; return (check name -> worst verdict, the records)."""
+    run_sweep(ExperimentConfig.from_dict(raw), out, log=None)
+    records = collect_records(out)
+    return worst_verdicts(records), records
+
+
+def control_rates(reps: int, out: str | os.PathLike[str], controls: Sequence[str] = PIPELINE_CONTROLS,
+                  say: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """Per control (and "" for the correct pipeline): repetitions, wrong verdicts and their rate."""
+    out = Path(out)
+    wrong: dict[str, int] = {c: 0 for c in ("", *controls, *RECORD_DISTORTIONS, "one NaN KL")}
+    for rep in range(reps):
+        offset = 1000 * (rep + 1)
+        correct: dict[str, str] = {}
+        for source in (False, True):
+            found, records = control_verdicts(control_study(source=source, offset=offset), out / f"ok{rep}{source}")
+            correct.update({k: v for k, v in found.items() if correct.get(k) != FAIL})
+            if not source:  # every distortion of the correct known-answer records must turn a check to FAIL
+                for name in (*RECORD_DISTORTIONS, "one NaN KL"):
+                    wrong[name] += FAIL not in worst_verdicts(distort_records(records, name)).values()
+        wrong[""] += FAIL in correct.values()
+        for control in controls:
+            found, _ = control_verdicts(control_study(control, source=control in SOURCE_CONTROLS, offset=offset),
+                                        out / f"{control}{rep}")
+            wrong[control] += found.get(TARGET_CHECK[control]) != FAIL
+        say(f"repetition {rep + 1}/{reps}: wrong verdicts so far {wrong}")
+    return {name or "correct pipeline": {
+        "reps": reps, "wrong": n, "rate": n / reps,
+        "kind": "false fail (any check)" if not name else "false pass",
+        "check": TARGET_CHECK.get(name, "any check" if not name else "any check (records distorted)")}
+        for name, n in wrong.items()}
