@@ -13,6 +13,7 @@ import json
 import os
 import struct
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,15 +29,29 @@ FORMAT_NAME = "gentransfer"
 FORMAT_VERSION = 1
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's file-mode creation mask (read by setting it and setting it back, under a lock)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, fsync, then rename.
 
-    A crash at any point leaves either the previous file or the new one, never a partial file.
+    A crash at any point leaves either the previous file or the new one, never a partial file. The file gets
+    the mode an ordinary ``open(path, "w")`` would give it (0666 less the umask), so a run folder shared with a
+    group stays readable to it (the temporary file starts private: ``mkstemp`` creates it 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -147,22 +162,23 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], di
     return tensors, config, extra
 
 
-def config_diff(expected: Any, found: Any, prefix: str = "") -> list[str]:
-    """Human-readable differences between two JSON-like configs (empty when equal)."""
+def config_diff(expected: Any, found: Any, prefix: str = "", found_name: str = "checkpoint") -> list[str]:
+    """Human-readable differences between two JSON-like configs (empty when equal); ``found_name`` says
+    where ``found`` comes from."""
     if isinstance(expected, dict) and isinstance(found, dict):
         out: list[str] = []
         for k in sorted(set(expected) | set(found)):
             key = f"{prefix}.{k}" if prefix else str(k)
             if k not in found:
-                out.append(f"{key}: expected {expected[k]!r}, missing in checkpoint")
+                out.append(f"{key}: expected {expected[k]!r}, missing in {found_name}")
             elif k not in expected:
-                out.append(f"{key}: unexpected in checkpoint ({found[k]!r})")
+                out.append(f"{key}: unexpected in {found_name} ({found[k]!r})")
             else:
-                out.extend(config_diff(expected[k], found[k], key))
+                out.extend(config_diff(expected[k], found[k], key, found_name))
         return out
     if isinstance(expected, (list, tuple)) and isinstance(found, (list, tuple)):
         expected, found = list(expected), list(found)
-    return [] if expected == found else [f"{prefix or 'config'}: expected {expected!r}, checkpoint has {found!r}"]
+    return [] if expected == found else [f"{prefix or 'config'}: expected {expected!r}, {found_name} has {found!r}"]
 
 
 def load_module_state(path: str | os.PathLike[str], module: nn.Module, expected_config: dict[str, Any], *,

@@ -13,7 +13,7 @@ from .checkpoint import load_checkpoint, load_module_state, save_checkpoint
 from .device import resolve_device
 from .distribution import BatchedConditional, broadcast_batch, flatten_rows
 from .encoder import Encoder
-from .errors import CheckpointError, ShapeError
+from .errors import CheckpointError, ConfigError, ShapeError
 from .head import Head, build_head
 from .rng import check_generator
 from .standardize import Standardizer
@@ -223,19 +223,65 @@ class ConditionalModel(nn.Module):
         """Rebuild a model from its checkpoint alone, in eval mode with its training history, on ``device``
         (default: CPU). The head's package must be imported (``flows``, ``diffusion``)."""
         target = resolve_device("cpu" if device is None else device)
-        _, config, _ = load_checkpoint(path)
+        tensors, config, _ = load_checkpoint(path)
         if config.get("model") != "ConditionalModel":
             raise CheckpointError(f"{path} does not hold a ConditionalModel (config 'model'={config.get('model')!r})")
         enc_cfg = config.get("encoder")
+        if enc_cfg is not None and not isinstance(enc_cfg, dict):
+            raise CheckpointError(f"{path} has a malformed model config: 'encoder' is {type(enc_cfg).__name__}")
         if enc_cfg is not None and enc_cfg.get("fixed"):
             raise CheckpointError(f"{path} wraps a fixed (oracle) embedding: rebuild it from its task, then load_weights")
-        head = build_head(config["head_kind"], config["head"])
-        encoder = None if enc_cfg is None else Encoder(**enc_cfg)
-        scaler = lambda key: None if config.get(key) is None else Standardizer(int(config[key]))  # noqa: E731
-        model = cls(head, encoder, Standardizer(head.features), scaler("c_scaler"), scaler("h_scaler"))
-        if encoder is not None:
-            encoder.freeze()
+        try:
+            with torch.device("meta"):  # sizes first: a config asking for huge modules allocates nothing
+                _check_shapes(path, cls._build(path, config).state_dict(), tensors)
+        except NotImplementedError:  # a head whose constructor needs real tensors (zuko's flows)
+            _check_sizes(path, config, tensors)
+        model = cls._build(path, config)
+        if model.encoder is not None:
+            model.encoder.freeze()
         return model.load_weights(path).to(target).eval()
+
+    @classmethod
+    def _build(cls, path: str | os.PathLike[str], config: dict[str, Any]) -> ConditionalModel:
+        """The untrained model a checkpoint's config describes; CheckpointError for malformed fields."""
+        enc_cfg = config.get("encoder")
+        try:
+            head = build_head(config["head_kind"], config["head"])
+            encoder = None if enc_cfg is None else Encoder(**enc_cfg)
+            scaler = lambda key: None if config.get(key) is None else Standardizer(int(config[key]))  # noqa: E731
+            return cls(head, encoder, Standardizer(head.features), scaler("c_scaler"), scaler("h_scaler"))
+        except (ConfigError, KeyError, TypeError, ValueError, OverflowError) as err:
+            raise CheckpointError(f"{path} has a malformed model config: {type(err).__name__}: {err}") from err
+
+
+def _check_shapes(path: str | os.PathLike[str], wanted: dict[str, Tensor], stored: dict[str, Tensor]) -> None:
+    """The module a config describes (built on the meta device) must have exactly the stored tensors' shapes."""
+    diff = sorted(k for k in set(wanted) | set(stored)
+                  if k not in wanted or k not in stored or tuple(wanted[k].shape) != tuple(stored[k].shape))
+    if diff:
+        size = sum(t.numel() for t in wanted.values())
+        raise CheckpointError(f"{path}: its config describes a model of {size} numbers whose tensors do not match "
+                              f"the {len(stored)} stored ones (first differences: {diff[:3]})")
+
+
+def _check_sizes(path: str | os.PathLike[str], config: Any, stored: dict[str, Tensor]) -> None:
+    """Where a head cannot be built on the meta device: every integer of the config (a width, a count of
+    layers or bins) must be at most the largest stored dimension or the number of stored tensors; a config
+    asking for more cannot describe these weights and is refused before anything is allocated."""
+    limit = max([len(stored), *(max(t.shape, default=1) for t in stored.values())])
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{key}[{i}]")
+        elif isinstance(node, int) and not isinstance(node, bool) and node > limit:
+            raise CheckpointError(f"{path}: config field {key} = {node} exceeds every stored tensor dimension "
+                                  f"({limit}): the config does not describe these weights")
+
+    walk(config, "")
 
 
 class ConditionalDistribution(BatchedConditional):
