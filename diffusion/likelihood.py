@@ -36,12 +36,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
 from shared_embed.errors import DTypeError
 from shared_embed.validation import check_choice, check_positive_float, check_positive_int
 
-from .sampling import ODE_METHODS, ScoreFn, _call, check_score_inputs
+from .sampling import ODE_METHODS, ScoreFn, _call, check_finite_score, check_score_inputs, solve_ode
 from .schedule import VPSchedule
 
 DIVERGENCES = ("exact", "exact_func", "exact_loop", "hutchinson")
@@ -174,6 +173,8 @@ def probability_flow(
                 s = _call(score, x, t, context, (t_eps, 1.0))
                 div_s = (exact_divergence(s, x, keep_graph) if vectors is None
                          else hutchinson_divergence(s, x, vectors, keep_graph))
+        check_finite_score(score, s, t)
+        check_finite_score(score, div_s, t, "divergence of the score")
         dx = -0.5 * beta * (x + s)
         ddelta = -0.5 * beta * (x.shape[1] + div_s)
         if not keep_graph:
@@ -182,7 +183,7 @@ def probability_flow(
 
     ts = torch.tensor([t_eps, 1.0], dtype=x0.dtype, device=x0.device)
     start = (x0, torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device))
-    xs, deltas = odeint(rhs, start, ts, rtol=rtol, atol=atol, method=method, options={"step_t": ts[1:]})
+    xs, deltas = solve_ode(score, rhs, start, ts, rtol=rtol, atol=atol, method=method, options={"step_t": ts[1:]})
     x1, delta = xs[-1], deltas[-1]
     prior_lp = (prior or standard_normal_log_prob)(x1, context)
     return ProbabilityFlowResult(prior_lp + delta, prior_lp, delta, x1, nfe)

@@ -94,6 +94,37 @@ def _call(score: ScoreFn, x: Tensor, t: Tensor, context: Tensor | None, t_range:
     return out
 
 
+def score_name(score: ScoreFn) -> str:
+    """A readable name of a score function for error messages."""
+    return getattr(score, "__qualname__", None) or type(score).__name__
+
+
+def check_finite_score(score: ScoreFn, out: Tensor, t: Tensor, what: str = "score") -> Tensor:
+    """``out`` unchanged when every entry is finite; else a DataError naming the score and the time t."""
+    if bool(torch.isfinite(out).all()):
+        return out
+    bad = int((~torch.isfinite(out)).sum())
+    raise DataError(f"the {what} of {score_name(score)} is not finite (NaN or inf) in {bad} of {out.numel()} "
+                    f"entries at t = {float(t.reshape(-1)[0]):.6g}: check the score and the range of its inputs")
+
+
+def solve_ode(score: ScoreFn, rhs: Callable, start: object, ts: Tensor, **kw: object) -> object:
+    """torchdiffeq's ``odeint`` whose solver failures (a step size underflow, a non-finite state) become a
+    DataError naming the score and the time the solver had reached, instead of a bare AssertionError."""
+    reached = [float(ts[0])]
+
+    def tracked(t: Tensor, state: object) -> object:
+        reached[0] = float(t)
+        return rhs(t, state)
+
+    try:
+        return odeint(tracked, start, ts, **kw)
+    except AssertionError as err:
+        raise DataError(f"the ODE solver failed at t = {reached[0]:.6g} with the score {score_name(score)} "
+                        f"({err}): the state or the score is not finite or too large there; inputs far outside "
+                        "the data's range make the flow ill-posed") from err
+
+
 def sample_sde(
     score: ScoreFn,
     x1: Tensor,
@@ -124,7 +155,7 @@ def sample_sde(
 
     def drift(x: Tensor, t: Tensor) -> Tensor:  # d x / d(-t) without the noise
         beta = schedule.beta(t).to(x)
-        return 0.5 * beta * x + beta * _call(score, x, t, context)
+        return 0.5 * beta * x + beta * check_finite_score(score, _call(score, x, t, context), t)
 
     x = x1
     for i in range(steps):
@@ -137,7 +168,7 @@ def sample_sde(
         else:
             pred = x + h * d0 + noise
             x = x + 0.5 * h * (d0 + drift(pred, t_next)) + noise
-    return x
+    return check_finite_score(score, x, ts[-1], "reverse-SDE sample")
 
 
 def sample_ode(
@@ -166,8 +197,10 @@ def sample_ode(
     check_choice("method", method, ODE_METHODS)
 
     def velocity(t: Tensor, x: Tensor) -> Tensor:
-        return -0.5 * schedule.beta(t).to(x) * (x + _call(score, x, t, context, (t_eps, 1.0)))
+        s = check_finite_score(score, _call(score, x, t, context, (t_eps, 1.0)), t)
+        return -0.5 * schedule.beta(t).to(x) * (x + s)
 
     ts = torch.tensor([1.0, t_eps], dtype=x1.dtype, device=x1.device)
     # step_t: the last step lands on t_eps instead of overshooting it (the schedule is undefined below t = 0)
-    return odeint(velocity, x1, ts, rtol=rtol, atol=atol, method=method, options={"step_t": ts[1:]})[-1]
+    out = solve_ode(score, velocity, x1, ts, rtol=rtol, atol=atol, method=method, options={"step_t": ts[1:]})[-1]
+    return check_finite_score(score, out, ts[-1], "probability-flow sample")
