@@ -101,7 +101,7 @@ def test_parallel_workers_match_one_process(tmp_path: Path) -> None:
     assert kl(tmp_path / "one") == kl(tmp_path / "two")
 
 
-def test_diverged_fits_are_recorded_as_failed_cells_and_reported(tmp_path: Path) -> None:
+def test_diverged_fits_are_failed_cells_reported_and_retried(tmp_path: Path) -> None:
     from theory.report import build_report
 
     blowup = {"steps": 15, "lr": 1e30, "grad_clip": 1e30}
@@ -114,7 +114,13 @@ def test_diverged_fits_are_recorded_as_failed_cells_and_reported(tmp_path: Path)
     assert any(r["error"].startswith("source/floor fit failed") for r in records if r["variant"] == "transfer")
     report = build_report(tmp_path)
     assert report.checks == [] and "## Failed cells" in report.path.read_text()
-    assert run_sweep(cfg, tmp_path, log=None).ran == 0  # failures are results: not retried
+    again = run_sweep(cfg, tmp_path, log=None)  # failed cells are retried by the next run, and listed
+    assert (again.ran, again.failed) == (2, 2) and len(again.failures) == 2
+    assert "transfer: source/floor fit failed" in "".join(again.failures)
+    # the corrected config is another study, but a folder of failures holds no results: it runs there
+    fixed = run_sweep(tiny(n_t=[8], variants=["transfer", "no_transfer"]), tmp_path, log=None)
+    assert (fixed.ran, fixed.failed) == (2, 0)
+    assert {r["status"] for r in collect_records(tmp_path)} == {"ok"}
 
 
 def test_shards_split_the_grid_into_disjoint_whole_groups() -> None:

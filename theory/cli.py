@@ -110,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild report.md, checks.json, results.csv and plots from a run folder",
                          description="Rebuild DIR/report.md, checks.json, results.csv and plots/ from DIR's records.")
     rep.add_argument("dir", type=Path, help="a folder written by 'gentransfer run'")
+    rep.add_argument("--rate", metavar="MODULE:FUNCTION",
+                     help="import this rate function and use its predictions (a report never imports code named "
+                          "by the folder itself; by default it reads the predictions the run stored)")
     show = sub.add_parser("show", help="print the resolved config (after --set overrides) as TOML and exit",
                           description="Print the resolved config as TOML (a runnable config: save it and 'run' "
                                       "it); --json prints JSON instead.")
@@ -131,6 +134,18 @@ def _print_report(report, out: Path) -> None:
     print(f"\n{n_pass}/{len(report.checks)} checks pass. Report: {report.path}  (plots in {out / 'plots'})")
 
 
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder this process can create and write into: one line saying why not."""
+    if out.exists() and not out.is_dir():
+        raise GentransferError(f"--out {os.fspath(out)!r} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise GentransferError(f"--out {os.fspath(out)!r} cannot be created: {err.strerror}") from err
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise GentransferError(f"--out {os.fspath(out)!r} is not writable")
+
+
 def _run(args: argparse.Namespace) -> int:
     overrides = args.overrides + ([f'run.device="{args.device}"'] if args.device else [])
     config = load_config(resolve_config(args.config), overrides)
@@ -144,6 +159,7 @@ def _run(args: argparse.Namespace) -> int:
           f"{config.run.threads} torch thread(s) each, device {config.run.device}"
           f"{'' if shard == (0, 1) else f', shard {args.shard}'})", flush=True)
     start = time.perf_counter()
+    _check_out(args.out)
     result = run_sweep(config, args.out, log=None if args.quiet else (lambda m: print(m, flush=True)), shard=shard)
     atomic_write_text(Path(args.out) / "run.json", json.dumps({
         "config_file": os.fspath(args.config), "overrides": args.overrides, "workers": config.run.workers,
@@ -154,6 +170,12 @@ def _run(args: argparse.Namespace) -> int:
         report = build_report(args.out, config)
         _print_report(report, Path(args.out))
         print(f"total {time.perf_counter() - start:.0f} s")
+    if result.failures:
+        print(f"gentransfer: {len(result.failures)} cell(s) failed (run the same command again to retry them):",
+              file=sys.stderr)
+        for line in result.failures:
+            print(f"  {line}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -168,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "report":
-            report = build_report(args.dir)
+            if not args.dir.is_dir():
+                raise GentransferError(f"{os.fspath(args.dir)!r} is not a folder written by 'gentransfer run' (it holds no "
+                                       "its config.json)")
+            report = build_report(args.dir, rate=args.rate)
             _print_report(report, args.dir)
             return 0
         resolved = load_config(resolve_config(args.config), args.overrides).to_dict()
@@ -182,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except GentransferError as err:
         print(f"gentransfer: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a folder that became read-only, ...: one line, not a traceback
+        where = f" {err.filename!r}" if err.filename else ""
+        print(f"gentransfer: error:{where} {err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gentransfer: interrupted; run the same command again to resume", file=sys.stderr)

@@ -93,11 +93,18 @@ def _table(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def _int(value: Any, where: str, minimum: int = 1) -> int:
+#: The largest sample size a config may ask for (pairs per cell, evaluation draws): 10^7 pairs of a 16 + 2
+#: dimensional task are already 0.7 GB in float32; a larger value is a typo, refused before anything runs.
+MAX_PAIRS = 10_000_000
+
+
+def _int(value: Any, where: str, minimum: int = 1, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{where!r} must be an integer, got {value!r}")
     if value < minimum:
         raise ConfigError(f"{where!r} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{where!r} must be <= {maximum:.0e} (a sample size), got {value}")
     return value
 
 
@@ -113,12 +120,12 @@ def _str(value: Any, where: str) -> str:
     return value
 
 
-def _int_list(value: Any, where: str, minimum: int = 1) -> list[int]:
+def _int_list(value: Any, where: str, minimum: int = 1, maximum: int | None = None) -> list[int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, list) or not value:
         raise ConfigError(f"{where!r} must be a non-empty list of integers, got {value!r}")
-    out = [_int(v, f"{where}[{i}]", minimum) for i, v in enumerate(value)]
+    out = [_int(v, f"{where}[{i}]", minimum, maximum) for i, v in enumerate(value)]
     if len(set(out)) != len(out):
         raise ConfigError(f"{where!r} has repeated values: {out}")
     return sorted(out)
@@ -231,8 +238,8 @@ class GridSpec:
         for i, v in enumerate(variants):
             check_choice(f"grid.variants[{i}]", v, VARIANTS)
         return cls(
-            n_s=_int_list(table["n_s"], "grid.n_s"),
-            n_t=_int_list(table["n_t"], "grid.n_t", minimum=2),
+            n_s=_int_list(table["n_s"], "grid.n_s", maximum=MAX_PAIRS),
+            n_t=_int_list(table["n_t"], "grid.n_t", minimum=2, maximum=MAX_PAIRS),
             seeds=_int_list(table.get("seeds", [0]), "grid.seeds", minimum=0),
             heads=_str_list(table.get("heads", ["flow"]), "grid.heads"),
             variants=[v for v in VARIANTS if v in variants],
@@ -279,9 +286,9 @@ class HeadSpec:
         spec = cls(
             name=name, kind=kind, options=options,
             train={p: _train_overrides(t, f"{where}.train.{p}") for p, t in train.items()},
-            n_eval=None if "n_eval" not in table else _int(table["n_eval"], f"{where}.n_eval", 2),
-            floor_n=None if "floor_n" not in table else _int(table["floor_n"], f"{where}.floor_n", 0),
-            bound_n=None if "bound_n" not in table else _int(table["bound_n"], f"{where}.bound_n", 0),
+            n_eval=None if "n_eval" not in table else _int(table["n_eval"], f"{where}.n_eval", 2, MAX_PAIRS),
+            floor_n=None if "floor_n" not in table else _int(table["floor_n"], f"{where}.floor_n", 0, MAX_PAIRS),
+            bound_n=None if "bound_n" not in table else _int(table["bound_n"], f"{where}.bound_n", 0, MAX_PAIRS),
             variants=None if "variants" not in table else [
                 check_choice(f"{where}.variants[{i}]", v, VARIANTS)
                 for i, v in enumerate(_str_list(table["variants"], f"{where}.variants"))],
@@ -354,10 +361,10 @@ class EvaluationSpec:
         _check_keys(table, [f.name for f in fields(cls)], "evaluation")
         d = cls()
         return cls(
-            n_eval=_int(table.get("n_eval", d.n_eval), "evaluation.n_eval", 2),
-            floor_n=_int(table.get("floor_n", d.floor_n), "evaluation.floor_n", 0),
-            bound_n=_int(table.get("bound_n", d.bound_n), "evaluation.bound_n", 0),
-            sample_n=_int(table.get("sample_n", d.sample_n), "evaluation.sample_n", 0),
+            n_eval=_int(table.get("n_eval", d.n_eval), "evaluation.n_eval", 2, MAX_PAIRS),
+            floor_n=_int(table.get("floor_n", d.floor_n), "evaluation.floor_n", 0, MAX_PAIRS),
+            bound_n=_int(table.get("bound_n", d.bound_n), "evaluation.bound_n", 0, MAX_PAIRS),
+            sample_n=_int(table.get("sample_n", d.sample_n), "evaluation.sample_n", 0, MAX_PAIRS),
             sample_contexts=_int(table.get("sample_contexts", d.sample_contexts), "evaluation.sample_contexts"),
         )
 
@@ -392,9 +399,9 @@ class TheorySpec:
         for key in ("margin", "flat_margin"):
             if not getattr(out, key) > 1.0:
                 raise ConfigError(f"'theory.{key}' must be a factor > 1, got {getattr(out, key)}")
-        from .rates import resolve_rate
+        from .rates import check_rate_name
 
-        resolve_rate(out.rate)
+        check_rate_name(out.rate)  # imports nothing: a config read from a run folder never runs code
         return out
 
 
@@ -523,6 +530,24 @@ class ExperimentConfig:
             "control": self.control,
         }))
 
+    def study(self) -> dict[str, Any]:
+        """What makes two runs one study: the resolved config less what may grow or only shapes the report.
+
+        Left out: the grid axes a resumed run may extend (n_s, n_t, seeds, variants), the name and description,
+        [theory] (predictions and checks, recomputed by every report) and the worker and thread counts.
+        """
+        raw = self.to_dict()
+        for key in ("n_s", "n_t", "seeds", "variants"):
+            raw["grid"].pop(key)
+        raw.pop("theory")
+        raw["experiment"] = {"control": self.control}
+        raw["run"] = {"device": self.run.device}
+        return raw
+
+    def fingerprint(self) -> str:
+        """A digest of :meth:`study`: a run folder holds the records of one fingerprint only."""
+        return hashlib.sha256(json.dumps(self.study(), sort_keys=True).encode()).hexdigest()[:16]
+
     def settings_hash(self, head: str, task: dict[str, Any] | None = None) -> str:
         """A short digest of :meth:`settings`: cells with another digest came from other settings."""
         blob = json.dumps(self.settings(head, task), sort_keys=True).encode()
@@ -563,8 +588,15 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError as err:
         raise ConfigError(f"config file {os.fspath(path)!r} does not exist") from err
+    except IsADirectoryError as err:
+        raise ConfigError(f"config file {os.fspath(path)!r} is a folder, not a TOML file") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {os.fspath(path)!r} is not UTF-8 text (a binary file, or UTF-16?): "
+                          f"{err.reason} at byte {err.start}") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {os.fspath(path)!r} is not valid TOML: {err}") from err
+    except OSError as err:
+        raise ConfigError(f"config file {os.fspath(path)!r} cannot be read: {err.strerror}") from err
 
 
 def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:

@@ -113,6 +113,16 @@ def generic_rates(d_c: int, d_h: int, d_x: int, beta: float, head: str = "flow",
 RATE_FUNCTIONS: dict[str, RateFunction] = {"generic": generic_rates}
 
 
+def check_rate_name(rate: str) -> str:
+    """``rate`` if it is a registered name or has the form ``package.module:function``; imports nothing."""
+    if rate in RATE_FUNCTIONS:
+        return rate
+    module_name, sep, attr = rate.partition(":")
+    if not (sep and attr.isidentifier() and all(p.isidentifier() for p in module_name.split("."))):
+        raise ConfigError(f"unknown rate {rate!r}; valid: {sorted(RATE_FUNCTIONS)} or 'package.module:function'")
+    return rate
+
+
 def resolve_rate(rate: str | RateFunction) -> RateFunction:
     """A rate function from a callable, a registered name (``"generic"``) or ``"package.module:function"``."""
     if callable(rate):
@@ -139,7 +149,13 @@ def predicted_rates(
 ) -> Rates:
     """Call the rate function ``rate`` (see :func:`resolve_rate`) and check that it returned :class:`Rates`."""
     kw = {"log_power": log_power} if log_power else {}
-    out = resolve_rate(rate)(d_c=d_c, d_h=d_h, d_x=d_x, beta=beta, head=head, **kw)
+    try:
+        out = resolve_rate(rate)(d_c=d_c, d_h=d_h, d_x=d_x, beta=beta, head=head, **kw)
+    except ConfigError:
+        raise
+    except Exception as err:  # a user's function that does not take these arguments, or fails on them
+        raise ConfigError(f"rate function {rate!r} failed on (d_c={d_c}, d_h={d_h}, d_x={d_x}, beta={beta}, "
+                          f"head={head!r}): {type(err).__name__}: {err}") from err
     if not isinstance(out, Rates):
         raise ConfigError(f"rate function {rate!r} must return theory.rates.Rates, got {type(out).__name__}")
     return out

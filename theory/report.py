@@ -25,10 +25,11 @@ from .controls import RECORD_DISTORTIONS, distort_records
 from .dimension_checks import dimension_axes, run_dimension_checks
 from .dimension_plots import plot_dimension_laws
 from .plots import plot_floor, plot_kl_curves, plot_samples
-from .rates import Rates, effective_smoothness, predicted_rates
+from .rates import Rates, check_rate_name, effective_smoothness, predicted_rates
+from .run_folder import collect_records, failed_cells, read_json, stored_predictions, study_predictions
 from .stats import slope_interval_coverage
 from .verdict import FAIL, PASS
-from .sweep import collect_records, read_json, write_csv
+from .sweep import write_csv
 from .transfer_experiment import format_split_table, format_table, sample_efficiency_ratio
 
 Record = dict[str, Any]
@@ -68,8 +69,7 @@ def predictions(config: ExperimentConfig, task: Any, kinds: dict[str, str]) -> d
 
 def rates_by_task(config: ExperimentConfig, kinds: dict[str, str]) -> dict[str, dict[str, Rates]]:
     """Grid task label -> head name -> predicted exponents (tasks of a study may differ in dimension)."""
-    return {task_label(t): predictions(config, config.task.build(seed=0, overrides=t), kinds)
-            for t in config.grid.tasks}
+    return study_predictions(config, kinds)
 
 
 def subset(records: list[Record], head: str, n_s: int | None) -> list[Record]:
@@ -129,10 +129,9 @@ def _timing(out_dir: Path, records: list[Record]) -> str:
     return f"compute {cell + shared:.0f} s in total (cells {cell:.0f} s, source and floor fits {shared:.0f} s){wall}"
 
 
-def _checks(config: ExperimentConfig, records: list[Record], kinds: dict[str, str]) -> list[CheckResult]:
+def _checks(config: ExperimentConfig, records: list[Record], by_task: dict[str, dict[str, Rates]]) -> list[CheckResult]:
     """Every check of the run as one Holm family: per head (and task), plus the dimension laws of a study."""
     th = config.theory
-    by_task = rates_by_task(config, kinds)
     multi = len(config.grid.tasks) > 1 or len({r.get("task", "") for r in records}) > 1
     extra: list[CheckResult] = []
     d_h_fixed, d_c_fixed = dimension_axes(records)
@@ -146,14 +145,14 @@ def _checks(config: ExperimentConfig, records: list[Record], kinds: dict[str, st
                       margin=th.margin, extra=extra, per_task=multi)
 
 
-def controls_table(config: ExperimentConfig, records: list[Record], kinds: dict[str, str],
+def controls_table(config: ExperimentConfig, records: list[Record], by_task: dict[str, dict[str, Rates]],
                    own: list[CheckResult]) -> str:
     """Each record distortion applied to this run's records: the checks it turns to FAIL (none is a defect)."""
     lines = ["| records distorted | checks that FAIL | verdicts (pass / FAIL) |", "|---|---|---:|",
              f"| none (this run) | {'; '.join(sorted({c.name for c in own if c.verdict == FAIL})) or '-'} | "
              f"{sum(c.verdict == PASS for c in own)} / {sum(c.verdict == FAIL for c in own)} |"]
     for name in (*RECORD_DISTORTIONS, "one NaN KL"):
-        res = _checks(config, distort_records(records, name), kinds)
+        res = _checks(config, distort_records(records, name), by_task)
         failed = sorted({c.name for c in res if c.verdict == FAIL})
         lines.append(f"| {name} | {'; '.join(failed) or '**none: this distortion would go unnoticed**'} | "
                      f"{sum(c.verdict == PASS for c in res)} / {sum(c.verdict == FAIL for c in res)} |")
@@ -216,20 +215,30 @@ def _setup_lines(config: ExperimentConfig, out: Path, records: list[Record], ok:
     ]
 
 
-def build_report(out_dir: str | os.PathLike[str], config: ExperimentConfig | None = None) -> Report:
-    """Rebuild ``out_dir/report.md`` (and checks.json, results.csv, plots) from the records on disk."""
+def build_report(out_dir: str | os.PathLike[str], config: ExperimentConfig | None = None, *,
+                 rate: str | None = None) -> Report:
+    """Rebuild ``out_dir/report.md`` (and checks.json, results.csv, plots) from the records on disk.
+
+    ``config``: the config just run (its rate function may be called); None reads the folder's config.json and
+    the predictions the run stored, importing nothing the folder names. ``rate`` ("module:function"): a rate
+    function the caller names, imported and used instead.
+    """
     out = Path(out_dir)
+    trusted = config is not None or rate is not None
     config = config or load_run_config(out)
+    if rate is not None:
+        config.theory.rate = check_rate_name(rate)
     records = collect_records(out)
     if not records:
         raise DataError(f"{os.fspath(out)!r} holds no cell records yet (run 'gentransfer run' first)")
     write_csv(records, out / "results.csv")
     task = config.task.build(seed=min(config.grid.seeds), overrides=config.grid.tasks[0])
     kinds = head_kinds(config, records)
-    rates = predictions(config, task, kinds)
+    by_task = study_predictions(config, kinds) if trusted else stored_predictions(config, out)
+    rates = by_task.get(task_label(config.grid.tasks[0]), {})
     ok = ok_records(records)
     th = config.theory
-    checks = _checks(config, records, kinds)
+    checks = _checks(config, records, by_task)
     plots = _plots(out, ok, task, rates)
     lines = _setup_lines(config, out, records, ok, task) + [
         "## Predictions", "",
@@ -255,12 +264,12 @@ def build_report(out_dir: str | os.PathLike[str], config: ExperimentConfig | Non
               "### Power on this run: the checks under distorted records", "",
               "Every KL field of the records distorted as named, checks rebuilt. Measured false-pass rates of each "
               "check against broken pipelines are in `docs/checks.md`.", "",
-              controls_table(config, records, kinds, checks), "", "## Plots", ""]
+              controls_table(config, records, by_task, checks), "", "## Plots", ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
-    failed = [r for r in records if r.get("status") == "failed"]
+    failed = failed_cells(records)
     if failed:
-        lines += ["## Failed cells", ""] + [f"- {r['head']} n_s={r['n_s']} n_t={r['n_t']} seed={r['seed']} "
-                                            f"{r['variant']}: {r.get('error')}" for r in failed] + [""]
+        lines += ["## Failed cells", "", "Run the same command again to retry them.", ""] + \
+            [f"- {line}" for line in failed] + [""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     atomic_write_text(out / "checks.json", json.dumps(

@@ -29,10 +29,10 @@ import csv
 import datetime as dt
 import hashlib
 import io
-import json
 import math
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -45,14 +45,23 @@ import torch
 from shared_embed.checkpoint import atomic_write_text, config_diff
 from shared_embed.data import PairedData
 from shared_embed.device import resolve_device
-from shared_embed.errors import ConfigError, GentransferError
+from shared_embed.errors import CheckpointError, ConfigError, GentransferError
 from shared_embed.head import Head
 from shared_embed.model import ConditionalModel
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder, train_model
 
-from .config import ExperimentConfig, task_label
+from .config import PHASES, ExperimentConfig, task_label
 from .controls import blind_factory, distort_kl, wrong_variance_task
 from .kl import fit_floor_model, kl_to_task, log_densities, monte_carlo_kl
+from .run_folder import (
+    claim_folder,
+    collect_records,
+    failed_cells,
+    read_json,
+    study_predictions,
+    write_json,
+    write_predictions,
+)
 
 SOURCE_VARIANTS = ("transfer", "fine_tune")
 BLOCK = 256
@@ -160,20 +169,13 @@ def shard_cells(config: ExperimentConfig, cells: Iterable[Cell], shard: tuple[in
     return [c for c in cells if Group(c.head, c.n_s, c.seed, (), c.task).stem in mine]
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON file's dict, or None when it is missing or unreadable (an interrupted write never leaves one)."""
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def pending_cells(config: ExperimentConfig, out_dir: Path) -> tuple[list[Cell], list[Cell]]:
-    """(cells to run, cells already on disk). A record from other settings is an error, not a skip."""
+    """(cells to run, cells already on disk). A failed or unreadable record is run again; a finished record
+    from other settings is an error, not a skip."""
     todo, done = [], []
     for cell in plan_cells(config):
         record = read_json(out_dir / cell.path)
-        if record is None:
+        if record is None or record.get("status") != "ok":
             todo.append(cell)
             continue
         task = config.grid.task_overrides(cell.task)
@@ -257,8 +259,7 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=True) + "\n")
+_write_json = write_json
 
 
 @dataclass
@@ -273,9 +274,11 @@ class _Shared:
 class GroupRunner:
     """Runs the cells of one group in this process; every record is written as soon as it is scored."""
 
-    def __init__(self, config: ExperimentConfig, out_dir: Path, group: Group, log: Log | None = None) -> None:
+    def __init__(self, config: ExperimentConfig, out_dir: Path, group: Group, log: Log | None = None,
+                 on_cell: Callable[[], None] | None = None) -> None:
         self.config, self.out, self.group = config, Path(out_dir), group
         self.say = log or (lambda _msg: None)
+        self.on_cell = on_cell or (lambda: None)
         overrides = config.grid.task_overrides(group.task)
         self.task = config.task.build(seed=group.seed, overrides=overrides)
         #: the truth KL is scored against: the task itself, unless a control distorts it
@@ -300,12 +303,18 @@ class GroupRunner:
         info = read_json(info_path)
         floor_n = cfg.eval_setting(g.head, "floor_n")
         want_floor = floor_n > 0 and any(c.variant == "transfer" for c in g.cells)
-        if info is not None and info.get("settings_hash") == self.hash and src_path.is_file():
-            shared.source = ConditionalModel.load(src_path).to(self.device)
-            if want_floor and info.get("floor") is not None and floor_path.is_file():
-                shared.floor = ConditionalModel.load(floor_path).to(self.device)
-            shared.info = info
-            self.say(f"[{g.stem}] source model loaded from {src_path.name}")
+        if info is not None and info.get("settings_hash") != self.hash:  # never overwrite another study's cache
+            raise ConfigError(f"{info_path} was computed with other settings; use a new --out folder")
+        if info is not None and src_path.is_file():
+            try:
+                shared.source = ConditionalModel.load(src_path).to(self.device)
+                if want_floor and info.get("floor") is not None and floor_path.is_file():
+                    shared.floor = ConditionalModel.load(floor_path).to(self.device)
+                shared.info = info
+                self.say(f"[{g.stem}] source model loaded from {src_path.name}")
+            except CheckpointError as err:  # a corrupted cache of this study: rebuilt below
+                shared = _Shared()
+                self.say(f"[{g.stem}] cached model unreadable, fitting it again ({err})")
         if shared.source is None:
             torch.manual_seed(derived_seed(g.seed, g.n_s, "source-init"))
             start = time.perf_counter()
@@ -347,14 +356,24 @@ class GroupRunner:
         pool = nested_sample(self.task, max(c.n_t for c in g.cells), "target", g.seed, f"{self.stream}target")
         cells = sorted(g.cells, key=lambda c: (c.n_t, c.variant))
         if g.n_s is None:  # source-free variants: fit_variants reads only the source's shape
-            return [self._run_cell(cell, _Shared(), pool, pool.head(cell.n_t)) for cell in cells]
+            return self._each(cells, lambda cell: self._run_cell(cell, _Shared(), pool, pool.head(cell.n_t)))
         source = nested_sample(self.task, g.n_s, "source", g.seed, f"{self.stream}source")
         try:
             shared = self._source_and_floor(source)
+        except ConfigError:
+            raise
         except GentransferError as err:  # e.g. a diverged source fit: every cell of the group records it
             error = f"source/floor fit failed: {type(err).__name__}: {err}"
-            return [self._failed(cell, error) for cell in cells]
-        return [self._run_cell(cell, shared, source, pool.head(cell.n_t)) for cell in cells]
+            return self._each(cells, lambda cell: self._failed(cell, error))
+        return self._each(cells, lambda cell: self._run_cell(cell, shared, source, pool.head(cell.n_t)))
+
+    def _each(self, cells: list[Cell], run_one: Callable[[Cell], dict[str, Any]]) -> list[dict[str, Any]]:
+        """``run_one`` on every cell, telling ``on_cell`` after each (the sweep's progress line)."""
+        records = []
+        for cell in cells:
+            records.append(run_one(cell))
+            self.on_cell()
+        return records
 
     def _base(self, cell: Cell) -> dict[str, Any]:
         t = self.task
@@ -387,13 +406,16 @@ class GroupRunner:
                 fitted.model.encoder.freeze()
             fit_seconds = time.perf_counter() - start
             record = {**base, **self._score(cell, fitted.model, shared.floor, shared.info)}
+            if not math.isfinite(record["kl"]):
+                return self._failed(cell, f"the KL estimate is {record['kl']} (the model's log-density is not "
+                                          "finite on some evaluation pairs)")
             if cell.variant == "transfer":
                 record.update(encoder_digest=module_digest(fitted.model.encoder),
                               source_encoder_digest=shared.info.get("source_encoder_digest"))
             hist = fitted.histories["target"]
             record.update(status="ok", fit_seconds=fit_seconds, steps=hist.steps_done, best_val=hist.best_val)
             self._samples(cell, fitted.model, cell_seed)
-        except GentransferError as err:  # a diverged fit is a result too: recorded, reported, not retried
+        except GentransferError as err:  # a diverged fit: recorded, reported, retried by the next run
             return self._failed(cell, f"{type(err).__name__}: {err}")
         record.update(finished_at=_now(), torch=torch.__version__, settings=self.settings)
         _write_json(self.out / cell.path, record)
@@ -453,9 +475,17 @@ class GroupRunner:
 
 
 # -- the sweep --------------------------------------------------------------------------------------
-def _init_worker(threads: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """A worker's watchdog: exit the moment the process that started it is gone (killed, even by SIGKILL)."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _init_worker(threads: int, parent: int) -> None:
     torch.set_num_threads(threads)
     os.environ.setdefault("GENTRANSFER_QUIET", "1")
+    threading.Thread(target=_die_with_parent, args=(parent,), daemon=True, name="die-with-parent").start()
 
 
 def _run_group(config_dict: dict[str, Any], out_dir: str, group: Group, verbose: bool) -> int:
@@ -467,13 +497,15 @@ def _run_group(config_dict: dict[str, Any], out_dir: str, group: Group, verbose:
 
 @dataclass
 class SweepResult:
-    """What a sweep did: cells run now, cells found on disk, failed cells, wall time, the CSV path."""
+    """What a sweep did: cells run now, cells found on disk, failed cells (one line each: where and why),
+    wall time, the CSV path."""
 
     ran: int
     skipped: int
     failed: int
     seconds: float
     csv_path: Path
+    failures: list[str] = field(default_factory=list)
 
 
 def write_config(config: ExperimentConfig, out_dir: Path) -> None:
@@ -481,21 +513,80 @@ def write_config(config: ExperimentConfig, out_dir: Path) -> None:
     _write_json(out_dir / "config.json", config.to_dict())
 
 
+def min_target_pairs(d_h: int, d_x: int) -> int:
+    """The fewest target pairs a cell may have: d_h + d_x + 2. The simplest head, a Gaussian linear in the
+    d_h-dimensional embedding, has d_h + 1 coefficients per coordinate; d_x + 1 residual degrees of freedom
+    more make its d_x x d_x covariance identifiable. Fewer pairs give a KL that measures nothing."""
+    return d_h + d_x + 2
+
+
+def check_study(config: ExperimentConfig) -> None:
+    """Build every task, head, encoder and training config of ``config`` once, before any cell runs: a bad
+    option value or a grid too small for the task is a ConfigError naming it, never a failed cell."""
+    for overrides in config.grid.tasks:
+        task = config.task.build(seed=min(config.grid.seeds), overrides=overrides)
+        low = min_target_pairs(task.d_h, task.d_x)
+        if min(config.grid.n_t) < low:
+            raise ConfigError(f"grid.n_t = {config.grid.n_t}: a cell needs at least d_h + d_x + 2 = {low} target "
+                              f"pairs (task {task_label(overrides) or config.task.name}: d_h = {task.d_h}, "
+                              f"d_x = {task.d_x})")
+        for head in config.grid.heads:
+            try:
+                tcfg = transfer_config(config, head, 0, task.d_h)
+                factory = head_factory(config, head, task.d_x)
+                for features in {tcfg.embed_dim, task.d_h}:
+                    factory(features)
+                new_encoder(task.d_c, tcfg)
+                for phase in PHASES:
+                    config.train_config(head, phase, 0)
+            except (GentransferError, TypeError, ValueError, KeyError, RuntimeError) as err:
+                raise ConfigError(f"heads.{head} ({config.heads[head].kind}) does not build with these options: "
+                                  f"{type(err).__name__}: {err}") from err
+
+
+class _Progress:
+    """``done/total cells, elapsed, about T left`` after each cell (or group of cells) finishes."""
+
+    def __init__(self, total: int, say: Log) -> None:
+        self.total, self.done, self.say, self.start = total, 0, say, time.perf_counter()
+
+    def advance(self, cells: int = 1) -> None:
+        self.done += cells
+        elapsed = time.perf_counter() - self.start
+        left = elapsed / self.done * (self.total - self.done)
+        self.say(f"progress: {self.done}/{self.total} cells done, {_duration(elapsed)} elapsed, "
+                 f"about {_duration(left)} left")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 def run_sweep(
     config: ExperimentConfig, out_dir: str | os.PathLike[str], *, workers: int | None = None,
     log: Log | None = print, shard: tuple[int, int] = (0, 1),
 ) -> SweepResult:
-    """Run every missing cell of ``config`` into ``out_dir``; then collect all records into results.csv.
+    """Run every missing (or failed) cell of ``config`` into ``out_dir``; then collect all records into
+    results.csv.
 
+    Before anything is computed: every head and encoder is built once, the predictions are computed (a bad
+    rate function fails here) and the folder is claimed for this study (another study's folder is refused).
     ``workers`` (default ``config.run.workers``) > 1 runs groups in that many ``spawn``-ed processes, each
-    with ``config.run.threads`` torch threads; 1 runs them in this process. ``shard`` = (I, N) runs only
-    the groups of shard I of N (:func:`shard_cells`), to spread one sweep over several hosts.
+    with ``config.run.threads`` torch threads, which exit when this process dies; 1 runs them in this process.
+    ``shard`` = (I, N) runs only the groups of shard I of N (:func:`shard_cells`), to spread one sweep over
+    several hosts.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     workers = config.run.workers if workers is None else workers
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
+    check_study(config)
+    rates = study_predictions(config)
+    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(config, out, log)
+    write_predictions(config, out, rates)
     todo, done = pending_cells(config, out)
     if shard != (0, 1):
         todo = shard_cells(config, todo, shard)
@@ -505,47 +596,44 @@ def run_sweep(
     say(f"{len(todo)} cells to run in {len(groups)} groups ({len(done)} already on disk), "
         f"{min(workers, max(len(groups), 1))} worker(s)")
     start = time.perf_counter()
-    if groups and (workers == 1 or len(groups) == 1):
-        for group in groups:
-            GroupRunner(config, out, group, log).run()
-    elif groups:
-        ctx = multiprocessing.get_context("spawn")
-        raw = config.to_dict()
-        with ProcessPoolExecutor(max_workers=min(workers, len(groups)), mp_context=ctx,
-                                 initializer=_init_worker, initargs=(config.run.threads,)) as pool:
-            futures: dict[Future, Group] = {pool.submit(_run_group, raw, str(out), g, log is not None): g
-                                            for g in groups}
-            pending = set(futures)
-            try:
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        fut.result()  # re-raise a worker's error here
-                        say(f"group {futures[fut].stem} done ({len(futures) - len(pending)}/{len(futures)})")
-            except BaseException:
-                for fut in pending:
-                    fut.cancel()
-                raise
+    _run_groups(config, out, groups, workers, log, _Progress(len(todo), say))
     seconds = time.perf_counter() - start
     records = collect_records(out)
     csv_path = write_csv(records, out / "results.csv")
-    failed = sum(r.get("status") == "failed" for r in records)
-    return SweepResult(ran=len(todo), skipped=len(done), failed=failed, seconds=seconds, csv_path=csv_path)
+    failures = failed_cells(records)
+    return SweepResult(ran=len(todo), skipped=len(done), failed=len(failures), seconds=seconds,
+                       csv_path=csv_path, failures=failures)
+
+
+def _run_groups(config: ExperimentConfig, out: Path, groups: list[Group], workers: int, log: Log | None,
+                progress: _Progress) -> None:
+    """THE loop over a study's groups of cells: in this process, or in ``workers`` spawned processes."""
+    if groups and (workers == 1 or len(groups) == 1):
+        for group in groups:
+            GroupRunner(config, out, group, log, on_cell=progress.advance).run()
+        return
+    if not groups:
+        return
+    ctx = multiprocessing.get_context("spawn")
+    raw = config.to_dict()
+    with ProcessPoolExecutor(max_workers=min(workers, len(groups)), mp_context=ctx, initializer=_init_worker,
+                             initargs=(config.run.threads, os.getpid())) as pool:
+        futures: dict[Future, Group] = {pool.submit(_run_group, raw, str(out), g, log is not None): g
+                                        for g in groups}
+        pending = set(futures)
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    fut.result()  # re-raise a worker's error here
+                    progress.advance(len(futures[fut].cells))
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
 
 
 # -- records ------------------------------------------------------------------------------------------
-def collect_records(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every cell record under ``out_dir/cells``, sorted by (head, variant, n_s, n_t, seed)."""
-    records = []
-    paths = [*Path(out_dir).glob("cells/*/*/*.json"), *Path(out_dir).glob("cells/*/*/*/*.json")]
-    for path in sorted(paths):
-        record = read_json(path)
-        if record is not None:
-            records.append(record)
-    return sorted(records, key=lambda r: (r.get("task", ""), r["head"], r["variant"], r["n_s"] or 0, r["n_t"],
-                                          r["seed"]))
-
-
 def write_csv(records: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
     """One row per record, its scalar fields as columns (``CSV_FIELDS`` first); written atomically."""
     keys = {k for r in records for k, v in r.items() if not isinstance(v, (dict, list))}
