@@ -170,6 +170,146 @@ def evaluate_loss(loss_fn: LossFn, data: Sequence[Tensor], batch_size: int = 409
     return total / n
 
 
+@dataclass
+class _LoopState:
+    """Where the loop stands: everything a checkpoint must hold to resume bit for bit."""
+
+    history: TrainHistory = field(default_factory=TrainHistory)
+    step: int = 0
+    epoch_batch: int = 0
+    epoch_gen_state: Tensor | None = None
+    best_state: dict[str, Tensor] | None = None
+    evals_without_gain: int = 0
+    last_ckpt: str = "none"
+
+
+def _world() -> tuple[bool, int, int]:
+    """(distributed, rank, world size): DDP is on when ``torch.distributed`` is initialised."""
+    distributed = dist.is_available() and dist.is_initialized()
+    return (distributed, dist.get_rank(), dist.get_world_size()) if distributed else (False, 0, 1)
+
+
+def _global_loss(loss: Tensor, world: int) -> float:
+    """The global-batch loss, as one process would see it (an all-reduce over the ranks)."""
+    logged = loss.detach().clone()
+    dist.all_reduce(logged)
+    return float(logged / world)
+
+
+def _rank_batches(train_data: tuple[Tensor, ...], n: int, local_batch: int, batch_gen: torch.Generator,
+                  rank: int, world: int, distributed: bool) -> Any:
+    """One epoch's batches of this rank: every rank draws the same permutation of the whole set, then keeps
+    its own interleaved share."""
+    perm = torch.randperm(n, generator=batch_gen)
+    indices = perm[rank::world] if distributed else perm
+    return iterate_batches(train_data, local_batch, batch_gen, shuffle=False, indices=indices)
+
+
+class _Checkpointer:
+    """Periodic training-state checkpoints (rank 0 writes) and exact resume from them."""
+
+    def __init__(self, config: TrainConfig, module: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, rank: int) -> None:
+        self.config, self.module, self.optimizer, self.scheduler, self.rank = config, module, optimizer, scheduler, rank
+        self.path = Path(config.checkpoint_path) if config.checkpoint_path else None
+
+    def resume(self, state: _LoopState) -> None:
+        """Load the checkpoint into the module, optimiser, scheduler, RNG and ``state`` when there is one."""
+        ckpt, config = self.path, self.config
+        if ckpt is None or not config.resume or not ckpt.is_file():
+            return
+        tensors, _, extra = load_checkpoint(ckpt)
+        if extra.get("config", {}).get("seed") != config.seed:
+            raise CheckpointError(f"{ckpt} was written by a run with another seed; remove it or set resume=False")
+        saved = unflatten_training_state(tensors, extra)
+        self.module.load_state_dict(saved["module"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        state.epoch_gen_state = saved["epoch_gen_state"]
+        state.best_state = saved.get("best_state")
+        state.step, state.epoch_batch = extra["step"], extra["epoch_batch"]
+        state.history = TrainHistory(**extra["history"])
+        state.history.resumed_from = state.step
+        state.evals_without_gain = extra["evals_without_gain"]
+        state.last_ckpt = str(ckpt)
+
+    def save(self, state: _LoopState) -> None:
+        if self.path is None or self.rank != 0:
+            return
+        tensors, extra = flatten_training_state(
+            module=self.module.state_dict(), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), torch_rng=torch.get_rng_state(),
+            epoch_gen_state=state.epoch_gen_state, best_state=state.best_state,
+        )
+        extra.update(step=state.step, epoch_batch=state.epoch_batch, history=state.history.to_dict(),
+                     evals_without_gain=state.evals_without_gain, config=asdict(self.config))
+        save_checkpoint(self.path, tensors, {"kind": "training_state", "description": self.config.description},
+                        extra=extra)
+        state.last_ckpt = str(self.path)
+
+
+def _validate(module: nn.Module, loss_fn: LossFn, val_data: Sequence[Tensor], config: TrainConfig,
+              state: _LoopState, bar: Any) -> None:
+    """Evaluate the validation loss; keep the best weights; count evaluations without gain (early stopping)."""
+    history = state.history
+    module.eval()
+    val = evaluate_loss(loss_fn, val_data)
+    module.train()
+    history.val_steps.append(state.step)
+    history.val_loss.append(val)
+    bar.set_postfix(loss=f"{history.train_loss[-1]:.4g}", val=f"{val:.4g}")
+    if val < history.best_val:
+        history.best_val, history.best_step, state.evals_without_gain = val, state.step, 0
+        state.best_state = copy.deepcopy(module.state_dict())
+    else:
+        state.evals_without_gain += 1
+        if config.patience is not None and state.evals_without_gain >= config.patience:
+            history.stopped_early = True
+
+
+def _step(runner: nn.Module, batch: Sequence[Tensor], optimizer: torch.optim.Optimizer,
+          scheduler: torch.optim.lr_scheduler.LRScheduler, params: list[nn.Parameter], config: TrainConfig,
+          state: _LoopState) -> tuple[Tensor, float]:
+    """One optimiser step on ``batch``: (the loss, its value); TrainingDivergedError on a NaN/inf loss or
+    gradient norm."""
+    loss = runner(*batch)
+    loss_value = float(loss.detach())  # one host sync per step: checked here, logged by the caller
+    if not math.isfinite(loss_value):
+        raise TrainingDivergedError(
+            f"{config.description}: loss is {loss_value} at step {state.step}; last good checkpoint: "
+            f"{state.last_ckpt}. Lower the learning rate (lr={config.lr}) or check the data."
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = float(_grad_norm(params, config.grad_clip))
+    if not math.isfinite(norm):
+        raise TrainingDivergedError(
+            f"{config.description}: gradient norm is {norm} at step {state.step}; last good "
+            f"checkpoint: {state.last_ckpt}. Lower the learning rate (lr={config.lr})."
+        )
+    optimizer.step()
+    scheduler.step()
+    return loss, loss_value
+
+
+def _check_inputs(module: nn.Module, train_data: Sequence[Tensor], val_data: Sequence[Tensor] | None,
+                  world: int, config: TrainConfig) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...] | None, int,
+                                                            list[nn.Parameter]]:
+    """(train data, val data, rows, trainable parameters), each checked."""
+    train_data = tuple(train_data)
+    n = check_same_rows(train_data, "train_data")
+    if val_data is not None:
+        val_data = tuple(val_data)
+        check_same_rows(val_data, "val_data")
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("module has no trainable parameters (all have requires_grad=False)")
+    if config.batch_size % world:
+        raise ConfigError(f"batch_size ({config.batch_size}) must be divisible by the world size ({world})")
+    return train_data, val_data, n, params
+
+
 def fit(
     module: nn.Module,
     loss_fn: LossFn,
@@ -194,140 +334,65 @@ def fit(
         TrainingDivergedError: a NaN/inf loss or gradient; the message names the step and last checkpoint.
     """
     config = config or TrainConfig()
-    train_data = tuple(train_data)
-    n = check_same_rows(train_data, "train_data")
-    if val_data is not None:
-        val_data = tuple(val_data)
-        check_same_rows(val_data, "val_data")
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError("module has no trainable parameters (all have requires_grad=False)")
-
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    if config.batch_size % world:
-        raise ConfigError(f"batch_size ({config.batch_size}) must be divisible by the world size ({world})")
-    local_batch = config.batch_size // world
-
+    distributed, rank, world = _world()
+    train_data, val_data, n, params = _check_inputs(module, train_data, val_data, world, config)
     torch.manual_seed(config.seed)
     batch_gen = torch.Generator().manual_seed(config.seed)
     runner: nn.Module = _LossModule(module, loss_fn)
     if distributed:
         runner = nn.parallel.DistributedDataParallel(runner)
-    opt_kwargs = {"lr": config.lr, "weight_decay": config.weight_decay}
-    optimizer = OPTIMIZERS[config.optimizer](params, **opt_kwargs)
+    optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
-
-    history = TrainHistory()
-    step, epoch_batch, epoch_gen_state = 0, 0, batch_gen.get_state()
-    best_state: dict[str, Tensor] | None = None
-    evals_without_gain = 0
-    ckpt = Path(config.checkpoint_path) if config.checkpoint_path else None
-    last_ckpt: str = "none"
-
-    if ckpt is not None and config.resume and ckpt.is_file():
-        tensors, _, extra = load_checkpoint(ckpt)
-        if extra.get("config", {}).get("seed") != config.seed:
-            raise CheckpointError(f"{ckpt} was written by a run with another seed; remove it or set resume=False")
-        state = unflatten_training_state(tensors, extra)
-        module.load_state_dict(state["module"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        epoch_gen_state = state["epoch_gen_state"]
-        best_state = state.get("best_state")
-        step, epoch_batch = extra["step"], extra["epoch_batch"]
-        history = TrainHistory(**extra["history"])
-        history.resumed_from = step
-        evals_without_gain = extra["evals_without_gain"]
-        last_ckpt = str(ckpt)
-
-    def save(step_now: int, batch_in_epoch: int) -> None:
-        nonlocal last_ckpt
-        if ckpt is None or rank != 0:
-            return
-        tensors, extra = flatten_training_state(
-            module=module.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-            torch_rng=torch.get_rng_state(), epoch_gen_state=epoch_gen_state, best_state=best_state,
-        )
-        extra.update(step=step_now, epoch_batch=batch_in_epoch, history=history.to_dict(),
-                     evals_without_gain=evals_without_gain, config=asdict(config))
-        save_checkpoint(ckpt, tensors, {"kind": "training_state", "description": config.description}, extra=extra)
-        last_ckpt = str(ckpt)
+    state = _LoopState(epoch_gen_state=batch_gen.get_state())
+    checkpoints = _Checkpointer(config, module, optimizer, scheduler, rank)
+    checkpoints.resume(state)
 
     start_time = time.perf_counter()
-    bar = progress_bar(enabled=_show_progress(config, rank), total=config.steps, initial=step,
+    bar = progress_bar(enabled=_show_progress(config, rank), total=config.steps, initial=state.step,
                        desc=config.description, leave=False, dynamic_ncols=True)
     # modules that keep running averages of their weights (a diffusion head's EMA) update after every step
     step_hooks = [m.after_optimizer_step for m in module.modules() if callable(getattr(m, "after_optimizer_step", None))]
     module.train()
+    history = state.history
     try:
-        while step < config.steps and not history.stopped_early:
-            batch_gen.set_state(epoch_gen_state)
-            # Every rank draws the same permutation of the whole set, then keeps its own interleaved share.
-            perm = torch.randperm(n, generator=batch_gen)
-            indices = perm[rank::world] if distributed else perm
-            batches = iterate_batches(train_data, local_batch, batch_gen, shuffle=False, indices=indices)
-            for i, batch in enumerate(batches):
-                if i < epoch_batch:
+        while state.step < config.steps and not history.stopped_early:
+            batch_gen.set_state(state.epoch_gen_state)
+            for i, batch in enumerate(_rank_batches(train_data, n, config.batch_size // world, batch_gen, rank,
+                                                    world, distributed)):
+                if i < state.epoch_batch:
                     continue  # resuming mid-epoch: skip what was already seen
-                loss = runner(*batch)
-                loss_value = float(loss.detach())  # one host sync per step: checked here, logged below
-                if not math.isfinite(loss_value):
-                    raise TrainingDivergedError(
-                        f"{config.description}: loss is {loss_value} at step {step}; last good checkpoint: "
-                        f"{last_ckpt}. Lower the learning rate (lr={config.lr}) or check the data."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                norm = float(_grad_norm(params, config.grad_clip))
-                if not math.isfinite(norm):
-                    raise TrainingDivergedError(
-                        f"{config.description}: gradient norm is {norm} at step {step}; last good "
-                        f"checkpoint: {last_ckpt}. Lower the learning rate (lr={config.lr})."
-                    )
-                optimizer.step()
-                scheduler.step()
+                loss, loss_value = _step(runner, batch, optimizer, scheduler, params, config, state)
                 for hook in step_hooks:
                     hook()
-                step += 1
-                epoch_batch = i + 1
-                if distributed:  # log the global-batch loss, as one process would see it
-                    logged = loss.detach().clone()
-                    dist.all_reduce(logged)
-                    loss_value = float(logged / world)
-                history.train_loss.append(loss_value)
+                state.step += 1
+                state.epoch_batch = i + 1
+                history.train_loss.append(_global_loss(loss, world) if distributed else loss_value)
                 bar.update(1)
-                if val_data is not None and (step % config.eval_every == 0 or step == config.steps):
-                    module.eval()
-                    val = evaluate_loss(loss_fn, val_data)
-                    module.train()
-                    history.val_steps.append(step)
-                    history.val_loss.append(val)
-                    bar.set_postfix(loss=f"{history.train_loss[-1]:.4g}", val=f"{val:.4g}")
-                    if val < history.best_val:
-                        history.best_val, history.best_step, evals_without_gain = val, step, 0
-                        best_state = copy.deepcopy(module.state_dict())
-                    else:
-                        evals_without_gain += 1
-                        if config.patience is not None and evals_without_gain >= config.patience:
-                            history.stopped_early = True
-                if config.checkpoint_every and step % config.checkpoint_every == 0:
-                    save(step, epoch_batch)
-                if step >= config.steps or history.stopped_early:
+                if val_data is not None and (state.step % config.eval_every == 0 or state.step == config.steps):
+                    _validate(module, loss_fn, val_data, config, state, bar)
+                if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                    checkpoints.save(state)
+                if state.step >= config.steps or history.stopped_early:
                     break
             else:
-                epoch_batch = 0
-                epoch_gen_state = batch_gen.get_state()
+                state.epoch_batch = 0
+                state.epoch_gen_state = batch_gen.get_state()
     finally:
         bar.close()
-    history.steps_done = step
-    history.seconds += time.perf_counter() - start_time
+    return _finish(module, config, val_data, state, checkpoints, time.perf_counter() - start_time)
+
+
+def _finish(module: nn.Module, config: TrainConfig, val_data: Sequence[Tensor] | None, state: _LoopState,
+            checkpoints: _Checkpointer, seconds: float) -> TrainHistory:
+    """Close the history, restore the best weights (with validation data), write the final checkpoint."""
+    history = state.history
+    history.steps_done = state.step
+    history.seconds += seconds
     if val_data is None:
-        history.best_step = step
-    elif config.restore_best and best_state is not None:
-        module.load_state_dict(best_state)
+        history.best_step = state.step
+    elif config.restore_best and state.best_state is not None:
+        module.load_state_dict(state.best_state)
     module.eval()
     if config.checkpoint_every:
-        save(step, epoch_batch)
+        checkpoints.save(state)
     return history
