@@ -99,9 +99,16 @@ class TrainHistory:
     stopped_early: bool = False
     resumed_from: int | None = None
     seconds: float = 0.0
+    initial_val: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def improved(self) -> bool:
+        """False when no evaluation of the trained model beat the initial one (``initial_val``, step 0): the
+        fit made the model worse, e.g. a far too large learning rate or too few pairs to learn from."""
+        return self.initial_val is None or self.best_val < self.initial_val
 
 
 class _LossModule(nn.Module):
@@ -324,7 +331,9 @@ def fit(
             with a validation set, restored to the best evaluation at the end.
         loss_fn: maps a batch, a tuple of tensors sliced from ``train_data`` along dim 0, to a scalar.
         train_data: tensors sharing their first dimension, e.g. ``(c, x)``.
-        val_data: the same layout; enables early stopping (``patience``) and best-weight restoring.
+        val_data: the same layout; enables early stopping (``patience``) and best-weight restoring. The
+            initial model is evaluated too (``history.initial_val``): ``history.improved`` is False when no
+            trained evaluation beat it.
         config: :class:`TrainConfig`.
 
     Every submodule of ``module`` with a method ``after_optimizer_step()`` has it called after each optimiser
@@ -354,6 +363,10 @@ def fit(
     step_hooks = [m.after_optimizer_step for m in module.modules() if callable(getattr(m, "after_optimizer_step", None))]
     module.train()
     history = state.history
+    if val_data is not None and state.step == 0:  # a reference only: the restore picks among trained weights
+        module.eval()
+        history.initial_val = evaluate_loss(loss_fn, val_data)  # under its own RNG seed: training unchanged
+        module.train()
     try:
         while state.step < config.steps and not history.stopped_early:
             batch_gen.set_state(state.epoch_gen_state)

@@ -80,6 +80,8 @@ def resolve_config(config: Path) -> Path:
     or ``configs/default.toml``); a GentransferError listing the shipped names otherwise."""
     if config.is_file():
         return config
+    if config.is_dir():
+        raise GentransferError(f"config {os.fspath(config)!r} is a folder, not a TOML file")
     folder = shipped_configs()
     candidate = folder / (config.name if config.suffix == ".toml" else f"{config.name}.toml")
     if candidate.is_file() and (config.parent == Path(".") or config.parent.name == "configs"):
@@ -170,6 +172,11 @@ def _run(args: argparse.Namespace) -> int:
         report = build_report(args.out, config)
         _print_report(report, Path(args.out))
         print(f"total {time.perf_counter() - start:.0f} s")
+    if result.flagged:
+        print(f"gentransfer: warning: {len(result.flagged)} cell(s) flagged as doubtful (listed in the report):",
+              file=sys.stderr)
+        for line in result.flagged:
+            print(f"  {line}", file=sys.stderr)
     if result.failures:
         print(f"gentransfer: {len(result.failures)} cell(s) failed (run the same command again to retry them):",
               file=sys.stderr)
@@ -192,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             if not args.dir.is_dir():
                 raise GentransferError(f"{os.fspath(args.dir)!r} is not a folder written by 'gentransfer run' (it holds no "
-                                       "its config.json)")
+                                       "config.json)")
             report = build_report(args.dir, rate=args.rate)
             _print_report(report, args.dir)
             return 0

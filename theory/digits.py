@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from shared_embed.errors import ConfigError
+from shared_embed.errors import ConfigError, GentransferError
 
 from .real.digits_experiment import DigitsExperiment, run_digits_experiment
 from .real.digits_report import format_table
@@ -88,6 +88,17 @@ def merged_table(dirs: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m theory.digits``: an error is one line on stderr and exit status 2."""
+    try:
+        return _main(argv)
+    except GentransferError as err:
+        print(f"theory.digits: error: {err}", file=sys.stderr)
+    except (OSError, ValueError, KeyError, TypeError) as err:  # unreadable or malformed files, bad folders
+        print(f"theory.digits: error: {type(err).__name__}: {err}", file=sys.stderr)
+    return 2
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     if args.report:
         print(merged_table(args.report))

@@ -26,7 +26,14 @@ from .dimension_checks import dimension_axes, run_dimension_checks
 from .dimension_plots import plot_dimension_laws
 from .plots import plot_floor, plot_kl_curves, plot_samples
 from .rates import Rates, check_rate_name, effective_smoothness, predicted_rates
-from .run_folder import collect_records, failed_cells, read_json, stored_predictions, study_predictions
+from .run_folder import (
+    collect_records,
+    failed_cells,
+    flagged_cells,
+    read_json,
+    stored_predictions,
+    study_predictions,
+)
 from .stats import slope_interval_coverage
 from .verdict import FAIL, PASS
 from .sweep import write_csv
@@ -270,6 +277,10 @@ def build_report(out_dir: str | os.PathLike[str], config: ExperimentConfig | Non
     if failed:
         lines += ["## Failed cells", "", "Run the same command again to retry them.", ""] + \
             [f"- {line}" for line in failed] + [""]
+    flagged = flagged_cells(records)
+    if flagged:
+        lines += ["## Flagged cells", "", "Finished and checked, but doubtful:", ""] + \
+            [f"- {line}" for line in flagged] + [""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     atomic_write_text(out / "checks.json", json.dumps(

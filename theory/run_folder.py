@@ -185,7 +185,16 @@ def stored_predictions(config: ExperimentConfig, out_dir: Path) -> dict[str, dic
                       "import it yourself")
 
 
+def _where(r: Record) -> str:
+    task = f"[{r['task']}] " if r.get("task") else ""
+    return f"{task}{r['head']} n_s={r['n_s']} n_t={r['n_t']} seed={r['seed']} {r['variant']}"
+
+
 def failed_cells(records: Sequence[Record]) -> list[str]:
     """One line per failed cell: where and why."""
-    return [f"{'[' + r['task'] + '] ' if r.get('task') else ''}{r['head']} n_s={r['n_s']} n_t={r['n_t']} "
-            f"seed={r['seed']} {r['variant']}: {r.get('error')}" for r in records if r.get("status") == "failed"]
+    return [f"{_where(r)}: {r.get('error')}" for r in records if r.get("status") == "failed"]
+
+
+def flagged_cells(records: Sequence[Record]) -> list[str]:
+    """One line per finished cell whose result is doubtful (its ``flag``): where and why."""
+    return [f"{_where(r)}: {r['flag']}" for r in records if r.get("status") == "ok" and r.get("flag")]

@@ -57,6 +57,7 @@ from .run_folder import (
     claim_folder,
     collect_records,
     failed_cells,
+    flagged_cells,
     read_json,
     study_predictions,
     write_json,
@@ -255,6 +256,15 @@ def transfer_config(config: ExperimentConfig, head: str, seed: int, d_h: int | N
     )
 
 
+def _flag(hist: Any) -> dict[str, str]:
+    """``{"flag": why}`` for a fit that ended worse than its initial model on the validation pairs (a far too
+    large learning rate, or too few pairs to learn from): a result to doubt, listed by the report."""
+    if hist.improved:
+        return {}
+    return {"flag": f"the target fit never beat its initial model on the validation pairs (best loss "
+                    f"{hist.best_val:.4g} vs {hist.initial_val:.4g} at step 0): lower train.target.lr or raise n_t"}
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -324,7 +334,8 @@ class GroupRunner:
             seconds = time.perf_counter() - start
             shared.info = {"head": g.head, "n_s": g.n_s, "seed": g.seed, "settings_hash": self.hash,
                            "source_seconds": seconds, "source_steps": shared.source.history.steps_done,
-                           "source_best_val": shared.source.history.best_val, "floor": None}
+                           "source_best_val": shared.source.history.best_val, "floor": None,
+                           "source_improved": shared.source.history.improved}
             if cfg.control == "random_encoder":  # negative control: transfer gets an untrained encoder
                 torch.manual_seed(derived_seed(g.seed, "random-encoder"))  # one encoder per seed, every n_s
                 shared.source.encoder = new_encoder(source.d_c, self.tcfg).to(self.device).freeze()
@@ -405,6 +416,7 @@ class GroupRunner:
                 train_model(fitted.model, target, tcfg.target_train, tcfg.val_fraction)
                 fitted.model.encoder.freeze()
             fit_seconds = time.perf_counter() - start
+            hist = fitted.histories["target"]
             record = {**base, **self._score(cell, fitted.model, shared.floor, shared.info)}
             if not math.isfinite(record["kl"]):
                 return self._failed(cell, f"the KL estimate is {record['kl']} (the model's log-density is not "
@@ -412,8 +424,8 @@ class GroupRunner:
             if cell.variant == "transfer":
                 record.update(encoder_digest=module_digest(fitted.model.encoder),
                               source_encoder_digest=shared.info.get("source_encoder_digest"))
-            hist = fitted.histories["target"]
-            record.update(status="ok", fit_seconds=fit_seconds, steps=hist.steps_done, best_val=hist.best_val)
+            record.update(status="ok", fit_seconds=fit_seconds, steps=hist.steps_done, best_val=hist.best_val,
+                          initial_val=hist.initial_val, **_flag(hist))
             self._samples(cell, fitted.model, cell_seed)
         except GentransferError as err:  # a diverged fit: recorded, reported, retried by the next run
             return self._failed(cell, f"{type(err).__name__}: {err}")
@@ -506,6 +518,7 @@ class SweepResult:
     seconds: float
     csv_path: Path
     failures: list[str] = field(default_factory=list)
+    flagged: list[str] = field(default_factory=list)
 
 
 def write_config(config: ExperimentConfig, out_dir: Path) -> None:
@@ -602,7 +615,7 @@ def run_sweep(
     csv_path = write_csv(records, out / "results.csv")
     failures = failed_cells(records)
     return SweepResult(ran=len(todo), skipped=len(done), failed=len(failures), seconds=seconds,
-                       csv_path=csv_path, failures=failures)
+                       csv_path=csv_path, failures=failures, flagged=flagged_cells(records))
 
 
 def _run_groups(config: ExperimentConfig, out: Path, groups: list[Group], workers: int, log: Log | None,
