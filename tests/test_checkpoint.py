@@ -84,3 +84,26 @@ def test_loading_never_unpickles(tmp_path):
     (tmp_path / "evil.safetensors").write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "evil.safetensors")
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "flow", "diffusion"])
+def test_a_config_asking_for_other_or_huge_modules_is_refused_before_allocating(tmp_path, kind):
+    import diffusion  # noqa: F401  (registers its head)
+    import flows  # noqa: F401
+    from shared_embed.encoder import Encoder
+    from shared_embed.head import HEADS
+    from shared_embed.model import ConditionalModel
+
+    path = ConditionalModel(HEADS[kind](2, 2), Encoder(3, 2, hidden=(8,))).save(tmp_path / "m.safetensors")
+    tensors, config, extra = load_checkpoint(path)
+    huge = {**config, "encoder": {**config["encoder"], "hidden": [10**9]}}  # 10^9 x 3 floats if allocated
+    save_checkpoint(path, tensors, huge, extra=extra)
+    with pytest.raises(CheckpointError, match="encoder|numbers"):
+        ConditionalModel.load(path)
+    malformed = {**config, "encoder": {**config["encoder"], "hidden": "wide"}}
+    save_checkpoint(path, tensors, malformed, extra=extra)
+    with pytest.raises(CheckpointError, match="malformed model config"):
+        ConditionalModel.load(path)
+    save_checkpoint(path, tensors, {**config, "encoder": 3}, extra=extra)
+    with pytest.raises(CheckpointError, match="malformed model config"):
+        ConditionalModel.load(path)

@@ -47,6 +47,9 @@ What a run writes into its --out folder:
   results.csv   one row per cell (KL, SE, floor, head term, timings, ...)
   cells/        one JSON record per cell (with the settings that produced it)
   checks.json   every check's verdict and numbers; config.json, the resolved config
+  study.json    the study the folder belongs to (another study is refused); predictions.json, the exponents
+
+Exit status: 0 done; 1 some cells failed (listed; the same command retries them); 2 an error (one line).
 """
 
 EPILOG = """\
