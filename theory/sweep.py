@@ -30,12 +30,9 @@ import datetime as dt
 import hashlib
 import io
 import math
-import multiprocessing
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -52,6 +49,7 @@ from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_
 
 from .config import PHASES, ExperimentConfig, task_label
 from .controls import blind_factory, distort_kl, wrong_variance_task
+from .engine import run_cells, run_groups
 from .kl import fit_floor_model, kl_to_task, log_densities, monte_carlo_kl
 from .run_folder import (
     claim_folder,
@@ -379,12 +377,7 @@ class GroupRunner:
         return self._each(cells, lambda cell: self._run_cell(cell, shared, source, pool.head(cell.n_t)))
 
     def _each(self, cells: list[Cell], run_one: Callable[[Cell], dict[str, Any]]) -> list[dict[str, Any]]:
-        """``run_one`` on every cell, telling ``on_cell`` after each (the sweep's progress line)."""
-        records = []
-        for cell in cells:
-            records.append(run_one(cell))
-            self.on_cell()
-        return records
+        return run_cells(cells, run_one, self.on_cell)
 
     def _base(self, cell: Cell) -> dict[str, Any]:
         t = self.task
@@ -487,24 +480,11 @@ class GroupRunner:
 
 
 # -- the sweep --------------------------------------------------------------------------------------
-def _die_with_parent(parent: int) -> None:
-    """A worker's watchdog: exit the moment the process that started it is gone (killed, even by SIGKILL)."""
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)
-
-
-def _init_worker(threads: int, parent: int) -> None:
-    torch.set_num_threads(threads)
-    os.environ.setdefault("GENTRANSFER_QUIET", "1")
-    threading.Thread(target=_die_with_parent, args=(parent,), daemon=True, name="die-with-parent").start()
-
-
-def _run_group(config_dict: dict[str, Any], out_dir: str, group: Group, verbose: bool) -> int:
-    """Worker entry point (top level so ``spawn`` can pickle it): run one group, return its cell count."""
-    config = ExperimentConfig.from_dict(config_dict)
-    log = (lambda msg: print(msg, flush=True)) if verbose else None
-    return len(GroupRunner(config, Path(out_dir), group, log).run())
+def run_transfer_group(spec: dict[str, Any], out_dir: Path | None, group: Group, log: Log | None,
+                       on_cell: Callable[[], None]) -> list[dict[str, Any]]:
+    """The engine's runner of this study (:mod:`theory.engine`): one group of cells, in this process."""
+    assert out_dir is not None, "a sweep writes its records to a folder"
+    return GroupRunner(ExperimentConfig.from_dict(spec), out_dir, group, log, on_cell).run()
 
 
 @dataclass
@@ -557,26 +537,6 @@ def check_study(config: ExperimentConfig) -> None:
                                   f"{type(err).__name__}: {err}") from err
 
 
-class _Progress:
-    """``done/total cells, elapsed, about T left`` after each cell (or group of cells) finishes."""
-
-    def __init__(self, total: int, say: Log) -> None:
-        self.total, self.done, self.say, self.start = total, 0, say, time.perf_counter()
-
-    def advance(self, cells: int = 1) -> None:
-        self.done += cells
-        elapsed = time.perf_counter() - self.start
-        left = elapsed / self.done * (self.total - self.done)
-        self.say(f"progress: {self.done}/{self.total} cells done, {_duration(elapsed)} elapsed, "
-                 f"about {_duration(left)} left")
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
 def run_sweep(
     config: ExperimentConfig, out_dir: str | os.PathLike[str], *, workers: int | None = None,
     log: Log | None = print, shard: tuple[int, int] = (0, 1),
@@ -609,41 +569,14 @@ def run_sweep(
     say(f"{len(todo)} cells to run in {len(groups)} groups ({len(done)} already on disk), "
         f"{min(workers, max(len(groups), 1))} worker(s)")
     start = time.perf_counter()
-    _run_groups(config, out, groups, workers, log, _Progress(len(todo), say))
+    run_groups(run_transfer_group, config.to_dict(), out, groups, workers=workers, threads=config.run.threads,
+               log=log)
     seconds = time.perf_counter() - start
     records = collect_records(out)
     csv_path = write_csv(records, out / "results.csv")
     failures = failed_cells(records)
     return SweepResult(ran=len(todo), skipped=len(done), failed=len(failures), seconds=seconds,
                        csv_path=csv_path, failures=failures, flagged=flagged_cells(records))
-
-
-def _run_groups(config: ExperimentConfig, out: Path, groups: list[Group], workers: int, log: Log | None,
-                progress: _Progress) -> None:
-    """THE loop over a study's groups of cells: in this process, or in ``workers`` spawned processes."""
-    if groups and (workers == 1 or len(groups) == 1):
-        for group in groups:
-            GroupRunner(config, out, group, log, on_cell=progress.advance).run()
-        return
-    if not groups:
-        return
-    ctx = multiprocessing.get_context("spawn")
-    raw = config.to_dict()
-    with ProcessPoolExecutor(max_workers=min(workers, len(groups)), mp_context=ctx, initializer=_init_worker,
-                             initargs=(config.run.threads, os.getpid())) as pool:
-        futures: dict[Future, Group] = {pool.submit(_run_group, raw, str(out), g, log is not None): g
-                                        for g in groups}
-        pending = set(futures)
-        try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    fut.result()  # re-raise a worker's error here
-                    progress.advance(len(futures[fut].cells))
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
 
 
 # -- records ------------------------------------------------------------------------------------------
