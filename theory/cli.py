@@ -23,8 +23,9 @@ from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import GentransferError
 
 from .checks import PASS
-from .config import load_config
+from .config import ExperimentConfig, apply_override, load_config, read_toml
 from .report import build_report
+from .run_folder import read_json
 from .sweep import parse_shard, run_sweep
 from .toml_writer import dumps as toml_dumps
 
@@ -54,7 +55,8 @@ Exit status: 0 done; 1 some cells failed (listed; the same command retries them)
 
 EPILOG = """\
 Configs live in configs/ and ship with the package: default.toml (the main job), full.toml (the whole
-study, flows and diffusion), smoke.toml (seconds, for tests). Give a path, or a shipped config's name
+study, flows and diffusion), dimension_laws.toml, tgdp_simulation.toml (the TGDP paper's simulation),
+smoke.toml and tgdp_smoke.toml (seconds, for tests). Give a path, or a shipped config's name
 (e.g. 'default'), which also works where gentransfer was installed with pip. Any key can be overridden with --set section.key=value (TOML values:
 numbers, [lists], "strings"; bare words are strings), e.g. --set grid.n_t=[50,100,200] --set run.workers=2.
 An interrupted run resumes: run the same command again and finished cells are skipped.
@@ -151,9 +153,41 @@ def _check_out(out: Path) -> None:
         raise GentransferError(f"--out {os.fspath(out)!r} is not writable")
 
 
+def _raw_config(path: Path, overrides: list[str]) -> dict:
+    raw = read_toml(resolve_config(path))
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return raw
+
+
+def _run_tgdp(raw: dict, args: argparse.Namespace) -> int:
+    """``gentransfer run`` of a TGDP config (``[experiment] kind = "tgdp"``)."""
+    from .tgdp_study import build_tgdp_report, parse, run_tgdp_study
+
+    parse(raw)  # every setting checked before the folder is touched
+    workers = args.workers if args.workers is not None else int(raw.get("run", {}).get("workers", 1))
+    if workers < 1:
+        raise GentransferError(f"--workers must be >= 1, got {workers}")
+    torch.set_num_threads(int(raw.get("run", {}).get("threads", 1)))
+    _check_out(args.out)
+    print(f"gentransfer run: TGDP study -> {args.out} ({workers} worker(s))", flush=True)
+    start = time.perf_counter()
+    run_tgdp_study(raw, args.out, workers=workers, log=None if args.quiet else (lambda m: print(m, flush=True)))
+    if not args.no_report:
+        path, table = build_tgdp_report(args.out)
+        print(f"\n{table}\n\nReport: {path}")
+    print(f"total {time.perf_counter() - start:.0f} s")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     overrides = args.overrides + ([f'run.device="{args.device}"'] if args.device else [])
-    config = load_config(resolve_config(args.config), overrides)
+    raw = _raw_config(args.config, overrides)
+    from .tgdp_study import is_tgdp
+
+    if is_tgdp(raw):
+        return _run_tgdp(raw, args)
+    config = ExperimentConfig.from_dict(raw)
     shard = parse_shard(args.shard)
     if args.workers is not None:
         config.run.workers = args.workers
@@ -203,10 +237,23 @@ def main(argv: list[str] | None = None) -> int:
             if not args.dir.is_dir():
                 raise GentransferError(f"{os.fspath(args.dir)!r} is not a folder written by 'gentransfer run' (it holds no "
                                        "config.json)")
+            from .tgdp_study import build_tgdp_report, is_tgdp
+
+            if is_tgdp(read_json(args.dir / "config.json") or {}):
+                path, table = build_tgdp_report(args.dir)
+                print(f"{table}\n\nReport: {path}")
+                return 0
             report = build_report(args.dir, rate=args.rate)
             _print_report(report, args.dir)
             return 0
-        resolved = load_config(resolve_config(args.config), args.overrides).to_dict()
+        raw = _raw_config(args.config, args.overrides)
+        from .tgdp_study import is_tgdp, parse
+
+        if is_tgdp(raw):
+            exp, settings = parse(raw)
+            resolved = {"experiment": exp, "tgdp": settings.to_dict(), **({"run": raw["run"]} if "run" in raw else {})}
+        else:
+            resolved = ExperimentConfig.from_dict(raw).to_dict()
         print(json.dumps(resolved, indent=2) if args.json else toml_dumps(resolved), end="\n" if args.json else "")
         sys.stdout.flush()
         return 0

@@ -454,7 +454,10 @@ class ExperimentConfig:
         if "grid" not in raw:
             raise ConfigError("the config needs a [grid] table with n_s and n_t")
         exp = _table(raw.get("experiment", {}), "experiment")
-        _check_keys(exp, ["name", "description", "control"], "experiment")
+        _check_keys(exp, ["name", "description", "control", "kind"], "experiment")
+        if exp.get("kind", "transfer") != "transfer":
+            raise ConfigError(f"experiment.kind = {exp['kind']!r} is not a transfer grid: run it with "
+                              "'gentransfer run', which reads every study kind")
         from .controls import check_control
         grid = GridSpec.parse(_table(raw["grid"], "grid"))
         heads_raw = _table(raw.get("heads", {}), "heads")
@@ -546,7 +549,9 @@ class ExperimentConfig:
 
     def fingerprint(self) -> str:
         """A digest of :meth:`study`: a run folder holds the records of one fingerprint only."""
-        return hashlib.sha256(json.dumps(self.study(), sort_keys=True).encode()).hexdigest()[:16]
+        from .run_folder import fingerprint
+
+        return fingerprint(self.study())
 
     def settings_hash(self, head: str, task: dict[str, Any] | None = None) -> str:
         """A short digest of :meth:`settings`: cells with another digest came from other settings."""

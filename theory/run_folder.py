@@ -10,6 +10,7 @@ stored in ``DIR/predictions.json``: ``gentransfer report DIR`` reads them and ne
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -112,27 +113,39 @@ def claim_folder(config: ExperimentConfig, out_dir: Path, log: Log | None = None
     records are removed (they are no results) and the corrected study runs.
     """
     out = Path(out_dir)
-    mine = {"fingerprint": config.fingerprint(), "study": config.study()}
-    held = read_json(out / STUDY_FILE)
-    if held is not None and held.get("fingerprint") == mine["fingerprint"]:
-        return
-    if held is None:
+    if read_json(out / STUDY_FILE) is None:
         foreign = _legacy_foreign(config, out)
         if foreign:
             raise ConfigError(f"{out} holds records computed with other settings ({foreign[0]} and "
                               f"{len(foreign) - 1} more); use a new --out folder")
-    elif _results(out):
-        diff = config_diff(held.get("study", {}), mine["study"], found_name="this config")
-        raise ConfigError(
-            f"{out} holds the results of another study, computed with other settings ({'; '.join(diff[:5])}); "
-            "a folder holds one study: use a new --out folder, or delete this one to recompute")
-    else:
+    if claim(out, config.study(), bool(_results(out))):
         failed = record_paths(out)
         for path in failed:
             path.unlink()
         if failed and log:
             log(f"{out} held only failed cells of another study: {len(failed)} removed")
+
+
+def claim(out_dir: Path, study: dict[str, Any], has_results: bool) -> bool:
+    """Write ``study`` (and its fingerprint) to ``out_dir/study.json`` unless the folder holds another study's
+    results (ConfigError saying how they differ). True when another study's folder was taken over."""
+    out = Path(out_dir)
+    mine = {"fingerprint": fingerprint(study), "study": study}
+    held = read_json(out / STUDY_FILE)
+    if held is not None and held.get("fingerprint") == mine["fingerprint"]:
+        return False
+    if held is not None and has_results:
+        diff = config_diff(held.get("study", {}), study, found_name="this config")
+        raise ConfigError(
+            f"{out} holds the results of another study, computed with other settings ({'; '.join(diff[:5])}); "
+            "a folder holds one study: use a new --out folder, or delete this one to recompute")
     write_json(out / STUDY_FILE, mine)
+    return held is not None
+
+
+def fingerprint(study: dict[str, Any]) -> str:
+    """A short digest of a study's defining settings."""
+    return hashlib.sha256(json.dumps(study, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # -- predictions -------------------------------------------------------------------------------------

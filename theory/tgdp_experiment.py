@@ -27,11 +27,10 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +39,14 @@ import torch
 from diffusion.head import DiffusionHead
 from diffusion.schedule import VPSchedule
 from diffusion.tgdp import LabelMarginal, train_head
+from shared_embed.checkpoint import atomic_write_text
 from shared_embed.data import PairedData
+from shared_embed.errors import ConfigError, DataError
 from shared_embed.train import TrainConfig
 
 from .checks import mean_se
+from .engine import run_cells, run_groups
+from .run_folder import read_json, write_json
 from .tasks import TwoGaussianTask
 from .tgdp_eval import LABELS, ScoreModel, guidance_errors, log_h_line, ratio_errors, score_model, true_labels
 from .tgdp_methods import METHODS, REFERENCES, fit_method
@@ -93,83 +96,151 @@ class TGDPSettings:
         d = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TGDPSettings:
+        """Settings from a [tgdp] table or :meth:`to_dict` (``*_train`` as TrainConfig fields); ConfigError
+        naming an unknown key or method."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"unknown tgdp setting(s) {unknown}; valid: {sorted(known)}")
+        d = cls()
+        kw = {k: (TrainConfig(**{**asdict(getattr(d, k)), **v}) if k.endswith("_train") else
+                  tuple(v) if isinstance(v, list) else v) for k, v in raw.items()}
+        out = cls(**kw)
+        bad = sorted(set(out.methods) - set(METHODS))
+        if bad:
+            raise ConfigError(f"unknown method(s) {bad}; valid: {list(METHODS)}")
+        return out
+
+    def study(self) -> dict[str, Any]:
+        """What makes two runs one study (the grid axes a rerun may extend left out)."""
+        d = self.to_dict()
+        for key in ("n_targets", "seeds", "conditional", "methods"):
+            d.pop(key)
+        return {"experiment": {"kind": "tgdp"}, "tgdp": d}
+
+
+@dataclass(frozen=True)
+class TGDPCell:
+    """One (seed, version, n_t, method) of the grid, and where its record lives in a run folder."""
+
+    seed: int
+    conditional: bool
+    n_t: int
+    method: str
+
+    @property
+    def version(self) -> str:
+        return "conditional" if self.conditional else "unconditional"
+
+    @property
+    def path(self) -> str:
+        return f"records/{self.version}_n{self.n_t}_seed{self.seed}_{self.method}.json"
+
+
+@dataclass(frozen=True)
+class TGDPGroup:
+    """The cells of one seed and version: they share the source head and the reference fits."""
+
+    seed: int
+    conditional: bool
+    cells: tuple[TGDPCell, ...]
+
+
+def plan_tgdp(s: TGDPSettings, out_dir: Path | None = None) -> list[TGDPGroup]:
+    """The groups of the grid, each with the cells whose record ``out_dir`` does not hold yet."""
+    groups = []
+    for seed in s.seeds:
+        for conditional in s.conditional:
+            cells = [TGDPCell(int(seed), bool(conditional), n, m) for n in sorted(s.n_targets)
+                     for m in METHODS if m in s.methods]
+            todo = tuple(c for c in cells if out_dir is None or read_json(out_dir / c.path) is None)
+            if todo:
+                groups.append(TGDPGroup(int(seed), bool(conditional), todo))
+    return groups
+
 
 def _log(progress: bool) -> Any:
     return (lambda m: print(time.strftime("%H:%M:%S"), m, flush=True)) if progress else (lambda _m: None)
 
 
 def run_tgdp_experiment(settings: TGDPSettings | None = None, out_dir: str | Path | None = None,
-                        progress: bool = False) -> dict[str, Any]:
-    """Run the grid; return records, summary, the Markdown table, the PNG paths and the wall time (s)."""
+                        progress: bool = False, workers: int = 1) -> dict[str, Any]:
+    """Run the grid through the study engine (:mod:`theory.engine`); return records, summary, the Markdown
+    table, the PNG paths and the wall time (s). With ``out_dir``, cells whose record is there are not run again."""
     s = settings or TGDPSettings()
     unknown = sorted(set(s.methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; valid: {list(METHODS)}")
-    task, say, out = TwoGaussianTask(), _log(progress), Path(out_dir) if out_dir is not None else None
+    say, out = _log(progress), Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "settings.json").write_text(json.dumps(s.to_dict(), indent=1))
+        write_json(out / "settings.json", s.to_dict())
     start = time.perf_counter()
-    records: list[dict[str, Any]] = []
-    for seed in s.seeds:
-        gen = torch.Generator().manual_seed(seed)
-        source = task.sample(s.n_source, "source", gen)
-        pool = task.sample(max(s.n_targets), "target", gen)
-        eval_data = task.sample(s.n_eval, "target", torch.Generator().manual_seed(10_000 + seed))
-        mmd_ref = task.sample(s.n_mmd, "target", torch.Generator().manual_seed(20_000 + seed)).x
-        for conditional in s.conditional:
-            records += _run_version(task, s, int(seed), bool(conditional), source, pool, eval_data, mmd_ref, out,
-                                    say)
+    records = run_groups(run_tgdp_group, s.to_dict(), out, plan_tgdp(s, out), workers=workers, log=say)
     seconds = time.perf_counter() - start
+    if out is not None:
+        records = load_records(out)
+    records = sorted(records, key=lambda r: (r["seed"], r["conditional"], r["n_t"], METHODS.index(r["method"])))
     summary = summarize_tgdp(records)
     table = format_tgdp_table(summary)
-    plots: list[str] = []
-    if out is not None:
-        from .tgdp_plots import plot_log_h, plot_tgdp_samples
-
-        (out / "table.md").write_text(table + "\n")
-        for cond in sorted({bool(c) for c in s.conditional}):
-            name = "conditional" if cond else "unconditional"
-            for path in (plot_tgdp_samples(records, task, cond, out / f"samples_{name}.png"),
-                         plot_log_h(records, cond, out / f"log_h_{name}.png")):
-                if path is not None:
-                    plots.append(str(path))
+    plots = write_tgdp_outputs(out, s, records, table) if out is not None else []
     return {"records": records, "summary": summary, "table": table, "plots": plots, "seconds": seconds}
 
 
-def _run_version(task: TwoGaussianTask, s: TGDPSettings, seed: int, conditional: bool, source: PairedData,
-                 pool: PairedData, eval_data: PairedData, mmd_ref: torch.Tensor, out: Path | None,
-                 say: Any) -> list[dict[str, Any]]:
-    """One seed and version: the source head, the references, then every method at every n_t."""
-    version = "conditional" if conditional else "unconditional"
+def write_tgdp_outputs(out: Path, s: TGDPSettings, records: list[dict[str, Any]], table: str) -> list[str]:
+    """``table.md`` and the PNG plots of each version in ``out``; returns the plot paths."""
+    from .tgdp_plots import plot_log_h, plot_tgdp_samples
+
+    atomic_write_text(out / "table.md", table + "\n")
+    plots = []
+    for cond in sorted({bool(r["conditional"]) for r in records}):
+        name = "conditional" if cond else "unconditional"
+        for path in (plot_tgdp_samples(records, TwoGaussianTask(), cond, out / f"samples_{name}.png"),
+                     plot_log_h(records, cond, out / f"log_h_{name}.png")):
+            if path is not None:
+                plots.append(str(path))
+    return plots
+
+
+def run_tgdp_group(spec: dict[str, Any], out: Path | None, group: TGDPGroup, log: Any,
+                   on_cell: Any) -> list[dict[str, Any]]:
+    """The engine's runner of this study: one seed and version, the source head, then its cells in order."""
+    s, task, say = TGDPSettings.from_dict(spec), TwoGaussianTask(), log or (lambda _m: None)
+    seed, conditional = group.seed, group.conditional
+    gen = torch.Generator().manual_seed(seed)
+    source = task.sample(s.n_source, "source", gen)
+    pool = task.sample(max(s.n_targets), "target", gen)
+    eval_data = task.sample(s.n_eval, "target", torch.Generator().manual_seed(10_000 + seed))
+    mmd_ref = task.sample(s.n_mmd, "target", torch.Generator().manual_seed(20_000 + seed)).x
     schedule = VPSchedule()
     t0 = time.perf_counter()
+    torch.manual_seed(1_000_003 * seed + 7 * int(conditional) + 999_983)  # the source head's initial weights
     src = DiffusionHead(2, 1 if conditional else None, **s.head)
     train_head(src, source.x, source.c if conditional else None, config=s.source_train.replace(seed=seed))
     src.requires_grad_(False)
     src_seconds = time.perf_counter() - t0
+    version = "conditional" if conditional else "unconditional"
     say(f"seed {seed} {version}: source head {s.source_train.steps} steps in {src_seconds:.0f}s")
-    records: list[dict[str, Any]] = []
     cache: dict[tuple[str, int | None], dict[str, Any]] = {}
-    for n in sorted(s.n_targets):
-        target = pool.head(n)
-        for method in [m for m in METHODS if m in s.methods]:
-            key = (method, None if method in REFERENCES else n)
-            if key not in cache:
-                cache[key] = _fit_and_score(task, s, seed, conditional, n, method, src, source, target, schedule,
-                                            eval_data, mmd_ref, cache)
-            rec = {"task": task.config, "seed": seed, "n_source": s.n_source, "n_t": n, "conditional": conditional,
-                   "method": method, "reference": method in REFERENCES, "source_seconds": src_seconds,
-                   **cache[key]}
-            records.append(rec)
-            say(f"seed {seed} {version:13s} n_t {n:5d} {method:16s} KL {rec['kl']:.4f} +- {rec['kl_se']:.4f} "
-                f"MMD2 {rec['mmd2']:.4f}" + (f" log-h MSE {rec['log_h_mse_mean']:.3f}" if "log_h_mse_mean" in rec
-                                             else "") + f" [fit {rec['fit_seconds']:.0f}s]")
-            if out is not None:
-                path = out / "records" / f"{version}_n{n}_seed{seed}_{method}.json"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(rec))
-    return records
+
+    def one(cell: TGDPCell) -> dict[str, Any]:
+        n, method = cell.n_t, cell.method
+        key = (method, None if method in REFERENCES else n)
+        if key not in cache:
+            cache[key] = _fit_and_score(task, s, seed, conditional, n, method, src, source, pool.head(n), schedule,
+                                        eval_data, mmd_ref, cache)
+        rec = {"task": task.config, "seed": seed, "n_source": s.n_source, "n_t": n, "conditional": conditional,
+               "method": method, "reference": method in REFERENCES, "source_seconds": src_seconds, **cache[key]}
+        say(f"seed {seed} {version:13s} n_t {n:5d} {method:16s} KL {rec['kl']:.4f} +- {rec['kl_se']:.4f} "
+            f"MMD2 {rec['mmd2']:.4f}" + (f" log-h MSE {rec['log_h_mse_mean']:.3f}" if "log_h_mse_mean" in rec
+                                         else "") + f" [fit {rec['fit_seconds']:.0f}s]")
+        if out is not None:
+            write_json(out / cell.path, rec)
+        return rec
+
+    return run_cells(group.cells, one, on_cell)
 
 
 def _fit_and_score(task: TwoGaussianTask, s: TGDPSettings, seed: int, conditional: bool, n: int, method: str,
@@ -199,8 +270,15 @@ def _fit_and_score(task: TwoGaussianTask, s: TGDPSettings, seed: int, conditiona
 
 
 def load_records(out_dir: str | Path) -> list[dict[str, Any]]:
-    """Every record JSON under ``out_dir/records``."""
-    return [json.loads(p.read_text()) for p in sorted(Path(out_dir, "records").glob("*.json"))]
+    """Every record JSON under ``out_dir/records``; DataError naming one that cannot be read."""
+    records = []
+    for path in sorted(Path(out_dir, "records").glob("*.json")):
+        record = read_json(path)
+        if record is None or "method" not in record:
+            raise DataError(f"{path} is not a readable TGDP record (truncated or corrupted): run the same "
+                            "command again to recompute it")
+        records.append(record)
+    return records
 
 
 def summarize_tgdp(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
