@@ -7,6 +7,7 @@ Gaussians in closed form; W1 of a translated cloud (the shift's length).
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -325,3 +326,22 @@ def test_density_ratio_diagnostic_separates_a_style_shift_from_no_shift():
     unshifted = LabelledImages(apply_style(same.levels, "invert"), same.labels)  # back to the source style
     control = density_ratio_diagnostic(inverted.splits.source, unshifted)
     assert control["auc"] < 0.7 and 0.7 < control["mean_weight"] < 1.4
+
+
+def test_the_digits_study_runs_and_reports_through_gentransfer(tmp_path, capsys):
+    from theory.cli import main
+    from theory.real.digits_experiment import DigitsExperiment, run_digits_experiment
+
+    out = tmp_path / "run"
+    assert main(["run", "digits_smoke", "--out", str(out), "--quiet"]) == 0
+    records = json.loads((out / "records.json").read_text())["records"]
+    assert {r["variant"] for r in records} == {"source_only", "transfer", "no_transfer", "fine_tune"}
+    assert "| gaussian |" in (out / "report.md").read_text() and list(out.glob("digits_gaussian_k5.png"))
+    library = run_digits_experiment(DigitsExperiment.tiny())["records"]  # the same numbers through the library
+    assert [(r["variant"], r["nll"]) for r in library] == [(r["variant"], r["nll"]) for r in records]
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0 and "| gaussian |" in capsys.readouterr().out
+    (out / "cells" / "gaussian" / "seed0_k5_transfer.json").unlink()
+    assert main(["run", "digits_smoke", "--out", str(out), "--quiet", "--no-report"]) == 0  # reruns that cell
+    untimed = lambda rs: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rs]  # noqa: E731
+    assert untimed(json.loads((out / "records.json").read_text())["records"]) == untimed(records)

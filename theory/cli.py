@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -160,21 +161,37 @@ def _raw_config(path: Path, overrides: list[str]) -> dict:
     return raw
 
 
-def _run_tgdp(raw: dict, args: argparse.Namespace) -> int:
-    """``gentransfer run`` of a TGDP config (``[experiment] kind = "tgdp"``)."""
-    from .tgdp_study import build_tgdp_report, parse, run_tgdp_study
+def _study(raw: dict) -> Any:
+    """The module of a study that is not a transfer grid (``[experiment] kind``), or None for a transfer grid."""
+    exp = raw.get("experiment", {})
+    kind = exp.get("kind", "transfer") if isinstance(exp, dict) else "transfer"
+    if kind == "tgdp":
+        from . import tgdp_study
 
-    parse(raw)  # every setting checked before the folder is touched
+        return tgdp_study
+    if kind == "digits":
+        from . import digits_study
+
+        return digits_study
+    if kind != "transfer":
+        raise GentransferError(f"experiment.kind = {kind!r} is not a study; valid: transfer, tgdp, digits")
+    return None
+
+
+def _run_study(study: Any, raw: dict, args: argparse.Namespace) -> int:
+    """``gentransfer run`` of a TGDP or digits config: the same engine, its own records and report."""
+    study.parse(raw)  # every setting checked before the folder is touched
     workers = args.workers if args.workers is not None else int(raw.get("run", {}).get("workers", 1))
     if workers < 1:
         raise GentransferError(f"--workers must be >= 1, got {workers}")
     torch.set_num_threads(int(raw.get("run", {}).get("threads", 1)))
     _check_out(args.out)
-    print(f"gentransfer run: TGDP study -> {args.out} ({workers} worker(s))", flush=True)
+    print(f"gentransfer run: {raw['experiment'].get('name', raw['experiment']['kind'])} -> {args.out} "
+          f"({workers} worker(s))", flush=True)
     start = time.perf_counter()
-    run_tgdp_study(raw, args.out, workers=workers, log=None if args.quiet else (lambda m: print(m, flush=True)))
+    study.run_study(raw, args.out, workers=workers, log=None if args.quiet else (lambda m: print(m, flush=True)))
     if not args.no_report:
-        path, table = build_tgdp_report(args.out)
+        path, table = study.build_study_report(args.out)
         print(f"\n{table}\n\nReport: {path}")
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0
@@ -183,10 +200,9 @@ def _run_tgdp(raw: dict, args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     overrides = args.overrides + ([f'run.device="{args.device}"'] if args.device else [])
     raw = _raw_config(args.config, overrides)
-    from .tgdp_study import is_tgdp
-
-    if is_tgdp(raw):
-        return _run_tgdp(raw, args)
+    study = _study(raw)
+    if study is not None:
+        return _run_study(study, raw, args)
     config = ExperimentConfig.from_dict(raw)
     shard = parse_shard(args.shard)
     if args.workers is not None:
@@ -237,23 +253,17 @@ def main(argv: list[str] | None = None) -> int:
             if not args.dir.is_dir():
                 raise GentransferError(f"{os.fspath(args.dir)!r} is not a folder written by 'gentransfer run' (it holds no "
                                        "config.json)")
-            from .tgdp_study import build_tgdp_report, is_tgdp
-
-            if is_tgdp(read_json(args.dir / "config.json") or {}):
-                path, table = build_tgdp_report(args.dir)
+            study = _study(read_json(args.dir / "config.json") or {})
+            if study is not None:
+                path, table = study.build_study_report(args.dir)
                 print(f"{table}\n\nReport: {path}")
                 return 0
             report = build_report(args.dir, rate=args.rate)
             _print_report(report, args.dir)
             return 0
         raw = _raw_config(args.config, args.overrides)
-        from .tgdp_study import is_tgdp, parse
-
-        if is_tgdp(raw):
-            exp, settings = parse(raw)
-            resolved = {"experiment": exp, "tgdp": settings.to_dict(), **({"run": raw["run"]} if "run" in raw else {})}
-        else:
-            resolved = ExperimentConfig.from_dict(raw).to_dict()
+        study = _study(raw)
+        resolved = study.resolved(raw) if study is not None else ExperimentConfig.from_dict(raw).to_dict()
         print(json.dumps(resolved, indent=2) if args.json else toml_dumps(resolved), end="\n" if args.json else "")
         sys.stdout.flush()
         return 0

@@ -1,4 +1,4 @@
-"""Entry point of the digits few-shot transfer experiment (issue 7): ``python -m theory.digits --out DIR``.
+"""Entry point of the digits few-shot transfer experiment: ``python -m theory.digits --out DIR``.
 
 Reads an optional TOML file (the ``[digits]`` table of e.g. ``configs/digits.toml``; its keys are the fields
 of :class:`~theory.real.digits_experiment.DigitsExperiment`), applies command-line overrides, runs the grid

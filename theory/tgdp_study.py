@@ -37,6 +37,12 @@ def is_tgdp(raw: dict[str, Any]) -> bool:
     return isinstance(exp, dict) and exp.get("kind") == "tgdp"
 
 
+def resolved(raw: dict[str, Any]) -> dict[str, Any]:
+    """The config with every default filled in (what ``gentransfer show`` prints)."""
+    exp, settings = parse(raw)
+    return {"experiment": exp, "tgdp": settings.to_dict(), **({"run": raw["run"]} if "run" in raw else {})}
+
+
 def parse(raw: dict[str, Any]) -> tuple[dict[str, Any], TGDPSettings]:
     """(the [experiment] table, the settings) of a TGDP config; ConfigError naming a bad key."""
     unknown = sorted(set(raw) - {"experiment", "tgdp", "run"})
@@ -52,7 +58,7 @@ def parse(raw: dict[str, Any]) -> tuple[dict[str, Any], TGDPSettings]:
     return exp, TGDPSettings.from_dict(tgdp)
 
 
-def run_tgdp_study(raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | None = None) -> dict[str, Any]:
+def run_study(raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | None = None) -> dict[str, Any]:
     """Run (or resume) a TGDP config into ``out``; refuses a folder that holds another study's results."""
     exp, settings = parse(raw)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,7 +67,7 @@ def run_tgdp_study(raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log
     return run_tgdp_experiment(settings, out, progress=log is not None, workers=workers)
 
 
-def build_tgdp_report(out: Path) -> tuple[Path, str]:
+def build_study_report(out: Path) -> tuple[Path, str]:
     """Rebuild ``out/report.md``, ``table.md`` and the plots from the records; returns (path, table)."""
     raw = read_json(out / "config.json")
     if raw is None or not is_tgdp(raw):

@@ -1,4 +1,4 @@
-"""Real-data tasks (no ground-truth density): the 8x8 digits few-shot transfer task of issue 7.
+"""Real-data tasks (no ground-truth density): the 8x8 digits few-shot transfer task.
 
 - :mod:`.pixels`: dequantisation and the logit transform with its exact Jacobian (bits/dim in pixel space);
 - :mod:`.digits`: the task, its styles and seeded disjoint splits;

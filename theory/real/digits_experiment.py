@@ -1,4 +1,4 @@
-"""Issue 7's experiment: few-shot transfer on restyled 8x8 digits, for flow, diffusion and baseline heads.
+"""The digits study: few-shot transfer on restyled 8x8 digits, for flow, diffusion and baseline heads.
 
 For every seed, head and target size k (images per class): the shared-embedding variants ``transfer``,
 ``no_transfer`` and ``fine_tune`` of :func:`shared_embed.transfer.fit_variants` (no oracle: real data has
@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from shared_embed.data import PairedData
-from shared_embed.errors import ConfigError
+from shared_embed.checkpoint import atomic_write_text
+from shared_embed.errors import ConfigError, DataError
 from shared_embed.gaussian import GaussianHead
 from shared_embed.head import Head
 from shared_embed.model import ConditionalModel
@@ -38,7 +38,9 @@ from shared_embed.train import TrainConfig
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
 from shared_embed.validation import check_choice, check_positive_int
 
+from ..engine import run_cells, run_groups
 from ..metrics import FidelityClassifier
+from ..run_folder import read_json
 from .digit_eval import TestSet, evaluate_model, sample_metrics
 from .digit_grid import save_digit_grid
 from .digits import D, N_CLASSES, DigitsTask
@@ -177,9 +179,55 @@ def _reference(task: DigitsTask, test: TestSet, clf: FidelityClassifier, gen_per
     return sample_metrics(real.levels, real.labels, test, clf)
 
 
+@dataclass(frozen=True)
+class DigitsCell:
+    """One (seed, head, k, variant) of the grid (k = 0: ``source_only``, and ``reference``, the real-image
+    metrics of the seed, a cell of its first head) and where its record lives in a run folder."""
+
+    seed: int
+    head: str
+    k: int
+    variant: str
+
+    @property
+    def path(self) -> str:
+        return f"cells/{self.head}/seed{self.seed}_k{self.k}_{self.variant}.json"
+
+
+@dataclass(frozen=True)
+class DigitsGroup:
+    """The cells of one seed and head: they share the data, the classifier and the source model."""
+
+    seed: int
+    head: str
+    cells: tuple[DigitsCell, ...]
+
+
+def plan_digits(exp: DigitsExperiment) -> list[DigitsGroup]:
+    """Every group of the grid, its cells in the order they run."""
+    groups = []
+    for seed in exp.seeds:
+        for kind in exp.heads:
+            cells = [DigitsCell(seed, kind, 0, "reference")] if kind == exp.heads[0] else []
+            cells += [DigitsCell(seed, kind, 0, "source_only")] if exp.source_only else []
+            for k in exp.per_class:
+                cells += [DigitsCell(seed, kind, k, v) for v in exp.variants]
+                cells += [DigitsCell(seed, kind, k, "tgdp")] if exp.tgdp and kind == "diffusion" else []
+            groups.append(DigitsGroup(seed, kind, tuple(cells)))
+    return groups
+
+
+def _pending(groups: list[DigitsGroup], out: Path | None) -> list[DigitsGroup]:
+    if out is None:
+        return groups
+    todo = [DigitsGroup(g.seed, g.head, tuple(c for c in g.cells if read_json(out / c.path) is None)) for g in groups]
+    return [g for g in todo if g.cells]
+
+
 def run_digits_experiment(exp: DigitsExperiment | None = None, out_dir: str | Path | None = None, *,
-                          log: Log | None = None) -> dict[str, Any]:
-    """Run the grid; write records.json, table.md and one PNG grid per (head, k) of seed 0 under ``out_dir``.
+                          log: Log | None = None, workers: int = 1) -> dict[str, Any]:
+    """Run the grid through the study engine (:mod:`theory.engine`); with ``out_dir``, write one record per
+    cell (a rerun runs the missing ones), records.json, table.md and one PNG grid per (head, k) of the first seed.
 
     Returns:
         dict with records (one per seed, head, k, variant), summary, table (Markdown), grids (PNG paths),
@@ -187,31 +235,12 @@ def run_digits_experiment(exp: DigitsExperiment | None = None, out_dir: str | Pa
     """
     exp = exp or DigitsExperiment()
     code = code_fingerprint()  # the code as it was when the run started
-    say = log or (lambda _m: None)
     out = Path(out_dir) if out_dir is not None else None
     start = time.perf_counter()
-    records: list[dict[str, Any]] = []
-    references: dict[int, dict[str, Any]] = {}
-    grids: list[str] = []
-    for seed in exp.seeds:
-        task = DigitsTask(exp.style, exp.test_per_class, exp.pool_per_class, seed)
-        gen = torch.Generator().manual_seed(seed)
-        source = task.paired(task.splits.source, gen)
-        pool = task.paired(task.splits.target_pool, gen)  # rows ranked within class: head(10 k) = k per class
-        test = TestSet.build(task, torch.Generator().manual_seed(10_000 + seed))
-        clf = FidelityClassifier().fit(task.splits.classifier.levels.double() / 16, task.splits.classifier.labels)
-        ref = _reference(task, test, clf, exp.gen_per_class, seed)
-        ref["classifier_test_accuracy"] = clf.accuracy(test.features, test.images.labels)
-        ref["domain_ratio"] = {str(k): density_ratio_diagnostic(task.splits.source, task.target_train(k), seed=seed)
-                               for k in exp.per_class}
-        references[seed] = ref
-        say(f"seed {seed}: {len(source)} source, {len(pool)} pool, {len(test.images)} test images; classifier "
-            f"accuracy on real test {ref['classifier_test_accuracy']:.3f}; real-vs-test MMD2 {ref['mmd2']:.4f} "
-            f"W1 {ref['w1']:.3f}")
-        for kind in exp.heads:
-            records += _run_head(exp, kind, seed, task, source, pool, test, clf, out, grids, say)
-            if out is not None:
-                _write(out, exp, records, references, grids, code)
+    groups = plan_digits(exp)
+    ran = run_groups(run_digits_group, exp.to_dict(), out, _pending(groups, out), workers=workers, log=log)
+    records, references = load_digits_records(exp, out) if out is not None else _split(ran)
+    grids = sorted(str(p) for p in out.glob("digits_*_k*.png")) if out is not None else []
     result = {"records": records, "summary": summarize(records), "table": format_table(records, references),
               "grids": grids, "reference": references, "seconds": time.perf_counter() - start}
     if out is not None:
@@ -219,27 +248,40 @@ def run_digits_experiment(exp: DigitsExperiment | None = None, out_dir: str | Pa
     return result
 
 
-def _run_head(exp: DigitsExperiment, kind: str, seed: int, task: DigitsTask, source: PairedData,
-              pool: PairedData, test: TestSet, clf: FidelityClassifier, out: Path | None, grids: list[str],
-              say: Log) -> list[dict[str, Any]]:
+def _split(ran: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+    references = {int(r["seed"]): r["reference"] for r in ran if r["variant"] == "reference"}
+    return [r for r in ran if r["variant"] != "reference"], references
+
+
+def load_digits_records(exp: DigitsExperiment, out: Path) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+    """(records, references per seed) of the cells of ``exp`` that ``out`` holds, in grid order; DataError
+    naming a record that cannot be read."""
+    ran = []
+    for cell in (c for g in plan_digits(exp) for c in g.cells):
+        path = out / cell.path
+        if path.is_file():
+            try:
+                ran.append(json.loads(path.read_bytes().decode("utf-8")))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise DataError(f"{path} is not a readable digits record ({err}): run the same command again "
+                                "to recompute it") from err
+    return _split(ran)
+
+
+def run_digits_group(spec: dict[str, Any], out: Path | None, group: DigitsGroup, log: Log | None,
+                     on_cell: Callable[[], None]) -> list[dict[str, Any]]:
+    """The engine's runner of this study: the seed's data and classifier, the head's source model, its cells."""
+    exp, seed, kind, say = DigitsExperiment(**spec), group.seed, group.head, log or (lambda _m: None)
+    task = DigitsTask(exp.style, exp.test_per_class, exp.pool_per_class, seed)
+    gen = torch.Generator().manual_seed(seed)
+    source = task.paired(task.splits.source, gen)
+    pool = task.paired(task.splits.target_pool, gen)  # rows ranked within class: head(10 k) = k per class
+    test = TestSet.build(task, torch.Generator().manual_seed(10_000 + seed))
+    clf = FidelityClassifier().fit(task.splits.classifier.levels.double() / 16, task.splits.classifier.labels)
     factory = head_factory(kind, exp.head_options.get(kind, DEFAULT_HEAD_OPTIONS[kind]))
     cfg = _transfer_config(exp, kind, seed)
     augment = task.pixels.redequantize
-    nll_rows = exp.nll_rows.get(kind)
-    records: list[dict[str, Any]] = []
-
-    def score(variant: str, k: int, model: ConditionalModel, fit_seconds: float, steps: int) -> dict[str, Any]:
-        ev = evaluate_model(model, task, test, clf, gen_per_class=exp.gen_per_class, seed=7919 * seed + 13 * k,
-                            nll_rows=nll_rows)
-        generated = ev.pop("generated")
-        rec = {"seed": seed, "head": kind, "per_class": k, "n_t": N_CLASSES * k, "variant": variant,
-               "fit_seconds": fit_seconds, "steps": steps, **ev}
-        say(f"seed {seed} {kind:9s} k={k:3d} {variant:12s} NLL {rec['nll']:8.2f} nats ({rec['bpd']:.3f} bpd) "
-            f"fid {rec['fidelity']:.3f} MMD2 {rec['mmd2']:.4f} W1 {rec['w1']:.3f} "
-            f"[fit {fit_seconds:.0f}s, {steps} steps; eval {rec['eval_seconds']:.0f}s]")
-        records.append(rec)
-        return {"levels": generated[0], "labels": generated[1]}
-
+    generated: dict[int, dict[str, dict[str, Any]]] = {}
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     source_model = fit_source(new_encoder(N_CLASSES, cfg), factory(cfg.embed_dim), source, cfg.source_train,
@@ -248,35 +290,78 @@ def _run_head(exp: DigitsExperiment, kind: str, seed: int, task: DigitsTask, sou
     src_seconds = time.perf_counter() - t0
     say(f"seed {seed} {kind}: source fitted in {src_seconds:.0f}s ({source_model.history.steps_done} steps, "
         f"best at {source_model.history.best_step})")
-    source_gen = score("source_only", 0, source_model, src_seconds, source_model.history.steps_done) \
-        if exp.source_only else None
-    for k in exp.per_class:
-        target = pool.head(N_CLASSES * k)
-        generated: dict[str, dict[str, Any]] = {}
-        for variant in exp.variants:
-            torch.manual_seed(1_000_003 * seed + 101 * k + VARIANTS.index(variant))
-            t0 = time.perf_counter()
-            fitted = fit_variants(factory, source, target, cfg, [variant], source_model=source_model,
-                                  augment=augment)[variant]
-            generated[variant] = score(variant, k, fitted.model, time.perf_counter() - t0,
-                                       fitted.model.history.steps_done)
-        if exp.tgdp and kind == "diffusion":
+
+    def fit(cell: DigitsCell) -> tuple[ConditionalModel, float, int]:
+        if cell.variant == "source_only":
+            return source_model, src_seconds, source_model.history.steps_done
+        target = pool.head(N_CLASSES * cell.k)
+        t0 = time.perf_counter()
+        if cell.variant == "tgdp":
             from .digits_tgdp import fit_digits_tgdp
 
-            torch.manual_seed(1_000_003 * seed + 101 * k + 7)
-            t0 = time.perf_counter()
+            torch.manual_seed(1_000_003 * seed + 101 * cell.k + 7)
             model, steps = fit_digits_tgdp(source_model, source, target, cfg, exp.tgdp_options, augment)
-            generated["tgdp"] = score("tgdp", k, model, time.perf_counter() - t0, steps)
-        if source_gen is not None:
-            generated["source_only"] = source_gen
-        if out is not None and seed == exp.seeds[0]:
-            real = test.images
-            bands = {"real target (test)": real.levels, **{v: g["levels"] for v, g in generated.items()}}
-            labels = {"real target (test)": real.labels, **{v: g["labels"] for v, g in generated.items()}}
-            path = save_digit_grid(bands, labels, out / f"digits_{kind}_k{k}.png", exp.grid_per_class,
-                                   title=f"{kind} head, target style '{exp.style}', {k} images per class")
-            grids.append(str(path))
+            return model, time.perf_counter() - t0, steps
+        torch.manual_seed(1_000_003 * seed + 101 * cell.k + VARIANTS.index(cell.variant))
+        fitted = fit_variants(factory, source, target, cfg, [cell.variant], source_model=source_model,
+                              augment=augment)[cell.variant]
+        return fitted.model, time.perf_counter() - t0, fitted.model.history.steps_done
+
+    def one(cell: DigitsCell) -> dict[str, Any]:
+        if cell.variant == "reference":
+            rec = {"seed": seed, "head": kind, "k": 0, "variant": "reference",
+                   "reference": _seed_reference(exp, task, test, clf, seed)}
+        else:
+            model, fit_seconds, steps = fit(cell)
+            rec, gen_draws = _score(exp, task, test, clf, cell, model, fit_seconds, steps, say)
+            generated.setdefault(cell.k, {})[cell.variant] = gen_draws
+        if out is not None:
+            atomic_write_text(out / cell.path, json.dumps(rec, indent=1, default=_jsonable))
+        return rec
+
+    records = run_cells(group.cells, one, on_cell)
+    if out is not None and seed == exp.seeds[0]:
+        _grids(exp, kind, test, generated, out)
     return records
+
+
+def _seed_reference(exp: DigitsExperiment, task: DigitsTask, test: TestSet, clf: FidelityClassifier,
+                    seed: int) -> dict[str, Any]:
+    ref = _reference(task, test, clf, exp.gen_per_class, seed)
+    ref["classifier_test_accuracy"] = clf.accuracy(test.features, test.images.labels)
+    ref["domain_ratio"] = {str(k): density_ratio_diagnostic(task.splits.source, task.target_train(k), seed=seed)
+                           for k in exp.per_class}
+    return ref
+
+
+def _score(exp: DigitsExperiment, task: DigitsTask, test: TestSet, clf: FidelityClassifier, cell: DigitsCell,
+           model: ConditionalModel, fit_seconds: float, steps: int, say: Log) -> tuple[dict[str, Any], dict]:
+    """A cell's record (held-out NLL, fidelity, MMD^2, W1, timings) and its generated images."""
+    seed, kind, k = cell.seed, cell.head, cell.k
+    ev = evaluate_model(model, task, test, clf, gen_per_class=exp.gen_per_class, seed=7919 * seed + 13 * k,
+                        nll_rows=exp.nll_rows.get(kind))
+    generated = ev.pop("generated")
+    rec = {"seed": seed, "head": kind, "per_class": k, "n_t": N_CLASSES * k, "variant": cell.variant,
+           "fit_seconds": fit_seconds, "steps": steps, **ev}
+    say(f"seed {seed} {kind:9s} k={k:3d} {cell.variant:12s} NLL {rec['nll']:8.2f} nats ({rec['bpd']:.3f} bpd) "
+        f"fid {rec['fidelity']:.3f} MMD2 {rec['mmd2']:.4f} W1 {rec['w1']:.3f} "
+        f"[fit {fit_seconds:.0f}s, {steps} steps; eval {rec['eval_seconds']:.0f}s]")
+    return rec, {"levels": generated[0], "labels": generated[1]}
+
+
+def _grids(exp: DigitsExperiment, kind: str, test: TestSet, generated: dict[int, dict[str, dict[str, Any]]],
+           out: Path) -> None:
+    """One PNG grid per k: real test images beside every variant generated in this run (source_only too)."""
+    real = test.images
+    for k in exp.per_class:
+        draws = {**generated.get(k, {}), **({"source_only": generated[0]["source_only"]}
+                                           if "source_only" in generated.get(0, {}) else {})}
+        if not draws:
+            continue
+        bands = {"real target (test)": real.levels, **{v: g["levels"] for v, g in draws.items()}}
+        labels = {"real target (test)": real.labels, **{v: g["labels"] for v, g in draws.items()}}
+        save_digit_grid(bands, labels, out / f"digits_{kind}_k{k}.png", exp.grid_per_class,
+                        title=f"{kind} head, target style '{exp.style}', {k} images per class")
 
 
 def code_fingerprint() -> dict[str, str]:
