@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -28,6 +28,7 @@ from shared_embed.train import TrainConfig
 from shared_embed.transfer import VARIANTS, TransferConfig, fit_source, fit_variants, new_encoder
 from shared_embed.validation import check_choice, check_positive_int
 
+from .engine import run_cells, run_groups
 from .kl import GroundTruthTask, fit_floor_model, log_densities, monte_carlo_kl
 
 HeadFactory = Callable[[int | None], Head]
@@ -95,58 +96,101 @@ def run_transfer_grid(
         probe = head_factory(config.embed_dim)
         head_info = {"kind": probe.kind, **probe.config}
     task_info = getattr(task, "config", {"name": type(task).__name__})
-    say = log or (lambda _msg: None)
-    records: list[dict[str, Any]] = []
-    for seed in seeds:
-        seed = int(seed)
+    grid = _Grid(task, head_factory, n_s, n_t_list, variants, config, n_eval, floor_n, floor_train, oracle,
+                 head_info, task_info, log or (lambda _msg: None))
+    groups = [_SeedGroup(int(seed), tuple(n_t_list)) for seed in seeds]
+    return run_groups(lambda _spec, _out, group, _log, on_cell: grid.run_seed(group.seed, on_cell), {}, None,
+                      groups, log=log)
+
+
+@dataclass(frozen=True)
+class _SeedGroup:
+    """One seed of the grid: its cells are the n_t levels, each scoring every variant on one sample."""
+
+    seed: int
+    cells: tuple[int, ...]
+
+
+@dataclass
+class _Grid:
+    """The settings of :func:`run_transfer_grid`, and the work of one seed (the engine runs the seeds)."""
+
+    task: GroundTruthTask
+    head_factory: HeadFactory
+    n_s: int
+    n_t_list: list[int]
+    variants: list[str]
+    config: TransferConfig
+    n_eval: int
+    floor_n: int | None
+    floor_train: TrainConfig | None
+    oracle: Any
+    head_info: dict[str, Any]
+    task_info: dict[str, Any]
+    say: Log
+
+    def run_seed(self, seed: int, on_cell: Callable[[], None]) -> list[dict[str, Any]]:
+        """The seed's data, its source (and floor) model, then every n_t level: records of every variant."""
+        task, variants = self.task, self.variants
         gen = torch.Generator().manual_seed(seed)
-        source = task.sample(n_s, "source", gen)
-        target_pool = task.sample(n_t_list[-1], "target", gen)
-        cfg = _seeded(config, seed)
+        source = task.sample(self.n_s, "source", gen)
+        target_pool = task.sample(self.n_t_list[-1], "target", gen)
+        cfg = _seeded(self.config, seed)
         source_model: ConditionalModel | None = None
         source_seconds = 0.0
         if any(v in ("transfer", "fine_tune") for v in variants):
             torch.manual_seed(seed)
             start = time.perf_counter()
-            source_model = fit_source(new_encoder(source.d_c, cfg), head_factory(cfg.embed_dim),
+            source_model = fit_source(new_encoder(source.d_c, cfg), self.head_factory(cfg.embed_dim),
                                       source.to(cfg.device), cfg.source_train, val_fraction=cfg.val_fraction)
             source_seconds = time.perf_counter() - start
-            say(f"seed {seed}: source fitted in {source_seconds:.1f}s (steps {source_model.history.steps_done})")
+            self.say(f"seed {seed}: source fitted in {source_seconds:.1f}s (steps {source_model.history.steps_done})")
         floor_model = None
-        if floor_n is not None and source_model is not None and "transfer" in variants:
+        if self.floor_n is not None and source_model is not None and "transfer" in variants:
             torch.manual_seed(seed)
-            floor_model = fit_floor_model(task, source_model, head_factory, n=floor_n, train=floor_train,
-                                          generator=torch.Generator().manual_seed(20_000 + seed))
-            say(f"seed {seed}: floor model fitted on {floor_n} target pairs")
-        for n_t in n_t_list:
-            fitted = {}
-            for v in variants:  # each cell seeded on its own: reproducible whatever else is in the grid
-                torch.manual_seed(_cell_seed(seed, n_t, v))
-                fitted[v] = fit_variants(head_factory, source, target_pool.head(n_t), cfg, [v],
-                                         oracle_embedding=oracle, source_model=source_model)[v]
-            eval_gen = torch.Generator().manual_seed(10_000 + seed)  # one evaluation sample per seed
-            models = {v: fitted[v].model for v in variants}
-            if floor_model is not None:
-                models[FLOOR] = floor_model
-            log_p, log_q = log_densities(task, models, n=n_eval, generator=eval_gen)
-            for v in variants:
-                est = monte_carlo_kl(log_p, log_q[v])
-                summary = fitted[v].summary()
-                records.append({
-                    "task": task_info, "head": head_info, "transfer_config": _config_dict(config),
-                    "seed": seed, "n_s": n_s, "n_t": n_t, "variant": v, "kl": est.value, "kl_se": est.se,
-                    "n_eval": est.n, "seconds": summary["seconds"], "source_seconds": source_seconds,
-                    "steps": summary["steps"]["target"], "best_val": summary["best_val"]["target"],
-                })
-                if v == "transfer" and floor_model is not None:
-                    floor, head = monte_carlo_kl(log_p, log_q[FLOOR]), monte_carlo_kl(log_q[FLOOR], log_q[v])
-                    records[-1].update(floor=floor.value, floor_se=floor.se, head_term=head.value,
-                                       head_term_se=head.se, floor_n=floor_n)
-                say(f"seed {seed} n_t {n_t:5d} {v:12s} KL {est.value:.4f} +- {est.se:.4f} "
-                    f"({summary['seconds']:.1f}s, {summary['steps']['target']} steps)"
-                    + (f" = floor {records[-1]['floor']:.4f} + head {records[-1]['head_term']:.4f}"
-                       if "floor" in records[-1] else ""))
-    return records
+            floor_model = fit_floor_model(task, source_model, self.head_factory, n=self.floor_n,
+                                          train=self.floor_train, generator=torch.Generator().manual_seed(20_000 + seed))
+            self.say(f"seed {seed}: floor model fitted on {self.floor_n} target pairs")
+
+        def level(n_t: int) -> list[dict[str, Any]]:
+            return self._score_level(seed, n_t, cfg, source, target_pool.head(n_t), source_model, floor_model,
+                                     source_seconds)
+
+        return [r for rs in run_cells(self.n_t_list, level, on_cell) for r in rs]
+
+    def _score_level(self, seed: int, n_t: int, cfg: TransferConfig, source: Any, target: Any,
+                     source_model: ConditionalModel | None, floor_model: ConditionalModel | None,
+                     source_seconds: float) -> list[dict[str, Any]]:
+        """Fit every variant at one n_t and score them on one evaluation sample of the seed (paired)."""
+        fitted = {}
+        for v in self.variants:  # each cell seeded on its own: reproducible whatever else is in the grid
+            torch.manual_seed(_cell_seed(seed, n_t, v))
+            fitted[v] = fit_variants(self.head_factory, source, target, cfg, [v], oracle_embedding=self.oracle,
+                                     source_model=source_model)[v]
+        eval_gen = torch.Generator().manual_seed(10_000 + seed)  # one evaluation sample per seed
+        models = {v: fitted[v].model for v in self.variants}
+        if floor_model is not None:
+            models[FLOOR] = floor_model
+        log_p, log_q = log_densities(self.task, models, n=self.n_eval, generator=eval_gen)
+        records = []
+        for v in self.variants:
+            est = monte_carlo_kl(log_p, log_q[v])
+            summary = fitted[v].summary()
+            records.append({
+                "task": self.task_info, "head": self.head_info, "transfer_config": _config_dict(self.config),
+                "seed": seed, "n_s": self.n_s, "n_t": n_t, "variant": v, "kl": est.value, "kl_se": est.se,
+                "n_eval": est.n, "seconds": summary["seconds"], "source_seconds": source_seconds,
+                "steps": summary["steps"]["target"], "best_val": summary["best_val"]["target"],
+            })
+            if v == "transfer" and floor_model is not None:
+                floor, head = monte_carlo_kl(log_p, log_q[FLOOR]), monte_carlo_kl(log_q[FLOOR], log_q[v])
+                records[-1].update(floor=floor.value, floor_se=floor.se, head_term=head.value,
+                                   head_term_se=head.se, floor_n=self.floor_n)
+            self.say(f"seed {seed} n_t {n_t:5d} {v:12s} KL {est.value:.4f} +- {est.se:.4f} "
+                     f"({summary['seconds']:.1f}s, {summary['steps']['target']} steps)"
+                     + (f" = floor {records[-1]['floor']:.4f} + head {records[-1]['head_term']:.4f}"
+                        if "floor" in records[-1] else ""))
+        return records
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
