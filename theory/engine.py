@@ -86,20 +86,33 @@ def _worker(runner: Runner, spec: dict[str, Any], out_dir: str | None, group: An
 
 
 def run_groups(runner: Runner, spec: dict[str, Any], out_dir: Path | None, groups: Sequence[GroupLike], *,
-               workers: int = 1, threads: int = 1, log: Log | None = None) -> list[Record]:
+               workers: int = 1, threads: int | None = None, log: Log | None = None) -> list[Record]:
     """Run every group (in this process when ``workers`` is 1 or there is one group, else in ``workers``
-    spawned processes with ``threads`` torch threads each); return the records of all groups, in group order."""
+    spawned processes); return the records of all groups, in group order.
+
+    ``threads``: torch threads of each worker, and of this process while it runs the groups itself (as a worker
+    would: small ops crawl when threads oversubscribe the cores); None leaves this process's setting alone
+    (workers get 1).
+    """
     say = log or (lambda _msg: None)
     progress = Progress(sum(len(g.cells) for g in groups), say)
     if not groups:
         return []
     if workers == 1 or len(groups) == 1:
-        return [r for g in groups for r in runner(spec, out_dir, g, log, progress.advance)]
+        import torch
+
+        before = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            return [r for g in groups for r in runner(spec, out_dir, g, log, progress.advance)]
+        finally:
+            torch.set_num_threads(before)
     ctx = multiprocessing.get_context("spawn")
     out = None if out_dir is None else str(out_dir)
     results: dict[int, list[Record]] = {}
     with ProcessPoolExecutor(max_workers=min(workers, len(groups)), mp_context=ctx, initializer=_init_worker,
-                             initargs=(threads, os.getpid())) as pool:
+                             initargs=(threads or 1, os.getpid())) as pool:
         futures: dict[Future, int] = {pool.submit(_worker, runner, spec, out, g, log is not None): i
                                       for i, g in enumerate(groups)}
         pending = set(futures)
