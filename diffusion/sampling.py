@@ -105,7 +105,7 @@ def check_finite_score(score: ScoreFn, out: Tensor, t: Tensor, what: str = "scor
         return out
     bad = int((~torch.isfinite(out)).sum())
     raise DataError(f"the {what} of {score_name(score)} is not finite (NaN or inf) in {bad} of {out.numel()} "
-                    f"entries at t = {float(t.reshape(-1)[0]):.6g}: check the score and the range of its inputs")
+                    f"entries at t = {float(t.detach().reshape(-1)[0]):.6g}: check the score and the range of its inputs")
 
 
 def solve_ode(score: ScoreFn, rhs: Callable, start: object, ts: Tensor, **kw: object) -> object:
@@ -114,7 +114,7 @@ def solve_ode(score: ScoreFn, rhs: Callable, start: object, ts: Tensor, **kw: ob
     reached = [float(ts[0])]
 
     def tracked(t: Tensor, state: object) -> object:
-        reached[0] = float(t)
+        reached[0] = float(t.detach())
         return rhs(t, state)
 
     try:
