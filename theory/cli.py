@@ -181,6 +181,9 @@ def _study(raw: dict) -> Any:
 def _run_study(study: Any, raw: dict, args: argparse.Namespace) -> int:
     """``gentransfer run`` of a TGDP or digits config: the same engine, its own records and report."""
     study.parse(raw)  # every setting checked before the folder is touched
+    if args.shard != "0/1" or args.device:
+        raise GentransferError(f"--shard and --device are options of transfer grids, not of a "
+                               f"{raw['experiment']['kind']} study")
     workers = args.workers if args.workers is not None else int(raw.get("run", {}).get("workers", 1))
     if workers < 1:
         raise GentransferError(f"--workers must be >= 1, got {workers}")

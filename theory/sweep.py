@@ -3,6 +3,8 @@
 Layout of a run folder ``DIR``:
 
     DIR/config.json                              the resolved config of the latest run
+    DIR/study.json                               the study the folder belongs to (:mod:`theory.run_folder`)
+    DIR/predictions.json                         the predicted exponents, stored when the config was run
     DIR/cells/HEAD/ns{N_S|none}/nt{N_T}_seed{S}_{VARIANT}.json   one record per cell (written atomically)
     DIR/groups/HEAD/ns{N_S}_seed{S}.json         the source fit and embedding floor of a (head, n_s, seed)
     DIR/models/HEAD/ns{N_S}_seed{S}_{source|floor}.safetensors   those models, reused when a sweep resumes
