@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from theory.checks import FAIL, PASS, run_checks
+from theory.checks import FAIL, PASS, decide, run_checks
 from theory.config import ExperimentConfig
 from theory.control_runs import control_rates, control_verdicts, worst_verdicts
 from theory.controls import (
@@ -59,7 +59,7 @@ def test_a_broken_pipeline_fails_its_check(control: str, tmp_path: Path) -> None
     assert found[TARGET_CHECK[control]] == FAIL, found
 
 
-@pytest.mark.parametrize("distortion", DISTORTIONS)
+@pytest.mark.parametrize("distortion", [d for d in DISTORTIONS if d != "oracle reads c"])
 def test_distorted_records_turn_a_check_to_fail(distortion: str, tmp_path: Path) -> None:
     source = distortion in ("transfer and no-transfer swapped", "floor x3")
     found, records = control_verdicts(study(source=source), tmp_path)
@@ -68,6 +68,28 @@ def test_distorted_records_turn_a_check_to_fail(distortion: str, tmp_path: Path)
     assert FAIL in distorted.values()
     if distortion in OTHER_DISTORTIONS:
         assert distorted[OTHER_DISTORTIONS[distortion]] == FAIL, distorted
+
+
+def test_an_oracle_that_reads_c_fails_the_flat_in_d_c_law() -> None:
+    """Synthetic dimension-law records: oracle KL ~ 9/2n whatever d_c, direct ~ k(d_c)/2n."""
+    from theory.dimension_checks import run_dimension_checks
+
+    records = []
+    for d_c in (4, 16, 64):
+        for seed in range(6):
+            for n in (100, 400):
+                jitter = 1 + 0.05 * ((seed * 7 + d_c) % 5 - 2)
+                base = {"head": "lin", "head_kind": "linear_gaussian", "seed": seed, "n_t": n, "n_s": None,
+                        "task": f"d_c={d_c}", "d_c": d_c, "d_h": 2, "d_x": 2, "status": "ok", "kl_se": 1e-4}
+                records.append({**base, "variant": "oracle", "kl": jitter * 9 / (2 * n)})
+                records.append({**base, "variant": "direct", "kl": jitter * (2 * d_c + 5) / (2 * n)})
+
+    def flat_verdict(recs: list[dict]) -> str:
+        found = run_dimension_checks(recs, "lin", n_t=None, n_s=0, d_h_fixed=2, d_c_fixed=4, margin=2.0)
+        return decide([c for c in found if c.name == "KL of oracle flat in d_c"])[0].verdict
+
+    assert flat_verdict(records) == PASS
+    assert flat_verdict(distort_records(records, "oracle reads c")) == FAIL
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ import numpy as np
 from shared_embed.errors import DataError
 
 from .bound_check import check_sde_bound, diagnose_ode_bound
+from .controls import NEGATIVE_CONTROLS
 from .known_answer_check import KNOWN_ANSWER_VARIANTS, PARAMETRIC_KINDS, check_known_answer
 from .rate_checks import (
     SlopeFit,
@@ -155,12 +156,13 @@ def format_checks(results: Sequence[CheckResult]) -> str:
 
 
 def format_hypotheses(results: Sequence[CheckResult]) -> str:
-    """A Markdown table of what each distinct check claims and computes."""
+    """A Markdown table of what each distinct check claims, computes, and which negative control FAILs it."""
     seen: dict[str, CheckResult] = {}
     for c in results:
         seen.setdefault(c.name, c)
-    lines = ["| check | hypothesis (the claim) | statistic |", "|---|---|---|"]
-    lines += [f"| {c.name} | {c.hypothesis} | {c.statistic} |" for c in seen.values()]
+    lines = ["| check | hypothesis (the claim) | statistic | negative control that must FAIL it |", "|---|---|---|---|"]
+    lines += [f"| {c.name} | {c.hypothesis} | {c.statistic} | {NEGATIVE_CONTROLS.get(c.name, '-')} |"
+              for c in seen.values()]
     return "\n".join(lines)
 
 

@@ -16,8 +16,8 @@ Broken pipelines (``[experiment] control = NAME`` in a study config; the sweep a
 | ``kl_factor`` | the KL estimator is off by a factor 2 | KL equals its known answer |
 
 Record distortions (:func:`distort_records`) turn a finished run's records into wrong ones (every KL x3,
-x0.1, +0.05 nats, a NaN, transfer and no-transfer swapped, the floor tripled): the report shows which checks
-FAIL on each, on the run's own records.
+x0.1, +0.05 nats, a NaN, transfer and no-transfer swapped, the floor tripled, an oracle that reads c): the
+report shows which checks FAIL on each, on the run's own records.
 """
 
 from __future__ import annotations
@@ -134,8 +134,26 @@ OTHER_DISTORTIONS = {
     "one NaN KL": "records are finite",
     "transfer and no-transfer swapped": "transfer beats no-transfer at small n_t",
     "floor x3": "floor is a floor (head term >= 0)",
+    "oracle reads c": "KL of oracle flat in d_c",
 }
 DISTORTIONS = (*RECORD_DISTORTIONS, *OTHER_DISTORTIONS)
+
+#: For every check: the negative controls that must turn it to FAIL (or keep it from passing), as shown in
+#: reports; ``docs/checks.md`` gives their measured false-pass rates.
+NEGATIVE_CONTROLS = {
+    "records are finite": "one NaN KL",
+    "KL equals its known answer": "context_blind, wrong_truth_variance, kl_offset, kl_factor pipelines; KL x3, "
+                                  "x0.1, +0.05 nats",
+    "embedding floor falls as n_s grows": "random_encoder pipeline",
+    "transfer keeps the source embedding": "trainable_encoder pipeline",
+    "transfer beats no-transfer at small n_t": "transfer and no-transfer swapped",
+    "floor is a floor (head term >= 0)": "floor x3",
+    "measured exponent >= predicted": "KL +0.05 nats on a parametric head (its exponent 1 flattens)",
+    "no-transfer catches up at large n_t": "a gap that grows with n_t (synthetic records, tests)",
+    "KL of oracle flat in d_c": "oracle reads c",
+    "Girsanov bound holds over the SDE law's KL": "bound computed for a third of the sampled score error; SDE KL 1.5x "
+                                            "the bound (tests)",
+}
 
 
 def distort_records(records: Sequence[Record], distortion: str) -> list[Record]:
@@ -145,6 +163,7 @@ def distort_records(records: Sequence[Record], distortion: str) -> list[Record]:
     - ``one NaN KL``: the first finished record's KL is NaN;
     - ``transfer and no-transfer swapped``: every transfer cell gets the no-transfer KL of its seed and n_t, and
       no-transfer the transfer KL (at the largest n_s);
+    - ``oracle reads c``: every oracle cell gets the KL of the direct fit on c (an oracle that leaks d_c);
     - ``floor x3``: the embedding floor (and the floor model's KL on the paired sample) tripled, the head
       term recomputed as KL - floor: a floor estimator biased upwards.
     """
@@ -169,6 +188,12 @@ def distort_records(records: Sequence[Record], distortion: str) -> list[Record]:
                 r["kl"] = nt[key(r)]
             elif r["variant"] == "no_transfer" and key(r) in tr:
                 r["kl"] = tr[key(r)]
+    elif distortion == "oracle reads c":
+        key = lambda r: (r["head"], r.get("task", ""), r["seed"], r["n_t"])  # noqa: E731
+        direct = {key(r): r["kl"] for r in out if r["variant"] == "direct" and r.get("kl") is not None}
+        for r in out:
+            if r["variant"] == "oracle" and key(r) in direct:
+                r["kl"] = direct[key(r)]
     elif distortion == "floor x3":
         for r in out:
             if r.get("floor_paired") is not None and r.get("kl") is not None:

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -98,10 +99,16 @@ def simulate_ratio_null(levels: Sequence[int], d_x: int, p: int, seeds: int, *, 
 
     One simulated seed is one nested data set (:func:`simulate_fitted_kls`); R averages ``seeds`` of them.
     Monte Carlo error of the KL estimates is not included here (the check adds it from the records).
+    Deterministic in its arguments and cached (a report asks for the same law once per distortion).
     """
     if seeds < 1:
         raise DataError(f"seeds must be >= 1, got {seeds}")
-    levels = sorted(int(n) for n in levels)
+    return _ratio_null(tuple(sorted(int(n) for n in levels)), d_x, p, seeds, reps, draws, seed).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _ratio_null(levels: tuple[int, ...], d_x: int, p: int, seeds: int, reps: int, draws: int,
+                seed: int) -> np.ndarray:
     expected = np.array([expected_kl_gaussian_regression(n, d_x, p) for n in levels])
     per_seed = (simulate_fitted_kls(levels, d_x, p, reps, seed) / expected).mean(axis=1)  # (reps,)
     rng = np.random.default_rng(seed + 1)
