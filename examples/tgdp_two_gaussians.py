@@ -258,7 +258,7 @@ print(f"saved {path}")
 # - The kernel guidance (red) needs no training: it is exact at t -> 0 for its fitted ratio, and its error is the
 #   quadratic ratio's misfit (the true log w is log cosh - log cosh, not quadratic) and the smoothing of the
 #   source rows. On the benchmark grid it beats both baselines at n_t = 10 in some seeds but not reliably, and
-#   loses at n_t >= 100 (see the README's TGDP table).
+#   loses at n_t >= 100 (see the TGDP table in benchmarks/README.md).
 # - Be honest with the class: on this easy 2-D task, 100 target samples are enough for a diffusion model trained
 #   on the target alone, which here does as well or better. TGDP pays off when the target sample is too small
 #   or the target law too complex to learn from scratch, and it never retrains the source network.
