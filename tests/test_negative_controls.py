@@ -14,8 +14,16 @@ import pytest
 
 from theory.checks import FAIL, PASS, run_checks
 from theory.config import ExperimentConfig
-from theory.control_runs import control_rates, control_verdicts
-from theory.controls import PIPELINE_CONTROLS, SOURCE_CONTROLS, TARGET_CHECK, control_study, distort_records
+from theory.control_runs import control_rates, control_verdicts, worst_verdicts
+from theory.controls import (
+    DISTORTIONS,
+    OTHER_DISTORTIONS,
+    PIPELINE_CONTROLS,
+    SOURCE_CONTROLS,
+    TARGET_CHECK,
+    control_study,
+    distort_records,
+)
 from theory.sweep import collect_records, run_sweep
 
 KNOWN_ANSWER_CONTROLS = tuple(c for c in PIPELINE_CONTROLS if c not in SOURCE_CONTROLS)
@@ -41,6 +49,7 @@ def test_the_correct_pipeline_passes_every_targeted_check(correct: dict[str, dic
     assert correct["known"]["KL equals its known answer"] == PASS
     assert correct["source"]["embedding floor falls as n_s grows"] == PASS
     assert correct["source"]["transfer keeps the source embedding"] == PASS
+    assert correct["source"]["transfer beats no-transfer at small n_t"] == PASS
     assert FAIL not in correct["known"].values() and FAIL not in correct["source"].values()
 
 
@@ -50,13 +59,15 @@ def test_a_broken_pipeline_fails_its_check(control: str, tmp_path: Path) -> None
     assert found[TARGET_CHECK[control]] == FAIL, found
 
 
-@pytest.mark.parametrize("distortion", ["KL x3", "KL x0.1", "KL +0.05 nats", "one NaN KL"])
+@pytest.mark.parametrize("distortion", DISTORTIONS)
 def test_distorted_records_turn_a_check_to_fail(distortion: str, tmp_path: Path) -> None:
-    config = ExperimentConfig.from_dict(study(source=False))
-    run_sweep(config, tmp_path, log=None)
-    records = collect_records(tmp_path)
-    assert FAIL not in {c.verdict for c in run_checks(records, {})}
-    assert FAIL in {c.verdict for c in run_checks(distort_records(records, distortion), {})}
+    source = distortion in ("transfer and no-transfer swapped", "floor x3")
+    found, records = control_verdicts(study(source=source), tmp_path)
+    assert FAIL not in found.values()
+    distorted = worst_verdicts(distort_records(records, distortion))
+    assert FAIL in distorted.values()
+    if distortion in OTHER_DISTORTIONS:
+        assert distorted[OTHER_DISTORTIONS[distortion]] == FAIL, distorted
 
 
 @pytest.mark.slow

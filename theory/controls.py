@@ -16,7 +16,8 @@ Broken pipelines (``[experiment] control = NAME`` in a study config; the sweep a
 | ``kl_factor`` | the KL estimator is off by a factor 2 | KL equals its known answer |
 
 Record distortions (:func:`distort_records`) turn a finished run's records into wrong ones (every KL x3,
-x0.1, +0.05 nats, a NaN): the report shows which checks FAIL on each, on the run's own records.
+x0.1, +0.05 nats, a NaN, transfer and no-transfer swapped, the floor tripled): the report shows which checks
+FAIL on each, on the run's own records.
 """
 
 from __future__ import annotations
@@ -128,25 +129,53 @@ RECORD_DISTORTIONS: dict[str, Callable[[float], float]] = {
     "KL x0.1": lambda v: 0.1 * v,
     "KL +0.05 nats": lambda v: v + 0.05,
 }
+#: Distortions that are not a map of every KL field, and the check each one is aimed at.
+OTHER_DISTORTIONS = {
+    "one NaN KL": "records are finite",
+    "transfer and no-transfer swapped": "transfer beats no-transfer at small n_t",
+    "floor x3": "floor is a floor (head term >= 0)",
+}
+DISTORTIONS = (*RECORD_DISTORTIONS, *OTHER_DISTORTIONS)
 
 
 def distort_records(records: Sequence[Record], distortion: str) -> list[Record]:
-    """Copies of ``records`` with every KL field distorted (see :data:`RECORD_DISTORTIONS`), or one KL made NaN
-    (``"one NaN KL"``)."""
+    """Copies of ``records`` made wrong on purpose (see :data:`DISTORTIONS`):
+
+    - ``KL x3``, ``KL x0.1``, ``KL +0.05 nats``: every KL field mapped;
+    - ``one NaN KL``: the first finished record's KL is NaN;
+    - ``transfer and no-transfer swapped``: every transfer cell gets the no-transfer KL of its seed and n_t, and
+      no-transfer the transfer KL (at the largest n_s);
+    - ``floor x3``: the embedding floor (and the floor model's KL on the paired sample) tripled, the head
+      term recomputed as KL - floor: a floor estimator biased upwards.
+    """
     out = [dict(r) for r in records]
-    if distortion == "one NaN KL":
+    if distortion in RECORD_DISTORTIONS:
+        fn = RECORD_DISTORTIONS[distortion]
         for r in out:
-            if r.get("status", "ok") == "ok" and r.get("kl") is not None:
-                r["kl"] = math.nan
-                break
-        return out
-    if distortion not in RECORD_DISTORTIONS:
-        raise ConfigError(f"unknown distortion {distortion!r}; valid: {[*RECORD_DISTORTIONS, 'one NaN KL']}")
-    fn = RECORD_DISTORTIONS[distortion]
-    for r in out:
-        for key in KL_FIELDS:
-            if r.get(key) is not None:
-                r[key] = fn(float(r[key]))
+            for key in KL_FIELDS:
+                if r.get(key) is not None:
+                    r[key] = fn(float(r[key]))
+    elif distortion == "one NaN KL":
+        first = next((r for r in out if r.get("status", "ok") == "ok" and r.get("kl") is not None), None)
+        if first is not None:
+            first["kl"] = math.nan
+    elif distortion == "transfer and no-transfer swapped":
+        key = lambda r: (r["head"], r.get("task", ""), r["seed"], r["n_t"])  # noqa: E731
+        nt = {key(r): r["kl"] for r in out if r["variant"] == "no_transfer" and r.get("kl") is not None}
+        tr = {key(r): r["kl"] for r in sorted((r for r in out if r["variant"] == "transfer" and r.get("kl") is not None),
+                                              key=lambda r: r.get("n_s") or 0)}  # the largest n_s last, so it wins
+        for r in out:
+            if r["variant"] == "transfer" and key(r) in nt:
+                r["kl"] = nt[key(r)]
+            elif r["variant"] == "no_transfer" and key(r) in tr:
+                r["kl"] = tr[key(r)]
+    elif distortion == "floor x3":
+        for r in out:
+            if r.get("floor_paired") is not None and r.get("kl") is not None:
+                r["floor"], r["floor_paired"] = 3.0 * float(r["floor"]), 3.0 * float(r["floor_paired"])
+                r["head_term"] = float(r["kl"]) - r["floor_paired"]
+    else:
+        raise ConfigError(f"unknown distortion {distortion!r}; valid: {list(DISTORTIONS)}")
     return out
 
 
@@ -155,15 +184,17 @@ def distort_records(records: Sequence[Record], distortion: str) -> list[Record]:
 SOURCE_CONTROLS = ("random_encoder", "trainable_encoder")
 
 
-def control_study(control: str = "", *, source: bool, seeds: Sequence[int] = (0, 1, 2, 3),
+def control_study(control: str = "", *, source: bool, seeds: Sequence[int] | None = None,
                   offset: int = 0) -> dict[str, Any]:
     """A small study config (seconds on one core) in which each control's target check can PASS or FAIL.
 
-    ``source=True``: transfer with an exactly fitted linear-Gaussian head at n_s = 100 and 3200 (the floor and
-    the embedding checks); ``source=False``: the known-answer variants oracle and direct at n_t 25 to 200.
-    ``offset`` shifts the seeds, so repetitions are independent (fresh task instances and data).
+    ``source=True``: transfer (exactly fitted linear-Gaussian head) at n_s = 100 and 3200 and no-transfer, at
+    n_t = 30 and 60 (the floor, embedding and who-wins checks); ``source=False``: the known-answer variants oracle and direct at n_t 25 to 200.
+    ``offset`` shifts the seeds, so repetitions are independent (fresh task instances and data). Seeds: 6 with a
+    source (the who-wins gap is noisy at n_t = 30), 4 without.
     """
-    grid = {"n_s": [100, 3200], "n_t": [20, 40], "variants": ["transfer"]} if source else \
+    seeds = seeds if seeds is not None else range(6 if source else 4)
+    grid = {"n_s": [100, 3200], "n_t": [30, 60], "variants": ["transfer", "no_transfer"]} if source else \
         {"n_s": [100], "n_t": [25, 50, 100, 200], "variants": ["oracle", "direct"]}
     return {
         "experiment": {"name": f"control {control or 'none'}", "control": check_control(control)},
@@ -171,7 +202,8 @@ def control_study(control: str = "", *, source: bool, seeds: Sequence[int] = (0,
         "grid": {**grid, "seeds": [s + offset for s in seeds], "heads": ["lin"]},
         "heads": {"lin": {"kind": "linear_gaussian"}},
         "encoder": {"hidden": [16]},
-        "train": {"source": {"steps": 500, "lr": 1e-2, "eval_every": 50, "patience": 5}},
+        "train": {"source": {"steps": 500, "lr": 1e-2, "eval_every": 50, "patience": 5},
+                  "target": {"steps": 400, "lr": 1e-2, "eval_every": 20, "patience": 5}},
         "evaluation": {"n_eval": 3000, "floor_n": 2000, "sample_n": 10, "sample_contexts": 2},
         "run": {"workers": 1},
     }

@@ -21,7 +21,7 @@ from shared_embed.transfer import VARIANTS
 
 from .checks import CheckResult, fit_exponent, format_checks, format_hypotheses, ok_records, run_checks, series
 from .config import ExperimentConfig, task_label
-from .controls import RECORD_DISTORTIONS, distort_records
+from .controls import DISTORTIONS, distort_records
 from .dimension_checks import dimension_axes, run_dimension_checks
 from .dimension_plots import plot_dimension_laws
 from .plots import plot_floor, plot_kl_curves, plot_samples
@@ -152,7 +152,7 @@ def controls_table(config: ExperimentConfig, records: list[Record], kinds: dict[
     lines = ["| records distorted | checks that FAIL | verdicts (pass / FAIL) |", "|---|---|---:|",
              f"| none (this run) | {'; '.join(sorted({c.name for c in own if c.verdict == FAIL})) or '-'} | "
              f"{sum(c.verdict == PASS for c in own)} / {sum(c.verdict == FAIL for c in own)} |"]
-    for name in (*RECORD_DISTORTIONS, "one NaN KL"):
+    for name in DISTORTIONS:
         res = _checks(config, distort_records(records, name), kinds)
         failed = sorted({c.name for c in res if c.verdict == FAIL})
         lines.append(f"| {name} | {'; '.join(failed) or '**none: this distortion would go unnoticed**'} | "

@@ -506,8 +506,13 @@ def run_sweep(
         f"{min(workers, max(len(groups), 1))} worker(s)")
     start = time.perf_counter()
     if groups and (workers == 1 or len(groups) == 1):
-        for group in groups:
-            GroupRunner(config, out, group, log).run()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(config.run.threads)  # as a worker would: small ops crawl when threads oversubscribe
+        try:
+            for group in groups:
+                GroupRunner(config, out, group, log).run()
+        finally:
+            torch.set_num_threads(threads)
     elif groups:
         ctx = multiprocessing.get_context("spawn")
         raw = config.to_dict()
