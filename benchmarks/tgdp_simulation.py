@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.methods:
         changes["methods"] = tuple(args.methods)
     if args.inside_support:
-        changes["task"] = inside_support_task().config
+        changes["task"] = {k: v for k, v in inside_support_task().config.items() if k != "name"}
     settings = replace(settings, **changes)
     result = run_tgdp_experiment(settings, out_dir=args.out_dir, progress=not args.quiet)
     print()
