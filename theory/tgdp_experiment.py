@@ -76,6 +76,12 @@ class TGDPSettings:
         "guidance_train": {"steps": 1500, "batch_size": 128},
         "time_classifier_train": {"steps": 2000, "batch_size": 256}})
     regularizers: dict[str, float] = field(default_factory=lambda: {"eta_cycle": 1.0, "eta_consistency": 1.0})
+    #: the network-free estimators: kernel guidance (KDE bandwidth, source rows used) and noisy classifier
+    kernel: dict[str, Any] = field(default_factory=lambda: {"bandwidth": "scott", "max_rows": 2000})
+    noisy_classifier: dict[str, Any] = field(default_factory=lambda: {
+        "hidden": (64, 64), "train": {"steps": 2000, "batch_size": 256}})
+    #: ``theory.tasks.TwoGaussianTask`` keywords (empty: the paper's task; see ``inside_support_task``)
+    task: dict[str, Any] = field(default_factory=dict)
     rtol: float = 1e-4
     n_eval: int = 2000
     n_mmd: int = 1000
@@ -105,7 +111,7 @@ def run_tgdp_experiment(settings: TGDPSettings | None = None, out_dir: str | Pat
     unknown = sorted(set(s.methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; valid: {list(METHODS)}")
-    task, say, out = TwoGaussianTask(), _log(progress), Path(out_dir) if out_dir is not None else None
+    task, say, out = TwoGaussianTask(**s.task), _log(progress), Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "settings.json").write_text(json.dumps(s.to_dict(), indent=1))
@@ -183,7 +189,7 @@ def _fit_and_score(task: TwoGaussianTask, s: TGDPSettings, seed: int, conditiona
     fit_seconds = time.perf_counter() - t0
     labels = None
     if conditional:
-        labels = true_labels() if method in REFERENCES else LabelMarginal.fit(target.c, LABELS.clone())
+        labels = true_labels(task) if method in REFERENCES else LabelMarginal.fit(target.c, LABELS.clone())
     model = ScoreModel(fitted.score, schedule, labels, rtol=s.rtol, atol=s.rtol, t_eps=src.t_eps)
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(30_000 + cell_seed)
@@ -247,5 +253,5 @@ def compare(summary: Sequence[dict[str, Any]], method: str, baseline: str, n_t: 
     m, b = cell[(conditional, n_t, method)], cell[(conditional, n_t, baseline)]
     gap, se = b["kl_mean"] - m["kl_mean"], math.hypot(m["kl_se"], b["kl_se"])
     return {"method": method, "baseline": baseline, "n_t": n_t, "conditional": conditional, "gap": gap, "se": se,
-            "beats": gap > se}
+            "beats": gap > se, "beats_2se": gap > 2 * se, "worse_2se": gap < -2 * se, "seeds": m["seeds"]}
 
