@@ -78,7 +78,7 @@ def tgdp_ratios(line: dict[str, Any]) -> list[dict[str, Any]]:
     for cond in (False, True):
         records = [{**r, "variant": r["method"]} for r in line["records"] if bool(r["conditional"]) == cond]
         for n_t in (10, 100):
-            for method in ("tgdp", "tgdp_reg"):
+            for method in ("tgdp", "tgdp_reg", "tgdp_kernel", "tgdp_noisy_clf"):
                 for baseline in ("fine_tune", "target_only"):
                     row = ratio_row(records, method, baseline, n_t)
                     if row is not None:

@@ -24,7 +24,11 @@ import torch
 from common import RESULTS as RESULTS_DIR  # noqa: E402  (also puts the repository root on sys.path)
 from common import append_record  # noqa: E402
 
+from theory.tasks import inside_support_task  # noqa: E402
 from theory.tgdp_experiment import TGDPSettings, compare, run_tgdp_experiment  # noqa: E402
+
+#: the learned TGDP variants compared with both baselines (no exact w or h)
+LEARNED = ("tgdp", "tgdp_reg", "tgdp_kernel", "tgdp_noisy_clf")
 
 RESULTS = RESULTS_DIR / "tgdp_simulation.jsonl"
 
@@ -37,6 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", help="seeds")
     p.add_argument("--n-eval", type=int, help="KL evaluation draws per seed")
     p.add_argument("--unconditional-only", action="store_true", help="skip the label-conditional version")
+    p.add_argument("--conditional-only", action="store_true", help="skip the unconditional version")
+    p.add_argument("--methods", nargs="+", help="methods to run (default: all)")
+    p.add_argument("--inside-support", action="store_true",
+                   help="the target inside the source's support: same modes, weights 0.9 / 0.1")
     p.add_argument("--out-dir", type=Path, help="where records, table.md and the PNG plots go")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", type=Path, default=RESULTS, help="JSON-lines file to append to")
@@ -59,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         changes["n_eval"] = args.n_eval
     if args.unconditional_only:
         changes["conditional"] = (False,)
+    if args.conditional_only:
+        changes["conditional"] = (True,)
+    if args.methods:
+        changes["methods"] = tuple(args.methods)
+    if args.inside_support:
+        changes["task"] = {k: v for k, v in inside_support_task().config.items() if k != "name"}
     settings = replace(settings, **changes)
     result = run_tgdp_experiment(settings, out_dir=args.out_dir, progress=not args.quiet)
     print()
@@ -69,15 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     print(result["table"])
     comparisons = []
     for cond in settings.conditional:
-        for n_t in [n for n in (10, 100) if n in settings.n_targets]:
-            for method in ("tgdp", "tgdp_reg"):
+        for n_t in settings.n_targets:
+            for method in LEARNED:
                 for baseline in ("target_only", "fine_tune"):
                     if {method, baseline} <= set(settings.methods):
                         comparisons.append(compare(result["summary"], method, baseline, n_t, bool(cond)))
     for c in comparisons:
-        print(f"{'cond' if c['conditional'] else 'uncond':6s} n_t {c['n_t']:4d} {c['method']:8s} vs "
+        print(f"{'cond' if c['conditional'] else 'uncond':6s} n_t {c['n_t']:4d} {c['method']:14s} vs "
               f"{c['baseline']:11s}: KL gap {c['gap']:+.4f} +- {c['se']:.4f} -> "
-              f"{'beats' if c['beats'] else 'does NOT beat'}")
+              f"{'beats by > 2 SE' if c['beats_2se'] else ('WORSE by > 2 SE' if c['worse_2se'] else 'no 2-SE win')}")
     if result["plots"]:
         print("plots:", *result["plots"], sep="\n  ")
     print(f"wall time: {result['seconds']:.0f} s")

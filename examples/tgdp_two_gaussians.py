@@ -44,7 +44,15 @@ import numpy as np
 import torch
 
 from diffusion import DiffusionHead, VPSchedule, probability_flow_log_prob, sample_ode
-from diffusion.tgdp import FunctionGuidance, GuidedScore, TGDPConfig, fit_tgdp, train_head
+from diffusion.tgdp import (
+    FunctionGuidance,
+    GuidedScore,
+    KernelGuidance,
+    TGDPConfig,
+    fit_quadratic_log_ratio,
+    fit_tgdp,
+    train_head,
+)
 from shared_embed import TrainConfig
 from shared_embed.progress import env_flag
 from theory.kl import monte_carlo_kl
@@ -108,6 +116,21 @@ tgdp = fit_tgdp(source_head.score, source_x, target_x, schedule=schedule, config
 print("TGDP fit: " + ", ".join(f"{k} {h.steps_done} steps {h.seconds:.1f} s" for k, h in tgdp.histories.items()))
 
 # %% [markdown]
+# ## The network-free guidance: a cross-validated quadratic ratio and the kernel estimate of E[w | x_t]
+# `fit_quadratic_log_ratio`: logistic regression on quadratic features, its L2 strength chosen by 5-fold
+# cross-validation, log w = x^T A x + b^T x + c + log(n_s / n_t) (the class-prior factor explicit).
+# `KernelGuidance`: h_t(x) = E[w(x_0) | x_t = x] under a kernel density estimate of the source rows, the
+# Gaussian integrals of w done in closed form (so h_0 = w exactly, even where source rows are sparse).
+# Nothing is trained by gradient descent; the guidance's gradient comes from autograd through the closed form.
+
+# %%
+ratio = fit_quadratic_log_ratio(source_x, target_x)
+kernel = KernelGuidance(source_x, ratio, schedule, dtype=torch.float32, max_rows=2000)
+kernel_score = GuidedScore(source_head.score, kernel)
+print(f"quadratic ratio: C = {ratio.strength:g}, prior factor n_s / n_t = {ratio.prior_factor:g}; "
+      f"kernel bandwidth {kernel.bandwidth:.3f} on {kernel.x.shape[0]} source rows")
+
+# %% [markdown]
 # ## The baseline: a diffusion model on the 100 target samples alone ("vanilla")
 
 # %%
@@ -131,20 +154,24 @@ for t in TIMES:
     xt = a * x0 + s * torch.randn(x0.shape, generator=eval_gen)
     with torch.no_grad():
         learned = tgdp.guidance.log_h(xt, torch.full((xt.shape[0],), t))
+        by_kernel = kernel.log_h(xt, torch.full((xt.shape[0],), t))
     exact = task.log_guidance(xt, a, s)
-    diff = learned - exact
-    mse_rows.append((t, float(diff.square().mean()), float(diff.var()), float(exact.var()), float(diff.mean())))
+    diff, kdiff = learned - exact, by_kernel - exact
+    mse_rows.append((t, float(diff.square().mean()), float(diff.var()), float(exact.var()), float(diff.mean()),
+                     float(kdiff.var()), float(kdiff.mean())))
     print(f"t = {t:.2f}: MSE log h = {mse_rows[-1][1]:.4f}, MSE up to a constant = {mse_rows[-1][2]:.4f} "
-          f"(variance of the exact log h_t: {mse_rows[-1][3]:.4f})")
+          f"(kernel guidance: {mse_rows[-1][5]:.4f}; variance of the exact log h_t: {mse_rows[-1][3]:.4f})")
 
 # Along the line x = (0.5, u): the target mode (0.5, -0.5) at u = -0.5, the source mode (0.5, 0.5) at u = +0.5.
 u = torch.linspace(-1.6, 1.6, 161)
 line = torch.stack([torch.full_like(u, 0.5), u], 1)
 fig, axes = plt.subplots(1, len(TIMES), figsize=(13, 3.8))
-for ax, (t, mse, cmse, _, offset) in zip(axes, mse_rows):
+for ax, (t, mse, cmse, _, offset, _, koffset) in zip(axes, mse_rows):
     a, s = schedule.alpha(torch.tensor(t)), schedule.sigma(torch.tensor(t))
     with torch.no_grad():
         learned = tgdp.guidance.log_h(line, torch.full((line.shape[0],), t))
+        by_kernel = kernel.log_h(line, torch.full((line.shape[0],), t))
+    ax.plot(u, by_kernel - koffset, "-", color="tab:red", lw=1.5, label="kernel guidance (offset removed)")
     ax.plot(u, task.log_guidance(line, a, s), "k-", lw=2, label="exact log h_t")
     ax.plot(u, learned, "-", color="tab:blue", lw=1.5, label="learned log h_psi")
     ax.plot(u, learned - offset, "--", color="tab:blue", lw=1, alpha=0.7, label="learned, mean offset removed")
@@ -172,7 +199,8 @@ print(f"saved {path}")
 exact_guided = GuidedScore(source_head.score, FunctionGuidance(
     lambda x, t, c: task.log_guidance(x, schedule.alpha(t), schedule.sigma(t))))
 scores = {"source model as is": source_head.score, "target only (vanilla)": vanilla.score,
-          "TGDP, learned guidance": tgdp.score, "TGDP, exact guidance": exact_guided}
+          "TGDP, learned guidance": tgdp.score, "TGDP, kernel guidance": kernel_score,
+          "TGDP, exact guidance": exact_guided}
 x1 = torch.randn(N_SAMPLES, 2, generator=torch.Generator().manual_seed(2))
 truth = task.sample(N_SAMPLES, "target", torch.Generator().manual_seed(3)).x
 samples, mmds = {}, {}
@@ -184,7 +212,7 @@ with torch.no_grad():  # the guided score takes grad log h locally; no graph is 
 kl_x = task.sample(N_KL, "target", torch.Generator().manual_seed(4)).x
 log_q = task.log_prob(kl_x.double(), "target").double()
 kls = {}
-for name in ("source model as is", "target only (vanilla)", "TGDP, learned guidance"):
+for name in ("source model as is", "target only (vanilla)", "TGDP, learned guidance", "TGDP, kernel guidance"):
     log_model = probability_flow_log_prob(scores[name], kl_x, schedule, divergence="exact", **TOL)
     kls[name] = monte_carlo_kl(log_q, log_model.detach())
 for name in scores:
@@ -227,6 +255,10 @@ print(f"saved {path}")
 # - Steering the frozen source model with it moves the mass from the source modes onto the target modes: KL
 #   falls from about 2.8 nats (source model as is) to about 0.2, and the samples are nearly as close to the
 #   truth as with the EXACT guidance. What is left is the guidance error at small t (first figure).
+# - The kernel guidance (red) needs no training: it is exact at t -> 0 for its fitted ratio, and its error is the
+#   quadratic ratio's misfit (the true log w is log cosh - log cosh, not quadratic) and the smoothing of the
+#   source rows. On the benchmark grid it beats both baselines at n_t = 10 in some seeds but not reliably, and
+#   loses at n_t >= 100 (see the TGDP table in benchmarks/README.md).
 # - Be honest with the class: on this easy 2-D task, 100 target samples are enough for a diffusion model trained
 #   on the target alone, which here does as well or better. TGDP pays off when the target sample is too small
 #   or the target law too complex to learn from scratch, and it never retrains the source network.

@@ -122,11 +122,13 @@ def test_tgdp_two_gaussians(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert len(mse) == 3, stdout
     assert all(finite(a) >= 0 and finite(b) >= 0 for _, a, b in mse)
     mmd = re.findall(rf"^(.+?)\s+MMD\^2 = {NUMBER}", stdout, re.M)
-    assert len(mmd) == 4, stdout
+    kernel = re.findall(rf"\(kernel guidance: {NUMBER}; variance", stdout)
+    assert len(kernel) == 3 and all(finite(v) >= 0 for v in kernel), stdout
+    assert len(mmd) == 5, stdout
     for _, value in mmd:
         finite(value)
     kl = re.findall(rf"KL = {NUMBER} \+- {NUMBER} nats", stdout)
-    assert len(kl) == 3, stdout
+    assert len(kl) == 4, stdout
     for value, se in kl:
         finite(value), finite(se)
     check_pngs(tmp_path, ["tgdp_guidance.png", "tgdp_samples.png"])

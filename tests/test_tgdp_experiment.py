@@ -21,6 +21,7 @@ def tiny_settings() -> TGDPSettings:
         head={"width": 16, "blocks": 1, "time_features": 8},
         tgdp={"classifier_train": {"steps": 20}, "guidance_train": {"steps": 20, "batch_size": 64},
               "time_classifier_train": {"steps": 20}},
+        noisy_classifier={"hidden": (16,), "train": {"steps": 20, "batch_size": 64}},
         rtol=1e-3, n_eval=200, n_mmd=100, n_errors=200, times=(0.1, 0.5), plot_times=(0.1, 0.5), keep_samples=50)
 
 
@@ -37,8 +38,10 @@ def test_tiny_tgdp_experiment_end_to_end(tmp_path: Path) -> None:
             assert set(r["log_h_mse"]) == {"0.1", "0.5"}
             assert all(math.isfinite(v) and v >= 0 for v in r["log_h_mse"].values())
             assert r["log_h_mse_mean"] >= 0 and r["grad_mse_q_mean"] >= 0
-        if r["method"] in ("tgdp", "tgdp_reg"):
+        if r["method"] in ("tgdp", "tgdp_reg", "tgdp_kernel"):
             assert r["ratio_mse"] >= 0
+        if r["method"] in ("tgdp_kernel", "tgdp_noisy_clf"):
+            assert r["log_h_mse_q_mean"] >= 0
         if r["conditional"]:
             assert r["label_kl"] >= 0 and len(r["label_probs"]) == 2
     reg = next(r for r in records if r["method"] == "tgdp_reg")
@@ -73,11 +76,21 @@ def full_grid(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return result
 
 
-def _losses(summary: list, methods: tuple[str, ...]) -> list[dict]:
-    """Comparisons at n_t = 10 and 100, both versions, where ``methods`` is not below a baseline beyond the SE."""
-    return [c for conditional in (False, True) for n_t in (10, 100) for method in methods
-            for baseline in ("target_only", "fine_tune")
-            if not (c := compare(summary, method, baseline, n_t, conditional))["beats"]]
+def _losses(summary: list, methods: tuple[str, ...], strict: bool = True) -> list[dict]:
+    """Where ``methods`` fails the claim: at n_t = 10 and 100 (both versions) not below BOTH baselines by more
+    than 2 combined SE (1 SE unless ``strict``); when ``strict``, also at n_t = 1000 worse than the better
+    baseline by more than 2 combined SE."""
+    key = "beats_2se" if strict else "beats"
+    out = [c for conditional in (False, True) for n_t in (10, 100) for method in methods
+           for baseline in ("target_only", "fine_tune")
+           if not (c := compare(summary, method, baseline, n_t, conditional))[key]]
+    for conditional in (False, True) if strict else ():
+        for method in methods:
+            cs = [compare(summary, method, b, 1000, conditional) for b in ("target_only", "fine_tune")]
+            best = min(cs, key=lambda c: c["gap"])  # the baseline with the lower KL
+            if best["worse_2se"]:
+                out.append(best)
+    return out
 
 
 @pytest.mark.slow
@@ -86,21 +99,25 @@ def test_exact_guidance_on_the_learned_source_beats_the_baselines(full_grid: dic
     """With the exact grad log h_t added to the LEARNED source score, TGDP beats target-only and fine-tuning at
     n_t = 10 and 100: the composition, the source model and the evaluation are right (measured KL 0.054 uncond.,
     0.062 cond., vs 0.11-1.13 for the baselines)."""
-    assert not _losses(full_grid["summary"], ("tgdp_exact_h",))
+    assert not _losses(full_grid["summary"], ("tgdp_exact_h",), strict=False)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 @pytest.mark.xfail(strict=False, reason=(
-    "measured on the full grid: learned TGDP loses to target-only and fine-tuning at n_t = 10 and 100 (e.g. uncond. "
-    "n_t = 100: TGDP 0.73 +- 0.24 vs target-only 0.11 +- 0.01 nats). The guidance regression h_psi ~ w is the gap: "
-    "with the EXACT w it still gives 1.6 nats (log h too flat at t <= 0.1, where the target modes sit in the "
-    "source's tails), and at n_t = 10 the classifier's log w error is 9-13 nats^2. See the closing note of the TGDP "
-    "issue and runs/tgdp_sim/log_h_*.png."))
+    "measured: no learned TGDP variant beats target-only and fine-tuning by 2 combined SE. Network guidance "
+    "(3 seeds): uncond. n_t = 100 TGDP 0.73 +- 0.24 vs target-only 0.11 +- 0.01 nats. Network-free kernel guidance "
+    "with the cross-validated quadratic ratio (5 seeds, n_eval 500): uncond. 1.27 +- 0.32 / 0.63 +- 0.18 / "
+    "0.34 +- 0.09 at n_t = 10 / 100 / 1000 vs target-only 0.60 / 0.17 / 0.04; cond. 0.97 +- 0.17 (a tie) / "
+    "0.48 / 0.21 vs 0.97 / 0.18 / 0.03. Its log-h error is at t <= 0.1 on q_t points (0.6-2.0), the misfit of a "
+    "quadratic log w to the true log cosh - log cosh (log-w MSE on p 3.6 even at n_t = 1000). The noisy "
+    "classifier as log h (seed 0): 0.6-15 nats, log-h MSE 14 at t = 0.01. Exact h on the learned source: 0.06."))
 def test_learned_tgdp_beats_the_baselines(full_grid: dict) -> None:
-    """The paper's claim on its simulation: TGDP, with and without the regularisers, below target-only and
-    fine-tuning at n_t = 10 and 100, by more than the combined SE over seeds."""
-    assert not _losses(full_grid["summary"], ("tgdp", "tgdp_reg"))
+    """The paper's claim on its simulation: ONE learned TGDP variant (no exact w or h anywhere) below target-only
+    and fine-tuning at n_t = 10 and 100, both versions, by more than 2 combined SE over seeds, and not worse
+    than the better baseline beyond 2 SE at n_t = 1000."""
+    assert any(not _losses(full_grid["summary"], (m,)) for m in ("tgdp", "tgdp_reg", "tgdp_kernel",
+                                                                  "tgdp_noisy_clf"))
 
 
 def test_the_tgdp_study_runs_and_reports_through_gentransfer(tmp_path: Path,

@@ -202,6 +202,9 @@ class ConditionalMixtureTask(ConditionalTask):
 class TwoGaussianTask:
     """The TGDP paper's simulation: 1/2 N(mu, v I) + 1/2 N(-mu, v I), labels y = +1 / -1 by component.
 
+    ``weight_source`` / ``weight_target``: the weight of the +mu component of each domain (1/2 in the paper;
+    :func:`inside_support_task` moves only the target's weights).
+
     Source mu_S = (0.5, 0.5), target mu_T = (0.5, -0.5), v = 0.1, d = 2. Label y = +1 is the component
     at +mu. Data come as :class:`PairedData` with c = y (n, 1) as a float, so the conditional version uses the
     label as its context.
@@ -210,18 +213,30 @@ class TwoGaussianTask:
     name = "two_gaussian"
 
     def __init__(self, mu_source: tuple[float, ...] = (0.5, 0.5), mu_target: tuple[float, ...] = (0.5, -0.5),
-                 variance: float = 0.1) -> None:
+                 variance: float = 0.1, weight_source: float = 0.5, weight_target: float = 0.5) -> None:
         if len(mu_source) != len(mu_target):
             raise ShapeError(f"mu_source and mu_target must have one length, got {len(mu_source)} and {len(mu_target)}")
+        for name, w in (("weight_source", weight_source), ("weight_target", weight_target)):
+            if not 0 < w < 1:
+                raise ShapeError(f"{name} (the weight of the +mu component) must lie in (0, 1), got {w!r}")
         self.d_x = len(mu_source)
         self.variance = variance
         self.mu = {"source": torch.tensor(mu_source, dtype=torch.float64),
                    "target": torch.tensor(mu_target, dtype=torch.float64)}
+        self.weight = {"source": float(weight_source), "target": float(weight_target)}
 
     @property
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "mu_source": self.mu["source"].tolist(),
-                "mu_target": self.mu["target"].tolist(), "variance": self.variance}
+        out = {"name": self.name, "mu_source": self.mu["source"].tolist(),
+               "mu_target": self.mu["target"].tolist(), "variance": self.variance}
+        if self.weight != {"source": 0.5, "target": 0.5}:
+            out.update(weight_source=self.weight["source"], weight_target=self.weight["target"])
+        return out
+
+    def label_probs(self, domain: str) -> Tensor:
+        """(P(y = -1), P(y = +1)) of ``domain``, (2,) float64."""
+        w = self.weight[check_choice("domain", domain, DOMAINS)]
+        return torch.tensor([1.0 - w, w], dtype=torch.float64)
 
     def mixture(self, domain: str, y: Tensor | None = None) -> GaussianMixture:
         """The law of x (a batch of one), or of x | y for each label in y (n,) or (n, 1)."""
@@ -229,7 +244,8 @@ class TwoGaussianTask:
         mu = self.mu[domain]
         cov = self.variance * torch.eye(self.d_x, dtype=torch.float64)
         if y is None:
-            return GaussianMixture(torch.full((1, 2), 0.5, dtype=torch.float64), torch.stack([mu, -mu])[None],
+            w = self.weight[domain]
+            return GaussianMixture(torch.tensor([[w, 1.0 - w]], dtype=torch.float64), torch.stack([mu, -mu])[None],
                                    cov.expand(1, 2, -1, -1))
         sign = self._labels(y)
         n = sign.shape[0]
@@ -246,7 +262,7 @@ class TwoGaussianTask:
         """n labelled samples: PairedData(c = y (n, 1), x (n, d))."""
         check_positive_int("n", n)
         check_choice("domain", domain, DOMAINS)
-        y = torch.where(torch.rand(n, generator=generator) < 0.5, 1.0, -1.0).double()
+        y = torch.where(torch.rand(n, generator=generator) < self.weight[domain], 1.0, -1.0).double()
         e = torch.randn(n, self.d_x, generator=generator, dtype=torch.float64)
         x = y[:, None] * self.mu[domain] + math.sqrt(self.variance) * e
         return PairedData(y[:, None].float(), x.float())
@@ -271,12 +287,21 @@ class TwoGaussianTask:
         return self._law(x, domain, y, alpha, sigma).score(x.double()).to(x.dtype)
 
     def log_density_ratio(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """log w(x) = log q(x)/p(x) at t = 0 (with labels: log q(x, y)/p(x, y); both label priors are 1/2)."""
-        return self.log_prob(x, "target", y) - self.log_prob(x, "source", y)
+        """log w(x) = log q(x)/p(x) at t = 0 (with labels: log q(x, y)/p(x, y), label priors included)."""
+        return self.log_prob(x, "target", y) - self.log_prob(x, "source", y) + self._log_label_ratio(y, x)
+
+    def _log_label_ratio(self, y: Tensor | None, x: Tensor) -> Tensor | float:
+        """log q(y) / p(y) per row (0 without labels): constant in x, so it leaves grad log h_t unchanged."""
+        if y is None:
+            return 0.0
+        plus = self._labels(y) > 0
+        log_q, log_p = self.label_probs("target").log(), self.label_probs("source").log()
+        return torch.where(plus, log_q[1] - log_p[1], log_q[0] - log_p[0]).to(x.dtype)
 
     def log_guidance(self, x: Tensor, alpha: Any, sigma: Any, y: Tensor | None = None) -> Tensor:
         """log h_t(x) = log q_t(x) / p_t(x), the exact TGDP guidance, (n,)."""
-        return self.noised_log_prob(x, "target", alpha, sigma, y) - self.noised_log_prob(x, "source", alpha, sigma, y)
+        return (self.noised_log_prob(x, "target", alpha, sigma, y) - self.noised_log_prob(x, "source", alpha, sigma, y)
+                + self._log_label_ratio(y, x))
 
     def guidance_grad(self, x: Tensor, alpha: Any, sigma: Any, y: Tensor | None = None) -> Tensor:
         """grad_x log h_t(x) = target score - source score, (n, d)."""
@@ -293,6 +318,14 @@ class TwoGaussianTask:
             return self.noised_score(x, domain, schedule.alpha(t), schedule.sigma(t), y)
 
         return score
+
+
+def inside_support_task(conditional_weight: float = 0.9) -> TwoGaussianTask:
+    """The target INSIDE the source's support: the source modes +-(0.5, 0.5) with weights 0.5 / 0.5, the
+    target the same modes with weights ``conditional_weight`` / 1 - it (0.9 / 0.1). w = q / p is bounded
+    (0.2 to 1.8), h_t is smooth at every t, and given the label the two domains agree (h_t(x, y) = q(y) / p(y)
+    is constant in x): the conditional transfer is all in the label marginal."""
+    return TwoGaussianTask(mu_source=(0.5, 0.5), mu_target=(0.5, 0.5), weight_target=conditional_weight)
 
 
 TASKS: dict[str, type] = {

@@ -38,9 +38,10 @@ LABELS = torch.tensor([-1.0, 1.0])
 LINE_X = 0.5
 
 
-def true_labels() -> LabelMarginal:
-    """q(y) = (1/2, 1/2), the exact target label marginal (for the n-independent reference rows)."""
-    return LabelMarginal(LABELS.clone(), torch.tensor([0.5, 0.5]))
+def true_labels(task: TwoGaussianTask | None = None) -> LabelMarginal:
+    """q(y), the exact target label marginal over LABELS (for the n-independent reference rows)."""
+    probs = torch.tensor([0.5, 0.5]) if task is None else task.label_probs("target").float()
+    return LabelMarginal(LABELS.clone(), probs)
 
 
 @dataclass
@@ -74,7 +75,8 @@ def true_log_prob(task: TwoGaussianTask, data: PairedData, conditional: bool) ->
     """log q(x) (n,), or log q(x, y) = log 1/2 + log q(x | y) in the conditional version."""
     if not conditional:
         return task.log_prob(data.x.double(), "target").double()
-    return math.log(0.5) + task.log_prob(data.x.double(), "target", data.c).double()
+    log_qy = task.label_probs("target").log()
+    return torch.where(data.c[:, 0] > 0, log_qy[1], log_qy[0]) + task.log_prob(data.x.double(), "target", data.c).double()
 
 
 def score_model(task: TwoGaussianTask, model: ScoreModel, eval_data: PairedData, mmd_reference: Tensor,
@@ -90,7 +92,7 @@ def score_model(task: TwoGaussianTask, model: ScoreModel, eval_data: PairedData,
     out = {"kl": est.value, "kl_se": est.se, "n_eval": est.n, "mmd2": value, "mmd_bandwidth": bandwidth,
            "n_mmd": int(mmd_reference.shape[0]), "samples": samples[:keep].tolist()}
     if conditional:
-        out["label_kl"] = model.labels.kl_from(torch.tensor([0.5, 0.5]))
+        out["label_kl"] = model.labels.kl_from(task.label_probs("target").float())
         out["label_probs"] = model.labels.probs.tolist()
     return out
 

@@ -79,6 +79,12 @@ class TGDPSettings:
         "guidance_train": {"steps": 1500, "batch_size": 128},
         "time_classifier_train": {"steps": 2000, "batch_size": 256}})
     regularizers: dict[str, float] = field(default_factory=lambda: {"eta_cycle": 1.0, "eta_consistency": 1.0})
+    #: the network-free estimators: kernel guidance (KDE bandwidth, source rows used) and noisy classifier
+    kernel: dict[str, Any] = field(default_factory=lambda: {"bandwidth": "scott", "max_rows": 2000})
+    noisy_classifier: dict[str, Any] = field(default_factory=lambda: {
+        "hidden": (64, 64), "train": {"steps": 2000, "batch_size": 256}})
+    #: ``theory.tasks.TwoGaussianTask`` keywords (empty: the paper's task; see ``inside_support_task``)
+    task: dict[str, Any] = field(default_factory=dict)
     rtol: float = 1e-4
     n_eval: int = 2000
     n_mmd: int = 1000
@@ -197,7 +203,7 @@ def write_tgdp_outputs(out: Path, s: TGDPSettings, records: list[dict[str, Any]]
     plots = []
     for cond in sorted({bool(r["conditional"]) for r in records}):
         name = "conditional" if cond else "unconditional"
-        for path in (plot_tgdp_samples(records, TwoGaussianTask(), cond, out / f"samples_{name}.png"),
+        for path in (plot_tgdp_samples(records, TwoGaussianTask(**s.task), cond, out / f"samples_{name}.png"),
                      plot_log_h(records, cond, out / f"log_h_{name}.png")):
             if path is not None:
                 plots.append(str(path))
@@ -207,7 +213,8 @@ def write_tgdp_outputs(out: Path, s: TGDPSettings, records: list[dict[str, Any]]
 def run_tgdp_group(spec: dict[str, Any], out: Path | None, group: TGDPGroup, log: Any,
                    on_cell: Any) -> list[dict[str, Any]]:
     """The engine's runner of this study: one seed and version, the source head, then its cells in order."""
-    s, task, say = TGDPSettings.from_dict(spec), TwoGaussianTask(), log or (lambda _m: None)
+    s = TGDPSettings.from_dict(spec)
+    task, say = TwoGaussianTask(**s.task), log or (lambda _m: None)
     seed, conditional = group.seed, group.conditional
     gen = torch.Generator().manual_seed(seed)
     source = task.sample(s.n_source, "source", gen)
@@ -254,7 +261,7 @@ def _fit_and_score(task: TwoGaussianTask, s: TGDPSettings, seed: int, conditiona
     fit_seconds = time.perf_counter() - t0
     labels = None
     if conditional:
-        labels = true_labels() if method in REFERENCES else LabelMarginal.fit(target.c, LABELS.clone())
+        labels = true_labels(task) if method in REFERENCES else LabelMarginal.fit(target.c, LABELS.clone())
     model = ScoreModel(fitted.score, schedule, labels, rtol=s.rtol, atol=s.rtol, t_eps=src.t_eps)
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(30_000 + cell_seed)
@@ -325,5 +332,5 @@ def compare(summary: Sequence[dict[str, Any]], method: str, baseline: str, n_t: 
     m, b = cell[(conditional, n_t, method)], cell[(conditional, n_t, baseline)]
     gap, se = b["kl_mean"] - m["kl_mean"], math.hypot(m["kl_se"], b["kl_se"])
     return {"method": method, "baseline": baseline, "n_t": n_t, "conditional": conditional, "gap": gap, "se": se,
-            "beats": gap > se}
+            "beats": gap > se, "beats_2se": gap > 2 * se, "worse_2se": gap < -2 * se, "seeds": m["seeds"]}
 

@@ -26,7 +26,11 @@ from diffusion.tgdp import (
     fit_tgdp,
     train_head,
 )
+from diffusion.tgdp.classifier import fit_domain_classifier
 from diffusion.tgdp.guidance import Guidance
+from diffusion.tgdp.kernel_guidance import KernelGuidance
+from diffusion.tgdp.noisy_guidance import ClassifierGuidance
+from diffusion.tgdp.quadratic_ratio import fit_quadratic_log_ratio
 from shared_embed.data import PairedData
 from shared_embed.train import TrainConfig
 
@@ -37,7 +41,7 @@ if TYPE_CHECKING:
     from .tgdp_experiment import TGDPSettings
 
 #: the methods in table order; REFERENCES do not use the target sample (fitted once per seed and version)
-METHODS = ("target_only", "fine_tune", "domain_guidance", "tgdp", "tgdp_reg",
+METHODS = ("target_only", "fine_tune", "domain_guidance", "tgdp", "tgdp_reg", "tgdp_kernel", "tgdp_noisy_clf",
            "source_only", "tgdp_exact_w", "tgdp_exact_h")
 REFERENCES = ("source_only", "tgdp_exact_w", "tgdp_exact_h")
 
@@ -115,4 +119,32 @@ def fit_method(method: str, task: TwoGaussianTask, s: TGDPSettings, seed: int, c
         steps = sum(h.steps_done for h in fitted.histories.values())
         info = {k: options.get(k, 0.0) for k in ("eta_cycle", "eta_consistency")}
         return Fitted(fitted.score, fitted.guidance, fitted.ratio, steps, info)
+    if method in ("tgdp_kernel", "tgdp_noisy_clf"):
+        return fit_learned_guidance(method, s, seed, conditional, src, source, target, schedule)
     raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
+
+
+def fit_learned_guidance(method: str, s: TGDPSettings, seed: int, conditional: bool, src: DiffusionHead,
+                         source: PairedData, target: PairedData, schedule: VPSchedule) -> Fitted:
+    """The network-free guidance estimators of ``diffusion.tgdp``, on the frozen source head.
+
+    ``tgdp_kernel``: the cross-validated quadratic log-ratio classifier and the KDE-smoothed kernel guidance
+    E_{p_hat}[w | x_t] (``s.kernel``: bandwidth, rows); ``tgdp_noisy_clf``: the time-dependent domain
+    classifier's log-odds (plus log n_s / n_t) used as log h_t itself.
+    """
+    ctx = {"source_context": source.c, "target_context": target.c} if conditional else {}
+    if method == "tgdp_kernel":
+        ratio = fit_quadratic_log_ratio(source.x, target.x, seed=seed, **ctx)
+        guidance = KernelGuidance(source.x, ratio, schedule, bandwidth=s.kernel.get("bandwidth", "scott"),
+                                  source_context=ctx.get("source_context"), dtype=torch.float32,
+                                  max_rows=s.kernel.get("max_rows"), seed=seed)
+        return Fitted(GuidedScore(src.score, guidance), guidance, ratio,
+                      info={"C": ratio.strength, "bandwidth": guidance.bandwidth, "rows": int(guidance.x.shape[0])})
+    options = dict(s.noisy_classifier)
+    train = TrainConfig(**{"lr": 1e-3, "optimizer": "adamw", "weight_decay": 1e-4, **options.pop("train", {}),
+                           "seed": seed, "description": "noisy classifier"})
+    time_ratio, history = fit_domain_classifier(source.x, target.x, time_dependent=True, schedule=schedule,
+                                                config=train, **options, **ctx)
+    guidance = ClassifierGuidance(time_ratio)
+    return Fitted(GuidedScore(src.score, guidance), guidance, steps=history.steps_done,
+                  info={"prior_factor": time_ratio.prior_factor})

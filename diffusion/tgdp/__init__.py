@@ -8,7 +8,10 @@ classifier's density ratio:
 - :mod:`.regularizers`: L_cycle (time-dependent classifier) and L_cons (DSM of the composed score);
 - :mod:`.compose`: ``GuidedScore`` (s_src + grad log h) and Domain Guidance as plain ScoreFns;
 - :mod:`.fit`: ``fit_tgdp`` through ``shared_embed.train.fit``; :mod:`.labels`: q(y) for conditional TGDP;
-- :mod:`.baselines`: target-only training and fine-tuning of a ``DiffusionHead``.
+- :mod:`.baselines`: target-only training and fine-tuning of a ``DiffusionHead``;
+- network-free guidance: :mod:`.quadratic_ratio` (a cross-validated quadratic log-ratio classifier for tiny
+  n_t), :mod:`.kernel_guidance` (E_{p_hat}[w | x_t] from the source rows, KDE-smoothed in closed form),
+  :mod:`.noisy_guidance` (a time-dependent classifier as log h_t; a switch to another score at small t).
 
 Example:
     >>> from diffusion.tgdp import TGDPConfig, fit_tgdp
@@ -21,12 +24,15 @@ from .classifier import DensityRatio, DomainClassifier, class_weights, fit_domai
 from .compose import DomainGuidanceScore, GuidedScore, domain_guidance_score, guidance_grad
 from .fit import TGDPConfig, TGDPFit, fit_tgdp
 from .guidance import DAMPING, POSITIVITY, FunctionGuidance, Guidance, GuidanceNetwork, SourcePosterior, guidance_loss
+from .kernel_guidance import KernelGuidance
 from .labels import LabelMarginal
+from .noisy_guidance import ClassifierGuidance, SwitchedScore
+from .quadratic_ratio import QuadraticLogRatio, fit_quadratic_log_ratio
 from .regularizers import consistency_loss, cycle_loss
 
 __all__ = [
-    "DAMPING", "POSITIVITY", "DensityRatio", "DomainClassifier", "DomainGuidanceScore", "FunctionGuidance", "Guidance",
-    "GuidanceNetwork", "GuidedScore", "LabelMarginal", "SourcePosterior", "TGDPConfig", "TGDPFit", "class_weights",
-    "consistency_loss", "cycle_loss", "domain_guidance_score", "fine_tune", "fit_domain_classifier", "fit_tgdp",
+    "DAMPING", "POSITIVITY", "ClassifierGuidance", "DensityRatio", "DomainClassifier", "DomainGuidanceScore", "FunctionGuidance", "Guidance",
+    "GuidanceNetwork", "GuidedScore", "KernelGuidance", "LabelMarginal", "QuadraticLogRatio", "SourcePosterior", "SwitchedScore", "TGDPConfig", "TGDPFit", "class_weights",
+    "consistency_loss", "cycle_loss", "domain_guidance_score", "fine_tune", "fit_domain_classifier", "fit_quadratic_log_ratio", "fit_tgdp",
     "guidance_grad", "guidance_loss", "train_head",
 ]
