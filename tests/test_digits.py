@@ -1,4 +1,4 @@
-"""Issue 7: the 8x8 digits transfer task, its pixel transforms, the sample metrics and the experiment.
+"""The 8x8 digits transfer task, its pixel transforms, the sample metrics and the experiment.
 
 Known answers: the logit Jacobian against autograd; bits/dim of a model uniform on the dequantised pixel
 space (log2 17) and of the dequantised image of a known categorical law (its entropy); MMD^2 between two

@@ -1,4 +1,4 @@
-"""Known answers for TGDP (``diffusion.tgdp``; REFERENCE.md section 3) on the two-Gaussian task of the paper.
+"""Known answers for TGDP (``diffusion.tgdp``; docs/theory.md, 'TGDP') on the two-Gaussian task of the paper.
 
 Everything in that task is analytic (p_t, q_t, h_t = q_t / p_t and every score), so each piece is held against
 the truth:

@@ -1,4 +1,4 @@
-"""The diffusion-head transfer experiment (issue 4, the flow issue's grid run for diffusion heads).
+"""The diffusion-head transfer experiment (the flow experiment's grid, run with diffusion heads).
 
 Same grid and task as :mod:`theory.flow_experiment`: :class:`~theory.tasks.ConditionalGaussianTask`
 (d_c = 16, d_h = 2, d_x = 2), n_s = 10,000, n_t in {50, 100, 200, 500, 1000}, seeds {0, 1, 2}, the four

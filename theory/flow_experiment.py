@@ -1,4 +1,4 @@
-"""The flow-head transfer experiment of issue 3: settings, and one call that runs and summarises it.
+"""The flow-head transfer experiment: settings, and one call that runs and summarises it.
 
 Default task: :class:`~theory.tasks.ConditionalGaussianTask` (d_c = 16, d_h = 2, d_x = 2), n_s = 10,000
 source pairs, n_t in {50, 100, 200, 500, 1000}, seeds {0, 1, 2}, the four variants, a zuko NSF head.

@@ -1,7 +1,7 @@
 """KL(p || p_hat) by Monte Carlo against a ground-truth task, the Gaussian closed form, and the KL split.
 
 Accuracy in gentransfer is KL(p_T || p_hat_T) = E_{c, x ~ p_T} [log p_T(x | c) - log p_hat_T(x | c)], estimated
-on fresh samples with its standard error (REFERENCE.md section 1). The split of that section, for a model
+on fresh samples with its standard error (docs/theory.md, 'The setting'). The split of that section, for a model
 whose head g reads a frozen embedding h_hat,
 
     KL_total = KL( p(x|c) || p(x | h_hat(c)) )  +  KL( p(x | h_hat) || g(x | h_hat) )

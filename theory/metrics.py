@@ -1,4 +1,4 @@
-"""Held-out and sample-based metrics for models without a known true density (REFERENCE.md section 4).
+"""Held-out and sample-based metrics for models without a known true density (docs/theory.md, 'Metrics').
 
 - :func:`nll_summary`: test negative log-likelihood in nats per example and bits per dimension, with SEs.
 - :func:`mmd2`: squared maximum mean discrepancy, unbiased U-statistic, Gaussian kernel

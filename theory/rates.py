@@ -1,4 +1,4 @@
-"""Predicted KL decay exponents: the rate template of REFERENCE.md section 1 as code.
+"""Predicted KL decay exponents: the rate template of docs/theory.md as code.
 
 These are GENERIC NONPARAMETRIC RATES for beta-smooth conditional densities, with log factors dropped. They
 are a template in the spirit of the transfer theory (Tian & Shen 2024; Cheng et al. 2025), NOT the papers'

@@ -1,4 +1,4 @@
-"""The TGDP paper's simulation (REFERENCE.md section 3), reproduced with the library's pieces, and its baselines.
+"""The TGDP paper's simulation (docs/theory.md, 'TGDP'), reproduced with the library's pieces, and its baselines.
 
 :class:`~theory.tasks.TwoGaussianTask` (d = 2, variance 0.1; source modes +-(0.5, 0.5), target +-(0.5, -0.5)),
 n_s = 10,000 source draws, n_t in {10, 100, 1000} target draws (nested), seeds {0, 1, 2}, unconditional and

@@ -1,4 +1,4 @@
-"""TGDP, transfer-guided diffusion (Ouyang et al. 2024; REFERENCE.md section 3), and its baselines.
+"""TGDP, transfer-guided diffusion (Ouyang et al. 2024; docs/theory.md, 'TGDP'), and its baselines.
 
 The target score is the frozen source score plus grad log h_t, h_t = q_t / p_t, learned from a domain
 classifier's density ratio:

@@ -1,4 +1,4 @@
-"""Domain classifiers and the density ratios they give (REFERENCE.md section 3, steps 1 and 3).
+"""Domain classifiers and the density ratios they give (docs/theory.md, 'TGDP', steps 1 and 3).
 
 A classifier c(x[, t][, y]) = P(source | x) is trained with binary cross-entropy on source (label 1) and
 target (label 0) samples. With class weights pi_s, pi_t in the loss, its Bayes optimum is

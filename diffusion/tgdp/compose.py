@@ -1,6 +1,6 @@
 """Composed scores: TGDP's target score and Domain Guidance, as plain ``score(x, t, context)`` functions.
 
-TGDP (REFERENCE.md section 3): grad log q_t = grad log p_t + grad log h_t, so with a frozen source score and a
+TGDP (docs/theory.md, 'TGDP'): grad log q_t = grad log p_t + grad log h_t, so with a frozen source score and a
 guidance, :class:`GuidedScore` is a ScoreFn that ``sample_sde``, ``sample_ode`` and
 ``probability_flow_log_prob`` take unchanged. grad_x log h comes from autograd; it is built with
 ``create_graph`` whenever grad mode is on at the call, so the likelihood's divergence (which differentiates the

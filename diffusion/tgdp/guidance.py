@@ -1,4 +1,4 @@
-"""The guidance function h_t(x) = q_t(x) / p_t(x) and its regression loss (REFERENCE.md section 3, step 2).
+"""The guidance function h_t(x) = q_t(x) / p_t(x) and its regression loss (docs/theory.md, 'TGDP', step 2).
 
 For the same forward kernel in both domains, h_t(x) = E_{p(x_0 | x_t = x)}[w(x_0)] with w = q / p, so h_t is the
 minimiser of the regression on SOURCE samples

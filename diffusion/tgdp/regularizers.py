@@ -1,4 +1,4 @@
-"""TGDP's two regularisers on TARGET samples (REFERENCE.md section 3, steps 3 and 4).
+"""TGDP's two regularisers on TARGET samples (docs/theory.md, 'TGDP', steps 3 and 4).
 
 - cycle: a time-dependent domain classifier c'(x_t, t) gives q_t / p_t directly
   (:func:`~diffusion.tgdp.classifier.fit_domain_classifier` with ``time_dependent=True``), and

@@ -1,6 +1,6 @@
 """Conditional TGDP on the digits: the frozen source diffusion model plus a learned guidance on (x, y).
 
-TGDP (``diffusion.tgdp``, REFERENCE.md section 3) needs every piece in ONE space: the source score was
+TGDP (``diffusion.tgdp``, docs/theory.md, 'TGDP') needs every piece in ONE space: the source score was
 learned on source-standardised logits x_s = (z - m_src) / s_src with context h(c), the frozen embedding of
 the label. So the target images are standardised with the SOURCE scaler, and the label enters the domain
 classifier and the guidance as the same embedding h(c) (an injective code of the 10 labels): the classifier

@@ -1,6 +1,6 @@
 """Does the target lie inside the source's support?  The density-ratio diagnostic behind TGDP.
 
-TGDP (REFERENCE.md section 3) reweights the source: q = w p with w(x, y) = q(x, y) / p(x, y), estimated by a
+TGDP (docs/theory.md, 'TGDP') reweights the source: q = w p with w(x, y) = q(x, y) / p(x, y), estimated by a
 domain classifier c(x, y) = P(source | x, y) as w = ((1 - c) / c) (n_s / n_t). It can only produce target
 images that the source already holds with some weight. This diagnostic fits that classifier (multinomial
 logistic regression, scikit-learn, on [levels / 16, one-hot label]) and reports:
