@@ -610,3 +610,25 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
     for assignment in overrides:
         apply_override(raw, assignment)
     return ExperimentConfig.from_dict(raw)
+
+
+#: Keys of the [experiment] table of a study that is not a transfer grid (TGDP, digits).
+STUDY_EXPERIMENT_KEYS = ("kind", "name", "description")
+
+
+def study_tables(raw: dict[str, Any], section: str, label: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the [experiment] table, the [``section``] table) of a TGDP or digits config; ConfigError naming a bad key.
+
+    ``label`` names the study in messages (e.g. "TGDP"). Valid top-level tables: experiment, ``section``, run.
+    """
+    unknown = sorted(set(raw) - {"experiment", section, "run"})
+    if unknown:
+        raise ConfigError(f"unknown table(s) {unknown} in a {label} config; valid: experiment, {section}, run")
+    exp = raw["experiment"]
+    bad = sorted(set(exp) - set(STUDY_EXPERIMENT_KEYS))
+    if bad:
+        raise ConfigError(f"unknown key(s) {bad} in [experiment]; valid: {list(STUDY_EXPERIMENT_KEYS)}")
+    table = raw.get(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{section}] must be a table, got {type(table).__name__}")
+    return exp, table

@@ -15,25 +15,18 @@ from typing import Any
 from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import ConfigError, DataError
 
+from .config import study_tables
 from .digits import experiment_from_config
 from .engine import Log
 from .real.digits_experiment import DigitsExperiment, load_digits_records, run_digits_experiment
 from .real.digits_report import format_table
 from .run_folder import claim, read_json, write_json
 
-EXPERIMENT_KEYS = ("kind", "name", "description")
-
 
 def parse(raw: dict[str, Any]) -> tuple[dict[str, Any], DigitsExperiment]:
     """(the [experiment] table, the experiment) of a digits config; ConfigError naming a bad key."""
-    unknown = sorted(set(raw) - {"experiment", "digits", "run"})
-    if unknown:
-        raise ConfigError(f"unknown table(s) {unknown} in a digits config; valid: experiment, digits, run")
-    exp = raw["experiment"]
-    bad = sorted(set(exp) - set(EXPERIMENT_KEYS))
-    if bad:
-        raise ConfigError(f"unknown key(s) {bad} in [experiment]; valid: {list(EXPERIMENT_KEYS)}")
-    return exp, experiment_from_config({"digits": raw.get("digits", {})})
+    exp, digits = study_tables(raw, "digits", "digits")
+    return exp, experiment_from_config({"digits": digits})
 
 
 def resolved(raw: dict[str, Any]) -> dict[str, Any]:

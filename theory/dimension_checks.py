@@ -60,11 +60,15 @@ def log_slope(values: dict[int, list[float]]) -> tuple[float, float, int]:
     pts = [(math.log(k), math.log(v)) for k, vs in values.items() for v in vs if v > 0]
     if len({x for x, _ in pts}) < 2 or len(pts) < 3:
         return math.nan, math.nan, 0
-    x, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    return ols_slope(np.array([p[0] for p in pts]), np.array([p[1] for p in pts]))
+
+
+def ols_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float, int]:
+    """Least-squares slope of y on x (n,), its SE and n - 2 degrees of freedom (SE NaN when n <= 2)."""
     slope, icpt = np.polyfit(x, y, 1)
     resid = y - (slope * x + icpt)
-    df = len(pts) - 2
-    se = math.sqrt(float(resid @ resid) / df / float(((x - x.mean()) ** 2).sum()))
+    df = len(x) - 2
+    se = math.sqrt(float(resid @ resid) / df / float(((x - x.mean()) ** 2).sum())) if df > 0 else math.nan
     return float(slope), se, df
 
 
@@ -169,19 +173,15 @@ def check_efficiency_grows(records: Sequence[Record], head: str, n_s: int, n_t: 
     if len(xs) < 2 or len(pts) < 4:
         return CheckResult(name, scope, INSUFFICIENT, f"needs >= 2 values of d_c / d_h and >= 4 points, have "
                            f"{len(xs)} and {len(pts)}", hypothesis=hyp, statistic=stat)
-    x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
-    slope, icpt = np.polyfit(x, y, 1)
-    resid = y - (slope * x + icpt)
-    df = len(pts) - 2
-    se = math.sqrt(float(resid @ resid) / df / float(((x - x.mean()) ** 2).sum())) if df > 0 else math.nan
+    slope, se, df = ols_slope(np.log([p[0] for p in pts]), np.log([p[1] for p in pts]))
     by_x = {f"{v:g}": float(np.exp(np.mean([np.log(r) for xx, r in pts if xx == v]))) for v in xs}
     summary = (f"geometric-mean ratio by d_c/d_h {{{', '.join(f'{k}: {v:.3g}' for k, v in by_x.items())}}}; "
                f"slope {slope:.3g} +- {fmt(se, 2)} ({len(pts)} points)")
-    numbers = {"ratios": by_x, "slope": float(slope), "se": se, "points": len(pts)}
+    numbers = {"ratios": by_x, "slope": slope, "se": se, "points": len(pts)}
     if len({int(round(p[0])) for p in pts}) < 2:
         return CheckResult(name, scope, INSUFFICIENT, summary, numbers, hyp, stat)
     return CheckResult(name, scope, INSUFFICIENT, summary, numbers, hyp, stat,
-                       p_pass=t_tail(float(slope), se, df), p_fail=t_tail(-float(slope), se, df))
+                       p_pass=t_tail(slope, se, df), p_fail=t_tail(-slope, se, df))
 
 
 def run_dimension_checks(records: Sequence[Record], head: str, *, n_t: int | None, n_s: int, d_h_fixed: int,

@@ -15,6 +15,7 @@ from typing import Any
 from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import ConfigError, DataError
 
+from .config import study_tables
 from .engine import Log
 from .run_folder import claim, read_json, write_json
 from .tgdp_experiment import (
@@ -28,7 +29,6 @@ from .tgdp_experiment import (
 )
 from .tgdp_methods import REFERENCES
 
-EXPERIMENT_KEYS = ("kind", "name", "description")
 
 
 def is_tgdp(raw: dict[str, Any]) -> bool:
@@ -45,16 +45,7 @@ def resolved(raw: dict[str, Any]) -> dict[str, Any]:
 
 def parse(raw: dict[str, Any]) -> tuple[dict[str, Any], TGDPSettings]:
     """(the [experiment] table, the settings) of a TGDP config; ConfigError naming a bad key."""
-    unknown = sorted(set(raw) - {"experiment", "tgdp", "run"})
-    if unknown:
-        raise ConfigError(f"unknown table(s) {unknown} in a TGDP config; valid: experiment, tgdp, run")
-    exp = raw["experiment"]
-    bad = sorted(set(exp) - set(EXPERIMENT_KEYS))
-    if bad:
-        raise ConfigError(f"unknown key(s) {bad} in [experiment]; valid: {list(EXPERIMENT_KEYS)}")
-    tgdp = raw.get("tgdp", {})
-    if not isinstance(tgdp, dict):
-        raise ConfigError(f"[tgdp] must be a table, got {type(tgdp).__name__}")
+    exp, tgdp = study_tables(raw, "tgdp", "TGDP")
     return exp, TGDPSettings.from_dict(tgdp)
 
 
