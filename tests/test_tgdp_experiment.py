@@ -11,7 +11,7 @@ import torch
 
 from shared_embed.train import TrainConfig
 from theory.tgdp_experiment import TGDPSettings, compare, load_records, run_tgdp_experiment
-from theory.tgdp_methods import METHODS
+from theory.tgdp_methods import LEARNED, METHODS, SWITCH_LOW
 
 
 def tiny_settings() -> TGDPSettings:
@@ -42,6 +42,10 @@ def test_tiny_tgdp_experiment_end_to_end(tmp_path: Path) -> None:
             assert r["ratio_mse"] >= 0
         if r["method"] in ("tgdp_kernel", "tgdp_noisy_clf"):
             assert r["log_h_mse_q_mean"] >= 0
+        if r["method"] in SWITCH_LOW:  # the switch chosen among the candidates, each with its held-out loss
+            assert r["settings"]["low"] == SWITCH_LOW[r["method"]]
+            assert str(r["settings"]["switch"]) in r["settings"]["switch_losses"]
+            assert all(math.isfinite(v) for v in r["settings"]["switch_losses"].values())
         if r["conditional"]:
             assert r["label_kl"] >= 0 and len(r["label_probs"]) == 2
     reg = next(r for r in records if r["method"] == "tgdp_reg")
@@ -116,8 +120,7 @@ def test_learned_tgdp_beats_the_baselines(full_grid: dict) -> None:
     """The paper's claim on its simulation: ONE learned TGDP variant (no exact w or h anywhere) below target-only
     and fine-tuning at n_t = 10 and 100, both versions, by more than 2 combined SE over seeds, and not worse
     than the better baseline beyond 2 SE at n_t = 1000."""
-    assert any(not _losses(full_grid["summary"], (m,)) for m in ("tgdp", "tgdp_reg", "tgdp_kernel",
-                                                                  "tgdp_noisy_clf"))
+    assert any(not _losses(full_grid["summary"], (m,)) for m in LEARNED)
 
 
 def test_the_tgdp_study_runs_and_reports_through_gentransfer(tmp_path: Path,

@@ -83,6 +83,9 @@ class TGDPSettings:
     kernel: dict[str, Any] = field(default_factory=lambda: {"bandwidth": "scott", "max_rows": 2000})
     noisy_classifier: dict[str, Any] = field(default_factory=lambda: {
         "hidden": (64, 64), "train": {"steps": 2000, "batch_size": 256}})
+    #: the switched kernel guidance: ``diffusion.tgdp.switch_time.select_switch`` keywords (candidates, points,
+    #: t_min, samples); empty: its defaults
+    switch: dict[str, Any] = field(default_factory=dict)
     #: ``theory.tasks.TwoGaussianTask`` keywords (empty: the paper's task; see ``inside_support_task``)
     task: dict[str, Any] = field(default_factory=dict)
     rtol: float = 1e-4
