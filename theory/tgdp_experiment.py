@@ -50,6 +50,7 @@ from .run_folder import read_json, write_json
 from .tasks import TwoGaussianTask
 from .tgdp_eval import LABELS, ScoreModel, guidance_errors, log_h_line, ratio_errors, score_model, true_labels
 from .tgdp_methods import METHODS, REFERENCES, fit_method
+from .tgdp_methods import cell_seed as tgdp_cell_seed  # (cell_seed is a local name below)
 from .transfer_experiment import summarize
 
 ERROR_KEYS = ("log_h_mse_mean", "grad_mse_mean", "grad_mse_q_mean", "ratio_mse")
@@ -86,6 +87,9 @@ class TGDPSettings:
     #: the switched kernel guidance: ``diffusion.tgdp.switch_time.select_switch`` keywords (candidates, points,
     #: t_min, samples); empty: its defaults
     switch: dict[str, Any] = field(default_factory=dict)
+    #: the gated kernel guidance: the effective source rows at which it weighs the guided and target-only scores
+    #: equally (``diffusion.tgdp.gated_score``)
+    gate_rows: float = 10.0
     #: ``theory.tasks.TwoGaussianTask`` keywords (empty: the paper's task; see ``inside_support_task``)
     task: dict[str, Any] = field(default_factory=dict)
     rtol: float = 1e-4
@@ -257,7 +261,7 @@ def _fit_and_score(task: TwoGaussianTask, s: TGDPSettings, seed: int, conditiona
                    src: DiffusionHead, source: PairedData, target: PairedData, schedule: VPSchedule,
                    eval_data: PairedData, mmd_ref: torch.Tensor, cache: dict[Any, Any]) -> dict[str, Any]:
     """Fit ``method`` and score it: metrics, errors of its guidance/classifier, the log-h line and timings."""
-    cell_seed = 1_000_003 * seed + 101 * (0 if method in REFERENCES else n) + METHODS.index(method)
+    cell_seed = tgdp_cell_seed(seed, n, method)
     torch.manual_seed(cell_seed)
     t0 = time.perf_counter()
     fitted = fit_method(method, task, s, cell_seed, conditional, src, source, target, schedule, cache)

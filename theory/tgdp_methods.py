@@ -27,6 +27,7 @@ from diffusion.tgdp import (
     train_head,
 )
 from diffusion.tgdp.classifier import fit_domain_classifier
+from diffusion.tgdp.gated_score import GatedScore
 from diffusion.tgdp.guidance import Guidance
 from diffusion.tgdp.kernel_guidance import KernelGuidance
 from diffusion.tgdp.noisy_guidance import ClassifierGuidance
@@ -43,12 +44,14 @@ if TYPE_CHECKING:
 
 #: the methods in table order; REFERENCES do not use the target sample (fitted once per seed and version)
 METHODS = ("target_only", "fine_tune", "domain_guidance", "tgdp", "tgdp_reg", "tgdp_kernel", "tgdp_noisy_clf",
-           "source_only", "tgdp_exact_w", "tgdp_exact_h", "tgdp_kernel_switch", "tgdp_kernel_switch_ft")
+           "source_only", "tgdp_exact_w", "tgdp_exact_h", "tgdp_kernel_switch", "tgdp_kernel_switch_ft",
+           "tgdp_kernel_gate")
 #: the switched kernel guidance and the score it hands over to below its switch time
 SWITCH_LOW = {"tgdp_kernel_switch": "target_only", "tgdp_kernel_switch_ft": "fine_tune"}
 REFERENCES = ("source_only", "tgdp_exact_w", "tgdp_exact_h")
 #: the learned TGDP variants (no exact w or h anywhere), each compared with both baselines
-LEARNED = ("tgdp", "tgdp_reg", "tgdp_kernel", "tgdp_noisy_clf", "tgdp_kernel_switch", "tgdp_kernel_switch_ft")
+LEARNED = ("tgdp", "tgdp_reg", "tgdp_kernel", "tgdp_noisy_clf", "tgdp_kernel_switch", "tgdp_kernel_switch_ft",
+           "tgdp_kernel_gate")
 
 
 @dataclass
@@ -92,15 +95,27 @@ def exact_guidance(task: TwoGaussianTask, schedule: VPSchedule) -> FunctionGuida
     return FunctionGuidance(lambda x, t, y: task.log_guidance(x, schedule.alpha(t), schedule.sigma(t), y))
 
 
+def cell_seed(seed: int, n_t: int, method: str) -> int:
+    """The seed of one cell of the grid (the references' do not depend on n_t)."""
+    return 1_000_003 * seed + 101 * (0 if method in REFERENCES else n_t) + METHODS.index(method)
+
+
+def _sibling_seed(seed: int, method: str, other: str) -> int:
+    """The cell seed of ``other`` at the cell of ``method`` whose seed is ``seed`` (learned methods only): a
+    piece shared by several methods is fitted with its own method's seed, whichever asks first."""
+    return seed - METHODS.index(method) + METHODS.index(other)
+
+
 def _baseline_head(kind: str, s: TGDPSettings, seed: int, conditional: bool, src: DiffusionHead,
                    target: PairedData, cache: dict[Any, Any]) -> tuple[DiffusionHead, int, PairedData]:
-    """The target-only or fine-tuned head of this n_t (fitted once, kept in ``cache`` under
-    ``("_target_only" | "_fine_tuned", n_t)`` with the seed of the first method that asks for it)."""
+    """The target-only or fine-tuned head of this n_t (``seed``: the cell seed of ``kind``), fitted once and
+    kept in ``cache`` under ``("_target_only" | "_fine_tuned", n_t)``."""
     key = (f"_{'fine_tuned' if kind == 'fine_tune' else 'target_only'}", len(target))
     if key not in cache:
         if kind == "fine_tune":
             cache[key] = _split_fit(src, target, s.fine_tune_train, s.val_fraction, seed, conditional, tune=True)
         else:
+            torch.manual_seed(seed)  # the initial weights: the same as in the target_only cell itself
             head = DiffusionHead(2, 1 if conditional else None, **s.head)
             cache[key] = _split_fit(head, target, s.target_train, s.val_fraction, seed, conditional, tune=False)
     return cache[key]
@@ -123,7 +138,8 @@ def fit_method(method: str, task: TwoGaussianTask, s: TGDPSettings, seed: int, c
         head, steps, _ = _baseline_head(method, s, seed, conditional, src, target, cache)
         return Fitted(head.score, steps=steps, info={"val_fraction": s.val_fraction})
     if method in ("fine_tune", "domain_guidance"):
-        head, steps, _ = _baseline_head("fine_tune", s, seed, conditional, src, target, cache)
+        head, steps, _ = _baseline_head("fine_tune", s, _sibling_seed(seed, method, "fine_tune"), conditional, src,
+                                        target, cache)
         if method == "fine_tune":
             return Fitted(head.score, steps=steps, info={"val_fraction": s.val_fraction})
         return Fitted(domain_guidance_score(src.score, head.score, s.dg_weight), steps=steps,
@@ -144,6 +160,13 @@ def fit_method(method: str, task: TwoGaussianTask, s: TGDPSettings, seed: int, c
         return fit_learned_guidance(method, s, seed, conditional, src, source, target, schedule)
     if method in SWITCH_LOW:
         return fit_switched(method, task, s, seed, conditional, src, source, target, schedule, cache)
+    if method == "tgdp_kernel_gate":
+        kernel = fit_method("tgdp_kernel", task, s, _sibling_seed(seed, method, "tgdp_kernel"), conditional, src,
+                            source, target, schedule, cache)
+        head, steps, _ = _baseline_head("target_only", s, _sibling_seed(seed, method, "target_only"), conditional,
+                                        src, target, cache)
+        score = GatedScore(kernel.score, head.score, kernel.guidance, rows=s.gate_rows)
+        return Fitted(score, kernel.guidance, kernel.ratio, steps, {**kernel.info, "gate_rows": s.gate_rows})
     raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
 
 
@@ -180,11 +203,13 @@ def fit_switched(method: str, task: TwoGaussianTask, s: TGDPSettings, seed: int,
     (``tgdp_kernel_switch_ft``) head below it. The switch time is chosen by ``select_switch`` on the rows the
     low head held out (its validation rows: they stopped its training but it never fitted them), among
     ``s.switch["candidates"]``; no exact w or h is used."""
-    kernel = fit_method("tgdp_kernel", task, s, seed, conditional, src, source, target, schedule, cache)
-    head, steps, val = _baseline_head(SWITCH_LOW[method], s, seed, conditional, src, target, cache)
+    kernel = fit_method("tgdp_kernel", task, s, _sibling_seed(seed, method, "tgdp_kernel"), conditional, src,
+                        source, target, schedule, cache)
+    low = SWITCH_LOW[method]
+    head, steps, val = _baseline_head(low, s, _sibling_seed(seed, method, low), conditional, src, target, cache)
     options = {"candidates": (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0), **s.switch}
     choice = select_switch(kernel.score, head.score, val.x, val.c if conditional else None, schedule,
                            seed=seed, **options)
-    info = {**kernel.info, "low": SWITCH_LOW[method], "switch": choice.switch,
+    info = {**kernel.info, "low": low, "switch": choice.switch,
             "switch_losses": dict(zip(map(str, choice.candidates), choice.losses))}
     return Fitted(choice.score(kernel.score, head.score), kernel.guidance, kernel.ratio, steps, info)
