@@ -34,6 +34,7 @@ def test_tiny_tgdp_experiment_end_to_end(tmp_path: Path) -> None:
         assert math.isfinite(r["kl"]) and r["kl_se"] >= 0 and r["n_eval"] == 200, r["method"]
         assert math.isfinite(r["mmd2"]) and r["mmd_bandwidth"] > 0
         assert len(r["samples"]) == 50
+        assert set(r["score_mse_q"]) == {"0.1", "0.5"} and r["score_mse_q_mean"] >= 0
         if r["method"] in ("tgdp", "tgdp_reg", "tgdp_exact_w"):
             assert set(r["log_h_mse"]) == {"0.1", "0.5"}
             assert all(math.isfinite(v) and v >= 0 for v in r["log_h_mse"].values())
@@ -64,6 +65,21 @@ def test_tiny_tgdp_experiment_end_to_end(tmp_path: Path) -> None:
         assert Path(p).exists() and Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Path(p).stat().st_size > 5000
     gap = compare(result["summary"], "tgdp", "target_only", 10, False)
     assert math.isfinite(gap["gap"]) and gap["se"] >= 0
+
+
+def test_score_errors_vanish_for_the_exact_target_score_only() -> None:
+    from diffusion.schedule import VPSchedule
+    from theory.tasks import TwoGaussianTask
+    from theory.tgdp_eval import score_errors
+
+    task, sch = TwoGaussianTask(), VPSchedule()
+    for conditional in (False, True):
+        exact = score_errors(task, task.score_fn("target", sch, conditional), sch, (0.05, 0.5), 300, conditional,
+                             torch.Generator().manual_seed(0))
+        wrong = score_errors(task, task.score_fn("source", sch, conditional), sch, (0.05, 0.5), 300, conditional,
+                             torch.Generator().manual_seed(0))
+        assert exact["score_mse_q_mean"] < 1e-8 and set(exact["score_mse_q"]) == {"0.05", "0.5"}
+        assert wrong["score_mse_q"]["0.05"] > 1.0  # negative control: the source score is far off on q_t
 
 
 def test_unknown_method_is_refused() -> None:

@@ -48,7 +48,16 @@ from .checks import mean_se
 from .engine import run_cells, run_groups
 from .run_folder import read_json, write_json
 from .tasks import TwoGaussianTask
-from .tgdp_eval import LABELS, ScoreModel, guidance_errors, log_h_line, ratio_errors, score_model, true_labels
+from .tgdp_eval import (
+    LABELS,
+    ScoreModel,
+    guidance_errors,
+    log_h_line,
+    ratio_errors,
+    score_errors,
+    score_model,
+    true_labels,
+)
 from .tgdp_methods import METHODS, REFERENCES, fit_method
 from .tgdp_methods import cell_seed as tgdp_cell_seed  # (cell_seed is a local name below)
 from .transfer_experiment import summarize
@@ -279,6 +288,7 @@ def _fit_and_score(task: TwoGaussianTask, s: TGDPSettings, seed: int, conditiona
         rec["log_h_line"] = log_h_line(task, fitted.guidance, schedule, s.plot_times, conditional)
     if fitted.ratio is not None:
         rec.update(ratio_errors(task, fitted.ratio, s.n_errors, conditional, gen))
+    rec.update(score_errors(task, fitted.score, schedule, s.times, s.n_errors, conditional, gen))
     rec["eval_seconds"] = time.perf_counter() - t0
     return rec
 
