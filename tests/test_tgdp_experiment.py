@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from shared_embed.train import TrainConfig
-from theory.tgdp_experiment import TGDPSettings, compare, load_records, run_tgdp_experiment
-from theory.tgdp_methods import LEARNED, METHODS, SWITCH_LOW
+from theory.studies.tgdp.experiment import TGDPSettings, compare, load_records, run_tgdp_experiment
+from theory.studies.tgdp.methods import LEARNED, METHODS, SWITCH_LOW
 
 
 def tiny_settings() -> TGDPSettings:
@@ -69,8 +69,8 @@ def test_tiny_tgdp_experiment_end_to_end(tmp_path: Path) -> None:
 
 def test_score_errors_vanish_for_the_exact_target_score_only() -> None:
     from diffusion.schedule import VPSchedule
-    from theory.tasks import TwoGaussianTask
-    from theory.tgdp_eval import score_errors
+    from theory.truth.tasks import TwoGaussianTask
+    from theory.studies.tgdp.evaluation import score_errors
 
     task, sch = TwoGaussianTask(), VPSchedule()
     for conditional in (False, True):
@@ -142,7 +142,7 @@ def test_learned_tgdp_beats_the_baselines(full_grid: dict) -> None:
 def test_the_tgdp_study_runs_and_reports_through_gentransfer(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     from theory.cli import main
-    from theory.config import read_toml
+    from theory.engine.config import read_toml
 
     out = tmp_path / "run"
     assert main(["run", "tgdp_smoke", "--out", str(out), "--quiet"]) == 0
