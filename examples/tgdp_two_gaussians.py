@@ -46,7 +46,6 @@ import torch
 from diffusion import DiffusionHead, VPSchedule, probability_flow_log_prob, sample_ode
 from diffusion.tgdp import (
     FunctionGuidance,
-    GatedScore,
     GuidedScore,
     KernelGuidance,
     TGDPConfig,
@@ -144,17 +143,14 @@ vanilla.requires_grad_(False).eval()
 
 # %% [markdown]
 # ## Handing over to the target-only score where the guidance is unreliable
-# The guidance is least accurate at small t, where the target modes sit in the source's tails. Two hand-overs:
-# - **switch** (`select_switch`): the kernel-guided score for t >= tau, the vanilla score below. tau is chosen
-#   on the 20 held-out target samples by the denoising score-matching loss with the likelihood weighting
-#   (no exact answer used);
-# - **gate** (`GatedScore`): lambda * guided + (1 - lambda) * vanilla at every (x, t), with
-#   lambda = n_eff / (n_eff + 10), n_eff the number of source rows the kernel estimate effectively averages over.
+# The guidance is least accurate at small t, where the target modes sit in the source's tails. The switch
+# (`select_switch`) uses the kernel-guided score for t >= tau and the vanilla score below; tau is chosen on the
+# 20 held-out target samples by the denoising score-matching loss with the likelihood weighting (no exact answer
+# used; tau = 0 keeps the kernel guidance alone, tau = 1 the vanilla model alone).
 
 # %%
 choice = select_switch(kernel_score, vanilla.score, target_held_out, None, schedule)
 switched_score = choice.score(kernel_score, vanilla.score)
-gated_score = GatedScore(kernel_score, vanilla.score, kernel, rows=10.0)
 print(f"switch time chosen on the held-out rows: tau = {choice.switch:g} "
       f"(losses: {', '.join(f'{c:g}: {v:.3f}' for c, v in zip(choice.candidates, choice.losses))})")
 
@@ -220,7 +216,7 @@ exact_guided = GuidedScore(source_head.score, FunctionGuidance(
     lambda x, t, c: task.log_guidance(x, schedule.alpha(t), schedule.sigma(t))))
 scores = {"source model as is": source_head.score, "target only (vanilla)": vanilla.score,
           "TGDP, learned guidance": tgdp.score, "TGDP, kernel guidance": kernel_score,
-          "kernel + switch": switched_score, "kernel + gate": gated_score, "TGDP, exact guidance": exact_guided}
+          "kernel + switch": switched_score, "TGDP, exact guidance": exact_guided}
 x1 = torch.randn(N_SAMPLES, 2, generator=torch.Generator().manual_seed(2))
 truth = task.sample(N_SAMPLES, "target", torch.Generator().manual_seed(3)).x
 samples, mmds = {}, {}
@@ -233,7 +229,7 @@ kl_x = task.sample(N_KL, "target", torch.Generator().manual_seed(4)).x
 log_q = task.log_prob(kl_x.double(), "target").double()
 kls = {}
 for name in ("source model as is", "target only (vanilla)", "TGDP, learned guidance", "TGDP, kernel guidance",
-             "kernel + switch", "kernel + gate"):
+             "kernel + switch"):
     log_model = probability_flow_log_prob(scores[name], kl_x, schedule, divergence="exact", **TOL)
     kls[name] = monte_carlo_kl(log_q, log_model.detach())
 for name in scores:

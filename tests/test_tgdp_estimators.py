@@ -16,7 +16,6 @@ from torch.distributions import MultivariateNormal
 
 from diffusion.schedule import VPSchedule
 from diffusion.tgdp import fit_domain_classifier
-from diffusion.tgdp.gated_score import GatedScore
 from diffusion.tgdp.kernel_guidance import KernelGuidance
 from diffusion.tgdp.noisy_guidance import ClassifierGuidance, SwitchedScore
 from diffusion.tgdp.quadratic_ratio import QuadraticLogRatio, fit_quadratic_log_ratio
@@ -237,27 +236,3 @@ def test_effective_rows_counts_the_rows_the_kernel_averages():
     same = KernelGuidance(torch.zeros(30, 2), lambda x, t, c: torch.zeros(x.shape[0]), SCH, bandwidth=0.0)
     assert torch.allclose(same.effective_rows(torch.randn(5, 2), 0.3), torch.full((5,), 30.0), rtol=1e-5)
 
-
-def test_gated_score_follows_the_guided_score_where_rows_are_dense_only():
-    task = TwoGaussianTask()
-    exact, wrong = task.score_fn("target", SCH), task.score_fn("source", SCH)
-    gen = torch.Generator().manual_seed(3)
-    kernel = KernelGuidance(torch.randn(2000, 2, generator=gen), gaussian_log_ratio(), SCH, bandwidth=0.1)
-    gated = GatedScore(exact, wrong, kernel, rows=10.0)
-    dense, tail = torch.zeros(4, 2) + 0.1, torch.full((4, 2), 3.5)
-    t = torch.full((4,), 0.01)
-    assert float(gated.weight(dense, t).min()) > 0.75 and float(gated.weight(tail, t).max()) < 0.1
-    assert float(gated.weight(tail, torch.full((4,), 1.0)).min()) > 0.99       # at t = 1 every row counts
-    lam = gated.weight(dense, t)[:, None]
-    assert torch.allclose(gated(dense, t), lam * exact(dense, t, None) + (1 - lam) * wrong(dense, t, None))
-    # negative control: a gate that needs more rows than exist never trusts the guided score
-    assert float(GatedScore(exact, wrong, kernel, rows=1e6).weight(dense, t).max()) < 0.01
-    # lambda is differentiable in x (the likelihood's divergence): autograd matches central differences
-    x = torch.tensor([[1.2, 0.4]], dtype=torch.float64)
-    k64 = KernelGuidance(torch.randn(300, 2, generator=gen), gaussian_log_ratio(), SCH, bandwidth=0.1)
-    g64 = GatedScore(exact, wrong, k64)
-    xg = x.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(g64.weight(xg, 0.05).sum(), xg)
-    step = 1e-5 * torch.eye(2, dtype=torch.float64)
-    fd = torch.stack([(g64.weight(x + step[i], 0.05) - g64.weight(x - step[i], 0.05)) / 2e-5 for i in range(2)], -1)
-    assert float(grad.abs().max()) > 1e-3 and torch.allclose(grad, fd, rtol=1e-4, atol=1e-8)

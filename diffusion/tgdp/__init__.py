@@ -12,8 +12,7 @@ classifier's density ratio:
 - network-free guidance: :mod:`.quadratic_ratio` (a cross-validated quadratic log-ratio classifier for tiny
   n_t), :mod:`.kernel_guidance` (E_{p_hat}[w | x_t] from the source rows, KDE-smoothed in closed form),
   :mod:`.noisy_guidance` (a time-dependent classifier as log h_t; a switch to another score at small t),
-  :mod:`.switch_time` (the switch time chosen by a held-out denoising loss), :mod:`.gated_score` (the guided
-  score only where the kernel averages over enough source rows).
+  :mod:`.switch_time` (the switch time chosen by a held-out denoising loss).
 
 Example:
     >>> from diffusion.tgdp import TGDPConfig, fit_tgdp
@@ -26,7 +25,6 @@ from .classifier import DensityRatio, DomainClassifier, class_weights, fit_domai
 from .compose import DomainGuidanceScore, GuidedScore, domain_guidance_score, guidance_grad
 from .fit import TGDPConfig, TGDPFit, fit_tgdp
 from .guidance import DAMPING, POSITIVITY, FunctionGuidance, Guidance, GuidanceNetwork, SourcePosterior, guidance_loss
-from .gated_score import GatedScore
 from .kernel_guidance import KernelGuidance
 from .labels import LabelMarginal
 from .noisy_guidance import ClassifierGuidance, SwitchedScore
@@ -35,7 +33,7 @@ from .regularizers import consistency_loss, cycle_loss
 from .switch_time import SwitchChoice, select_switch
 
 __all__ = [
-    "DAMPING", "POSITIVITY", "ClassifierGuidance", "DensityRatio", "DomainClassifier", "DomainGuidanceScore", "FunctionGuidance", "GatedScore", "Guidance",
+    "DAMPING", "POSITIVITY", "ClassifierGuidance", "DensityRatio", "DomainClassifier", "DomainGuidanceScore", "FunctionGuidance", "Guidance",
     "GuidanceNetwork", "GuidedScore", "KernelGuidance", "LabelMarginal", "QuadraticLogRatio", "SourcePosterior", "SwitchChoice", "SwitchedScore", "TGDPConfig", "TGDPFit", "class_weights",
     "consistency_loss", "cycle_loss", "domain_guidance_score", "fine_tune", "fit_domain_classifier", "fit_quadratic_log_ratio", "fit_tgdp",
     "guidance_grad", "guidance_loss", "select_switch", "train_head",

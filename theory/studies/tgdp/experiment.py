@@ -96,9 +96,6 @@ class TGDPSettings:
     #: the switched kernel guidance: ``diffusion.tgdp.switch_time.select_switch`` keywords (candidates, points,
     #: t_min, samples); empty: its defaults
     switch: dict[str, Any] = field(default_factory=dict)
-    #: the gated kernel guidance: the effective source rows at which it weighs the guided and target-only scores
-    #: equally (``diffusion.tgdp.gated_score``)
-    gate_rows: float = 10.0
     #: ``theory.truth.tasks.TwoGaussianTask`` keywords (empty: the paper's task; see ``inside_support_task``)
     task: dict[str, Any] = field(default_factory=dict)
     rtol: float = 1e-4

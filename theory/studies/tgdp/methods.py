@@ -28,7 +28,6 @@ from diffusion.tgdp import (
     train_head,
 )
 from diffusion.tgdp.classifier import fit_domain_classifier
-from diffusion.tgdp.gated_score import GatedScore
 from diffusion.tgdp.guidance import Guidance
 from diffusion.tgdp.kernel_guidance import KernelGuidance
 from diffusion.tgdp.noisy_guidance import ClassifierGuidance
@@ -44,14 +43,12 @@ if TYPE_CHECKING:
 
 #: the methods in table order; REFERENCES do not use the target sample (fitted once per seed and version)
 METHODS = ("target_only", "fine_tune", "domain_guidance", "tgdp", "tgdp_reg", "tgdp_kernel", "tgdp_noisy_clf",
-           "source_only", "tgdp_exact_w", "tgdp_exact_h", "tgdp_kernel_switch", "tgdp_kernel_switch_ft",
-           "tgdp_kernel_gate")
+           "source_only", "tgdp_exact_w", "tgdp_exact_h", "tgdp_kernel_switch", "tgdp_kernel_switch_ft")
 #: the switched kernel guidance and the score it hands over to below its switch time
 SWITCH_LOW = {"tgdp_kernel_switch": "target_only", "tgdp_kernel_switch_ft": "fine_tune"}
 REFERENCES = ("source_only", "tgdp_exact_w", "tgdp_exact_h")
 #: the learned TGDP variants (no exact w or h anywhere), each compared with both baselines
-LEARNED = ("tgdp", "tgdp_reg", "tgdp_kernel", "tgdp_noisy_clf", "tgdp_kernel_switch", "tgdp_kernel_switch_ft",
-           "tgdp_kernel_gate")
+LEARNED = ("tgdp", "tgdp_reg", "tgdp_kernel", "tgdp_noisy_clf", "tgdp_kernel_switch", "tgdp_kernel_switch_ft")
 
 
 @dataclass
@@ -160,13 +157,6 @@ def fit_method(method: str, task: TwoGaussianTask, s: TGDPSettings, seed: int, c
         return fit_learned_guidance(method, s, seed, conditional, src, source, target, schedule)
     if method in SWITCH_LOW:
         return fit_switched(method, task, s, seed, conditional, src, source, target, schedule, cache)
-    if method == "tgdp_kernel_gate":
-        kernel = fit_method("tgdp_kernel", task, s, _sibling_seed(seed, method, "tgdp_kernel"), conditional, src,
-                            source, target, schedule, cache)
-        head, steps, _ = _baseline_head("target_only", s, _sibling_seed(seed, method, "target_only"), conditional,
-                                        src, target, cache)
-        score = GatedScore(kernel.score, head.score, kernel.guidance, rows=s.gate_rows)
-        return Fitted(score, kernel.guidance, kernel.ratio, steps, {**kernel.info, "gate_rows": s.gate_rows})
     raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
 
 
