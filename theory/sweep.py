@@ -51,7 +51,7 @@ from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_
 
 from .config import PHASES, ExperimentConfig, task_label
 from .controls import blind_factory, distort_kl, wrong_variance_task
-from .engine import run_cells, run_groups
+from .engine import Executor, run_cells, run_groups
 from .kl import fit_floor_model, kl_to_task, log_densities, monte_carlo_kl
 from .run_folder import (
     claim_folder,
@@ -541,7 +541,7 @@ def check_study(config: ExperimentConfig) -> None:
 
 def run_sweep(
     config: ExperimentConfig, out_dir: str | os.PathLike[str], *, workers: int | None = None,
-    log: Log | None = print, shard: tuple[int, int] = (0, 1),
+    log: Log | None = print, shard: tuple[int, int] = (0, 1), executor: Executor | None = None,
 ) -> SweepResult:
     """Run every missing (or failed) cell of ``config`` into ``out_dir``; then collect all records into
     results.csv.
@@ -551,7 +551,7 @@ def run_sweep(
     ``workers`` (default ``config.run.workers``) > 1 runs groups in that many ``spawn``-ed processes, each
     with ``config.run.threads`` torch threads, which exit when this process dies; 1 runs them in this process.
     ``shard`` = (I, N) runs only the groups of shard I of N (:func:`shard_cells`), to spread one sweep over
-    several hosts.
+    several hosts. ``executor`` (:mod:`theory.executors`: dask, SLURM) runs the groups there instead.
     """
     out = Path(out_dir)
     workers = config.run.workers if workers is None else workers
@@ -572,7 +572,7 @@ def run_sweep(
         f"{min(workers, max(len(groups), 1))} worker(s)")
     start = time.perf_counter()
     run_groups(run_transfer_group, config.to_dict(), out, groups, workers=workers, threads=config.run.threads,
-               log=log)
+               log=log, executor=executor)
     seconds = time.perf_counter() - start
     records = collect_records(out)
     csv_path = write_csv(records, out / "results.csv")

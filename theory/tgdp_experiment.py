@@ -45,7 +45,7 @@ from shared_embed.errors import ConfigError, DataError
 from shared_embed.train import TrainConfig
 
 from .checks import mean_se
-from .engine import run_cells, run_groups
+from .engine import Executor, run_cells, run_groups
 from .run_folder import read_json, write_json
 from .tasks import TwoGaussianTask
 from .tgdp_eval import LABELS, ScoreModel, guidance_errors, log_h_line, ratio_errors, score_model, true_labels
@@ -172,7 +172,8 @@ def _log(progress: bool) -> Any:
 
 
 def run_tgdp_experiment(settings: TGDPSettings | None = None, out_dir: str | Path | None = None,
-                        progress: bool = False, workers: int = 1) -> dict[str, Any]:
+                        progress: bool = False, workers: int = 1,
+                        executor: Executor | None = None) -> dict[str, Any]:
     """Run the grid through the study engine (:mod:`theory.engine`); return records, summary, the Markdown
     table, the PNG paths and the wall time (s). With ``out_dir``, cells whose record is there are not run again."""
     s = settings or TGDPSettings()
@@ -184,7 +185,8 @@ def run_tgdp_experiment(settings: TGDPSettings | None = None, out_dir: str | Pat
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "settings.json", s.to_dict())
     start = time.perf_counter()
-    records = run_groups(run_tgdp_group, s.to_dict(), out, plan_tgdp(s, out), workers=workers, log=say)
+    records = run_groups(run_tgdp_group, s.to_dict(), out, plan_tgdp(s, out), workers=workers, log=say,
+                          executor=executor)
     seconds = time.perf_counter() - start
     if out is not None:
         records = load_records(out)
