@@ -51,6 +51,7 @@ from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_
 
 from .config import PHASES, ExperimentConfig, task_label
 from .controls import blind_factory, distort_kl, wrong_variance_task
+from .costs import deal_by_cost, group_cost
 from .engine import Executor, run_cells, run_groups
 from .kl import fit_floor_model, kl_to_task, log_densities, monte_carlo_kl
 from .run_folder import (
@@ -160,13 +161,17 @@ def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
 
 
 def shard_cells(config: ExperimentConfig, cells: Iterable[Cell], shard: tuple[int, int]) -> list[Cell]:
-    """The cells of shard (I, N): whole groups, dealt round-robin over ALL the grid's groups, biggest first.
+    """The cells of shard (I, N): whole groups of ALL the grid's groups, dealt by estimated cost (biggest first,
+    each to the shard with the least so far: :func:`theory.costs.deal_by_cost`), so every shard gets its share
+    of the costly heads, not a block of one head.
 
     The deal depends on the config only, never on what is already on disk, so N processes or hosts given
     ``0/N`` ... ``N-1/N`` (on a shared folder, or folders merged afterwards) run every cell exactly once.
     """
     index, count = _check_shard(shard)
-    mine = {g.stem for k, g in enumerate(plan_groups(plan_cells(config))) if k % count == index}
+    groups = plan_groups(plan_cells(config))
+    deal = deal_by_cost([group_cost(config, g) for g in groups], count)
+    mine = {g.stem for g, s in zip(groups, deal) if s == index}
     return [c for c in cells if Group(c.head, c.n_s, c.seed, (), c.task).stem in mine]
 
 
