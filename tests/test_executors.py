@@ -75,16 +75,23 @@ def test_dask_local_cluster_writes_the_local_records(local: dict, tmp_path: Path
     assert json.loads((tmp_path / "run.json").read_text())["executor"] == "dask"
 
 
-def _kill_when_ready(path: Path, killed: list[int]) -> None:
-    """Wait for the pid a worker leaves at ``path``; SIGKILL it (never this process)."""
+def _kill_when_ready(path: Path, killed: list[int], how: signal.Signals = signal.SIGKILL) -> None:
+    """Wait for the pid a worker leaves at ``path``; send it ``how`` (never to this process)."""
     deadline = time.monotonic() + 120
     while not path.is_file() and time.monotonic() < deadline:
         time.sleep(0.05)
     if path.is_file():
         pid = int(path.read_text())
         assert pid != os.getpid()
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, how)
         killed.append(pid)
+
+
+def _killer(path: Path, how: signal.Signals = signal.SIGKILL) -> list[int]:
+    """Start :func:`_kill_when_ready` in a thread; the list it fills with the pid it signalled."""
+    killed: list[int] = []
+    threading.Thread(target=_kill_when_ready, args=(path, killed, how), daemon=True).start()
+    return killed
 
 
 @pytest.mark.parametrize("retries", [1, 0])
@@ -93,9 +100,7 @@ def test_a_worker_killed_mid_group_costs_a_retry_not_the_study(local: dict, tmp_
     # the first worker to finish a cell stops there and is killed by pid; its group must run again elsewhere
     monkeypatch.setattr(theory.sweep, "run_transfer_group", run_group_killed_once)
     monkeypatch.setenv(KILL_FILE, str(tmp_path / "kill"))
-    killed: list[int] = []
-    killer = threading.Thread(target=_kill_when_ready, args=(tmp_path / "kill", killed), daemon=True)
-    killer.start()
+    killed = _killer(tmp_path / "kill")
     said: list[str] = []
     config = load_config(SMOKE, TWO_GROUPS)
     executor = DaskExecutor(workers=2, retries=retries)
@@ -105,7 +110,6 @@ def test_a_worker_killed_mid_group_costs_a_retry_not_the_study(local: dict, tmp_
         assert len(killed) == 1
         return
     result = theory.sweep.run_sweep(config, tmp_path / "run", log=said.append, executor=executor)
-    killer.join(timeout=5)
     assert len(killed) == 1 and result.failed == 0
     assert any("worker was lost; submitted again (1/1)" in m for m in said)
     assert records(tmp_path / "run") == local
@@ -127,7 +131,8 @@ def test_a_running_scheduler_and_its_workers_write_the_local_records(local: dict
     procs = [subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
                                "--no-dashboard"], stdout=logs, stderr=logs)]
     try:
-        procs += [subprocess.Popen([*dask, "worker", address, "--nworkers", "1", "--nthreads", "1",
+        # two threads each: a worker process then runs its groups one at a time (they seed torch's generator)
+        procs += [subprocess.Popen([*dask, "worker", address, "--nworkers", "1", "--nthreads", "2",
                                     "--no-dashboard", "--host", "127.0.0.1"], stdout=logs, stderr=logs)
                   for _ in range(2)]
         with Client(address, timeout="60s") as client:
@@ -151,6 +156,26 @@ def test_slurm_job_array_on_submitits_local_cluster_writes_the_local_records(loc
     assert len(list((tmp_path / "slurm").glob("*_log.out"))) == 2  # one log per job of the array
 
 
+@pytest.mark.parametrize("how", [signal.SIGUSR2, signal.SIGKILL], ids=["preempted", "killed"])
+def test_a_preempted_or_killed_slurm_job_runs_its_group_again(local: dict, tmp_path: Path, how: signal.Signals,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # SIGUSR2 is SLURM's warning before preemption or the time limit: submitit checkpoints the job and requeues
+    # it; a SIGKILL leaves no result, and the executor submits the group again
+    monkeypatch.chdir(ROOT)  # the job processes import tests.workers from here
+    monkeypatch.setattr(theory.sweep, "run_transfer_group", run_group_killed_once)
+    monkeypatch.setenv(KILL_FILE, str(tmp_path / "kill"))
+    killed = _killer(tmp_path / "kill", how)
+    printed = run(tmp_path / "run", "--executor", "slurm", "--slurm-cluster", "local")
+    assert len(killed) == 1 and records(tmp_path / "run") == local
+    resubmitted = "ended without a result; submitted again (1/2)" in printed
+    logs = " ".join(p.read_text() for p in (tmp_path / "run" / "slurm").glob("*_log.err"))
+    if how == signal.SIGKILL:
+        assert resubmitted
+    else:
+        # submitit caught the signal in the job, which went on (requeued) without a resubmission of ours
+        assert not resubmitted and "caught signal sigusr2" in logs.lower(), logs[-2000:]
+
+
 def test_a_missing_extra_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if dask.distributed were not installed
@@ -170,3 +195,21 @@ def test_executor_options_are_checked_before_anything_runs(tmp_path: Path, optio
     assert main(["run", str(SMOKE), "--out", str(tmp_path / "run"), *options]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_readme_commands_parse() -> None:
+    """Every ``gentransfer`` command of the README's "Several machines" section is one the CLI accepts."""
+    import shlex
+
+    from theory.cli import _parser
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Several machines"):text.index("\n## ", text.index("## Several machines") + 1)]
+    lines = section.replace("\\\n", " ").splitlines()  # continued lines joined
+    commands = [shlex.split(line.split("#")[0]) for line in lines if line.strip().startswith("gentransfer ")]
+    assert len(commands) >= 6
+    executors = set()
+    for words in commands:
+        args = _parser().parse_args(words[1:])
+        executors.add(getattr(args, "executor", None))
+    assert {"local", "dask", "slurm"} <= executors

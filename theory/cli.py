@@ -62,7 +62,10 @@ smoke.toml and tgdp_smoke.toml (seconds, for tests). Give a path, or a shipped c
 (e.g. 'default'), which also works where gentransfer was installed with pip. Any key can be overridden with --set section.key=value (TOML values:
 numbers, [lists], "strings"; bare words are strings), e.g. --set grid.n_t=[50,100,200] --set run.workers=2.
 An interrupted run resumes: run the same command again and finished cells are skipped.
-Across hosts: give each host --shard I/N (I = 0..N-1) and one --out folder, then 'gentransfer report DIR'.
+Across hosts (one --out folder on a shared disk): --executor dask (a LocalCluster, or --scheduler
+tcp://HOST:PORT) or --executor slurm (a job array through submitit), which retry a lost worker's groups; or,
+with no extra package, give each host --shard I/N (I = 0..N-1, groups dealt by estimated cost), then
+'gentransfer report DIR'.
 """
 
 

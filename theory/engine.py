@@ -90,10 +90,16 @@ def _worker(runner: Runner, spec: dict[str, Any], out_dir: str | None, group: An
     return runner(spec, None if out_dir is None else Path(out_dir), group, log, lambda: None)
 
 
+#: One group at a time per process: groups seed torch's global generator, so two in threads of one process
+#: (a dask worker started with --nthreads 2) would draw from each other's streams.
+_ONE_GROUP_AT_A_TIME = threading.Lock()
+
+
 @dataclass(frozen=True)
 class GroupJob:
     """One group's work as another process or machine runs it: ``job(group) -> records``. Picklable (the runner
-    is a top-level function); ``out_dir`` is absolute, so it must be a folder every worker sees (shared disk)."""
+    is a top-level function); ``out_dir`` is absolute, so it must be a folder every worker sees (shared disk).
+    Calls in threads of one process run one after the other."""
 
     runner: Runner
     spec: dict[str, Any]
@@ -104,9 +110,10 @@ class GroupJob:
     def __call__(self, group: Any) -> list[Record]:
         import torch
 
-        torch.set_num_threads(self.threads)
-        os.environ.setdefault("GENTRANSFER_QUIET", "1")
-        return _worker(self.runner, self.spec, self.out_dir, group, self.verbose)
+        with _ONE_GROUP_AT_A_TIME:
+            torch.set_num_threads(self.threads)
+            os.environ.setdefault("GENTRANSFER_QUIET", "1")
+            return _worker(self.runner, self.spec, self.out_dir, group, self.verbose)
 
 
 class Executor(Protocol):
