@@ -155,20 +155,19 @@ def add_grid_arguments(p: argparse.ArgumentParser, results: Path) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", type=Path, default=results, help="JSON-lines file to append to")
     p.add_argument("--quiet", action="store_true", help="no per-cell log lines")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config override, as gentransfer --set")
 
 
-def grid_changes(args: argparse.Namespace) -> dict[str, Any]:
-    """The experiment fields the grid arguments override (for ``dataclasses.replace``)."""
-    changes: dict[str, Any] = {}
-    if args.n_s:
-        changes["n_s"] = args.n_s
+def grid_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` assignments (``section.key=value``) the grid arguments make on the experiment's config."""
+    out = [f"grid.n_s=[{args.n_s}]"] if args.n_s else []
     if args.n_t:
-        changes["n_t_list"] = tuple(args.n_t)
+        out.append(f"grid.n_t={list(args.n_t)}")
     if args.seeds:
-        changes["seeds"] = tuple(args.seeds)
+        out.append(f"grid.seeds={list(args.seeds)}")
     if args.floor_n is not None:
-        changes["floor_n"] = args.floor_n or None
-    return changes
+        out.append(f"evaluation.floor_n={args.floor_n}")
+    return out + list(args.set or [])
 
 
 def print_grid_result(result: dict[str, Any], what: str, floor_n: int | None) -> None:

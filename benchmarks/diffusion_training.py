@@ -1,6 +1,6 @@
 """Benchmark: DiffusionHead training through the shared loop against a minimal plain PyTorch DSM loop.
 
-The same ScoreNetwork (width 64, 2 blocks, 32 time features, as theory.diffusion_experiment; same seed, so the
+The same ScoreNetwork (width 64, 2 blocks, 32 time features, as theory.studies.transfer.experiments; same seed, so the
 same initial weights) is trained on the same data, batch size, steps and optimizer (Adam, lr 1e-3):
 
 - ``plain``: a hand-written denoising-score-matching loop on ``head.net`` alone: t ~ U(t_eps, 1), x_t = a_t x

@@ -30,7 +30,7 @@ from typing import Any
 
 from common import ROOT, append_record, machine_line, table  # noqa: E402
 
-from theory.config import load_config  # noqa: E402
+from theory.engine.config import load_config  # noqa: E402
 
 EXECUTORS = ("local", "dask")
 

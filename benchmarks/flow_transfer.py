@@ -1,7 +1,7 @@
 """Benchmark: flow heads on the shared embedding, transfer vs no-transfer vs fine-tune vs oracle.
 
-Runs the grid of ``theory.flow_experiment`` (default conditional Gaussian task, n_s = 10,000,
-n_t in {50, 100, 200, 500, 1000}, seeds 0-2), prints KL(p_T || p_hat) +- SE across seeds and the
+Runs ``configs/flow_transfer.toml`` through the engine (``theory.studies.transfer.experiments``) (default conditional Gaussian task, n_s = 10,000,
+n_t in {50, 100, 200, 500, 1000}, seeds 0-2), prints KL(p_T || p_hat) ± SE across seeds and the
 sample-efficiency ratio (the n_t no-transfer needs to match transfer at n_t = 100, over 100), and appends
 one JSON line to ``benchmarks/results/flow_transfer.jsonl``.
 
@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict, replace
 
 import torch
 
 from common import RESULTS as RESULTS_DIR  # noqa: E402  (also puts the repository root on sys.path)
-from common import add_grid_arguments, append_record, grid_changes, print_grid_result  # noqa: E402
+from common import add_grid_arguments, append_record, grid_overrides, print_grid_result  # noqa: E402
 
-from theory.flow_experiment import FlowExperiment, run_flow_experiment  # noqa: E402
+from theory.studies.transfer.experiments import experiment_config, run_transfer_experiment  # noqa: E402
 
 RESULTS = RESULTS_DIR / "flow_transfer.jsonl"
 
@@ -38,25 +37,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    exp = FlowExperiment.quick() if args.quick else FlowExperiment()
-    changes = grid_changes(args)
-    if args.backend or args.transform:
-        head = dict(exp.head)
-        if args.backend:
-            head["backend"] = args.backend
-            if args.backend == "nflows" and not args.transform:
-                head["transform"] = "spline_ar"
-        if args.transform:
-            head["transform"] = args.transform
-        changes["head"] = head
-    exp = replace(exp, **changes)
+    overrides = grid_overrides(args)
+    if args.backend:
+        overrides.append(f"heads.flow.options.backend={args.backend}")
+        if args.backend == "nflows" and not args.transform:
+            overrides.append("heads.flow.options.transform=spline_ar")
+    if args.transform:
+        overrides.append(f"heads.flow.options.transform={args.transform}")
+    config = experiment_config("flow_transfer", overrides, quick=args.quick)
     log = None if args.quiet else (lambda msg: print(msg, flush=True))
-    result = run_flow_experiment(exp, log=log)
-    print_grid_result(result, f"KL(p_T || p_hat) in nats, mean +- SE over seeds {list(exp.seeds)}; n_s = {exp.n_s}; "
-                      f"head {exp.head}", exp.floor_n)
+    result = run_transfer_experiment(config, log=log)
+    head = config.heads["flow"].options
+    print_grid_result(result, f"KL(p_T || p_hat) in nats, mean ± SE over seeds {config.grid.seeds}; n_s = "
+                      f"{config.grid.n_s}; head {head}", config.evaluation.floor_n)
     print(f"wall time: {result['seconds']:.0f} s")
     line = {
-        "quick": args.quick, "experiment": asdict(exp),
+        "quick": args.quick, "config": "configs/flow_transfer.toml", "overrides": overrides,
         "seconds": result["seconds"], "summary": result["summary"], "ratio": result["ratio"],
         "records": result["records"],
     }

@@ -1,7 +1,7 @@
 """Benchmark report: false-pass and false-fail rates of the checks, over repeated negative-control studies.
 
 Each repetition (fresh seeds and task instances) runs the correct pipeline and every broken pipeline of
-``theory.controls`` through the engine (``gentransfer``'s sweep and checks), and distorts the correct run's
+``theory.verdicts.controls`` through the engine (``gentransfer``'s sweep and checks), and distorts the correct run's
 records (every KL x3, x0.1, +0.05 nats, one NaN). It prints, per control, how often the check it is aimed at
 did NOT fail (false pass) and, for the correct pipeline, how often any check FAILed (false fail), and appends
 one JSON line to ``benchmarks/results/negative_controls.jsonl``. docs/checks.md quotes the latest line.
@@ -19,7 +19,7 @@ import time
 
 from common import append_record, table  # noqa: E402
 
-from theory.control_runs import control_rates  # noqa: E402
+from theory.studies.transfer.control_runs import control_rates  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,8 @@
 """Benchmark: how evenly ``--shard I/N`` spreads a study's estimated cost, dealt round-robin (the old deal) and
-by cost (``theory.costs.deal_by_cost``, what ``--shard`` does now). Nothing is run: the costs come from the
-config (``theory.costs``).
+by cost (``theory.studies.transfer.costs.deal_by_cost``, what ``--shard`` does now). Nothing is run: the costs come from the
+config (``theory.studies.transfer.costs``).
 
-``--calibrate`` measures the per-kind figures of ``theory.costs.KIND_COSTS`` instead: it runs every head of the
+``--calibrate`` measures the per-kind figures of ``theory.studies.transfer.costs.KIND_COSTS`` instead: it runs every head of the
 config on a small grid (one seed, n_s = 500, n_t in {25, 800}, 60 steps per fit, 1000 evaluation pairs, 100
 bound pairs; about a minute on one core) and fits, per head kind, a step's seconds as fixed + per-row from the
 two batch sizes, the seconds per evaluation pair and per bound pair. One JSON line goes to
@@ -25,9 +25,9 @@ from pathlib import Path
 
 from common import ROOT, append_record, machine_line  # noqa: E402
 
-from theory.config import ExperimentConfig, load_config  # noqa: E402
-from theory.costs import KindCost, deal_by_cost, format_loads, group_cost, shard_loads  # noqa: E402
-from theory.sweep import collect_records, plan_cells, plan_groups, run_sweep  # noqa: E402
+from theory.engine.config import ExperimentConfig, load_config  # noqa: E402
+from theory.studies.transfer.costs import KindCost, deal_by_cost, format_loads, group_cost, shard_loads  # noqa: E402
+from theory.studies.transfer.sweep import collect_records, plan_cells, plan_groups, run_sweep  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line())
     if args.calibrate:
         costs = calibrate(config)
-        print(f"\nper-kind cost figures from a small run of {shown} (paste into theory.costs.KIND_COSTS):")
+        print(f"\nper-kind cost figures from a small run of {shown} (paste into theory.studies.transfer.costs.KIND_COSTS):")
         for kind, c in costs.items():
             print(f'    "{kind}": KindCost(step_s={c.step_s:.1e}, row_s={c.row_s:.1e}, eval_s={c.eval_s:.1e}, '
                   f'bound_s={c.bound_s:.1e}),')

@@ -2,7 +2,7 @@
 
 Reads the latest line of ``benchmarks/results/flow_transfer.jsonl`` and ``diffusion_transfer.jsonl`` and, when it
 exists, ``tgdp_simulation.jsonl`` (a missing or empty file is reported and skipped), and prints, through
-``theory.transfer_experiment.sample_efficiency_ratio``, the n_t that a baseline needs to match a method at a
+``theory.studies.transfer.summary.sample_efficiency_ratio``, the n_t that a baseline needs to match a method at a
 reference n_t, over that n_t (e.g. '4.2': no-transfer needs 4.2x the target data; '> 10': more than the grid
 holds):
 
@@ -30,7 +30,7 @@ from typing import Any
 from common import RESULTS, append_record, table  # noqa: E402
 
 from shared_embed.errors import DataError  # noqa: E402
-from theory.transfer_experiment import sample_efficiency_ratio, summarize  # noqa: E402
+from theory.studies.transfer.summary import sample_efficiency_ratio, summarize  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """Benchmark: the TGDP paper's simulation, TGDP vs target-only, fine-tuning and Domain Guidance.
 
-Runs the grid of ``theory.tgdp_experiment`` (TwoGaussianTask, n_s = 10,000, n_t in {10, 100, 1000}, seeds 0-2,
+Runs the grid of ``theory.studies.tgdp.experiment`` (TwoGaussianTask, n_s = 10,000, n_t in {10, 100, 1000}, seeds 0-2,
 unconditional and label-conditional; KL by the probability-flow log-density on 2000 fresh target draws per
 seed, MMD^2 of ODE samples, log-h errors of the guidance), prints the table (mean +- SE over seeds) and the
 TGDP-vs-baseline comparisons, writes records, table and plots to ``--out-dir`` and appends one JSON line to
@@ -24,8 +24,8 @@ import torch
 from common import RESULTS as RESULTS_DIR  # noqa: E402  (also puts the repository root on sys.path)
 from common import append_record  # noqa: E402
 
-from theory.tasks import inside_support_task  # noqa: E402
-from theory.tgdp_experiment import TGDPSettings, compare, run_tgdp_experiment  # noqa: E402
+from theory.truth.tasks import inside_support_task  # noqa: E402
+from theory.studies.tgdp.experiment import TGDPSettings, compare, run_tgdp_experiment  # noqa: E402
 
 #: the learned TGDP variants compared with both baselines (no exact w or h)
 LEARNED = ("tgdp", "tgdp_reg", "tgdp_kernel", "tgdp_noisy_clf")

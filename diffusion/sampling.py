@@ -1,6 +1,6 @@
 """Samplers of the VP reverse process for ANY score function ``score(x (n, d), t (n,), context) -> (n, d)``.
 
-Learned scores (``DiffusionHead.score``), analytic scores (``theory.tasks``) and composed (guided) scores all
+Learned scores (``DiffusionHead.score``), analytic scores (``theory.truth.tasks``) and composed (guided) scores all
 go through the same two functions, k-diffusion style:
 
 - :func:`sample_sde`: the reverse SDE dx = [-1/2 beta x - beta s(x, t)] dt + sqrt(beta) dw (t running 1 -> t_eps)

@@ -15,7 +15,7 @@
 #
 #     x | c ~ f_k( x | h*(c) ),   k in {source, target}
 #
-# (`theory.tasks.ConditionalGaussianTask`: a linear-Gaussian head per domain, the target head rotated, shifted
+# (`theory.truth.tasks.ConditionalGaussianTask`: a linear-Gaussian head per domain, the target head rotated, shifted
 # and with another covariance, so the source head is wrong on the target but the embedding is right).
 #
 # The recipe of transfer:
@@ -42,8 +42,8 @@ import torch
 from flows import FlowHead
 from shared_embed import Encoder, TrainConfig, fit_source, fit_target_head
 from shared_embed.progress import env_flag
-from theory.kl import kl_to_task
-from theory.tasks import ConditionalGaussianTask
+from theory.truth.kl import kl_to_task
+from theory.truth.tasks import ConditionalGaussianTask
 
 FAST = env_flag("GENTRANSFER_DEMO_FAST")
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
@@ -161,7 +161,7 @@ print(f"saved {path}")
 # - The source head as is sits in the wrong place: the heads differ between domains.
 # - No transfer has to learn a 16-D -> 2-D map from 80 training pairs: its samples are too wide and misplaced.
 # - Transfer only has to learn a head on a 2-D context: its KL is a fraction of no-transfer's, and what is left
-#   is the head's estimation error plus the embedding floor set by the source (see `theory.kl.kl_split`).
+#   is the head's estimation error plus the embedding floor set by the source (see `theory.truth.kl.kl_split`).
 
 # %%
 print(f"total time: {time.perf_counter() - START:.1f} s")

@@ -12,7 +12,7 @@
 # # Measuring a KL rate: transfer vs no transfer
 #
 # How fast does KL(p_T || p_hat) fall as the number of target pairs n_t grows? The rate template of
-# `theory.rates` (generic nonparametric rates for beta-smooth densities, log factors dropped; upper bounds with
+# `theory.truth.rates` (generic nonparametric rates for beta-smooth densities, log factors dropped; upper bounds with
 # unknown constants, not the papers' exact theorems) says
 #
 #     no transfer:  KL ~ n_t^(-2b / (2b + d_c + d_x))          the head reads the 16-D condition
@@ -20,8 +20,8 @@
 #
 # with b = beta - 1 for flows. We fit one source model, then for several n_t fit a transfer head and a
 # no-transfer model (`shared_embed.fit_variants`), measure the KL, fit the log-log slope with
-# `theory.checks.fit_exponent` and hold it against the prediction. For transfer we fit the slope of the *head
-# term* KL - floor (`theory.kl.kl_split`): the floor is what the source embedding leaves and does not fall with
+# `theory.verdicts.checks.fit_exponent` and hold it against the prediction. For transfer we fit the slope of the *head
+# term* KL - floor (`theory.truth.kl.kl_split`): the floor is what the source embedding leaves and does not fall with
 # n_t. An upper bound is consistent with a curve that falls FASTER than predicted.
 #
 # `GENTRANSFER_DEMO_FAST=1` shrinks every step count (numbers then meaningless); `GENTRANSFER_DEMO_OUT` sets the
@@ -41,11 +41,11 @@ import torch
 from flows import make_flow_head
 from shared_embed import TrainConfig, fit_variants
 from shared_embed.progress import env_flag
-from theory.checks import fit_exponent
-from theory.flow_experiment import flow_transfer_config
-from theory.kl import fit_floor_model, kl_split, kl_to_task
-from theory.rates import generic_rates
-from theory.tasks import ConditionalGaussianTask
+from theory.verdicts.checks import fit_exponent
+from theory.studies.transfer.experiments import tuned_transfer_config
+from theory.truth.kl import fit_floor_model, kl_split, kl_to_task
+from theory.truth.rates import generic_rates
+from theory.truth.tasks import ConditionalGaussianTask
 
 FAST = env_flag("GENTRANSFER_DEMO_FAST")
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
@@ -61,7 +61,7 @@ SEEDS = (0,)  # add seeds (e.g. (0, 1, 2)) for a bootstrap interval on the expon
 N_EVAL = 2000 if FAST else 5000
 FLOOR_N = 1000 if FAST else 3000
 head_factory = make_flow_head(D_X, backend="zuko", transform="nsf", transforms=2, hidden=(32, 32), bins=6)
-config = flow_transfer_config()  # the library's tuned early-stopping settings for flow heads
+config = tuned_transfer_config("flow_transfer")  # the tuned early stopping of configs/flow_transfer.toml
 config.source_train = config.source_train.replace(steps=2000)  # capped for the time budget of a live demo
 if FAST:
     config.source_train = config.source_train.replace(steps=40, eval_every=20)
@@ -72,7 +72,7 @@ print(f"mode: {'FAST (tiny steps, numbers meaningless)' if FAST else 'full'}; n_
 
 # %% [markdown]
 # ## The prediction
-# `theory.rates.generic_rates` turns (d_c, d_h, d_x, beta, head) into predicted exponents.
+# `theory.truth.rates.generic_rates` turns (d_c, d_h, d_x, beta, head) into predicted exponents.
 
 # %%
 rates = generic_rates(d_c=D_C, d_h=D_H, d_x=D_X, beta=BETA, head="flow")
@@ -94,7 +94,7 @@ for seed in SEEDS:
     source_model = None
     for n_t in N_TS:
         target = task.sample(n_t, "target", torch.Generator().manual_seed(1000 * seed + n_t))
-        seeded = flow_transfer_config()
+        seeded = tuned_transfer_config("flow_transfer")
         seeded.source_train = config.source_train.replace(seed=seed)
         seeded.target_train = config.target_train.replace(seed=seed)
         fits = fit_variants(head_factory, source, target, seeded, variants=("transfer", "no_transfer"),

@@ -11,7 +11,7 @@
 # %% [markdown]
 # # TGDP on the two-Gaussian simulation
 #
-# Transfer-guided diffusion (Ouyang et al. 2024) on the paper's simulation (`theory.tasks.TwoGaussianTask`):
+# Transfer-guided diffusion (Ouyang et al. 2024) on the paper's simulation (`theory.truth.tasks.TwoGaussianTask`):
 #
 #     source p = 1/2 N(mu_S, 0.1 I) + 1/2 N(-mu_S, 0.1 I),  mu_S = (0.5,  0.5),  10,000 samples
 #     target q = 1/2 N(mu_T, 0.1 I) + 1/2 N(-mu_T, 0.1 I),  mu_T = (0.5, -0.5),  100 samples
@@ -55,9 +55,9 @@ from diffusion.tgdp import (
 )
 from shared_embed import TrainConfig
 from shared_embed.progress import env_flag
-from theory.kl import monte_carlo_kl
-from theory.metrics import mmd2
-from theory.tasks import TwoGaussianTask
+from theory.truth.kl import monte_carlo_kl
+from theory.truth.metrics import mmd2
+from theory.truth.tasks import TwoGaussianTask
 
 FAST = env_flag("GENTRANSFER_DEMO_FAST")
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from theory.config import ExperimentConfig, load_config
-from theory.costs import KindCost, deal_by_cost, format_loads, group_cost, shard_loads
-from theory.sweep import plan_cells, plan_groups, shard_cells
+from theory.engine.config import ExperimentConfig, load_config
+from theory.studies.transfer.costs import KindCost, deal_by_cost, format_loads, group_cost, shard_loads
+from theory.studies.transfer.sweep import plan_cells, plan_groups, shard_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 

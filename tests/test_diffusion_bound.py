@@ -12,8 +12,8 @@ from torchdiffeq import odeint
 
 from diffusion import DiffusionHead, VPSchedule, girsanov_bound, mixture_prior_kl_bound
 from shared_embed import ConfigError, DataError, TrainConfig, fit
-from theory.kl import gaussian_kl
-from theory.tasks import TwoGaussianTask
+from theory.truth.kl import gaussian_kl
+from theory.truth.tasks import TwoGaussianTask
 
 SCH = VPSchedule()
 T_EPS = 1e-5

@@ -26,7 +26,7 @@ from diffusion import (
     standard_normal_log_prob,
 )
 from shared_embed import ConfigError, DataError, DTypeError, ShapeError
-from theory.tasks import ConditionalMixtureTask, TwoGaussianTask
+from theory.truth.tasks import ConditionalMixtureTask, TwoGaussianTask
 
 SCH = VPSchedule()
 A1, S1 = SCH.alpha(1.0), SCH.sigma(1.0)

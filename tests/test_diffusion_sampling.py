@@ -2,7 +2,7 @@
 samples follow the mixture.
 
 Two-sample statistic: the unbiased MMD^2 with a Gaussian kernel at the median-heuristic bandwidth
-(``theory.metrics.mmd2``), n = 800 draws against 800 exact draws. Its null distribution is taken by a
+(``theory.truth.metrics.mmd2``), n = 800 draws against 800 exact draws. Its null distribution is taken by a
 permutation run on the pooled sample (300 permutations, seeded): a sampler passes when its p-value is
 above 0.01. The same test rejects source-vs-target draws of the TGDP task (p < 0.01, a power check), so the
 threshold is neither vacuous nor arbitrary.
@@ -17,15 +17,15 @@ import torch
 
 from diffusion import CountedScore, VPSchedule, sample_ode, sample_sde
 from shared_embed import ConfigError, DataError, DTypeError, ShapeError
-from theory.metrics import mmd2
-from theory.tasks import TwoGaussianTask
+from theory.truth.metrics import mmd2
+from theory.truth.tasks import TwoGaussianTask
 
 N = 800
 SCH = VPSchedule()
 
 
 def mmd_permutation_test(x: torch.Tensor, y: torch.Tensor, perms: int = 300, seed: int = 0) -> tuple[float, float]:
-    """(MMD^2, permutation p-value) of x against y; the statistic is the one of ``theory.metrics.mmd2``."""
+    """(MMD^2, permutation p-value) of x against y; the statistic is the one of ``theory.truth.metrics.mmd2``."""
     value, bw = mmd2(x, y)
     z = torch.cat([x, y]).double()
     k = torch.exp(-torch.cdist(z, z).square() / (2 * bw * bw))

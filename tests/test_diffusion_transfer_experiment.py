@@ -9,24 +9,22 @@ import math
 import pytest
 import torch
 
-from diffusion import make_diffusion_head
-from shared_embed import TrainConfig, TransferConfig
-from theory.diffusion_experiment import run_diffusion_experiment
-from theory.tasks import ConditionalGaussianTask
-from theory.transfer_experiment import format_table, run_transfer_grid
+from theory.studies.transfer.experiments import run_diffusion_experiment
+from theory.studies.transfer.summary import format_table
 
 from .transfer_checks import assert_transfer_beats_no_transfer
 
 
-def test_grid_runs_diffusion_heads() -> None:
-    task = ConditionalGaussianTask()
-    quick = TrainConfig(steps=20, eval_every=10)
-    config = TransferConfig(source_train=quick, target_train=quick, encoder_hidden=(8,))
-    factory = make_diffusion_head(2, width=8, blocks=1, time_features=4, rtol=1e-3, atol=1e-3)
-    recs = run_transfer_grid(task, factory, 200, [20], [0], transfer_config=config, n_eval=200)
-    assert [r["variant"] for r in recs] == ["transfer", "no_transfer", "fine_tune", "oracle"]
+def test_the_experiment_runs_diffusion_heads(tmp_path) -> None:
+    tiny = ("grid.n_s=[200]", "grid.n_t=[20]", "grid.seeds=[0]", "encoder.hidden=[8]", "train.source.steps=20",
+            "train.source.eval_every=10", "train.target.steps=20", "train.target.eval_every=10",
+            "evaluation.n_eval=200", "evaluation.floor_n=0", "heads.diffusion.options.width=8",
+            "heads.diffusion.options.blocks=1", "heads.diffusion.options.time_features=4",
+            "heads.diffusion.options.rtol=1e-3", "heads.diffusion.options.atol=1e-3")
+    recs = run_diffusion_experiment(tiny, out=tmp_path)["records"]
+    assert sorted(r["variant"] for r in recs) == sorted(["transfer", "no_transfer", "fine_tune", "oracle"])
     assert all(math.isfinite(r["kl"]) and r["kl_se"] > 0 and r["n_eval"] == 200 for r in recs)
-    assert recs[0]["head"]["kind"] == "diffusion" and recs[0]["head"]["width"] == 8
+    assert all(r["head_kind"] == "diffusion" and r["settings"]["head"]["options"]["width"] == 8 for r in recs)
     json.dumps(recs)
     assert "| 20 |" in format_table(recs)
 

@@ -16,10 +16,10 @@ import torch
 from shared_embed import ConditionalModel, Encoder, GaussianHead, PairedData, Standardizer, TrainConfig
 from shared_embed.errors import ConfigError, DataError, DTypeError, ShapeError
 from shared_embed.transfer import train_model
-from theory.kl import kl_to_task
-from theory.metrics import FidelityClassifier, bits_per_dim, median_bandwidth, mmd2, nll_summary, wasserstein
-from theory.real.digits import D, STYLES, DigitsTask, apply_style, load_digit_levels
-from theory.real.pixels import LogitPixels
+from theory.truth.kl import kl_to_task
+from theory.truth.metrics import FidelityClassifier, bits_per_dim, median_bandwidth, mmd2, nll_summary, wasserstein
+from theory.studies.digits.task import D, STYLES, DigitsTask, apply_style, load_digit_levels
+from theory.studies.digits.pixels import LogitPixels
 
 PX = LogitPixels(levels=17, alpha=0.05)
 
@@ -219,7 +219,7 @@ def test_fidelity_classifier_is_accurate_on_real_target_images(task):
 
 # -- the experiment end to end --------------------------------------------------------------------------
 def test_tiny_experiment_end_to_end_writes_table_records_and_grid(tmp_path):
-    from theory.real.digits_experiment import DigitsExperiment, run_digits_experiment
+    from theory.studies.digits.experiment import DigitsExperiment, run_digits_experiment
 
     heads = ("gaussian", "flow", "diffusion")
     exp = DigitsExperiment.tiny(heads, tgdp=True)
@@ -244,7 +244,7 @@ def test_pixel_nll_of_an_untrained_diffusion_model_is_the_gaussian_closed_form(t
     and the probability-flow likelihood (Hutchinson: v^T (-I) v = -d for Rademacher v, exact) is log N(0, I) of the
     standardised logits; the pixel-space NLL must then equal the closed form through both Jacobians."""
     from diffusion import DiffusionHead
-    from theory.real.digit_eval import TestSet, pixel_log_prob
+    from theory.studies.digits.evaluation import TestSet, pixel_log_prob
 
     test = TestSet.build(task, torch.Generator().manual_seed(0), dtype=torch.float64)
     head = DiffusionHead(D, 10, width=16, blocks=1, divergence="hutchinson", probes=1, rtol=1e-7, atol=1e-7).double()
@@ -262,7 +262,7 @@ def test_tgdp_model_with_unit_guidance_is_the_source_model(task):
     model's log-density and, from the same seed, its samples."""
     from diffusion import DiffusionHead
     from diffusion.tgdp import FunctionGuidance, GuidedScore
-    from theory.real.digits_tgdp import GuidedDigitsModel
+    from theory.studies.digits.tgdp import GuidedDigitsModel
 
     data = task.paired(task.target_train(5), torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.manual_seed(0)
@@ -281,19 +281,12 @@ def test_tgdp_model_with_unit_guidance_is_the_source_model(task):
     assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_cli_and_config_loading(tmp_path, capsys):
-    from theory.digits import experiment_from_config, main
+def test_config_loading_names_bad_settings():
+    from theory.studies.digits.study import experiment_from_config
 
-    assert main(["--out", str(tmp_path), "--tiny", "--heads", "gaussian"]) == 0
-    assert "| gaussian | 5 | 50 | transfer |" in capsys.readouterr().out
-    assert main(["--report", str(tmp_path)]) == 0  # the table rebuilt from records.json
-    out = capsys.readouterr().out
-    assert "median NLL" in out and "transfer lower on" in out and "domain classifier AUC" in out
-    assert main(["--tiny"]) == 2  # an error is one line and a non-zero exit, not a traceback
-    assert "--out is required" in capsys.readouterr().err
     exp = experiment_from_config({"digits": {"style": "invert", "per_class": [15, 5], "heads": ["flow"]}})
     assert exp.per_class == (5, 15) and exp.style == "invert"
-    with pytest.raises(ConfigError, match="unknown digits setting"):
+    with pytest.raises(ConfigError, match="unknown key .digits.styel."):
         experiment_from_config({"digits": {"styel": "invert"}})
     with pytest.raises(ConfigError, match="head"):
         experiment_from_config({"digits": {"heads": ["vae"]}})
@@ -306,18 +299,19 @@ def test_full_digits_experiment_prints_the_table(tmp_path):
     """The full experiment of configs/digits.toml (tens of minutes on one core); prints the table."""
     import pathlib
 
-    from theory.digits import load_experiment
-    from theory.real.digits_experiment import run_digits_experiment
+    from theory.engine.config import read_toml
+    from theory.studies.digits.experiment import run_digits_experiment
+    from theory.studies.digits.study import parse
 
     config = pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits.toml"
-    result = run_digits_experiment(load_experiment(config), tmp_path, log=print)
+    result = run_digits_experiment(parse(read_toml(config))[1], tmp_path, log=print)
     print(result["table"])
     assert result["grids"] and all(pathlib.Path(p).is_file() for p in result["grids"])
 
 
 def test_density_ratio_diagnostic_separates_a_style_shift_from_no_shift():
-    from theory.real.digits import LabelledImages
-    from theory.real.domain_ratio import density_ratio_diagnostic
+    from theory.studies.digits.task import LabelledImages
+    from theory.studies.digits.domain_ratio import density_ratio_diagnostic
 
     inverted = DigitsTask(style="invert", seed=0)
     shifted = density_ratio_diagnostic(inverted.splits.source, inverted.target_train(5))
@@ -330,7 +324,7 @@ def test_density_ratio_diagnostic_separates_a_style_shift_from_no_shift():
 
 def test_the_digits_study_runs_and_reports_through_gentransfer(tmp_path, capsys):
     from theory.cli import main
-    from theory.real.digits_experiment import DigitsExperiment, run_digits_experiment
+    from theory.studies.digits.experiment import DigitsExperiment, run_digits_experiment
 
     out = tmp_path / "run"
     assert main(["run", "digits_smoke", "--out", str(out), "--quiet"]) == 0

@@ -22,7 +22,7 @@ from shared_embed import (
     fit_source,
 )
 from shared_embed.distribution import BatchedConditional
-from theory.tasks import ConditionalGaussianTask
+from theory.truth.tasks import ConditionalGaussianTask
 
 # fast inference settings for the diffusion head: loose tolerances, few SDE steps
 FAST_DIFFUSION = {"rtol": 1e-3, "atol": 1e-3, "sample_steps": 10}

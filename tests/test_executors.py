@@ -26,12 +26,12 @@ import pytest
 pytest.importorskip("distributed", reason="the dask extra: pip install 'gentransfer[dask]'")
 pytest.importorskip("submitit", reason="the slurm extra: pip install 'gentransfer[slurm]'")
 
-import theory.sweep  # noqa: E402
+import theory.studies.transfer.sweep as sweep  # noqa: E402
 from shared_embed.errors import GentransferError  # noqa: E402
 from tests.workers.killed_once import KILL_FILE, run_group_killed_once  # noqa: E402
 from theory.cli import main  # noqa: E402
-from theory.config import load_config  # noqa: E402
-from theory.dask_executor import DaskExecutor  # noqa: E402
+from theory.engine.config import load_config  # noqa: E402
+from theory.engine.dask_executor import DaskExecutor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.toml"
@@ -98,7 +98,7 @@ def _killer(path: Path, how: signal.Signals = signal.SIGKILL) -> list[int]:
 def test_a_worker_killed_mid_group_costs_a_retry_not_the_study(local: dict, tmp_path: Path, retries: int,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # the first worker to finish a cell stops there and is killed by pid; its group must run again elsewhere
-    monkeypatch.setattr(theory.sweep, "run_transfer_group", run_group_killed_once)
+    monkeypatch.setattr(sweep, "run_transfer_group", run_group_killed_once)
     monkeypatch.setenv(KILL_FILE, str(tmp_path / "kill"))
     killed = _killer(tmp_path / "kill")
     said: list[str] = []
@@ -106,10 +106,10 @@ def test_a_worker_killed_mid_group_costs_a_retry_not_the_study(local: dict, tmp_
     executor = DaskExecutor(workers=2, retries=retries)
     if retries == 0:  # the control: without a retry the lost group stops the study, naming the option
         with pytest.raises(GentransferError, match="lost its worker 1 time.*--retries 0"):
-            theory.sweep.run_sweep(config, tmp_path / "run", log=said.append, executor=executor)
+            sweep.run_sweep(config, tmp_path / "run", log=said.append, executor=executor)
         assert len(killed) == 1
         return
-    result = theory.sweep.run_sweep(config, tmp_path / "run", log=said.append, executor=executor)
+    result = sweep.run_sweep(config, tmp_path / "run", log=said.append, executor=executor)
     assert len(killed) == 1 and result.failed == 0
     assert any("worker was lost; submitted again (1/1)" in m for m in said)
     assert records(tmp_path / "run") == local
@@ -162,7 +162,7 @@ def test_a_preempted_or_killed_slurm_job_runs_its_group_again(local: dict, tmp_p
     # SIGUSR2 is SLURM's warning before preemption or the time limit: submitit checkpoints the job and requeues
     # it; a SIGKILL leaves no result, and the executor submits the group again
     monkeypatch.chdir(ROOT)  # the job processes import tests.workers from here
-    monkeypatch.setattr(theory.sweep, "run_transfer_group", run_group_killed_once)
+    monkeypatch.setattr(sweep, "run_transfer_group", run_group_killed_once)
     monkeypatch.setenv(KILL_FILE, str(tmp_path / "kill"))
     killed = _killer(tmp_path / "kill", how)
     printed = run(tmp_path / "run", "--executor", "slurm", "--slurm-cluster", "local")
@@ -179,7 +179,7 @@ def test_a_preempted_or_killed_slurm_job_runs_its_group_again(local: dict, tmp_p
 def test_a_missing_extra_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if dask.distributed were not installed
-    monkeypatch.delitem(sys.modules, "theory.dask_executor")
+    monkeypatch.delitem(sys.modules, "theory.engine.dask_executor")
     assert main(["run", str(SMOKE), "--out", str(tmp_path), "--executor", "dask"]) == 2
     assert "pip install 'gentransfer[dask]'" in capsys.readouterr().err
 

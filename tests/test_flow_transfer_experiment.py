@@ -1,4 +1,4 @@
-"""The transfer grid: fast checks of its bookkeeping, and the full flow-head experiment (``-m slow``)."""
+"""The flow transfer experiment: its summaries, the library call against the CLI, and the full run (``-m slow``)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,11 @@ import math
 import pytest
 import torch
 
-from flows import make_flow_head
-from shared_embed import ConfigError, DataError, GaussianHead, TrainConfig, TransferConfig
-from theory.flow_experiment import run_flow_experiment
-from theory.tasks import ConditionalGaussianTask
-from theory.transfer_experiment import (
-    format_split_table,
-    format_table,
-    run_transfer_grid,
-    sample_efficiency_ratio,
-    summarize,
-)
+from shared_embed import DataError
+from theory.cli import main
+from theory.engine.run_folder import collect_records
+from theory.studies.transfer.experiments import run_flow_experiment
+from theory.studies.transfer.summary import format_table, sample_efficiency_ratio, summarize
 
 from .transfer_checks import assert_transfer_beats_no_transfer
 
@@ -45,38 +39,41 @@ def test_summary_averages_over_seeds() -> None:
     (row,) = summarize(recs)
     assert row["kl_mean"] == 2.0 and math.isclose(row["kl_se_seeds"], 1 / math.sqrt(3))
     assert math.isclose(row["kl_se_mc"], 0.01 / math.sqrt(3))
-    assert "| 50 | 2.0000 +- 0.5774 |" in format_table(recs)
+    assert "| 50 | 2.0000 ± 0.5774 |" in format_table(recs)
 
 
-def test_grid_records_are_json_and_complete() -> None:
-    task = ConditionalGaussianTask()
-    quick = TrainConfig(steps=30, eval_every=10)
-    config = TransferConfig(source_train=quick, target_train=quick, encoder_hidden=(8,))
-    factory = make_flow_head(2, transform="maf", transforms=1, hidden=(8, 8))
-    recs = run_transfer_grid(task, factory, 200, [40, 20], [0, 1], transfer_config=config, n_eval=500)
-    assert len(recs) == 2 * 2 * 4
-    assert [r["n_t"] for r in recs[:8]] == [20] * 4 + [40] * 4
-    assert all(math.isfinite(r["kl"]) and r["kl_se"] > 0 and r["n_eval"] == 500 for r in recs)
-    assert recs[0]["head"]["transform"] == "maf" and recs[0]["task"]["name"] == "conditional_gaussian"
+#: a seconds-long version of the shipped flow experiment (same config, smaller grid and training)
+TINY = ("grid.n_s=[200]", "grid.n_t=[40, 20]", "grid.seeds=[0, 1]", "encoder.hidden=[8]",
+        "train.source.steps=30", "train.source.eval_every=10", "train.target.steps=30", "train.target.eval_every=10",
+        "train.floor.steps=30", "train.floor.eval_every=10", "evaluation.n_eval=500", "evaluation.floor_n=300",
+        "heads.flow.options.transform=maf", "heads.flow.options.transforms=1", "heads.flow.options.hidden=[8, 8]")
+TIMING = ("finished_at", "seconds", "fit_seconds", "eval_seconds", "source_seconds", "floor_seconds")
+
+
+def _comparable(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.endswith(TIMING)} for r in records]
+
+
+def test_the_library_call_and_the_cli_give_identical_records(tmp_path) -> None:
+    """run_flow_experiment is ``gentransfer run configs/flow_transfer.toml``: one engine, one seeding scheme."""
+    result = run_flow_experiment(TINY, out=tmp_path / "api")
+    args = [a for o in TINY for a in ("--set", o)]
+    assert main(["run", "flow_transfer", "--out", str(tmp_path / "cli"), "--quiet", "--no-report", *args]) == 0
+    assert _comparable(result["records"]) == _comparable(collect_records(tmp_path / "cli"))
+    recs = result["records"]
+    assert len(recs) == 2 * 2 * 4 and all(math.isfinite(r["kl"]) and r["kl_se"] > 0 for r in recs)
+    transfer = [r for r in recs if r["variant"] == "transfer"]
+    assert all(math.isclose(r["kl"], r["floor_paired"] + r["head_term"], abs_tol=1e-9) for r in transfer)
+    assert "| 20 |" in result["table"] and "| 40 |" in result["split_table"]
     json.dumps(recs)
-    again = run_transfer_grid(task, factory, 200, [20, 40], [0], variants=["no_transfer"], transfer_config=config,
-                              n_eval=500)
-    assert again[0]["kl"] == recs[1]["kl"]  # seeded per cell: the other variants do not change it
-    with pytest.raises(ConfigError, match="oracle"):
-        run_transfer_grid(object(), lambda k: GaussianHead(2, k), 10, [5], [0], variants=["oracle"])
 
 
-def test_grid_kl_split_adds_up() -> None:
-    task = ConditionalGaussianTask()
-    quick = TrainConfig(steps=30, eval_every=10)
-    config = TransferConfig(source_train=quick, target_train=quick, encoder_hidden=(8,))
-    factory = make_flow_head(2, transform="maf", transforms=1, hidden=(8, 8))
-    recs = run_transfer_grid(task, factory, 200, [30], [0], variants=["transfer", "oracle"], transfer_config=config,
-                             n_eval=500, floor_n=300, floor_train=quick)
-    transfer, oracle = recs
-    assert math.isclose(transfer["kl"], transfer["floor"] + transfer["head_term"], abs_tol=1e-9)
-    assert transfer["floor_se"] > 0 and transfer["floor_n"] == 300 and "floor" not in oracle
-    assert "| 30 |" in format_split_table(recs)
+def test_a_cell_does_not_depend_on_what_else_runs(tmp_path) -> None:
+    """Seeds derive from the cell itself: a grid of one variant gives that variant's records unchanged."""
+    both = run_flow_experiment((*TINY, "grid.seeds=[0]"), out=tmp_path / "all")["records"]
+    alone = run_flow_experiment((*TINY, "grid.seeds=[0]", 'grid.variants=["no_transfer"]'),
+                                out=tmp_path / "one")["records"]
+    assert _comparable(alone) == _comparable([r for r in both if r["variant"] == "no_transfer"])
 
 
 @pytest.mark.slow

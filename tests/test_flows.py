@@ -20,8 +20,8 @@ from shared_embed import (
     build_head,
 )
 from shared_embed.transfer import fit_target_head
-from theory.kl import kl_to_task
-from theory.tasks import ConditionalGaussianTask
+from theory.truth.kl import kl_to_task
+from theory.truth.tasks import ConditionalGaussianTask
 
 ALL = [(b, t) for b, ts in TRANSFORMS.items() for t in ts]
 IDS = [f"{b}-{t}" for b, t in ALL]

@@ -11,8 +11,8 @@ from torch.distributions import MultivariateNormal, kl_divergence
 from flows import make_flow_head
 from shared_embed import ConditionalModel, DataError, FixedEmbedding, ShapeError, Standardizer, TrainConfig
 from shared_embed.transfer import fit_target_head
-from theory.kl import KLEstimate, estimate_floor, gaussian_kl, kl_split, kl_to_task, monte_carlo_kl
-from theory.tasks import ConditionalGaussianTask, TrueEmbedding
+from theory.truth.kl import KLEstimate, estimate_floor, gaussian_kl, kl_split, kl_to_task, monte_carlo_kl
+from theory.truth.tasks import ConditionalGaussianTask, TrueEmbedding
 
 
 def random_spd(d: int, gen: torch.Generator) -> torch.Tensor:

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from shared_embed.errors import DataError, ShapeError
-from theory.kl import gaussian_kl
-from theory.knn_kl import knn_cross_kl, knn_kl
+from theory.truth.kl import gaussian_kl
+from theory.truth.knn_kl import knn_cross_kl, knn_kl
 
 EYE = torch.eye(2, dtype=torch.float64)
 ZERO = torch.zeros(2, dtype=torch.float64)
 #: (mean, cov) of q against p = N(0, I_2): equal, shifted, wider, and the reverse-SDE law of the closed-form
-#: linear-error case with A = 0.3 I (theory.linear_score; KL 0.310).
+#: linear-error case with A = 0.3 I (theory.truth.linear_score; KL 0.310).
 CASES = {
     "equal": (ZERO, EYE),
     "shifted": (torch.tensor([0.2, 0.0], dtype=torch.float64), EYE),
@@ -48,7 +48,7 @@ def _repeat(case: str, n: int, reps: int, seed: int = 0
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bias_at_the_sample_size_used_is_small_and_as_stated(case: str) -> None:
-    """n = m = 500 (the rows per context of theory.bounds.sde_kl_for), k = 3, 30 repetitions (mean known to
+    """n = m = 500 (the rows per context of theory.truth.bounds.sde_kl_for), k = 3, 30 repetitions (mean known to
     about +-0.01): the exact-log-p estimator's bias lies in [-0.05, +0.015] (measured over 200 repetitions
     -0.023 .. +0.003), the two-sample estimator's in [-0.02, +0.05] (measured -0.003 .. +0.023)."""
     truth, two, _, cross, _ = _repeat(case, 500, 30)

@@ -66,14 +66,65 @@ def test_theory_has_no_import_circles():
             visit(module, [module])
 
 
+THEORY_FLOORS = {  # a part of theory/ may import the parts listed (and itself), nothing else of theory/
+    "theory.truth": set(),
+    "theory.verdicts": {"theory.truth"},
+    "theory.engine": {"theory.truth", "theory.verdicts"},
+    "theory.studies.transfer": {"theory.truth", "theory.verdicts", "theory.engine"},
+    "theory.studies.tgdp": {"theory.truth", "theory.verdicts", "theory.engine"},
+    "theory.studies.digits": {"theory.truth", "theory.verdicts", "theory.engine"},
+}
+
+
+def _part_of(module: str) -> str | None:
+    return next((part for part in sorted(THEORY_FLOORS, key=len, reverse=True)
+                 if module == part or module.startswith(part + ".")), None)
+
+
+def _all_theory_imports(path: pathlib.Path) -> set[str]:
+    """Every theory module ``path`` imports, at any depth (inside functions and TYPE_CHECKING blocks too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return {n for n in found if n.startswith("theory")}
+
+
+def test_theory_is_split_into_floors():
+    """theory/ is the ground truth, then verdicts, then the engine, then the studies (which never import each
+    other), and the command line on top; every module lives in one of these parts and imports only below it."""
+    loose = [p.name for p in (ROOT / "theory").glob("*.py")]
+    assert sorted(loose) == ["__init__.py", "__main__.py", "cli.py"], loose
+    for path in (ROOT / "theory").rglob("*.py"):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        part = _part_of(module)
+        if part is None:
+            continue
+        for name in _all_theory_imports(path):
+            target = _part_of(name)
+            if target is None:
+                assert name in ("theory", "theory.studies"), f"{module} imports {name}"
+                continue
+            assert target == part or target in THEORY_FLOORS[part], f"{module} ({part}) imports {name} ({target})"
+
+
+def test_no_relative_imports_in_theory():
+    """Absolute imports only: a module's imports read the same wherever it lives."""
+    for path in (ROOT / "theory").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            assert not (isinstance(node, ast.ImportFrom) and node.level), f"{path.relative_to(ROOT)} imports relatively"
+
+
 def test_one_engine_runs_every_grid():
-    """Only theory/engine.py starts worker processes; it imports no other theory module (the floor of the
+    """Only theory/engine/loop.py starts worker processes; it imports no other theory module (the floor of the
     experiment machinery), and every study runs its cells through it."""
-    engine = ROOT / "theory" / "engine.py"
+    engine = ROOT / "theory" / "engine" / "loop.py"
     assert _module_imports(engine) == set()
     for path in (ROOT / "theory").rglob("*.py"):
         if path != engine:
             assert "ProcessPoolExecutor" not in path.read_text(), path
-    for study in ("sweep.py", "transfer_experiment.py", "tgdp_experiment.py", "real/digits_experiment.py"):
-        text = (ROOT / "theory" / study).read_text()
+    for study in ("transfer/sweep.py", "tgdp/experiment.py", "digits/experiment.py"):
+        text = (ROOT / "theory" / "studies" / study).read_text()
         assert "run_groups(" in text and "run_cells(" in text, study

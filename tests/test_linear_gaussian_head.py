@@ -9,9 +9,9 @@ import torch
 
 from shared_embed import ConditionalModel, LinearGaussianHead, TrainConfig, TransferConfig, fit_variants
 from shared_embed.errors import DataError
-from theory.kl import kl_to_task
-from theory.known_answers import expected_kl_gaussian_regression
-from theory.tasks import ConditionalGaussianTask
+from theory.truth.kl import kl_to_task
+from theory.truth.known_answers import expected_kl_gaussian_regression
+from theory.truth.tasks import ConditionalGaussianTask
 
 
 def data(n: int = 200, p: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,8 +9,8 @@ import torch
 
 from diffusion.sampling import sample_ode, sample_sde
 from shared_embed.errors import ShapeError
-from theory.kl import gaussian_kl
-from theory.linear_score import LinearErrorCase
+from theory.truth.kl import gaussian_kl
+from theory.truth.linear_score import LinearErrorCase
 
 
 def _int_beta(case: LinearErrorCase) -> float:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from shared_embed import ConditionalModel, Encoder, GaussianHead, PairedData, Standardizer, TrainConfig
 from shared_embed.checkpoint import load_checkpoint
-from theory.tasks import ConditionalGaussianTask, TwoGaussianTask
+from theory.truth.tasks import ConditionalGaussianTask, TwoGaussianTask
 
 from .malformed import only_documented_errors, tensors
 

@@ -17,8 +17,8 @@ from diffusion.tgdp import GuidedScore, TGDPConfig, fit_tgdp
 from flows import FlowHead
 from shared_embed import PairedData, TrainConfig
 from shared_embed.transfer import TransferConfig, fit_variants
-from theory.config import ExperimentConfig, apply_override, read_toml
-from theory.tasks import TwoGaussianTask
+from theory.engine.config import ExperimentConfig, apply_override, read_toml
+from theory.truth.tasks import TwoGaussianTask
 
 from .malformed import matrices, only_documented_errors, tensors
 

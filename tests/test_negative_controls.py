@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from theory.checks import FAIL, PASS, decide, run_checks
-from theory.config import ExperimentConfig
-from theory.control_runs import control_rates, control_verdicts, worst_verdicts
-from theory.controls import (
+from theory.verdicts.checks import FAIL, PASS, decide, run_checks
+from theory.engine.config import ExperimentConfig
+from theory.studies.transfer.control_runs import control_rates, control_verdicts, worst_verdicts
+from theory.verdicts.controls import (
     DISTORTIONS,
     OTHER_DISTORTIONS,
     PIPELINE_CONTROLS,
@@ -24,7 +24,7 @@ from theory.controls import (
     control_study,
     distort_records,
 )
-from theory.sweep import collect_records, run_sweep
+from theory.studies.transfer.sweep import collect_records, run_sweep
 
 KNOWN_ANSWER_CONTROLS = tuple(c for c in PIPELINE_CONTROLS if c not in SOURCE_CONTROLS)
 study = control_study
@@ -72,7 +72,7 @@ def test_distorted_records_turn_a_check_to_fail(distortion: str, tmp_path: Path)
 
 def test_an_oracle_that_reads_c_fails_the_flat_in_d_c_law() -> None:
     """Synthetic dimension-law records: oracle KL ~ 9/2n whatever d_c, direct ~ k(d_c)/2n."""
-    from theory.dimension_checks import run_dimension_checks
+    from theory.verdicts.dimension_checks import run_dimension_checks
 
     records = []
     for d_c in (4, 16, 64):

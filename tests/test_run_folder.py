@@ -4,12 +4,13 @@ readable files and a progress line."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,9 @@ import torch
 from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import ConfigError, DataError
 from theory.cli import main
-from theory.config import ExperimentConfig
-from theory.report import build_report
-from theory.sweep import collect_records, run_sweep
+from theory.engine.config import ExperimentConfig
+from theory.studies.transfer.report import build_report
+from theory.studies.transfer.sweep import collect_records, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,7 @@ def test_report_never_imports_code_named_by_the_folder(tmp_path: Path, monkeypat
     marker = tmp_path / "imported"
     (tmp_path / "planted_rate.py").write_text(
         f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
-        "from theory.rates import generic_rates as rates\n")
+        "from theory.truth.rates import generic_rates as rates\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
     run_sweep(ExperimentConfig.from_dict({**raw(), "theory": {"rate": "planted_rate:rates"}}), out, log=None)
@@ -113,7 +114,7 @@ def test_workers_die_with_their_parent_and_the_rerun_gives_identical_records(tmp
     cfg = raw(seeds=[0, 1, 2, 3], variants=["no_transfer"], n_t=[8, 16])
     cfg["train"]["target"] = {"steps": 400, "eval_every": 50}
     (tmp_path / "c.toml").write_text("\n".join(
-        [f"[grid]\nn_s = [64]\nn_t = [8, 16]\nseeds = [0, 1, 2, 3]\nheads = ['gaussian']\nvariants = ['no_transfer']",
+        ["[grid]\nn_s = [64]\nn_t = [8, 16]\nseeds = [0, 1, 2, 3]\nheads = ['gaussian']\nvariants = ['no_transfer']",
          "[encoder]\nhidden = [8]", "[train.target]\nsteps = 400\neval_every = 50",
          "[evaluation]\nn_eval = 200\nfloor_n = 100\nsample_n = 0"]))
     out = tmp_path / "killed"
@@ -189,8 +190,8 @@ def test_a_truncated_record_is_an_error_for_the_report_and_recomputed_by_a_run(t
 
 
 def test_a_non_finite_kl_is_a_failed_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import theory.sweep as sweep
-    from theory.kl import KLEstimate
+    import theory.studies.transfer.sweep as sweep
+    from theory.truth.kl import KLEstimate
 
     monkeypatch.setattr(sweep, "monte_carlo_kl", lambda p, q: KLEstimate(float("nan"), float("nan"), 1))
     result = run_sweep(tiny(variants=["no_transfer"]), tmp_path, log=None)
@@ -238,20 +239,44 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     _one_line_error(capsys, ["report", str(tmp_path / "run")], "not a readable cell record")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_a_read_only_out_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@contextlib.contextmanager
+def _read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder this process cannot write into: mode 0500 for a user; for root (whom modes do not stop), a
+    read-only tmpfs mounted there (skipped where root may not mount)."""
     ro = tmp_path / "ro"
-    ro.mkdir(mode=0o500)
-    _one_line_error(capsys, ["run", str(ROOT / "configs" / "smoke.toml"), "--out", str(ro)], "not writable")
+    ro.mkdir()
+    if os.geteuid() != 0:
+        ro.chmod(0o500)
+        try:
+            yield ro
+        finally:
+            ro.chmod(0o700)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("running as root where no read-only file system can be mounted: no folder is read-only here")
+    try:
+        yield ro
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+
+
+def test_a_read_only_out_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with _read_only_folder(tmp_path) as ro:
+        _one_line_error(capsys, ["run", str(ROOT / "configs" / "smoke.toml"), "--out", str(ro)], "not writable")
+        _one_line_error(capsys, ["run", str(ROOT / "configs" / "smoke.toml"), "--out", str(ro / "run")],
+                        "cannot be created")
 
 
 def test_digits_runner_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from theory.digits import main as digits_main
-
-    (tmp_path / "records.json").write_text("{not json")
-    assert digits_main(["--report", str(tmp_path)]) == 2
+    out = tmp_path / "digits"
+    out.mkdir()
+    (out / "config.json").write_text('{"experiment": {"kind": "digits"}, "digits": {"styel": "invert"}}')
+    _one_line_error(capsys, ["report", str(out)], "unknown key 'digits.styel'")
+    (out / "config.json").write_text("{not json")
+    assert main(["report", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
 
 
 # 7 -------------------------------------------------------------------------------------------------------

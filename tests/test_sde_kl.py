@@ -14,10 +14,10 @@ from shared_embed.encoder import Encoder
 from shared_embed.errors import ConfigError
 from shared_embed.gaussian import GaussianHead
 from shared_embed.model import ConditionalModel
-from theory.bounds import sde_kl_for, standardized_law
-from theory.kl import gaussian_kl
-from theory.linear_score import LinearErrorCase
-from theory.tasks import ConditionalGaussianTask
+from theory.truth.bounds import sde_kl_for, standardized_law
+from theory.truth.kl import gaussian_kl
+from theory.truth.linear_score import LinearErrorCase
+from theory.truth.tasks import ConditionalGaussianTask
 
 #: the kNN estimator's bias at 500 rows a context: downward, by up to 0.04 nats at small KL and up to 25% of the
 #: KL where the sampler's law is shifted against a narrow target (measured -18% on the shifted case below)

@@ -7,8 +7,8 @@ import torch
 
 from diffusion.schedule import VPSchedule
 from shared_embed import ConfigError, ShapeError
-from theory.mixture import GaussianMixture
-from theory.tasks import ConditionalGaussianTask, ConditionalMixtureTask, TwoGaussianTask, make_task
+from theory.truth.mixture import GaussianMixture
+from theory.truth.tasks import ConditionalGaussianTask, ConditionalMixtureTask, TwoGaussianTask, make_task
 
 CONDITIONAL = [ConditionalGaussianTask, ConditionalMixtureTask]
 

@@ -52,7 +52,7 @@ from diffusion.schedule import stratified_times
 from shared_embed import ConfigError, DataError, DTypeError, ShapeError
 from shared_embed.train import TrainConfig
 from tests.test_diffusion_sampling import mmd_permutation_test
-from theory.tasks import TwoGaussianTask
+from theory.truth.tasks import TwoGaussianTask
 
 SCH = VPSchedule()
 TASK = TwoGaussianTask()

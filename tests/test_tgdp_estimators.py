@@ -21,7 +21,7 @@ from diffusion.tgdp.noisy_guidance import ClassifierGuidance, SwitchedScore
 from diffusion.tgdp.quadratic_ratio import QuadraticLogRatio, fit_quadratic_log_ratio
 from shared_embed.errors import ConfigError, ShapeError
 from shared_embed.train import TrainConfig
-from theory.tasks import TwoGaussianTask, inside_support_task
+from theory.truth.tasks import TwoGaussianTask, inside_support_task
 
 SCH = VPSchedule()
 M = torch.tensor([0.8, -0.6], dtype=torch.float64)

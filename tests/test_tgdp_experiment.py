@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from shared_embed.train import TrainConfig
-from theory.tgdp_experiment import TGDPSettings, compare, load_records, run_tgdp_experiment
-from theory.tgdp_methods import METHODS
+from theory.studies.tgdp.experiment import TGDPSettings, compare, load_records, run_tgdp_experiment
+from theory.studies.tgdp.methods import METHODS
 
 
 def tiny_settings() -> TGDPSettings:
@@ -123,7 +123,7 @@ def test_learned_tgdp_beats_the_baselines(full_grid: dict) -> None:
 def test_the_tgdp_study_runs_and_reports_through_gentransfer(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     from theory.cli import main
-    from theory.config import read_toml
+    from theory.engine.config import read_toml
 
     out = tmp_path / "run"
     assert main(["run", "tgdp_smoke", "--out", str(out), "--quiet"]) == 0

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 from shared_embed import Standardizer
-from theory.bounds import standardized_law
-from theory.config import ExperimentConfig
-from theory.sweep import collect_records, run_sweep
-from theory.tasks import ConditionalMixtureTask
+from theory.truth.bounds import standardized_law
+from theory.engine.config import ExperimentConfig
+from theory.studies.transfer.sweep import collect_records, run_sweep
+from theory.truth.tasks import ConditionalMixtureTask
 
 
 def test_standardized_law_is_the_law_of_the_standardized_outcome() -> None:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from theory.checks import (
+from theory.verdicts.checks import (
     FAIL,
     INSUFFICIENT,
     INSUFFICIENT_SEEDS,
@@ -24,8 +24,8 @@ from theory.checks import (
     format_checks,
     run_checks,
 )
-from theory.rates import Rates
-from theory.verdict import CheckResult
+from theory.truth.rates import Rates
+from theory.verdicts.verdict import CheckResult
 
 N_T = [25, 50, 100, 200, 400, 800]
 SEEDS = [0, 1, 2, 3]

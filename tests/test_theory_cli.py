@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from theory.cli import main
-from theory.config import load_config
-from theory.toml_writer import dumps as toml_dumps
+from theory.engine.config import load_config
+from theory.engine.toml_writer import dumps as toml_dumps
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.toml"
@@ -133,7 +133,7 @@ def test_configs_ship_with_the_package(tmp_path: Path) -> None:
     shipped = {f"theory/configs/{p.name}" for p in (ROOT / "configs").glob("*.toml")}
     assert shipped and shipped <= names
     zipfile.ZipFile(wheel).extractall(site)
-    code = "from theory.cli import shipped_configs, resolve_config; from pathlib import Path; " \
+    code = "from theory.engine.config import shipped_configs, resolve_config; from pathlib import Path; " \
            "print(shipped_configs()); print(resolve_config(Path('default')))"
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(site)}, check=True)
@@ -167,9 +167,9 @@ def test_bad_shard_or_device_is_one_line_with_exit_code_2(tmp_path: Path, capsys
 
 def test_the_samples_figure_is_labelled(smoke_run: tuple[Path, str]) -> None:
     """Axes with units, a legend of the conditions, and each panel's KL in its title."""
-    from theory.config import load_config as load
-    from theory.plots import samples_figure
-    from theory.sweep import collect_records
+    from theory.engine.config import load_config as load
+    from theory.engine.plots import samples_figure
+    from theory.studies.transfer.sweep import collect_records
 
     out, _ = smoke_run
     records = [r for r in collect_records(out) if r.get("status", "ok") == "ok"]
@@ -188,10 +188,10 @@ def test_the_kl_curves_figure_is_readable(smoke_run: tuple[Path, str]) -> None:
     a decade's worth of labelled ticks on the log KL axis."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from theory.config import load_config as load
-    from theory.plots import kl_curves_figure
-    from theory.report import predictions
-    from theory.sweep import collect_records
+    from theory.engine.config import load_config as load
+    from theory.engine.plots import kl_curves_figure
+    from theory.studies.transfer.report import predictions
+    from theory.studies.transfer.sweep import collect_records
 
     out, _ = smoke_run
     config = load(SMOKE)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shared_embed.errors import ConfigError
-from theory.config import ExperimentConfig, apply_override, load_config, parse_value
+from theory.engine.config import ExperimentConfig, apply_override, load_config, parse_value
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared_embed.errors import ConfigError
-from theory.rates import (
+from theory.truth.rates import (
     Rates,
     effective_smoothness,
     generic_rates,
@@ -70,5 +70,5 @@ def test_bad_rate_functions_raise_config_errors() -> None:
         resolve_rate("nope")
     with pytest.raises(ConfigError, match="cannot be imported"):
         resolve_rate("no_such_module_xyz:f")
-    with pytest.raises(ConfigError, match="must return theory.rates.Rates"):
+    with pytest.raises(ConfigError, match="must return theory.truth.rates.Rates"):
         predicted_rates(16, 2, 2, 2.0, rate=lambda **kw: 0.5)

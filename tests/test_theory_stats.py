@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from shared_embed.errors import DataError
-from theory.known_answers import (
+from theory.truth.known_answers import (
     expected_kl_gaussian_regression,
     free_parameters,
     simulate_fitted_kls,
     simulate_ratio_null,
 )
-from theory.stats import holm, per_seed_exponents, slope_interval_coverage, t_interval
+from theory.verdicts.stats import holm, per_seed_exponents, slope_interval_coverage, t_interval
 
 
 @pytest.mark.parametrize("seeds", [3, 4, 5])

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from shared_embed.errors import ConfigError
-from theory.config import ExperimentConfig
-from theory.sweep import (
+from theory.engine.config import ExperimentConfig
+from theory.studies.transfer.sweep import (
     collect_records,
     nested_sample,
     parse_shard,
@@ -20,7 +20,7 @@ from theory.sweep import (
     run_sweep,
     shard_cells,
 )
-from theory.tasks import ConditionalGaussianTask
+from theory.truth.tasks import ConditionalGaussianTask
 
 
 def tiny(**grid: object) -> ExperimentConfig:
@@ -102,7 +102,7 @@ def test_parallel_workers_match_one_process(tmp_path: Path) -> None:
 
 
 def test_diverged_fits_are_failed_cells_reported_and_retried(tmp_path: Path) -> None:
-    from theory.report import build_report
+    from theory.studies.transfer.report import build_report
 
     blowup = {"steps": 15, "lr": 1e30, "grad_clip": 1e30}
     cfg = ExperimentConfig.from_dict({**tiny(n_t=[8], variants=["transfer", "no_transfer"]).to_dict(),

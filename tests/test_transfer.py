@@ -6,7 +6,7 @@ import torch
 from shared_embed import (ConditionalModel, ConfigError, DataError, DTypeError, Encoder, GaussianHead, PairedData,
                           ShapeError, Standardizer, TrainConfig, TransferConfig, fit_source, fit_target_head,
                           fit_variants)
-from theory.tasks import ConditionalGaussianTask
+from theory.truth.tasks import ConditionalGaussianTask
 
 
 def kl(task, model, n=4000, seed=99):

@@ -23,13 +23,13 @@ import torch
 from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import GentransferError
 
-from .checks import PASS
-from .config import ExperimentConfig, apply_override, load_config, read_toml
-from .executors import EXECUTORS, make_executor, parse_options
-from .report import build_report
-from .run_folder import read_json
-from .sweep import parse_shard, run_sweep
-from .toml_writer import dumps as toml_dumps
+from theory.verdicts.checks import PASS
+from theory.engine.config import ExperimentConfig, apply_override, read_toml, resolve_config
+from theory.engine.executors import EXECUTORS, make_executor, parse_options
+from theory.studies.transfer.report import build_report
+from theory.engine.run_folder import read_json
+from theory.studies.transfer.sweep import parse_shard, run_sweep
+from theory.engine.toml_writer import dumps as toml_dumps
 
 DESCRIPTION = """\
 gentransfer: transfer learning for generative models, checked against the theory.
@@ -75,29 +75,6 @@ def version() -> str:
         return importlib.metadata.version("gentransfer")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-def shipped_configs() -> Path:
-    """The folder of the configs that ship with gentransfer: ``theory/configs/`` where it was installed from a
-    wheel (the package data ``theory.configs``), the source tree's ``configs/`` in a checkout (editable too)."""
-    here = Path(__file__).resolve().parent
-    installed = here / "configs"
-    return installed if installed.is_dir() else here.parent / "configs"
-
-
-def resolve_config(config: Path) -> Path:
-    """``config`` if that file exists, else the shipped config of that name (``default``, ``default.toml``
-    or ``configs/default.toml``); a GentransferError listing the shipped names otherwise."""
-    if config.is_file():
-        return config
-    if config.is_dir():
-        raise GentransferError(f"config {os.fspath(config)!r} is a folder, not a TOML file")
-    folder = shipped_configs()
-    candidate = folder / (config.name if config.suffix == ".toml" else f"{config.name}.toml")
-    if candidate.is_file() and (config.parent == Path(".") or config.parent.name == "configs"):
-        return candidate
-    names = ", ".join(sorted(p.stem for p in folder.glob("*.toml"))) or "none found"
-    raise GentransferError(f"no config file {config}; shipped configs (give the name or a path): {names}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -184,11 +161,11 @@ def _study(raw: dict) -> Any:
     exp = raw.get("experiment", {})
     kind = exp.get("kind", "transfer") if isinstance(exp, dict) else "transfer"
     if kind == "tgdp":
-        from . import tgdp_study
+        from theory.studies.tgdp import study as tgdp_study
 
         return tgdp_study
     if kind == "digits":
-        from . import digits_study
+        from theory.studies.digits import study as digits_study
 
         return digits_study
     if kind != "transfer":

@@ -15,8 +15,9 @@ grad_x log q_t(x | y). The label marginal q(y) comes from :class:`~diffusion.tgd
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -40,6 +41,9 @@ from .classifier import DensityRatio, fit_domain_classifier
 from .compose import GuidedScore
 from .guidance import DAMPING, POSITIVITY, GuidanceNetwork, SourcePosterior, guidance_loss
 from .regularizers import consistency_loss, cycle_loss
+
+
+_TRAIN_FIELDS = ("classifier_train", "guidance_train", "time_classifier_train")
 
 
 @dataclass
@@ -99,6 +103,21 @@ class TGDPConfig:
         """Whether the guidance loss draws target rows (the regularisers or target coverage)."""
         return self.regularized or self.target_coverage > 0
 
+    @classmethod
+    def from_options(cls, options: dict[str, Any], seed: int) -> TGDPConfig:
+        """Settings from plain options (a config table: field names; the ``*_train`` fields as TrainConfig
+        keyword dicts over this class's defaults), every training run seeded with ``seed``."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unknown tgdp option(s) {unknown}; valid: {sorted(known)}")
+        base = cls()
+        kwargs: dict[str, Any] = {k: v for k, v in options.items() if k not in _TRAIN_FIELDS}
+        for name in _TRAIN_FIELDS:
+            default: TrainConfig = getattr(base, name)
+            kwargs[name] = default.replace(**{**options.get(name, {}), "seed": seed})
+        return cls(**kwargs)
+
 
 @dataclass
 class TGDPFit:
@@ -139,34 +158,10 @@ def fit_tgdp(
     """
     config = config or TGDPConfig()
     schedule = schedule or VPSchedule()
-    source_x = check_matrix("source_x", source_x)
-    target_x = check_matches("target_x", check_matrix("target_x", target_x, source_x.shape[1]), source_x,
-                             owner="source_x")
-    if (source_context is None) != (target_context is None):
-        raise ShapeError("give source_context and target_context together (both or neither)")
-    k = None
-    if source_context is not None:
-        k = check_matrix("source_context", source_context).shape[1]
-        check_context("source_context", source_context, k, rows=source_x.shape[0])
-        check_context("target_context", target_context, k, rows=target_x.shape[0])
-        for name, ctx in (("source_context", source_context), ("target_context", target_context)):
-            check_matches(name, ctx, source_x, owner="source_x")
+    source_x, target_x, k = _checked_samples(source_x, target_x, source_context, target_context)
     histories: dict[str, TrainHistory] = {}
-
-    ratio: DensityRatio | None = None
-    if source_weights is not None:
-        w0 = check_matches("source_weights", check_tensor("source_weights", source_weights, ndim=1,
-                                                          rows=source_x.shape[0]), source_x, owner="source_x")
-        if bool((w0 < 0).any()):
-            raise DataError("source_weights are density ratios and must be >= 0")
-    else:
-        ratio, histories["classifier"] = fit_domain_classifier(
-            source_x, target_x, source_context=source_context, target_context=target_context,
-            hidden=config.classifier_hidden, balanced=config.balanced, target_batch=config.target_batch,
-            config=config.classifier_train)
-        with torch.no_grad():
-            w0 = ratio.ratio(source_x, None, source_context)
-
+    ratio, w0 = _source_ratios(source_x, target_x, source_context, target_context, source_weights, config,
+                               histories)
     time_ratio = None
     if config.eta_cycle > 0:
         time_ratio, histories["time_classifier"] = fit_domain_classifier(
@@ -177,10 +172,60 @@ def fit_tgdp(
     guidance = GuidanceNetwork(source_x.shape[1], k, config.guidance_hidden, positivity=config.positivity,
                                damping=config.damping, schedule=schedule).to(source_x)
     posterior = SourcePosterior(source_x, w0, schedule, source_context) if config.rao_blackwell else None
+    loss_fn = _guidance_objective(guidance, source_score, schedule, config, posterior, time_ratio, target_x,
+                                  target_context)
+    data = (source_x, w0) if source_context is None else (source_context, source_x, w0)
+    histories["guidance"] = fit(guidance, loss_fn, data, config=config.guidance_train)
+    guidance.requires_grad_(False)
+    return TGDPFit(GuidedScore(source_score, guidance), guidance, ratio, time_ratio, w0, histories)
+
+
+def _checked_samples(source_x: Tensor, target_x: Tensor, source_context: Tensor | None,
+                     target_context: Tensor | None) -> tuple[Tensor, Tensor, int | None]:
+    """The validated samples and the context width k (None for unconditional TGDP)."""
+    source_x = check_matrix("source_x", source_x)
+    target_x = check_matches("target_x", check_matrix("target_x", target_x, source_x.shape[1]), source_x,
+                             owner="source_x")
+    if (source_context is None) != (target_context is None):
+        raise ShapeError("give source_context and target_context together (both or neither)")
+    if source_context is None:
+        return source_x, target_x, None
+    k = check_matrix("source_context", source_context).shape[1]
+    check_context("source_context", source_context, k, rows=source_x.shape[0])
+    check_context("target_context", target_context, k, rows=target_x.shape[0])
+    for name, ctx in (("source_context", source_context), ("target_context", target_context)):
+        check_matches(name, ctx, source_x, owner="source_x")
+    return source_x, target_x, k
+
+
+def _source_ratios(source_x: Tensor, target_x: Tensor, source_context: Tensor | None, target_context: Tensor | None,
+                   source_weights: Tensor | None, config: TGDPConfig, histories: dict[str, TrainHistory]
+                   ) -> tuple[DensityRatio | None, Tensor]:
+    """(the domain classifier's ratio or None, w(x_0) at the source rows (n_s,)): the given weights, checked,
+    or the classifier's ratio (its training history goes into ``histories``)."""
+    if source_weights is not None:
+        w0 = check_matches("source_weights", check_tensor("source_weights", source_weights, ndim=1,
+                                                          rows=source_x.shape[0]), source_x, owner="source_x")
+        if bool((w0 < 0).any()):
+            raise DataError("source_weights are density ratios and must be >= 0")
+        return None, w0
+    ratio, histories["classifier"] = fit_domain_classifier(
+        source_x, target_x, source_context=source_context, target_context=target_context,
+        hidden=config.classifier_hidden, balanced=config.balanced, target_batch=config.target_batch,
+        config=config.classifier_train)
+    with torch.no_grad():
+        return ratio, ratio.ratio(source_x, None, source_context)
+
+
+def _guidance_objective(guidance: GuidanceNetwork, source_score: ScoreFn, schedule: VPSchedule, config: TGDPConfig,
+                        posterior: SourcePosterior | None, time_ratio: DensityRatio | None, target_x: Tensor,
+                        target_context: Tensor | None) -> Callable[[Sequence[Tensor]], Tensor]:
+    """The guidance's training loss on a batch of source rows ((context,) x0, w): L_guide, plus on a batch of
+    target rows the target-coverage term and the two regularisers when they are switched on."""
     n_t = target_x.shape[0]
 
     def loss_fn(batch: Sequence[Tensor]) -> Tensor:
-        ctx = batch[0] if k is not None else None
+        ctx = batch[0] if len(batch) == 3 else None
         x0, w = batch[-2], batch[-1]
         loss = guidance_loss(guidance, schedule, x0, w, ctx, config.t_eps, posterior)
         if not config.uses_target_rows:
@@ -198,7 +243,4 @@ def fit_tgdp(
                                                                     config.t_eps)
         return loss
 
-    data = (source_x, w0) if source_context is None else (source_context, source_x, w0)
-    histories["guidance"] = fit(guidance, loss_fn, data, config=config.guidance_train)
-    guidance.requires_grad_(False)
-    return TGDPFit(GuidedScore(source_score, guidance), guidance, ratio, time_ratio, w0, histories)
+    return loss_fn

@@ -1,6 +1,6 @@
 """A transfer-sweep runner whose first group stops after its first cell and waits to be killed.
 
-The executor tests swap it in for ``theory.sweep.run_transfer_group``: the first worker to finish a cell claims
+The executor tests swap it in for ``theory.studies.transfer.sweep.run_transfer_group``: the first worker to finish a cell claims
 ``KILL_FILE`` (the env var's path; exclusive create, so one worker only), writes its pid there and sleeps; the test
 kills that pid, and the group must be run again elsewhere. Top-level, so dask workers import it by name.
 """
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from theory.sweep import run_transfer_group
+from theory.studies.transfer.sweep import run_transfer_group
 
 KILL_FILE = "GENTRANSFER_TEST_KILL_FILE"
 

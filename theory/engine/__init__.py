@@ -1,0 +1,5 @@
+"""The experiment machinery every study shares: the loop over cells (:mod:`.loop`), configs, run folders,
+TOML output and plot helpers.
+
+Imports :mod:`theory.truth` and :mod:`theory.verdicts`, never a study.
+"""

@@ -1,0 +1,587 @@
+"""Experiment configs: a TOML file parsed into validated dataclasses, every key overridable from the command line.
+
+A config has these tables (all optional except ``grid``; see ``configs/default.toml`` for a commented one):
+
+    [experiment]  name, description, control (a deliberately broken pipeline, a negative control of
+                  ``theory.verdicts.controls``; "" for the real pipeline)
+    [task]        name (theory.truth.tasks.TASKS, conditional tasks), its keyword arguments (d_c, d_h, d_x, ...) and
+                  instance ("per_seed": every grid seed draws its own task instance; "fixed": one instance,
+                  from the task's own ``seed`` option)
+    [grid]        n_s, n_t, seeds (lists of ints), heads (names of [heads.*] tables), variants, tasks (a list
+                  of task-option tables, e.g. [{d_c = 4}, {d_c = 16}]: one task per entry, the [task]
+                  options overridden; a dimension-law study sweeps them)
+    [heads.NAME]  kind ("flow" | "diffusion" | "gaussian" | "linear_gaussian"), options = {head constructor
+                  kwargs}, n_eval / floor_n / bound_n (per-head overrides), variants (a subset of the grid's),
+                  [heads.NAME.train.source|target|floor]
+    [encoder]     embed_dim (an int, or "d_h": each task's own), hidden, activation, val_fraction
+    [train.source], [train.target], [train.floor]   shared_embed.train.TrainConfig fields
+    [evaluation]  n_eval, floor_n (0: no embedding floor), bound_n, sample_n, sample_contexts
+    [theory]      beta, rate ("generic" or "package.module:function"), log_power, confidence, margin,
+                  flat_margin
+    [run]         workers, threads, device
+
+Unknown keys raise :class:`~shared_embed.errors.ConfigError` naming the key and the valid ones. Overrides
+``key.sub=value`` (``--set`` on the command line) take TOML values (``grid.n_t=[50,100]``,
+``train.target.lr=3e-4``); a value that is not valid TOML is taken as a string (``heads.flow.options.backend=nflows``).
+
+Example:
+    >>> cfg = load_config("configs/default.toml", ["grid.seeds=[0]", "run.workers=1"])
+    >>> cfg.grid.seeds
+    [0]
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from shared_embed.errors import ConfigError, GentransferError
+from shared_embed.train import TrainConfig
+from shared_embed.transfer import VARIANTS
+from shared_embed.validation import check_choice, check_positive_float
+
+from theory.engine.schema import (
+    MAX_PAIRS,
+    check_keys,
+    int_list,
+    integer,
+    number,
+    str_list,
+    string,
+    table as as_table,
+    train_table,
+    widths,
+)
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    try:
+        import tomli as tomllib  # type: ignore[no-redef]
+    except ModuleNotFoundError as err:
+        raise ImportError("reading TOML configs on Python 3.10 needs the 'tomli' package: pip install tomli") from err
+
+HEAD_KINDS = ("flow", "diffusion", "gaussian", "linear_gaussian")
+CONDITIONAL_TASKS = ("conditional_gaussian", "conditional_mixture")
+PHASES = ("source", "target", "floor")
+HEAD_KEYS = ("kind", "options", "train", "n_eval", "floor_n", "bound_n", "variants")
+#: TrainConfig fields the sweep owns (seeded per cell, no progress bars, no checkpoints).
+SWEEP_OWNED_TRAIN = ("seed", "progress", "description", "checkpoint_path", "checkpoint_every", "resume")
+TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in SWEEP_OWNED_TRAIN)
+#: Default training of each phase, the flow settings of configs/flow_transfer.toml (early stopping throughout).
+DEFAULT_TRAIN: dict[str, dict[str, Any]] = {
+    "source": {"steps": 5000, "batch_size": 256, "lr": 1e-3, "eval_every": 100, "patience": 10},
+    "target": {"steps": 2000, "batch_size": 256, "lr": 1e-3, "eval_every": 20, "patience": 15},
+    "floor": {"steps": 3000, "batch_size": 512, "lr": 1e-3, "eval_every": 100, "patience": 10},
+}
+DEFAULT_HEAD_OPTIONS: dict[str, dict[str, Any]] = {
+    "flow": {"backend": "zuko", "transform": "nsf", "transforms": 2, "hidden": [32, 32], "bins": 6},
+    "diffusion": {},
+    "gaussian": {"hidden": [64, 64]},
+    "linear_gaussian": {},
+}
+TASK_INSTANCES = ("per_seed", "fixed")
+
+
+# -- the sections --------------------------------------------------------------------------------
+@dataclass
+class TaskSpec:
+    """A conditional ground-truth task of ``theory.truth.tasks``: its name, constructor keyword arguments and whether
+    each grid seed draws its own instance (``instance = "per_seed"``, the default) or all share one."""
+
+    name: str = "conditional_gaussian"
+    options: dict[str, Any] = field(default_factory=dict)
+    instance: str = "per_seed"
+
+    @classmethod
+    def parse(cls, table: dict[str, Any]) -> TaskSpec:
+        from theory.truth.tasks import TASKS
+
+        table = dict(table)
+        name = check_choice("task.name", table.pop("name", "conditional_gaussian"), CONDITIONAL_TASKS)
+        instance = check_choice("task.instance", table.pop("instance", "per_seed"), TASK_INSTANCES)
+        valid = [p for p in inspect.signature(TASKS[name]).parameters]
+        check_keys(table, valid + ["name", "instance"], "task")
+        return cls(name, table, instance)
+
+    def check_overrides(self, overrides: dict[str, Any], where: str) -> None:
+        from theory.truth.tasks import TASKS
+
+        valid = [p for p in inspect.signature(TASKS[self.name]).parameters if p != "seed"]
+        check_keys(overrides, valid, where)
+
+    def build(self, seed: int | None = None, overrides: dict[str, Any] | None = None) -> Any:
+        """The task with ``overrides``; with ``instance = "per_seed"`` and a grid ``seed``, that seed's instance."""
+        from theory.truth.tasks import make_task
+
+        options = {**self.options, **(overrides or {})}
+        if self.instance == "per_seed" and seed is not None:
+            options["seed"] = seed
+        try:
+            return make_task(self.name, **options)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"[task] {self.name}: {err}") from err
+
+
+def task_label(overrides: dict[str, Any]) -> str:
+    """A file-system-safe name of a grid task, e.g. ``d_c=4,d_h=2``; "" for the config's own task."""
+    return ",".join(f"{k}={overrides[k]}" for k in sorted(overrides))
+
+
+def _task_list(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value or not all(isinstance(t, dict) for t in value):
+        raise ConfigError("'grid.tasks' must be a non-empty list of tables of task options, e.g. [{d_c = 4}]")
+    labels = [task_label(t) for t in value]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"'grid.tasks' lists a task twice: {labels}")
+    for i, t in enumerate(value):
+        for k, v in t.items():
+            if not isinstance(v, (int, float, str, bool)) or any(ch in str(v) for ch in "/\\,="):
+                raise ConfigError(f"grid.tasks[{i}].{k} must be a plain number or word, got {v!r}")
+    return [dict(t) for t in value]
+
+
+@dataclass
+class GridSpec:
+    """The sweep's axes; cells are (head, n_s, n_t, seed, variant)."""
+
+    n_s: list[int]
+    n_t: list[int]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    heads: list[str] = field(default_factory=lambda: ["flow"])
+    variants: list[str] = field(default_factory=lambda: ["transfer", "no_transfer"])
+    tasks: list[dict[str, Any]] = field(default_factory=lambda: [{}])
+
+    @classmethod
+    def parse(cls, table: dict[str, Any]) -> GridSpec:
+        check_keys(table, [f.name for f in fields(cls)], "grid")
+        for key in ("n_s", "n_t"):
+            if key not in table:
+                raise ConfigError(f"[grid] needs {key!r} (a list of sample sizes)")
+        variants = str_list(table.get("variants", ["transfer", "no_transfer"]), "grid.variants")
+        for i, v in enumerate(variants):
+            check_choice(f"grid.variants[{i}]", v, VARIANTS)
+        return cls(
+            n_s=int_list(table["n_s"], "grid.n_s", maximum=MAX_PAIRS),
+            n_t=int_list(table["n_t"], "grid.n_t", minimum=2, maximum=MAX_PAIRS),
+            seeds=int_list(table.get("seeds", [0]), "grid.seeds", minimum=0),
+            heads=str_list(table.get("heads", ["flow"]), "grid.heads"),
+            variants=[v for v in VARIANTS if v in variants],
+            tasks=_task_list(table.get("tasks", [{}])),
+        )
+
+    def task_overrides(self, label: str) -> dict[str, Any]:
+        """The task options of the grid task named ``label`` (see :func:`task_label`)."""
+        for t in self.tasks:
+            if task_label(t) == label:
+                return t
+        raise ConfigError(f"no grid task is labelled {label!r}; have {[task_label(t) for t in self.tasks]}")
+
+
+@dataclass
+class HeadSpec:
+    """One head of the grid: its registered ``kind``, constructor ``options`` (features and context_features
+    are filled in by the sweep), per-phase training overrides and per-head evaluation overrides."""
+
+    name: str
+    kind: str
+    options: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, dict[str, Any]] = field(default_factory=dict)
+    n_eval: int | None = None
+    floor_n: int | None = None
+    bound_n: int | None = None
+    #: the grid variants this head runs (None: all of [grid] variants)
+    variants: list[str] | None = None
+
+    @classmethod
+    def parse(cls, name: str, table: dict[str, Any]) -> HeadSpec:
+        where = f"heads.{name}"
+        check_keys(table, HEAD_KEYS, where)
+        kind = table.get("kind", name if name in HEAD_KINDS else None)
+        if kind is None:
+            raise ConfigError(f"[{where}] needs 'kind' (one of {', '.join(HEAD_KINDS)})")
+        kind = check_choice(f"{where}.kind", kind, HEAD_KINDS)
+        options = {**DEFAULT_HEAD_OPTIONS[kind], **as_table(table.get("options", {}), f"{where}.options")}
+        for key in ("features", "context_features"):
+            if key in options:
+                raise ConfigError(f"{where}.options.{key} is set by the sweep (d_x and the embedding size)")
+        train = as_table(table.get("train", {}), f"{where}.train")
+        check_keys(train, PHASES, f"{where}.train")
+        spec = cls(
+            name=name, kind=kind, options=options,
+            train={p: train_table(t, f"{where}.train.{p}", TRAIN_KEYS) for p, t in train.items()},
+            n_eval=None if "n_eval" not in table else integer(table["n_eval"], f"{where}.n_eval", 2, MAX_PAIRS),
+            floor_n=None if "floor_n" not in table else integer(table["floor_n"], f"{where}.floor_n", 0, MAX_PAIRS),
+            bound_n=None if "bound_n" not in table else integer(table["bound_n"], f"{where}.bound_n", 0, MAX_PAIRS),
+            variants=None if "variants" not in table else [
+                check_choice(f"{where}.variants[{i}]", v, VARIANTS)
+                for i, v in enumerate(str_list(table["variants"], f"{where}.variants"))],
+        )
+        spec.check_options()
+        return spec
+
+    def head_class(self) -> type:
+        """The registered Head class of ``kind`` (imports the package that registers it)."""
+        from shared_embed.head import HEADS
+
+        if self.kind == "flow":
+            import flows  # noqa: F401  (registers "flow")
+        elif self.kind == "diffusion":
+            try:
+                import diffusion.head  # noqa: F401  (registers "diffusion")
+            except ImportError as err:
+                raise ConfigError(f"head kind 'diffusion' is not available: {err}") from err
+        if self.kind not in HEADS:
+            raise ConfigError(f"head kind {self.kind!r} is not registered; registered: {sorted(HEADS)}")
+        return HEADS[self.kind]
+
+    def check_options(self) -> None:
+        """Every option must be a keyword of the head's constructor."""
+        params = inspect.signature(self.head_class().__init__).parameters
+        valid = [p for p in params if p not in ("self", "features", "context_features")]
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            check_keys(self.options, valid, f"heads.{self.name}.options")
+
+
+@dataclass
+class EncoderSpec:
+    """The shared encoder h: R^{d_c} -> R^{embed_dim} and the validation fraction of every fit.
+
+    ``embed_dim = "d_h"`` sizes the encoder to each task's true embedding dimension (a study over d_h)."""
+
+    embed_dim: int | str = 2
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "silu"
+    val_fraction: float = 0.2
+
+    @classmethod
+    def parse(cls, table: dict[str, Any]) -> EncoderSpec:
+        check_keys(table, [f.name for f in fields(cls)], "encoder")
+        out = cls(
+            embed_dim="d_h" if table.get("embed_dim") == "d_h" else integer(table.get("embed_dim", 2),
+                                                                          "encoder.embed_dim"),
+            hidden=widths(table.get("hidden", [64, 64]), "encoder.hidden"),
+            activation=string(table.get("activation", "silu"), "encoder.activation"),
+            val_fraction=number(table.get("val_fraction", 0.2), "encoder.val_fraction"),
+        )
+        if not 0.0 <= out.val_fraction <= 0.9:
+            raise ConfigError(f"'encoder.val_fraction' must be in [0, 0.9], got {out.val_fraction}")
+        return out
+
+
+@dataclass
+class EvaluationSpec:
+    """Monte Carlo sizes: KL evaluation pairs, the floor head's training pairs (0: no floor), the Girsanov
+    bound's pairs (diffusion heads; 0: none), and the samples drawn per context for the plots."""
+
+    n_eval: int = 20_000
+    floor_n: int = 20_000
+    bound_n: int = 2_000
+    sample_n: int = 300
+    sample_contexts: int = 3
+
+    @classmethod
+    def parse(cls, table: dict[str, Any]) -> EvaluationSpec:
+        check_keys(table, [f.name for f in fields(cls)], "evaluation")
+        d = cls()
+        return cls(
+            n_eval=integer(table.get("n_eval", d.n_eval), "evaluation.n_eval", 2, MAX_PAIRS),
+            floor_n=integer(table.get("floor_n", d.floor_n), "evaluation.floor_n", 0, MAX_PAIRS),
+            bound_n=integer(table.get("bound_n", d.bound_n), "evaluation.bound_n", 0, MAX_PAIRS),
+            sample_n=integer(table.get("sample_n", d.sample_n), "evaluation.sample_n", 0, MAX_PAIRS),
+            sample_contexts=integer(table.get("sample_contexts", d.sample_contexts), "evaluation.sample_contexts"),
+        )
+
+
+@dataclass
+class TheorySpec:
+    """Predictions and checks: smoothness ``beta``, the rate function and its log-factor power, the confidence
+    of the intervals (1 - the report's family-wise error rate), the factor a known answer must be able to
+    detect (``margin``) and the equivalence margin of the dimension laws' "flat" claims (``flat_margin``)."""
+
+    beta: float = 2.0
+    rate: str = "generic"
+    log_power: float = 0.0
+    confidence: float = 0.95
+    margin: float = 2.0
+    flat_margin: float = 1.5
+
+    @classmethod
+    def parse(cls, table: dict[str, Any]) -> TheorySpec:
+        check_keys(table, [f.name for f in fields(cls)], "theory")
+        d = cls()
+        out = cls(
+            beta=check_positive_float("theory.beta", number(table.get("beta", d.beta), "theory.beta")),
+            rate=string(table.get("rate", d.rate), "theory.rate"),
+            log_power=number(table.get("log_power", d.log_power), "theory.log_power"),
+            confidence=number(table.get("confidence", d.confidence), "theory.confidence"),
+            margin=number(table.get("margin", d.margin), "theory.margin"),
+            flat_margin=number(table.get("flat_margin", d.flat_margin), "theory.flat_margin"),
+        )
+        if not 0.5 <= out.confidence < 1.0:
+            raise ConfigError(f"'theory.confidence' must be in [0.5, 1), got {out.confidence}")
+        for key in ("margin", "flat_margin"):
+            if not getattr(out, key) > 1.0:
+                raise ConfigError(f"'theory.{key}' must be a factor > 1, got {getattr(out, key)}")
+        from theory.truth.rates import check_rate_name
+
+        check_rate_name(out.rate)  # imports nothing: a config read from a run folder never runs code
+        return out
+
+
+@dataclass
+class RunSpec:
+    """Worker processes, torch threads per process, device."""
+
+    workers: int = 1
+    threads: int = 1
+    device: str = "cpu"
+
+    @classmethod
+    def parse(cls, table: dict[str, Any]) -> RunSpec:
+        check_keys(table, [f.name for f in fields(cls)], "run")
+        from shared_embed.device import resolve_device
+
+        out = cls(
+            workers=integer(table.get("workers", 1), "run.workers"),
+            threads=integer(table.get("threads", 1), "run.threads"),
+            device=string(table.get("device", "cpu"), "run.device"),
+        )
+        resolve_device(out.device)
+        return out
+
+
+SECTIONS = ("experiment", "task", "grid", "heads", "encoder", "train", "evaluation", "theory", "run")
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment; :meth:`from_dict` validates, :meth:`to_dict` gives the JSON stored with a run."""
+
+    grid: GridSpec
+    name: str = "experiment"
+    description: str = ""
+    control: str = ""
+    task: TaskSpec = field(default_factory=TaskSpec)
+    heads: dict[str, HeadSpec] = field(default_factory=dict)
+    encoder: EncoderSpec = field(default_factory=EncoderSpec)
+    train: dict[str, dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_TRAIN))
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+    theory: TheorySpec = field(default_factory=TheorySpec)
+    run: RunSpec = field(default_factory=RunSpec)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ExperimentConfig:
+        """Validate a raw (TOML-shaped) dict; raises ConfigError naming the first bad key."""
+        raw = as_table(raw, "config")
+        check_keys(raw, SECTIONS, "")
+        if "grid" not in raw:
+            raise ConfigError("the config needs a [grid] table with n_s and n_t")
+        exp = as_table(raw.get("experiment", {}), "experiment")
+        check_keys(exp, ["name", "description", "control", "kind"], "experiment")
+        if exp.get("kind", "transfer") != "transfer":
+            raise ConfigError(f"experiment.kind = {exp['kind']!r} is not a transfer grid: run it with "
+                              "'gentransfer run', which reads every study kind")
+        from theory.verdicts.controls import check_control
+        grid = GridSpec.parse(as_table(raw["grid"], "grid"))
+        heads_raw = as_table(raw.get("heads", {}), "heads")
+        for name, t in heads_raw.items():  # heads outside the grid: structure only (their package may be absent)
+            check_keys(as_table(t, f"heads.{name}"), HEAD_KEYS, f"heads.{name}")
+        heads = {}
+        for i, name in enumerate(grid.heads):
+            if name not in heads_raw and name not in HEAD_KINDS:
+                raise ConfigError(f"grid.heads[{i}] = {name!r} has no [heads.{name}] table and is not a head "
+                                  f"kind ({', '.join(HEAD_KINDS)}); defined heads: {sorted(heads_raw)}")
+            heads[name] = HeadSpec.parse(name, heads_raw.get(name, {}))
+        task = TaskSpec.parse(as_table(raw.get("task", {}), "task"))
+        for i, overrides in enumerate(grid.tasks):
+            task.check_overrides(overrides, f"grid.tasks[{i}]")
+        train_raw = as_table(raw.get("train", {}), "train")
+        check_keys(train_raw, PHASES, "train")
+        train = {p: {**DEFAULT_TRAIN[p], **train_table(train_raw.get(p, {}), f"train.{p}", TRAIN_KEYS)} for p in PHASES}
+        return cls(
+            grid=grid,
+            name=string(exp.get("name", "experiment"), "experiment.name"),
+            description=string(exp.get("description", ""), "experiment.description"),
+            control=check_control(string(exp.get("control", ""), "experiment.control")),
+            task=task,
+            heads=heads,
+            encoder=EncoderSpec.parse(as_table(raw.get("encoder", {}), "encoder")),
+            train=train,
+            evaluation=EvaluationSpec.parse(as_table(raw.get("evaluation", {}), "evaluation")),
+            theory=TheorySpec.parse(as_table(raw.get("theory", {}), "theory")),
+            run=RunSpec.parse(as_table(raw.get("run", {}), "run")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as a TOML-shaped dict (``from_dict(to_dict())`` round-trips)."""
+        heads = {}
+        for name, h in self.heads.items():
+            t: dict[str, Any] = {"kind": h.kind, "options": h.options, "train": h.train}
+            for key in ("n_eval", "floor_n", "bound_n", "variants"):
+                if getattr(h, key) is not None:
+                    t[key] = getattr(h, key)
+            heads[name] = t
+        return json.loads(json.dumps({
+            "experiment": {"name": self.name, "description": self.description, "control": self.control},
+            "task": {"name": self.task.name, "instance": self.task.instance, **self.task.options},
+            "grid": asdict(self.grid), "heads": heads, "encoder": asdict(self.encoder), "train": self.train,
+            "evaluation": asdict(self.evaluation), "theory": asdict(self.theory), "run": asdict(self.run),
+        }))
+
+    # -- what a cell of a head depends on ---------------------------------------------------------
+    def train_config(self, head: str, phase: str, seed: int) -> TrainConfig:
+        """The TrainConfig of ``phase`` (source/target/floor) for ``head``: global settings, head overrides,
+        the given seed, no progress bar."""
+        check_choice("phase", phase, PHASES)
+        settings = {**self.train[phase], **self.heads[head].train.get(phase, {})}
+        return TrainConfig(**settings, seed=seed, progress=False, description=f"{head}/{phase}")
+
+    def eval_setting(self, head: str, key: str) -> int:
+        """``n_eval``, ``floor_n`` or ``bound_n`` for ``head`` (its override, else [evaluation])."""
+        value = getattr(self.heads[head], key)
+        return getattr(self.evaluation, key) if value is None else value
+
+    def settings(self, head: str, task: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything a cell of ``head`` (on grid task ``task``) depends on besides its grid coordinates."""
+        h = self.heads[head]
+        return json.loads(json.dumps({
+            "task": {"name": self.task.name, "instance": self.task.instance, **self.task.options, **(task or {})},
+            "head": {"kind": h.kind, "options": h.options},
+            "encoder": asdict(self.encoder),
+            "train": {p: {**self.train[p], **h.train.get(p, {})} for p in PHASES},
+            "evaluation": {k: self.eval_setting(head, k) for k in ("n_eval", "floor_n", "bound_n")}
+                          | {"sample_n": self.evaluation.sample_n,
+                             "sample_contexts": self.evaluation.sample_contexts},
+            "device": self.run.device,
+            "control": self.control,
+        }))
+
+    def study(self) -> dict[str, Any]:
+        """What makes two runs one study: the resolved config less what may grow or only shapes the report.
+
+        Left out: the grid axes a resumed run may extend (n_s, n_t, seeds, variants), the name and description,
+        [theory] (predictions and checks, recomputed by every report) and the worker and thread counts.
+        """
+        raw = self.to_dict()
+        for key in ("n_s", "n_t", "seeds", "variants"):
+            raw["grid"].pop(key)
+        raw.pop("theory")
+        raw["experiment"] = {"control": self.control}
+        raw["run"] = {"device": self.run.device}
+        return raw
+
+    def fingerprint(self) -> str:
+        """A digest of :meth:`study`: a run folder holds the records of one fingerprint only."""
+        from theory.engine.run_folder import fingerprint
+
+        return fingerprint(self.study())
+
+    def settings_hash(self, head: str, task: dict[str, Any] | None = None) -> str:
+        """A short digest of :meth:`settings`: cells with another digest came from other settings."""
+        blob = json.dumps(self.settings(head, task), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# -- loading and overrides -----------------------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """A TOML value (``3``, ``1e-3``, ``[50, 100]``, ``"a"``, ``true``); anything else is a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> dict[str, Any]:
+    """Set ``a.b.c=value`` in the raw config dict (creating tables as needed); returns ``raw``."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like key.sub=value")
+    key, _, text = assignment.partition("=")
+    parts = [p.strip() for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"override {assignment!r} has an empty key part")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {assignment!r}: {'.'.join(parts[:i + 1])!r} is a value, not a table")
+        node = nxt
+    node[parts[-1]] = parse_value(text.strip())
+    return raw
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The raw dict of a TOML file; ConfigError for a missing file or a syntax error (with its position)."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file {os.fspath(path)!r} does not exist") from err
+    except IsADirectoryError as err:
+        raise ConfigError(f"config file {os.fspath(path)!r} is a folder, not a TOML file") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {os.fspath(path)!r} is not UTF-8 text (a binary file, or UTF-16?): "
+                          f"{err.reason} at byte {err.start}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {os.fspath(path)!r} is not valid TOML: {err}") from err
+    except OSError as err:
+        raise ConfigError(f"config file {os.fspath(path)!r} cannot be read: {err.strerror}") from err
+
+
+def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Read a TOML config, apply ``key=value`` overrides in order, validate."""
+    raw = read_toml(path)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return ExperimentConfig.from_dict(raw)
+
+
+#: Keys of the [experiment] table of a study that is not a transfer grid (TGDP, digits).
+STUDY_EXPERIMENT_KEYS = ("kind", "name", "description")
+
+
+def study_tables(raw: dict[str, Any], section: str, label: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the [experiment] table, the [``section``] table) of a TGDP or digits config; ConfigError naming a bad key.
+
+    ``label`` names the study in messages (e.g. "TGDP"). Valid top-level tables: experiment, ``section``, run.
+    """
+    unknown = sorted(set(raw) - {"experiment", section, "run"})
+    if unknown:
+        raise ConfigError(f"unknown as_table(s) {unknown} in a {label} config; valid: experiment, {section}, run")
+    exp = raw["experiment"]
+    bad = sorted(set(exp) - set(STUDY_EXPERIMENT_KEYS))
+    if bad:
+        raise ConfigError(f"unknown key(s) {bad} in [experiment]; valid: {list(STUDY_EXPERIMENT_KEYS)}")
+    table = raw.get(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{section}] must be a table, got {type(table).__name__}")
+    return exp, table
+
+
+def shipped_configs() -> Path:
+    """The folder of the configs that ship with gentransfer: ``theory/configs/`` where it was installed from a
+    wheel (the package data ``theory.configs``), the source tree's ``configs/`` in a checkout (editable too)."""
+    here = Path(__file__).resolve().parents[1]
+    installed = here / "configs"
+    return installed if installed.is_dir() else here.parent / "configs"
+
+
+def resolve_config(config: Path) -> Path:
+    """``config`` if that file exists, else the shipped config of that name (``default``, ``default.toml``
+    or ``configs/default.toml``); a GentransferError listing the shipped names otherwise."""
+    if config.is_file():
+        return config
+    if config.is_dir():
+        raise GentransferError(f"config {os.fspath(config)!r} is a folder, not a TOML file")
+    folder = shipped_configs()
+    candidate = folder / (config.name if config.suffix == ".toml" else f"{config.name}.toml")
+    if candidate.is_file() and (config.parent == Path(".") or config.parent.name == "configs"):
+        return candidate
+    names = ", ".join(sorted(p.stem for p in folder.glob("*.toml"))) or "none found"
+    raise GentransferError(f"no config file {config}; shipped configs (give the name or a path): {names}")

@@ -1,0 +1,173 @@
+"""THE loop over a study's cells: groups of cells (cells that share fitted models) run in this process or in
+worker processes, every cell reported to one progress line.
+
+A study plugs in with a ``runner(spec, out_dir, group, log, on_cell) -> records``: a top-level function (so a
+``spawn``-ed worker can import it) that rebuilds the study from ``spec`` (a JSON-able dict), runs the cells of
+``group`` through :func:`run_cells` and returns their records. The transfer sweep (:mod:`theory.studies.transfer.sweep`) and the
+TGDP simulation (:mod:`theory.studies.tgdp.experiment`) are such studies; what a record holds is the study's business.
+
+Workers exit as soon as the process that started them is gone, even when it was killed with SIGKILL.
+
+Other machines: an :class:`Executor` (``executor=`` of :func:`run_groups`) runs the groups elsewhere, a
+dask.distributed cluster or a SLURM job array (:mod:`theory.engine.executors`); each group goes out as a picklable
+:class:`GroupJob`, and the progress line is this module's :class:`Progress` whichever executor runs them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+Record = dict[str, Any]
+Log = Callable[[str], None]
+
+
+class GroupLike(Protocol):
+    """What the engine reads of a group: its cells (and a name for messages)."""
+
+    cells: Sequence[Any]
+
+
+Runner = Callable[[dict[str, Any], Path | None, Any, Log | None, Callable[[], None]], list[Record]]
+
+
+def run_cells(cells: Sequence[Any], run_one: Callable[[Any], Record], on_cell: Callable[[], None]) -> list[Record]:
+    """``run_one`` on every cell of a group in order, telling ``on_cell`` after each (the progress line)."""
+    records = []
+    for cell in cells:
+        records.append(run_one(cell))
+        on_cell()
+    return records
+
+
+class Progress:
+    """``progress: done/total cells done, elapsed, about T left`` after each cell (or group of cells)."""
+
+    def __init__(self, total: int, say: Log) -> None:
+        self.total, self.done, self.say, self.start = total, 0, say, time.perf_counter()
+
+    def advance(self, cells: int = 1) -> None:
+        self.done += cells
+        elapsed = time.perf_counter() - self.start
+        left = elapsed / self.done * (self.total - self.done)
+        self.say(f"progress: {self.done}/{self.total} cells done, {duration(elapsed)} elapsed, "
+                 f"about {duration(left)} left")
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``3m07s`` or ``1h05m``."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker's watchdog: exit the moment the process that started it is gone (killed, even by SIGKILL)."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("GENTRANSFER_QUIET", "1")
+    threading.Thread(target=_die_with_parent, args=(parent,), daemon=True, name="die-with-parent").start()
+
+
+def _worker(runner: Runner, spec: dict[str, Any], out_dir: str | None, group: Any, verbose: bool) -> list[Record]:
+    """Worker entry point: run one group, return its records."""
+    log = (lambda msg: print(msg, flush=True)) if verbose else None
+    return runner(spec, None if out_dir is None else Path(out_dir), group, log, lambda: None)
+
+
+#: One group at a time per process: groups seed torch's global generator, so two in threads of one process
+#: (a dask worker started with --nthreads 2) would draw from each other's streams.
+_ONE_GROUP_AT_A_TIME = threading.Lock()
+
+
+@dataclass(frozen=True)
+class GroupJob:
+    """One group's work as another process or machine runs it: ``job(group) -> records``. Picklable (the runner
+    is a top-level function); ``out_dir`` is absolute, so it must be a folder every worker sees (shared disk).
+    Calls in threads of one process run one after the other."""
+
+    runner: Runner
+    spec: dict[str, Any]
+    out_dir: str | None
+    threads: int = 1
+    verbose: bool = False
+
+    def __call__(self, group: Any) -> list[Record]:
+        import torch
+
+        with _ONE_GROUP_AT_A_TIME:
+            torch.set_num_threads(self.threads)
+            os.environ.setdefault("GENTRANSFER_QUIET", "1")
+            return _worker(self.runner, self.spec, self.out_dir, group, self.verbose)
+
+
+class Executor(Protocol):
+    """Runs groups elsewhere: ``job`` on every group, ``progress.advance(len(group.cells))`` as each finishes;
+    returns each group's records, in group order. A group may run twice (a lost worker's group is retried):
+    its records are written atomically and do not depend on where or after what it ran."""
+
+    def run(self, job: GroupJob, groups: Sequence[GroupLike], progress: Progress) -> list[list[Record]]: ...
+
+
+def run_groups(runner: Runner, spec: dict[str, Any], out_dir: Path | None, groups: Sequence[GroupLike], *,
+               workers: int = 1, threads: int | None = None, log: Log | None = None,
+               executor: Executor | None = None) -> list[Record]:
+    """Run every group (in this process when ``workers`` is 1 or there is one group, else in ``workers``
+    spawned processes, or through ``executor`` when given); return the records of all groups, in group order.
+
+    ``threads``: torch threads of each worker, and of this process while it runs the groups itself (as a worker
+    would: small ops crawl when threads oversubscribe the cores); None leaves this process's setting alone
+    (workers get 1).
+    """
+    say = log or (lambda _msg: None)
+    progress = Progress(sum(len(g.cells) for g in groups), say)
+    if not groups:
+        return []
+    if executor is not None:
+        job = GroupJob(runner, spec, None if out_dir is None else str(Path(out_dir).resolve()), threads or 1,
+                       log is not None)
+        return [r for records in executor.run(job, groups, progress) for r in records]
+    if workers == 1 or len(groups) == 1:
+        import torch
+
+        before = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            return [r for g in groups for r in runner(spec, out_dir, g, log, progress.advance)]
+        finally:
+            torch.set_num_threads(before)
+    ctx = multiprocessing.get_context("spawn")
+    out = None if out_dir is None else str(out_dir)
+    results: dict[int, list[Record]] = {}
+    with ProcessPoolExecutor(max_workers=min(workers, len(groups)), mp_context=ctx, initializer=_init_worker,
+                             initargs=(threads or 1, os.getpid())) as pool:
+        futures: dict[Future, int] = {pool.submit(_worker, runner, spec, out, g, log is not None): i
+                                      for i, g in enumerate(groups)}
+        pending = set(futures)
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    results[futures[fut]] = fut.result()  # re-raises a worker's error here
+                    progress.advance(len(groups[futures[fut]].cells))
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+    return [r for i in range(len(groups)) for r in results[i]]

@@ -1,0 +1,213 @@
+"""A run folder's bookkeeping: the study it belongs to, its cell records, the predictions stored with it.
+
+A folder belongs to ONE study (:meth:`theory.engine.config.ExperimentConfig.fingerprint`): ``DIR/study.json`` names it,
+and :func:`claim_folder` refuses another study before anything is computed, so cached source and floor models
+are never overwritten by a different study. Only failed cells of another study (no results) are cleared.
+
+The predicted exponents are computed once, when the user runs a config (whose ``theory.rate`` they chose), and
+stored in ``DIR/predictions.json``: ``gentransfer report DIR`` reads them and never imports code a folder names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from shared_embed.checkpoint import atomic_write_text, config_diff
+from shared_embed.errors import ConfigError, DataError
+
+from theory.engine.config import ExperimentConfig, task_label
+from theory.truth.rates import Rates, predicted_rates
+
+STUDY_FILE = "study.json"
+PREDICTIONS_FILE = "predictions.json"
+#: Fields every cell record has; a file without them is not a record.
+RECORD_KEYS = ("head", "n_s", "n_t", "seed", "variant", "status")
+Record = dict[str, Any]
+Log = Callable[[str], None]
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON file's dict, or None when it is missing or unreadable (a cache that is then rebuilt)."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=True) + "\n")
+
+
+def read_record(path: Path) -> Record:
+    """The cell record at ``path``; DataError when the file is truncated, binary or not a record."""
+    data = read_json(path)
+    missing = [k for k in RECORD_KEYS if data is None or k not in data]
+    if missing:
+        what = "not valid UTF-8 JSON (truncated or corrupted)" if data is None else f"missing {missing}"
+        raise DataError(f"{path} is not a readable cell record: {what}")
+    return data
+
+
+def record_paths(out_dir: Path) -> list[Path]:
+    """Every cell record file under ``out_dir/cells`` (with or without a grid-task level)."""
+    out = Path(out_dir)
+    return sorted([*out.glob("cells/*/*/*.json"), *out.glob("cells/*/*/*/*.json")])
+
+
+def collect_records(out_dir: str | os.PathLike[str]) -> list[Record]:
+    """Every cell record under ``out_dir/cells``, sorted by (task, head, variant, n_s, n_t, seed).
+
+    A record that cannot be read is an error naming it, never a silently smaller report.
+    """
+    records, bad = [], []
+    for path in record_paths(Path(out_dir)):
+        try:
+            records.append(read_record(path))
+        except DataError as err:
+            bad.append(str(err))
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise DataError(f"{bad[0]}{more}; run 'gentransfer run' with the same config to recompute it")
+    return sorted(records, key=lambda r: (r.get("task", ""), r["head"], r["variant"], r["n_s"] or 0, r["n_t"],
+                                          r["seed"]))
+
+
+# -- the study a folder belongs to -----------------------------------------------------------------
+def _results(out: Path) -> list[Path]:
+    """What a folder holds that is a result: cached models and every record that is not a readable failure."""
+    found = sorted(out.glob("models/**/*.safetensors"))
+    for path in record_paths(out):
+        record = read_json(path)
+        if record is None or record.get("status") != "failed":
+            found.append(path)
+    return found
+
+
+def _legacy_foreign(config: ExperimentConfig, out: Path) -> list[str]:
+    """In a folder written before study files: the records that are not this study's (by settings digest)."""
+    foreign = []
+    for path in record_paths(out):
+        r = read_json(path)
+        if r is None or r.get("status") == "failed":
+            continue
+        try:
+            mine = r["head"] in config.heads and r.get("settings_hash") == config.settings_hash(
+                r["head"], config.grid.task_overrides(r.get("task", "")))
+        except ConfigError:
+            mine = False
+        if not mine:
+            foreign.append(str(path))
+    return foreign
+
+
+def claim_folder(config: ExperimentConfig, out_dir: Path, log: Log | None = None) -> None:
+    """Make ``out_dir`` this study's folder, or refuse (ConfigError) when it holds another study's results.
+
+    Called before any compute. A folder of another study that holds only failed cells is taken over: those
+    records are removed (they are no results) and the corrected study runs.
+    """
+    out = Path(out_dir)
+    if read_json(out / STUDY_FILE) is None:
+        foreign = _legacy_foreign(config, out)
+        if foreign:
+            raise ConfigError(f"{out} holds records computed with other settings ({foreign[0]} and "
+                              f"{len(foreign) - 1} more); use a new --out folder")
+    if claim(out, config.study(), bool(_results(out))):
+        failed = record_paths(out)
+        for path in failed:
+            path.unlink()
+        if failed and log:
+            log(f"{out} held only failed cells of another study: {len(failed)} removed")
+
+
+def claim(out_dir: Path, study: dict[str, Any], has_results: bool) -> bool:
+    """Write ``study`` (and its fingerprint) to ``out_dir/study.json`` unless the folder holds another study's
+    results (ConfigError saying how they differ). True when another study's folder was taken over."""
+    out = Path(out_dir)
+    mine = {"fingerprint": fingerprint(study), "study": study}
+    held = read_json(out / STUDY_FILE)
+    if held is not None and held.get("fingerprint") == mine["fingerprint"]:
+        return False
+    if held is not None and has_results:
+        diff = config_diff(held.get("study", {}), study, found_name="this config")
+        raise ConfigError(
+            f"{out} holds the results of another study, computed with other settings ({'; '.join(diff[:5])}); "
+            "a folder holds one study: use a new --out folder, or delete this one to recompute")
+    write_json(out / STUDY_FILE, mine)
+    return held is not None
+
+
+def fingerprint(study: dict[str, Any]) -> str:
+    """A short digest of a study's defining settings."""
+    return hashlib.sha256(json.dumps(study, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# -- predictions -------------------------------------------------------------------------------------
+def study_predictions(config: ExperimentConfig, kinds: dict[str, str] | None = None) -> dict[str, dict[str, Rates]]:
+    """Grid task label -> head name -> predicted exponents, from the config's rate function.
+
+    This calls (and may import) ``config.theory.rate``: only for a config the user runs or names.
+    """
+    th = config.theory
+    kinds = kinds or {name: h.kind for name, h in config.heads.items()}
+    out = {}
+    for overrides in config.grid.tasks:
+        task = config.task.build(seed=0, overrides=overrides)
+        out[task_label(overrides)] = {name: predicted_rates(task.d_c, task.d_h, task.d_x, th.beta, kind, th.rate,
+                                                            th.log_power) for name, kind in kinds.items()}
+    return out
+
+
+def write_predictions(config: ExperimentConfig, out_dir: Path,
+                      rates: dict[str, dict[str, Rates]] | None = None) -> dict[str, dict[str, Rates]]:
+    """Store the predictions (``rates``, computed here when not given) in ``out_dir/predictions.json``."""
+    rates = study_predictions(config) if rates is None else rates
+    write_json(Path(out_dir) / PREDICTIONS_FILE, {
+        "theory": {"rate": config.theory.rate, "beta": config.theory.beta, "log_power": config.theory.log_power},
+        "by_task": {label: {h: r.to_dict() for h, r in by_head.items()} for label, by_head in rates.items()}})
+    return rates
+
+
+def stored_predictions(config: ExperimentConfig, out_dir: Path) -> dict[str, dict[str, Rates]]:
+    """The predictions a run stored in ``out_dir``; computed here only from a registered (built-in) rate.
+
+    A folder whose config names a user rate function and holds no stored predictions is refused: reporting
+    never imports code a folder names (the user may name it: ``gentransfer report DIR --rate MODULE:FUNCTION``).
+    """
+    from theory.truth.rates import RATE_FUNCTIONS
+
+    stored = read_json(Path(out_dir) / PREDICTIONS_FILE)
+    th = config.theory
+    want = {"rate": th.rate, "beta": th.beta, "log_power": th.log_power}
+    if stored is not None and stored.get("theory") == want:
+        try:
+            return {label: {h: Rates(**r) for h, r in by_head.items()}
+                    for label, by_head in stored["by_task"].items()}
+        except (KeyError, TypeError, AttributeError) as err:
+            raise DataError(f"{Path(out_dir) / PREDICTIONS_FILE} is malformed: {err}") from err
+    if th.rate in RATE_FUNCTIONS:
+        return study_predictions(config)
+    raise ConfigError(f"{os.fspath(out_dir)!r} names the rate function {th.rate!r} and stores no predictions "
+                      f"for it; reporting never imports code named by a folder: pass --rate {th.rate} to "
+                      "import it yourself")
+
+
+def _where(r: Record) -> str:
+    task = f"[{r['task']}] " if r.get("task") else ""
+    return f"{task}{r['head']} n_s={r['n_s']} n_t={r['n_t']} seed={r['seed']} {r['variant']}"
+
+
+def failed_cells(records: Sequence[Record]) -> list[str]:
+    """One line per failed cell: where and why."""
+    return [f"{_where(r)}: {r.get('error')}" for r in records if r.get("status") == "failed"]
+
+
+def flagged_cells(records: Sequence[Record]) -> list[str]:
+    """One line per finished cell whose result is doubtful (its ``flag``): where and why."""
+    return [f"{_where(r)}: {r['flag']}" for r in records if r.get("status") == "ok" and r.get("flag")]

@@ -1,0 +1,390 @@
+"""The digits study: few-shot transfer on restyled 8x8 digits, for flow, diffusion and baseline heads.
+
+For every seed, head and target size k (images per class): the shared-embedding variants ``transfer``,
+``no_transfer`` and ``fine_tune`` of :func:`shared_embed.transfer.fit_variants` (no oracle: real data has
+no true embedding), plus ``source_only`` (the source model applied to the target, no target data), and for
+diffusion heads the conditional TGDP of :mod:`theory.studies.digits.tgdp` when ``tgdp`` is on. Each fitted
+model is scored by :func:`theory.studies.digits.evaluation.evaluate_model`: held-out NLL (nats, bits/dim, pixel
+space), conditional fidelity, MMD^2 and W1. Training redraws the dequantisation noise of every batch
+(``augment=task.pixels.redequantize``), as the flow literature does.
+
+The encoder maps the one-hot label (10) to d_h = ``embed_dim``; the heads model the 64 logit pixels given it.
+
+Example:
+    >>> result = run_digits_experiment(DigitsExperiment.tiny(), out_dir="out")
+    >>> print(result["table"])
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shared_embed.checkpoint import atomic_write_text
+from shared_embed.errors import ConfigError, DataError
+from shared_embed.gaussian import GaussianHead
+from shared_embed.head import Head
+from shared_embed.model import ConditionalModel
+from shared_embed.train import TrainConfig
+from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
+from shared_embed.validation import check_choice, check_positive_int
+
+from theory.engine.loop import Executor, run_cells, run_groups
+from theory.truth.metrics import FidelityClassifier
+from theory.engine.run_folder import read_json
+from theory.studies.digits.evaluation import TestSet, evaluate_model, sample_metrics
+from theory.studies.digits.image_grid import save_digit_grid
+from theory.studies.digits.task import D, N_CLASSES, DigitsTask
+from theory.studies.digits.report import format_table, summarize
+from theory.studies.digits.domain_ratio import density_ratio_diagnostic
+
+HEADS = ("gaussian", "flow", "diffusion")
+VARIANTS = ("transfer", "no_transfer", "fine_tune")
+Log = Callable[[str], None]
+
+#: head constructor options (beyond features / context_features) per head kind
+DEFAULT_HEAD_OPTIONS: dict[str, dict[str, Any]] = {
+    "gaussian": {"hidden": [64, 64]},
+    "flow": {"backend": "zuko", "transform": "nsf", "transforms": 3, "hidden": [128, 128], "bins": 8},
+    "diffusion": {"width": 256, "blocks": 3, "divergence": "hutchinson", "probes": 4, "rtol": 1e-5, "atol": 1e-5,
+                  "sampler": "ode"},
+}
+#: TrainConfig fields for the source and target phases per head kind
+DEFAULT_TRAIN: dict[str, dict[str, dict[str, Any]]] = {
+    "gaussian": {"source": {"steps": 3000, "batch_size": 128, "lr": 1e-3, "eval_every": 100, "patience": 10},
+                 "target": {"steps": 2000, "batch_size": 128, "lr": 1e-3, "eval_every": 20, "patience": 20}},
+    "flow": {"source": {"steps": 4000, "batch_size": 128, "lr": 1e-3, "eval_every": 100, "patience": 10},
+             "target": {"steps": 3000, "batch_size": 128, "lr": 1e-3, "eval_every": 20, "patience": 20}},
+    "diffusion": {"source": {"steps": 6000, "batch_size": 128, "lr": 1e-3, "eval_every": 200, "patience": 10},
+                  "target": {"steps": 3000, "batch_size": 128, "lr": 1e-3, "eval_every": 50, "patience": 10}},
+}
+
+
+@dataclass
+class DigitsExperiment:
+    """The grid and its settings (see the module docstring); ``heads`` any of ``HEADS``.
+
+    ``nll_rows``: test images scored for NLL per head kind (absent / None: all ``10 * test_per_class``); the
+    probability-flow likelihood of a diffusion head is the slow part (its divergence, probes and tolerances
+    are head options: default Hutchinson with 4 Rademacher probes, dopri5 at rtol = atol = 1e-5). ``tgdp``: run the conditional TGDP
+    variant for diffusion heads. ``grid_per_class``: images per class in the PNG grids.
+    """
+
+    style: str = "reflect"
+    per_class: Sequence[int] = (5, 15, 50)
+    seeds: Sequence[int] = (0,)
+    heads: Sequence[str] = ("flow", "diffusion")
+    variants: Sequence[str] = VARIANTS
+    source_only: bool = True
+    tgdp: bool = False
+    test_per_class: int = 30
+    pool_per_class: int = 50
+    gen_per_class: int = 30
+    embed_dim: int = 4
+    encoder_hidden: Sequence[int] = (64, 64)
+    val_fraction: float = 0.2
+    head_options: dict[str, dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_HEAD_OPTIONS))
+    train: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_TRAIN))
+    nll_rows: dict[str, int | None] = field(default_factory=dict)
+    tgdp_options: dict[str, Any] = field(default_factory=dict)
+    grid_per_class: int = 4
+
+    def __post_init__(self) -> None:
+        self.per_class = tuple(sorted({check_positive_int("per_class", int(k)) for k in self.per_class}))
+        if not self.per_class:
+            raise ConfigError("per_class must list at least one target size (images per class)")
+        if max(self.per_class) > self.pool_per_class:
+            raise ConfigError(f"per_class {max(self.per_class)} exceeds pool_per_class {self.pool_per_class}")
+        self.heads = tuple(check_choice("head", h, HEADS) for h in self.heads)
+        self.variants = tuple(check_choice("variant", v, VARIANTS) for v in self.variants)
+        self.seeds = tuple(int(s) for s in self.seeds)
+        check_positive_int("gen_per_class", self.gen_per_class, minimum=1)
+        check_positive_int("embed_dim", self.embed_dim)
+        for kind, phases in self.train.items():
+            for phase in ("source", "target"):
+                TrainConfig(**phases.get(phase, {}))  # fail now on a bad field, not mid-run
+        DigitsTask(self.style, self.test_per_class, self.pool_per_class)
+
+    @classmethod
+    def tiny(cls, heads: Sequence[str] = ("gaussian",), tgdp: bool = False) -> DigitsExperiment:
+        """A seconds-long end-to-end run (tests): one k, few steps, small heads, 4 images per class evaluated."""
+        fast = {"source": {"steps": 40, "batch_size": 128, "eval_every": 20},
+                "target": {"steps": 20, "batch_size": 64, "eval_every": 10}}
+        return cls(per_class=(5,), heads=tuple(heads), test_per_class=4, pool_per_class=5, gen_per_class=4,
+                   head_options={"gaussian": {"hidden": [16]},
+                                 "flow": {"transform": "maf", "transforms": 1, "hidden": [16, 16]},
+                                 "diffusion": {"width": 32, "blocks": 1, "divergence": "hutchinson", "probes": 1,
+                                               "rtol": 1e-3, "atol": 1e-3}},
+                   train={h: copy.deepcopy(fast) for h in HEADS}, nll_rows={"diffusion": 8}, grid_per_class=2,
+                   tgdp=tgdp, tgdp_options={"classifier_hidden": [16], "guidance_hidden": [16],
+                                            "classifier_train": {"steps": 10}, "guidance_train": {"steps": 10}})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["per_class"], d["seeds"], d["heads"], d["variants"] = (list(self.per_class), list(self.seeds),
+                                                                 list(self.heads), list(self.variants))
+        d["encoder_hidden"] = list(self.encoder_hidden)
+        return d
+
+
+def head_factory(kind: str, options: dict[str, Any]) -> Callable[[int | None], Head]:
+    """``factory(context_features) -> Head`` over the 64 pixels for a head kind of ``HEADS``."""
+    check_choice("head", kind, HEADS)
+    if kind == "gaussian":
+        GaussianHead(D, None, **options)
+        return lambda k: GaussianHead(D, k, **options)
+    if kind == "flow":
+        from flows import make_flow_head
+
+        return make_flow_head(D, **options)
+    try:
+        from diffusion.head import DiffusionHead
+    except ImportError as err:
+        raise ConfigError(f"head 'diffusion' needs the diffusion package's DiffusionHead: {err}") from err
+    DiffusionHead(D, None, **options)
+    return lambda k: DiffusionHead(D, k, **options)
+
+
+def _transfer_config(exp: DigitsExperiment, kind: str, seed: int) -> TransferConfig:
+    phases = exp.train.get(kind, DEFAULT_TRAIN[kind])
+    return TransferConfig(
+        embed_dim=exp.embed_dim, encoder_hidden=tuple(exp.encoder_hidden), val_fraction=exp.val_fraction,
+        source_train=TrainConfig(**{**phases["source"], "seed": seed, "description": f"{kind} source"}),
+        target_train=TrainConfig(**{**phases["target"], "seed": seed, "description": f"{kind} target"}),
+    )
+
+
+def _reference(task: DigitsTask, test: TestSet, clf: FidelityClassifier, gen_per_class: int,
+               seed: int) -> dict[str, Any]:
+    """Real target-style digits (the classifier split, ``gen_per_class`` per class) scored like a generator."""
+    pool = task.splits.classifier
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.cat([torch.nonzero(pool.labels == k).squeeze(1)[torch.randperm(int((pool.labels == k).sum()),
+                      generator=gen)[:gen_per_class]] for k in range(N_CLASSES)])
+    real = pool.subset(rows)
+    return sample_metrics(real.levels, real.labels, test, clf)
+
+
+@dataclass(frozen=True)
+class DigitsCell:
+    """One (seed, head, k, variant) of the grid (k = 0: ``source_only``, and ``reference``, the real-image
+    metrics of the seed, a cell of its first head) and where its record lives in a run folder."""
+
+    seed: int
+    head: str
+    k: int
+    variant: str
+
+    @property
+    def path(self) -> str:
+        return f"cells/{self.head}/seed{self.seed}_k{self.k}_{self.variant}.json"
+
+
+@dataclass(frozen=True)
+class DigitsGroup:
+    """The cells of one seed and head: they share the data, the classifier and the source model."""
+
+    seed: int
+    head: str
+    cells: tuple[DigitsCell, ...]
+
+
+def plan_digits(exp: DigitsExperiment) -> list[DigitsGroup]:
+    """Every group of the grid, its cells in the order they run."""
+    groups = []
+    for seed in exp.seeds:
+        for kind in exp.heads:
+            cells = [DigitsCell(seed, kind, 0, "reference")] if kind == exp.heads[0] else []
+            cells += [DigitsCell(seed, kind, 0, "source_only")] if exp.source_only else []
+            for k in exp.per_class:
+                cells += [DigitsCell(seed, kind, k, v) for v in exp.variants]
+                cells += [DigitsCell(seed, kind, k, "tgdp")] if exp.tgdp and kind == "diffusion" else []
+            groups.append(DigitsGroup(seed, kind, tuple(cells)))
+    return groups
+
+
+def _pending(groups: list[DigitsGroup], out: Path | None) -> list[DigitsGroup]:
+    if out is None:
+        return groups
+    todo = [DigitsGroup(g.seed, g.head, tuple(c for c in g.cells if read_json(out / c.path) is None)) for g in groups]
+    return [g for g in todo if g.cells]
+
+
+def run_digits_experiment(exp: DigitsExperiment | None = None, out_dir: str | Path | None = None, *,
+                          log: Log | None = None, workers: int = 1,
+                          executor: Executor | None = None) -> dict[str, Any]:
+    """Run the grid through the study engine (:mod:`theory.engine.loop`); with ``out_dir``, write one record per
+    cell (a rerun runs the missing ones), records.json, table.md and one PNG grid per (head, k) of the first seed.
+
+    Returns:
+        dict with records (one per seed, head, k, variant), summary, table (Markdown), grids (PNG paths),
+        reference (real-image metrics per seed), seconds.
+    """
+    exp = exp or DigitsExperiment()
+    code = code_fingerprint()  # the code as it was when the run started
+    out = Path(out_dir) if out_dir is not None else None
+    start = time.perf_counter()
+    groups = plan_digits(exp)
+    ran = run_groups(run_digits_group, exp.to_dict(), out, _pending(groups, out), workers=workers, log=log,
+                     executor=executor)
+    records, references = load_digits_records(exp, out) if out is not None else _split(ran)
+    grids = sorted(str(p) for p in out.glob("digits_*_k*.png")) if out is not None else []
+    result = {"records": records, "summary": summarize(records), "table": format_table(records, references),
+              "grids": grids, "reference": references, "seconds": time.perf_counter() - start}
+    if out is not None:
+        _write(out, exp, records, references, grids, code)
+    return result
+
+
+def _split(ran: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+    references = {int(r["seed"]): r["reference"] for r in ran if r["variant"] == "reference"}
+    return [r for r in ran if r["variant"] != "reference"], references
+
+
+def load_digits_records(exp: DigitsExperiment, out: Path) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+    """(records, references per seed) of the cells of ``exp`` that ``out`` holds, in grid order; DataError
+    naming a record that cannot be read."""
+    ran = []
+    for cell in (c for g in plan_digits(exp) for c in g.cells):
+        path = out / cell.path
+        if path.is_file():
+            try:
+                ran.append(json.loads(path.read_bytes().decode("utf-8")))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise DataError(f"{path} is not a readable digits record ({err}): run the same command again "
+                                "to recompute it") from err
+    return _split(ran)
+
+
+def run_digits_group(spec: dict[str, Any], out: Path | None, group: DigitsGroup, log: Log | None,
+                     on_cell: Callable[[], None]) -> list[dict[str, Any]]:
+    """The engine's runner of this study: the seed's data and classifier, the head's source model, its cells."""
+    exp, seed, kind, say = DigitsExperiment(**spec), group.seed, group.head, log or (lambda _m: None)
+    task = DigitsTask(exp.style, exp.test_per_class, exp.pool_per_class, seed)
+    gen = torch.Generator().manual_seed(seed)
+    source = task.paired(task.splits.source, gen)
+    pool = task.paired(task.splits.target_pool, gen)  # rows ranked within class: head(10 k) = k per class
+    test = TestSet.build(task, torch.Generator().manual_seed(10_000 + seed))
+    clf = FidelityClassifier().fit(task.splits.classifier.levels.double() / 16, task.splits.classifier.labels)
+    factory = head_factory(kind, exp.head_options.get(kind, DEFAULT_HEAD_OPTIONS[kind]))
+    cfg = _transfer_config(exp, kind, seed)
+    augment = task.pixels.redequantize
+    generated: dict[int, dict[str, dict[str, Any]]] = {}
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    source_model = fit_source(new_encoder(N_CLASSES, cfg), factory(cfg.embed_dim), source, cfg.source_train,
+                              val_fraction=cfg.val_fraction, augment=augment)
+    source_model.encoder.freeze()
+    src_seconds = time.perf_counter() - t0
+    say(f"seed {seed} {kind}: source fitted in {src_seconds:.0f}s ({source_model.history.steps_done} steps, "
+        f"best at {source_model.history.best_step})")
+
+    def fit(cell: DigitsCell) -> tuple[ConditionalModel, float, int]:
+        if cell.variant == "source_only":
+            return source_model, src_seconds, source_model.history.steps_done
+        target = pool.head(N_CLASSES * cell.k)
+        t0 = time.perf_counter()
+        if cell.variant == "tgdp":
+            from theory.studies.digits.tgdp import fit_digits_tgdp
+
+            torch.manual_seed(1_000_003 * seed + 101 * cell.k + 7)
+            model, steps = fit_digits_tgdp(source_model, source, target, cfg, exp.tgdp_options, augment)
+            return model, time.perf_counter() - t0, steps
+        torch.manual_seed(1_000_003 * seed + 101 * cell.k + VARIANTS.index(cell.variant))
+        fitted = fit_variants(factory, source, target, cfg, [cell.variant], source_model=source_model,
+                              augment=augment)[cell.variant]
+        return fitted.model, time.perf_counter() - t0, fitted.model.history.steps_done
+
+    def one(cell: DigitsCell) -> dict[str, Any]:
+        if cell.variant == "reference":
+            rec = {"seed": seed, "head": kind, "k": 0, "variant": "reference",
+                   "reference": _seed_reference(exp, task, test, clf, seed)}
+        else:
+            model, fit_seconds, steps = fit(cell)
+            rec, gen_draws = _score(exp, task, test, clf, cell, model, fit_seconds, steps, say)
+            generated.setdefault(cell.k, {})[cell.variant] = gen_draws
+        if out is not None:
+            atomic_write_text(out / cell.path, json.dumps(rec, indent=1, default=_jsonable))
+        return rec
+
+    records = run_cells(group.cells, one, on_cell)
+    if out is not None and seed == exp.seeds[0]:
+        _grids(exp, kind, test, generated, out)
+    return records
+
+
+def _seed_reference(exp: DigitsExperiment, task: DigitsTask, test: TestSet, clf: FidelityClassifier,
+                    seed: int) -> dict[str, Any]:
+    ref = _reference(task, test, clf, exp.gen_per_class, seed)
+    ref["classifier_test_accuracy"] = clf.accuracy(test.features, test.images.labels)
+    ref["domain_ratio"] = {str(k): density_ratio_diagnostic(task.splits.source, task.target_train(k), seed=seed)
+                           for k in exp.per_class}
+    return ref
+
+
+def _score(exp: DigitsExperiment, task: DigitsTask, test: TestSet, clf: FidelityClassifier, cell: DigitsCell,
+           model: ConditionalModel, fit_seconds: float, steps: int, say: Log) -> tuple[dict[str, Any], dict]:
+    """A cell's record (held-out NLL, fidelity, MMD^2, W1, timings) and its generated images."""
+    seed, kind, k = cell.seed, cell.head, cell.k
+    ev = evaluate_model(model, task, test, clf, gen_per_class=exp.gen_per_class, seed=7919 * seed + 13 * k,
+                        nll_rows=exp.nll_rows.get(kind))
+    generated = ev.pop("generated")
+    rec = {"seed": seed, "head": kind, "per_class": k, "n_t": N_CLASSES * k, "variant": cell.variant,
+           "fit_seconds": fit_seconds, "steps": steps, **ev}
+    say(f"seed {seed} {kind:9s} k={k:3d} {cell.variant:12s} NLL {rec['nll']:8.2f} nats ({rec['bpd']:.3f} bpd) "
+        f"fid {rec['fidelity']:.3f} MMD2 {rec['mmd2']:.4f} W1 {rec['w1']:.3f} "
+        f"[fit {fit_seconds:.0f}s, {steps} steps; eval {rec['eval_seconds']:.0f}s]")
+    return rec, {"levels": generated[0], "labels": generated[1]}
+
+
+def _grids(exp: DigitsExperiment, kind: str, test: TestSet, generated: dict[int, dict[str, dict[str, Any]]],
+           out: Path) -> None:
+    """One PNG grid per k: real test images beside every variant generated in this run (source_only too)."""
+    real = test.images
+    for k in exp.per_class:
+        draws = {**generated.get(k, {}), **({"source_only": generated[0]["source_only"]}
+                                           if "source_only" in generated.get(0, {}) else {})}
+        if not draws:
+            continue
+        bands = {"real target (test)": real.levels, **{v: g["levels"] for v, g in draws.items()}}
+        labels = {"real target (test)": real.labels, **{v: g["labels"] for v, g in draws.items()}}
+        save_digit_grid(bands, labels, out / f"digits_{kind}_k{k}.png", exp.grid_per_class,
+                        title=f"{kind} head, target style '{exp.style}', {k} images per class")
+
+
+def code_fingerprint() -> dict[str, str]:
+    """sha256 (first 12 hex digits) of every module of the packages a run depends on, keyed by path."""
+    root = Path(__file__).resolve().parents[3]
+    out = {}
+    for package in ("shared_embed", "flows", "diffusion", "theory/studies/digits"):
+        for path in sorted((root / package).glob("*.py")):
+            out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return out
+
+
+def _write(out: Path, exp: DigitsExperiment, records: list[dict[str, Any]], references: dict[int, Any],
+           grids: list[str], code: dict[str, str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"experiment": exp.to_dict(), "reference": {str(k): v for k, v in references.items()},
+               "records": records, "grids": grids, "code": code}
+    tmp = out / "records.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=1, default=_jsonable))
+    tmp.replace(out / "records.json")
+    (out / "table.md").write_text(format_table(records, references) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")

@@ -1,0 +1,114 @@
+"""Summaries and Markdown tables of the digits experiment's records (see :mod:`theory.studies.digits.experiment`).
+
+Per (head, k, variant), means over seeds of: test NLL (nats per image) and bits/dim, fidelity, MMD^2 and W1.
+Standard errors: across seeds when there are several; with one seed, the NLL's SE over test images and the
+fidelity's binomial SE sqrt(p (1 - p) / n). The paired comparison transfer - no_transfer uses per-image NLL
+differences on the same test images (SE over images, pooled over seeds).
+
+Held-out NLLs of few-shot models are heavy-tailed: a test image with a pixel level that the few training
+images never show at that position can get an astronomically low density (a diffusion model's
+probability-flow likelihood, whose density is sharp at t_eps, most of all). So beside the mean the tables give
+the median NLL, the number of test images with NLL > ``OUTLIER_NATS``, and for the paired comparison the
+median difference and the fraction of test images on which transfer has the lower NLL.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from theory.engine.tables import plus_minus
+from theory.verdicts.stats import mean_se
+
+ORDER = ("source_only", "transfer", "no_transfer", "fine_tune", "tgdp")
+#: a test image whose NLL exceeds this many nats (about 22.5 bits/dim) counts as an outlier in the tables
+OUTLIER_NATS = 1000.0
+
+
+def _median(values: Sequence[float]) -> float:
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (head, per_class, variant) with means over seeds and standard errors (module docstring)."""
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["head"], int(r["per_class"]), r["variant"]), []).append(r)
+    rows = []
+    for (head, k, variant), rs in groups.items():
+        row: dict[str, Any] = {"head": head, "per_class": k, "variant": variant, "seeds": len(rs),
+                               "nll_rows": rs[0]["n"]}
+        for key in ("nll", "bpd", "fidelity", "mmd2", "w1"):
+            row[key], row[f"{key}_se"] = mean_se([r[key] for r in rs])
+        row["nll_median"] = sum(_median(r["nll_per_image"]) for r in rs) / len(rs)
+        row["outliers"] = sum(sum(v > OUTLIER_NATS for v in r["nll_per_image"]) for r in rs)
+        row["images"] = sum(len(r["nll_per_image"]) for r in rs)
+        if len(rs) == 1:
+            row["nll_se"], row["bpd_se"] = rs[0]["nll_se"], rs[0]["bpd_se"]
+            p = rs[0]["fidelity"]
+            row["fidelity_se"] = math.sqrt(p * (1 - p) / rs[0]["n_generated"])
+        rows.append(row)
+    rows.sort(key=lambda r: (r["head"], r["per_class"], ORDER.index(r["variant"]) if r["variant"] in ORDER else 99))
+    return rows
+
+
+def paired_differences(records: Sequence[dict[str, Any]], a: str = "transfer",
+                       b: str = "no_transfer") -> list[dict[str, Any]]:
+    """Per (head, per_class): mean and median per-image NLL difference a - b (nats), the mean's SE, the fraction
+    of test images where a has the lower NLL, and the mean fidelity difference (pooled over seeds)."""
+    index = {(r["seed"], r["head"], int(r["per_class"]), r["variant"]): r for r in records}
+    out: dict[tuple[str, int], dict[str, list[float]]] = {}
+    for (seed, head, k, variant), ra in index.items():
+        rb = index.get((seed, head, k, b))
+        if variant != a or rb is None:
+            continue
+        diffs = [x - y for x, y in zip(ra["nll_per_image"], rb["nll_per_image"])]
+        acc = out.setdefault((head, k), {"diffs": [], "fid": []})
+        acc["diffs"] += diffs
+        acc["fid"].append(ra["fidelity"] - rb["fidelity"])
+    rows = []
+    for (head, k), acc in sorted(out.items()):
+        mean, se = mean_se(acc["diffs"])
+        wins = sum(d < 0 for d in acc["diffs"]) / len(acc["diffs"])
+        rows.append({"head": head, "per_class": k, "a": a, "b": b, "nll_diff": mean, "nll_diff_se": se,
+                     "nll_diff_median": _median(acc["diffs"]), "a_better_fraction": wins,
+                     "fidelity_diff": sum(acc["fid"]) / len(acc["fid"]), "pairs": len(acc["diffs"])})
+    return rows
+
+
+def format_table(records: Sequence[dict[str, Any]], references: Mapping[Any, dict[str, Any]] | None = None) -> str:
+    """Markdown: the main table with the real-image reference, the density-ratio diagnostic (TGDP's premise,
+    ``theory.studies.digits.domain_ratio``) and the paired transfer - no_transfer differences."""
+    lines = ["| head | k / class | n_t | variant | test NLL (nats) | bits/dim | median NLL | NLL > 1e3 | fidelity "
+             "| MMD² | W1 |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in summarize(records):
+        k = "-" if r["variant"] == "source_only" else str(r["per_class"])
+        n_t = "0" if r["variant"] == "source_only" else str(10 * r["per_class"])
+        lines.append(f"| {r['head']} | {k} | {n_t} | {r['variant']} | {plus_minus(r['nll'], r['nll_se'], 2)} | "
+                     f"{plus_minus(r['bpd'], r['bpd_se'], 3)} | {plus_minus(r['nll_median'], math.nan, 2)} | {r['outliers']}/{r['images']} | "
+                     f"{plus_minus(r['fidelity'], r['fidelity_se'], 3)} | "
+                     f"{r['mmd2']:.4f} | {r['w1']:.3f} |")
+    if references:
+        refs = list(references.values())
+        mean = lambda key: sum(r[key] for r in refs) / len(refs)  # noqa: E731
+        lines.append(f"| real target-style digits | - | - | reference | - | - | - | - | "
+                     f"{mean('classifier_test_accuracy'):.3f} | {mean('mmd2'):.4f} | {mean('w1'):.3f} |")
+    ratios = [r["domain_ratio"] for r in (references or {}).values() if "domain_ratio" in r]
+    if ratios:
+        lines += ["", "| k / class | domain classifier AUC (source vs target) | E_p[w] on the source | ESS / n_s |",
+                  "|---:|---:|---:|---:|"]
+        for k in sorted(ratios[0], key=int):
+            mean = lambda key: sum(r[k][key] for r in ratios) / len(ratios)  # noqa: E731
+            lines.append(f"| {k} | {mean('auc'):.3f} | {mean('mean_weight'):.3f} | {mean('ess_fraction'):.3f} |")
+    diffs = paired_differences(records)
+    if diffs:
+        lines += ["", "| head | k / class | NLL transfer − no_transfer: mean (nats, paired) | median | "
+                  "transfer lower on | fidelity transfer − no_transfer |", "|---|---:|---:|---:|---:|---:|"]
+        for d in diffs:
+            lines.append(f"| {d['head']} | {d['per_class']} | {plus_minus(d['nll_diff'], d['nll_diff_se'], 2)} | "
+                         f"{plus_minus(d['nll_diff_median'], math.nan, 2)} | {d['a_better_fraction']:.0%} | "
+                         f"{d['fidelity_diff']:+.3f} |")
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""The digits study (few-shot transfer on restyled 8x8 digits) as a study of ``gentransfer run``.
+
+A config with ``[experiment] kind = "digits"`` and a ``[digits]`` table of
+:class:`~theory.studies.digits.experiment.DigitsExperiment` fields (``configs/digits.toml``) runs through the study
+engine into ``--out DIR``: ``DIR/config.json``, ``DIR/study.json`` (the folder holds this study only),
+``DIR/cells/`` (one record per cell; a rerun runs the missing ones), ``records.json``, ``table.md``, the PNG
+grids and ``DIR/report.md``, which ``gentransfer report DIR`` rebuilds from the cells.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from shared_embed.checkpoint import atomic_write_text
+from shared_embed.errors import ConfigError, DataError
+
+from theory.engine.config import study_tables
+from theory.engine.loop import Executor, Log
+from theory.engine.schema import dataclass_from_table
+from theory.studies.digits.experiment import DigitsExperiment, load_digits_records, run_digits_experiment
+from theory.studies.digits.report import format_table
+from theory.engine.run_folder import claim, read_json, write_json
+
+
+def experiment_from_config(config: dict[str, Any]) -> DigitsExperiment:
+    """A :class:`DigitsExperiment` from a parsed TOML document (its ``digits`` table, or the document itself)."""
+    table = config.get("digits", config)
+    if not isinstance(table, dict):
+        raise ConfigError(f"the 'digits' entry must be a table, got {type(table).__name__}")
+    return dataclass_from_table(DigitsExperiment, table, "digits")
+
+
+def parse(raw: dict[str, Any]) -> tuple[dict[str, Any], DigitsExperiment]:
+    """(the [experiment] table, the experiment) of a digits config; ConfigError naming a bad key."""
+    exp, digits = study_tables(raw, "digits", "digits")
+    return exp, experiment_from_config({"digits": digits})
+
+
+def resolved(raw: dict[str, Any]) -> dict[str, Any]:
+    """The config with every default filled in (what ``gentransfer show`` prints)."""
+    exp, experiment = parse(raw)
+    return {"experiment": exp, "digits": experiment.to_dict(), **({"run": raw["run"]} if "run" in raw else {})}
+
+
+def study(experiment: DigitsExperiment) -> dict[str, Any]:
+    """What makes two runs one study (the grid axes a rerun may extend left out)."""
+    d = experiment.to_dict()
+    for key in ("seeds", "per_class", "heads", "variants", "source_only", "tgdp"):
+        d.pop(key)
+    return {"experiment": {"kind": "digits"}, "digits": d}
+
+
+def run_study(raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | None = None,
+              executor: Executor | None = None) -> dict[str, Any]:
+    """Run (or resume) a digits config into ``out``; refuses a folder that holds another study's results."""
+    exp, experiment = parse(raw)
+    out.mkdir(parents=True, exist_ok=True)
+    claim(out, study(experiment), any(out.glob("cells/*/*.json")))
+    write_json(out / "config.json", {"experiment": exp, "digits": experiment.to_dict()})
+    return run_digits_experiment(experiment, out, log=log, workers=workers, executor=executor)
+
+
+def build_study_report(out: Path) -> tuple[Path, str]:
+    """Rebuild ``out/report.md`` and ``table.md`` from the cell records; returns (path, table)."""
+    raw = read_json(out / "config.json")
+    if raw is None or raw.get("experiment", {}).get("kind") != "digits":
+        raise DataError(f"{out} holds no digits config.json: is it a folder written by 'gentransfer run'?")
+    exp, experiment = parse(raw)
+    records, references = load_digits_records(experiment, out)
+    if not records:
+        raise DataError(f"{out} holds no digits records yet (run 'gentransfer run' first)")
+    table = format_table(records, references)
+    grids = sorted(out.glob("digits_*_k*.png"))
+    lines = [f"# Digits study: {exp.get('name', 'digits')}", "", exp.get("description", ""), "",
+             f"Target style '{experiment.style}', images per class {list(experiment.per_class)}, seeds "
+             f"{list(experiment.seeds)}; held-out NLL in nats and bits/dim, conditional fidelity, MMD^2 and W1 of "
+             "generated digits, against real target-style digits scored the same way.", "", table, "",
+             "## Generated digits", ""] + [f"![{p.stem}]({p.name})" for p in grids] + [""]
+    path = out / "report.md"
+    atomic_write_text(out / "table.md", table + "\n")
+    atomic_write_text(path, "\n".join(lines))
+    return path, table

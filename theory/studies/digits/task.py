@@ -1,0 +1,224 @@
+"""A real-data transfer task: scikit-learn's 8x8 handwritten digits, source in the original style, target restyled.
+
+Data: ``sklearn.datasets.load_digits`` (1,797 images of 8x8 pixels, 17 intensity levels 0..16, bundled with
+scikit-learn, no download). Condition c = the digit label one-hot (n, 10); outcome x = the 64 pixels,
+dequantised and logit-transformed by :class:`~theory.studies.digits.pixels.LogitPixels` (levels 17, alpha 0.05).
+
+Domains: the source holds digits in the original style; the target holds *other* digits drawn in a new style
+(``STYLES``: ``invert`` = 16 - v, white strokes become dark on a light page; ``reflect`` = mirror left-right;
+``thicken`` = grey dilation by a 2x2 square, bolder strokes). Class structure is shared, the appearance is not.
+
+Splits (per class, from one seeded permutation; every image belongs to exactly one split):
+``target_test`` (``test_per_class`` images, the held-out target test set no model sees), ``target_pool``
+(``pool_per_class`` images; ``target_train(k)`` = the first k per class, nested in k), ``source`` (the rest).
+``classifier`` holds the source split's images redrawn in the target style: real target-style digits for the
+fidelity classifier (no generative model sees them in that style).
+
+This is real data: there is no true density, noised score or density ratio; :meth:`DigitsTask.log_prob` and
+the other ground-truth methods raise :class:`~shared_embed.errors.ConfigError` saying so.
+
+Example:
+    >>> task = DigitsTask(style="invert", seed=0)
+    >>> data = task.paired(task.target_train(5), torch.Generator().manual_seed(0))
+    >>> data.c.shape, data.x.shape
+    (torch.Size([50, 10]), torch.Size([50, 64]))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from shared_embed.data import PairedData
+from shared_embed.errors import ConfigError, DataError, ShapeError
+from shared_embed.validation import check_choice, check_positive_int
+
+from theory.studies.digits.pixels import LogitPixels
+
+N_CLASSES = 10
+SIDE = 8
+D = SIDE * SIDE
+LEVELS = 17
+STYLES = ("invert", "reflect", "thicken")
+DOMAINS = ("source", "target")
+#: training draws keep u in [1e-4, 1 - 1e-4) so ``LogitPixels.redequantize`` recovers levels exactly
+DEQUANT_MARGIN = 1e-4
+
+
+@lru_cache(maxsize=1)
+def _load() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.data.astype(np.int64), bunch.target.astype(np.int64)
+
+
+def load_digit_levels() -> tuple[Tensor, Tensor]:
+    """All 1,797 digits: levels (n, 64) int64 in 0..16 (row-major 8x8) and labels (n,) int64 in 0..9."""
+    levels, labels = _load()
+    return torch.from_numpy(levels.copy()), torch.from_numpy(labels.copy())
+
+
+def apply_style(levels: Tensor, style: str) -> Tensor:
+    """Redraw images (n, 64) of levels 0..16 in ``style`` (see ``STYLES``); returns int64 levels (n, 64)."""
+    check_choice("style", style, STYLES)
+    if levels.dim() != 2 or levels.shape[1] != D:
+        raise ShapeError(f"levels must be (n, {D}), got shape {tuple(levels.shape)}")
+    img = levels.to(torch.int64).reshape(-1, SIDE, SIDE)
+    if style == "invert":
+        out = (LEVELS - 1) - img
+    elif style == "reflect":
+        out = img.flip(-1)
+    else:  # thicken: each pixel takes the max over itself and its right, lower and lower-right neighbours
+        pad = torch.nn.functional.pad(img, (0, 1, 0, 1))
+        out = torch.maximum(torch.maximum(pad[:, :-1, :-1], pad[:, :-1, 1:]),
+                            torch.maximum(pad[:, 1:, :-1], pad[:, 1:, 1:]))
+    return out.reshape(-1, D)
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Integer images ``levels`` (n, 64) int64 in 0..16 with their digit ``labels`` (n,) int64."""
+
+    levels: Tensor
+    labels: Tensor
+
+    def __post_init__(self) -> None:
+        if self.levels.dim() != 2 or self.levels.shape[1] != D:
+            raise ShapeError(f"levels must be (n, {D}), got shape {tuple(self.levels.shape)}")
+        if self.labels.shape != (self.levels.shape[0],):
+            raise ShapeError(f"labels must be ({self.levels.shape[0]},), got shape {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return self.levels.shape[0]
+
+    def one_hot(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The conditions c (n, 10)."""
+        return torch.nn.functional.one_hot(self.labels, N_CLASSES).to(dtype)
+
+    def subset(self, index: Tensor) -> LabelledImages:
+        return LabelledImages(self.levels[index], self.labels[index])
+
+
+@dataclass(frozen=True)
+class DigitSplits:
+    """Disjoint splits of the digits (module docstring); ``ids`` maps each split to rows of ``load_digits``."""
+
+    source: LabelledImages
+    target_pool: LabelledImages
+    target_test: LabelledImages
+    classifier: LabelledImages
+    ids: dict[str, Tensor]
+
+
+class DigitsTask:
+    """Few-shot transfer on 8x8 digits: original-style source, restyled few-shot target (module docstring).
+
+    Args:
+        style: the target's style transform, one of ``STYLES``.
+        test_per_class: held-out target test images per class.
+        pool_per_class: target training images per class available to :meth:`target_train`.
+        seed: the split's seed.
+        pixels: the dequantisation / logit map (levels must be 17).
+    """
+
+    def __init__(self, style: str = "invert", test_per_class: int = 30, pool_per_class: int = 50, seed: int = 0,
+                 pixels: LogitPixels | None = None) -> None:
+        self.style = check_choice("style", style, STYLES)
+        self.test_per_class = check_positive_int("test_per_class", test_per_class)
+        self.pool_per_class = check_positive_int("pool_per_class", pool_per_class)
+        self.seed = int(seed)
+        self.pixels = pixels or LogitPixels(levels=LEVELS, alpha=0.05)
+        if self.pixels.levels != LEVELS:
+            raise ConfigError(f"pixels.levels must be {LEVELS} for the digits, got {self.pixels.levels}")
+        self.splits = self._split()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"name": "digits", "style": self.style, "test_per_class": self.test_per_class,
+                "pool_per_class": self.pool_per_class, "seed": self.seed, "levels": self.pixels.levels,
+                "alpha": self.pixels.alpha, "d_c": N_CLASSES, "d_x": D}
+
+    d_c = N_CLASSES
+    d_x = D
+
+    def _split(self) -> DigitSplits:
+        levels, labels = load_digit_levels()
+        gen = torch.Generator().manual_seed(self.seed)
+        parts: dict[str, list[Tensor]] = {"test": [], "pool": [], "source": []}
+        need = self.test_per_class + self.pool_per_class
+        for k in range(N_CLASSES):
+            idx = torch.nonzero(labels == k).squeeze(1)
+            if len(idx) <= need:
+                raise DataError(f"class {k} has {len(idx)} images: test_per_class + pool_per_class = {need} "
+                                "leaves no source images; lower them")
+            idx = idx[torch.randperm(len(idx), generator=gen)]
+            parts["test"].append(idx[: self.test_per_class])
+            parts["pool"].append(idx[self.test_per_class : need])
+            parts["source"].append(idx[need:])
+        # Pool rows ordered by rank within class, so the first 10k rows hold k images of every class.
+        pool = torch.stack(parts["pool"], 1).reshape(-1)
+        test = torch.cat(parts["test"])
+        source = torch.cat(parts["source"])
+        source = source[torch.randperm(len(source), generator=gen)]
+        restyle = lambda i: LabelledImages(apply_style(levels[i], self.style), labels[i])  # noqa: E731
+        return DigitSplits(
+            source=LabelledImages(levels[source], labels[source]),
+            target_pool=restyle(pool),
+            target_test=restyle(test),
+            classifier=restyle(source),
+            ids={"source": source, "target_pool": pool, "target_test": test},
+        )
+
+    def target_train(self, per_class: int) -> LabelledImages:
+        """The first ``per_class`` pool images of every class (nested in ``per_class``), 10 * per_class rows."""
+        check_positive_int("per_class", per_class)
+        if per_class > self.pool_per_class:
+            raise DataError(f"per_class must be <= pool_per_class ({self.pool_per_class}), got {per_class}")
+        return self.splits.target_pool.subset(torch.arange(N_CLASSES * per_class))
+
+    def paired(self, images: LabelledImages, generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float32) -> PairedData:
+        """The data contract: c = one-hot labels (n, 10), x = logit of freshly dequantised pixels (n, 64).
+
+        The noise keeps a margin of ``DEQUANT_MARGIN`` from the bin edges so training can redraw it with
+        ``self.pixels.redequantize`` (pass it as ``augment`` to the transfer workflow)."""
+        y = self.pixels.dequantize(images.levels, generator, dtype=dtype, margin=DEQUANT_MARGIN)
+        z, _ = self.pixels.to_logit(y)
+        return PairedData(images.one_hot(dtype), z)
+
+    def sample(self, n: int, domain: str, generator: torch.Generator | None = None) -> PairedData:
+        """n distinct training images of ``domain`` ('source': the source split, 'target': the target pool),
+        drawn without replacement and dequantised with ``generator``. The test split is never sampled."""
+        check_choice("domain", domain, DOMAINS)
+        images = self.splits.source if domain == "source" else self.splits.target_pool
+        check_positive_int("n", n)
+        if n > len(images):
+            raise DataError(f"n must be <= the {len(images)} {domain} training images, got {n}")
+        idx = torch.randperm(len(images), generator=generator)[:n]
+        return self.paired(images.subset(idx), generator)
+
+    # -- no ground truth on real data ----------------------------------------------------------------
+    def _no_truth(self, what: str) -> NoReturn:
+        raise ConfigError(
+            f"DigitsTask is real data and has no true {what}: score models by held-out test NLL "
+            "(theory.studies.digits.experiment) or sample-based metrics (theory.truth.metrics), not by KL to the truth"
+        )
+
+    def log_prob(self, x: Tensor, c: Tensor, domain: str) -> NoReturn:
+        self._no_truth("log-density")
+
+    def noised_score(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._no_truth("noised score")
+
+    def log_density_ratio(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._no_truth("density ratio")
+
+    @property
+    def embedding(self) -> NoReturn:
+        self._no_truth("embedding h* (there is no oracle variant)")

@@ -1,0 +1,150 @@
+"""The methods of the TGDP simulation, each fitted by the library's own pieces and returned as a score function.
+
+Every method gives a :class:`Fitted`: its target score ``score(x, t, y)`` (a ``diffusion.sampling.ScoreFn``),
+the guidance and classifier ratio when it has them (for the error metrics), its optimiser steps and its
+settings. All training goes through ``shared_embed.train.fit`` (``train_head`` / ``fine_tune`` /
+``fit_tgdp``, or directly for the exact-w guidance), seeded per cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from diffusion.head import DiffusionHead
+from diffusion.sampling import ScoreFn
+from diffusion.schedule import VPSchedule
+from diffusion.tgdp import (
+    DensityRatio,
+    FunctionGuidance,
+    GuidedScore,
+    TGDPConfig,
+    TGDPFit,
+    domain_guidance_score,
+    fine_tune,
+    fit_tgdp,
+    train_head,
+)
+from diffusion.tgdp.classifier import fit_domain_classifier
+from diffusion.tgdp.guidance import Guidance
+from diffusion.tgdp.kernel_guidance import KernelGuidance
+from diffusion.tgdp.noisy_guidance import ClassifierGuidance
+from diffusion.tgdp.quadratic_ratio import fit_quadratic_log_ratio
+from shared_embed.data import PairedData
+from shared_embed.train import TrainConfig
+
+from theory.truth.tasks import TwoGaussianTask
+
+if TYPE_CHECKING:
+    from theory.studies.tgdp.experiment import TGDPSettings
+
+#: the methods in table order; REFERENCES do not use the target sample (fitted once per seed and version)
+METHODS = ("target_only", "fine_tune", "domain_guidance", "tgdp", "tgdp_reg", "tgdp_kernel", "tgdp_noisy_clf",
+           "source_only", "tgdp_exact_w", "tgdp_exact_h")
+REFERENCES = ("source_only", "tgdp_exact_w", "tgdp_exact_h")
+
+
+@dataclass
+class Fitted:
+    """A fitted method: its score, optional guidance / classifier ratio, optimiser steps and settings."""
+
+    score: ScoreFn
+    guidance: Guidance | None = None
+    ratio: DensityRatio | None = None
+    steps: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _split_fit(head: DiffusionHead, target: PairedData, config: TrainConfig, val_fraction: float, seed: int,
+               conditional: bool, tune: bool) -> tuple[DiffusionHead, int]:
+    """Train ``head`` (a copy when ``tune``) on the target with ``val_fraction`` held out for early stopping."""
+    train, val = target.split(val_fraction, torch.Generator().manual_seed(seed))
+    ctx = (lambda d: d.c) if conditional else (lambda d: None)
+    config = config.replace(seed=seed)
+    if tune:
+        head, history = fine_tune(head, train.x, ctx(train), config=config, val_x=val.x, val_context=ctx(val))
+    else:
+        history = train_head(head, train.x, ctx(train), config=config, val_x=val.x, val_context=ctx(val))
+    head.requires_grad_(False)
+    return head, history.steps_done
+
+
+def fit_exact_w_guidance(task: TwoGaussianTask, src: DiffusionHead, source: PairedData, target: PairedData,
+                         schedule: VPSchedule, conditional: bool, options: dict[str, Any], seed: int) -> TGDPFit:
+    """TGDP with the classifier replaced by the EXACT w = q / p at every source draw (``fit_tgdp`` with
+    ``source_weights``): the same guidance network, targets and loop settings as the ``tgdp`` method."""
+    ctx = {"source_context": source.c, "target_context": target.c} if conditional else {}
+    w0 = task.log_density_ratio(source.x, source.c if conditional else None).exp()
+    return fit_tgdp(src.score, source.x, target.x, schedule=schedule, config=TGDPConfig.from_options(options, seed),
+                    source_weights=w0, **ctx)
+
+
+def exact_guidance(task: TwoGaussianTask, schedule: VPSchedule) -> FunctionGuidance:
+    """The exact log h_t(x[, y]) = log q_t / p_t of the task as a guidance."""
+    return FunctionGuidance(lambda x, t, y: task.log_guidance(x, schedule.alpha(t), schedule.sigma(t), y))
+
+
+def fit_method(method: str, task: TwoGaussianTask, s: TGDPSettings, seed: int, conditional: bool,
+               src: DiffusionHead, source: PairedData, target: PairedData, schedule: VPSchedule,
+               cache: dict[Any, Any]) -> Fitted:
+    """Fit ``method`` (one of :data:`METHODS`) at this target sample; ``cache`` holds the fine-tuned head of
+    this n_t (key ``("_fine_tuned", n_t)``), shared by ``fine_tune`` and ``domain_guidance``."""
+    n = len(target)
+    if method == "source_only":
+        return Fitted(src.score)
+    if method == "tgdp_exact_h":
+        return Fitted(GuidedScore(src.score, exact_guidance(task, schedule)))  # no guidance errors: exact
+    if method == "tgdp_exact_w":
+        fitted = fit_exact_w_guidance(task, src, source, target, schedule, conditional, s.tgdp, seed)
+        return Fitted(fitted.score, fitted.guidance, steps=fitted.histories["guidance"].steps_done)
+    if method == "target_only":
+        head = DiffusionHead(2, 1 if conditional else None, **s.head)
+        head, steps = _split_fit(head, target, s.target_train, s.val_fraction, seed, conditional, tune=False)
+        return Fitted(head.score, steps=steps, info={"val_fraction": s.val_fraction})
+    if method in ("fine_tune", "domain_guidance"):
+        key = ("_fine_tuned", n)
+        if key not in cache:
+            cache[key] = _split_fit(src, target, s.fine_tune_train, s.val_fraction, seed, conditional, tune=True)
+        head, steps = cache[key]
+        if method == "fine_tune":
+            return Fitted(head.score, steps=steps, info={"val_fraction": s.val_fraction})
+        return Fitted(domain_guidance_score(src.score, head.score, s.dg_weight), steps=steps,
+                      info={"weight": s.dg_weight})
+    if method in ("tgdp", "tgdp_reg"):
+        options = {**s.tgdp, **(s.regularizers if method == "tgdp_reg" else {})}
+        ctx = {"source_context": source.c, "target_context": target.c} if conditional else {}
+        fitted = fit_tgdp(src.score, source.x, target.x, schedule=schedule, config=TGDPConfig.from_options(options, seed), **ctx)
+        steps = sum(h.steps_done for h in fitted.histories.values())
+        info = {k: options.get(k, 0.0) for k in ("eta_cycle", "eta_consistency")}
+        return Fitted(fitted.score, fitted.guidance, fitted.ratio, steps, info)
+    if method in ("tgdp_kernel", "tgdp_noisy_clf"):
+        return fit_learned_guidance(method, s, seed, conditional, src, source, target, schedule)
+    raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
+
+
+def fit_learned_guidance(method: str, s: TGDPSettings, seed: int, conditional: bool, src: DiffusionHead,
+                         source: PairedData, target: PairedData, schedule: VPSchedule) -> Fitted:
+    """The network-free guidance estimators of ``diffusion.tgdp``, on the frozen source head.
+
+    ``tgdp_kernel``: the cross-validated quadratic log-ratio classifier and the KDE-smoothed kernel guidance
+    E_{p_hat}[w | x_t] (``s.kernel``: bandwidth, rows); ``tgdp_noisy_clf``: the time-dependent domain
+    classifier's log-odds (plus log n_s / n_t) used as log h_t itself.
+    """
+    ctx = {"source_context": source.c, "target_context": target.c} if conditional else {}
+    if method == "tgdp_kernel":
+        ratio = fit_quadratic_log_ratio(source.x, target.x, seed=seed, **ctx)
+        guidance = KernelGuidance(source.x, ratio, schedule, bandwidth=s.kernel.get("bandwidth", "scott"),
+                                  source_context=ctx.get("source_context"), dtype=torch.float32,
+                                  max_rows=s.kernel.get("max_rows"), seed=seed)
+        return Fitted(GuidedScore(src.score, guidance), guidance, ratio,
+                      info={"C": ratio.strength, "bandwidth": guidance.bandwidth, "rows": int(guidance.x.shape[0])})
+    options = dict(s.noisy_classifier)
+    train = TrainConfig(**{"lr": 1e-3, "optimizer": "adamw", "weight_decay": 1e-4, **options.pop("train", {}),
+                           "seed": seed, "description": "noisy classifier"})
+    time_ratio, history = fit_domain_classifier(source.x, target.x, time_dependent=True, schedule=schedule,
+                                                config=train, **options, **ctx)
+    guidance = ClassifierGuidance(time_ratio)
+    return Fitted(GuidedScore(src.score, guidance), guidance, steps=history.steps_done,
+                  info={"prior_factor": time_ratio.prior_factor})

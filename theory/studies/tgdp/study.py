@@ -1,0 +1,95 @@
+"""The TGDP simulation as a study of ``gentransfer run``: its config, its run folder and its report.
+
+A config with ``[experiment] kind = "tgdp"`` and a ``[tgdp]`` table of :class:`~theory.studies.tgdp.experiment.TGDPSettings`
+fields (``configs/tgdp_simulation.toml``) runs through the study engine into ``--out DIR``: ``DIR/config.json``,
+``DIR/study.json`` (the folder holds this study only), ``DIR/records/`` (one record per cell; a rerun runs the
+missing ones), ``DIR/table.md``, the PNG plots and ``DIR/report.md``, which ``gentransfer report DIR`` rebuilds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from shared_embed.checkpoint import atomic_write_text
+from shared_embed.errors import DataError
+
+from theory.engine.config import study_tables
+from theory.engine.loop import Executor, Log
+from theory.engine.run_folder import claim, read_json, write_json
+from theory.studies.tgdp.experiment import (
+    TGDPSettings,
+    compare,
+    format_tgdp_table,
+    load_records,
+    run_tgdp_experiment,
+    summarize_tgdp,
+    write_tgdp_outputs,
+)
+from theory.studies.tgdp.methods import REFERENCES
+
+
+
+def is_tgdp(raw: dict[str, Any]) -> bool:
+    """Whether a raw config (a TOML dict) is a TGDP study."""
+    exp = raw.get("experiment", {})
+    return isinstance(exp, dict) and exp.get("kind") == "tgdp"
+
+
+def resolved(raw: dict[str, Any]) -> dict[str, Any]:
+    """The config with every default filled in (what ``gentransfer show`` prints)."""
+    exp, settings = parse(raw)
+    return {"experiment": exp, "tgdp": settings.to_dict(), **({"run": raw["run"]} if "run" in raw else {})}
+
+
+def parse(raw: dict[str, Any]) -> tuple[dict[str, Any], TGDPSettings]:
+    """(the [experiment] table, the settings) of a TGDP config; ConfigError naming a bad key."""
+    exp, tgdp = study_tables(raw, "tgdp", "TGDP")
+    return exp, TGDPSettings.from_dict(tgdp)
+
+
+def run_study(raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | None = None,
+              executor: Executor | None = None) -> dict[str, Any]:
+    """Run (or resume) a TGDP config into ``out``; refuses a folder that holds another study's results."""
+    exp, settings = parse(raw)
+    out.mkdir(parents=True, exist_ok=True)
+    claim(out, settings.study(), any(out.glob("records/*.json")))
+    write_json(out / "config.json", {"experiment": exp, "tgdp": settings.to_dict()})
+    return run_tgdp_experiment(settings, out, progress=log is not None, workers=workers, executor=executor)
+
+
+def build_study_report(out: Path) -> tuple[Path, str]:
+    """Rebuild ``out/report.md``, ``table.md`` and the plots from the records; returns (path, table)."""
+    raw = read_json(out / "config.json")
+    if raw is None or not is_tgdp(raw):
+        raise DataError(f"{out} holds no TGDP config.json: is it a folder written by 'gentransfer run'?")
+    exp, settings = parse(raw)
+    records = load_records(out)
+    if not records:
+        raise DataError(f"{out} holds no TGDP records yet (run 'gentransfer run' first)")
+    summary = summarize_tgdp(records)
+    table = format_tgdp_table(summary)
+    plots = write_tgdp_outputs(out, settings, records, table)
+    lines = [f"# TGDP simulation: {exp.get('name', 'tgdp')}", "", exp.get("description", ""), "",
+             f"KL(q || q_hat) in nats by the probability-flow log-density on {settings.n_eval} fresh target draws "
+             f"per seed (conditional: of the joint (x, y)), MMD^2 of ODE samples, log-h errors averaged over t in "
+             f"{list(settings.times)}; mean +- SE over seeds; n_s = {settings.n_source}; rows marked (ref) do not "
+             f"use the target sample ({', '.join(REFERENCES)}).", "", table, "", "## TGDP against the baselines",
+             "", "| version | n_t | method | baseline | KL gap (baseline - method) | beats (gap > SE) |",
+             "|---|---:|---|---|---:|---|"]
+    for c in _comparisons(summary):
+        lines.append(f"| {'cond' if c['conditional'] else 'uncond'} | {c['n_t']} | {c['method']} | {c['baseline']} "
+                     f"| {c['gap']:+.4f} +- {c['se']:.4f} | {'yes' if c['beats'] else 'no'} |")
+    lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    return path, table
+
+
+def _comparisons(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    have = {(r["conditional"], r["n_t"], r["method"]) for r in summary}
+    return [compare(summary, m, b, n, cond) for cond in (False, True) for n in sorted({r["n_t"] for r in summary})
+            for m in ("tgdp", "tgdp_reg") for b in ("target_only", "fine_tune")
+            if (cond, n, m) in have and (cond, n, b) in have]
