@@ -479,8 +479,6 @@ class ExperimentConfig:
 
     def fingerprint(self) -> str:
         """A digest of :meth:`study`: a run folder holds the records of one fingerprint only."""
-        from theory.engine.run_folder import fingerprint
-
         return fingerprint(self.study())
 
     def settings_hash(self, head: str, task: dict[str, Any] | None = None) -> str:
@@ -585,3 +583,8 @@ def resolve_config(config: Path) -> Path:
         return candidate
     names = ", ".join(sorted(p.stem for p in folder.glob("*.toml"))) or "none found"
     raise GentransferError(f"no config file {config}; shipped configs (give the name or a path): {names}")
+
+
+def fingerprint(study: dict[str, Any]) -> str:
+    """A short digest of a study's defining settings (what makes two runs one study)."""
+    return hashlib.sha256(json.dumps(study, sort_keys=True).encode()).hexdigest()[:16]

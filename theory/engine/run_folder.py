@@ -10,7 +10,6 @@ stored in ``DIR/predictions.json``: ``gentransfer report DIR`` reads them and ne
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ from typing import Any
 from shared_embed.checkpoint import atomic_write_text, config_diff
 from shared_embed.errors import ConfigError, DataError
 
-from theory.engine.config import ExperimentConfig, task_label
+from theory.engine.config import ExperimentConfig, fingerprint, task_label
 from theory.truth.rates import Rates, predicted_rates
 
 STUDY_FILE = "study.json"
@@ -141,11 +140,6 @@ def claim(out_dir: Path, study: dict[str, Any], has_results: bool) -> bool:
             "a folder holds one study: use a new --out folder, or delete this one to recompute")
     write_json(out / STUDY_FILE, mine)
     return held is not None
-
-
-def fingerprint(study: dict[str, Any]) -> str:
-    """A short digest of a study's defining settings."""
-    return hashlib.sha256(json.dumps(study, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # -- predictions -------------------------------------------------------------------------------------
