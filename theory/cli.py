@@ -25,6 +25,7 @@ from shared_embed.errors import GentransferError
 
 from theory.verdicts.checks import PASS
 from theory.engine.config import ExperimentConfig, apply_override, read_toml, resolve_config
+from theory.engine.executors import EXECUTORS, make_executor, parse_options
 from theory.studies.transfer.report import build_report
 from theory.engine.run_folder import read_json
 from theory.studies.transfer.sweep import parse_shard, run_sweep
@@ -61,7 +62,10 @@ smoke.toml and tgdp_smoke.toml (seconds, for tests). Give a path, or a shipped c
 (e.g. 'default'), which also works where gentransfer was installed with pip. Any key can be overridden with --set section.key=value (TOML values:
 numbers, [lists], "strings"; bare words are strings), e.g. --set grid.n_t=[50,100,200] --set run.workers=2.
 An interrupted run resumes: run the same command again and finished cells are skipped.
-Across hosts: give each host --shard I/N (I = 0..N-1) and one --out folder, then 'gentransfer report DIR'.
+Across hosts (one --out folder on a shared disk): --executor dask (a LocalCluster, or --scheduler
+tcp://HOST:PORT) or --executor slurm (a job array through submitit), which retry a lost worker's groups; or,
+with no extra package, give each host --shard I/N (I = 0..N-1, groups dealt by estimated cost), then
+'gentransfer report DIR'.
 """
 
 
@@ -90,6 +94,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", default="0/1", metavar="I/N",
                      help="run only shard I of N of the grid's groups, e.g. 0/2 on one host and 1/2 on another "
                           "(same --out folder, or copy the cells/ folders together), then 'report'")
+    run.add_argument("--executor", choices=EXECUTORS, default="local",
+                     help="where the groups of cells run: local (this machine's worker processes, the default), "
+                          "dask (a dask.distributed cluster) or slurm (a SLURM job array through submitit)")
+    run.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                     help="dask: a running scheduler's address (default: start a LocalCluster of --workers "
+                          "processes here)")
+    run.add_argument("--retries", type=int, default=2,
+                     help="dask, slurm: times a group whose worker or job was lost is submitted again (default 2)")
+    run.add_argument("--slurm", dest="slurm_options", action="append", default=[], metavar="KEY=VALUE",
+                     help="slurm: a submitit parameter, e.g. --slurm slurm_partition=cpu --slurm timeout_min=120 "
+                          "(repeatable)")
+    run.add_argument("--slurm-cluster", choices=("slurm", "local", "debug"),
+                     help="slurm: submitit's cluster (default: SLURM where there is one; 'local' runs the job "
+                          "array as processes of this machine)")
     run.add_argument("--quiet", action="store_true", help="no per-cell progress lines")
     run.add_argument("--no-report", action="store_true", help="skip the report (build it later with 'report')")
     rep = sub.add_parser("report", help="rebuild report.md, checks.json, results.csv and plots from a run folder",
@@ -155,6 +173,20 @@ def _study(raw: dict) -> Any:
     return None
 
 
+def _executor(args: argparse.Namespace, workers: int) -> Any:
+    """The executor the options ask for (None: this machine's pool); a GentransferError naming a bad option."""
+    return make_executor(args.executor, workers=workers, retries=args.retries, scheduler=args.scheduler,
+                         slurm_folder=Path(args.out).resolve() / "slurm", slurm_cluster=args.slurm_cluster,
+                         slurm_options=parse_options(args.slurm_options, "--slurm"))
+
+
+def _where(args: argparse.Namespace) -> str:
+    """``, executor dask at tcp://...`` for the first line of a run ('' for the local pool)."""
+    if args.executor == "local":
+        return ""
+    return f", executor {args.executor}" + (f" at {args.scheduler}" if args.scheduler else "")
+
+
 def _run_study(study: Any, raw: dict, args: argparse.Namespace) -> int:
     """``gentransfer run`` of a TGDP or digits config: the same engine, its own records and report."""
     study.parse(raw)  # every setting checked before the folder is touched
@@ -164,12 +196,14 @@ def _run_study(study: Any, raw: dict, args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else int(raw.get("run", {}).get("workers", 1))
     if workers < 1:
         raise GentransferError(f"--workers must be >= 1, got {workers}")
+    executor = _executor(args, workers)
     torch.set_num_threads(int(raw.get("run", {}).get("threads", 1)))
     _check_out(args.out)
     print(f"gentransfer run: {raw['experiment'].get('name', raw['experiment']['kind'])} -> {args.out} "
-          f"({workers} worker(s))", flush=True)
+          f"({workers} worker(s){_where(args)})", flush=True)
     start = time.perf_counter()
-    study.run_study(raw, args.out, workers=workers, log=None if args.quiet else (lambda m: print(m, flush=True)))
+    study.run_study(raw, args.out, workers=workers, log=None if args.quiet else (lambda m: print(m, flush=True)),
+                    executor=executor)
     if not args.no_report:
         path, table = study.build_study_report(args.out)
         print(f"\n{table}\n\nReport: {path}")
@@ -189,15 +223,18 @@ def _run(args: argparse.Namespace) -> int:
         config.run.workers = args.workers
     if config.run.workers < 1:
         raise GentransferError(f"--workers must be >= 1, got {config.run.workers}")
+    executor = _executor(args, config.run.workers)
     torch.set_num_threads(config.run.threads)
     print(f"gentransfer run: {config.name} -> {args.out} ({config.run.workers} worker(s), "
           f"{config.run.threads} torch thread(s) each, device {config.run.device}"
-          f"{'' if shard == (0, 1) else f', shard {args.shard}'})", flush=True)
+          f"{'' if shard == (0, 1) else f', shard {args.shard}'}{_where(args)})", flush=True)
     start = time.perf_counter()
     _check_out(args.out)
-    result = run_sweep(config, args.out, log=None if args.quiet else (lambda m: print(m, flush=True)), shard=shard)
+    result = run_sweep(config, args.out, log=None if args.quiet else (lambda m: print(m, flush=True)), shard=shard,
+                       executor=executor)
     atomic_write_text(Path(args.out) / "run.json", json.dumps({
         "config_file": os.fspath(args.config), "overrides": args.overrides, "workers": config.run.workers,
+        "executor": args.executor,
         "ran": result.ran, "skipped": result.skipped, "failed": result.failed, "seconds": result.seconds}) + "\n")
     print(f"sweep: {result.ran} cells run, {result.skipped} found on disk, {result.failed} failed, "
           f"{result.seconds:.0f} s; records in {Path(args.out) / 'cells'}, table {result.csv_path}", flush=True)

@@ -7,6 +7,10 @@ A study plugs in with a ``runner(spec, out_dir, group, log, on_cell) -> records`
 TGDP simulation (:mod:`theory.studies.tgdp.experiment`) are such studies; what a record holds is the study's business.
 
 Workers exit as soon as the process that started them is gone, even when it was killed with SIGKILL.
+
+Other machines: an :class:`Executor` (``executor=`` of :func:`run_groups`) runs the groups elsewhere, a
+dask.distributed cluster or a SLURM job array (:mod:`theory.engine.executors`); each group goes out as a picklable
+:class:`GroupJob`, and the progress line is this module's :class:`Progress` whichever executor runs them.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,10 +90,45 @@ def _worker(runner: Runner, spec: dict[str, Any], out_dir: str | None, group: An
     return runner(spec, None if out_dir is None else Path(out_dir), group, log, lambda: None)
 
 
+#: One group at a time per process: groups seed torch's global generator, so two in threads of one process
+#: (a dask worker started with --nthreads 2) would draw from each other's streams.
+_ONE_GROUP_AT_A_TIME = threading.Lock()
+
+
+@dataclass(frozen=True)
+class GroupJob:
+    """One group's work as another process or machine runs it: ``job(group) -> records``. Picklable (the runner
+    is a top-level function); ``out_dir`` is absolute, so it must be a folder every worker sees (shared disk).
+    Calls in threads of one process run one after the other."""
+
+    runner: Runner
+    spec: dict[str, Any]
+    out_dir: str | None
+    threads: int = 1
+    verbose: bool = False
+
+    def __call__(self, group: Any) -> list[Record]:
+        import torch
+
+        with _ONE_GROUP_AT_A_TIME:
+            torch.set_num_threads(self.threads)
+            os.environ.setdefault("GENTRANSFER_QUIET", "1")
+            return _worker(self.runner, self.spec, self.out_dir, group, self.verbose)
+
+
+class Executor(Protocol):
+    """Runs groups elsewhere: ``job`` on every group, ``progress.advance(len(group.cells))`` as each finishes;
+    returns each group's records, in group order. A group may run twice (a lost worker's group is retried):
+    its records are written atomically and do not depend on where or after what it ran."""
+
+    def run(self, job: GroupJob, groups: Sequence[GroupLike], progress: Progress) -> list[list[Record]]: ...
+
+
 def run_groups(runner: Runner, spec: dict[str, Any], out_dir: Path | None, groups: Sequence[GroupLike], *,
-               workers: int = 1, threads: int | None = None, log: Log | None = None) -> list[Record]:
+               workers: int = 1, threads: int | None = None, log: Log | None = None,
+               executor: Executor | None = None) -> list[Record]:
     """Run every group (in this process when ``workers`` is 1 or there is one group, else in ``workers``
-    spawned processes); return the records of all groups, in group order.
+    spawned processes, or through ``executor`` when given); return the records of all groups, in group order.
 
     ``threads``: torch threads of each worker, and of this process while it runs the groups itself (as a worker
     would: small ops crawl when threads oversubscribe the cores); None leaves this process's setting alone
@@ -98,6 +138,10 @@ def run_groups(runner: Runner, spec: dict[str, Any], out_dir: Path | None, group
     progress = Progress(sum(len(g.cells) for g in groups), say)
     if not groups:
         return []
+    if executor is not None:
+        job = GroupJob(runner, spec, None if out_dir is None else str(Path(out_dir).resolve()), threads or 1,
+                       log is not None)
+        return [r for records in executor.run(job, groups, progress) for r in records]
     if workers == 1 or len(groups) == 1:
         import torch
 

@@ -38,7 +38,7 @@ from shared_embed.train import TrainConfig
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
 from shared_embed.validation import check_choice, check_positive_int
 
-from theory.engine.loop import run_cells, run_groups
+from theory.engine.loop import Executor, run_cells, run_groups
 from theory.truth.metrics import FidelityClassifier
 from theory.engine.run_folder import read_json
 from theory.studies.digits.evaluation import TestSet, evaluate_model, sample_metrics
@@ -220,7 +220,8 @@ def _pending(groups: list[DigitsGroup], out: Path | None) -> list[DigitsGroup]:
 
 
 def run_digits_experiment(exp: DigitsExperiment | None = None, out_dir: str | Path | None = None, *,
-                          log: Log | None = None, workers: int = 1) -> dict[str, Any]:
+                          log: Log | None = None, workers: int = 1,
+                          executor: Executor | None = None) -> dict[str, Any]:
     """Run the grid through the study engine (:mod:`theory.engine.loop`); with ``out_dir``, write one record per
     cell (a rerun runs the missing ones), records.json, table.md and one PNG grid per (head, k) of the first seed.
 
@@ -233,7 +234,8 @@ def run_digits_experiment(exp: DigitsExperiment | None = None, out_dir: str | Pa
     out = Path(out_dir) if out_dir is not None else None
     start = time.perf_counter()
     groups = plan_digits(exp)
-    ran = run_groups(run_digits_group, exp.to_dict(), out, _pending(groups, out), workers=workers, log=log)
+    ran = run_groups(run_digits_group, exp.to_dict(), out, _pending(groups, out), workers=workers, log=log,
+                     executor=executor)
     records, references = load_digits_records(exp, out) if out is not None else _split(ran)
     grids = sorted(str(p) for p in out.glob("digits_*_k*.png")) if out is not None else []
     result = {"records": records, "summary": summarize(records), "table": format_table(records, references),

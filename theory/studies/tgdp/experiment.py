@@ -44,7 +44,7 @@ from shared_embed.data import PairedData
 from shared_embed.errors import ConfigError, DataError
 from shared_embed.train import TrainConfig
 
-from theory.engine.loop import run_cells, run_groups
+from theory.engine.loop import Executor, run_cells, run_groups
 from theory.engine.schema import dataclass_from_table
 from theory.engine.tables import plus_minus, row_se, summarize_seeds
 from theory.engine.run_folder import read_json, write_json
@@ -178,7 +178,8 @@ def _log(progress: bool) -> Any:
 
 
 def run_tgdp_experiment(settings: TGDPSettings | None = None, out_dir: str | Path | None = None,
-                        progress: bool = False, workers: int = 1) -> dict[str, Any]:
+                        progress: bool = False, workers: int = 1,
+                        executor: Executor | None = None) -> dict[str, Any]:
     """Run the grid through the study engine (:mod:`theory.engine.loop`); return records, summary, the Markdown
     table, the PNG paths and the wall time (s). With ``out_dir``, cells whose record is there are not run again."""
     s = settings or TGDPSettings()
@@ -190,7 +191,8 @@ def run_tgdp_experiment(settings: TGDPSettings | None = None, out_dir: str | Pat
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "settings.json", s.to_dict())
     start = time.perf_counter()
-    records = run_groups(run_tgdp_group, s.to_dict(), out, plan_tgdp(s, out), workers=workers, log=say)
+    records = run_groups(run_tgdp_group, s.to_dict(), out, plan_tgdp(s, out), workers=workers, log=say,
+                          executor=executor)
     seconds = time.perf_counter() - start
     if out is not None:
         records = load_records(out)

@@ -51,7 +51,8 @@ from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_
 
 from theory.engine.config import PHASES, ExperimentConfig, task_label
 from theory.verdicts.controls import blind_factory, distort_kl, wrong_variance_task
-from theory.engine.loop import run_cells, run_groups
+from theory.engine.loop import Executor, run_cells, run_groups
+from theory.studies.transfer.costs import deal_by_cost, group_cost
 from theory.truth.kl import fit_floor_model, kl_to_task, log_densities, monte_carlo_kl
 from theory.engine.run_folder import (
     claim_folder,
@@ -160,13 +161,17 @@ def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
 
 
 def shard_cells(config: ExperimentConfig, cells: Iterable[Cell], shard: tuple[int, int]) -> list[Cell]:
-    """The cells of shard (I, N): whole groups, dealt round-robin over ALL the grid's groups, biggest first.
+    """The cells of shard (I, N): whole groups of ALL the grid's groups, dealt by estimated cost (biggest first,
+    each to the shard with the least so far: :func:`theory.studies.transfer.costs.deal_by_cost`), so every shard gets its share
+    of the costly heads, not a block of one head.
 
     The deal depends on the config only, never on what is already on disk, so N processes or hosts given
     ``0/N`` ... ``N-1/N`` (on a shared folder, or folders merged afterwards) run every cell exactly once.
     """
     index, count = _check_shard(shard)
-    mine = {g.stem for k, g in enumerate(plan_groups(plan_cells(config))) if k % count == index}
+    groups = plan_groups(plan_cells(config))
+    deal = deal_by_cost([group_cost(config, g) for g in groups], count)
+    mine = {g.stem for g, s in zip(groups, deal) if s == index}
     return [c for c in cells if Group(c.head, c.n_s, c.seed, (), c.task).stem in mine]
 
 
@@ -541,7 +546,7 @@ def check_study(config: ExperimentConfig) -> None:
 
 def run_sweep(
     config: ExperimentConfig, out_dir: str | os.PathLike[str], *, workers: int | None = None,
-    log: Log | None = print, shard: tuple[int, int] = (0, 1),
+    log: Log | None = print, shard: tuple[int, int] = (0, 1), executor: Executor | None = None,
 ) -> SweepResult:
     """Run every missing (or failed) cell of ``config`` into ``out_dir``; then collect all records into
     results.csv.
@@ -551,7 +556,7 @@ def run_sweep(
     ``workers`` (default ``config.run.workers``) > 1 runs groups in that many ``spawn``-ed processes, each
     with ``config.run.threads`` torch threads, which exit when this process dies; 1 runs them in this process.
     ``shard`` = (I, N) runs only the groups of shard I of N (:func:`shard_cells`), to spread one sweep over
-    several hosts.
+    several hosts. ``executor`` (:mod:`theory.engine.executors`: dask, SLURM) runs the groups there instead.
     """
     out = Path(out_dir)
     workers = config.run.workers if workers is None else workers
@@ -572,7 +577,7 @@ def run_sweep(
         f"{min(workers, max(len(groups), 1))} worker(s)")
     start = time.perf_counter()
     run_groups(run_transfer_group, config.to_dict(), out, groups, workers=workers, threads=config.run.threads,
-               log=log)
+               log=log, executor=executor)
     seconds = time.perf_counter() - start
     records = collect_records(out)
     csv_path = write_csv(records, out / "results.csv")

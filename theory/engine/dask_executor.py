@@ -1,0 +1,95 @@
+"""Groups of cells as dask.distributed tasks: on a ``LocalCluster`` started here, or on a running scheduler.
+
+    gentransfer run configs/full.toml --out /shared/runs/full --executor dask --workers 8
+    gentransfer run configs/full.toml --out /shared/runs/full --executor dask --scheduler tcp://10.0.0.5:8786
+
+The scheduler hands a group to whichever worker is free (biggest groups first), so hosts never idle while
+others hold a queue. A group whose worker dies (killed, out of memory, host gone) is submitted again, up to
+``retries`` times: the scheduler of a ``LocalCluster`` gives the group up at once (``allowed-failures = 0``), so
+``retries`` is the whole count there; a running scheduler first retries on its own
+(``distributed.scheduler.allowed-failures``, default 3). Workers write the records into the ``--out`` folder
+themselves, so every worker must see it (a shared file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+from distributed import Client, Future, LocalCluster, as_completed
+from distributed.scheduler import KilledWorker
+
+from shared_embed.errors import GentransferError
+
+from theory.engine.loop import GroupJob, GroupLike, Progress, Record
+
+
+@dataclass
+class DaskExecutor:
+    """The engine's executor on dask.distributed (see the module doc).
+
+    ``scheduler``: a running scheduler's address, or None to start a LocalCluster of ``workers`` processes
+    (one thread each; a group's torch threads are the study's ``run.threads``) for the run.
+    """
+
+    scheduler: str | None = None
+    workers: int = 1
+    retries: int = 2
+
+    def run(self, job: GroupJob, groups: Sequence[GroupLike], progress: Progress) -> list[list[Record]]:
+        with self._client() as client:
+            futures: dict[Future, int] = {}
+            tries = [0] * len(groups)
+
+            def submit(i: int) -> Future:
+                # earlier (bigger) groups first; pure=False: a retry is a new task, not the lost one's result
+                fut = client.submit(job, groups[i], pure=False, priority=len(groups) - i)
+                futures[fut] = i
+                return fut
+
+            results: dict[int, list[Record]] = {}
+            queue = as_completed([submit(i) for i in range(len(groups))])
+            try:
+                for fut in queue:
+                    i = futures.pop(fut)
+                    if fut.status == "error" and isinstance(fut.exception(), KilledWorker):
+                        if tries[i] >= self.retries:
+                            raise GentransferError(f"group {_name(groups[i], i)} lost its worker {tries[i] + 1} "
+                                                   f"time(s) (--retries {self.retries}); run the same command "
+                                                   "again to resume")
+                        tries[i] += 1
+                        progress.say(f"[{_name(groups[i], i)}] its worker was lost; submitted again "
+                                     f"({tries[i]}/{self.retries})")
+                        queue.add(submit(i))
+                        continue
+                    results[i] = fut.result()  # re-raises a task's error here
+                    progress.advance(len(groups[i].cells))
+            except BaseException:
+                client.cancel(list(futures))
+                raise
+        return [results[i] for i in range(len(groups))]
+
+    @contextlib.contextmanager
+    def _client(self) -> Iterator[Client]:
+        if self.scheduler is not None:
+            try:
+                client = Client(self.scheduler, timeout="30s")
+            except OSError as err:
+                raise GentransferError(f"--scheduler {self.scheduler}: no dask scheduler answers there "
+                                       f"({err})") from err
+            with client:
+                yield client
+            return
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=logging.ERROR)
+        with cluster, Client(cluster) as client:
+            yield client
+
+
+def _name(group: Any, index: int) -> str:
+    return str(getattr(group, "stem", f"group {index}"))
