@@ -26,9 +26,7 @@ from common import append_record  # noqa: E402
 
 from theory.truth.tasks import inside_support_task  # noqa: E402
 from theory.studies.tgdp.experiment import TGDPSettings, compare, run_tgdp_experiment  # noqa: E402
-
-#: the learned TGDP variants compared with both baselines (no exact w or h)
-LEARNED = ("tgdp", "tgdp_reg", "tgdp_kernel", "tgdp_noisy_clf")
+from theory.studies.tgdp.methods import LEARNED  # noqa: E402
 
 RESULTS = RESULTS_DIR / "tgdp_simulation.jsonl"
 

@@ -124,11 +124,13 @@ def test_tgdp_two_gaussians(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     mmd = re.findall(rf"^(.+?)\s+MMD\^2 = {NUMBER}", stdout, re.M)
     kernel = re.findall(rf"\(kernel guidance: {NUMBER}; variance", stdout)
     assert len(kernel) == 3 and all(finite(v) >= 0 for v in kernel), stdout
-    assert len(mmd) == 5, stdout
+    assert len(mmd) == 6, stdout
     for _, value in mmd:
         finite(value)
     kl = re.findall(rf"KL = {NUMBER} \+- {NUMBER} nats", stdout)
-    assert len(kl) == 4, stdout
+    assert len(kl) == 5, stdout
+    tau = re.findall(rf"switch time chosen on the held-out rows: tau = {NUMBER}", stdout)
+    assert len(tau) == 1 and 0 <= finite(tau[0]) <= 1, stdout
     for value, se in kl:
         finite(value), finite(se)
     check_pngs(tmp_path, ["tgdp_guidance.png", "tgdp_samples.png"])

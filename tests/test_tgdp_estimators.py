@@ -19,6 +19,7 @@ from diffusion.tgdp import fit_domain_classifier
 from diffusion.tgdp.kernel_guidance import KernelGuidance
 from diffusion.tgdp.noisy_guidance import ClassifierGuidance, SwitchedScore
 from diffusion.tgdp.quadratic_ratio import QuadraticLogRatio, fit_quadratic_log_ratio
+from diffusion.tgdp.switch_time import select_switch
 from shared_embed.errors import ConfigError, ShapeError
 from shared_embed.train import TrainConfig
 from theory.truth.tasks import TwoGaussianTask, inside_support_task
@@ -198,3 +199,40 @@ def test_inside_support_task_exact_pieces():
     y = torch.ones(200, 1)
     assert torch.allclose(task.log_guidance(x, a, s, y), torch.full((200,), math.log(0.9 / 0.5)), atol=1e-5)
     assert float(task.guidance_grad(x, a, s, y).abs().max()) < 1e-5
+
+
+def _piecewise(first, second, tau: float):
+    """``first`` for t >= tau, ``second`` below: a score that is right only on one side of tau."""
+    return SwitchedScore(first, second, tau)
+
+
+def test_switch_selection_finds_where_each_score_is_right():
+    task = TwoGaussianTask()
+    exact, wrong = task.score_fn("target", SCH), task.score_fn("source", SCH)
+    rows = task.sample(40, "target", torch.Generator().manual_seed(0)).x
+    kw = {"candidates": (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0), "samples": 400, "seed": 1}
+    good_above, good_below = _piecewise(exact, wrong, 0.2), _piecewise(wrong, exact, 0.2)
+    choice = select_switch(good_above, good_below, rows, None, SCH, **kw)
+    assert choice.switch == 0.2, choice
+    assert isinstance(choice.score(good_above, good_below), SwitchedScore)
+    assert select_switch(exact, wrong, rows, None, SCH, **kw).switch == 0.0        # guidance right everywhere
+    assert select_switch(wrong, exact, rows, None, SCH, **kw).switch == 1.0        # guidance wrong everywhere
+    # negative control: with the roles swapped, the score right below 0.2 is used above it: 0.2 must not win
+    swapped = select_switch(good_below, good_above, rows, None, SCH, **kw)
+    assert swapped.switch != 0.2 and min(swapped.losses) > choice.losses[3]
+    # conditional version: the label is passed through to both scores
+    cond = task.sample(40, "target", torch.Generator().manual_seed(2))
+    exact_y, wrong_y = (task.score_fn(d, SCH, conditional=True) for d in ("target", "source"))
+    assert select_switch(exact_y, wrong_y, cond.x, cond.c, SCH, **kw).switch == 0.0
+    with pytest.raises(ConfigError, match="candidates"):
+        select_switch(exact, wrong, rows, None, SCH, candidates=(1.5,))
+
+
+def test_effective_rows_counts_the_rows_the_kernel_averages():
+    line = torch.stack([torch.arange(50.0), torch.zeros(50)], -1)           # rows 1 apart on a line
+    kernel = KernelGuidance(line, lambda x, t, c: torch.zeros(x.shape[0]), SCH, bandwidth=0.0)
+    at_row = line[[10, 20]] * SCH.alpha(torch.tensor(1e-4))
+    assert torch.allclose(kernel.effective_rows(at_row, 1e-4), torch.ones(2), atol=1e-3)   # one row at t -> 0
+    same = KernelGuidance(torch.zeros(30, 2), lambda x, t, c: torch.zeros(x.shape[0]), SCH, bandwidth=0.0)
+    assert torch.allclose(same.effective_rows(torch.randn(5, 2), 0.3), torch.full((5,), 30.0), rtol=1e-5)
+

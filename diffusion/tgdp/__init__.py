@@ -11,7 +11,8 @@ classifier's density ratio:
 - :mod:`.baselines`: target-only training and fine-tuning of a ``DiffusionHead``;
 - network-free guidance: :mod:`.quadratic_ratio` (a cross-validated quadratic log-ratio classifier for tiny
   n_t), :mod:`.kernel_guidance` (E_{p_hat}[w | x_t] from the source rows, KDE-smoothed in closed form),
-  :mod:`.noisy_guidance` (a time-dependent classifier as log h_t; a switch to another score at small t).
+  :mod:`.noisy_guidance` (a time-dependent classifier as log h_t; a switch to another score at small t),
+  :mod:`.switch_time` (the switch time chosen by a held-out denoising loss).
 
 Example:
     >>> from diffusion.tgdp import TGDPConfig, fit_tgdp
@@ -29,10 +30,11 @@ from .labels import LabelMarginal
 from .noisy_guidance import ClassifierGuidance, SwitchedScore
 from .quadratic_ratio import QuadraticLogRatio, fit_quadratic_log_ratio
 from .regularizers import consistency_loss, cycle_loss
+from .switch_time import SwitchChoice, select_switch
 
 __all__ = [
     "DAMPING", "POSITIVITY", "ClassifierGuidance", "DensityRatio", "DomainClassifier", "DomainGuidanceScore", "FunctionGuidance", "Guidance",
-    "GuidanceNetwork", "GuidedScore", "KernelGuidance", "LabelMarginal", "QuadraticLogRatio", "SourcePosterior", "SwitchedScore", "TGDPConfig", "TGDPFit", "class_weights",
+    "GuidanceNetwork", "GuidedScore", "KernelGuidance", "LabelMarginal", "QuadraticLogRatio", "SourcePosterior", "SwitchChoice", "SwitchedScore", "TGDPConfig", "TGDPFit", "class_weights",
     "consistency_loss", "cycle_loss", "domain_guidance_score", "fine_tune", "fit_domain_classifier", "fit_quadratic_log_ratio", "fit_tgdp",
-    "guidance_grad", "guidance_loss", "train_head",
+    "guidance_grad", "guidance_loss", "select_switch", "train_head",
 ]

@@ -129,12 +129,26 @@ class KernelGuidance:
 
     def log_h(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:
         """log h_t(x[, y]), (n,), differentiable in x."""
+        return self._per_label(self._log_h, x, t, context)
+
+    def effective_rows(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:
+        """(sum_i k_i)^2 / sum_i k_i^2 of the posterior weights k_i(x) of the source rows (of the query's label),
+        (n,): about how many rows the estimate at (x, t) averages over, from 1 (one row, the source's tails) to
+        the number of rows (t -> 1). Differentiable in x."""
+        def n_eff(xq: Tensor, tq: Tensor, rows: Tensor, _k: int) -> Tensor:
+            log_k = self._log_kernel(xq, tq, rows)
+            return (2 * torch.logsumexp(log_k, -1) - torch.logsumexp(2 * log_k, -1)).exp()
+        return self._per_label(n_eff, x, t, context)
+
+    def _per_label(self, fn: Callable[[Tensor, Tensor, Tensor, int], Tensor], x: Tensor, t: Tensor | float,
+                   context: Tensor | None) -> Tensor:
+        """``fn(x, t, rows, quadratic index)`` (n,) on each label's rows (all rows without labels)."""
         x, t = check_points(x, self.features, t, required=True)
         if (context is None) != (self.context is None):
             raise ShapeError("context must be given exactly when the guidance was built with source_context")
         check_context("context", context, None if context is None else 1, rows=x.shape[0])
         if context is None:
-            return self._log_h(x.to(self.dtype), t.to(self.dtype), *self.groups[0][1:]).to(x.dtype)
+            return fn(x.to(self.dtype), t.to(self.dtype), *self.groups[0][1:]).to(x.dtype)
         out = torch.zeros(x.shape[0], dtype=self.dtype, device=x.device)
         seen = torch.zeros(x.shape[0], dtype=torch.bool)
         for lab, rows, k in self.groups:
@@ -142,7 +156,7 @@ class KernelGuidance:
             seen |= q
             if bool(q.any()):
                 out = out.index_put((q.nonzero().squeeze(-1),),
-                                    self._log_h(x[q].to(self.dtype), t[q].to(self.dtype), rows, k))
+                                    fn(x[q].to(self.dtype), t[q].to(self.dtype), rows, k))
         if not bool(seen.all()):
             raise ShapeError(f"context holds labels absent from source_context: {context[~seen].unique().tolist()}")
         return out.to(x.dtype)
@@ -150,13 +164,18 @@ class KernelGuidance:
     def h(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:
         return self.log_h(x, t, context).exp()
 
+    def _log_kernel(self, x: Tensor, t: Tensor, rows: Tensor) -> Tensor:
+        """log N(x; a x_i, v I) (n, rows) up to a term constant in i."""
+        xs, a = self.x[rows], self.schedule.alpha(t).to(x)
+        v = a.square() * self.bandwidth ** 2 + self.schedule.sigma(t).to(x).square()
+        return (a / v)[:, None] * (x @ xs.T) - (a.square() / (2 * v))[:, None] * xs.square().sum(-1)[None]
+
     def _log_h(self, x: Tensor, t: Tensor, rows: Tensor, k: int) -> Tensor:
         xs, a = self.x[rows], self.schedule.alpha(t).to(x)
         s2 = self.schedule.sigma(t).to(x).square()
         b2 = self.bandwidth ** 2
         v = a.square() * b2 + s2
-        sq = xs.square().sum(-1)
-        log_k = (a / v)[:, None] * (x @ xs.T) - (a.square() / (2 * v))[:, None] * sq[None]
+        log_k = self._log_kernel(x, t, rows)
         if self.quadratic is None or b2 == 0:
             log_g = self.log_w[rows][None]
         else:

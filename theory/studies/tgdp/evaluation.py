@@ -7,7 +7,8 @@
 - :func:`score_model`: KL(q || q_hat) with its Monte Carlo SE (``theory.truth.kl``) on fresh exact target draws, and
   MMD^2 (``theory.truth.metrics``, median-heuristic bandwidth) between ODE samples and exact target draws, on x.
 - :func:`guidance_errors`: log h_psi against the exact log h_t = log q_t / p_t, and grad_x log h against the
-  exact grad, at points of p_t (and of q_t) for a grid of t; :func:`ratio_errors`: the domain classifier's
+  exact grad, at points of p_t (and of q_t) for a grid of t; :func:`score_errors`: any score against the exact
+  target score at points of q_t; :func:`ratio_errors`: the domain classifier's
   log w against the exact log w = log q / p at t = 0; :func:`log_h_line`: both along the line x = (0.5, s).
 """
 
@@ -127,6 +128,20 @@ def guidance_errors(task: TwoGaussianTask, guidance: Guidance, schedule: VPSched
         out[f"log_h_mse{suffix}_mean"] = sum(lh.values()) / len(lh)
         out[f"grad_mse{suffix}_mean"] = sum(gr.values()) / len(gr)
     return out
+
+
+def score_errors(task: TwoGaussianTask, score: ScoreFn, schedule: VPSchedule, times: Sequence[float], n: int,
+                 conditional: bool, generator: torch.Generator) -> dict[str, Any]:
+    """Per t: mean |s(x, t) - grad log q_t(x)|^2 at n points of q_t (``score_mse_q``) and its average over
+    ``times``: the error of any method's score where the target lives, composite scores included."""
+    out = {}
+    for t in times:
+        x, y, tt = _noised(task, "target", schedule, float(t), n, generator)
+        ctx = y if conditional else None
+        exact = task.noised_score(x, "target", schedule.alpha(tt), schedule.sigma(tt), ctx).double()
+        with torch.no_grad():
+            out[str(t)] = float((score(x, tt, ctx).double() - exact).square().sum(-1).mean())
+    return {"score_mse_q": out, "score_mse_q_mean": sum(out.values()) / len(out)}
 
 
 def ratio_errors(task: TwoGaussianTask, ratio: DensityRatio, n: int, conditional: bool,

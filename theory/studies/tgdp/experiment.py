@@ -49,8 +49,18 @@ from theory.engine.schema import dataclass_from_table
 from theory.engine.tables import plus_minus, row_se, summarize_seeds
 from theory.engine.run_folder import read_json, write_json
 from theory.truth.tasks import TwoGaussianTask
-from theory.studies.tgdp.evaluation import LABELS, ScoreModel, guidance_errors, log_h_line, ratio_errors, score_model, true_labels
+from theory.studies.tgdp.evaluation import (
+    LABELS,
+    ScoreModel,
+    guidance_errors,
+    log_h_line,
+    ratio_errors,
+    score_errors,
+    score_model,
+    true_labels,
+)
 from theory.studies.tgdp.methods import METHODS, REFERENCES, fit_method
+from theory.studies.tgdp.methods import cell_seed as tgdp_cell_seed  # (cell_seed is a local name below)
 
 ERROR_KEYS = ("log_h_mse_mean", "grad_mse_mean", "grad_mse_q_mean", "ratio_mse")
 
@@ -83,6 +93,9 @@ class TGDPSettings:
     kernel: dict[str, Any] = field(default_factory=lambda: {"bandwidth": "scott", "max_rows": 2000})
     noisy_classifier: dict[str, Any] = field(default_factory=lambda: {
         "hidden": (64, 64), "train": {"steps": 2000, "batch_size": 256}})
+    #: the switched kernel guidance: ``diffusion.tgdp.switch_time.select_switch`` keywords (candidates, points,
+    #: t_min, samples); empty: its defaults
+    switch: dict[str, Any] = field(default_factory=dict)
     #: ``theory.truth.tasks.TwoGaussianTask`` keywords (empty: the paper's task; see ``inside_support_task``)
     task: dict[str, Any] = field(default_factory=dict)
     rtol: float = 1e-4
@@ -249,7 +262,7 @@ def _fit_and_score(task: TwoGaussianTask, s: TGDPSettings, seed: int, conditiona
                    src: DiffusionHead, source: PairedData, target: PairedData, schedule: VPSchedule,
                    eval_data: PairedData, mmd_ref: torch.Tensor, cache: dict[Any, Any]) -> dict[str, Any]:
     """Fit ``method`` and score it: metrics, errors of its guidance/classifier, the log-h line and timings."""
-    cell_seed = 1_000_003 * seed + 101 * (0 if method in REFERENCES else n) + METHODS.index(method)
+    cell_seed = tgdp_cell_seed(seed, n, method)
     torch.manual_seed(cell_seed)
     t0 = time.perf_counter()
     fitted = fit_method(method, task, s, cell_seed, conditional, src, source, target, schedule, cache)
@@ -267,6 +280,7 @@ def _fit_and_score(task: TwoGaussianTask, s: TGDPSettings, seed: int, conditiona
         rec["log_h_line"] = log_h_line(task, fitted.guidance, schedule, s.plot_times, conditional)
     if fitted.ratio is not None:
         rec.update(ratio_errors(task, fitted.ratio, s.n_errors, conditional, gen))
+    rec.update(score_errors(task, fitted.score, schedule, s.times, s.n_errors, conditional, gen))
     rec["eval_seconds"] = time.perf_counter() - t0
     return rec
 

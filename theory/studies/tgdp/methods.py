@@ -32,6 +32,7 @@ from diffusion.tgdp.guidance import Guidance
 from diffusion.tgdp.kernel_guidance import KernelGuidance
 from diffusion.tgdp.noisy_guidance import ClassifierGuidance
 from diffusion.tgdp.quadratic_ratio import fit_quadratic_log_ratio
+from diffusion.tgdp.switch_time import select_switch
 from shared_embed.data import PairedData
 from shared_embed.train import TrainConfig
 
@@ -42,8 +43,12 @@ if TYPE_CHECKING:
 
 #: the methods in table order; REFERENCES do not use the target sample (fitted once per seed and version)
 METHODS = ("target_only", "fine_tune", "domain_guidance", "tgdp", "tgdp_reg", "tgdp_kernel", "tgdp_noisy_clf",
-           "source_only", "tgdp_exact_w", "tgdp_exact_h")
+           "source_only", "tgdp_exact_w", "tgdp_exact_h", "tgdp_kernel_switch", "tgdp_kernel_switch_ft")
+#: the switched kernel guidance and the score it hands over to below its switch time
+SWITCH_LOW = {"tgdp_kernel_switch": "target_only", "tgdp_kernel_switch_ft": "fine_tune"}
 REFERENCES = ("source_only", "tgdp_exact_w", "tgdp_exact_h")
+#: the learned TGDP variants (no exact w or h anywhere), each compared with both baselines
+LEARNED = ("tgdp", "tgdp_reg", "tgdp_kernel", "tgdp_noisy_clf", "tgdp_kernel_switch", "tgdp_kernel_switch_ft")
 
 
 @dataclass
@@ -58,8 +63,9 @@ class Fitted:
 
 
 def _split_fit(head: DiffusionHead, target: PairedData, config: TrainConfig, val_fraction: float, seed: int,
-               conditional: bool, tune: bool) -> tuple[DiffusionHead, int]:
-    """Train ``head`` (a copy when ``tune``) on the target with ``val_fraction`` held out for early stopping."""
+               conditional: bool, tune: bool) -> tuple[DiffusionHead, int, PairedData]:
+    """Train ``head`` (a copy when ``tune``) on the target with ``val_fraction`` held out for early stopping;
+    returns the head, its optimiser steps and the held-out rows."""
     train, val = target.split(val_fraction, torch.Generator().manual_seed(seed))
     ctx = (lambda d: d.c) if conditional else (lambda d: None)
     config = config.replace(seed=seed)
@@ -68,7 +74,7 @@ def _split_fit(head: DiffusionHead, target: PairedData, config: TrainConfig, val
     else:
         history = train_head(head, train.x, ctx(train), config=config, val_x=val.x, val_context=ctx(val))
     head.requires_grad_(False)
-    return head, history.steps_done
+    return head, history.steps_done, val
 
 
 def fit_exact_w_guidance(task: TwoGaussianTask, src: DiffusionHead, source: PairedData, target: PairedData,
@@ -86,11 +92,37 @@ def exact_guidance(task: TwoGaussianTask, schedule: VPSchedule) -> FunctionGuida
     return FunctionGuidance(lambda x, t, y: task.log_guidance(x, schedule.alpha(t), schedule.sigma(t), y))
 
 
+def cell_seed(seed: int, n_t: int, method: str) -> int:
+    """The seed of one cell of the grid (the references' do not depend on n_t)."""
+    return 1_000_003 * seed + 101 * (0 if method in REFERENCES else n_t) + METHODS.index(method)
+
+
+def _sibling_seed(seed: int, method: str, other: str) -> int:
+    """The cell seed of ``other`` at the cell of ``method`` whose seed is ``seed`` (learned methods only): a
+    piece shared by several methods is fitted with its own method's seed, whichever asks first."""
+    return seed - METHODS.index(method) + METHODS.index(other)
+
+
+def _baseline_head(kind: str, s: TGDPSettings, seed: int, conditional: bool, src: DiffusionHead,
+                   target: PairedData, cache: dict[Any, Any]) -> tuple[DiffusionHead, int, PairedData]:
+    """The target-only or fine-tuned head of this n_t (``seed``: the cell seed of ``kind``), fitted once and
+    kept in ``cache`` under ``("_target_only" | "_fine_tuned", n_t)``."""
+    key = (f"_{'fine_tuned' if kind == 'fine_tune' else 'target_only'}", len(target))
+    if key not in cache:
+        if kind == "fine_tune":
+            cache[key] = _split_fit(src, target, s.fine_tune_train, s.val_fraction, seed, conditional, tune=True)
+        else:
+            torch.manual_seed(seed)  # the initial weights: the same as in the target_only cell itself
+            head = DiffusionHead(2, 1 if conditional else None, **s.head)
+            cache[key] = _split_fit(head, target, s.target_train, s.val_fraction, seed, conditional, tune=False)
+    return cache[key]
+
+
 def fit_method(method: str, task: TwoGaussianTask, s: TGDPSettings, seed: int, conditional: bool,
                src: DiffusionHead, source: PairedData, target: PairedData, schedule: VPSchedule,
                cache: dict[Any, Any]) -> Fitted:
-    """Fit ``method`` (one of :data:`METHODS`) at this target sample; ``cache`` holds the fine-tuned head of
-    this n_t (key ``("_fine_tuned", n_t)``), shared by ``fine_tune`` and ``domain_guidance``."""
+    """Fit ``method`` (one of :data:`METHODS`) at this target sample; ``cache`` holds this n_t's target-only
+    and fine-tuned heads and kernel guidance, shared by the methods built on them."""
     n = len(target)
     if method == "source_only":
         return Fitted(src.score)
@@ -100,14 +132,11 @@ def fit_method(method: str, task: TwoGaussianTask, s: TGDPSettings, seed: int, c
         fitted = fit_exact_w_guidance(task, src, source, target, schedule, conditional, s.tgdp, seed)
         return Fitted(fitted.score, fitted.guidance, steps=fitted.histories["guidance"].steps_done)
     if method == "target_only":
-        head = DiffusionHead(2, 1 if conditional else None, **s.head)
-        head, steps = _split_fit(head, target, s.target_train, s.val_fraction, seed, conditional, tune=False)
+        head, steps, _ = _baseline_head(method, s, seed, conditional, src, target, cache)
         return Fitted(head.score, steps=steps, info={"val_fraction": s.val_fraction})
     if method in ("fine_tune", "domain_guidance"):
-        key = ("_fine_tuned", n)
-        if key not in cache:
-            cache[key] = _split_fit(src, target, s.fine_tune_train, s.val_fraction, seed, conditional, tune=True)
-        head, steps = cache[key]
+        head, steps, _ = _baseline_head("fine_tune", s, _sibling_seed(seed, method, "fine_tune"), conditional, src,
+                                        target, cache)
         if method == "fine_tune":
             return Fitted(head.score, steps=steps, info={"val_fraction": s.val_fraction})
         return Fitted(domain_guidance_score(src.score, head.score, s.dg_weight), steps=steps,
@@ -119,8 +148,15 @@ def fit_method(method: str, task: TwoGaussianTask, s: TGDPSettings, seed: int, c
         steps = sum(h.steps_done for h in fitted.histories.values())
         info = {k: options.get(k, 0.0) for k in ("eta_cycle", "eta_consistency")}
         return Fitted(fitted.score, fitted.guidance, fitted.ratio, steps, info)
-    if method in ("tgdp_kernel", "tgdp_noisy_clf"):
+    if method == "tgdp_kernel":
+        key = ("_kernel", n)
+        if key not in cache:
+            cache[key] = fit_learned_guidance(method, s, seed, conditional, src, source, target, schedule)
+        return cache[key]
+    if method == "tgdp_noisy_clf":
         return fit_learned_guidance(method, s, seed, conditional, src, source, target, schedule)
+    if method in SWITCH_LOW:
+        return fit_switched(method, task, s, seed, conditional, src, source, target, schedule, cache)
     raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
 
 
@@ -148,3 +184,22 @@ def fit_learned_guidance(method: str, s: TGDPSettings, seed: int, conditional: b
     guidance = ClassifierGuidance(time_ratio)
     return Fitted(GuidedScore(src.score, guidance), guidance, steps=history.steps_done,
                   info={"prior_factor": time_ratio.prior_factor})
+
+
+def fit_switched(method: str, task: TwoGaussianTask, s: TGDPSettings, seed: int, conditional: bool,
+                 src: DiffusionHead, source: PairedData, target: PairedData, schedule: VPSchedule,
+                 cache: dict[Any, Any]) -> Fitted:
+    """The kernel guidance above a switch time, the target-only (``tgdp_kernel_switch``) or fine-tuned
+    (``tgdp_kernel_switch_ft``) head below it. The switch time is chosen by ``select_switch`` on the rows the
+    low head held out (its validation rows: they stopped its training but it never fitted them), among
+    ``s.switch["candidates"]``; no exact w or h is used."""
+    kernel = fit_method("tgdp_kernel", task, s, _sibling_seed(seed, method, "tgdp_kernel"), conditional, src,
+                        source, target, schedule, cache)
+    low = SWITCH_LOW[method]
+    head, steps, val = _baseline_head(low, s, _sibling_seed(seed, method, low), conditional, src, target, cache)
+    options = {"candidates": (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0), **s.switch}
+    choice = select_switch(kernel.score, head.score, val.x, val.c if conditional else None, schedule,
+                           seed=seed, **options)
+    info = {**kernel.info, "low": low, "switch": choice.switch,
+            "switch_losses": dict(zip(map(str, choice.candidates), choice.losses))}
+    return Fitted(choice.score(kernel.score, head.score), kernel.guidance, kernel.ratio, steps, info)

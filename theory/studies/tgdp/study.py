@@ -27,7 +27,7 @@ from theory.studies.tgdp.experiment import (
     summarize_tgdp,
     write_tgdp_outputs,
 )
-from theory.studies.tgdp.methods import REFERENCES
+from theory.studies.tgdp.methods import LEARNED, REFERENCES
 
 
 
@@ -76,11 +76,12 @@ def build_study_report(out: Path) -> tuple[Path, str]:
              f"per seed (conditional: of the joint (x, y)), MMD^2 of ODE samples, log-h errors averaged over t in "
              f"{list(settings.times)}; mean +- SE over seeds; n_s = {settings.n_source}; rows marked (ref) do not "
              f"use the target sample ({', '.join(REFERENCES)}).", "", table, "", "## TGDP against the baselines",
-             "", "| version | n_t | method | baseline | KL gap (baseline - method) | beats (gap > SE) |",
-             "|---|---:|---|---|---:|---|"]
+             "", "| version | n_t | method | baseline | KL gap (baseline - method) | beats (gap > SE) | verdict at 2 SE |",
+             "|---|---:|---|---|---:|---|---|"]
     for c in _comparisons(summary):
         lines.append(f"| {'cond' if c['conditional'] else 'uncond'} | {c['n_t']} | {c['method']} | {c['baseline']} "
-                     f"| {c['gap']:+.4f} +- {c['se']:.4f} | {'yes' if c['beats'] else 'no'} |")
+                     f"| {c['gap']:+.4f} +- {c['se']:.4f} | {'yes' if c['beats'] else 'no'} | "
+                      f"{'wins' if c['beats_2se'] else 'loses' if c['worse_2se'] else 'tie'} |")
     lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
@@ -91,5 +92,5 @@ def build_study_report(out: Path) -> tuple[Path, str]:
 def _comparisons(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     have = {(r["conditional"], r["n_t"], r["method"]) for r in summary}
     return [compare(summary, m, b, n, cond) for cond in (False, True) for n in sorted({r["n_t"] for r in summary})
-            for m in ("tgdp", "tgdp_reg") for b in ("target_only", "fine_tune")
+            for m in LEARNED for b in ("target_only", "fine_tune")
             if (cond, n, m) in have and (cond, n, b) in have]
