@@ -26,7 +26,7 @@ from common import append_record  # noqa: E402
 
 from theory.truth.tasks import inside_support_task  # noqa: E402
 from theory.studies.tgdp.experiment import TGDPSettings, compare, run_tgdp_experiment  # noqa: E402
-from theory.studies.tgdp.methods import LEARNED  # noqa: E402
+from theory.studies.tgdp.settings import LEARNED  # noqa: E402
 
 RESULTS = RESULTS_DIR / "tgdp_simulation.jsonl"
 

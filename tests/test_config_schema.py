@@ -9,7 +9,7 @@ from shared_embed.errors import ConfigError
 from shared_embed.train import TrainConfig
 from theory.engine.schema import dataclass_from_table
 from theory.studies.digits.experiment import DigitsExperiment
-from theory.studies.tgdp.experiment import TGDPSettings
+from theory.studies.tgdp.settings import TGDPSettings
 
 
 def test_a_table_becomes_the_dataclass_with_defaults_kept() -> None:

@@ -11,7 +11,7 @@ import torch
 
 from shared_embed.train import TrainConfig
 from theory.studies.tgdp.experiment import TGDPSettings, compare, load_records, run_tgdp_experiment
-from theory.studies.tgdp.methods import LEARNED, METHODS, SWITCH_LOW
+from theory.studies.tgdp.settings import LEARNED, METHODS, SWITCH_LOW
 
 
 def tiny_settings() -> TGDPSettings:

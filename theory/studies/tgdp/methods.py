@@ -9,7 +9,7 @@ settings. All training goes through ``shared_embed.train.fit`` (``train_head`` /
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -36,20 +36,8 @@ from diffusion.tgdp.switch_time import select_switch
 from shared_embed.data import PairedData
 from shared_embed.train import TrainConfig
 
+from theory.studies.tgdp.settings import METHODS, REFERENCES, SWITCH_LOW, TGDPSettings
 from theory.truth.tasks import TwoGaussianTask
-
-if TYPE_CHECKING:
-    from theory.studies.tgdp.experiment import TGDPSettings
-
-#: the methods in table order; REFERENCES do not use the target sample (fitted once per seed and version)
-METHODS = ("target_only", "fine_tune", "domain_guidance", "tgdp", "tgdp_reg", "tgdp_kernel", "tgdp_noisy_clf",
-           "source_only", "tgdp_exact_w", "tgdp_exact_h", "tgdp_kernel_switch", "tgdp_kernel_switch_ft")
-#: the switched kernel guidance and the score it hands over to below its switch time
-SWITCH_LOW = {"tgdp_kernel_switch": "target_only", "tgdp_kernel_switch_ft": "fine_tune"}
-REFERENCES = ("source_only", "tgdp_exact_w", "tgdp_exact_h")
-#: the learned TGDP variants (no exact w or h anywhere), each compared with both baselines
-LEARNED = ("tgdp", "tgdp_reg", "tgdp_kernel", "tgdp_noisy_clf", "tgdp_kernel_switch", "tgdp_kernel_switch_ft")
-
 
 @dataclass
 class Fitted:

@@ -27,7 +27,7 @@ from theory.studies.tgdp.experiment import (
     summarize_tgdp,
     write_tgdp_outputs,
 )
-from theory.studies.tgdp.methods import LEARNED, REFERENCES
+from theory.studies.tgdp.settings import LEARNED, REFERENCES
 
 
 
