@@ -16,7 +16,6 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -31,6 +30,7 @@ from typing import Any
 from common import ROOT, append_record, machine_line, table  # noqa: E402
 
 from theory.engine.config import load_config  # noqa: E402
+from theory.engine.run_folder import untimed_cells  # noqa: E402
 
 EXECUTORS = ("local", "dask")
 
@@ -70,16 +70,6 @@ def timed_run(cmd: list[str]) -> dict[str, Any]:
             "returncode": proc.returncode}
 
 
-def records(out: Path) -> dict[str, dict[str, Any]]:
-    """Every cell record by path, less its timings."""
-    found = {}
-    for path in sorted(out.glob("cells/**/*.json")):
-        record = json.loads(path.read_text())
-        found[str(path.relative_to(out))] = {k: v for k, v in record.items()
-                                             if not k.endswith("_seconds") and k != "finished_at"}
-    return found
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = (args.config or ROOT / "configs" / ("smoke.toml" if args.quick else "default.toml")).resolve()
@@ -95,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = command(config, out, name, workers)
                 print("running:", " ".join(cmd), flush=True)
                 runs[name].append(timed_run(cmd))
-                found[name] = records(out)
+                found[name] = untimed_cells(out)
             same = same and found["local"] == found["dask"] and bool(found["local"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

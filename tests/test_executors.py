@@ -32,6 +32,7 @@ from tests.workers.killed_once import KILL_FILE, run_group_killed_once  # noqa: 
 from theory.cli import main  # noqa: E402
 from theory.engine.config import load_config  # noqa: E402
 from theory.engine.dask_executor import DaskExecutor  # noqa: E402
+from theory.engine.run_folder import untimed_cells  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.toml"
@@ -49,28 +50,18 @@ def run(out: Path, *options: str) -> str:
     return buf.getvalue()
 
 
-def records(out: Path) -> dict[str, dict[str, Any]]:
-    """Every cell record of a run folder by path, less what differs from run to run (timings)."""
-    found = {}
-    for path in sorted(out.glob("cells/**/*.json")):
-        record = json.loads(path.read_text())
-        found[str(path.relative_to(out))] = {k: v for k, v in record.items()
-                                             if not k.endswith("_seconds") and k != "finished_at"}
-    return found
-
-
 @pytest.fixture(scope="module")
 def local(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     out = tmp_path_factory.mktemp("local") / "run"
     run(out, "--quiet")
-    found = records(out)
+    found = untimed_cells(out)
     assert len(found) == CELLS and all(r["status"] == "ok" for r in found.values())
     return found
 
 
 def test_dask_local_cluster_writes_the_local_records(local: dict, tmp_path: Path) -> None:
     printed = run(tmp_path, "--executor", "dask", "--workers", "2")
-    assert records(tmp_path) == local
+    assert untimed_cells(tmp_path) == local
     assert f"progress: {CELLS}/{CELLS} cells done" in printed and "executor dask" in printed
     assert json.loads((tmp_path / "run.json").read_text())["executor"] == "dask"
 
@@ -112,7 +103,7 @@ def test_a_worker_killed_mid_group_costs_a_retry_not_the_study(local: dict, tmp_
     result = sweep.run_sweep(config, tmp_path / "run", log=said.append, executor=executor)
     assert len(killed) == 1 and result.failed == 0
     assert any("worker was lost; submitted again (1/1)" in m for m in said)
-    assert records(tmp_path / "run") == local
+    assert untimed_cells(tmp_path / "run") == local
     assert said[-1].startswith(f"progress: {CELLS}/{CELLS} cells done")
 
 
@@ -144,14 +135,14 @@ def test_a_running_scheduler_and_its_workers_write_the_local_records(local: dict
         for proc in procs:
             proc.wait(timeout=30)
         logs.close()
-    assert records(tmp_path / "run") == local
+    assert untimed_cells(tmp_path / "run") == local
     assert f"executor dask at {address}" in printed and f"progress: {CELLS}/{CELLS} cells done" in printed
 
 
 def test_slurm_job_array_on_submitits_local_cluster_writes_the_local_records(local: dict, tmp_path: Path) -> None:
     printed = run(tmp_path, "--executor", "slurm", "--slurm-cluster", "local", "--workers", "2",
                   "--slurm", "timeout_min=10")
-    assert records(tmp_path) == local
+    assert untimed_cells(tmp_path) == local
     assert "submitted 2 job(s) (local)" in printed and f"progress: {CELLS}/{CELLS} cells done" in printed
     assert len(list((tmp_path / "slurm").glob("*_log.out"))) == 2  # one log per job of the array
 
@@ -166,7 +157,7 @@ def test_a_preempted_or_killed_slurm_job_runs_its_group_again(local: dict, tmp_p
     monkeypatch.setenv(KILL_FILE, str(tmp_path / "kill"))
     killed = _killer(tmp_path / "kill", how)
     printed = run(tmp_path / "run", "--executor", "slurm", "--slurm-cluster", "local")
-    assert len(killed) == 1 and records(tmp_path / "run") == local
+    assert len(killed) == 1 and untimed_cells(tmp_path / "run") == local
     resubmitted = "ended without a result; submitted again (1/2)" in printed
     logs = " ".join(p.read_text() for p in (tmp_path / "run" / "slurm").glob("*_log.err"))
     if how == signal.SIGKILL:

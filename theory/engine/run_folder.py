@@ -59,6 +59,18 @@ def record_paths(out_dir: Path) -> list[Path]:
     return sorted([*out.glob("cells/*/*/*.json"), *out.glob("cells/*/*/*/*.json")])
 
 
+def untimed(record: Record) -> Record:
+    """``record`` less what differs between two runs of the same cell: its wall-clock times (``*seconds``,
+    ``finished_at``). Two runs of a cell, on any executor, agree on everything else."""
+    return {k: v for k, v in record.items() if not k.endswith("seconds") and k != "finished_at"}
+
+
+def untimed_cells(out_dir: str | os.PathLike[str]) -> dict[str, Record]:
+    """Every cell record under ``out_dir/cells`` by its path in the folder, less its times (:func:`untimed`)."""
+    out = Path(out_dir)
+    return {str(p.relative_to(out)): untimed(json.loads(p.read_text())) for p in sorted(out.glob("cells/**/*.json"))}
+
+
 def collect_records(out_dir: str | os.PathLike[str]) -> list[Record]:
     """Every cell record under ``out_dir/cells``, sorted by (task, head, variant, n_s, n_t, seed).
 
