@@ -43,8 +43,8 @@ def summarize_seeds(records: Sequence[Record], by: str, order: Sequence[str] = (
     for (name, n_t), rs in sorted(groups.items(), key=lambda kv: (rank.get(kv[0][0], len(rank)), kv[0][1])):
         kls = [float(r["kl"]) for r in rs]
         mean, se = mean_se(kls)
-        row = {by: name, "n_t": n_t, "seeds": len(rs), "kl_mean": mean, "kl_se_seeds": se if len(rs) > 1 else
-               float("nan"), "kl_se_mc": math.sqrt(sum(r["kl_se"] ** 2 for r in rs)) / len(rs)}
+        row = {by: name, "n_t": n_t, "seeds": len(rs), "kl_mean": mean, "kl_se_seeds": se,  # nan for one seed
+               "kl_se_mc": math.sqrt(sum(r["kl_se"] ** 2 for r in rs)) / len(rs)}
         for key in extra:
             if all(key in r for r in rs):
                 row[f"{key}_mean"], row[f"{key}_se_seeds"] = mean_se([float(r[key]) for r in rs],

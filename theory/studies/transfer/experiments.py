@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -51,8 +52,9 @@ def run_transfer_experiment(config: ExperimentConfig, out: str | os.PathLike[str
     """Run ``config`` with the engine into ``out`` (a temporary folder when None) and return its result:
     records, the per-(variant, n_t) summary, the KL and KL-split tables, the sample-efficiency ratio and the
     wall time (:func:`theory.studies.transfer.summary.grid_result`). A failed cell is an error here."""
-    with tempfile.TemporaryDirectory(prefix="gentransfer-") as tmp:
-        folder = Path(out) if out is not None else Path(tmp)
+    scratch = tempfile.TemporaryDirectory(prefix="gentransfer-") if out is None else contextlib.nullcontext(out)
+    with scratch as where:
+        folder = Path(where)
         start = time.perf_counter()
         sweep = run_sweep(config, folder, workers=workers, log=log)
         seconds = time.perf_counter() - start
