@@ -67,6 +67,12 @@ class Encoder(nn.Module):
         return self
 
     @property
+    def is_linear(self) -> bool:
+        """True when ``h(c) = W c + b`` (no hidden layer): with a linear-Gaussian head, its maximum-likelihood
+        fit is reduced-rank regression (:mod:`shared_embed.reduced_rank`), solved exactly."""
+        return not self.hidden
+
+    @property
     def frozen(self) -> bool:
         """True after :meth:`freeze`: no parameter takes gradients."""
         return self._frozen

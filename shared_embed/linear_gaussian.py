@@ -39,6 +39,8 @@ class LinearGaussianHead(Head):
     """
 
     has_rsample = True
+    #: With a linear encoder in front, the joint maximum-likelihood fit is reduced-rank regression (exact).
+    exact_with_linear_encoder = True
 
     def __init__(self, features: int, context_features: int | None = None) -> None:
         super().__init__(features, context_features)

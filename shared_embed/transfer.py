@@ -1,6 +1,6 @@
 """The transfer workflow for any head: fit the encoder with a source head, freeze it, fit a target head.
 
-Four variants, each returning a :class:`~shared_embed.model.ConditionalModel` scored the same way:
+Five variants, each returning a :class:`~shared_embed.model.ConditionalModel` scored the same way:
 
 - ``transfer``: encoder + source head on the source; encoder frozen; a new head on the target;
 - ``no_transfer``: encoder + head from scratch on the target only;
@@ -30,6 +30,7 @@ from .encoder import Encoder, FixedEmbedding
 from .errors import ConfigError, DataError, DTypeError, ShapeError
 from .head import Head
 from .model import ConditionalModel
+from .reduced_rank import canonical_row_space
 from .standardize import Standardizer
 from .train import TrainConfig, TrainHistory, fit
 from .validation import check_choice, check_fraction, check_positive_int
@@ -108,6 +109,8 @@ def train_model(
         raise ShapeError(f"data.x has {data.d_x} features, the model expects {model.x_features}")
     if data.conditional and data.d_c != model.c_features:
         raise ShapeError(f"data.c has {data.d_c} features, the model expects {model.c_features}")
+    if _has_joint_closed_form(model):
+        return _fit_joint_closed_form(model, data)
     if _has_closed_form(model):
         return _fit_closed_form(model, data)
     n_val = int(round(len(data) * val_fraction))
@@ -121,6 +124,32 @@ def _has_closed_form(model: ConditionalModel) -> bool:
     """A head with an exact maximum-likelihood solver on a context that nothing else trains."""
     frozen = model.encoder is None or not any(p.requires_grad for p in model.encoder.parameters())
     return frozen and callable(getattr(model.head, "fit_closed_form", None))
+
+
+def _has_joint_closed_form(model: ConditionalModel) -> bool:
+    """A trainable linear encoder under a head whose joint fit with it is exact (reduced-rank regression)."""
+    enc = model.encoder
+    return (isinstance(enc, Encoder) and enc.is_linear and any(p.requires_grad for p in enc.parameters())
+            and getattr(model.head, "exact_with_linear_encoder", False))
+
+
+def _fit_joint_closed_form(model: ConditionalModel, data: PairedData) -> TrainHistory:
+    """The exact joint maximum-likelihood fit of a linear encoder and its head on every row: the encoder's
+    row space by reduced-rank regression (:func:`shared_embed.reduced_rank.canonical_row_space`), then the
+    head's own exact fit on the embedding."""
+    start = time.perf_counter()
+    encoder = model.encoder
+    assert isinstance(encoder, Encoder) and data.c is not None
+    with torch.no_grad():
+        x = model.x_scaler(data.x)
+        c = data.c if model.c_scaler is None else model.c_scaler(data.c)
+        layer = encoder.net[0]
+        layer.weight.copy_(canonical_row_space(c, x, encoder.out_features).to(layer.weight))
+        layer.bias.zero_()
+        context = model.embed(data.c)
+        model.head.fit_closed_form(x, context)
+        nll = float(model.head.loss(x, context))
+    return TrainHistory(train_loss=[nll], best_val=nll, seconds=time.perf_counter() - start)
 
 
 def _fit_closed_form(model: ConditionalModel, data: PairedData) -> TrainHistory:

@@ -13,10 +13,11 @@ A config has these tables (all optional except ``grid``; see ``configs/default.t
     [heads.NAME]  kind ("flow" | "diffusion" | "gaussian" | "linear_gaussian"), options = {head constructor
                   kwargs}, n_eval / floor_n / bound_n (per-head overrides), variants (a subset of the grid's),
                   [heads.NAME.train.source|target|floor]
-    [encoder]     embed_dim (an int, or "d_h": each task's own), hidden, activation, val_fraction
+    [encoder]     embed_dim (an int, or "d_h": each task's own), hidden ([] : a linear encoder), activation,
+                  val_fraction; a head may override hidden and activation ([heads.NAME.encoder])
     [train.source], [train.target], [train.floor]   shared_embed.train.TrainConfig fields
     [evaluation]  n_eval, floor_n (0: no embedding floor), bound_n, sample_n, sample_contexts
-    [theory]      beta, rate ("generic" or "package.module:function"), log_power, confidence, margin,
+    [theory]      beta, rate ("auto", "analytic", "generic" or "package.module:function"), log_power, confidence, margin,
                   flat_margin
     [run]         workers, threads, device
 
@@ -70,7 +71,9 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 HEAD_KINDS = ("flow", "diffusion", "gaussian", "linear_gaussian")
 CONDITIONAL_TASKS = ("conditional_gaussian", "conditional_mixture")
 PHASES = ("source", "target", "floor")
-HEAD_KEYS = ("kind", "options", "train", "n_eval", "floor_n", "bound_n", "variants")
+HEAD_KEYS = ("kind", "options", "train", "n_eval", "floor_n", "bound_n", "variants", "encoder")
+#: [encoder] keys a head may override for itself (e.g. a linear encoder, hidden = [], for a linear head).
+HEAD_ENCODER_KEYS = ("hidden", "activation")
 #: TrainConfig fields the sweep owns (seeded per cell, no progress bars, no checkpoints).
 SWEEP_OWNED_TRAIN = ("seed", "progress", "description", "checkpoint_path", "checkpoint_every", "resume")
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in SWEEP_OWNED_TRAIN)
@@ -198,6 +201,8 @@ class HeadSpec:
     bound_n: int | None = None
     #: the grid variants this head runs (None: all of [grid] variants)
     variants: list[str] | None = None
+    #: overrides of [encoder] for this head's encoders (:data:`HEAD_ENCODER_KEYS`)
+    encoder: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, name: str, table: dict[str, Any]) -> HeadSpec:
@@ -222,6 +227,7 @@ class HeadSpec:
             variants=None if "variants" not in table else [
                 check_choice(f"{where}.variants[{i}]", v, VARIANTS)
                 for i, v in enumerate(str_list(table["variants"], f"{where}.variants"))],
+            encoder=_head_encoder(as_table(table.get("encoder", {}), f"{where}.encoder"), f"{where}.encoder"),
         )
         spec.check_options()
         return spec
@@ -249,6 +255,16 @@ class HeadSpec:
             check_keys(self.options, valid, f"heads.{self.name}.options")
 
 
+def _head_encoder(table: dict[str, Any], where: str) -> dict[str, Any]:
+    check_keys(table, HEAD_ENCODER_KEYS, where)
+    out: dict[str, Any] = {}
+    if "hidden" in table:
+        out["hidden"] = widths(table["hidden"], f"{where}.hidden", allow_empty=True)
+    if "activation" in table:
+        out["activation"] = string(table["activation"], f"{where}.activation")
+    return out
+
+
 @dataclass
 class EncoderSpec:
     """The shared encoder h: R^{d_c} -> R^{embed_dim} and the validation fraction of every fit.
@@ -266,7 +282,7 @@ class EncoderSpec:
         out = cls(
             embed_dim="d_h" if table.get("embed_dim") == "d_h" else integer(table.get("embed_dim", 2),
                                                                           "encoder.embed_dim"),
-            hidden=widths(table.get("hidden", [64, 64]), "encoder.hidden"),
+            hidden=widths(table.get("hidden", [64, 64]), "encoder.hidden", allow_empty=True),
             activation=string(table.get("activation", "silu"), "encoder.activation"),
             val_fraction=number(table.get("val_fraction", 0.2), "encoder.val_fraction"),
         )
@@ -306,7 +322,7 @@ class TheorySpec:
     detect (``margin``) and the equivalence margin of the dimension laws' "flat" claims (``flat_margin``)."""
 
     beta: float = 2.0
-    rate: str = "generic"
+    rate: str = "auto"
     log_power: float = 0.0
     confidence: float = 0.95
     margin: float = 2.0
@@ -427,6 +443,8 @@ class ExperimentConfig:
             for key in ("n_eval", "floor_n", "bound_n", "variants"):
                 if getattr(h, key) is not None:
                     t[key] = getattr(h, key)
+            if h.encoder:
+                t["encoder"] = h.encoder
             heads[name] = t
         return json.loads(json.dumps({
             "experiment": {"name": self.name, "description": self.description, "control": self.control},
@@ -443,6 +461,10 @@ class ExperimentConfig:
         settings = {**self.train[phase], **self.heads[head].train.get(phase, {})}
         return TrainConfig(**settings, seed=seed, progress=False, description=f"{head}/{phase}")
 
+    def encoder_for(self, head: str) -> dict[str, Any]:
+        """The [encoder] settings of ``head``'s encoders: the table, with the head's own overrides."""
+        return {**asdict(self.encoder), **self.heads[head].encoder}
+
     def eval_setting(self, head: str, key: str) -> int:
         """``n_eval``, ``floor_n`` or ``bound_n`` for ``head`` (its override, else [evaluation])."""
         value = getattr(self.heads[head], key)
@@ -454,7 +476,7 @@ class ExperimentConfig:
         return json.loads(json.dumps({
             "task": {"name": self.task.name, "instance": self.task.instance, **self.task.options, **(task or {})},
             "head": {"kind": h.kind, "options": h.options},
-            "encoder": asdict(self.encoder),
+            "encoder": self.encoder_for(head),
             "train": {p: {**self.train[p], **h.train.get(p, {})} for p in PHASES},
             "evaluation": {k: self.eval_setting(head, k) for k in ("n_eval", "floor_n", "bound_n")}
                           | {"sample_n": self.evaluation.sample_n,

@@ -87,9 +87,10 @@ def int_list(value: Any, where: str, minimum: int = 1, maximum: int | None = Non
     return sorted(out)
 
 
-def widths(value: Any, where: str) -> list[int]:
-    """Hidden-layer widths: a non-empty list of positive integers, order kept, repeats allowed."""
-    if not isinstance(value, list) or not value:
+def widths(value: Any, where: str, *, allow_empty: bool = False) -> list[int]:
+    """Hidden-layer widths: a list of positive integers, order kept, repeats allowed; empty only when
+    ``allow_empty`` (an encoder with no hidden layer is linear)."""
+    if not isinstance(value, list) or not (value or allow_empty):
         raise ConfigError(f"{where!r} must be a non-empty list of layer widths, e.g. [64, 64], got {value!r}")
     return [integer(v, f"{where}[{i}]") for i, v in enumerate(value)]
 
