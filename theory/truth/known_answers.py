@@ -79,8 +79,14 @@ def simulate_fitted_kls(levels: Sequence[int], d_x: int, p: int, reps: int = 200
 
     The sweep's target data are nested (the n_t rows of a seed are the first n_t of one stream), so the
     KLs at the levels of one seed are correlated; this simulates them the same way. Returns (reps, levels).
+    Deterministic in its arguments and cached (a report asks for the same law once per record distortion).
     """
-    levels = sorted(int(n) for n in levels)
+    return _fitted_kls_cached(tuple(sorted(int(n) for n in levels)), d_x, p, reps, seed, chunk).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _fitted_kls_cached(levels_t: tuple[int, ...], d_x: int, p: int, reps: int, seed: int, chunk: int) -> np.ndarray:
+    levels = list(levels_t)
     if levels[0] < min_rows(d_x, p):
         raise DataError(f"every level needs n > p + d_x + 2 = {p + d_x + 2}, got {levels[0]}")
     rng = np.random.default_rng(seed)

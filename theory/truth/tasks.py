@@ -59,6 +59,9 @@ class ConditionalTask(ABC):
     """Base class of conditional ground-truth tasks; subclasses define :meth:`conditional`."""
 
     name = "conditional"
+    #: The true conditional is analytic and finite-dimensional given h*(c) (Gaussian or Gaussian-mixture heads):
+    #: heads on a fixed context get the parametric-like rate prediction (``theory.truth.rates.analytic_rates``).
+    analytic = True
 
     def __init__(self, d_c: int = 16, d_h: int = 2, d_x: int = 2, embedding: str = "linear", seed: int = 0) -> None:
         self.d_c = check_positive_int("d_c", d_c)
