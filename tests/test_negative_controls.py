@@ -20,6 +20,7 @@ from theory.verdicts.controls import (
     OTHER_DISTORTIONS,
     PIPELINE_CONTROLS,
     SOURCE_CONTROLS,
+    SOURCE_DISTORTIONS,
     TARGET_CHECK,
     control_study,
     distort_records,
@@ -47,9 +48,12 @@ def test_every_control_is_aimed_at_a_check() -> None:
 
 def test_the_correct_pipeline_passes_every_targeted_check(correct: dict[str, dict[str, str]]) -> None:
     assert correct["known"]["KL equals its known answer"] == PASS
-    assert correct["source"]["embedding floor falls as n_s grows"] == PASS
-    assert correct["source"]["transfer keeps the source embedding"] == PASS
-    assert correct["source"]["transfer beats no-transfer at small n_t"] == PASS
+    assert correct["known"]["KL is a divergence (>= -3 SE)"] == PASS
+    assert correct["known"]["replicates are independent"] == PASS
+    for name in ("transfer KL equals its known answer", "embedding floor equals its known answer",
+                 "head term equals its known answer", "embedding floor falls as n_s grows",
+                 "transfer keeps the source embedding"):
+        assert correct["source"][name] == PASS, name
     assert FAIL not in correct["known"].values() and FAIL not in correct["source"].values()
 
 
@@ -61,7 +65,7 @@ def test_a_broken_pipeline_fails_its_check(control: str, tmp_path: Path) -> None
 
 @pytest.mark.parametrize("distortion", [d for d in DISTORTIONS if d != "oracle reads c"])
 def test_distorted_records_turn_a_check_to_fail(distortion: str, tmp_path: Path) -> None:
-    source = distortion in ("transfer and no-transfer swapped", "floor x3")
+    source = distortion in SOURCE_DISTORTIONS
     found, records = control_verdicts(study(source=source), tmp_path)
     assert FAIL not in found.values()
     distorted = worst_verdicts(distort_records(records, distortion))

@@ -20,7 +20,7 @@ from shared_embed.checkpoint import atomic_write_text, config_diff
 from shared_embed.errors import ConfigError, DataError
 
 from theory.engine.config import ExperimentConfig, fingerprint, task_label
-from theory.truth.rates import Rates, predicted_rates
+from theory.truth.rates import Rates, predicted_rates, rate_for_task
 
 STUDY_FILE = "study.json"
 PREDICTIONS_FILE = "predictions.json"
@@ -165,7 +165,8 @@ def study_predictions(config: ExperimentConfig, kinds: dict[str, str] | None = N
     out = {}
     for overrides in config.grid.tasks:
         task = config.task.build(seed=0, overrides=overrides)
-        out[task_label(overrides)] = {name: predicted_rates(task.d_c, task.d_h, task.d_x, th.beta, kind, th.rate,
+        rate = rate_for_task(th.rate, task)
+        out[task_label(overrides)] = {name: predicted_rates(task.d_c, task.d_h, task.d_x, th.beta, kind, rate,
                                                             th.log_power) for name, kind in kinds.items()}
     return out
 
@@ -186,7 +187,7 @@ def stored_predictions(config: ExperimentConfig, out_dir: Path) -> dict[str, dic
     A folder whose config names a user rate function and holds no stored predictions is refused: reporting
     never imports code a folder names (the user may name it: ``gentransfer report DIR --rate MODULE:FUNCTION``).
     """
-    from theory.truth.rates import RATE_FUNCTIONS
+    from theory.truth.rates import AUTO, RATE_FUNCTIONS
 
     stored = read_json(Path(out_dir) / PREDICTIONS_FILE)
     th = config.theory
@@ -197,7 +198,7 @@ def stored_predictions(config: ExperimentConfig, out_dir: Path) -> dict[str, dic
                     for label, by_head in stored["by_task"].items()}
         except (KeyError, TypeError, AttributeError) as err:
             raise DataError(f"{Path(out_dir) / PREDICTIONS_FILE} is malformed: {err}") from err
-    if th.rate in RATE_FUNCTIONS:
+    if th.rate in RATE_FUNCTIONS or th.rate == AUTO:
         return study_predictions(config)
     raise ConfigError(f"{os.fspath(out_dir)!r} names the rate function {th.rate!r} and stores no predictions "
                       f"for it; reporting never imports code named by a folder: pass --rate {th.rate} to "

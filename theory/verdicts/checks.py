@@ -26,7 +26,16 @@ from collections.abc import Callable, Sequence
 
 from theory.verdicts.bound_check import check_sde_bound, diagnose_ode_bound
 from theory.verdicts.controls import NEGATIVE_CONTROLS
-from theory.verdicts.known_answer_check import KNOWN_ANSWER_VARIANTS, PARAMETRIC_KINDS, check_known_answer
+from theory.verdicts.integrity_checks import check_kl_is_divergence, check_replicates_independent, fixed_instance
+from theory.verdicts.known_answer_check import (
+    KNOWN_ANSWER_VARIANTS,
+    PARAMETRIC_KINDS,
+    applies,
+    check_known_answer,
+    check_known_exponent,
+    check_transfer_known_answers,
+    transfer_applies,
+)
 from theory.verdicts.rate_checks import (
     SlopeFit,
     check_catch_up,
@@ -46,6 +55,7 @@ from theory.verdicts.verdict import (
     FAIL,
     INSUFFICIENT,
     INSUFFICIENT_SEEDS,
+    INTEGRITY,
     PASS,
     CheckResult,
     Record,
@@ -76,19 +86,26 @@ def _head_checks(rs: list[Record], head: str, rate: Rates | None, confidence: fl
     variants = {r["variant"] for r in mine}
     n_ss = sorted({int(r["n_s"]) for r in mine if r.get("n_s") is not None})
     ci = {"confidence": confidence, "task": task}
-    exp_kw = {**ci, "log_power": rate.log_power if rate else 0.0, "rate_label": rate.label if rate else ""}
+    label = {"rate_label": rate.label if rate else ""}
+    power = lambda variant: {"log_power": rate.log_power_for(variant) if rate else 0.0}  # noqa: E731
     out: list[CheckResult] = []
+    # variants held to an exact law: their exponent is checked two-sided against it, not against a template
+    exact = {r["variant"] for r in mine if applies(r) or transfer_applies(r)}
     if {"transfer", "no_transfer"} <= variants:
         out += [check_transfer_beats_no_transfer(mine, head, n, **ci) for n in n_ss]
-    if "transfer" in variants:  # fine_tune has no prediction: its slope is in the report's exponent table
-        out += [check_exponent(mine, head, "transfer", rate.transfer if rate else None, n, **exp_kw) for n in n_ss]
+    if "transfer" in variants and "transfer" not in exact:  # fine_tune has no prediction (report's table only)
+        out += [check_exponent(mine, head, "transfer", rate.transfer if rate else None, n, **ci, **label,
+                               **power("transfer")) for n in n_ss]
     for variant in ("no_transfer", "oracle", "direct"):
-        if variant in variants:
-            out.append(check_exponent(mine, head, variant, rate.for_variant(variant) if rate else None, **exp_kw))
+        if variant in variants and variant not in exact:
+            out.append(check_exponent(mine, head, variant, rate.for_variant(variant) if rate else None, **ci,
+                                      **label, **power(variant)))
     parametric = any(r.get("head_kind") in PARAMETRIC_KINDS for r in mine)
     for variant in KNOWN_ANSWER_VARIANTS:
         if variant in variants and parametric:
-            out.append(check_known_answer(mine, head, variant, confidence=confidence, margin=margin, task=task))
+            out.append(check_known_answer(mine, head, variant, task=task, margin=margin))
+            out.append(check_known_exponent(mine, head, variant, task=task))
+    out += check_transfer_known_answers(mine, head, task=task, margin=margin)
     if "transfer" in variants:
         out.append(check_floor_falls(mine, head, rate.floor if rate else None, **ci))
         out += [check_floor_is_floor(mine, head, n, task=task) for n in n_ss]
@@ -120,13 +137,19 @@ def run_checks(
         extra: further checks (e.g. the dimension laws) decided in the same family.
     """
     rs = ok_records(records)
-    out = [check_records_finite(records)] if rs else []
+    out = [check_records_finite(records), check_kl_is_divergence(records), check_replicates_independent(records)] \
+        if rs else []
     tasks = sorted({r.get("task", "") for r in rs}) if per_task else [None]
     rate_of = rates if callable(rates) else (lambda head, _task: rates.get(head))
     for head in sorted({r["head"] for r in rs}):
         for task in tasks:
             out += _head_checks(rs, head, rate_of(head, task or ""), confidence, margin, task)
     out += list(extra)
+    if fixed_instance(records):  # one task instance: one replicate, whatever the seed count
+        for c in out:
+            if c.tier != INTEGRITY and c.verdict not in (DIAGNOSTIC, INSUFFICIENT_SEEDS):
+                c.verdict = INSUFFICIENT_SEEDS
+                c.summary += " (withheld: the seeds share one task instance)"
     return decide(out, 1.0 - confidence)
 
 

@@ -8,12 +8,19 @@ Broken pipelines (``[experiment] control = NAME`` in a study config; the sweep a
 
 | control | what is broken | the check that must FAIL |
 |---|---|---|
-| ``random_encoder`` | transfer uses a randomly initialised frozen encoder | embedding floor falls as n_s grows |
+| ``random_encoder`` | transfer uses a randomly initialised frozen encoder | embedding floor equals its known answer |
 | ``context_blind`` | every head ignores its context | KL equals its known answer |
 | ``trainable_encoder`` | transfer's encoder keeps training on the target | transfer keeps the source embedding |
 | ``wrong_truth_variance`` | KL is scored against a truth whose target noise variance is 1.5x | KL equals its known answer |
 | ``kl_offset`` | the KL estimator adds 0.05 nats | KL equals its known answer |
 | ``kl_factor`` | the KL estimator is off by a factor 2 | KL equals its known answer |
+| ``source_subsampled`` | the source fit sees only the first quarter of its rows (a slicing bug) | embedding floor equals its known answer |
+| ``shuffled_source`` | the source's c and x rows are misaligned (a join bug) | embedding floor equals its known answer |
+| ``in_sample_kl`` | KL is estimated on the fit's own training pairs (optimistic) | KL is a divergence (>= -3 SE) |
+| ``wrong_domain_truth`` | KL is sampled and scored in the source domain instead of the target | KL equals its known answer |
+| ``rows_dropped`` | the target head is fitted on 80% of its n_t rows (a silent hold-out) | KL equals its known answer |
+| ``shared_eval_draw`` | every seed is scored on the same evaluation sample | replicates are independent |
+| ``repeated_data`` | every seed fits and scores seed 0's data (its own task instance kept) | replicates are independent |
 
 Record distortions (:func:`distort_records`) turn a finished run's records into wrong ones (every KL x3,
 x0.1, +0.05 nats, a NaN, transfer and no-transfer swapped, the floor tripled, an oracle that reads c): the
@@ -30,23 +37,35 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from shared_embed.data import PairedData
 from shared_embed.errors import ConfigError
 from shared_embed.head import Head
 
+from theory.truth.kl import model_log_prob
 from theory.verdicts.verdict import KL_FIELDS, Record
 
 PIPELINE_CONTROLS = ("random_encoder", "context_blind", "trainable_encoder", "wrong_truth_variance", "kl_offset",
-                     "kl_factor")
+                     "kl_factor", "source_subsampled", "shuffled_source", "in_sample_kl", "wrong_domain_truth",
+                     "rows_dropped", "shared_eval_draw", "repeated_data")
 #: The check each pipeline control is aimed at (the name a :class:`~theory.verdicts.verdict.CheckResult` carries).
 TARGET_CHECK = {
-    "random_encoder": "embedding floor falls as n_s grows",
+    "random_encoder": "embedding floor equals its known answer",
     "context_blind": "KL equals its known answer",
     "trainable_encoder": "transfer keeps the source embedding",
     "wrong_truth_variance": "KL equals its known answer",
     "kl_offset": "KL equals its known answer",
     "kl_factor": "KL equals its known answer",
+    "source_subsampled": "embedding floor equals its known answer",
+    "shuffled_source": "embedding floor equals its known answer",
+    "in_sample_kl": "KL is a divergence (>= -3 SE)",
+    "wrong_domain_truth": "KL equals its known answer",
+    "rows_dropped": "KL equals its known answer",
+    "shared_eval_draw": "replicates are independent",
+    "repeated_data": "replicates are independent",
 }
 KL_OFFSET, KL_FACTOR, TRUTH_VARIANCE_FACTOR = 0.05, 2.0, 1.5
+#: The share of the target rows the ``rows_dropped`` control fits on, and of the source rows ``source_subsampled``.
+KEPT_TARGET_ROWS, KEPT_SOURCE_ROWS = 0.8, 0.25
 
 
 def check_control(name: str) -> str:
@@ -112,6 +131,43 @@ def wrong_variance_task(task: Any, factor: float = TRUTH_VARIANCE_FACTOR) -> Any
     return bad
 
 
+def broken_source(source: PairedData, control: str, generator: torch.Generator) -> PairedData:
+    """The source pairs a broken pipeline fits on: a quarter of the rows, or x rows misaligned with c."""
+    if control == "source_subsampled":
+        return source.head(max(int(len(source) * KEPT_SOURCE_ROWS), source.d_c + source.d_x + 2))
+    if control == "shuffled_source":
+        return PairedData(source.c, source.x[torch.randperm(len(source), generator=generator)])
+    return source
+
+
+def broken_target(target: PairedData, control: str) -> PairedData:
+    """The target pairs a broken pipeline fits on (``rows_dropped``: the first 80% of them)."""
+    if control == "rows_dropped":
+        return target.head(max(int(round(len(target) * KEPT_TARGET_ROWS)), 2))
+    return target
+
+
+def data_seed(seed: int, control: str) -> int:
+    """The seed a cell's data streams come from (``repeated_data``: seed 0's, whatever the seed)."""
+    return 0 if control == "repeated_data" else seed
+
+
+def eval_seed(seed: int, control: str) -> int:
+    """The seed a cell's evaluation sample comes from (``shared_eval_draw``: one sample for every seed)."""
+    return 0 if control == "shared_eval_draw" else seed
+
+
+def eval_domain(control: str) -> str:
+    """The domain the KL is sampled and scored in (``wrong_domain_truth``: the source, by mistake)."""
+    return "source" if control == "wrong_domain_truth" else "target"
+
+
+def in_sample_log_densities(task: Any, models: dict[str, Any], data: PairedData) -> tuple[Tensor, dict[str, Tensor]]:
+    """``in_sample_kl``: exact and model log-densities on the fit's own training pairs (an optimistic KL)."""
+    log_p = task.log_prob(data.x.double(), data.c, "target").double()
+    return log_p, {name: model_log_prob(m, data.x, data.c) for name, m in models.items()}
+
+
 def distort_kl(fields: dict[str, Any], control: str) -> dict[str, Any]:
     """Apply a KL-estimator control (kl_offset: +0.05 nats, kl_factor: x2) to a record's KL fields."""
     if control not in ("kl_offset", "kl_factor"):
@@ -132,22 +188,35 @@ RECORD_DISTORTIONS: dict[str, Callable[[float], float]] = {
 #: Distortions that are not a map of every KL field, and the check each one is aimed at.
 OTHER_DISTORTIONS = {
     "one NaN KL": "records are finite",
-    "transfer and no-transfer swapped": "transfer beats no-transfer at small n_t",
-    "floor x3": "floor is a floor (head term >= 0)",
+    "transfer and no-transfer swapped": "transfer KL equals its known answer",
+    "floor x3": "embedding floor equals its known answer",
     "oracle reads c": "KL of oracle flat in d_c",
+    "one KL at -10 SE": "KL is a divergence (>= -3 SE)",
+    "seeds duplicated": "replicates are independent",
+    "floor x0.5": "embedding floor equals its known answer",
 }
+#: Distortions that need a study with a source (transfer) fit.
+SOURCE_DISTORTIONS = ("transfer and no-transfer swapped", "floor x3", "floor x0.5")
 DISTORTIONS = (*RECORD_DISTORTIONS, *OTHER_DISTORTIONS)
 
 #: For every check: the negative controls that must turn it to FAIL (or keep it from passing), as shown in
 #: reports; ``docs/checks.md`` gives their measured false-pass rates.
 NEGATIVE_CONTROLS = {
     "records are finite": "one NaN KL",
-    "KL equals its known answer": "context_blind, wrong_truth_variance, kl_offset, kl_factor pipelines; KL x3, "
-                                  "x0.1, +0.05 nats",
-    "embedding floor falls as n_s grows": "random_encoder pipeline",
+    "KL equals its known answer": "context_blind, wrong_truth_variance, kl_offset, kl_factor, in_sample_kl, "
+                                  "wrong_domain_truth, rows_dropped pipelines; KL x3, x0.1, +0.05 nats",
+    "KL exponent equals its known answer": "KL +0.05 nats (the exponent flattens)",
+    "transfer KL equals its known answer": "source_subsampled, shuffled_source, random_encoder pipelines; KL x3; "
+                                           "transfer and no-transfer swapped",
+    "embedding floor equals its known answer": "random_encoder, source_subsampled, shuffled_source pipelines; floor "
+                                               "x0.5, floor x3",
+    "head term equals its known answer": "KL x3, KL x0.1 (records)",
+    "KL is a divergence (>= -3 SE)": "in_sample_kl pipeline; one KL at -10 SE",
+    "replicates are independent": "shared_eval_draw, repeated_data pipelines; seeds duplicated",
+    "embedding floor falls as n_s grows": "random_encoder pipeline (when no known answer gates it)",
     "transfer keeps the source embedding": "trainable_encoder pipeline",
-    "transfer beats no-transfer at small n_t": "transfer and no-transfer swapped",
-    "floor is a floor (head term >= 0)": "floor x3",
+    "transfer beats no-transfer at small n_t": "transfer and no-transfer swapped (when no known answer gates it)",
+    "floor is a floor (head term >= 0)": "floor x3 (when no known answer gates it)",
     "measured exponent >= predicted": "KL +0.05 nats on a parametric head (its exponent 1 flattens)",
     "no-transfer catches up at large n_t": "a gap that grows with n_t (synthetic records, tests)",
     "KL of oracle flat in d_c": "oracle reads c",
@@ -164,8 +233,10 @@ def distort_records(records: Sequence[Record], distortion: str) -> list[Record]:
     - ``transfer and no-transfer swapped``: every transfer cell gets the no-transfer KL of its seed and n_t, and
       no-transfer the transfer KL (at the largest n_s);
     - ``oracle reads c``: every oracle cell gets the KL of the direct fit on c (an oracle that leaks d_c);
-    - ``floor x3``: the embedding floor (and the floor model's KL on the paired sample) tripled, the head
-      term recomputed as KL - floor: a floor estimator biased upwards.
+    - ``floor x3`` / ``floor x0.5``: the embedding floor (and the floor model's KL on the paired sample) scaled,
+      the head term recomputed as KL - floor: a floor estimator biased up / down;
+    - ``one KL at -10 SE``: one record scored optimistically, its KL at -10 of its SEs;
+    - ``seeds duplicated``: every seed carries the first seed's values (labels kept).
     """
     out = [dict(r) for r in records]
     if distortion in RECORD_DISTORTIONS:
@@ -194,27 +265,47 @@ def distort_records(records: Sequence[Record], distortion: str) -> list[Record]:
         for r in out:
             if r["variant"] == "oracle" and key(r) in direct:
                 r["kl"] = direct[key(r)]
-    elif distortion == "floor x3":
+    elif distortion in ("floor x3", "floor x0.5"):
+        factor = 3.0 if distortion == "floor x3" else 0.5
         for r in out:
             if r.get("floor_paired") is not None and r.get("kl") is not None:
-                r["floor"], r["floor_paired"] = 3.0 * float(r["floor"]), 3.0 * float(r["floor_paired"])
+                r["floor"], r["floor_paired"] = factor * float(r["floor"]), factor * float(r["floor_paired"])
                 r["head_term"] = float(r["kl"]) - r["floor_paired"]
+    elif distortion == "one KL at -10 SE":
+        first = next((r for r in out if r.get("status", "ok") == "ok" and r.get("kl") is not None), None)
+        if first is not None:
+            first["kl"] = -10.0 * float(first.get("kl_se") or 1e-3)
+    elif distortion == "seeds duplicated":
+        _duplicate_seeds(out)
     else:
         raise ConfigError(f"unknown distortion {distortion!r}; valid: {list(DISTORTIONS)}")
     return out
 
 
+def _duplicate_seeds(records: list[Record]) -> None:
+    """Every seed's records carry the first seed's values (seed labels and task seeds kept): replicates that
+    are copies of one draw."""
+    key = lambda r: (r["head"], r.get("task", ""), r["variant"], r.get("n_s"), r["n_t"])  # noqa: E731
+    first = min(int(r["seed"]) for r in records)
+    source = {key(r): r for r in records if int(r["seed"]) == first}
+    keep = ("seed", "task_seed")
+    for r in records:
+        if key(r) in source and int(r["seed"]) != first:
+            r.update({k: v for k, v in source[key(r)].items() if k not in keep})
+
+
 # -- the small studies the controls run in ----------------------------------------------------------------
 #: Controls whose target check needs a source fit (transfer); the others need only the known-answer variants.
-SOURCE_CONTROLS = ("random_encoder", "trainable_encoder")
+SOURCE_CONTROLS = ("random_encoder", "trainable_encoder", "source_subsampled", "shuffled_source")
 
 
 def control_study(control: str = "", *, source: bool, seeds: Sequence[int] | None = None,
                   offset: int = 0) -> dict[str, Any]:
     """A small study config (seconds on one core) in which each control's target check can PASS or FAIL.
 
-    ``source=True``: transfer (exactly fitted linear-Gaussian head) at n_s = 100 and 3200 and no-transfer, at
-    n_t = 30 and 60 (the floor, embedding and who-wins checks); ``source=False``: the known-answer variants oracle and direct at n_t 25 to 200.
+    ``source=True`` (d_c = 8): transfer (a linear encoder and exactly fitted linear-Gaussian heads: the transfer known
+    answers apply) at n_s = 100 and 3200 and no-transfer, at n_t = 30 and 60 (the floor, embedding, who-wins and
+    transfer known-answer checks); ``source=False``: the known-answer variants oracle and direct at n_t 25 to 200.
     ``offset`` shifts the seeds, so repetitions are independent (fresh task instances and data). Seeds: 6 with a
     source (the who-wins gap is noisy at n_t = 30), 4 without.
     """
@@ -223,9 +314,9 @@ def control_study(control: str = "", *, source: bool, seeds: Sequence[int] | Non
         {"n_s": [100], "n_t": [25, 50, 100, 200], "variants": ["oracle", "direct"]}
     return {
         "experiment": {"name": f"control {control or 'none'}", "control": check_control(control)},
-        "task": {"name": "conditional_gaussian", "d_c": 4},
+        "task": {"name": "conditional_gaussian", "d_c": 8 if source else 4},
         "grid": {**grid, "seeds": [s + offset for s in seeds], "heads": ["lin"]},
-        "heads": {"lin": {"kind": "linear_gaussian"}},
+        "heads": {"lin": {"kind": "linear_gaussian", "encoder": {"hidden": []}}},
         "encoder": {"hidden": [16]},
         "train": {"source": {"steps": 500, "lr": 1e-2, "eval_every": 50, "patience": 5},
                   "target": {"steps": 400, "lr": 1e-2, "eval_every": 20, "patience": 5}},

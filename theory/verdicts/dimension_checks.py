@@ -9,6 +9,11 @@ not d_c + d_x. At fixed n_t and n_s:
 - transfer KL grows with d_h (at fixed d_c);
 - the sample-efficiency ratio (the target pairs no-transfer needs to match transfer) grows with d_c / d_h.
 
+For an exactly fitted linear-Gaussian head the slopes themselves are predicted (:func:`predicted_slope`): the
+pooled value KL x n_t is the known answer's E KL(n_t) x n_t, so direct's KL against d_c (p = d_c regressors) and
+transfer's head term against d_h (p = rank = d_h, on a linear encoder) have exact predicted log-log slopes, checked
+TWO-sided (:func:`check_predicted_slope`): a flat curve, or one with the wrong slope, FAILs.
+
 For a linear-Gaussian head the sizes are known: k = d_x (p + 1) + d_x (d_x + 1) / 2 free parameters with
 p = d_h (oracle, transfer head term) or p = d_c (no-transfer on c), and E KL ~ k / 2n.
 
@@ -26,8 +31,13 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats as sps
 
+from theory.truth.known_answers import expected_kl_gaussian_regression, min_rows
+from theory.verdicts.known_answer_check import applies, transfer_applies
 from theory.verdicts.stats import MIN_SEEDS, t_tail
 from theory.verdicts.verdict import INSUFFICIENT, INSUFFICIENT_SEEDS, CheckResult, Record, fmt, ok_records
+
+#: The relative slope error an exact-slope check must be able to see (power 0.8) before it may pass.
+SLOPE_MARGIN = 0.5
 
 
 def by_dimension(records: Sequence[Record], head: str, variant: str, axis: str, fixed: dict[str, int],
@@ -126,6 +136,74 @@ def check_dimension_effect(records: Sequence[Record], head: str, variant: str, a
     return CheckResult(name, scope, INSUFFICIENT, summary, numbers, hyp, stat, p_pass=p_pass, p_fail=p_fail)
 
 
+def _expected_pooled(r: Record, key: str) -> float | None:
+    """E[value x n_t] of one record under the known answer (None where it has none)."""
+    d_x, n = int(r["d_x"]), int(r["n_t"])
+    if key == "kl" and applies(r):
+        p = int(r["d_c"] if r["variant"] == "direct" else r["d_h"])
+        return expected_kl_gaussian_regression(n, d_x, p) * n if n >= min_rows(d_x, p) else None
+    if key == "head_term" and transfer_applies(r) and r.get("floor_n"):
+        p, floor_n = int(r["embed_dim"]), int(r["floor_n"])
+        if min(n, floor_n) < min_rows(d_x, p):
+            return None
+        return (expected_kl_gaussian_regression(n, d_x, p) - expected_kl_gaussian_regression(floor_n, d_x, p)) * n
+    return None
+
+
+def predicted_slope(records: Sequence[Record], head: str, variant: str, axis: str, fixed: dict[str, int],
+                    key: str = "kl", n_s: int | None = None) -> float | None:
+    """The exact log-log slope of the pooled value (mean of E KL x n_t over a task's n_t) against ``axis``, or
+    None when some record has no known answer."""
+    per_axis: dict[int, list[float]] = {}
+    for r in ok_records(records):
+        if r["head"] != head or r["variant"] != variant or any(r.get(k) != v for k, v in fixed.items()):
+            continue
+        if n_s is not None and r.get("n_s") not in (None, n_s):
+            continue
+        value = _expected_pooled(r, key)
+        if value is None:
+            return None
+        per_axis.setdefault(int(r[axis]), []).append(value)
+    if len(per_axis) < 2:
+        return None
+    xs = np.log(sorted(per_axis))
+    ys = np.log([np.mean(per_axis[k]) for k in sorted(per_axis)])
+    return float(np.polyfit(xs, ys, 1)[0])
+
+
+def check_predicted_slope(records: Sequence[Record], head: str, variant: str, axis: str, fixed: dict[str, int], *,
+                          key: str = "kl", n_s: int | None = None, confidence: float = 0.95) -> CheckResult | None:
+    """The measured log-log slope of the pooled value against ``axis`` equals its exact prediction (two-sided t);
+    passes only when powered against a slope off by :data:`SLOPE_MARGIN` of itself. None without a prediction."""
+    predicted = predicted_slope(records, head, variant, axis, fixed, key, n_s)
+    if predicted is None:
+        return None
+    what = {"kl": "KL", "head_term": "head term KL - floor"}[key]
+    name = f"{what} slope in {axis} equals its known answer"
+    scope = f"{head}, {variant}, " + ", ".join(f"{k}={v}" for k, v in fixed.items()) + ", every n_t"
+    hyp = (f"{what} x n_t of an exact linear-Gaussian fit is its known answer E KL(n_t) x n_t (p = "
+           f"{'d_c' if variant == 'direct' else 'the embedding dimension'} regressors), so its log-log slope in "
+           f"{axis} is predicted: neither flatter nor steeper")
+    stat = (f"least-squares slope of log(mean of {what} x n_t) on log {axis} over every (task, seed); two-sided t "
+            "test against the exact slope")
+    values = by_dimension(records, head, variant, axis, fixed, None, key, n_s)
+    seeds = min((len(v) for v in values.values()), default=0)
+    if seeds < MIN_SEEDS:
+        return CheckResult(name, scope, INSUFFICIENT_SEEDS, f"{seeds} seed(s) per {axis}", hypothesis=hyp,
+                           statistic=stat)
+    slope, se, df = log_slope(values)
+    if not math.isfinite(se):
+        return CheckResult(name, scope, INSUFFICIENT, "too few positive values", hypothesis=hyp, statistic=stat)
+    t_crit = float(sps.t.ppf(0.5 + confidence / 2, df))
+    shift = SLOPE_MARGIN * abs(predicted) / se if se > 0 else math.inf
+    power = float(sps.t.sf(t_crit - shift, df))
+    summary = (f"slope {slope:.3f} +- {se:.2g} against the exact {predicted:.3f} over {axis} {sorted(values)} "
+               f"({df + 2} points); power {power:.2f} against a slope off by {SLOPE_MARGIN:.0%}")
+    p_fail = min(1.0, 2 * min(t_tail(slope - predicted, se, df), t_tail(predicted - slope, se, df)))
+    return CheckResult(name, scope, INSUFFICIENT, summary, {"slope": slope, "se": se, "predicted": predicted,
+                       "power": power}, hyp, stat, p_pass=None, p_fail=p_fail, powered=power >= 0.8)
+
+
 def pairs_needed(no_transfer: dict[int, float], target_kl: float) -> float:
     """n_t at which a no-transfer curve {n_t: KL} reaches ``target_kl``: log-log interpolation inside the grid,
     a power-law fit outside it; NaN when the curve does not fall."""
@@ -207,6 +285,13 @@ def run_dimension_checks(records: Sequence[Record], head: str, *, n_t: int | Non
     for variant in ("no_transfer", "direct"):
         if variant in variants:
             out.append(check_dimension_effect(rs, head, variant, "d_c", along_dc, n_t, law="grows", **kw))
+    exact = []
+    if "direct" in variants:
+        exact.append(check_predicted_slope(rs, head, "direct", "d_c", along_dc, confidence=confidence))
+    if "transfer" in variants:
+        exact.append(check_predicted_slope(rs, head, "transfer", "d_h", along_dh, key="head_term", n_s=n_s,
+                                           confidence=confidence))
+    out += [c for c in exact if c is not None]
     baseline = "direct" if "direct" in variants else "no_transfer"
     if {"transfer", baseline} <= variants:
         smallest = min(int(r["n_t"]) for r in rs if r["head"] == head)

@@ -28,6 +28,7 @@ from theory.verdicts.stats import MIN_SEEDS, per_seed_exponents, t_interval, t_t
 from theory.verdicts.verdict import (
     INSUFFICIENT,
     INSUFFICIENT_SEEDS,
+    INTEGRITY,
     KL_FIELDS,
     CheckResult,
     Record,
@@ -241,7 +242,7 @@ def check_embedding_frozen(records: Sequence[Record], head: str) -> CheckResult:
     bad = [r for r in have if r["encoder_digest"] != r["source_encoder_digest"]]
     summary = f"{len(have) - len(bad)}/{len(have)} transfer cells carry the source encoder unchanged"
     return CheckResult(name, scope, INSUFFICIENT, summary, {"cells": len(have), "changed": len(bad)}, hyp, stat,
-                       p_pass=0.0 if not bad else 1.0, p_fail=0.0 if bad else 1.0)
+                       p_pass=0.0 if not bad else 1.0, p_fail=0.0 if bad else 1.0, tier=INTEGRITY)
 
 
 def check_records_finite(records: Sequence[Record]) -> CheckResult:
@@ -254,4 +255,4 @@ def check_records_finite(records: Sequence[Record]) -> CheckResult:
     where = "; ".join(f"{r['head']} {r['variant']} n_t={r['n_t']} seed={r['seed']}" for r in bad[:3])
     summary = f"{len(bad)} of {len(ok_records(records))} finished records non-finite" + (f" ({where})" if bad else "")
     return CheckResult(name, scope, INSUFFICIENT, summary, {"non_finite": len(bad)}, hyp, stat,
-                       p_pass=0.0 if not bad else 1.0, p_fail=0.0 if bad else 1.0)
+                       p_pass=0.0 if not bad else 1.0, p_fail=0.0 if bad else 1.0, tier=INTEGRITY)

@@ -60,8 +60,8 @@ def t_tail(diff: float, se: float, df: int) -> float:
     """P(T_df >= diff / se): the one-sided p-value of a difference ``diff`` with standard error ``se``."""
     if not (math.isfinite(diff) and math.isfinite(se)) or df < 1:
         return math.nan
-    if se <= 0:
-        return 0.0 if diff > 0 else 1.0
+    if se <= 0:  # identical replicates: no evidence either way (the replicate check FAILs such records)
+        return math.nan
     return float(sps.t.sf(diff / se, df))
 
 
@@ -111,6 +111,31 @@ def holm(p_values: Sequence[float]) -> list[float]:
     for rank, i in enumerate(order):
         running = max(running, min(1.0, (m - rank) * p[i]))
         out[i] = running
+    return out.tolist()
+
+
+def holm_levels(p_values: Sequence[float], alpha: float) -> list[float]:
+    """The level each p-value was compared at in Holm's step-down procedure at family level ``alpha``.
+
+    Sorted ascending, p_(k) is rejected while p_(j) <= alpha / (m - j + 1) for every j <= k; a rejected
+    hypothesis of rank k was tested at alpha / (m - k + 1), every other one at the level of the first step that
+    was not rejected. So a hypothesis is rejected iff its p-value is <= its level, and an acceptance band drawn at
+    that level agrees with the verdict. NaN p-values get NaN.
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    m = idx.size
+    order = idx[np.argsort(p[idx], kind="stable")]
+    stop = m
+    for rank, i in enumerate(order):
+        level = alpha / (m - rank)
+        if p[i] > level:
+            stop = rank
+            break
+        out[i] = level
+    for i in order[stop:]:
+        out[i] = alpha / (m - stop)
     return out.tolist()
 
 

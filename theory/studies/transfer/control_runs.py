@@ -16,19 +16,30 @@ from typing import Any
 
 from theory.verdicts.checks import FAIL, run_checks
 from theory.engine.config import ExperimentConfig
-from theory.verdicts.controls import DISTORTIONS, OTHER_DISTORTIONS, PIPELINE_CONTROLS, SOURCE_CONTROLS, TARGET_CHECK, \
-    control_study, distort_records
-from theory.truth.rates import generic_rates
+from theory.verdicts.controls import (
+    DISTORTIONS,
+    OTHER_DISTORTIONS,
+    PIPELINE_CONTROLS,
+    SOURCE_CONTROLS,
+    SOURCE_DISTORTIONS,
+    TARGET_CHECK,
+    control_study,
+    distort_records,
+)
+from theory.truth.rates import Rates, generic_rates
 from theory.studies.transfer.sweep import collect_records, run_sweep
 from theory.verdicts.verdict import Record
 
-RATES = {"lin": generic_rates(d_c=4, d_h=2, d_x=2, beta=2.0, head="linear_gaussian")}
+def control_rates_of(records: Sequence[Record]) -> dict[str, Rates]:
+    """The predictions for a control study's linear head, at the records' own dimensions."""
+    d_c = int(next((r["d_c"] for r in records if r.get("d_c")), 4))
+    return {"lin": generic_rates(d_c=d_c, d_h=2, d_x=2, beta=2.0, head="linear_gaussian")}
 
 
 def worst_verdicts(records: Sequence[Record]) -> dict[str, str]:
     """Check name -> verdict over its scopes (a FAIL anywhere wins)."""
     found: dict[str, str] = {}
-    for c in run_checks(records, RATES):
+    for c in run_checks(records, control_rates_of(records)):
         if found.get(c.name) != FAIL:
             found[c.name] = c.verdict
     return found
@@ -61,7 +72,7 @@ def control_rates(reps: int, out: str | os.PathLike[str], controls: Sequence[str
             for name in DISTORTIONS:
                 if name == "oracle reads c":
                     continue  # aimed at the dimension laws: a study over d_c (the report applies it there)
-                if (name in ("transfer and no-transfer swapped", "floor x3")) != source:
+                if (name in SOURCE_DISTORTIONS) != source:
                     continue  # those two need the source study's records, the others the known-answer study's
                 hit = [k for k, v in worst_verdicts(distort_records(records, name)).items() if v == FAIL]
                 wrong[name] += not hit

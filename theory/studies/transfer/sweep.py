@@ -50,7 +50,17 @@ from shared_embed.model import ConditionalModel
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder, train_model
 
 from theory.engine.config import PHASES, ExperimentConfig, task_label
-from theory.verdicts.controls import blind_factory, distort_kl, wrong_variance_task
+from theory.verdicts.controls import (
+    blind_factory,
+    broken_source,
+    broken_target,
+    data_seed,
+    distort_kl,
+    eval_domain,
+    eval_seed,
+    in_sample_log_densities,
+    wrong_variance_task,
+)
 from theory.engine.loop import Executor, run_cells, run_groups
 from theory.studies.transfer.costs import deal_by_cost, group_cost
 from theory.truth.kl import fit_floor_model, kl_to_task, log_densities, monte_carlo_kl
@@ -205,6 +215,16 @@ def module_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 of tensors' shapes and bytes (a sample's conditions, a generator's state): a record names its
+    samples, so seeds that share one are caught."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 # -- deterministic data ----------------------------------------------------------------------------
 def derived_seed(*parts: Any) -> int:
     """A 60-bit seed from any parts (stable across processes and Python versions)."""
@@ -250,13 +270,14 @@ def head_factory(config: ExperimentConfig, head: str, d_x: int) -> Callable[[int
 
 def transfer_config(config: ExperimentConfig, head: str, seed: int, d_h: int | None = None) -> TransferConfig:
     """The workflow settings of a cell; ``d_h`` (the task's) sizes an encoder configured as ``embed_dim = "d_h"``."""
-    e = config.encoder
-    if e.embed_dim == "d_h" and d_h is None:
+    e = config.encoder_for(head)
+    if e["embed_dim"] == "d_h" and d_h is None:
         raise ConfigError("encoder.embed_dim = 'd_h' needs the task's d_h")
     return TransferConfig(
-        embed_dim=d_h if e.embed_dim == "d_h" else e.embed_dim, encoder_hidden=tuple(e.hidden), encoder_activation=e.activation,
+        embed_dim=d_h if e["embed_dim"] == "d_h" else e["embed_dim"], encoder_hidden=tuple(e["hidden"]),
+        encoder_activation=e["activation"],
         source_train=config.train_config(head, "source", seed),
-        target_train=config.train_config(head, "target", seed), val_fraction=e.val_fraction,
+        target_train=config.train_config(head, "target", seed), val_fraction=e["val_fraction"],
         device=config.run.device,
     )
 
@@ -357,8 +378,9 @@ class GroupRunner:
                 val_fraction=0.1,
             )
             fit_seconds = time.perf_counter() - start
-            est = kl_to_task(self.eval_task, shared.floor, n=cfg.eval_setting(g.head, "n_eval"),
-                             generator=eval_generator(g.seed, "floor-eval"))
+            est = kl_to_task(self.eval_task, shared.floor, domain=eval_domain(cfg.control),
+                             n=cfg.eval_setting(g.head, "n_eval"),
+                             generator=eval_generator(eval_seed(g.seed, cfg.control), "floor-eval"))
             shared.floor.save(floor_path)
             shared.info.update(floor=est.value, floor_se=est.se, floor_n=floor_n,
                                floor_seconds=time.perf_counter() - start, floor_fit_seconds=fit_seconds)
@@ -368,12 +390,14 @@ class GroupRunner:
 
     def run(self) -> list[dict[str, Any]]:
         """Fit and score every cell of the group; returns the records written."""
-        g = self.group
-        pool = nested_sample(self.task, max(c.n_t for c in g.cells), "target", g.seed, f"{self.stream}target")
+        g, control = self.group, self.config.control
+        seed = data_seed(g.seed, control)
+        pool = nested_sample(self.task, max(c.n_t for c in g.cells), "target", seed, f"{self.stream}target")
         cells = sorted(g.cells, key=lambda c: (c.n_t, c.variant))
         if g.n_s is None:  # source-free variants: fit_variants reads only the source's shape
             return self._each(cells, lambda cell: self._run_cell(cell, _Shared(), pool, pool.head(cell.n_t)))
-        source = nested_sample(self.task, g.n_s, "source", g.seed, f"{self.stream}source")
+        source = nested_sample(self.task, g.n_s, "source", seed, f"{self.stream}source")
+        source = broken_source(source, control, torch.Generator().manual_seed(derived_seed(g.seed, "shuffle")))
         try:
             shared = self._source_and_floor(source)
         except ConfigError:
@@ -391,7 +415,8 @@ class GroupRunner:
         return {"head": cell.head, "head_kind": self.config.heads[cell.head].kind, "n_s": cell.n_s,
                 "n_t": cell.n_t, "seed": cell.seed, "variant": cell.variant, "settings_hash": self.hash,
                 "task": cell.task, "task_name": self.config.task.name, "embedding": t.embedding_kind,
-                "task_seed": t.seed, "d_c": t.d_c, "d_h": t.d_h, "d_x": t.d_x, "control": self.config.control}
+                "task_seed": t.seed, "d_c": t.d_c, "d_h": t.d_h, "d_x": t.d_x, "embed_dim": self.tcfg.embed_dim,
+                "control": self.config.control}
 
     def _failed(self, cell: Cell, error: str) -> dict[str, Any]:
         record = {**self._base(cell), "status": "failed", "error": error, "finished_at": _now(),
@@ -404,6 +429,7 @@ class GroupRunner:
         base = {**self._base(cell), "source_seconds": shared.info.get("source_seconds", 0.0)
                 if cell.variant in SOURCE_VARIANTS else 0.0}
         cell_seed = derived_seed(cell.head, cell.n_s, cell.n_t, cell.seed, cell.variant) % 2**31
+        target = broken_target(target, self.config.control)
         tcfg = replace(self.tcfg, target_train=self.tcfg.target_train.replace(seed=cell_seed))
         try:
             torch.manual_seed(cell_seed)
@@ -417,7 +443,8 @@ class GroupRunner:
                 fitted.model.encoder.freeze()
             fit_seconds = time.perf_counter() - start
             hist = fitted.histories["target"]
-            record = {**base, **self._score(cell, fitted.model, shared.floor, shared.info)}
+            record = {**base, **self._score(cell, fitted.model, shared.floor, shared.info, target),
+                      "target_digest": tensor_digest(target.c)}
             if not math.isfinite(record["kl"]):
                 return self._failed(cell, f"the KL estimate is {record['kl']} (the model's log-density is not "
                                           "finite on some evaluation pairs)")
@@ -438,16 +465,21 @@ class GroupRunner:
         return record
 
     def _score(self, cell: Cell, model: ConditionalModel, floor: ConditionalModel | None,
-               info: dict[str, Any]) -> dict[str, Any]:
+               info: dict[str, Any], target: PairedData) -> dict[str, Any]:
         cfg = self.config
         start = time.perf_counter()
         models: dict[str, Any] = {"model": model}
         if cell.variant == "transfer" and floor is not None:
             models[FLOOR] = floor
-        n_eval = cfg.eval_setting(cell.head, "n_eval")
-        log_p, log_q = log_densities(self.eval_task, models, n=n_eval, generator=eval_generator(cell.seed))
+        generator = eval_generator(eval_seed(cell.seed, cfg.control))
+        eval_digest = tensor_digest(generator.get_state())  # names the evaluation draw: seeds must not share it
+        if cfg.control == "in_sample_kl":  # negative control: scored on the fit's own training pairs
+            log_p, log_q = in_sample_log_densities(self.eval_task, models, target)
+        else:
+            log_p, log_q = log_densities(self.eval_task, models, domain=eval_domain(cfg.control),
+                                         n=cfg.eval_setting(cell.head, "n_eval"), generator=generator)
         est = monte_carlo_kl(log_p, log_q["model"])
-        out: dict[str, Any] = {"kl": est.value, "kl_se": est.se, "n_eval": est.n}
+        out: dict[str, Any] = {"kl": est.value, "kl_se": est.se, "n_eval": est.n, "eval_digest": eval_digest}
         if FLOOR in log_q:
             paired = monte_carlo_kl(log_p, log_q[FLOOR])
             head = monte_carlo_kl(log_q[FLOOR], log_q["model"])
