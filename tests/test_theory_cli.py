@@ -55,10 +55,13 @@ def test_run_writes_records_csv_report_and_plots(smoke_run: tuple[Path, str]) ->
         data = (out / "plots" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, png
     checks = json.loads((out / "checks.json").read_text())
-    assert {c["verdict"] for c in checks["checks"]} <= {"pass", "fail", "insufficient data", "insufficient seeds"}
+    assert {c["verdict"] for c in checks["checks"]} <= {"pass", "fail", "insufficient data", "insufficient seeds",
+                                                        "not tested"}
     assert all(c["hypothesis"] and c["statistic"] for c in checks["checks"])
     assert "predictions" in checks and "| n_t | transfer | no_transfer | oracle |" in printed
-    assert "checks pass" in printed
+    # two seeds: the run says its verdicts mean nothing, in the report's first lines and on the console
+    assert "Verdicts: " in printed and "Too small to mean anything" in printed
+    assert report.index("## Summary") < report.index("## Setup") and "Too small to mean anything" in report
 
 
 def test_report_rebuilds_from_disk_and_rerun_skips_everything(smoke_run: tuple[Path, str],

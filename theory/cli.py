@@ -133,8 +133,8 @@ def _print_report(report, out: Path) -> None:
     width = max((len(f"{c.name} [{c.scope}]") for c in report.checks), default=0)
     for c in report.checks:
         print(f"  {f'{c.name} [{c.scope}]':<{width}}  {c.verdict.upper() if c.verdict != PASS else 'pass'}")
-    n_pass = sum(c.verdict == PASS for c in report.checks)
-    print(f"\n{n_pass}/{len(report.checks)} checks pass. Report: {report.path}  (plots in {out / 'plots'})")
+    print("\n" + "\n".join(line.removeprefix("- ").replace("**", "") for line in report.summary[2:] if line))
+    print(f"Report: {report.path}  (plots in {out / 'plots'})")
 
 
 def _check_out(out: Path) -> None:

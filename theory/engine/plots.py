@@ -24,6 +24,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullForma
 
 from theory.verdicts.checks import floors, level_stats, mean_se, series
 from theory.truth.rates import Rates
+from theory.verdicts.known_answer_check import known_curves
 
 COLORS = {"transfer": "tab:blue", "no_transfer": "tab:red", "fine_tune": "tab:green", "oracle": "tab:purple",
           "direct": "tab:orange"}
@@ -93,8 +94,10 @@ def kl_curves_figure(records: Sequence[Record], head: str, rates: Rates | None) 
     transfer at every n_s against its embedding floor (dotted)."""
     n_ss = sorted({int(r["n_s"]) for r in records if r["head"] == head and r.get("n_s") is not None})
     big = n_ss[-1] if n_ss else None
-    fig = Figure(figsize=(12, 4.6))
-    left, right = fig.subplots(1, 2, sharey=True)
+    exact = known_curves(records, head)
+    has_transfer = any(r["head"] == head and r["variant"] == "transfer" for r in records)
+    fig = Figure(figsize=(12, 4.6) if has_transfer else (6.5, 4.6))
+    left, right = fig.subplots(1, 2, sharey=True) if has_transfer else (fig.subplots(), None)
     for variant in ("transfer", "fine_tune", "no_transfer", "oracle", "direct"):
         n, m, se = _curve(records, head, variant, big)
         if not n.size:
@@ -103,7 +106,11 @@ def kl_curves_figure(records: Sequence[Record], head: str, rates: Rates | None) 
         ns_txt = f" (n_s={big})" if variant in ("transfer", "fine_tune") else ""
         pred = rates.for_variant(variant) if rates else None
         pred_txt = ""
-        if pred is not None:
+        known = exact.get((variant, big if variant == "transfer" else None))
+        if known is not None:  # the exact E KL curve, not a slope through the first point
+            left.plot(known[0], known[1], "--", color=color, lw=1.2)
+            pred_txt = "; dashed: exact E KL"
+        elif pred is not None:
             floor = (_mean_floor(records, head, big) or 0.0) if variant == "transfer" and big else 0.0
             pred_txt = f"; predicted {'floor + ' if floor else ''}C n^-{pred:.2f}"
             _slope_line(left, n, m[0], pred, floor, color, None)
@@ -113,6 +120,13 @@ def kl_curves_figure(records: Sequence[Record], head: str, rates: Rates | None) 
     if big is not None and (fl := _mean_floor(records, head, big)):
         left.axhline(fl, color=COLORS["transfer"], ls=":", lw=1, label=f"embedding floor (n_s={big}): {fl:.3f} nats")
     left.set_title(f"{head}: KL(p_T || p_hat) vs n_t")
+    n_ts = sorted({int(r["n_t"]) for r in records if r["head"] == head})
+    if right is None:
+        _log_axes(left, n_ts)
+        left.set_xlabel("n_t (target pairs)")
+        left.legend(fontsize=7)
+        left.set_ylabel("KL (nats), mean +- SE over seeds")
+        return fig
     cmap = [COLORS["transfer"], "tab:cyan", "tab:olive", "tab:orange", "tab:brown", "tab:gray"]
     for i, n_s in enumerate(n_ss):
         n, m, se = _curve(records, head, "transfer", n_s)
@@ -120,13 +134,14 @@ def kl_curves_figure(records: Sequence[Record], head: str, rates: Rates | None) 
         fl = _mean_floor(records, head, n_s)
         floor_txt = f" (floor {fl:.3f})" if fl else ""
         right.errorbar(n, m, yerr=se, fmt="o-", color=color, capsize=3, label=f"transfer, n_s={n_s}{floor_txt}")
+        if ("transfer", n_s) in exact:
+            right.plot(*exact[("transfer", n_s)], "--", color=color, lw=1.2)
         if fl:
             right.axhline(fl, color=color, ls=":", lw=1)
     n, m, se = _curve(records, head, "no_transfer", None)
     if n.size:
         right.errorbar(n, m, yerr=se, fmt="s--", color=COLORS["no_transfer"], capsize=3, label="no transfer")
-    right.set_title("transfer at each n_s (dotted: its embedding floor)")
-    n_ts = sorted({int(r["n_t"]) for r in records if r["head"] == head})
+    right.set_title("transfer at each n_s (dotted: its embedding floor" + ("; dashed: exact E KL)" if exact else ")"))
     for ax in (left, right):
         _log_axes(ax, n_ts)
         ax.set_xlabel("n_t (target pairs)")

@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from theory.verdicts.controls import DISTORTIONS, distort_records
 from theory.verdicts.dimension_checks import dimension_axes, run_dimension_checks
 from theory.studies.transfer.dimension_plots import plot_dimension_laws
 from theory.engine.plots import plot_floor, plot_kl_curves, plot_samples
-from theory.truth.rates import Rates, check_rate_name, effective_smoothness, predicted_rates
+from theory.truth.rates import Rates, check_rate_name, effective_smoothness, predicted_rates, rate_for_task
 from theory.engine.run_folder import (
     collect_records,
     failed_cells,
@@ -37,19 +37,23 @@ from theory.engine.run_folder import (
 from theory.verdicts.stats import slope_interval_coverage
 from theory.verdicts.verdict import FAIL, PASS
 from theory.studies.transfer.sweep import write_csv
+from theory.studies.transfer.headline import headline
 from theory.studies.transfer.summary import format_split_table, format_table, sample_efficiency_ratio
+from theory.verdicts.known_answer_check import transfer_known_answer_table
 
 Record = dict[str, Any]
 
 
 @dataclass
 class Report:
-    """A built report: its path, the checks, the per-(head, n_s) KL tables and the plot paths."""
+    """A built report: its path, the checks, the per-(head, n_s) KL tables, the plot paths and its opening
+    summary lines (Markdown)."""
 
     path: Path
     checks: list[CheckResult]
     tables: dict[str, str]
     plots: list[Path]
+    summary: list[str] = field(default_factory=list)
 
 
 def load_run_config(out_dir: str | os.PathLike[str]) -> ExperimentConfig:
@@ -70,7 +74,8 @@ def head_kinds(config: ExperimentConfig, records: list[Record]) -> dict[str, str
 def predictions(config: ExperimentConfig, task: Any, kinds: dict[str, str]) -> dict[str, Rates]:
     """Head name -> the predicted exponents for the task's dimensions, beta and the config's rate function."""
     th = config.theory
-    return {name: predicted_rates(task.d_c, task.d_h, task.d_x, th.beta, kind, th.rate, th.log_power)
+    return {name: predicted_rates(task.d_c, task.d_h, task.d_x, th.beta, kind, rate_for_task(th.rate, task),
+                                  th.log_power)
             for name, kind in kinds.items()}
 
 
@@ -247,7 +252,9 @@ def build_report(out_dir: str | os.PathLike[str], config: ExperimentConfig | Non
     th = config.theory
     checks = _checks(config, records, by_task)
     plots = _plots(out, ok, task, rates)
-    lines = _setup_lines(config, out, records, ok, task) + [
+    setup = _setup_lines(config, out, records, ok, task)
+    summary = headline(records, checks, _what_ran(config, records, task))
+    lines = setup[:6] + summary + setup[6:] + [
         "## Predictions", "",
         "Which rate each curve should show. A linear-Gaussian head on a fixed context is PARAMETRIC: E KL = k/2n "
         "(exponent 1), with the exact finite-n value checked two-sided. Otherwise the generic nonparametric "
@@ -258,6 +265,7 @@ def build_report(out_dir: str | os.PathLike[str], config: ExperimentConfig | Non
         "## Results: KL(p_T || p_hat) in nats, mean +- SE over seeds", "",
     ]
     tables = _result_tables(ok, lines)
+    lines += _transfer_known_answer_lines(ok)
     lines += ["## Measured exponents", "",
               f"Per-seed least-squares slopes of log KL (transfer: log(KL - floor)) against log n_t; "
               f"{th.confidence:.0%} Student t interval over seeds.", "", _exponent_table(ok, rates, config), "",
@@ -286,7 +294,32 @@ def build_report(out_dir: str | os.PathLike[str], config: ExperimentConfig | Non
     atomic_write_text(out / "checks.json", json.dumps(
         {"checks": [c.to_dict() for c in checks], "predictions": {k: v.to_dict() for k, v in rates.items()}},
         indent=1, default=str) + "\n")
-    return Report(path, checks, tables, plots)
+    return Report(path, checks, tables, plots, summary)
+
+
+def _what_ran(config: ExperimentConfig, records: list[Record], task: Any) -> dict[str, Any]:
+    axis = lambda key: sorted({r[key] for r in records if r.get(key) is not None})  # noqa: E731
+    return {"task": f"`{config.task.name}` (d_c = {task.d_c}, d_h = {task.d_h}, d_x = {task.d_x})",
+            "heads": ", ".join(f"{n} ({h.kind})" for n, h in config.heads.items()),
+            "variants": [v for v in VARIANTS if v in {r["variant"] for r in records}],
+            "n_s": axis("n_s"), "n_t": axis("n_t")}
+
+
+def _transfer_known_answer_lines(ok: list[Record]) -> list[str]:
+    """The section that sets transfer's measured KL beside its known answer, per head that has one."""
+    lines: list[str] = []
+    for head in sorted({r["head"] for r in ok}):
+        table = transfer_known_answer_table(ok, head)
+        if table:
+            lines += [f"## Transfer's known answer: `{head}`", "",
+                      "A linear encoder fitted with a linear-Gaussian source head by maximum likelihood is reduced-rank "
+                      "regression; with its row space frozen, the target head's KL splits exactly into the embedding "
+                      "floor of that row space and the known answer of a Gaussian regression on rank regressors: "
+                      "E KL = E floor(n_s) + E KL_ML(n_t). The floor's expectation comes from the exact law of the "
+                      "estimator (simulated for each seed's task instance) and, beside it, its first-order formula "
+                      "(d_c - d_h) / (2 (n_s - d_c - 2)) tr(Sigma_T^-1 A_T Omega A_T^T). The checks table holds "
+                      "the two-sided verdicts.", "", table, ""]
+    return lines
 
 
 def _result_tables(ok: list[Record], lines: list[str]) -> dict[str, str]:
