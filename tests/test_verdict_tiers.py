@@ -127,3 +127,23 @@ def test_the_analytic_prediction_is_informative_where_the_template_is_not() -> N
             for s in range(4) for n in n_t]
     verdict = {c.name: c.verdict for c in run_checks(good, {"h": analytic_rates(16, 2, 2, 2.0, "flow")})}
     assert verdict["measured exponent >= predicted"] != FAIL
+
+
+def test_the_direct_slope_in_d_c_is_held_to_its_known_answer_both_ways() -> None:
+    """Direct KL x n_t follows E KL(n; p = d_c) x n across d_c: the exact slope passes; a flat curve (d_c ignored)
+    and a doubled slope FAIL."""
+    from theory.truth.known_answers import expected_kl_gaussian_regression as e
+    from theory.verdicts.dimension_checks import check_predicted_slope
+
+    def records(kl_of) -> list[dict]:
+        rng = np.random.default_rng(0)
+        return [{"head": "lin", "head_kind": "linear_gaussian", "variant": "direct", "task_name":
+                 "conditional_gaussian", "embedding": "linear", "seed": s, "n_t": n, "n_s": None, "d_c": d_c,
+                 "d_h": 2, "d_x": 2, "task": f"d_c={d_c}", "status": "ok", "kl": kl_of(n, d_c) * rng.gamma(50, 1 / 50)}
+                for d_c in (4, 16, 64) for s in range(6) for n in (100, 200, 400, 800)]
+
+    verdict = lambda recs: decide([check_predicted_slope(recs, "lin", "direct", "d_c", {"d_h": 2})])[0]  # noqa: E731
+    right = verdict(records(lambda n, d_c: e(n, 2, d_c)))
+    assert right.verdict == PASS, right.summary
+    assert verdict(records(lambda n, d_c: e(n, 2, 16))).verdict == FAIL  # flat in d_c
+    assert verdict(records(lambda n, d_c: e(n, 2, d_c) ** 2 / e(n, 2, 4))).verdict == FAIL  # twice the slope

@@ -37,7 +37,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -239,15 +238,3 @@ def simulate_transfer(truth: LinearTransferTruth, n_s: Sequence[int], n_t: Seque
 
 #: Simulated laws by (truth, sizes, rank, reps, seed): a report asks for the same law once per distortion.
 _CACHE: dict[tuple[object, ...], TransferDraws] = {}
-
-
-def expected_floor(truth: LinearTransferTruth, n_s: int, rank: int, *, reps: int = 4000, seed: int = 0) -> float:
-    """E floor(n_s) by exact simulation (``reps`` replications); compare :func:`first_order_floor`."""
-    sim = simulate_transfer(truth, [n_s], [truth.d_x + rank + 3], max(truth.d_x + rank + 3, 8), rank,
-                            reps=reps, seed=seed)
-    return float(sim.true_floor.mean())
-
-
-def relative_error(a: float, b: float) -> float:
-    """|a - b| / |b| (inf when b is 0)."""
-    return abs(a - b) / abs(b) if b else math.inf
