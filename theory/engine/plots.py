@@ -70,13 +70,13 @@ def _curve(records: Sequence[Record], head: str, variant: str, n_s: int | None, 
 
 
 def _slope_line(ax: Axes, n: np.ndarray, y0: float, exponent: float, floor: float, color: str,
-                label: str | None) -> None:
-    """floor + (y0 - floor) (n / n0)^-exponent through the first point, dashed."""
+                label: str | None, log_power: float = 0.0) -> None:
+    """floor + (y0 - floor) (n / n0)^-exponent (log n / log n0)^log_power through the first point, dashed."""
     if not n.size or y0 - floor <= 0:
         return
     grid = np.geomspace(n.min(), n.max(), 50)
-    ax.plot(grid, floor + (y0 - floor) * (grid / n.min()) ** (-exponent), "--", color=color, lw=1, alpha=0.8,
-            label=label)
+    shape = (grid / n.min()) ** (-exponent) * (np.log(grid) / np.log(n.min())) ** log_power
+    ax.plot(grid, floor + (y0 - floor) * shape, "--", color=color, lw=1, alpha=0.8, label=label)
 
 
 def _mean_floor(records: Sequence[Record], head: str, n_s: int) -> float | None:
@@ -96,6 +96,7 @@ def kl_curves_figure(records: Sequence[Record], head: str, rates: Rates | None) 
     big = n_ss[-1] if n_ss else None
     exact = known_curves(records, head)
     has_transfer = any(r["head"] == head and r["variant"] == "transfer" for r in records)
+    slopes_drawn = False
     fig = Figure(figsize=(12, 4.6) if has_transfer else (6.5, 4.6))
     left, right = fig.subplots(1, 2, sharey=True) if has_transfer else (fig.subplots(), None)
     for variant in ("transfer", "fine_tune", "no_transfer", "oracle", "direct"):
@@ -112,10 +113,13 @@ def kl_curves_figure(records: Sequence[Record], head: str, rates: Rates | None) 
             pred_txt = "; dashed: exact E KL"
         elif pred is not None:
             floor = (_mean_floor(records, head, big) or 0.0) if variant == "transfer" and big else 0.0
-            pred_txt = f"; predicted {'floor + ' if floor else ''}C n^-{pred:.2f}"
-            _slope_line(left, n, m[0], pred, floor, color, None)
+            gamma = rates.log_power_for(variant) if rates else 0.0
+            pred_txt = f"; predicted {'floor + ' if floor else ''}C n^-{pred:.2f}" + (
+                f" (log n)^{gamma:g}" if gamma else "")
+            _slope_line(left, n, m[0], pred, floor, color, None, gamma)
+            slopes_drawn = True
         left.errorbar(n, m, yerr=se, fmt="o-", color=color, capsize=3, label=f"{LABELS[variant]}{ns_txt}{pred_txt}")
-    if rates is not None:
+    if slopes_drawn:
         left.plot([], [], "k--", lw=1, label="dashed: predicted rate through the first point")
     if big is not None and (fl := _mean_floor(records, head, big)):
         left.axhline(fl, color=COLORS["transfer"], ls=":", lw=1, label=f"embedding floor (n_s={big}): {fl:.3f} nats")
