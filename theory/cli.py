@@ -26,6 +26,7 @@ from shared_embed.errors import GentransferError
 from theory.verdicts.checks import PASS
 from theory.engine.config import ExperimentConfig, apply_override, read_toml, resolve_config
 from theory.engine.executors import EXECUTORS, make_executor, parse_options
+from theory.engine.folder_lock import hold_folder, run_in_progress
 from theory.studies.transfer.report import build_report
 from theory.engine.run_folder import read_json
 from theory.studies.transfer.sweep import parse_shard, run_sweep
@@ -202,11 +203,12 @@ def _run_study(study: Any, raw: dict, args: argparse.Namespace) -> int:
     print(f"gentransfer run: {raw['experiment'].get('name', raw['experiment']['kind'])} -> {args.out} "
           f"({workers} worker(s){_where(args)})", flush=True)
     start = time.perf_counter()
-    study.run_study(raw, args.out, workers=workers, log=None if args.quiet else (lambda m: print(m, flush=True)),
-                    executor=executor)
-    if not args.no_report:
-        path, table = study.build_study_report(args.out)
-        print(f"\n{table}\n\nReport: {path}")
+    with hold_folder(args.out):
+        study.run_study(raw, args.out, workers=workers, log=None if args.quiet else (lambda m: print(m, flush=True)),
+                        executor=executor)
+        if not args.no_report:
+            path, table = study.build_study_report(args.out)
+            print(f"\n{table}\n\nReport: {path}")
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0
 
@@ -230,6 +232,13 @@ def _run(args: argparse.Namespace) -> int:
           f"{'' if shard == (0, 1) else f', shard {args.shard}'}{_where(args)})", flush=True)
     start = time.perf_counter()
     _check_out(args.out)
+    with hold_folder(args.out, shard):
+        return _sweep_and_report(config, args, shard, executor, start)
+
+
+def _sweep_and_report(config: ExperimentConfig, args: argparse.Namespace, shard: tuple[int, int], executor: Any,
+                      start: float) -> int:
+    """The sweep and its report, in a folder this process holds: 0, or 1 when some cells failed."""
     result = run_sweep(config, args.out, log=None if args.quiet else (lambda m: print(m, flush=True)), shard=shard,
                        executor=executor)
     atomic_write_text(Path(args.out) / "run.json", json.dumps({
@@ -270,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
             if not args.dir.is_dir():
                 raise GentransferError(f"{os.fspath(args.dir)!r} is not a folder written by 'gentransfer run' (it holds no "
                                        "config.json)")
+            busy = run_in_progress(args.dir)
+            if busy:
+                print(f"gentransfer: note: a run is in progress in {os.fspath(args.dir)!r} ({busy}); this report "
+                      "covers the cells finished so far", file=sys.stderr)
             study = _study(read_json(args.dir / "config.json") or {})
             if study is not None:
                 path, table = study.build_study_report(args.dir)

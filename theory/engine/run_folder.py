@@ -1,8 +1,9 @@
 """A run folder's bookkeeping: the study it belongs to, its cell records, the predictions stored with it.
 
 A folder belongs to ONE study (:meth:`theory.engine.config.ExperimentConfig.fingerprint`): ``DIR/study.json`` names it,
-and :func:`claim_folder` refuses another study before anything is computed, so cached source and floor models
-are never overwritten by a different study. Only failed cells of another study (no results) are cleared.
+and :func:`claim_folder` refuses another study before anything is computed (whether or not the folder holds
+results yet), so cached source and floor models are never overwritten by a different study. A run holds the
+folder's OS-level lock (:mod:`theory.engine.folder_lock`) from before its claim until its report is written.
 
 The predicted exponents are computed once, when the user runs a config (whose ``theory.rate`` they chose), and
 stored in ``DIR/predictions.json``: ``gentransfer report DIR`` reads them and never imports code a folder names.
@@ -20,6 +21,7 @@ from shared_embed.checkpoint import atomic_write_text, config_diff
 from shared_embed.errors import ConfigError, DataError
 
 from theory.engine.config import ExperimentConfig, fingerprint, task_label
+from theory.engine.folder_lock import claim_lock
 from theory.truth.rates import Rates, predicted_rates
 
 STUDY_FILE = "study.json"
@@ -118,10 +120,10 @@ def _legacy_foreign(config: ExperimentConfig, out: Path) -> list[str]:
 
 
 def claim_folder(config: ExperimentConfig, out_dir: Path, log: Log | None = None) -> None:
-    """Make ``out_dir`` this study's folder, or refuse (ConfigError) when it holds another study's results.
+    """Make ``out_dir`` this study's folder, or refuse (ConfigError) when it belongs to another study.
 
-    Called before any compute. A folder of another study that holds only failed cells is taken over: those
-    records are removed (they are no results) and the corrected study runs.
+    Called before any compute, by a run that holds the folder (:func:`theory.engine.folder_lock.hold_folder`).
+    ``log`` is kept for callers; nothing is removed from a folder of another study.
     """
     out = Path(out_dir)
     if read_json(out / STUDY_FILE) is None:
@@ -129,29 +131,41 @@ def claim_folder(config: ExperimentConfig, out_dir: Path, log: Log | None = None
         if foreign:
             raise ConfigError(f"{out} holds records computed with other settings ({foreign[0]} and "
                               f"{len(foreign) - 1} more); use a new --out folder")
-    if claim(out, config.study(), bool(_results(out))):
-        failed = record_paths(out)
-        for path in failed:
-            path.unlink()
-        if failed and log:
-            log(f"{out} held only failed cells of another study: {len(failed)} removed")
+    claim(out, config.study(), bool(_results(out)))
 
 
-def claim(out_dir: Path, study: dict[str, Any], has_results: bool) -> bool:
-    """Write ``study`` (and its fingerprint) to ``out_dir/study.json`` unless the folder holds another study's
-    results (ConfigError saying how they differ). True when another study's folder was taken over."""
+def claim(out_dir: Path, study: dict[str, Any], has_results: bool) -> None:
+    """Write ``study`` (and its fingerprint) to ``out_dir/study.json``, or refuse (ConfigError saying how they
+    differ) when the folder already names another study, whether or not it holds results yet.
+
+    The read and the write happen under ``DIR/.claim-lock``, so two runs claiming one empty folder at the same
+    moment cannot both take it. ``has_results`` only shapes the message.
+    """
     out = Path(out_dir)
     mine = {"fingerprint": fingerprint(study), "study": study}
-    held = read_json(out / STUDY_FILE)
-    if held is not None and held.get("fingerprint") == mine["fingerprint"]:
-        return False
-    if held is not None and has_results:
-        diff = config_diff(held.get("study", {}), study, found_name="this config")
-        raise ConfigError(
-            f"{out} holds the results of another study, computed with other settings ({'; '.join(diff[:5])}); "
-            "a folder holds one study: use a new --out folder, or delete this one to recompute")
-    write_json(out / STUDY_FILE, mine)
-    return held is not None
+    with claim_lock(out):
+        held = _read_study(out)
+        if held is not None and held.get("fingerprint") == mine["fingerprint"]:
+            return
+        if held is not None:
+            diff = config_diff(held.get("study", {}), study, found_name="this config")
+            what = "the results of another study" if has_results else "another study (no results yet)"
+            raise ConfigError(
+                f"{out} holds {what}, computed with other settings ({'; '.join(diff[:5]) or 'unknown'}); a folder "
+                "holds one study: use a new --out folder, or delete this one to recompute")
+        write_json(out / STUDY_FILE, mine)
+
+
+def _read_study(out: Path) -> dict[str, Any] | None:
+    """``out/study.json``, None when missing; a file that is there but unreadable is refused, never replaced."""
+    path = out / STUDY_FILE
+    if not path.exists() and not path.is_symlink():
+        return None
+    held = read_json(path)
+    if held is None or not isinstance(held.get("fingerprint"), str):
+        raise DataError(f"{path} is not a study file (unreadable, or no 'fingerprint'); a folder holds one "
+                        "study: use a new --out folder, or delete this one")
+    return held
 
 
 # -- predictions -------------------------------------------------------------------------------------

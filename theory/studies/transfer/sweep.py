@@ -51,6 +51,7 @@ from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_
 
 from theory.engine.config import PHASES, ExperimentConfig, task_label
 from theory.verdicts.controls import blind_factory, distort_kl, wrong_variance_task
+from theory.engine.folder_lock import hold_folder
 from theory.engine.loop import Executor, run_cells, run_groups
 from theory.studies.transfer.costs import deal_by_cost, group_cost
 from theory.truth.kl import fit_floor_model, kl_to_task, log_densities, monte_carlo_kl
@@ -564,7 +565,13 @@ def run_sweep(
         raise ConfigError(f"workers must be >= 1, got {workers}")
     check_study(config)
     rates = study_predictions(config)
-    out.mkdir(parents=True, exist_ok=True)
+    with hold_folder(out, shard):
+        return _sweep(config, out, workers, log, shard, executor, rates)
+
+
+def _sweep(config: ExperimentConfig, out: Path, workers: int, log: Log | None, shard: tuple[int, int],
+           executor: Executor | None, rates: dict[str, Any]) -> SweepResult:
+    """:func:`run_sweep` in a folder this process holds."""
     claim_folder(config, out, log)
     write_predictions(config, out, rates)
     todo, done = pending_cells(config, out)
