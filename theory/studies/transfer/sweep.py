@@ -44,7 +44,7 @@ import torch
 from shared_embed.checkpoint import atomic_write_text, config_diff
 from shared_embed.data import PairedData
 from shared_embed.device import resolve_device
-from shared_embed.errors import CheckpointError, ConfigError, GentransferError
+from shared_embed.errors import CheckpointError, ConfigError, DataError, GentransferError
 from shared_embed.head import Head
 from shared_embed.model import ConditionalModel
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder, train_model
@@ -56,11 +56,14 @@ from theory.engine.loop import Executor, run_cells, run_groups
 from theory.studies.transfer.costs import deal_by_cost, group_cost
 from theory.truth.kl import fit_floor_model, kl_to_task, log_densities, monte_carlo_kl
 from theory.engine.run_folder import (
+    check_no_links,
     claim_folder,
     collect_records,
     failed_cells,
     flagged_cells,
+    inside,
     read_json,
+    read_record,
     study_predictions,
     write_json,
     write_predictions,
@@ -181,7 +184,10 @@ def pending_cells(config: ExperimentConfig, out_dir: Path) -> tuple[list[Cell], 
     from other settings is an error, not a skip."""
     todo, done = [], []
     for cell in plan_cells(config):
-        record = read_json(out_dir / cell.path)
+        try:
+            record: dict[str, Any] | None = read_record(out_dir / cell.path)
+        except DataError:  # missing, truncated or of wrong field types: computed again
+            record = None
         if record is None or record.get("status") != "ok":
             todo.append(cell)
             continue
@@ -346,7 +352,7 @@ class GroupRunner:
                 torch.manual_seed(derived_seed(g.seed, "random-encoder"))  # one encoder per seed, every n_s
                 shared.source.encoder = new_encoder(source.d_c, self.tcfg).to(self.device).freeze()
             shared.info["source_encoder_digest"] = module_digest(shared.source.encoder)
-            shared.source.save(src_path)
+            shared.source.save(inside(self.out, src_path))
             self.say(f"[{g.stem}] source fitted in {seconds:.1f}s ({shared.source.history.steps_done} steps)")
         if want_floor and shared.floor is None:
             torch.manual_seed(derived_seed(g.seed, g.n_s, "floor-init"))
@@ -360,11 +366,11 @@ class GroupRunner:
             fit_seconds = time.perf_counter() - start
             est = kl_to_task(self.eval_task, shared.floor, n=cfg.eval_setting(g.head, "n_eval"),
                              generator=eval_generator(g.seed, "floor-eval"))
-            shared.floor.save(floor_path)
+            shared.floor.save(inside(self.out, floor_path))
             shared.info.update(floor=est.value, floor_se=est.se, floor_n=floor_n,
                                floor_seconds=time.perf_counter() - start, floor_fit_seconds=fit_seconds)
             self.say(f"[{g.stem}] embedding floor {est} (head fitted on {floor_n} target pairs)")
-        _write_json(info_path, shared.info)
+        _write_json(inside(self.out, info_path), shared.info)
         return shared
 
     def run(self) -> list[dict[str, Any]]:
@@ -397,7 +403,7 @@ class GroupRunner:
     def _failed(self, cell: Cell, error: str) -> dict[str, Any]:
         record = {**self._base(cell), "status": "failed", "error": error, "finished_at": _now(),
                   "torch": torch.__version__, "settings": self.settings}
-        _write_json(self.out / cell.path, record)
+        _write_json(inside(self.out, self.out / cell.path), record)
         self.say(f"[{cell}] FAILED: {error}")
         return record
 
@@ -431,7 +437,7 @@ class GroupRunner:
         except GentransferError as err:  # a diverged fit: recorded, reported, retried by the next run
             return self._failed(cell, f"{type(err).__name__}: {err}")
         record.update(finished_at=_now(), torch=torch.__version__, settings=self.settings)
-        _write_json(self.out / cell.path, record)
+        _write_json(inside(self.out, self.out / cell.path), record)
         extra = (f" = floor {record['floor_paired']:.4f} + head {record['head_term']:.4f}"
                  if "head_term" in record else "")
         self.say(f"[{cell}] KL {record['kl']:.4f} +- {record['kl_se']:.4f}{extra} "
@@ -483,7 +489,7 @@ class GroupRunner:
         torch.manual_seed(cell_seed + 1)
         with torch.no_grad():
             draws = [model.sample(cfg.evaluation.sample_n, c.to(self.device)).cpu().tolist() for c in contexts]
-        _write_json(self.out / cell.path.replace("cells/", "samples/", 1),
+        _write_json(inside(self.out, self.out / cell.path.replace("cells/", "samples/", 1)),
                     {"cell": cell.__dict__, "contexts": contexts.tolist(), "samples": draws})
 
 
@@ -573,6 +579,7 @@ def _sweep(config: ExperimentConfig, out: Path, workers: int, log: Log | None, s
            executor: Executor | None, rates: dict[str, Any]) -> SweepResult:
     """:func:`run_sweep` in a folder this process holds."""
     claim_folder(config, out, log)
+    check_no_links(out)
     write_predictions(config, out, rates)
     todo, done = pending_cells(config, out)
     if shard != (0, 1):
@@ -586,7 +593,7 @@ def _sweep(config: ExperimentConfig, out: Path, workers: int, log: Log | None, s
     run_groups(run_transfer_group, config.to_dict(), out, groups, workers=workers, threads=config.run.threads,
                log=log, executor=executor)
     seconds = time.perf_counter() - start
-    records = collect_records(out)
+    records = collect_records(out, config)
     csv_path = write_csv(records, out / "results.csv")
     failures = failed_cells(records)
     return SweepResult(ran=len(todo), skipped=len(done), failed=len(failures), seconds=seconds,
