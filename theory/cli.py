@@ -13,7 +13,9 @@ import argparse
 import importlib.metadata
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from shared_embed.errors import GentransferError
 
 from theory.verdicts.checks import PASS
 from theory.engine.config import ExperimentConfig, apply_override, read_toml, resolve_config
-from theory.engine.executors import EXECUTORS, make_executor, parse_options
+from theory.engine.executors import EXECUTORS, check_threads, make_executor, parse_options
 from theory.engine.folder_lock import hold_folder, run_in_progress
 from theory.studies.transfer.report import build_report
 from theory.engine.run_folder import read_json
@@ -53,7 +55,9 @@ What a run writes into its --out folder:
   checks.json   every check's verdict and numbers; config.json, the resolved config
   study.json    the study the folder belongs to (another study is refused); predictions.json, the exponents
 
-Exit status: 0 done; 1 some cells failed (listed; the same command retries them); 2 an error (one line).
+Exit status: 0 done; 1 some cells failed (listed; the same command retries them); 2 any other error (one
+line; GENTRANSFER_TRACEBACK=1 shows the traceback of an unexpected one); 130 Ctrl-C, 143 SIGTERM (finished
+cells are kept: the same command resumes).
 """
 
 EPILOG = """\
@@ -198,7 +202,10 @@ def _run_study(study: Any, raw: dict, args: argparse.Namespace) -> int:
     if workers < 1:
         raise GentransferError(f"--workers must be >= 1, got {workers}")
     executor = _executor(args, workers)
-    torch.set_num_threads(int(raw.get("run", {}).get("threads", 1)))
+    threads = raw.get("run", {}).get("threads", 1)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise GentransferError(f"run.threads must be a whole number >= 1, got {threads!r}")
+    torch.set_num_threads(check_threads(threads) if args.executor == "local" else threads)
     _check_out(args.out)
     print(f"gentransfer run: {raw['experiment'].get('name', raw['experiment']['kind'])} -> {args.out} "
           f"({workers} worker(s){_where(args)})", flush=True)
@@ -226,6 +233,8 @@ def _run(args: argparse.Namespace) -> int:
     if config.run.workers < 1:
         raise GentransferError(f"--workers must be >= 1, got {config.run.workers}")
     executor = _executor(args, config.run.workers)
+    if args.executor == "local":
+        check_threads(config.run.threads)
     torch.set_num_threads(config.run.threads)
     print(f"gentransfer run: {config.name} -> {args.out} ({config.run.workers} worker(s), "
           f"{config.run.threads} torch thread(s) each, device {config.run.device}"
@@ -272,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    previous = _on_sigterm(_terminate)
     try:
         if args.command == "run":
             return _run(args)
@@ -303,12 +313,52 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except GentransferError as err:
-        print(f"gentransfer: error: {err}", file=sys.stderr)
+        print(f"gentransfer: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except OSError as err:  # a full disk, a folder that became read-only, ...: one line, not a traceback
         where = f" {err.filename!r}" if err.filename else ""
-        print(f"gentransfer: error:{where} {err.strerror or err}", file=sys.stderr)
+        print(f"gentransfer: error:{where} {one_line(str(err.strerror or err))}", file=sys.stderr)
         return 2
+    except Terminated as err:
+        print(f"gentransfer: stopped by {err.name}; finished cells are kept: run the same command again to "
+              "resume", file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
-        print("gentransfer: interrupted; run the same command again to resume", file=sys.stderr)
+        print("gentransfer: interrupted; finished cells are kept: run the same command again to resume",
+              file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - every failure that is not a failed cell: exit 2, one line
+        if os.environ.get("GENTRANSFER_TRACEBACK"):
+            raise
+        print(f"gentransfer: error: {type(err).__name__}: {one_line(str(err))} (an unexpected error: set "
+              "GENTRANSFER_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return 2
+    finally:
+        _on_sigterm(previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """A run stopped by a signal other than Ctrl-C (SIGTERM): unwinds like Ctrl-C, exits 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum, self.name = signum, signal.Signals(signum).name
+
+
+def _on_sigterm(handler: Any) -> Any:
+    """Install ``handler`` for SIGTERM (in the main thread only; elsewhere Python cannot); returns the previous."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise Terminated(signum)
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: its first line, and its last when there are more (a traceback's error)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    return f"{lines[0]} ... {lines[-1]}"

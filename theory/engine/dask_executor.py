@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from concurrent.futures import CancelledError
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dask
 from distributed import Client, Future, LocalCluster, as_completed
+from distributed.comm.core import CommClosedError
 from distributed.scheduler import KilledWorker
 
 from shared_embed.errors import GentransferError
@@ -66,19 +68,33 @@ class DaskExecutor:
                                      f"({tries[i]}/{self.retries})")
                         queue.add(submit(i))
                         continue
+                    if fut.status == "cancelled":  # the scheduler went away, or cancelled the task
+                        raise self._lost(len(groups) - len(results))
                     results[i] = fut.result()  # re-raises a task's error here
                     progress.advance(len(groups[i].cells))
+            except (CancelledError, CommClosedError) as err:
+                with contextlib.suppress(Exception):
+                    client.cancel(list(futures))
+                raise self._lost(len(groups) - len(results), err) from err
             except BaseException:
-                client.cancel(list(futures))
+                with contextlib.suppress(Exception):
+                    client.cancel(list(futures))
                 raise
         return [results[i] for i in range(len(groups))]
+
+    def _lost(self, unfinished: int, err: BaseException | None = None) -> GentransferError:
+        """The error of a run whose scheduler went away: how many groups are unfinished, how to resume."""
+        where = self.scheduler or "of the LocalCluster"
+        why = f" ({type(err).__name__}: {' '.join(str(err).split())[:200]})" if err is not None and str(err) else ""
+        return GentransferError(f"the dask scheduler {where} was lost with {unfinished} group(s) unfinished{why}; "
+                                "finished cells are kept: run the same command again to resume")
 
     @contextlib.contextmanager
     def _client(self) -> Iterator[Client]:
         if self.scheduler is not None:
             try:
                 client = Client(self.scheduler, timeout="30s")
-            except OSError as err:
+            except (OSError, ValueError, TimeoutError) as err:
                 raise GentransferError(f"--scheduler {self.scheduler}: no dask scheduler answers there "
                                        f"({err})") from err
             with client:

@@ -166,8 +166,17 @@ def run_groups(runner: Runner, spec: dict[str, Any], out_dir: Path | None, group
                 for fut in finished:
                     results[futures[fut]] = fut.result()  # re-raises a worker's error here
                     progress.advance(len(groups[futures[fut]].cells))
-        except BaseException:
+        except BaseException as err:
             for fut in pending:
                 fut.cancel()
+            if not isinstance(err, Exception):  # Ctrl-C or SIGTERM: stop the workers now, not after their groups
+                _stop_workers(pool)
             raise
     return [r for i in range(len(groups)) for r in results[i]]
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's worker processes (their finished records are on disk; a rerun resumes)."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        if proc.is_alive():
+            proc.terminate()
