@@ -131,3 +131,19 @@ def test_report_refuses_a_field_of_the_wrong_type_and_run_recomputes_it(run: Pat
         build_report(run)
     rerun = run_sweep(ExperimentConfig.from_dict(raw(variants=["no_transfer"], n_t=[8, 16])), run, log=None)
     assert rerun.ran == 1 and json.loads(record.read_text())[field] == good[field]
+
+
+def test_a_cached_model_of_another_group_is_refitted_never_used(tmp_path: Path) -> None:
+    config = ExperimentConfig.from_dict(raw(variants=["transfer"], n_s=[64, 96], n_t=[8]))
+    out = tmp_path / "run"
+    run_sweep(config, out, log=None)
+    honest = {p.name: json.loads(p.read_text())["kl"] for p in out.glob("cells/*/*/*.json")}
+    models = out / "models" / "gaussian"
+    for name in ("source", "floor"):  # the n_s = 64 fits dropped in place of the n_s = 96 ones
+        shutil.copyfile(models / f"ns64_seed0_{name}.safetensors", models / f"ns96_seed0_{name}.safetensors")
+    for record in out.glob("cells/gaussian/ns96/*.json"):
+        record.unlink()
+    said: list[str] = []
+    run_sweep(config, out, log=said.append)
+    assert any("cached model unreadable, fitting it again" in m and "was fitted for" in m for m in said), said
+    assert {p.name: json.loads(p.read_text())["kl"] for p in out.glob("cells/*/*/*.json")} == honest

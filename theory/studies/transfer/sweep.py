@@ -313,6 +313,11 @@ class GroupRunner:
         self.hash = config.settings_hash(group.head, overrides)
         self.device = resolve_device(config.run.device)
 
+    def _identity(self, role: str) -> dict[str, Any]:
+        """What a cached model of this group was fitted for: its group, role (source or floor) and settings
+        digest; a model saved for another is refused on load (and refitted), never used."""
+        return {"group": self.group.stem, "role": role, "settings_hash": self.hash}
+
     # shared pieces
     def _source_and_floor(self, source: PairedData) -> _Shared:
         """The group's source model (loaded when a previous run saved it, else fitted and saved) and, when a
@@ -329,9 +334,9 @@ class GroupRunner:
             raise ConfigError(f"{info_path} was computed with other settings; use a new --out folder")
         if info is not None and src_path.is_file():
             try:
-                shared.source = ConditionalModel.load(src_path).to(self.device)
+                shared.source = ConditionalModel.load(src_path, identity=self._identity("source")).to(self.device)
                 if want_floor and info.get("floor") is not None and floor_path.is_file():
-                    shared.floor = ConditionalModel.load(floor_path).to(self.device)
+                    shared.floor = ConditionalModel.load(floor_path, identity=self._identity("floor")).to(self.device)
                 shared.info = info
                 self.say(f"[{g.stem}] source model loaded from {src_path.name}")
             except CheckpointError as err:  # a corrupted cache of this study: rebuilt below
@@ -352,7 +357,7 @@ class GroupRunner:
                 torch.manual_seed(derived_seed(g.seed, "random-encoder"))  # one encoder per seed, every n_s
                 shared.source.encoder = new_encoder(source.d_c, self.tcfg).to(self.device).freeze()
             shared.info["source_encoder_digest"] = module_digest(shared.source.encoder)
-            shared.source.save(inside(self.out, src_path))
+            shared.source.save(inside(self.out, src_path), identity=self._identity("source"))
             self.say(f"[{g.stem}] source fitted in {seconds:.1f}s ({shared.source.history.steps_done} steps)")
         if want_floor and shared.floor is None:
             torch.manual_seed(derived_seed(g.seed, g.n_s, "floor-init"))
@@ -366,7 +371,7 @@ class GroupRunner:
             fit_seconds = time.perf_counter() - start
             est = kl_to_task(self.eval_task, shared.floor, n=cfg.eval_setting(g.head, "n_eval"),
                              generator=eval_generator(g.seed, "floor-eval"))
-            shared.floor.save(inside(self.out, floor_path))
+            shared.floor.save(inside(self.out, floor_path), identity=self._identity("floor"))
             shared.info.update(floor=est.value, floor_se=est.se, floor_n=floor_n,
                                floor_seconds=time.perf_counter() - start, floor_fit_seconds=fit_seconds)
             self.say(f"[{g.stem}] embedding floor {est} (head fitted on {floor_n} target pairs)")
