@@ -243,3 +243,24 @@ def test_a_scheduler_lost_mid_run_is_one_line_with_exit_2(tmp_path: Path, monkey
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1, err
     assert f"the dask scheduler {address} was lost with" in err and "run the same command again to resume" in err
+
+
+def test_a_scheduler_with_no_worker_says_so_then_gives_up(tmp_path: Path) -> None:
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    logs = (tmp_path / "dask.log").open("w")
+    scheduler = subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port",
+                                  address.rsplit(":", 1)[1], "--no-dashboard"], stdout=logs, stderr=logs)
+    said: list[str] = []
+    try:
+        from distributed import Client
+
+        with Client(address, timeout="60s"):
+            pass  # the scheduler answers
+        executor = DaskExecutor(scheduler=address, worker_timeout=2)
+        with pytest.raises(GentransferError, match=f"no dask worker joined the scheduler {address} within 2 s"):
+            sweep.run_sweep(load_config(SMOKE, TWO_GROUPS), tmp_path / "run", log=said.append, executor=executor)
+    finally:
+        scheduler.kill()
+        scheduler.wait(timeout=30)
+        logs.close()
+    assert any(f"the dask scheduler {address} has no worker yet: waiting up to 2 s" in m for m in said), said

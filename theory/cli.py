@@ -74,6 +74,10 @@ with no extra package, give each host --shard I/N (I = 0..N-1, groups dealt by e
 """
 
 
+#: CPU-hours of estimated compute above which ``run`` asks for --yes (configs/full.toml: about 7)
+MAX_HOURS = 24.0
+
+
 def version() -> str:
     """The installed gentransfer's version ("unknown" when run from a tree that was never installed)."""
     try:
@@ -113,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--slurm-cluster", choices=("slurm", "local", "debug"),
                      help="slurm: submitit's cluster (default: SLURM where there is one; 'local' runs the job "
                           "array as processes of this machine)")
+    run.add_argument("--yes", action="store_true",
+                     help=f"start a grid estimated at more than {MAX_HOURS:g} CPU-hours (without it such a run "
+                          "stops at once, printing the estimate)")
     run.add_argument("--quiet", action="store_true", help="no per-cell progress lines")
     run.add_argument("--no-report", action="store_true", help="skip the report (build it later with 'report')")
     rep = sub.add_parser("report", help="rebuild report.md, checks.json, results.csv and plots from a run folder",
@@ -249,7 +256,7 @@ def _sweep_and_report(config: ExperimentConfig, args: argparse.Namespace, shard:
                       start: float) -> int:
     """The sweep and its report, in a folder this process holds: 0, or 1 when some cells failed."""
     result = run_sweep(config, args.out, log=None if args.quiet else (lambda m: print(m, flush=True)), shard=shard,
-                       executor=executor)
+                       executor=executor, max_hours=None if args.yes else MAX_HOURS)
     atomic_write_text(Path(args.out) / "run.json", json.dumps({
         "config_file": os.fspath(args.config), "overrides": args.overrides, "workers": config.run.workers,
         "executor": args.executor,

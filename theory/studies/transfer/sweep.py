@@ -52,7 +52,7 @@ from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_
 from theory.engine.config import PHASES, ExperimentConfig, task_label
 from theory.verdicts.controls import blind_factory, distort_kl, wrong_variance_task
 from theory.engine.folder_lock import hold_folder
-from theory.engine.loop import Executor, run_cells, run_groups
+from theory.engine.loop import Executor, duration, run_cells, run_groups
 from theory.studies.transfer.costs import deal_by_cost, group_cost
 from theory.truth.kl import fit_floor_model, kl_to_task, log_densities, monte_carlo_kl
 from theory.engine.run_folder import (
@@ -200,6 +200,12 @@ def pending_cells(config: ExperimentConfig, out_dir: Path) -> tuple[list[Cell], 
             )
         done.append(cell)
     return todo, done
+
+
+def estimated_seconds(config: ExperimentConfig, cells: Iterable[Cell]) -> float:
+    """Estimated CPU-seconds of ``cells`` on one thread (:func:`theory.studies.transfer.costs.group_cost`; the
+    steps are the configured caps, so this is an upper estimate for fits that stop early)."""
+    return sum(group_cost(config, g) for g in plan_groups(cells))
 
 
 def module_digest(module: torch.nn.Module) -> str:
@@ -559,6 +565,7 @@ def check_study(config: ExperimentConfig) -> None:
 def run_sweep(
     config: ExperimentConfig, out_dir: str | os.PathLike[str], *, workers: int | None = None,
     log: Log | None = print, shard: tuple[int, int] = (0, 1), executor: Executor | None = None,
+    max_hours: float | None = None,
 ) -> SweepResult:
     """Run every missing (or failed) cell of ``config`` into ``out_dir``; then collect all records into
     results.csv.
@@ -569,6 +576,7 @@ def run_sweep(
     with ``config.run.threads`` torch threads, which exit when this process dies; 1 runs them in this process.
     ``shard`` = (I, N) runs only the groups of shard I of N (:func:`shard_cells`), to spread one sweep over
     several hosts. ``executor`` (:mod:`theory.engine.executors`: dask, SLURM) runs the groups there instead.
+    ``max_hours``: refuse (ConfigError, with the estimate) cells estimated at more CPU-hours than this.
     """
     out = Path(out_dir)
     workers = config.run.workers if workers is None else workers
@@ -577,18 +585,19 @@ def run_sweep(
     check_study(config)
     rates = study_predictions(config)
     with hold_folder(out, shard):
-        return _sweep(config, out, workers, log, shard, executor, rates)
+        return _sweep(config, out, workers, log, shard, executor, rates, max_hours)
 
 
 def _sweep(config: ExperimentConfig, out: Path, workers: int, log: Log | None, shard: tuple[int, int],
-           executor: Executor | None, rates: dict[str, Any]) -> SweepResult:
+           executor: Executor | None, rates: dict[str, Any], max_hours: float | None) -> SweepResult:
     """:func:`run_sweep` in a folder this process holds."""
     claim_folder(config, out, log)
     check_no_links(out)
-    write_predictions(config, out, rates)
     todo, done = pending_cells(config, out)
     if shard != (0, 1):
         todo = shard_cells(config, todo, shard)
+    _check_cost(config, todo, workers, max_hours)
+    write_predictions(config, out, rates)
     write_config(config, out)
     say = log or (lambda _msg: None)
     groups = plan_groups(todo)
@@ -603,6 +612,17 @@ def _sweep(config: ExperimentConfig, out: Path, workers: int, log: Log | None, s
     failures = failed_cells(records)
     return SweepResult(ran=len(todo), skipped=len(done), failed=len(failures), seconds=seconds,
                        csv_path=csv_path, failures=failures, flagged=flagged_cells(records))
+
+
+def _check_cost(config: ExperimentConfig, todo: list[Cell], workers: int, max_hours: float | None) -> None:
+    """ConfigError stating the estimate when ``todo`` is estimated at more than ``max_hours`` CPU-hours."""
+    if max_hours is None or not todo:
+        return
+    seconds = estimated_seconds(config, todo)
+    if seconds > max_hours * 3600:
+        raise ConfigError(f"this run is estimated at {duration(seconds)} of CPU time ({len(todo)} cells; about "
+                          f"{duration(seconds / workers)} on {workers} worker(s)), more than {max_hours:g} h: "
+                          "rerun with --yes to start it (or make the grid smaller)")
 
 
 # -- records ------------------------------------------------------------------------------------------
