@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import check_same_rows, iterate_batches
-from .errors import CheckpointError, ConfigError, TrainingDivergedError
+from .errors import CheckpointError, ConfigError, FitWarning, TrainingDivergedError
 from .progress import progress_bar, watched
 from .state import flatten_training_state, unflatten_training_state
 from .validation import check_choice, check_positive_float, check_positive_int
@@ -100,6 +101,8 @@ class TrainHistory:
     resumed_from: int | None = None
     seconds: float = 0.0
     initial_val: float | None = None
+    #: what is doubtful about the fit (e.g. it never beat its initial model), one sentence each
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -406,6 +409,16 @@ def _finish(module: nn.Module, config: TrainConfig, val_data: Sequence[Tensor] |
     elif config.restore_best and state.best_state is not None:
         module.load_state_dict(state.best_state)
     module.eval()
+    if not history.improved and not history.warnings:
+        _warn(history, f"{config.description or 'the'} fit never beat its initial model on the validation rows "
+                       f"(best loss {history.best_val:.4g} vs {history.initial_val:.4g} at step 0): lower lr "
+                       f"(now {config.lr:g}) or give more rows")
     if config.checkpoint_every:
         checkpoints.save(state)
     return history
+
+
+def _warn(history: TrainHistory, message: str) -> None:
+    """Record ``message`` on ``history`` (kept with it, and in a fit's summary) and say it as a FitWarning."""
+    history.warnings.append(message)
+    warnings.warn(message, FitWarning, stacklevel=3)

@@ -47,7 +47,14 @@ from shared_embed.device import resolve_device
 from shared_embed.errors import CheckpointError, ConfigError, DataError, GentransferError
 from shared_embed.head import Head
 from shared_embed.model import ConditionalModel
-from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder, train_model
+from shared_embed.transfer import (
+    TransferConfig,
+    fit_source,
+    fit_variants,
+    min_fit_rows,
+    new_encoder,
+    train_model,
+)
 
 from theory.engine.config import PHASES, ExperimentConfig, task_label
 from theory.verdicts.controls import blind_factory, distort_kl, wrong_variance_task
@@ -538,6 +545,25 @@ def min_target_pairs(d_h: int, d_x: int) -> int:
     return d_h + d_x + 2
 
 
+def _check_rows(config: ExperimentConfig, task: Any, where: str) -> None:
+    """ConfigError when a variant of the grid would fit fewer rows than its context needs
+    (:func:`shared_embed.transfer.min_fit_rows`: context features + d_x + 2)."""
+    embed = task.d_h if config.encoder.embed_dim == "d_h" else config.encoder.embed_dim
+    context = {"transfer": embed, "no_transfer": embed, "fine_tune": embed, "oracle": task.d_h, "direct": task.d_c}
+    for head in config.grid.heads:
+        wanted = config.heads[head].variants
+        for variant in [v for v in config.grid.variants if wanted is None or v in wanted]:
+            need = min_fit_rows(context[variant], task.d_x)
+            sizes = {"n_t": min(config.grid.n_t)}
+            if variant in SOURCE_VARIANTS:
+                sizes["n_s"] = min(config.grid.n_s)
+            for axis, n in sizes.items():
+                if n < need:
+                    raise ConfigError(f"grid.{axis} = {n}: variant {variant} of head {head} fits a model on a "
+                                      f"{context[variant]}-feature context and needs at least {need} pairs "
+                                      f"(context features + d_x + 2; task {where}: d_x = {task.d_x})")
+
+
 def check_study(config: ExperimentConfig) -> None:
     """Build every task, head, encoder and training config of ``config`` once, before any cell runs: a bad
     option value or a grid too small for the task is a ConfigError naming it, never a failed cell."""
@@ -548,6 +574,7 @@ def check_study(config: ExperimentConfig) -> None:
             raise ConfigError(f"grid.n_t = {config.grid.n_t}: a cell needs at least d_h + d_x + 2 = {low} target "
                               f"pairs (task {task_label(overrides) or config.task.name}: d_h = {task.d_h}, "
                               f"d_x = {task.d_x})")
+        _check_rows(config, task, task_label(overrides) or config.task.name)
         for head in config.grid.heads:
             try:
                 tcfg = transfer_config(config, head, 0, task.d_h)
