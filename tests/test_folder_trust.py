@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared_embed.errors import DataError
+from shared_embed.errors import DataError, GentransferError
 from theory.cli import main
 from theory.engine.config import ExperimentConfig
 from theory.studies.transfer.report import build_report
@@ -147,3 +147,17 @@ def test_a_cached_model_of_another_group_is_refitted_never_used(tmp_path: Path) 
     run_sweep(config, out, log=said.append)
     assert any("cached model unreadable, fitting it again" in m and "was fitted for" in m for m in said), said
     assert {p.name: json.loads(p.read_text())["kl"] for p in out.glob("cells/*/*/*.json")} == honest
+
+
+def test_report_reads_no_link_in_any_run_subfolder_nor_a_linked_config(run: Path, tmp_path: Path) -> None:
+    (tmp_path / "planted").mkdir()
+    (run / "models").mkdir(exist_ok=True)
+    (run / "models" / "planted").symlink_to(tmp_path / "planted", target_is_directory=True)
+    with pytest.raises(DataError, match="models/planted is a symbolic link"):
+        build_report(run)
+    (run / "models" / "planted").unlink()
+    (tmp_path / "config.json").write_text((run / "config.json").read_text())
+    (run / "config.json").unlink()
+    (run / "config.json").symlink_to(tmp_path / "config.json")
+    with pytest.raises(GentransferError, match="holds no config.json"):
+        build_report(run)

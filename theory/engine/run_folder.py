@@ -34,7 +34,10 @@ Log = Callable[[str], None]
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON file's dict, or None when it is missing or unreadable (a cache that is then rebuilt)."""
+    """A JSON file's dict, or None when it is missing, unreadable or a symbolic link (which could lead out of
+    the folder: never read through; a cache that is then rebuilt)."""
+    if Path(path).is_symlink():
+        return None
     try:
         data = json.loads(Path(path).read_bytes().decode("utf-8"))
     except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError, json.JSONDecodeError):

@@ -27,6 +27,7 @@ from theory.studies.transfer.dimension_plots import plot_dimension_laws
 from theory.engine.plots import plot_floor, plot_kl_curves, plot_samples
 from theory.truth.rates import Rates, check_rate_name, effective_smoothness, predicted_rates
 from theory.engine.run_folder import (
+    check_no_links,
     collect_records,
     failed_cells,
     flagged_cells,
@@ -235,6 +236,7 @@ def build_report(out_dir: str | os.PathLike[str], config: ExperimentConfig | Non
     config = config or load_run_config(out)
     if rate is not None:
         config.theory.rate = check_rate_name(rate)
+    check_no_links(out)
     records = collect_records(out, config)
     if not records:
         raise DataError(f"{os.fspath(out)!r} holds no cell records yet (run 'gentransfer run' first)")
