@@ -81,3 +81,12 @@ def test_a_local_cluster_has_no_more_workers_than_groups(monkeypatch: pytest.Mon
     with pytest.raises(Stop):
         de.DaskExecutor(workers=26).run(None, [_Group((1,))] * 6, Progress(6, lambda _m: None))  # type: ignore[arg-type]
     assert asked == [6]
+
+
+def test_a_grid_of_very_many_cells_asks_for_yes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "o"
+    seeds = f"grid.seeds={list(range(5000))}"
+    assert main(["run", str(SMOKE), "--out", str(out), "--set", seeds, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "this run has 60000 cells to run, more than 10000 (estimated at" in err
+    assert "rerun with --yes to start it" in err and not (out / "cells").exists()

@@ -119,8 +119,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="slurm: submitit's cluster (default: SLURM where there is one; 'local' runs the job "
                           "array as processes of this machine)")
     run.add_argument("--yes", action="store_true",
-                     help=f"start a grid estimated at more than {MAX_HOURS:g} CPU-hours (without it such a run "
-                          "stops at once, printing the estimate)")
+                     help=f"start a grid estimated at more than {MAX_HOURS:g} CPU-hours or of more than 10000 cells "
+                          "(without it such a run stops at once, printing the estimate)")
     run.add_argument("--quiet", action="store_true", help="no per-cell progress lines")
     run.add_argument("--no-report", action="store_true", help="skip the report (build it later with 'report')")
     rep = sub.add_parser("report", help="rebuild report.md, checks.json, results.csv and plots from a run folder",

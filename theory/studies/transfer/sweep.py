@@ -641,11 +641,20 @@ def _sweep(config: ExperimentConfig, out: Path, workers: int, log: Log | None, s
                        csv_path=csv_path, failures=failures, flagged=flagged_cells(records))
 
 
+#: cells to run above which a run asked to check its cost (``max_hours``) stops, as for too many CPU-hours
+MAX_CELLS = 10_000
+
+
 def _check_cost(config: ExperimentConfig, todo: list[Cell], workers: int, max_hours: float | None) -> None:
-    """ConfigError stating the estimate when ``todo`` is estimated at more than ``max_hours`` CPU-hours."""
+    """ConfigError stating the estimate when ``todo`` is estimated at more than ``max_hours`` CPU-hours, or
+    holds more than :data:`MAX_CELLS` cells."""
     if max_hours is None or not todo:
         return
     seconds = estimated_seconds(config, todo)
+    if len(todo) > MAX_CELLS:
+        raise ConfigError(f"this run has {len(todo)} cells to run, more than {MAX_CELLS} (estimated at "
+                          f"{duration(seconds)} of CPU time; about {duration(seconds / workers)} on {workers} "
+                          "worker(s)): rerun with --yes to start it (or make the grid smaller)")
     if seconds > max_hours * 3600:
         raise ConfigError(f"this run is estimated at {duration(seconds)} of CPU time ({len(todo)} cells; about "
                           f"{duration(seconds / workers)} on {workers} worker(s)), more than {max_hours:g} h: "
