@@ -618,12 +618,12 @@ def run_sweep(
 def _sweep(config: ExperimentConfig, out: Path, workers: int, log: Log | None, shard: tuple[int, int],
            executor: Executor | None, rates: dict[str, Any], max_hours: float | None) -> SweepResult:
     """:func:`run_sweep` in a folder this process holds."""
-    claim_folder(config, out, log)
     check_no_links(out)
+    _check_cost(config, _unfinished(config, out, shard), workers, max_hours)  # before the folder is claimed
+    claim_folder(config, out, log)
     todo, done = pending_cells(config, out)
     if shard != (0, 1):
         todo = shard_cells(config, todo, shard)
-    _check_cost(config, todo, workers, max_hours)
     write_predictions(config, out, rates)
     write_config(config, out)
     say = log or (lambda _msg: None)
@@ -639,6 +639,12 @@ def _sweep(config: ExperimentConfig, out: Path, workers: int, log: Log | None, s
     failures = failed_cells(records)
     return SweepResult(ran=len(todo), skipped=len(done), failed=len(failures), seconds=seconds,
                        csv_path=csv_path, failures=failures, flagged=flagged_cells(records))
+
+
+def _unfinished(config: ExperimentConfig, out: Path, shard: tuple[int, int]) -> list[Cell]:
+    """The cells of ``shard`` with no finished record in ``out`` (read only; nothing checked but the status)."""
+    cells = [c for c in plan_cells(config) if (read_json(out / c.path) or {}).get("status") != "ok"]
+    return cells if shard == (0, 1) else shard_cells(config, cells, shard)
 
 
 #: cells to run above which a run asked to check its cost (``max_hours``) stops, as for too many CPU-hours
