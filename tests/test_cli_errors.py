@@ -69,7 +69,8 @@ def test_an_unexpected_error_is_one_line_with_exit_2(tmp_path: Path, monkeypatch
         main(["run", str(SMOKE), "--out", str(tmp_path / "o")])
 
 
-def test_sigterm_stops_a_run_saying_how_to_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how, said", [(signal.SIGTERM, "stopped by SIGTERM"), (signal.SIGINT, "interrupted")])
+def test_sigterm_and_ctrl_c_stop_a_run_saying_how_to_resume(tmp_path: Path, how: signal.Signals, said: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "o"
     proc = subprocess.Popen([sys.executable, "-m", "theory", "run", str(SMOKE), "--out", str(out),
@@ -79,8 +80,8 @@ def test_sigterm_stops_a_run_saying_how_to_resume(tmp_path: Path) -> None:
     first = proc.stdout.readline()  # the run's first line: it has started
     assert first.startswith("gentransfer run:"), first
     time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(how)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM
-    assert err.strip().splitlines()[-1] == ("gentransfer: stopped by SIGTERM; finished cells are kept: run the "
-                                            "same command again to resume")
+    assert proc.returncode == 128 + how
+    assert err.strip().splitlines()[-1] == (f"gentransfer: {said}; finished cells are kept: run the same command "
+                                            "again to resume")
