@@ -38,7 +38,3 @@ class TrainingDivergedError(GentransferError, RuntimeError):
 
 class FolderBusyError(GentransferError, RuntimeError):
     """A run folder is locked by another run (the message names the holder's pid and host)."""
-
-
-class FitWarning(UserWarning):
-    """A fit that finished but is doubtful (e.g. it never beat its initial model); also on ``history.warnings``."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -29,7 +28,7 @@ from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import check_same_rows, iterate_batches
-from .errors import CheckpointError, ConfigError, FitWarning, TrainingDivergedError
+from .errors import CheckpointError, ConfigError, TrainingDivergedError
 from .progress import progress_bar, watched
 from .state import flatten_training_state, unflatten_training_state
 from .validation import check_choice, check_positive_float, check_positive_int
@@ -419,6 +418,5 @@ def _finish(module: nn.Module, config: TrainConfig, val_data: Sequence[Tensor] |
 
 
 def _warn(history: TrainHistory, message: str) -> None:
-    """Record ``message`` on ``history`` (kept with it, and in a fit's summary) and say it as a FitWarning."""
+    """Record ``message`` on ``history``: kept with it (checkpoints too) and listed in a fit's summary."""
     history.warnings.append(message)
-    warnings.warn(message, FitWarning, stacklevel=3)

@@ -134,11 +134,12 @@ def _fit_closed_form(model: ConditionalModel, data: PairedData) -> TrainHistory:
     return TrainHistory(train_loss=[nll], best_val=nll, seconds=time.perf_counter() - start)
 
 
-def min_fit_rows(context_features: int, d_x: int) -> int:
-    """The fewest rows a fit may have: ``context_features + d_x + 2``. The simplest head on a context of that
-    many features, a Gaussian linear in it, has ``context_features + 1`` coefficients per outcome; ``d_x + 1``
-    residual degrees of freedom more make its d_x x d_x covariance identifiable. Fewer rows fit nothing."""
-    return context_features + d_x + 2
+def min_fit_rows(context_features: int) -> int:
+    """The fewest rows a fit may have: ``context_features + 2``. The simplest head on a context of that many
+    features, a Gaussian linear in it with one variance per outcome, has ``context_features + 1`` coefficients
+    and a variance per outcome: fewer rows leave a variance unidentified (a fitted log-density then grows
+    without bound). Independent of d_x, so few-shot fits of many outcomes (8x8 digits) stay possible."""
+    return context_features + 2
 
 
 def constant_columns(values: Tensor) -> list[int]:
@@ -154,12 +155,12 @@ def constant_columns(values: Tensor) -> list[int]:
 def check_fit_data(name: str, data: PairedData, context_features: int | None) -> PairedData:
     """``data`` when a model can be fitted to it: at least :func:`min_fit_rows` rows, and no constant column of
     x or c; else a DataError naming the argument and the column."""
-    need = min_fit_rows(context_features or 0, data.d_x)
+    need = min_fit_rows(context_features or 0)
     if len(data) < need:
         what = f"a {context_features}-feature context" if context_features else "no context"
-        raise DataError(f"{name} has {len(data)} row(s); a fit of d_x = {data.d_x} outcomes on {what} needs at least "
-                        f"{need} (context features + d_x + 2: the simplest such model, Gaussian linear in the "
-                        "context, has that many parameters per outcome plus a covariance)")
+        raise DataError(f"{name} has {len(data)} row(s); a fit on {what} needs at least {need} (context features "
+                        "+ 2: the simplest such model, Gaussian linear in the context, has context features + 1 "
+                        "coefficients and a variance per outcome)")
     for part in ("x", "c"):
         values = getattr(data, part)
         if values is None:

@@ -17,14 +17,13 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from shared_embed.checkpoint import atomic_write_text
-from shared_embed.errors import FitWarning, GentransferError
+from shared_embed.errors import GentransferError
 
 from theory.verdicts.checks import PASS
 from theory.engine.config import ExperimentConfig, apply_override, read_toml, resolve_config
@@ -290,7 +289,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     previous = _on_sigterm(_terminate)
-    warnings.filterwarnings("ignore", category=FitWarning)  # a run flags such cells itself, in its report
     try:
         if args.command == "run":
             return _run(args)

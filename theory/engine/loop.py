@@ -97,20 +97,10 @@ def _die_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _quiet_fit_warnings() -> None:
-    """A worker's doubtful fits are flagged in their records (the report lists them), not as Python warnings."""
-    import warnings
-
-    from shared_embed.errors import FitWarning
-
-    warnings.filterwarnings("ignore", category=FitWarning)
-
-
 def _init_worker(threads: int, parent: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    _quiet_fit_warnings()
     os.environ.setdefault("GENTRANSFER_QUIET", "1")
     threading.Thread(target=_die_with_parent, args=(parent,), daemon=True, name="die-with-parent").start()
 
@@ -143,7 +133,6 @@ class GroupJob:
 
         with _ONE_GROUP_AT_A_TIME:
             torch.set_num_threads(self.threads)
-            _quiet_fit_warnings()
             os.environ.setdefault("GENTRANSFER_QUIET", "1")
             return _worker(self.runner, self.spec, self.out_dir, group, self.verbose)
 

@@ -547,13 +547,13 @@ def min_target_pairs(d_h: int, d_x: int) -> int:
 
 def _check_rows(config: ExperimentConfig, task: Any, where: str) -> None:
     """ConfigError when a variant of the grid would fit fewer rows than its context needs
-    (:func:`shared_embed.transfer.min_fit_rows`: context features + d_x + 2)."""
+    (:func:`shared_embed.transfer.min_fit_rows`: context features + 2)."""
     embed = task.d_h if config.encoder.embed_dim == "d_h" else config.encoder.embed_dim
     context = {"transfer": embed, "no_transfer": embed, "fine_tune": embed, "oracle": task.d_h, "direct": task.d_c}
     for head in config.grid.heads:
         wanted = config.heads[head].variants
         for variant in [v for v in config.grid.variants if wanted is None or v in wanted]:
-            need = min_fit_rows(context[variant], task.d_x)
+            need = min_fit_rows(context[variant])
             sizes = {"n_t": min(config.grid.n_t)}
             if variant in SOURCE_VARIANTS:
                 sizes["n_s"] = min(config.grid.n_s)
@@ -561,7 +561,7 @@ def _check_rows(config: ExperimentConfig, task: Any, where: str) -> None:
                 if n < need:
                     raise ConfigError(f"grid.{axis} = {n}: variant {variant} of head {head} fits a model on a "
                                       f"{context[variant]}-feature context and needs at least {need} pairs "
-                                      f"(context features + d_x + 2; task {where}: d_x = {task.d_x})")
+                                      f"(context features + 2; task {where})")
 
 
 def check_study(config: ExperimentConfig) -> None:
