@@ -2,8 +2,9 @@
 
 A checkpoint ``model.safetensors`` holds the tensors and, in its header metadata, the format version, the
 JSON config and a SHA-256 of the tensor bytes. A readable ``model.json`` copy of the config is written
-beside it. Loading refuses a truncated or corrupted file, a newer format and a config that differs from
-the one expected, each with a :class:`~shared_embed.errors.CheckpointError` saying what differs.
+beside it. Loading refuses a truncated or corrupted file, a newer format, a config that differs from
+the one expected or that is not a JSON object, and tensors of the wrong dtype or with NaN or inf values (named),
+each with a :class:`~shared_embed.errors.CheckpointError` saying what differs.
 """
 
 from __future__ import annotations
@@ -159,7 +160,24 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], di
         extra = json.loads(meta.get("extra", "{}"))
     except (KeyError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path} has a corrupted config: {err}") from err
+    for name, value in (("config", config), ("extra", extra)):
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{path} has a malformed {name}: expected a JSON object, got a JSON "
+                                  f"{type(value).__name__}")
     return tensors, config, extra
+
+
+def check_tensors(path: str | os.PathLike[str], stored: dict[str, Tensor], wanted: dict[str, Tensor]) -> None:
+    """CheckpointError naming the first stored tensor whose dtype is not the module's (integer-truncated
+    weights) or whose floating values are not all finite (a NaN in a saved scaler): checked before any is used."""
+    for name in sorted(stored):
+        t, want = stored[name], wanted.get(name)
+        if want is not None and t.dtype != want.dtype:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {t.dtype}, the model needs {want.dtype}")
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{path}: tensor {name!r} holds {bad} NaN or inf value(s) of {t.numel()}; "
+                                  "a checkpoint's weights must be finite")
 
 
 def config_diff(expected: Any, found: Any, prefix: str = "", found_name: str = "checkpoint") -> list[str]:
@@ -194,6 +212,7 @@ def load_module_state(path: str | os.PathLike[str], module: nn.Module, expected_
     diff = config_diff(json.loads(json.dumps(expected_config)), config)
     if diff:
         raise CheckpointError(f"{path} was saved with a different configuration: " + "; ".join(diff))
+    check_tensors(path, tensors, module.state_dict())
     try:
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as err:

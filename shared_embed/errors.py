@@ -34,3 +34,7 @@ class CheckpointError(GentransferError, ValueError):
 
 class TrainingDivergedError(GentransferError, RuntimeError):
     """Training produced a NaN/inf loss or gradient; the message names the step and the last good checkpoint."""
+
+
+class FolderBusyError(GentransferError, RuntimeError):
+    """A run folder is locked by another run (the message names the holder's pid and host)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -199,9 +200,14 @@ class ConditionalModel(nn.Module):
             "h_scaler": None if self.h_scaler is None else self.h_scaler.features,
         }
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``path`` (safetensors + embedded config and training history) and a readable ``.json`` beside it."""
+    def save(self, path: str | os.PathLike[str], identity: dict[str, Any] | None = None) -> Path:
+        """Write ``path`` (safetensors + embedded config and training history) and a readable ``.json`` beside it.
+
+        ``identity``: what the model was fitted for (e.g. its group and settings digest), JSON-able; stored, and
+        checked by :meth:`load` when asked for."""
         extra = {} if self.history is None else {"history": self.history.to_dict()}
+        if identity is not None:
+            extra["identity"] = json.loads(json.dumps(identity))
         return save_checkpoint(path, self, {"model": "ConditionalModel", **self.config}, extra=extra)
 
     def _stored_config(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -219,11 +225,19 @@ class ConditionalModel(nn.Module):
         return self
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str | torch.device | None = None) -> ConditionalModel:
+    def load(cls, path: str | os.PathLike[str], device: str | torch.device | None = None, *,
+             identity: dict[str, Any] | None = None) -> ConditionalModel:
         """Rebuild a model from its checkpoint alone, in eval mode with its training history, on ``device``
-        (default: CPU). The head's package must be imported (``flows``, ``diffusion``)."""
+        (default: CPU). The head's package must be imported (``flows``, ``diffusion``).
+
+        ``identity``: what the model must have been fitted for (as given to :meth:`save`); a checkpoint of
+        another fit (or of none stated) is a CheckpointError, never used. Tensors of the wrong dtype or with
+        NaN or inf values are refused, naming the tensor; so is a config asking for more layers than stored."""
         target = resolve_device("cpu" if device is None else device)
-        tensors, config, _ = load_checkpoint(path)
+        tensors, config, extra = load_checkpoint(path)
+        if identity is not None and extra.get("identity") != json.loads(json.dumps(identity)):
+            raise CheckpointError(f"{path} was fitted for {extra.get('identity')}, not for {identity}: a model of "
+                                  "another fit is never used")
         if config.get("model") != "ConditionalModel":
             raise CheckpointError(f"{path} does not hold a ConditionalModel (config 'model'={config.get('model')!r})")
         enc_cfg = config.get("encoder")
@@ -231,6 +245,7 @@ class ConditionalModel(nn.Module):
             raise CheckpointError(f"{path} has a malformed model config: 'encoder' is {type(enc_cfg).__name__}")
         if enc_cfg is not None and enc_cfg.get("fixed"):
             raise CheckpointError(f"{path} wraps a fixed (oracle) embedding: rebuild it from its task, then load_weights")
+        _check_encoder_size(path, enc_cfg, tensors)
         try:
             with torch.device("meta"):  # sizes first: a config asking for huge modules allocates nothing
                 _check_shapes(path, cls._build(path, config).state_dict(), tensors)
@@ -252,6 +267,23 @@ class ConditionalModel(nn.Module):
             return cls(head, encoder, Standardizer(head.features), scaler("c_scaler"), scaler("h_scaler"))
         except (ConfigError, KeyError, TypeError, ValueError, OverflowError) as err:
             raise CheckpointError(f"{path} has a malformed model config: {type(err).__name__}: {err}") from err
+
+
+def _check_encoder_size(path: str | os.PathLike[str], enc_cfg: dict[str, Any] | None,
+                        stored: dict[str, Tensor]) -> None:
+    """An encoder config must not ask for more hidden layers than there are stored tensors, nor for a width larger
+    than every stored dimension: refused in microseconds, before any module (even on the meta device) is built."""
+    hidden = (enc_cfg or {}).get("hidden")
+    if not isinstance(hidden, (list, tuple)):
+        return
+    limit = max([1, *(max(t.shape, default=1) for t in stored.values())])
+    if len(hidden) > len(stored):
+        raise CheckpointError(f"{path}: config field encoder.hidden lists {len(hidden)} layers, more than the "
+                              f"{len(stored)} stored tensors: the config does not describe these weights")
+    for i, width in enumerate(hidden):
+        if isinstance(width, int) and not isinstance(width, bool) and width > limit:
+            raise CheckpointError(f"{path}: config field encoder.hidden[{i}] = {width} exceeds every stored tensor "
+                                  f"dimension ({limit}): the config does not describe these weights")
 
 
 def _check_shapes(path: str | os.PathLike[str], wanted: dict[str, Tensor], stored: dict[str, Tensor]) -> None:

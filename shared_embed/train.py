@@ -100,6 +100,8 @@ class TrainHistory:
     resumed_from: int | None = None
     seconds: float = 0.0
     initial_val: float | None = None
+    #: what is doubtful about the fit (e.g. it never beat its initial model), one sentence each
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -406,6 +408,15 @@ def _finish(module: nn.Module, config: TrainConfig, val_data: Sequence[Tensor] |
     elif config.restore_best and state.best_state is not None:
         module.load_state_dict(state.best_state)
     module.eval()
+    if not history.improved and not history.warnings:
+        _warn(history, f"{config.description or 'the'} fit never beat its initial model on the validation rows "
+                       f"(best loss {history.best_val:.4g} vs {history.initial_val:.4g} at step 0): lower lr "
+                       f"(now {config.lr:g}) or give more rows")
     if config.checkpoint_every:
         checkpoints.save(state)
     return history
+
+
+def _warn(history: TrainHistory, message: str) -> None:
+    """Record ``message`` on ``history``: kept with it (checkpoints too) and listed in a fit's summary."""
+    history.warnings.append(message)

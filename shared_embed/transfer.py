@@ -80,6 +80,7 @@ class FitResult:
             "seconds": self.seconds,
             "steps": {k: h.steps_done for k, h in self.histories.items()},
             "best_val": {k: h.best_val for k, h in self.histories.items()},
+            "warnings": [f"{k}: {w}" for k, h in self.histories.items() for w in h.warnings],
         }
 
 
@@ -162,6 +163,46 @@ def _fit_closed_form(model: ConditionalModel, data: PairedData) -> TrainHistory:
     return TrainHistory(train_loss=[nll], best_val=nll, seconds=time.perf_counter() - start)
 
 
+def min_fit_rows(context_features: int) -> int:
+    """The fewest rows a fit may have: ``context_features + 2``. The simplest head on a context of that many
+    features, a Gaussian linear in it with one variance per outcome, has ``context_features + 1`` coefficients
+    and a variance per outcome: fewer rows leave a variance unidentified (a fitted log-density then grows
+    without bound). Independent of d_x, so few-shot fits of many outcomes (8x8 digits) stay possible."""
+    return context_features + 2
+
+
+def constant_columns(values: Tensor) -> list[int]:
+    """The columns of ``values`` (n, k) that do not vary: their standard deviation is 0, or below 1e-6 of their
+    scale (a density of such a column, or a condition made of it, is degenerate)."""
+    if values.shape[0] < 2:
+        return list(range(values.shape[1]))
+    std = values.double().std(0)
+    scale = values.double().abs().amax(0).clamp_min(1.0)
+    return [int(i) for i in torch.nonzero(std <= 1e-6 * scale).flatten()]
+
+
+def check_fit_data(name: str, data: PairedData, context_features: int | None) -> PairedData:
+    """``data`` when a model can be fitted to it: at least :func:`min_fit_rows` rows, and no constant column of
+    x or c; else a DataError naming the argument and the column."""
+    need = min_fit_rows(context_features or 0)
+    if len(data) < need:
+        what = f"a {context_features}-feature context" if context_features else "no context"
+        raise DataError(f"{name} has {len(data)} row(s); a fit on {what} needs at least {need} (context features "
+                        "+ 2: the simplest such model, Gaussian linear in the context, has context features + 1 "
+                        "coefficients and a variance per outcome)")
+    for part in ("x", "c"):
+        values = getattr(data, part)
+        if values is None:
+            continue
+        flat = constant_columns(values)
+        if flat:
+            more = f" (and {len(flat) - 1} more)" if len(flat) > 1 else ""
+            raise DataError(f"{name}.{part} column {flat[0]}{more} is constant (zero variance over {len(data)} rows): "
+                            f"{'its density is degenerate' if part == 'x' else 'a condition that never varies'}; "
+                            "drop the column or give data in which it varies")
+    return data
+
+
 def new_encoder(d_c: int, config: TransferConfig) -> Encoder:
     return Encoder(d_c, config.embed_dim, config.encoder_hidden, config.encoder_activation)
 
@@ -193,6 +234,7 @@ def fit_source(
         raise DTypeError(f"encoder must be a shared_embed.Encoder, got {type(encoder).__name__}")
     if not source.conditional:
         raise DataError("source must hold conditions c: the shared embedding is a function of c")
+    check_fit_data("source", source, encoder.out_features)
     model = ConditionalModel(head, encoder, Standardizer.fit(source.x), Standardizer.fit(source.c))
     model.to(source.x.device)
     model.history = train_model(model, source, config or TrainConfig(description="source"), val_fraction,
@@ -257,6 +299,7 @@ def fit_target_head(
         raise ConfigError("embedding must be frozen: it has parameters with requires_grad=True")
     with torch.no_grad():
         h = embedding(target.c if c_scaler is None else c_scaler(target.c))
+    check_fit_data("target", target, h.shape[-1])
     model = ConditionalModel(head, embedding, Standardizer.fit(target.x), c_scaler, Standardizer.fit(h))
     model.to(target.x.device)
     model.history = train_model(model, target, config or TrainConfig(description="target"), val_fraction,
@@ -322,6 +365,10 @@ def fit_variants(
             f"source and target must share dimensions, got (d_c, d_x) = ({source.d_c}, {source.d_x}) "
             f"and ({target.d_c}, {target.d_x})"
         )
+    if any(v in ("transfer", "no_transfer", "fine_tune") for v in variants):  # oracle, direct: checked below
+        check_fit_data("target", target, config.embed_dim)
+    if source_model is None and any(v in ("transfer", "fine_tune") for v in variants):
+        check_fit_data("source", source, config.embed_dim)
     device = resolve_device(config.device)
     source, target = source.to(device), target.to(device)
     results: dict[str, FitResult] = {}
@@ -352,6 +399,7 @@ def fit_variants(
             model.encoder.unfreeze()
             model.history = train_model(model, target, config.target_train, vf, augment=augment)
         elif variant == "direct":
+            check_fit_data("target", target, target.d_c)
             model = ConditionalModel(head_factory(target.d_c).to(device), None, Standardizer.fit(target.x),
                                      Standardizer.fit(target.c))
             model.history = train_model(model, target, config.target_train, vf, augment=augment)

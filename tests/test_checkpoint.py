@@ -107,3 +107,63 @@ def test_a_config_asking_for_other_or_huge_modules_is_refused_before_allocating(
     save_checkpoint(path, tensors, {**config, "encoder": 3}, extra=extra)
     with pytest.raises(CheckpointError, match="malformed model config"):
         ConditionalModel.load(path)
+
+
+def _tamper(path, change_tensors=None, change_config=None):
+    """Rewrite a checkpoint with changed tensors or config (and a matching checksum, as a careful forger would)."""
+    tensors, config, extra = load_checkpoint(path)
+    if change_tensors:
+        change_tensors(tensors)
+    if change_config:
+        config = change_config(config)
+    save_checkpoint(path, tensors, config, extra=extra)
+
+
+@pytest.mark.parametrize("name, change, match", [
+    ("x_scaler.std", lambda t: t.fill_(float("nan")), "tensor 'x_scaler.std' holds 2 NaN or inf value"),
+    ("head.net.0.weight", lambda t: t.flatten().index_fill(0, torch.tensor([0]), float("inf")).view_as(t), "tensor 'head.net.0.weight' holds 1 NaN"),
+    ("encoder.net.0.weight", lambda t: t.trunc_().to(torch.int64), "tensor 'encoder.net.0.weight' has dtype "
+                                                                  "torch.int64, the model needs torch.float32"),
+])
+def test_non_finite_or_wrongly_typed_tensors_are_refused_at_load_naming_the_tensor(tmp_path, name, change, match):
+    path = make_model().save(tmp_path / "m.safetensors")
+
+    def edit(tensors):
+        tensors[name] = change(tensors[name].clone())
+
+    _tamper(path, change_tensors=edit)
+    with pytest.raises(CheckpointError, match=match):
+        ConditionalModel.load(path)
+    with pytest.raises(CheckpointError, match=match):
+        make_model().load_weights(path)
+
+
+def test_a_model_of_another_fit_is_refused_when_its_identity_is_asked_for(tmp_path):
+    mine = {"group": "gaussian/ns64_seed0", "role": "source", "settings_hash": "abc"}
+    path = make_model().save(tmp_path / "m.safetensors", identity=mine)
+    ConditionalModel.load(path, identity=mine)
+    with pytest.raises(CheckpointError, match="was fitted for .*ns64_seed0.*not for .*ns128_seed0.*never used"):
+        ConditionalModel.load(path, identity={**mine, "group": "gaussian/ns128_seed0"})
+    unnamed = make_model().save(tmp_path / "u.safetensors")
+    with pytest.raises(CheckpointError, match="was fitted for None"):
+        ConditionalModel.load(unnamed, identity=mine)
+
+
+def test_a_config_of_20000_encoder_layers_is_refused_fast(tmp_path):
+    import time
+
+    path = make_model().save(tmp_path / "m.safetensors")
+    _tamper(path, change_config=lambda c: {**c, "encoder": {**c["encoder"], "hidden": [8] * 20000}})
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="encoder.hidden lists 20000 layers, more than the .* stored tensors"):
+        ConditionalModel.load(path)
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("config", [[1, 2], "text", 3])
+def test_a_config_that_is_not_a_json_object_is_one_error(tmp_path, config):
+    path = make_model().save(tmp_path / "m.safetensors")
+    _tamper(path, change_config=lambda _c: config)
+    with pytest.raises(CheckpointError, match=f"malformed config: expected a JSON object, got a JSON "
+                                              f"{type(config).__name__}"):
+        ConditionalModel.load(path)

@@ -204,3 +204,63 @@ def test_the_readme_commands_parse() -> None:
         args = _parser().parse_args(words[1:])
         executors.add(getattr(args, "executor", None))
     assert {"local", "dask", "slurm"} <= executors
+
+
+def test_a_scheduler_lost_mid_run_is_one_line_with_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # the worker that finishes a cell first stops there; the test then kills the scheduler (not the worker)
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    dask = [sys.executable, "-m", "dask"]
+    env = {**os.environ, KILL_FILE: str(tmp_path / "kill"), "PYTHONPATH": str(ROOT)}
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sweep, "run_transfer_group", run_group_killed_once)
+    logs = (tmp_path / "dask.log").open("w")
+    scheduler = subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
+                                  "--no-dashboard"], stdout=logs, stderr=logs)
+    worker = subprocess.Popen([*dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
+                               "--host", "127.0.0.1"], stdout=logs, stderr=logs, env=env)
+    try:
+        from distributed import Client
+
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(1, timeout=60)
+
+        def kill_scheduler() -> None:
+            deadline = time.monotonic() + 120
+            while not (tmp_path / "kill").is_file() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            scheduler.kill()
+
+        threading.Thread(target=kill_scheduler, daemon=True).start()
+        sets = [a for s in TWO_GROUPS for a in ("--set", s)]
+        status = main(["run", str(SMOKE), "--out", str(tmp_path / "run"), "--no-report", "--quiet", *sets,
+                       "--executor", "dask", "--scheduler", address])
+    finally:
+        for proc in (scheduler, worker):
+            proc.kill()
+            proc.wait(timeout=30)
+        logs.close()
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1, err
+    assert f"the dask scheduler {address} was lost with" in err and "run the same command again to resume" in err
+
+
+def test_a_scheduler_with_no_worker_says_so_then_gives_up(tmp_path: Path) -> None:
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    logs = (tmp_path / "dask.log").open("w")
+    scheduler = subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port",
+                                  address.rsplit(":", 1)[1], "--no-dashboard"], stdout=logs, stderr=logs)
+    said: list[str] = []
+    try:
+        from distributed import Client
+
+        with Client(address, timeout="60s"):
+            pass  # the scheduler answers
+        executor = DaskExecutor(scheduler=address, worker_timeout=2)
+        with pytest.raises(GentransferError, match=f"no dask worker joined the scheduler {address} within 2 s"):
+            sweep.run_sweep(load_config(SMOKE, TWO_GROUPS), tmp_path / "run", log=said.append, executor=executor)
+    finally:
+        scheduler.kill()
+        scheduler.wait(timeout=30)
+        logs.close()
+    assert any(f"the dask scheduler {address} has no worker yet: waiting up to 2 s" in m for m in said), said

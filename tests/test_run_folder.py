@@ -42,7 +42,8 @@ def kls(out: Path) -> dict:
 
 
 def files(out: Path) -> dict[str, float]:
-    return {str(p): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    """Every file of a folder but its lock files (which a refused run stamps), by its modification time."""
+    return {str(p): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")}
 
 
 # 1 -------------------------------------------------------------------------------------------------------
@@ -116,6 +117,7 @@ def test_workers_die_with_their_parent_and_the_rerun_gives_identical_records(tmp
     (tmp_path / "c.toml").write_text("\n".join(
         ["[grid]\nn_s = [64]\nn_t = [8, 16]\nseeds = [0, 1, 2, 3]\nheads = ['gaussian']\nvariants = ['no_transfer']",
          "[encoder]\nhidden = [8]", "[train.target]\nsteps = 400\neval_every = 50",
+         "[train.source]\nsteps = 15\neval_every = 5", "[train.floor]\nsteps = 15\neval_every = 5",
          "[evaluation]\nn_eval = 200\nfloor_n = 100\nsample_n = 0"]))
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

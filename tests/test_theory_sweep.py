@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -117,7 +118,10 @@ def test_diverged_fits_are_failed_cells_reported_and_retried(tmp_path: Path) -> 
     again = run_sweep(cfg, tmp_path, log=None)  # failed cells are retried by the next run, and listed
     assert (again.ran, again.failed) == (2, 2) and len(again.failures) == 2
     assert "transfer: source/floor fit failed" in "".join(again.failures)
-    # the corrected config is another study, but a folder of failures holds no results: it runs there
+    # the corrected config is another study: refused even in a folder of failures, until the folder is deleted
+    with pytest.raises(ConfigError, match="another study \\(no results yet\\).*delete this one"):
+        run_sweep(tiny(n_t=[8], variants=["transfer", "no_transfer"]), tmp_path, log=None)
+    shutil.rmtree(tmp_path)
     fixed = run_sweep(tiny(n_t=[8], variants=["transfer", "no_transfer"]), tmp_path, log=None)
     assert (fixed.ran, fixed.failed) == (2, 0)
     assert {r["status"] for r in collect_records(tmp_path)} == {"ok"}

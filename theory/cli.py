@@ -13,7 +13,9 @@ import argparse
 import importlib.metadata
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,8 @@ from shared_embed.errors import GentransferError
 
 from theory.verdicts.checks import PASS
 from theory.engine.config import ExperimentConfig, apply_override, read_toml, resolve_config
-from theory.engine.executors import EXECUTORS, make_executor, parse_options
+from theory.engine.executors import EXECUTORS, check_threads, make_executor, parse_options
+from theory.engine.folder_lock import hold_folder, run_in_progress
 from theory.studies.transfer.report import build_report
 from theory.engine.run_folder import read_json
 from theory.studies.transfer.sweep import parse_shard, run_sweep
@@ -52,7 +55,9 @@ What a run writes into its --out folder:
   checks.json   every check's verdict and numbers; config.json, the resolved config
   study.json    the study the folder belongs to (another study is refused); predictions.json, the exponents
 
-Exit status: 0 done; 1 some cells failed (listed; the same command retries them); 2 an error (one line).
+Exit status: 0 done; 1 some cells failed (listed; the same command retries them); 2 any other error (one
+line; GENTRANSFER_TRACEBACK=1 shows the traceback of an unexpected one); 130 Ctrl-C, 143 SIGTERM (finished
+cells are kept: the same command resumes).
 """
 
 EPILOG = """\
@@ -67,6 +72,10 @@ tcp://HOST:PORT) or --executor slurm (a job array through submitit), which retry
 with no extra package, give each host --shard I/N (I = 0..N-1, groups dealt by estimated cost), then
 'gentransfer report DIR'.
 """
+
+
+#: CPU-hours of estimated compute above which ``run`` asks for --yes (configs/full.toml: about 7)
+MAX_HOURS = 24.0
 
 
 def version() -> str:
@@ -108,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--slurm-cluster", choices=("slurm", "local", "debug"),
                      help="slurm: submitit's cluster (default: SLURM where there is one; 'local' runs the job "
                           "array as processes of this machine)")
+    run.add_argument("--yes", action="store_true",
+                     help=f"start a grid estimated at more than {MAX_HOURS:g} CPU-hours or of more than 10000 cells "
+                          "(without it such a run stops at once, printing the estimate)")
     run.add_argument("--quiet", action="store_true", help="no per-cell progress lines")
     run.add_argument("--no-report", action="store_true", help="skip the report (build it later with 'report')")
     rep = sub.add_parser("report", help="rebuild report.md, checks.json, results.csv and plots from a run folder",
@@ -197,16 +209,20 @@ def _run_study(study: Any, raw: dict, args: argparse.Namespace) -> int:
     if workers < 1:
         raise GentransferError(f"--workers must be >= 1, got {workers}")
     executor = _executor(args, workers)
-    torch.set_num_threads(int(raw.get("run", {}).get("threads", 1)))
+    threads = raw.get("run", {}).get("threads", 1)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise GentransferError(f"run.threads must be a whole number >= 1, got {threads!r}")
+    torch.set_num_threads(check_threads(threads) if args.executor == "local" else threads)
     _check_out(args.out)
     print(f"gentransfer run: {raw['experiment'].get('name', raw['experiment']['kind'])} -> {args.out} "
           f"({workers} worker(s){_where(args)})", flush=True)
     start = time.perf_counter()
-    study.run_study(raw, args.out, workers=workers, log=None if args.quiet else (lambda m: print(m, flush=True)),
-                    executor=executor)
-    if not args.no_report:
-        path, table = study.build_study_report(args.out)
-        print(f"\n{table}\n\nReport: {path}")
+    with hold_folder(args.out):
+        study.run_study(raw, args.out, workers=workers, log=None if args.quiet else (lambda m: print(m, flush=True)),
+                        executor=executor)
+        if not args.no_report:
+            path, table = study.build_study_report(args.out)
+            print(f"\n{table}\n\nReport: {path}")
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0
 
@@ -224,14 +240,23 @@ def _run(args: argparse.Namespace) -> int:
     if config.run.workers < 1:
         raise GentransferError(f"--workers must be >= 1, got {config.run.workers}")
     executor = _executor(args, config.run.workers)
+    if args.executor == "local":
+        check_threads(config.run.threads)
     torch.set_num_threads(config.run.threads)
     print(f"gentransfer run: {config.name} -> {args.out} ({config.run.workers} worker(s), "
           f"{config.run.threads} torch thread(s) each, device {config.run.device}"
           f"{'' if shard == (0, 1) else f', shard {args.shard}'}{_where(args)})", flush=True)
     start = time.perf_counter()
     _check_out(args.out)
+    with hold_folder(args.out, shard):
+        return _sweep_and_report(config, args, shard, executor, start)
+
+
+def _sweep_and_report(config: ExperimentConfig, args: argparse.Namespace, shard: tuple[int, int], executor: Any,
+                      start: float) -> int:
+    """The sweep and its report, in a folder this process holds: 0, or 1 when some cells failed."""
     result = run_sweep(config, args.out, log=None if args.quiet else (lambda m: print(m, flush=True)), shard=shard,
-                       executor=executor)
+                       executor=executor, max_hours=None if args.yes else MAX_HOURS)
     atomic_write_text(Path(args.out) / "run.json", json.dumps({
         "config_file": os.fspath(args.config), "overrides": args.overrides, "workers": config.run.workers,
         "executor": args.executor,
@@ -263,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    previous = _on_sigterm(_terminate)
     try:
         if args.command == "run":
             return _run(args)
@@ -270,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
             if not args.dir.is_dir():
                 raise GentransferError(f"{os.fspath(args.dir)!r} is not a folder written by 'gentransfer run' (it holds no "
                                        "config.json)")
+            busy = run_in_progress(args.dir)
+            if busy:
+                print(f"gentransfer: note: a run is in progress in {os.fspath(args.dir)!r} ({busy}); this report "
+                      "covers the cells finished so far", file=sys.stderr)
             study = _study(read_json(args.dir / "config.json") or {})
             if study is not None:
                 path, table = study.build_study_report(args.dir)
@@ -290,12 +320,52 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except GentransferError as err:
-        print(f"gentransfer: error: {err}", file=sys.stderr)
+        print(f"gentransfer: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except OSError as err:  # a full disk, a folder that became read-only, ...: one line, not a traceback
         where = f" {err.filename!r}" if err.filename else ""
-        print(f"gentransfer: error:{where} {err.strerror or err}", file=sys.stderr)
+        print(f"gentransfer: error:{where} {one_line(str(err.strerror or err))}", file=sys.stderr)
         return 2
+    except Terminated as err:
+        print(f"gentransfer: stopped by {err.name}; finished cells are kept: run the same command again to "
+              "resume", file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
-        print("gentransfer: interrupted; run the same command again to resume", file=sys.stderr)
+        print("gentransfer: interrupted; finished cells are kept: run the same command again to resume",
+              file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - every failure that is not a failed cell: exit 2, one line
+        if os.environ.get("GENTRANSFER_TRACEBACK"):
+            raise
+        print(f"gentransfer: error: {type(err).__name__}: {one_line(str(err))} (an unexpected error: set "
+              "GENTRANSFER_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return 2
+    finally:
+        _on_sigterm(previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """A run stopped by a signal other than Ctrl-C (SIGTERM): unwinds like Ctrl-C, exits 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum, self.name = signum, signal.Signals(signum).name
+
+
+def _on_sigterm(handler: Any) -> Any:
+    """Install ``handler`` for SIGTERM (in the main thread only; elsewhere Python cannot); returns the previous."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise Terminated(signum)
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: its first line, and its last when there are more (a traceback's error)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    return f"{lines[0]} ... {lines[-1]}"

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from concurrent.futures import CancelledError
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dask
 from distributed import Client, Future, LocalCluster, as_completed
+from distributed.comm.core import CommClosedError
 from distributed.scheduler import KilledWorker
 
 from shared_embed.errors import GentransferError
@@ -39,9 +41,11 @@ class DaskExecutor:
     scheduler: str | None = None
     workers: int = 1
     retries: int = 2
+    #: seconds to wait for a first worker of a running scheduler before giving up
+    worker_timeout: float = 120.0
 
     def run(self, job: GroupJob, groups: Sequence[GroupLike], progress: Progress) -> list[list[Record]]:
-        with self._client() as client:
+        with self._client(min(self.workers, len(groups)), progress.say) as client:
             futures: dict[Future, int] = {}
             tries = [0] * len(groups)
 
@@ -66,29 +70,60 @@ class DaskExecutor:
                                      f"({tries[i]}/{self.retries})")
                         queue.add(submit(i))
                         continue
+                    if fut.status == "cancelled":  # the scheduler went away, or cancelled the task
+                        raise self._lost(len(groups) - len(results))
                     results[i] = fut.result()  # re-raises a task's error here
                     progress.advance(len(groups[i].cells))
+            except (CancelledError, CommClosedError) as err:
+                with contextlib.suppress(Exception):
+                    client.cancel(list(futures))
+                raise self._lost(len(groups) - len(results), err) from err
             except BaseException:
-                client.cancel(list(futures))
+                with contextlib.suppress(Exception):
+                    client.cancel(list(futures))
                 raise
         return [results[i] for i in range(len(groups))]
 
+    def _lost(self, unfinished: int, err: BaseException | None = None) -> GentransferError:
+        """The error of a run whose scheduler went away: how many groups are unfinished, how to resume."""
+        where = self.scheduler or "of the LocalCluster"
+        why = f" ({type(err).__name__}: {' '.join(str(err).split())[:200]})" if err is not None and str(err) else ""
+        return GentransferError(f"the dask scheduler {where} was lost with {unfinished} group(s) unfinished{why}; "
+                                "finished cells are kept: run the same command again to resume")
+
     @contextlib.contextmanager
-    def _client(self) -> Iterator[Client]:
+    def _client(self, workers: int, say: Callable[[str], None]) -> Iterator[Client]:
+        """A client of the running scheduler (once it has a worker) or of a LocalCluster of ``workers``
+        processes (never more than the groups to run)."""
         if self.scheduler is not None:
             try:
                 client = Client(self.scheduler, timeout="30s")
-            except OSError as err:
+            except (OSError, ValueError, TimeoutError) as err:
                 raise GentransferError(f"--scheduler {self.scheduler}: no dask scheduler answers there "
                                        f"({err})") from err
             with client:
+                self._wait_for_a_worker(client, say)
                 yield client
             return
         with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-            cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                    dashboard_address=None, silence_logs=logging.ERROR)
         with cluster, Client(cluster) as client:
             yield client
+
+
+    def _wait_for_a_worker(self, client: Client, say: Callable[[str], None]) -> None:
+        """Say so when the scheduler has no worker yet; GentransferError when none joins in ``worker_timeout``."""
+        if client.scheduler_info().get("workers"):
+            return
+        say(f"the dask scheduler {self.scheduler} has no worker yet: waiting up to {self.worker_timeout:g} s for "
+            f"one (start one with: dask worker {self.scheduler})")
+        try:
+            client.wait_for_workers(1, timeout=self.worker_timeout)
+        except (TimeoutError, OSError) as err:
+            raise GentransferError(f"no dask worker joined the scheduler {self.scheduler} within "
+                                   f"{self.worker_timeout:g} s; start workers (dask worker {self.scheduler}) and "
+                                   "run the same command again") from err
 
 
 def _name(group: Any, index: int) -> str:

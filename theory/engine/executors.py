@@ -9,6 +9,7 @@ executor whose package is missing is a GentransferError that names the extra to 
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -55,6 +56,30 @@ def _number(text: str) -> Any:
     return text
 
 
+#: the address schemes of a dask scheduler (``tcp://HOST:PORT`` is the usual one)
+SCHEDULER_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss", "inproc")
+
+
+def check_scheduler(address: str) -> str:
+    """``address`` when it reads as a dask scheduler's address (``tcp://HOST:PORT``); else a ConfigError."""
+    scheme, sep, rest = address.strip().partition("://")
+    host, colon, port = rest.rpartition(":")
+    if not (sep and scheme in SCHEDULER_SCHEMES and (scheme == "inproc" or (host and colon and port.isdigit()))):
+        raise ConfigError(f"--scheduler must be a dask scheduler's address such as tcp://10.0.0.5:8786 (schemes: "
+                          f"{', '.join(SCHEDULER_SCHEMES)}), got {address!r}")
+    return address.strip()
+
+
+def check_threads(threads: int, what: str = "run.threads") -> int:
+    """``threads`` when this machine has that many cores (``os.cpu_count()``); else a ConfigError (thousands of
+    torch threads crash the process instead of running)."""
+    cores = os.cpu_count() or 1
+    if threads > cores:
+        raise ConfigError(f"{what} = {threads}: this machine has {cores} core(s); torch threads per process must "
+                          f"be between 1 and {cores}")
+    return threads
+
+
 def make_executor(name: str, *, workers: int, retries: int = 2, scheduler: str | None = None,
                   slurm_folder: Path | None = None, slurm_cluster: str | None = None,
                   slurm_options: dict[str, Any] | None = None) -> Executor | None:
@@ -80,12 +105,12 @@ def make_executor(name: str, *, workers: int, retries: int = 2, scheduler: str |
         raise ConfigError("--scheduler is an option of --executor dask")
     if name != "slurm" and (slurm_cluster is not None or slurm_options):
         raise ConfigError("--slurm and --slurm-cluster are options of --executor slurm")
+    if scheduler is not None:
+        check_scheduler(scheduler)
     if name == "local":
         return None
     module = executor_module(name)
     if name == "dask":
-        if scheduler is not None and not scheduler.strip():
-            raise ConfigError("--scheduler must be an address such as tcp://10.0.0.5:8786, got ''")
         return module.DaskExecutor(scheduler=scheduler, workers=workers, retries=retries)
     if slurm_folder is None:
         raise ConfigError("--executor slurm needs a folder for the job logs")

@@ -48,17 +48,38 @@ def run_cells(cells: Sequence[Any], run_one: Callable[[Any], Record], on_cell: C
 
 
 class Progress:
-    """``progress: done/total cells done, elapsed, about T left`` after each cell (or group of cells)."""
+    """``progress: done/total cells done, elapsed, about T left`` after each cell (or group of cells).
 
-    def __init__(self, total: int, say: Log) -> None:
+    With a ``heartbeat`` (seconds), a line also comes when no cell has finished for that long (the first after
+    ``heartbeat`` seconds, then every ``4 x heartbeat``): a huge first cell or a cluster with no free worker is
+    never silence. Call :meth:`stop` when the run ends."""
+
+    def __init__(self, total: int, say: Log, heartbeat: float | None = None) -> None:
         self.total, self.done, self.say, self.start = total, 0, say, time.perf_counter()
+        self.last = self.start
+        self._stopped = threading.Event()
+        if heartbeat is not None and total > 0:
+            threading.Thread(target=self._beat, args=(heartbeat,), daemon=True, name="progress-heartbeat").start()
 
     def advance(self, cells: int = 1) -> None:
         self.done += cells
-        elapsed = time.perf_counter() - self.start
+        self.last = time.perf_counter()
+        elapsed = self.last - self.start
         left = elapsed / self.done * (self.total - self.done)
         self.say(f"progress: {self.done}/{self.total} cells done, {duration(elapsed)} elapsed, "
                  f"about {duration(left)} left")
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _beat(self, every: float) -> None:
+        wait = every
+        while not self._stopped.wait(max(0.05, self.last + wait - time.perf_counter())):
+            if time.perf_counter() - self.last >= wait:
+                now = time.perf_counter()
+                self.say(f"progress: {self.done}/{self.total} cells done, {duration(now - self.start)} elapsed; "
+                         f"still working (no cell finished in the last {duration(now - self.last)})")
+                self.last, wait = time.perf_counter(), 4 * every
 
 
 def duration(seconds: float) -> str:
@@ -135,9 +156,23 @@ def run_groups(runner: Runner, spec: dict[str, Any], out_dir: Path | None, group
     (workers get 1).
     """
     say = log or (lambda _msg: None)
-    progress = Progress(sum(len(g.cells) for g in groups), say)
     if not groups:
         return []
+    progress = Progress(sum(len(g.cells) for g in groups), say, HEARTBEAT_SECONDS if log is not None else None)
+    try:
+        return _run_groups(runner, spec, out_dir, groups, workers, threads, log, executor, progress)
+    finally:
+        progress.stop()
+
+
+#: seconds without a finished cell before the progress line says that cells are running
+HEARTBEAT_SECONDS = 5.0
+
+
+def _run_groups(runner: Runner, spec: dict[str, Any], out_dir: Path | None, groups: Sequence[GroupLike],
+                workers: int, threads: int | None, log: Log | None, executor: Executor | None,
+                progress: Progress) -> list[Record]:
+    """:func:`run_groups` with its progress line."""
     if executor is not None:
         job = GroupJob(runner, spec, None if out_dir is None else str(Path(out_dir).resolve()), threads or 1,
                        log is not None)
@@ -166,8 +201,17 @@ def run_groups(runner: Runner, spec: dict[str, Any], out_dir: Path | None, group
                 for fut in finished:
                     results[futures[fut]] = fut.result()  # re-raises a worker's error here
                     progress.advance(len(groups[futures[fut]].cells))
-        except BaseException:
+        except BaseException as err:
             for fut in pending:
                 fut.cancel()
+            if not isinstance(err, Exception):  # Ctrl-C or SIGTERM: stop the workers now, not after their groups
+                _stop_workers(pool)
             raise
     return [r for i in range(len(groups)) for r in results[i]]
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's worker processes (their finished records are on disk; a rerun resumes)."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        if proc.is_alive():
+            proc.terminate()

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from shared_embed.data import PairedData
-from shared_embed.errors import ShapeError
-from shared_embed.validation import check_choice, check_positive_int, check_tensor
+from shared_embed.errors import DataError, ShapeError
+from shared_embed.validation import check_choice, check_positive_float, check_positive_int, check_tensor
 
 from theory.truth.mixture import GaussianMixture
 
@@ -53,6 +53,14 @@ class TrueEmbedding(nn.Module):
 def _per_row(v: Tensor | float, n: int, dtype: torch.dtype) -> Tensor:
     v = torch.as_tensor(v, dtype=dtype)
     return v.expand(n) if v.dim() == 0 else v.reshape(n)
+
+
+def check_covariance(what: str, cov: Tensor) -> None:
+    """DataError (``what`` ``is not positive definite``) unless ``cov`` is a finite positive-definite matrix in
+    float64: the exact densities of a task factor it (a noise of 0, or one so small its square underflows)."""
+    if not bool(torch.isfinite(cov).all()) or int(torch.linalg.cholesky_ex(cov).info) != 0:
+        raise DataError(f"{what} is not positive definite (a task's noise must be a finite number > 0 whose "
+                        "square is a normal float64)")
 
 
 class ConditionalTask(ABC):
@@ -140,7 +148,7 @@ class ConditionalGaussianTask(ConditionalTask):
     def __init__(self, d_c: int = 16, d_h: int = 2, d_x: int = 2, embedding: str = "linear", seed: int = 0,
                  noise: float = 0.3) -> None:
         super().__init__(d_c, d_h, d_x, embedding, seed)
-        self.noise = noise
+        self.noise = check_positive_float("noise", noise)
         g = self._gen
         a_src = torch.randn(d_x, d_h, generator=g, dtype=torch.float64)
         a_src = a_src / a_src.norm(dim=1, keepdim=True).clamp_min(1e-3)
@@ -154,6 +162,8 @@ class ConditionalGaussianTask(ConditionalTask):
             "source": (a_src, torch.zeros(d_x, dtype=torch.float64), l_src @ l_src.T),
             "target": (rot @ a_src * 1.3, 0.5 * torch.ones(d_x, dtype=torch.float64), l_tgt @ l_tgt.T),
         }
+        for domain, (_, _, cov) in self.params.items():
+            check_covariance(f"noise = {noise!r} gives the {domain} covariance that", cov)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -177,7 +187,7 @@ class ConditionalMixtureTask(ConditionalTask):
                  components: int = 2, noise: float = 0.25) -> None:
         super().__init__(d_c, d_h, d_x, embedding, seed)
         self.components = check_positive_int("components", components)
-        self.noise = noise
+        self.noise = check_positive_float("noise", noise)
         g = self._gen
         self.params = {}
         for k, domain in enumerate(DOMAINS):
@@ -185,6 +195,8 @@ class ConditionalMixtureTask(ConditionalTask):
             b = torch.randn(components, d_x, generator=g, dtype=torch.float64) * 1.5
             gate = torch.randn(components, d_h, generator=g, dtype=torch.float64)
             scale = noise * (1.0 + 0.5 * k) * torch.ones(components, dtype=torch.float64)
+            check_covariance(f"noise = {noise!r} gives the {domain} covariance that",
+                             (scale[0] ** 2) * torch.eye(d_x, dtype=torch.float64))
             self.params[domain] = (a, b, gate, scale)
 
     @property
@@ -223,7 +235,9 @@ class TwoGaussianTask:
             if not 0 < w < 1:
                 raise ShapeError(f"{name} (the weight of the +mu component) must lie in (0, 1), got {w!r}")
         self.d_x = len(mu_source)
-        self.variance = variance
+        self.variance = check_positive_float("variance", variance)
+        check_covariance(f"variance = {variance!r} gives a covariance that",
+                         self.variance * torch.eye(self.d_x, dtype=torch.float64))
         self.mu = {"source": torch.tensor(mu_source, dtype=torch.float64),
                    "target": torch.tensor(mu_target, dtype=torch.float64)}
         self.weight = {"source": float(weight_source), "target": float(weight_target)}

@@ -16,6 +16,7 @@ from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import ConfigError, DataError
 
 from theory.engine.config import study_tables
+from theory.engine.folder_lock import hold_folder
 from theory.engine.loop import Executor, Log
 from theory.engine.schema import dataclass_from_table
 from theory.studies.digits.experiment import DigitsExperiment, load_digits_records, run_digits_experiment
@@ -56,9 +57,10 @@ def run_study(raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | No
     """Run (or resume) a digits config into ``out``; refuses a folder that holds another study's results."""
     exp, experiment = parse(raw)
     out.mkdir(parents=True, exist_ok=True)
-    claim(out, study(experiment), any(out.glob("cells/*/*.json")))
-    write_json(out / "config.json", {"experiment": exp, "digits": experiment.to_dict()})
-    return run_digits_experiment(experiment, out, log=log, workers=workers, executor=executor)
+    with hold_folder(out):
+        claim(out, study(experiment), any(out.glob("cells/*/*.json")))
+        write_json(out / "config.json", {"experiment": exp, "digits": experiment.to_dict()})
+        return run_digits_experiment(experiment, out, log=log, workers=workers, executor=executor)
 
 
 def build_study_report(out: Path) -> tuple[Path, str]:

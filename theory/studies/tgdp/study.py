@@ -16,6 +16,7 @@ from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import DataError
 
 from theory.engine.config import study_tables
+from theory.engine.folder_lock import hold_folder
 from theory.engine.loop import Executor, Log
 from theory.engine.run_folder import claim, read_json, write_json
 from theory.studies.tgdp.experiment import (
@@ -54,9 +55,10 @@ def run_study(raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | No
     """Run (or resume) a TGDP config into ``out``; refuses a folder that holds another study's results."""
     exp, settings = parse(raw)
     out.mkdir(parents=True, exist_ok=True)
-    claim(out, settings.study(), any(out.glob("records/*.json")))
-    write_json(out / "config.json", {"experiment": exp, "tgdp": settings.to_dict()})
-    return run_tgdp_experiment(settings, out, progress=log is not None, workers=workers, executor=executor)
+    with hold_folder(out):
+        claim(out, settings.study(), any(out.glob("records/*.json")))
+        write_json(out / "config.json", {"experiment": exp, "tgdp": settings.to_dict()})
+        return run_tgdp_experiment(settings, out, progress=log is not None, workers=workers, executor=executor)
 
 
 def build_study_report(out: Path) -> tuple[Path, str]:

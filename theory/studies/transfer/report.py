@@ -27,6 +27,7 @@ from theory.studies.transfer.dimension_plots import plot_dimension_laws
 from theory.engine.plots import plot_floor, plot_kl_curves, plot_samples
 from theory.truth.rates import Rates, check_rate_name, effective_smoothness, predicted_rates, rate_for_task
 from theory.engine.run_folder import (
+    check_no_links,
     collect_records,
     failed_cells,
     flagged_cells,
@@ -246,13 +247,14 @@ def build_report(out_dir: str | os.PathLike[str], config: ExperimentConfig | Non
     config = config or load_run_config(out)
     if rate is not None:
         config.theory.rate = check_rate_name(rate)
-    records = collect_records(out)
+    check_no_links(out)
+    records = collect_records(out, config)
     if not records:
         raise DataError(f"{os.fspath(out)!r} holds no cell records yet (run 'gentransfer run' first)")
     write_csv(records, out / "results.csv")
     task = config.task.build(seed=min(config.grid.seeds), overrides=config.grid.tasks[0])
     kinds = head_kinds(config, records)
-    by_task = study_predictions(config, kinds) if trusted else stored_predictions(config, out)
+    by_task = study_predictions(config, kinds) if trusted else stored_predictions(config, out, kinds)
     rates = by_task.get(task_label(config.grid.tasks[0]), {})
     ok = ok_records(records)
     th = config.theory

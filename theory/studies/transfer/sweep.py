@@ -44,10 +44,17 @@ import torch
 from shared_embed.checkpoint import atomic_write_text, config_diff
 from shared_embed.data import PairedData
 from shared_embed.device import resolve_device
-from shared_embed.errors import CheckpointError, ConfigError, GentransferError
+from shared_embed.errors import CheckpointError, ConfigError, DataError, GentransferError
 from shared_embed.head import Head
 from shared_embed.model import ConditionalModel
-from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder, train_model
+from shared_embed.transfer import (
+    TransferConfig,
+    fit_source,
+    fit_variants,
+    min_fit_rows,
+    new_encoder,
+    train_model,
+)
 
 from theory.engine.config import PHASES, ExperimentConfig, task_label
 from theory.verdicts.controls import (
@@ -61,15 +68,19 @@ from theory.verdicts.controls import (
     in_sample_log_densities,
     wrong_variance_task,
 )
-from theory.engine.loop import Executor, run_cells, run_groups
+from theory.engine.folder_lock import hold_folder
+from theory.engine.loop import Executor, duration, run_cells, run_groups
 from theory.studies.transfer.costs import deal_by_cost, group_cost
 from theory.truth.kl import fit_floor_model, kl_to_task, log_densities, monte_carlo_kl
 from theory.engine.run_folder import (
+    check_no_links,
     claim_folder,
     collect_records,
     failed_cells,
     flagged_cells,
+    inside,
     read_json,
+    read_record,
     study_predictions,
     write_json,
     write_predictions,
@@ -190,7 +201,10 @@ def pending_cells(config: ExperimentConfig, out_dir: Path) -> tuple[list[Cell], 
     from other settings is an error, not a skip."""
     todo, done = [], []
     for cell in plan_cells(config):
-        record = read_json(out_dir / cell.path)
+        try:
+            record: dict[str, Any] | None = read_record(out_dir / cell.path)
+        except DataError:  # missing, truncated or of wrong field types: computed again
+            record = None
         if record is None or record.get("status") != "ok":
             todo.append(cell)
             continue
@@ -203,6 +217,12 @@ def pending_cells(config: ExperimentConfig, out_dir: Path) -> tuple[list[Cell], 
             )
         done.append(cell)
     return todo, done
+
+
+def estimated_seconds(config: ExperimentConfig, cells: Iterable[Cell]) -> float:
+    """Estimated CPU-seconds of ``cells`` on one thread (:func:`theory.studies.transfer.costs.group_cost`; the
+    steps are the configured caps, so this is an upper estimate for fits that stop early)."""
+    return sum(group_cost(config, g) for g in plan_groups(cells))
 
 
 def module_digest(module: torch.nn.Module) -> str:
@@ -327,6 +347,11 @@ class GroupRunner:
         self.hash = config.settings_hash(group.head, overrides)
         self.device = resolve_device(config.run.device)
 
+    def _identity(self, role: str) -> dict[str, Any]:
+        """What a cached model of this group was fitted for: its group, role (source or floor) and settings
+        digest; a model saved for another is refused on load (and refitted), never used."""
+        return {"group": self.group.stem, "role": role, "settings_hash": self.hash}
+
     # shared pieces
     def _source_and_floor(self, source: PairedData) -> _Shared:
         """The group's source model (loaded when a previous run saved it, else fitted and saved) and, when a
@@ -343,9 +368,9 @@ class GroupRunner:
             raise ConfigError(f"{info_path} was computed with other settings; use a new --out folder")
         if info is not None and src_path.is_file():
             try:
-                shared.source = ConditionalModel.load(src_path).to(self.device)
+                shared.source = ConditionalModel.load(src_path, identity=self._identity("source")).to(self.device)
                 if want_floor and info.get("floor") is not None and floor_path.is_file():
-                    shared.floor = ConditionalModel.load(floor_path).to(self.device)
+                    shared.floor = ConditionalModel.load(floor_path, identity=self._identity("floor")).to(self.device)
                 shared.info = info
                 self.say(f"[{g.stem}] source model loaded from {src_path.name}")
             except CheckpointError as err:  # a corrupted cache of this study: rebuilt below
@@ -366,7 +391,7 @@ class GroupRunner:
                 torch.manual_seed(derived_seed(g.seed, "random-encoder"))  # one encoder per seed, every n_s
                 shared.source.encoder = new_encoder(source.d_c, self.tcfg).to(self.device).freeze()
             shared.info["source_encoder_digest"] = module_digest(shared.source.encoder)
-            shared.source.save(src_path)
+            shared.source.save(inside(self.out, src_path), identity=self._identity("source"))
             self.say(f"[{g.stem}] source fitted in {seconds:.1f}s ({shared.source.history.steps_done} steps)")
         if want_floor and shared.floor is None:
             torch.manual_seed(derived_seed(g.seed, g.n_s, "floor-init"))
@@ -381,11 +406,11 @@ class GroupRunner:
             est = kl_to_task(self.eval_task, shared.floor, domain=eval_domain(cfg.control),
                              n=cfg.eval_setting(g.head, "n_eval"),
                              generator=eval_generator(eval_seed(g.seed, cfg.control), "floor-eval"))
-            shared.floor.save(floor_path)
+            shared.floor.save(inside(self.out, floor_path), identity=self._identity("floor"))
             shared.info.update(floor=est.value, floor_se=est.se, floor_n=floor_n,
                                floor_seconds=time.perf_counter() - start, floor_fit_seconds=fit_seconds)
             self.say(f"[{g.stem}] embedding floor {est} (head fitted on {floor_n} target pairs)")
-        _write_json(info_path, shared.info)
+        _write_json(inside(self.out, info_path), shared.info)
         return shared
 
     def run(self) -> list[dict[str, Any]]:
@@ -421,7 +446,7 @@ class GroupRunner:
     def _failed(self, cell: Cell, error: str) -> dict[str, Any]:
         record = {**self._base(cell), "status": "failed", "error": error, "finished_at": _now(),
                   "torch": torch.__version__, "settings": self.settings}
-        _write_json(self.out / cell.path, record)
+        _write_json(inside(self.out, self.out / cell.path), record)
         self.say(f"[{cell}] FAILED: {error}")
         return record
 
@@ -457,7 +482,7 @@ class GroupRunner:
         except GentransferError as err:  # a diverged fit: recorded, reported, retried by the next run
             return self._failed(cell, f"{type(err).__name__}: {err}")
         record.update(finished_at=_now(), torch=torch.__version__, settings=self.settings)
-        _write_json(self.out / cell.path, record)
+        _write_json(inside(self.out, self.out / cell.path), record)
         extra = (f" = floor {record['floor_paired']:.4f} + head {record['head_term']:.4f}"
                  if "head_term" in record else "")
         self.say(f"[{cell}] KL {record['kl']:.4f} +- {record['kl_se']:.4f}{extra} "
@@ -514,7 +539,7 @@ class GroupRunner:
         torch.manual_seed(cell_seed + 1)
         with torch.no_grad():
             draws = [model.sample(cfg.evaluation.sample_n, c.to(self.device)).cpu().tolist() for c in contexts]
-        _write_json(self.out / cell.path.replace("cells/", "samples/", 1),
+        _write_json(inside(self.out, self.out / cell.path.replace("cells/", "samples/", 1)),
                     {"cell": cell.__dict__, "contexts": contexts.tolist(), "samples": draws})
 
 
@@ -552,6 +577,25 @@ def min_target_pairs(d_h: int, d_x: int) -> int:
     return d_h + d_x + 2
 
 
+def _check_rows(config: ExperimentConfig, task: Any, where: str) -> None:
+    """ConfigError when a variant of the grid would fit fewer rows than its context needs
+    (:func:`shared_embed.transfer.min_fit_rows`: context features + 2)."""
+    embed = task.d_h if config.encoder.embed_dim == "d_h" else config.encoder.embed_dim
+    context = {"transfer": embed, "no_transfer": embed, "fine_tune": embed, "oracle": task.d_h, "direct": task.d_c}
+    for head in config.grid.heads:
+        wanted = config.heads[head].variants
+        for variant in [v for v in config.grid.variants if wanted is None or v in wanted]:
+            need = min_fit_rows(context[variant])
+            sizes = {"n_t": min(config.grid.n_t)}
+            if variant in SOURCE_VARIANTS:
+                sizes["n_s"] = min(config.grid.n_s)
+            for axis, n in sizes.items():
+                if n < need:
+                    raise ConfigError(f"grid.{axis} = {n}: variant {variant} of head {head} fits a model on a "
+                                      f"{context[variant]}-feature context and needs at least {need} pairs "
+                                      f"(context features + 2; task {where})")
+
+
 def check_study(config: ExperimentConfig) -> None:
     """Build every task, head, encoder and training config of ``config`` once, before any cell runs: a bad
     option value or a grid too small for the task is a ConfigError naming it, never a failed cell."""
@@ -562,6 +606,7 @@ def check_study(config: ExperimentConfig) -> None:
             raise ConfigError(f"grid.n_t = {config.grid.n_t}: a cell needs at least d_h + d_x + 2 = {low} target "
                               f"pairs (task {task_label(overrides) or config.task.name}: d_h = {task.d_h}, "
                               f"d_x = {task.d_x})")
+        _check_rows(config, task, task_label(overrides) or config.task.name)
         for head in config.grid.heads:
             try:
                 tcfg = transfer_config(config, head, 0, task.d_h)
@@ -579,6 +624,7 @@ def check_study(config: ExperimentConfig) -> None:
 def run_sweep(
     config: ExperimentConfig, out_dir: str | os.PathLike[str], *, workers: int | None = None,
     log: Log | None = print, shard: tuple[int, int] = (0, 1), executor: Executor | None = None,
+    max_hours: float | None = None,
 ) -> SweepResult:
     """Run every missing (or failed) cell of ``config`` into ``out_dir``; then collect all records into
     results.csv.
@@ -589,6 +635,7 @@ def run_sweep(
     with ``config.run.threads`` torch threads, which exit when this process dies; 1 runs them in this process.
     ``shard`` = (I, N) runs only the groups of shard I of N (:func:`shard_cells`), to spread one sweep over
     several hosts. ``executor`` (:mod:`theory.engine.executors`: dask, SLURM) runs the groups there instead.
+    ``max_hours``: refuse (ConfigError, with the estimate) cells estimated at more CPU-hours than this.
     """
     out = Path(out_dir)
     workers = config.run.workers if workers is None else workers
@@ -596,12 +643,20 @@ def run_sweep(
         raise ConfigError(f"workers must be >= 1, got {workers}")
     check_study(config)
     rates = study_predictions(config)
-    out.mkdir(parents=True, exist_ok=True)
+    with hold_folder(out, shard):
+        return _sweep(config, out, workers, log, shard, executor, rates, max_hours)
+
+
+def _sweep(config: ExperimentConfig, out: Path, workers: int, log: Log | None, shard: tuple[int, int],
+           executor: Executor | None, rates: dict[str, Any], max_hours: float | None) -> SweepResult:
+    """:func:`run_sweep` in a folder this process holds."""
+    check_no_links(out)
+    _check_cost(config, _unfinished(config, out, shard), workers, max_hours)  # before the folder is claimed
     claim_folder(config, out, log)
-    write_predictions(config, out, rates)
     todo, done = pending_cells(config, out)
     if shard != (0, 1):
         todo = shard_cells(config, todo, shard)
+    write_predictions(config, out, rates)
     write_config(config, out)
     say = log or (lambda _msg: None)
     groups = plan_groups(todo)
@@ -611,11 +666,37 @@ def run_sweep(
     run_groups(run_transfer_group, config.to_dict(), out, groups, workers=workers, threads=config.run.threads,
                log=log, executor=executor)
     seconds = time.perf_counter() - start
-    records = collect_records(out)
+    records = collect_records(out, config)
     csv_path = write_csv(records, out / "results.csv")
     failures = failed_cells(records)
     return SweepResult(ran=len(todo), skipped=len(done), failed=len(failures), seconds=seconds,
                        csv_path=csv_path, failures=failures, flagged=flagged_cells(records))
+
+
+def _unfinished(config: ExperimentConfig, out: Path, shard: tuple[int, int]) -> list[Cell]:
+    """The cells of ``shard`` with no finished record in ``out`` (read only; nothing checked but the status)."""
+    cells = [c for c in plan_cells(config) if (read_json(out / c.path) or {}).get("status") != "ok"]
+    return cells if shard == (0, 1) else shard_cells(config, cells, shard)
+
+
+#: cells to run above which a run asked to check its cost (``max_hours``) stops, as for too many CPU-hours
+MAX_CELLS = 10_000
+
+
+def _check_cost(config: ExperimentConfig, todo: list[Cell], workers: int, max_hours: float | None) -> None:
+    """ConfigError stating the estimate when ``todo`` is estimated at more than ``max_hours`` CPU-hours, or
+    holds more than :data:`MAX_CELLS` cells."""
+    if max_hours is None or not todo:
+        return
+    seconds = estimated_seconds(config, todo)
+    if len(todo) > MAX_CELLS:
+        raise ConfigError(f"this run has {len(todo)} cells to run, more than {MAX_CELLS} (estimated at "
+                          f"{duration(seconds)} of CPU time; about {duration(seconds / workers)} on {workers} "
+                          "worker(s)): rerun with --yes to start it (or make the grid smaller)")
+    if seconds > max_hours * 3600:
+        raise ConfigError(f"this run is estimated at {duration(seconds)} of CPU time ({len(todo)} cells; about "
+                          f"{duration(seconds / workers)} on {workers} worker(s)), more than {max_hours:g} h: "
+                          "rerun with --yes to start it (or make the grid smaller)")
 
 
 # -- records ------------------------------------------------------------------------------------------
