@@ -84,3 +84,16 @@ def test_the_library_pipeline_follows_the_simulated_law_of_its_floor_and_head() 
     expected, sd = sim.true_floor.mean(), sim.true_floor.std()
     assert abs(np.mean(floors) - expected) < 3.5 * sd / np.sqrt(reps)
     assert set(heads) == {0}  # the target head is fitted exactly as well
+
+
+def test_a_linear_encoder_wider_than_d_x_is_refused_before_any_cell_runs(tmp_path) -> None:
+    from shared_embed.errors import ConfigError
+    from theory.engine.config import ExperimentConfig
+    from theory.studies.transfer.sweep import run_sweep
+
+    raw = {"task": {"name": "conditional_gaussian", "d_c": 8, "d_h": 4}, "encoder": {"embed_dim": "d_h"},
+           "grid": {"n_s": [100], "n_t": [20], "seeds": [0], "heads": ["lin"], "variants": ["transfer"]},
+           "heads": {"lin": {"kind": "linear_gaussian", "encoder": {"hidden": []}}}}
+    with pytest.raises(ConfigError, match="embed_dim <= min\\(d_c, d_x\\) = 2"):
+        run_sweep(ExperimentConfig.from_dict(raw), tmp_path / "run", log=None)
+    assert not (tmp_path / "run" / "cells").exists()

@@ -10,8 +10,9 @@ not d_c + d_x. At fixed n_t and n_s:
 - the sample-efficiency ratio (the target pairs no-transfer needs to match transfer) grows with d_c / d_h.
 
 For an exactly fitted linear-Gaussian head the slopes themselves are predicted (:func:`predicted_slope`): the
-pooled value KL x n_t is the known answer's E KL(n_t) x n_t, so direct's KL against d_c (p = d_c regressors) and
-transfer's head term against d_h (p = rank = d_h, on a linear encoder) have exact predicted log-log slopes, checked
+pooled value KL x n_t is the known answer's E KL(n_t) x n_t, so direct's KL against d_c (p = d_c regressors), the
+oracle's against d_h (p = d_h) and transfer's head term against d_h (p = rank = d_h, on a linear encoder, which
+needs d_h <= d_x) have exact predicted log-log slopes, checked
 TWO-sided (:func:`check_predicted_slope`): a flat curve, or one with the wrong slope, FAILs.
 
 For a linear-Gaussian head the sizes are known: k = d_x (p + 1) + d_x (d_x + 1) / 2 free parameters with
@@ -288,7 +289,9 @@ def run_dimension_checks(records: Sequence[Record], head: str, *, n_t: int | Non
     exact = []
     if "direct" in variants:
         exact.append(check_predicted_slope(rs, head, "direct", "d_c", along_dc, confidence=confidence))
-    if "transfer" in variants:
+    if "oracle" in variants:  # the head on the true embedding: p = d_h regressors
+        exact.append(check_predicted_slope(rs, head, "oracle", "d_h", along_dh, confidence=confidence))
+    if "transfer" in variants:  # on a linear encoder (reduced-rank regression) only: d_h <= d_x
         exact.append(check_predicted_slope(rs, head, "transfer", "d_h", along_dh, key="head_term", n_s=n_s,
                                            confidence=confidence))
     out += [c for c in exact if c is not None]

@@ -619,6 +619,19 @@ def check_study(config: ExperimentConfig) -> None:
             except (GentransferError, TypeError, ValueError, KeyError, RuntimeError) as err:
                 raise ConfigError(f"heads.{head} ({config.heads[head].kind}) does not build with these options: "
                                   f"{type(err).__name__}: {err}") from err
+            _check_exact_rank(config, head, tcfg, task)
+
+
+def _check_exact_rank(config: ExperimentConfig, head: str, tcfg: TransferConfig, task: Any) -> None:
+    """A linear encoder under a linear-Gaussian head is fitted by reduced-rank regression, which identifies at
+    most d_x directions of c: refuse a larger embedding before any cell runs."""
+    cls = config.heads[head].head_class()
+    if not tcfg.encoder_hidden and getattr(cls, "exact_with_linear_encoder", False) and \
+            tcfg.embed_dim > min(task.d_c, task.d_x):
+        raise ConfigError(f"heads.{head}: a linear encoder (hidden = []) under a {config.heads[head].kind} head is "
+                          f"reduced-rank regression, which needs embed_dim <= min(d_c, d_x) = "
+                          f"{min(task.d_c, task.d_x)}; got embed_dim = {tcfg.embed_dim} (task d_c = {task.d_c}, "
+                          f"d_h = {task.d_h}, d_x = {task.d_x}): give the encoder hidden layers or a smaller embed_dim")
 
 
 def run_sweep(
