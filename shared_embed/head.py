@@ -188,3 +188,8 @@ def build_head(kind: str, config: dict[str, Any]) -> Head:
         return HEADS[kind](**config)
     except TypeError as err:
         raise ConfigError(f"config does not fit head kind {kind!r}: {err}") from err
+
+
+# The ground floor's own heads register on import of this module, as they did when the package imported
+# everything eagerly: a checkpoint of kind "gaussian" loads after importing only ``shared_embed.model``.
+from . import gaussian, linear_gaussian  # noqa: E402, F401  (after Head and register_head: they import both)
