@@ -36,6 +36,8 @@ from .likelihood import PriorLogProb, standard_normal_log_prob
 from .sampling import ScoreFn, check_score_inputs
 from .schedule import VPSchedule
 
+__all__ = ["GirsanovBound", "girsanov_bound", "mixture_prior_kl_bound"]
+
 
 @dataclass(frozen=True)
 class GirsanovBound:

@@ -50,6 +50,8 @@ from .network import ScoreNetwork
 from .sampling import SDE_METHODS, check_times, sample_ode, sample_sde
 from .schedule import SCHEDULES, VPSchedule, stratified_times
 
+__all__ = ["EXACT_DIVERGENCE_MAX_FEATURES", "PARAMETERIZATIONS", "SAMPLERS", "DiffusionHead", "make_diffusion_head"]
+
 SAMPLERS = ("ode", *SDE_METHODS)
 PARAMETERIZATIONS = ("residual", "epsilon")
 #: largest dimension for which ``divergence="auto"`` takes the exact divergence (d backward passes).

@@ -43,6 +43,12 @@ from shared_embed.validation import check_choice, check_positive_float, check_po
 from .sampling import ODE_METHODS, ScoreFn, _call, check_finite_score, check_score_inputs, solve_ode
 from .schedule import VPSchedule
 
+__all__ = [
+    "DIVERGENCES", "EXACT_CHUNK_ROWS", "EXACT_FUNC_MAX_ROWS", "EXACT_FUNC_MIN_FEATURES", "PROBES", "PriorLogProb",
+    "ProbabilityFlowResult", "draw_probes", "exact_divergence", "hutchinson_divergence", "jacobian_trace",
+    "probability_flow", "probability_flow_log_prob", "standard_normal_log_prob",
+]
+
 DIVERGENCES = ("exact", "exact_func", "exact_loop", "hutchinson")
 #: rows (points x basis vectors) of one batched backward pass of ``exact_func``; bounds its memory.
 EXACT_CHUNK_ROWS = 2**16

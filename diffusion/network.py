@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from shared_embed.errors import DataError
 from shared_embed.validation import check_positive_int
 
+__all__ = ["ResidualBlock", "ScoreNetwork", "SinusoidalEmbedding"]
+
 
 class SinusoidalEmbedding(nn.Module):
     """(n,) -> (n, features): [sin(w_j u), cos(w_j u)], angular frequencies w_j geometric in [min_freq, max_freq].

@@ -14,6 +14,8 @@ from torch import Tensor
 
 from shared_embed.validation import check_choice, check_fraction, check_positive_float
 
+__all__ = ["SCHEDULES", "VPSchedule", "stratified_times"]
+
 SCHEDULES = ("linear", "cosine")
 
 

@@ -31,6 +31,8 @@ from .distribution import BatchedConditional
 from .errors import ConfigError, ShapeError
 from .validation import check_context, check_matches, check_positive_int, check_tensor
 
+__all__ = ["HEADS", "Head", "build_head", "register_head"]
+
 
 class Head(nn.Module, ABC):
     """Base class of conditional generative heads (see the module docstring for the contract)."""

@@ -20,6 +20,8 @@ from .standardize import Standardizer
 from .train import TrainHistory
 from .validation import check_matches, check_positive_int, check_tensor
 
+__all__ = ["ConditionalDistribution", "ConditionalModel"]
+
 
 class ConditionalModel(nn.Module):
     """p_hat(x | c) = head( (x - m_x)/s_x | H(h((c - m_c)/s_c)) ) / prod(s_x).

@@ -33,6 +33,8 @@ from .progress import progress_bar, watched
 from .state import flatten_training_state, unflatten_training_state
 from .validation import check_choice, check_positive_float, check_positive_int
 
+__all__ = ["OPTIMIZERS", "SCHEDULES", "LossFn", "TrainConfig", "TrainHistory", "evaluate_loss", "fit"]
+
 LossFn = Callable[[Sequence[Tensor]], Tensor]
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 SCHEDULES = ("constant", "cosine", "linear")

@@ -34,6 +34,11 @@ from .standardize import Standardizer
 from .train import TrainConfig, TrainHistory, fit
 from .validation import check_choice, check_fraction, check_positive_int
 
+__all__ = [
+    "MIN_VAL_ROWS", "VARIANTS", "Augment", "FitResult", "HeadFactory", "TransferConfig", "fit_source",
+    "fit_target_head", "fit_variants", "new_encoder", "train_model",
+]
+
 VARIANTS = ("transfer", "no_transfer", "fine_tune", "oracle", "direct")
 MIN_VAL_ROWS = 4
 HeadFactory = Callable[[int | None], Head]

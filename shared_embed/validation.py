@@ -10,6 +10,11 @@ from torch import Tensor
 
 from .errors import ConfigError, DataError, DTypeError, ShapeError
 
+__all__ = [
+    "check_choice", "check_context", "check_fraction", "check_matches", "check_matrix", "check_positive_float",
+    "check_positive_int", "check_tensor",
+]
+
 
 def check_tensor(
     name: str,

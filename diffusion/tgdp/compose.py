@@ -22,6 +22,8 @@ from shared_embed.validation import check_positive_float, check_tensor
 from ..sampling import ScoreFn, check_times
 from .guidance import Guidance
 
+__all__ = ["DomainGuidanceScore", "GuidedScore", "domain_guidance_score", "guidance_grad"]
+
 
 def guidance_grad(guidance: Guidance, x: Tensor, t: Tensor, context: Tensor | None = None) -> Tensor:
     """grad_x log h(x, t, context), (n, d), by autograd (with a graph when grad mode is on; see module doc)."""

@@ -42,6 +42,8 @@ from .compose import GuidedScore
 from .guidance import DAMPING, POSITIVITY, GuidanceNetwork, SourcePosterior, guidance_loss
 from .regularizers import consistency_loss, cycle_loss
 
+__all__ = ["TGDPConfig", "TGDPFit", "fit_tgdp"]
+
 
 _TRAIN_FIELDS = ("classifier_train", "guidance_train", "time_classifier_train")
 

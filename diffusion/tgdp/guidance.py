@@ -45,6 +45,11 @@ from ..network import SinusoidalEmbedding
 from ..schedule import VPSchedule
 from .inputs import check_points, noised_rows
 
+__all__ = [
+    "DAMPING", "POSITIVITY", "FunctionGuidance", "Guidance", "GuidanceNetwork", "LogGuidanceFn", "SourcePosterior",
+    "guidance_loss", "log_softplus",
+]
+
 POSITIVITY = ("exp", "softplus")
 DAMPING = ("alpha", "none")
 #: ``log_h(x (n, d), t (n,), context) -> (n,)``: a log-guidance as a plain function.

@@ -54,6 +54,8 @@ from ..schedule import VPSchedule
 from .inputs import check_points
 from .quadratic_ratio import QuadraticLogRatio
 
+__all__ = ["KernelGuidance", "LogRatioFn", "scott_bandwidth"]
+
 #: ``log_ratio(x (n, d), t=None, context=None) -> (n,)``: a clean-data log density ratio
 LogRatioFn = Callable[..., Tensor]
 

@@ -27,6 +27,8 @@ from torch import Tensor
 from shared_embed.errors import ShapeError
 from shared_embed.validation import check_context, check_matrix, check_positive_int
 
+__all__ = ["QuadraticLogRatio", "fit_quadratic_log_ratio", "quadratic_features"]
+
 
 def quadratic_features(x: np.ndarray) -> np.ndarray:
     """[x_j] + [x_j x_k for j <= k], (n, d + d (d + 1) / 2)."""
