@@ -16,8 +16,7 @@ Inference settings are chosen at call time, like diffusers' ``num_inference_step
 the weights: ``head.sample(n, c, sampler="heun", steps=200)``, ``head.log_prob(x, c, divergence="hutchinson",
 probes=4)``, ``head(c, sampler="heun")``. The constructor's ``sampler``, ``sample_steps``, ``divergence``,
 ``probes``, ``rtol`` and ``atol`` are only the defaults of those calls: they are not in ``config``, so weights
-saved under one sampler load into a head built with any other (checkpoints of older versions, which stored
-them, still load).
+saved under one sampler load into a head built with any other.
 
 EMA (``ema_decay``): an exponential moving average of the network's weights (``torch.optim.swa_utils``),
 updated after every optimiser step of the shared loop and used by ``score``, ``sample`` and ``log_prob`` once
@@ -87,8 +86,6 @@ class DiffusionHead(Head):
 
     SAMPLE_OPTIONS = ("sampler", "steps", "rtol", "atol")
     LOG_PROB_OPTIONS = ("divergence", "probes", "rtol", "atol")
-    LEGACY_CONFIG_KEYS = ("sampler", "sample_steps", "divergence", "probes", "rtol", "atol")
-    ADDED_CONFIG_KEYS = {"ema_decay": None}
 
     def __init__(
         self,

@@ -206,16 +206,9 @@ class ConditionalModel(nn.Module):
         extra = {} if self.history is None else {"history": self.history.to_dict()}
         return save_checkpoint(path, self, {"model": "ConditionalModel", **self.config}, extra=extra)
 
-    def _stored_config(self, config: dict[str, Any]) -> dict[str, Any]:
-        """A checkpoint's config with the head's former config keys that are call-time options now dropped."""
-        if isinstance(config.get("head"), dict):
-            config = {**config, "head": type(self.head).weights_config(config["head"])}
-        return config
-
     def load_weights(self, path: str | os.PathLike[str]) -> ConditionalModel:
         """Load weights (and the training history) saved by :meth:`save`; refuses another configuration."""
-        extra = load_module_state(path, self, {"model": "ConditionalModel", **self.config},
-                                  normalize=self._stored_config)
+        extra = load_module_state(path, self, {"model": "ConditionalModel", **self.config})
         if "history" in extra:
             self.history = TrainHistory(**extra["history"])
         return self
