@@ -1,6 +1,6 @@
 """The transfer workflow for any head: fit the encoder with a source head, freeze it, fit a target head.
 
-Four variants, each returning a :class:`~shared_embed.model.ConditionalModel` scored the same way:
+The variants of ``VARIANTS``, each returning a :class:`~shared_embed.model.ConditionalModel` scored the same way:
 
 - ``transfer``: encoder + source head on the source; encoder frozen; a new head on the target;
 - ``no_transfer``: encoder + head from scratch on the target only;
