@@ -128,5 +128,6 @@ def stratified_times(n: int, t_eps: float, like: Tensor) -> Tensor:
     """(n,) times U(t_eps, 1), one per stratum of length 1/n in random order (the low-discrepancy
     sampler of Kingma et al. 2021, module docstring): each t is still U(t_eps, 1), and batch means vary less."""
     check_fraction("t_eps", t_eps)
-    u = (torch.randperm(n, device=like.device).to(like.dtype) + torch.rand(n, dtype=like.dtype, device=like.device)) / n
-    return t_eps + (1.0 - t_eps) * u
+    u = torch.randperm(n, device=like.device).to(like.dtype)
+    # in place, in the order of t_eps + (1 - t_eps) * (perm + U) / n: the same values, no temporaries
+    return u.add_(torch.rand(n, dtype=like.dtype, device=like.device)).div_(n).mul_(1.0 - t_eps).add_(t_eps)
