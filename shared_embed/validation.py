@@ -60,7 +60,7 @@ def _all_finite(value: Tensor) -> bool:
     """Whether every entry is finite, in two tensor operations where it is so: a NaN or inf entry makes the sum
     NaN or inf, so a finite sum settles it; only a sum that is not finite (a bad entry, or finite entries whose
     sum overflows) needs the entry-wise check. This runs on every batch of every loss (the hot path)."""
-    return math.isfinite(float(value.sum())) or bool(torch.isfinite(value).all())
+    return math.isfinite(float(value.detach().sum())) or bool(torch.isfinite(value).all())
 
 
 def check_matrix(name: str, value: Any, cols: int | None = None, *, min_rows: int = 1) -> Tensor:
