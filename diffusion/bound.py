@@ -18,6 +18,9 @@ Estimation (everything here takes callables; nothing needs ``theory``):
 - prior term: either a number the caller knows in closed form (``prior_kl``; for Gaussian data
   ``VPSchedule.prior_kl``, for mixtures :func:`mixture_prior_kl_bound`) or a Monte Carlo estimate from the
   exact log-density of p_1 (``log_prob_1``): E[log p_1(x_1) - log N(x_1; 0, I)] over x_1 = a_1 x_0 + s_1 e.
+
+Reference: Y. Song, C. Durkan, I. Murray, S. Ermon, "Maximum Likelihood Training of Score-Based Diffusion
+Models", NeurIPS 2021, https://arxiv.org/abs/2101.09258 (Theorem 1).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from shared_embed.validation import check_positive_int, check_tensor
 from .likelihood import PriorLogProb, standard_normal_log_prob
 from .sampling import ScoreFn, check_score_inputs
 from .schedule import VPSchedule
+
+__all__ = ["GirsanovBound", "girsanov_bound", "mixture_prior_kl_bound"]
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The diffusion head: an epsilon network on (x_t, t, context) under the VP process, as a generative head.
 
 - ``loss``: denoising score matching in epsilon form, L = E_{t ~ U(t_eps, 1), x_0, e} ||e_hat(x_t, t, c) - e||^2 / d,
-  weight w(t) = 1 in epsilon form, i.e. lambda(t) = s_t^2 in score form (Ho et al.'s "simple" loss: every
-  noise level's target has unit variance, so the loss is well scaled at every t); t stratified over the batch.
+  weight w(t) = 1 in epsilon form, i.e. lambda(t) = s_t^2 in score form (the "simple" loss of Ho et al. 2020:
+  every noise level's target has unit variance, so the loss is well scaled at every t); t stratified over the
+  batch (Kingma et al. 2021).
 - ``score = -e_hat / s_t``, a plain score function ``score(x, t, context)`` for every sampler and likelihood.
 - ``log_prob``: the probability-flow ODE (``diffusion.likelihood``), exact divergence up to 16 features and
   Hutchinson beyond (``divergence="auto"``), adaptive dopri5 at rtol = atol = 1e-5 by default.
@@ -16,8 +17,7 @@ Inference settings are chosen at call time, like diffusers' ``num_inference_step
 the weights: ``head.sample(n, c, sampler="heun", steps=200)``, ``head.log_prob(x, c, divergence="hutchinson",
 probes=4)``, ``head(c, sampler="heun")``. The constructor's ``sampler``, ``sample_steps``, ``divergence``,
 ``probes``, ``rtol`` and ``atol`` are only the defaults of those calls: they are not in ``config``, so weights
-saved under one sampler load into a head built with any other (checkpoints of older versions, which stored
-them, still load).
+saved under one sampler load into a head built with any other.
 
 EMA (``ema_decay``): an exponential moving average of the network's weights (``torch.optim.swa_utils``),
 updated after every optimiser step of the shared loop and used by ``score``, ``sample`` and ``log_prob`` once
@@ -26,10 +26,19 @@ it holds an average (the loss trains the live weights); it is saved with the che
 Parameterisation (``parameterization``): ``"residual"`` (default) writes e_hat = s_t (x_t + F), i.e. the score
 is -x_t - F: the network F learns the departure from the standard normal that standardised data start near,
 and the score stays bounded as s_t -> 0, which keeps the probability-flow ODE smooth at t_eps (fewer solver
-steps, steadier log-densities). ``"epsilon"`` is the plain e_hat = F (score -F / s_t). Measured on the TGDP
-source mixture (standardised, 5000 draws, width 64 x 2 blocks, probability-flow KL on 2000 fresh draws):
-after 1000 steps KL 0.007 +- 0.004 (residual) against 0.074 +- 0.008 (epsilon), after 4000 steps 0.005 +- 0.002
-against 0.012 +- 0.004, at 80-90 against 180-210 solver evaluations per log-density.
+steps, steadier log-densities). ``"epsilon"`` is the plain e_hat = F (score -F / s_t). The residual form's
+lower KL and fewer solver evaluations on the TGDP source mixture: docs/notes/2026-11-24-diffusion-head-design.md.
+
+Example:
+    >>> head = DiffusionHead(2, 3, width=32, blocks=2)
+    >>> loss = head.loss(torch.randn(8, 2), torch.randn(8, 3))                  # scalar, to minimise
+    >>> x = head.sample(5, torch.randn(3), sampler="heun", steps=50)            # (5, 2)
+
+References:
+    J. Ho, A. Jain, P. Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS 2020,
+    https://arxiv.org/abs/2006.11239.
+    D. P. Kingma, T. Salimans, B. Poole, J. Ho, "Variational Diffusion Models", NeurIPS 2021,
+    https://arxiv.org/abs/2107.00630.
 """
 
 from __future__ import annotations
@@ -49,6 +58,8 @@ from .likelihood import DIVERGENCES, probability_flow_log_prob
 from .network import ScoreNetwork
 from .sampling import SDE_METHODS, check_times, sample_ode, sample_sde
 from .schedule import SCHEDULES, VPSchedule, stratified_times
+
+__all__ = ["EXACT_DIVERGENCE_MAX_FEATURES", "PARAMETERIZATIONS", "SAMPLERS", "DiffusionHead", "make_diffusion_head"]
 
 SAMPLERS = ("ode", *SDE_METHODS)
 PARAMETERIZATIONS = ("residual", "epsilon")
@@ -85,8 +96,6 @@ class DiffusionHead(Head):
 
     SAMPLE_OPTIONS = ("sampler", "steps", "rtol", "atol")
     LOG_PROB_OPTIONS = ("divergence", "probes", "rtol", "atol")
-    LEGACY_CONFIG_KEYS = ("sampler", "sample_steps", "divergence", "probes", "rtol", "atol")
-    ADDED_CONFIG_KEYS = {"ema_decay": None}
 
     def __init__(
         self,
@@ -169,7 +178,7 @@ class DiffusionHead(Head):
     # -- the network in its three readings ---------------------------------------------------------
     def _scales(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """a_t, s_t and the network's noise level log(s_t / a_t), each (n,)."""
-        log_a, log_s = (v.to(t) for v in self.schedule.log_scales(t))
+        log_a, log_s = self.schedule.log_scales(t)  # t's dtype and device
         return log_a.exp(), log_s.exp(), log_s - log_a
 
     def _epsilon(self, x: Tensor, t: Tensor, context: Tensor | None,
@@ -210,17 +219,23 @@ class DiffusionHead(Head):
     def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Denoising score matching (epsilon form, w(t) = 1, t ~ U(t_eps, 1)) averaged over rows and features.
 
-        The batch's t are stratified (one per interval of length 1/n, in random order; Kingma et al. 2021's
-        low-discrepancy sampler): each t is still U(t_eps, 1), so the loss is unchanged in expectation, and its
-        batch-to-batch variance is lower, which steadies training and the early-stopping validation loss.
+        x (n, features), context (n, context_features) or None -> a scalar. The batch's t are stratified (one
+        per interval of length 1/n, in random order: the low-discrepancy sampler of Kingma et al. 2021, module
+        docstring): each t is still U(t_eps, 1), so the loss is unchanged in expectation, and its batch-to-batch
+        variance is lower, which steadies training and the early-stopping validation loss.
+
+        Raises:
+            ShapeError, DTypeError, DataError: x or the context of the wrong shape, dtype, device or not finite.
         """
         x, context = self.check_inputs(x, context)
         t = stratified_times(x.shape[0], self.t_eps, x)
-        scales = self._scales(t)  # a_t, s_t and the noise level once per batch: the loss is the hot path
-        a, s, _ = scales
+        # the hot path of training: the schedule once per batch, each scale broadcast once, no helper calls
+        log_a, log_s = self.schedule.log_scales(t)
+        a, s = log_a.exp().unsqueeze(-1), log_s.exp().unsqueeze(-1)
         noise = torch.randn_like(x)
-        x_t = a.unsqueeze(-1) * x + s.unsqueeze(-1) * noise
-        eps, _ = self._epsilon(x_t, t, context, scales)
+        x_t = a * x + s * noise
+        out = self.net(x_t, log_s - log_a, context)
+        eps = s * (x_t + out) if self.parameterization == "residual" else out
         return (eps - noise).square().mean()
 
     def log_prob(self, x: Tensor, context: Tensor | None = None, *, divergence: str | None = None,

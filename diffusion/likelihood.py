@@ -8,24 +8,34 @@ from x_{t_eps} = x_0 to x_1,
 The divergence is exact or Hutchinson's estimator. The exact trace of the Jacobian has two implementations
 with the same result: ``"exact_func"``, ``torch.func`` with the d vector-Jacobian products batched by ``vmap``
 into one backward pass, and ``"exact_loop"``, d separate backward passes. Both cost d backward passes in
-arithmetic; the batched form saves the fixed cost of each of the d passes, which dominates when d is large and
-the batch small (whole probability-flow solves at d = 64 on 20 points: 2.9x faster than the loop for a width-64
-score network and for an analytic score), and loses where the passes are few or large (0.5-0.6x at d = 2 and
-at d = 64 on 500 points, where the batched backward's (d, n, width) intermediates leave the cache). ``"exact"``
-(the default) picks ``exact_func`` when d >= ``EXACT_FUNC_MIN_FEATURES`` and n * d <= ``EXACT_FUNC_MAX_ROWS``,
-the loop otherwise; ``benchmarks/likelihood.py`` measures them side by side. The third choice is
-Hutchinson's estimator E_v[v^T (ds/dx) v] with ``probes`` seeded Rademacher (or Gaussian) vectors drawn once
-and held fixed along the path, so the ODE stays deterministic for the adaptive solver and the estimate is
-unbiased for the same integral. Rademacher is the default: its variance has no diagonal term (on the TGDP
-source mixture with its exact score, one probe gives a per-point sd of 0.94 nats, Gaussian probes 13; the
-sd falls like 1/sqrt(probes)). Both assume the score acts row by row (row i of the output depends on row i
-of x only), as every network and analytic score here does.
+arithmetic; the batched form saves the fixed cost of each pass, which pays when d is large and the batch small.
+``"exact"`` (the default) picks ``exact_func`` when d >= ``EXACT_FUNC_MIN_FEATURES`` and
+n * d <= ``EXACT_FUNC_MAX_ROWS``, the loop otherwise (the measured crossover:
+docs/notes/2026-12-02-exact-divergence-batched-or-loop.md; ``benchmarks/likelihood.py`` times them side by side).
+The third choice is Hutchinson's estimator E_v[v^T (ds/dx) v] with ``probes`` seeded Rademacher (or Gaussian)
+vectors drawn once and held fixed along the path, so the ODE stays deterministic for the adaptive solver and
+the estimate is unbiased for the same integral. Rademacher is the default: its variance has no diagonal term,
+and its per-point spread is far smaller than Gaussian probes' (docs/notes/2026-11-24-diffusion-head-design.md);
+the spread falls like 1/sqrt(probes). Both assume the score acts row by row (row i of the output depends on row
+i of x only), as every network and analytic score here does.
 
 Gradients follow torch's grad mode: when grad is enabled at the call, nothing is detached and the
 divergence is built with ``create_graph=True``, so the result is differentiable in x_0, the context and
 every parameter the score closes over (backpropagation through the solver's steps, not the adjoint
 method). Under ``torch.no_grad()`` (evaluation, e.g. KL estimates) each divergence is computed under a
 local ``enable_grad`` on a detached copy and the result carries no graph, which keeps memory flat.
+
+Example:
+    >>> score = lambda x, t, context: -x                       # the score of N(0, I) at every t
+    >>> probability_flow_log_prob(score, torch.randn(5, 2), VPSchedule())     # (5,) = log N(x; 0, I)
+
+References:
+    Y. Song, J. Sohl-Dickstein, D. P. Kingma, A. Kumar, S. Ermon, B. Poole, "Score-Based Generative Modeling
+    through Stochastic Differential Equations", ICLR 2021, https://arxiv.org/abs/2011.13456.
+    W. Grathwohl, R. T. Q. Chen, J. Bettencourt, I. Sutskever, D. Duvenaud, "FFJORD: Free-form Continuous
+    Dynamics for Scalable Reversible Generative Models", ICLR 2019, https://arxiv.org/abs/1810.01367.
+    M. F. Hutchinson, "A Stochastic Estimator of the Trace of the Influence Matrix for Laplacian Smoothing
+    Splines", Communications in Statistics - Simulation and Computation, 1989 (no arXiv version).
 """
 
 from __future__ import annotations
@@ -42,6 +52,12 @@ from shared_embed.validation import check_choice, check_positive_float, check_po
 
 from .sampling import ODE_METHODS, ScoreFn, _call, check_finite_score, check_score_inputs, solve_ode
 from .schedule import VPSchedule
+
+__all__ = [
+    "DIVERGENCES", "EXACT_CHUNK_ROWS", "EXACT_FUNC_MAX_ROWS", "EXACT_FUNC_MIN_FEATURES", "PROBES", "PriorLogProb",
+    "ProbabilityFlowResult", "draw_probes", "exact_divergence", "hutchinson_divergence", "jacobian_trace",
+    "probability_flow", "probability_flow_log_prob", "standard_normal_log_prob",
+]
 
 DIVERGENCES = ("exact", "exact_func", "exact_loop", "hutchinson")
 #: rows (points x basis vectors) of one batched backward pass of ``exact_func``; bounds its memory.
@@ -144,6 +160,11 @@ def probability_flow(
             the default linear schedule, negligible against data scales).
         prior: log-density of x_1 given the context (default ``log N(0, I)``); the exact p_1 isolates the
             solver error in tests.
+
+    Raises:
+        ShapeError, DTypeError, DataError: x0 or the context malformed, a setting of the wrong type or not
+            positive, the score's output not (n, d) or not finite. ConfigError: an unknown ``divergence``,
+            ``probe`` or ``method``.
     """
     check_score_inputs(score, x0, "x0", context, t_eps)
     check_choice("divergence", divergence, DIVERGENCES)

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from shared_embed.errors import DataError
 from shared_embed.validation import check_positive_int
 
+__all__ = ["ResidualBlock", "ScoreNetwork", "SinusoidalEmbedding"]
+
 
 class SinusoidalEmbedding(nn.Module):
     """(n,) -> (n, features): [sin(w_j u), cos(w_j u)], angular frequencies w_j geometric in [min_freq, max_freq].
@@ -61,7 +63,7 @@ class ScoreNetwork(nn.Module):
     LayerNorm bounds the output for ANY input (|F| <= ||W_out|| sqrt(width) max|SiLU| + |b|): an MLP otherwise
     grows linearly along x and the context, and on contexts outside the training data (a frozen embedding of
     fresh conditions, a head fit to 50 pairs) a growing, repulsive score makes the probability-flow ODE run
-    away (measured: single log-densities off by 1e2 to 1e16 nats). The last layer starts at zero, so an
+    away (docs/notes/2026-11-24-diffusion-head-design.md). The last layer starts at zero, so an
     untrained head's output is exactly its parameterisation's baseline (see ``diffusion.head``).
 
     Example:

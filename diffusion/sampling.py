@@ -29,6 +29,11 @@ from shared_embed.validation import check_choice, check_fraction, check_positive
 
 from .schedule import VPSchedule
 
+__all__ = [
+    "ODE_METHODS", "SDE_METHODS", "CountedScore", "ScoreFn", "check_finite_score", "check_score_inputs", "check_times",
+    "sample_ode", "sample_sde", "score_name", "solve_ode",
+]
+
 ScoreFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 SDE_METHODS = ("euler_maruyama", "heun")
 #: torchdiffeq's adaptive solvers (the fixed-grid ones need a step size: use :func:`sample_sde` for those).

@@ -3,6 +3,12 @@
 Linear: beta(t) = beta_min + t (beta_max - beta_min), a_t = exp(-1/2 int_0^t beta), s_t^2 = 1 - a_t^2.
 Cosine (Nichol & Dhariwal 2021): a_t = cos(pi/2 (t + c)/(1 + c)) / cos(pi/2 c/(1 + c)), t clipped to t_max so
 that beta stays finite.
+
+References:
+    A. Nichol, P. Dhariwal, "Improved Denoising Diffusion Probabilistic Models", ICML 2021,
+    https://arxiv.org/abs/2102.09672.
+    D. P. Kingma, T. Salimans, B. Poole, J. Ho, "Variational Diffusion Models", NeurIPS 2021,
+    https://arxiv.org/abs/2107.00630 (the stratified times of :func:`stratified_times`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import torch
 from torch import Tensor
 
 from shared_embed.validation import check_choice, check_fraction, check_positive_float
+
+__all__ = ["SCHEDULES", "VPSchedule", "stratified_times"]
 
 SCHEDULES = ("linear", "cosine")
 
@@ -117,8 +125,9 @@ def _col(v: Tensor, like: Tensor) -> Tensor:
 
 
 def stratified_times(n: int, t_eps: float, like: Tensor) -> Tensor:
-    """(n,) times U(t_eps, 1), one per stratum of length 1/n in random order (Kingma et al. 2021's
-    low-discrepancy sampler): each t is still U(t_eps, 1), and batch means vary less."""
+    """(n,) times U(t_eps, 1), one per stratum of length 1/n in random order (the low-discrepancy
+    sampler of Kingma et al. 2021, module docstring): each t is still U(t_eps, 1), and batch means vary less."""
     check_fraction("t_eps", t_eps)
-    u = (torch.randperm(n, device=like.device).to(like.dtype) + torch.rand(n, dtype=like.dtype, device=like.device)) / n
-    return t_eps + (1.0 - t_eps) * u
+    u = torch.randperm(n, device=like.device).to(like.dtype)
+    # in place, in the order of t_eps + (1 - t_eps) * (perm + U) / n: the same values, no temporaries
+    return u.add_(torch.rand(n, dtype=like.dtype, device=like.device)).div_(n).mul_(1.0 - t_eps).add_(t_eps)

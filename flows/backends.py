@@ -48,6 +48,11 @@ from shared_embed.mlp import ACTIVATIONS
 from shared_embed.rng import global_rng_from
 from shared_embed.validation import check_choice
 
+__all__ = [
+    "BACKENDS", "DEFAULT_TRANSFORM", "SPLINE_TRANSFORMS", "TRANSFORMS", "Builder", "FlowModule", "FlowSpec",
+    "NflowsFlow", "ZukoFlow", "build_flow", "check_backend",
+]
+
 
 @dataclass(frozen=True)
 class FlowSpec:

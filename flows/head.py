@@ -16,6 +16,8 @@ from shared_embed.validation import check_positive_float, check_positive_int
 
 from .backends import SPLINE_TRANSFORMS, FlowModule, FlowSpec, build_flow, check_backend
 
+__all__ = ["DEFAULT_CNF_BLOCKS", "DEFAULT_TRANSFORMS", "FlowDistribution", "FlowHead", "make_flow_head"]
+
 #: transforms per backend when ``transforms`` is not given: 3 layers, one ODE block for ``cnf``.
 DEFAULT_TRANSFORMS = 3
 DEFAULT_CNF_BLOCKS = 1

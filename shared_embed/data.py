@@ -11,6 +11,8 @@ from torch import Tensor
 from .errors import DataError, ShapeError
 from .validation import check_fraction, check_matrix, check_positive_int
 
+__all__ = ["PairedData", "check_same_rows", "iterate_batches"]
+
 
 @dataclass(frozen=True)
 class PairedData:

@@ -6,6 +6,8 @@ import torch
 
 from .errors import ConfigError
 
+__all__ = ["resolve_device"]
+
 
 def resolve_device(name: str | torch.device = "cpu") -> torch.device:
     """Turn a device name into a ``torch.device``, refusing one this machine lacks with a clear error.

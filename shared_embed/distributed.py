@@ -27,6 +27,11 @@ import torch.distributed as dist
 from .device import resolve_device
 from .errors import ConfigError
 
+__all__ = [
+    "TORCHRUN_VARIABLES", "Session", "distributed_session", "init_distributed", "launched_by_torchrun",
+    "shutdown_distributed",
+]
+
 #: Environment variables torchrun sets for every process it launches.
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 

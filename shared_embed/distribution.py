@@ -24,6 +24,8 @@ from .errors import ShapeError
 from .rng import check_generator
 from .validation import check_tensor
 
+__all__ = ["BatchedConditional", "LogProbRows", "SampleRows", "broadcast_batch", "flatten_rows"]
+
 #: ``log_prob_rows(x (m, d), context (m, k) or None) -> (m,)``.
 LogProbRows = Callable[[Tensor, "Tensor | None"], Tensor]
 #: ``sample_rows(m, context (m, k) or None, generator, reparameterized) -> (m, d)``.

@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from .mlp import mlp
 from .validation import check_matches, check_tensor
 
+__all__ = ["Encoder", "FixedEmbedding"]
+
 
 class Encoder(nn.Module):
     """An MLP embedding ``h(c)``: (n, in_features) -> (n, out_features).

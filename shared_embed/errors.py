@@ -7,6 +7,11 @@ the built-in type a user would catch anyway (``ValueError``, ``TypeError``, ``Ru
 
 from __future__ import annotations
 
+__all__ = [
+    "CheckpointError", "ConfigError", "DTypeError", "DataError", "GentransferError", "ShapeError",
+    "TrainingDivergedError",
+]
+
 
 class GentransferError(Exception):
     """Base class of every error gentransfer raises on purpose."""

@@ -13,6 +13,8 @@ from .head import Head, register_head
 from .mlp import mlp
 from .rng import check_generator
 
+__all__ = ["GaussianHead"]
+
 
 @register_head("gaussian")
 class GaussianHead(Head):

@@ -31,6 +31,8 @@ from .distribution import BatchedConditional
 from .errors import ConfigError, ShapeError
 from .validation import check_context, check_matches, check_positive_int, check_tensor
 
+__all__ = ["HEADS", "Head", "build_head", "register_head"]
+
 
 class Head(nn.Module, ABC):
     """Base class of conditional generative heads (see the module docstring for the contract)."""
@@ -42,10 +44,6 @@ class Head(nn.Module, ABC):
     #: Keyword options of :meth:`sample` and of :meth:`log_prob` chosen at call time (not saved with the weights).
     SAMPLE_OPTIONS: ClassVar[tuple[str, ...]] = ()
     LOG_PROB_OPTIONS: ClassVar[tuple[str, ...]] = ()
-    #: Keys that older checkpoints stored in ``config`` and that are now call-time options: dropped on loading.
-    LEGACY_CONFIG_KEYS: ClassVar[tuple[str, ...]] = ()
-    #: Config keys added since the first checkpoints, with the value an older checkpoint implies.
-    ADDED_CONFIG_KEYS: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, features: int, context_features: int | None) -> None:
         super().__init__()
@@ -111,13 +109,6 @@ class Head(nn.Module, ABC):
             raise ConfigError(f"unknown option(s) {unknown} for {cls.__name__}; valid options: {valid}")
         return ({k: v for k, v in options.items() if k in cls.SAMPLE_OPTIONS},
                 {k: v for k, v in options.items() if k in cls.LOG_PROB_OPTIONS})
-
-    @classmethod
-    def weights_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        """A stored config as this version writes it: without the keys that are call-time options now, and with
-        the keys added since (older checkpoints lack them) at the value they imply."""
-        kept = {k: v for k, v in config.items() if k not in cls.LEGACY_CONFIG_KEYS}
-        return {**cls.ADDED_CONFIG_KEYS, **kept}
 
     # -- helpers for subclasses ------------------------------------------------------------------
     def check_inputs(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -188,3 +179,8 @@ def build_head(kind: str, config: dict[str, Any]) -> Head:
         return HEADS[kind](**config)
     except TypeError as err:
         raise ConfigError(f"config does not fit head kind {kind!r}: {err}") from err
+
+
+# The ground floor's own heads register on import of this module, as they did when the package imported
+# everything eagerly: a checkpoint of kind "gaussian" loads after importing only ``shared_embed.model``.
+from . import gaussian, linear_gaussian  # noqa: E402, F401  (after Head and register_head: they import both)

@@ -21,6 +21,8 @@ from torch.distributions import MultivariateNormal
 
 from .errors import DataError
 
+__all__ = ["LOG_2PI", "LinearGaussianHead"]
+
 LOG_2PI = math.log(2 * math.pi)
 from .head import Head, register_head
 from .rng import check_generator

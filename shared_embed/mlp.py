@@ -8,6 +8,8 @@ from torch import nn
 
 from .validation import check_choice, check_positive_int
 
+__all__ = ["ACTIVATIONS", "mlp"]
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "silu": nn.SiLU,

@@ -21,6 +21,8 @@ from .standardize import Standardizer
 from .train import TrainHistory
 from .validation import check_matches, check_positive_int, check_tensor
 
+__all__ = ["ConditionalDistribution", "ConditionalModel"]
+
 
 class ConditionalModel(nn.Module):
     """p_hat(x | c) = head( (x - m_x)/s_x | H(h((c - m_c)/s_c)) ) / prod(s_x).
@@ -210,16 +212,9 @@ class ConditionalModel(nn.Module):
             extra["identity"] = json.loads(json.dumps(identity))
         return save_checkpoint(path, self, {"model": "ConditionalModel", **self.config}, extra=extra)
 
-    def _stored_config(self, config: dict[str, Any]) -> dict[str, Any]:
-        """A checkpoint's config with the head's former config keys that are call-time options now dropped."""
-        if isinstance(config.get("head"), dict):
-            config = {**config, "head": type(self.head).weights_config(config["head"])}
-        return config
-
     def load_weights(self, path: str | os.PathLike[str]) -> ConditionalModel:
         """Load weights (and the training history) saved by :meth:`save`; refuses another configuration."""
-        extra = load_module_state(path, self, {"model": "ConditionalModel", **self.config},
-                                  normalize=self._stored_config)
+        extra = load_module_state(path, self, {"model": "ConditionalModel", **self.config})
         if "history" in extra:
             self.history = TrainHistory(**extra["history"])
         return self

@@ -15,6 +15,8 @@ from tqdm import tqdm as text_tqdm
 
 from .errors import ConfigError
 
+__all__ = ["FALSE", "TRUE", "env_flag", "in_notebook", "progress_bar", "watched"]
+
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off", "")
 

@@ -9,6 +9,8 @@ import torch
 
 from .errors import DTypeError
 
+__all__ = ["check_generator", "global_rng_from"]
+
 
 def check_generator(generator: object) -> torch.Generator | None:
     """``generator`` if it is a ``torch.Generator`` or None; a DTypeError naming the argument otherwise."""

@@ -7,6 +7,8 @@ from torch import Tensor, nn
 
 from .validation import check_matrix, check_positive_int
 
+__all__ = ["Standardizer"]
+
 
 class Standardizer(nn.Module):
     """``z = (x - mean) / std`` per feature, with ``log|det dz/dx| = -sum(log std)``.

@@ -6,6 +6,8 @@ from typing import Any
 
 from torch import Tensor
 
+__all__ = ["flatten_training_state", "unflatten_training_state"]
+
 
 def flatten_training_state(
     *,

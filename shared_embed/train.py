@@ -33,6 +33,8 @@ from .progress import progress_bar, watched
 from .state import flatten_training_state, unflatten_training_state
 from .validation import check_choice, check_positive_float, check_positive_int
 
+__all__ = ["OPTIMIZERS", "SCHEDULES", "LossFn", "TrainConfig", "TrainHistory", "evaluate_loss", "fit"]
+
 LossFn = Callable[[Sequence[Tensor]], Tensor]
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 SCHEDULES = ("constant", "cosine", "linear")
@@ -141,11 +143,11 @@ def _lr_factor(config: TrainConfig) -> Callable[[int], float]:
 
 
 def _grad_norm(params: list[nn.Parameter], clip: float | None) -> Tensor:
-    """Total 2-norm of the gradients, after clipping them to ``clip`` in place when it is given.
+    """Total 2-norm of the gradients (a 0-dim tensor), after clipping them to ``clip`` in place when given.
 
-    With ``clip`` this is ``clip_grad_norm_``. Without it only the norm is needed (for the NaN/inf check), so
-    the no-op rescaling by 1 that ``clip_grad_norm_(params, inf)`` applies to every gradient is skipped: the
-    per-step overhead of the loop on small heads (see ``benchmarks/training_overhead.py``).
+    With ``clip`` this is ``clip_grad_norm_``. Without it the gradients are left untouched and only their norm
+    is computed (for the NaN/inf check), without the rescaling by 1 that ``clip_grad_norm_(params, inf)`` would
+    apply to every gradient; ``benchmarks/training_overhead.py`` times the loop against a plain one.
     """
     if clip is not None:
         return torch.nn.utils.clip_grad_norm_(params, clip)
@@ -343,6 +345,16 @@ def fit(
 
     Raises:
         TrainingDivergedError: a NaN/inf loss or gradient; the message names the step and last checkpoint.
+        ShapeError, DataError: tensors that do not share their first dimension. ConfigError: no trainable
+            parameter, or a batch size the process count does not divide.
+
+    Example:
+        >>> model = nn.Linear(3, 1)
+        >>> x, y = torch.randn(256, 3), torch.randn(256, 1)
+        >>> history = fit(model, lambda b: (model(b[0]) - b[1]).square().mean(), (x, y), (x[:64], y[:64]),
+        ...               TrainConfig(steps=200, patience=5))
+        >>> history.best_step <= history.steps_done
+        True
     """
     config = config or TrainConfig()
     distributed, rank, world = _world()

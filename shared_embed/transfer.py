@@ -1,6 +1,6 @@
 """The transfer workflow for any head: fit the encoder with a source head, freeze it, fit a target head.
 
-Five variants, each returning a :class:`~shared_embed.model.ConditionalModel` scored the same way:
+The variants of ``VARIANTS``, each returning a :class:`~shared_embed.model.ConditionalModel` scored the same way:
 
 - ``transfer``: encoder + source head on the source; encoder frozen; a new head on the target;
 - ``no_transfer``: encoder + head from scratch on the target only;
@@ -34,6 +34,11 @@ from .reduced_rank import canonical_row_space
 from .standardize import Standardizer
 from .train import TrainConfig, TrainHistory, fit
 from .validation import check_choice, check_fraction, check_positive_int
+
+__all__ = [
+    "MIN_VAL_ROWS", "VARIANTS", "Augment", "FitResult", "HeadFactory", "TransferConfig", "fit_source",
+    "fit_target_head", "fit_variants", "new_encoder", "train_model",
+]
 
 VARIANTS = ("transfer", "no_transfer", "fine_tune", "oracle", "direct")
 MIN_VAL_ROWS = 4

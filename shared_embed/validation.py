@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -9,6 +10,11 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError, DataError, DTypeError, ShapeError
+
+__all__ = [
+    "check_choice", "check_context", "check_fraction", "check_matches", "check_matrix", "check_positive_float",
+    "check_positive_int", "check_tensor",
+]
 
 
 def check_tensor(
@@ -44,10 +50,17 @@ def check_tensor(
             raise ShapeError(f"{name} must have {rows} rows, got shape {tuple(value.shape)}")
         if value.shape[0] < min_rows:
             raise DataError(f"{name} must have at least {min_rows} row(s), got {value.shape[0]}")
-    if finite and value.numel() and not bool(torch.isfinite(value).all()):
+    if finite and value.numel() and not _all_finite(value):
         bad = int((~torch.isfinite(value)).sum())
         raise DataError(f"{name} contains {bad} NaN or inf value(s); all entries must be finite")
     return value
+
+
+def _all_finite(value: Tensor) -> bool:
+    """Whether every entry is finite, in two tensor operations where it is so: a NaN or inf entry makes the sum
+    NaN or inf, so a finite sum settles it; only a sum that is not finite (a bad entry, or finite entries whose
+    sum overflows) needs the entry-wise check. This runs on every batch of every loss (the hot path)."""
+    return math.isfinite(float(value.detach().sum())) or bool(torch.isfinite(value).all())
 
 
 def check_matrix(name: str, value: Any, cols: int | None = None, *, min_rows: int = 1) -> Tensor:

@@ -61,7 +61,9 @@ def test_an_unexpected_error_is_one_line_with_exit_2(tmp_path: Path, monkeypatch
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("the first line\n  more detail\nthe last line")
 
-    monkeypatch.setattr(cli, "run_sweep", broken)
+    import theory.studies.transfer.sweep as sweep  # the CLI imports it inside the command (a fast --help)
+
+    monkeypatch.setattr(sweep, "run_sweep", broken)
     err = _fails(["run", str(SMOKE), "--out", str(tmp_path / "o")], capsys)
     assert "RuntimeError: the first line ... the last line (an unexpected error: set GENTRANSFER_TRACEBACK=1" in err
     monkeypatch.setenv("GENTRANSFER_TRACEBACK", "1")

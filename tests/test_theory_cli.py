@@ -123,9 +123,9 @@ def test_configs_ship_with_the_package(tmp_path: Path) -> None:
     """A wheel holds configs/ as package data, and the CLI finds them there, away from the source tree."""
     wheel_dir, site, source = tmp_path / "wheel", tmp_path / "site", tmp_path / "source"
     source.mkdir()  # build from a copy, so the build leaves the source tree untouched
-    for name in ("pyproject.toml", "setup.py", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE", "MANIFEST.in"):
         shutil.copy(ROOT / name, source / name)
-    for name in ("shared_embed", "flows", "diffusion", "theory", "configs"):
+    for name in ("gentransfer", "shared_embed", "flows", "diffusion", "theory", "configs"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(source)],

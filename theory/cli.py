@@ -20,19 +20,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import GentransferError
 
-from theory.verdicts.checks import PASS
-from theory.engine.config import ExperimentConfig, apply_override, read_toml, resolve_config
+from theory.engine.config_files import apply_override, read_toml, resolve_config
 from theory.engine.executors import EXECUTORS, check_threads, make_executor, parse_options
 from theory.engine.folder_lock import hold_folder, run_in_progress
-from theory.studies.transfer.report import build_report
-from theory.engine.run_folder import read_json
-from theory.studies.transfer.sweep import parse_shard, run_sweep
 from theory.engine.toml_writer import dumps as toml_dumps
+
+# torch and the rest of theory load inside the commands that need them: --help, --version and a missing or
+# malformed config file answer without them (benchmarks/cli_startup.py).
 
 DESCRIPTION = """\
 gentransfer: transfer learning for generative models, checked against the theory.
@@ -138,6 +134,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_report(report, out: Path) -> None:
+    from theory.verdicts.checks import PASS
+
     for name, table in report.tables.items():
         print(f"\nKL(p_T || p_hat) in nats, mean +- SE over seeds: {name}")
         print(table)
@@ -201,6 +199,8 @@ def _where(args: argparse.Namespace) -> str:
 
 def _run_study(study: Any, raw: dict, args: argparse.Namespace) -> int:
     """``gentransfer run`` of a TGDP or digits config: the same engine, its own records and report."""
+    import torch
+
     study.parse(raw)  # every setting checked before the folder is touched
     if args.shard != "0/1" or args.device:
         raise GentransferError(f"--shard and --device are options of transfer grids, not of a "
@@ -233,7 +233,13 @@ def _run(args: argparse.Namespace) -> int:
     study = _study(raw)
     if study is not None:
         return _run_study(study, raw, args)
+    from theory.engine.config import ExperimentConfig  # loads torch: validation needs TrainConfig
+
     config = ExperimentConfig.from_dict(raw)
+    import torch
+
+    from theory.studies.transfer.sweep import parse_shard
+
     shard = parse_shard(args.shard)
     if args.workers is not None:
         config.run.workers = args.workers
@@ -255,6 +261,11 @@ def _run(args: argparse.Namespace) -> int:
 def _sweep_and_report(config: ExperimentConfig, args: argparse.Namespace, shard: tuple[int, int], executor: Any,
                       start: float) -> int:
     """The sweep and its report, in a folder this process holds: 0, or 1 when some cells failed."""
+    from shared_embed.checkpoint import atomic_write_text
+
+    from theory.studies.transfer.report import build_report
+    from theory.studies.transfer.sweep import run_sweep
+
     result = run_sweep(config, args.out, log=None if args.quiet else (lambda m: print(m, flush=True)), shard=shard,
                        executor=executor, max_hours=None if args.yes else MAX_HOURS)
     atomic_write_text(Path(args.out) / "run.json", json.dumps({
@@ -293,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "report":
+            from theory.engine.run_folder import read_json
+            from theory.studies.transfer.report import build_report
+
             if not args.dir.is_dir():
                 raise GentransferError(f"{os.fspath(args.dir)!r} is not a folder written by 'gentransfer run' (it holds no "
                                        "config.json)")
@@ -310,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         raw = _raw_config(args.config, args.overrides)
         study = _study(raw)
+        from theory.engine.config import ExperimentConfig
+
         resolved = study.resolved(raw) if study is not None else ExperimentConfig.from_dict(raw).to_dict()
         print(json.dumps(resolved, indent=2) if args.json else toml_dumps(resolved), end="\n" if args.json else "")
         sys.stdout.flush()

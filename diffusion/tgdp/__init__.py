@@ -18,6 +18,9 @@ Example:
     >>> from diffusion.tgdp import TGDPConfig, fit_tgdp
     >>> tgdp = fit_tgdp(source_head.score, source_x, target_x, config=TGDPConfig(eta_consistency=1.0))
     >>> x0 = sample_ode(tgdp.score, torch.randn(1000, 2), VPSchedule())
+
+Reference: Y. Ouyang, L. Xie, H. Zha, G. Cheng, "Transfer Learning for Diffusion Models", NeurIPS 2024,
+https://arxiv.org/abs/2405.16876.
 """
 
 from .baselines import fine_tune, train_head

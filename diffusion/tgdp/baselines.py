@@ -18,6 +18,8 @@ from shared_embed.validation import check_context, check_matrix
 
 from ..head import DiffusionHead
 
+__all__ = ["fine_tune", "train_head"]
+
 
 def _tensors(x: Tensor, context: Tensor | None) -> tuple[Tensor, ...]:
     return (x,) if context is None else (context, x)

@@ -34,6 +34,8 @@ from ..network import SinusoidalEmbedding
 from ..schedule import VPSchedule, stratified_times
 from .inputs import check_points
 
+__all__ = ["DensityRatio", "DomainClassifier", "class_weights", "fit_domain_classifier"]
+
 
 class DomainClassifier(nn.Module):
     """logit P(source | x[, t][, context]): an MLP on [x, context, time features] -> (n,).

@@ -9,6 +9,12 @@ under ``torch.no_grad()`` (sampling) the gradient is taken locally and returned 
 
 Domain Guidance (Zhong et al., ICLR 2025): e = e_src + w (e_ft - e_src); since e = -s_t * score for every model
 on one schedule, the same line holds for scores: s = s_src + w (s_ft - s_src) (:func:`domain_guidance_score`).
+
+References:
+    Y. Ouyang, L. Xie, H. Zha, G. Cheng, "Transfer Learning for Diffusion Models", NeurIPS 2024,
+    https://arxiv.org/abs/2405.16876.
+    J. Zhong, X. Zhang, J. Wang, M. Long, "Domain Guidance: A Simple Transfer Approach for a Pre-trained
+    Diffusion Model", ICLR 2025, https://arxiv.org/abs/2504.01521.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from shared_embed.validation import check_positive_float, check_tensor
 
 from ..sampling import ScoreFn, check_times
 from .guidance import Guidance
+
+__all__ = ["DomainGuidanceScore", "GuidedScore", "domain_guidance_score", "guidance_grad"]
 
 
 def guidance_grad(guidance: Guidance, x: Tensor, t: Tensor, context: Tensor | None = None) -> Tensor:

@@ -11,6 +11,13 @@
 Conditional TGDP passes the labels as contexts (source_context, target_context (n, 1)): the classifier, the
 guidance and the source score then all read y, and grad_x log h_t(x, y) turns grad_x log p_t(x | y) into
 grad_x log q_t(x | y). The label marginal q(y) comes from :class:`~diffusion.tgdp.labels.LabelMarginal`.
+
+Example:
+    >>> tgdp = fit_tgdp(source_head.score, source_x (n_s, d), target_x (n_t, d), config=TGDPConfig())
+    >>> x0 = sample_ode(tgdp.score, torch.randn(1000, d), VPSchedule())   # draws from the target model
+
+Reference: Y. Ouyang, L. Xie, H. Zha, G. Cheng, "Transfer Learning for Diffusion Models", NeurIPS 2024,
+https://arxiv.org/abs/2405.16876.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from .compose import GuidedScore
 from .guidance import DAMPING, POSITIVITY, GuidanceNetwork, SourcePosterior, guidance_loss
 from .regularizers import consistency_loss, cycle_loss
 
+__all__ = ["TGDPConfig", "TGDPFit", "fit_tgdp"]
+
 
 _TRAIN_FIELDS = ("classifier_train", "guidance_train", "time_classifier_train")
 
@@ -59,9 +68,12 @@ class TGDPConfig:
     the same Rao-Blackwellised target E_p[w | x_t]. The minimiser is still h_t, but the regression now sees
     the regions where q_t has its mass: on source rows alone it rarely visits the target modes when they lie
     in the source's tails (at small t), and the learned log h stays too flat there. Off (0) by default, as in
-    the paper. Measured on the TGDP simulation (seed 0, unconditional, weight 1): with the EXACT w the KL
-    fell from 1.88 to 1.20 nats, but with the classifier's w it rose (n_t = 100: 1.00 -> 1.24; n_t = 10:
-    6.5 -> 11.8): the target rows are where the classifier's ratio is least reliable.
+    the paper: it helps with an exact w but hurts with a classifier's w, whose ratio is least reliable at the
+    target rows (docs/notes/2026-11-24-tgdp-guidance-training.md).
+
+    Raises:
+        ConfigError: an unknown ``positivity`` or ``damping``, a negative weight, ``target_coverage`` without
+            ``rao_blackwell``, ``target_batch`` < 1 or ``t_eps`` outside (0, 1).
     """
 
     classifier_hidden: Sequence[int] = (64, 64)

@@ -10,6 +10,8 @@ from shared_embed.validation import check_tensor
 from ..sampling import check_times
 from ..schedule import VPSchedule, stratified_times
 
+__all__ = ["check_points", "noised_rows"]
+
 
 def check_points(
     x: Tensor, features: int, t: Tensor | float | None, *, required: bool, name_t: str = "t"

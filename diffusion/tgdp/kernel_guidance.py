@@ -28,10 +28,8 @@ KDE's extra variance b^2 (tested).
 
 The bandwidth is capped at 2 b^2 lambda_max(A) <= ``max_curvature`` (0.1): along a direction where log w
 curves upwards, smoothing by b multiplies the quadratic's curvature by up to 1 / (1 - 2 b^2 lambda), and near
-the cap that inflates h_t far from the truth. Measured on the TGDP simulation (seed 0, unconditional, the
-cross-validated quadratic ratio at n_t = 100, 2000 rows): cap 0.5 (b = 0.16) KL 0.96, cap 0.2 (b = 0.125)
-0.25, cap 0.1 (b = 0.09) 0.21, b = 0.04 0.46 (too few rows per kernel again); the plain estimate (b = 0) with
-the EXACT w: 1.19, its log-h MSE at t = 0.01 on q_t points 1.85 (the sparse-row failure).
+the cap that inflates h_t far from the truth. The cap's value, and how the plain estimate fails where rows are
+sparse, were measured on the TGDP simulation: docs/notes/2026-12-02-kernel-guidance-bandwidth-cap.md.
 
 Example:
     >>> ratio = fit_quadratic_log_ratio(source_x, target_x)
@@ -53,6 +51,8 @@ from shared_embed.validation import check_context, check_positive_int, check_ten
 from ..schedule import VPSchedule
 from .inputs import check_points
 from .quadratic_ratio import QuadraticLogRatio
+
+__all__ = ["KernelGuidance", "LogRatioFn", "scott_bandwidth"]
 
 #: ``log_ratio(x (n, d), t=None, context=None) -> (n,)``: a clean-data log density ratio
 LogRatioFn = Callable[..., Tensor]
@@ -79,6 +79,12 @@ class KernelGuidance:
             float32 is enough with a bandwidth, which keeps the kernel variance >= a_t^2 b^2).
         max_rows: use a seeded random subset of at most this many source rows (each call costs
             O(n * rows)); None: all rows.
+
+    Raises:
+        ConfigError: a ratio that is neither a QuadraticLogRatio nor callable, a negative or non-finite
+            bandwidth, a bandwidth > 0 without a QuadraticLogRatio, ``max_curvature`` outside (0, 1).
+        ShapeError: source_x not (n_s, d), source_context not (n_s, 1); at call time a context given to a
+            guidance built without one (or the reverse), or a label absent from source_context.
     """
 
     def __init__(self, source_x: Tensor, ratio: QuadraticLogRatio | LogRatioFn, schedule: VPSchedule,

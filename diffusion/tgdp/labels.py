@@ -14,6 +14,8 @@ from torch import Tensor
 from shared_embed.errors import DataError, ShapeError
 from shared_embed.validation import check_positive_float, check_tensor
 
+__all__ = ["LabelMarginal"]
+
 
 class LabelMarginal:
     """q_hat(y) over a finite label set; labels are (n, 1) float tensors (the tasks' context c = y).

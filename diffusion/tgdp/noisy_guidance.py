@@ -25,6 +25,8 @@ from shared_embed.validation import check_fraction
 from ..sampling import ScoreFn, check_times
 from .classifier import DensityRatio
 
+__all__ = ["ClassifierGuidance", "SwitchedScore"]
+
 
 class ClassifierGuidance:
     """log h_t(x[, y]) = log ratio of a time-dependent :class:`DensityRatio`, (n,): a Guidance.

@@ -1,7 +1,8 @@
 """A quadratic log density ratio fitted by cross-validated logistic regression: a domain classifier for tiny n_t.
 
 A neural classifier on 10 target rows against 10,000 source rows has nothing to stop it from carving the
-ratio around each target row (log-w MSE 9-13 nats^2 on the TGDP simulation at n_t = 10). Here the
+ratio around each target row (its log-w error on the TGDP simulation at n_t = 10:
+docs/notes/2026-12-02-kernel-guidance-bandwidth-cap.md). Here the
 classifier is logistic regression on the degree-2 polynomial features of x (and, with labels, per-label
 deviations from a shared quadratic), its L2 strength chosen by stratified K-fold cross-validation of the
 log-loss on the pooled rows (scikit-learn's ``LogisticRegressionCV``). The log ratio is then
@@ -26,6 +27,8 @@ from torch import Tensor
 
 from shared_embed.errors import ShapeError
 from shared_embed.validation import check_context, check_matrix, check_positive_int
+
+__all__ = ["QuadraticLogRatio", "fit_quadratic_log_ratio", "quadratic_features"]
 
 
 def quadratic_features(x: np.ndarray) -> np.ndarray:

@@ -27,6 +27,8 @@ from .compose import guidance_grad
 from .guidance import Guidance
 from .inputs import noised_rows
 
+__all__ = ["RatioFn", "consistency_loss", "cycle_loss"]
+
 #: ``ratio(x_t (n, d), t (n,), context) -> (n,)``: a noised density ratio q_t / p_t (e.g. ``DensityRatio.ratio``).
 RatioFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 

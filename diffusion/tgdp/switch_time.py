@@ -35,6 +35,8 @@ from ..sampling import ScoreFn
 from ..schedule import VPSchedule
 from .noisy_guidance import SwitchedScore
 
+__all__ = ["SwitchChoice", "denoising_losses", "select_switch", "time_grid"]
+
 
 @dataclass(frozen=True)
 class SwitchChoice:

@@ -12,11 +12,12 @@ import importlib
 import os
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared_embed.errors import ConfigError, GentransferError
 
-from theory.engine.loop import Executor
+if TYPE_CHECKING:  # an annotation only: choosing an executor needs no torch
+    from theory.engine.loop import Executor
 
 EXECUTORS = ("local", "dask", "slurm")
 #: the executor's module and, for each package it needs, the extra that installs it

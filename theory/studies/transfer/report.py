@@ -80,11 +80,6 @@ def predictions(config: ExperimentConfig, task: Any, kinds: dict[str, str]) -> d
             for name, kind in kinds.items()}
 
 
-def rates_by_task(config: ExperimentConfig, kinds: dict[str, str]) -> dict[str, dict[str, Rates]]:
-    """Grid task label -> head name -> predicted exponents (tasks of a study may differ in dimension)."""
-    return study_predictions(config, kinds)
-
-
 def subset(records: list[Record], head: str, n_s: int | None) -> list[Record]:
     """A head's records at one n_s: source variants at that n_s plus the source-free variants."""
     return [r for r in ok_records(records) if r["head"] == head and (r.get("n_s") is None or r["n_s"] == n_s)]

@@ -315,9 +315,6 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-_write_json = write_json
-
-
 @dataclass
 class _Shared:
     """What a group's cells share: the source model, the floor model and their bookkeeping."""
@@ -410,7 +407,7 @@ class GroupRunner:
             shared.info.update(floor=est.value, floor_se=est.se, floor_n=floor_n,
                                floor_seconds=time.perf_counter() - start, floor_fit_seconds=fit_seconds)
             self.say(f"[{g.stem}] embedding floor {est} (head fitted on {floor_n} target pairs)")
-        _write_json(inside(self.out, info_path), shared.info)
+        write_json(inside(self.out, info_path), shared.info)
         return shared
 
     def run(self) -> list[dict[str, Any]]:
@@ -446,7 +443,7 @@ class GroupRunner:
     def _failed(self, cell: Cell, error: str) -> dict[str, Any]:
         record = {**self._base(cell), "status": "failed", "error": error, "finished_at": _now(),
                   "torch": torch.__version__, "settings": self.settings}
-        _write_json(inside(self.out, self.out / cell.path), record)
+        write_json(inside(self.out, self.out / cell.path), record)
         self.say(f"[{cell}] FAILED: {error}")
         return record
 
@@ -482,7 +479,7 @@ class GroupRunner:
         except GentransferError as err:  # a diverged fit: recorded, reported, retried by the next run
             return self._failed(cell, f"{type(err).__name__}: {err}")
         record.update(finished_at=_now(), torch=torch.__version__, settings=self.settings)
-        _write_json(inside(self.out, self.out / cell.path), record)
+        write_json(inside(self.out, self.out / cell.path), record)
         extra = (f" = floor {record['floor_paired']:.4f} + head {record['head_term']:.4f}"
                  if "head_term" in record else "")
         self.say(f"[{cell}] KL {record['kl']:.4f} +- {record['kl_se']:.4f}{extra} "
@@ -539,7 +536,7 @@ class GroupRunner:
         torch.manual_seed(cell_seed + 1)
         with torch.no_grad():
             draws = [model.sample(cfg.evaluation.sample_n, c.to(self.device)).cpu().tolist() for c in contexts]
-        _write_json(inside(self.out, self.out / cell.path.replace("cells/", "samples/", 1)),
+        write_json(inside(self.out, self.out / cell.path.replace("cells/", "samples/", 1)),
                     {"cell": cell.__dict__, "contexts": contexts.tolist(), "samples": draws})
 
 
@@ -567,7 +564,7 @@ class SweepResult:
 
 def write_config(config: ExperimentConfig, out_dir: Path) -> None:
     """Store the resolved config with the run (the report reads it back)."""
-    _write_json(out_dir / "config.json", config.to_dict())
+    write_json(out_dir / "config.json", config.to_dict())
 
 
 def min_target_pairs(d_h: int, d_x: int) -> int:
