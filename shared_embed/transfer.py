@@ -36,8 +36,8 @@ from .train import TrainConfig, TrainHistory, fit
 from .validation import check_choice, check_fraction, check_positive_int
 
 __all__ = [
-    "MIN_VAL_ROWS", "VARIANTS", "Augment", "FitResult", "HeadFactory", "TransferConfig", "fit_source",
-    "fit_target_head", "fit_variants", "new_encoder", "train_model",
+    "MIN_VAL_ROWS", "VARIANTS", "Augment", "FitResult", "HeadFactory", "TransferConfig", "check_fit_data",
+    "constant_columns", "fit_source", "fit_target_head", "fit_variants", "min_fit_rows", "new_encoder", "train_model",
 ]
 
 VARIANTS = ("transfer", "no_transfer", "fine_tune", "oracle", "direct")
