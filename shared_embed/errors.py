@@ -34,3 +34,8 @@ class CheckpointError(GentransferError, ValueError):
 
 class TrainingDivergedError(GentransferError, RuntimeError):
     """Training produced a NaN/inf loss or gradient; the message names the step and the last good checkpoint."""
+
+
+class PremiseWarning(UserWarning):
+    """A method's premise fails on the data given (e.g. TGDP's target outside the source's support); the message
+    names each failed check, its value and its threshold. A warning, not an error: the fit still runs."""
