@@ -81,7 +81,8 @@ def test_comparisons_know_the_combined_se_and_the_verdict():
     from theory.studies.completion.report import comparisons
 
     def rec(seed, variant, nll):
-        return {"seed": seed, "head": "flow", "per_class": 2, "variant": variant, "nll": nll}
+        return {"seed": seed, "head": "flow", "per_class": 2, "variant": variant, "nll": nll,
+                "nll_per_image": [nll - 1, nll + 1]}
 
     a, b = [80.0, 82.0, 84.0], [90.0, 95.0, 100.0]  # SEs 1.1547 and 2.8868
     rows = comparisons([rec(s, "transfer", x) for s, x in enumerate(a)] + [rec(s, "no_transfer", x) for s, x in enumerate(b)])
@@ -91,6 +92,8 @@ def test_comparisons_know_the_combined_se_and_the_verdict():
     close = comparisons([rec(s, "transfer", x) for s, x in enumerate(a)]
                         + [rec(s, "no_transfer", x + 3) for s, x in enumerate(a)])
     assert not close[0]["wins"]  # 3 nats lower, but 2 combined SEs are 3.27
+    (one,) = comparisons([rec(0, "transfer", 80.0), rec(0, "no_transfer", 90.0)])
+    assert one["paired_se"] == 0.0 and math.isnan(one["combined_se"]) and not one["wins"]  # per-image: -10, -10
 
 
 def test_bad_settings_name_themselves():

@@ -5,7 +5,7 @@ completion fidelity and MSE, with the SE across seeds (with one seed, the NLL's 
 
 Comparisons of transfer against each baseline b, per (head, k): the mean over seeds of the per-seed NLL
 difference transfer - b (both scored on the same test images, so the difference is paired), its SE across
-seeds, and the *combined SE* sqrt(SE_transfer^2 + SE_b^2) of the two unpaired means (the stricter yardstick
+seeds (one seed: the SE over the per-image differences), and the *combined SE* sqrt(SE_transfer^2 + SE_b^2) of the two unpaired means (the stricter yardstick
 when the variants are positively correlated across seeds). ``wins`` says whether transfer's NLL is lower by
 more than ``MARGIN_SE`` combined SEs; it needs at least ``MIN_SEEDS`` seeds.
 """
@@ -55,6 +55,9 @@ def comparisons(records: Sequence[dict[str, Any]], a: str = "transfer") -> list[
             ra = [index[(s, head, k, a)] for s in both]
             diffs = [x["nll"] - y["nll"] for x, y in zip(ra, rb)]
             diff, diff_se = mean_se(diffs)
+            if len(both) < 2:  # one seed: the SE of the per-image paired differences (evaluation noise only)
+                per_image = [x - y for r1, r2 in zip(ra, rb) for x, y in zip(r1["nll_per_image"], r2["nll_per_image"])]
+                diff_se = mean_se(per_image)[1]
             (_, se_a), (_, se_b) = mean_se([r["nll"] for r in ra]), mean_se([r["nll"] for r in rb])
             combined = math.sqrt(se_a**2 + se_b**2) if len(both) >= 2 else math.nan
             out.append({"head": head, "per_class": k, "a": a, "b": b, "seeds": len(both), "nll_diff": diff,
