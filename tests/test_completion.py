@@ -96,6 +96,17 @@ def test_comparisons_know_the_combined_se_and_the_verdict():
     assert one["paired_se"] == 0.0 and math.isnan(one["combined_se"]) and not one["wins"]  # per-image: -10, -10
 
 
+def test_the_smoke_config_is_the_tiny_experiment():
+    import pathlib
+
+    from theory.engine.config import read_toml
+    from theory.studies.completion.experiment import CompletionExperiment
+    from theory.studies.completion.study import parse
+
+    smoke = pathlib.Path(__file__).resolve().parents[1] / "configs" / "completion_smoke.toml"
+    assert parse(read_toml(smoke))[1].to_dict() == CompletionExperiment.tiny(("flow", "diffusion")).to_dict()
+
+
 def test_bad_settings_name_themselves():
     from theory.studies.completion.experiment import CompletionExperiment
 
@@ -105,6 +116,8 @@ def test_bad_settings_name_themselves():
         CompletionExperiment(per_class=(30,))
     with pytest.raises(ConfigError, match="variant"):
         CompletionExperiment(variants=("oracle",))
+    with pytest.raises(ConfigError, match="target_val_fraction head"):
+        CompletionExperiment(target_val_fraction={"gaussian": 0.0})
 
 
 def test_the_completion_study_runs_and_reports_through_gentransfer(tmp_path, capsys):

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -55,7 +56,9 @@ DEFAULT_TRAIN: dict[str, dict[str, dict[str, Any]]] = {
 @dataclass
 class CompletionExperiment:
     """The grid and its settings (module docstring). ``nll_rows``: test images scored for NLL per head kind
-    (absent: all ``10 * test_per_class``); ``gen_rows``: test images completed for fidelity and MSE;
+    (absent: all ``10 * test_per_class``); ``target_val_fraction``: per head kind, the share of the target rows
+    held out for early stopping in the target phase (absent: ``val_fraction``; 0: every target row trains for the
+    configured steps, the same budget for every variant); ``gen_rows``: test images completed for fidelity and MSE;
     ``grid_per_class`` x 10 test images are completed ``grid_draws`` times for the PNG grid."""
 
     style: str = "thicken"
@@ -69,6 +72,7 @@ class CompletionExperiment:
     embed_dim: int = 8
     encoder_hidden: Sequence[int] = (128, 128)
     val_fraction: float = 0.2
+    target_val_fraction: dict[str, float] = field(default_factory=dict)
     head_options: dict[str, dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_HEAD_OPTIONS))
     train: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_TRAIN))
     nll_rows: dict[str, int] = field(default_factory=dict)
@@ -97,6 +101,9 @@ class CompletionExperiment:
             check_choice("train head", kind, HEADS)
             for phase in ("source", "target"):
                 TrainConfig(**self.train[kind].get(phase, {}))  # fail now on a bad field, not mid-run
+        for kind, share in self.target_val_fraction.items():
+            check_choice("target_val_fraction head", kind, HEADS)
+            TransferConfig(val_fraction=share)
         for kind, rows in self.nll_rows.items():
             check_choice("nll_rows head", kind, HEADS)
             check_positive_int(f"nll_rows.{kind}", rows, minimum=2)
@@ -116,7 +123,8 @@ class CompletionExperiment:
                    encoder_hidden=(16,), head_options={"flow": {"transform": "maf", "transforms": 1, "hidden": [16]},
                                                        "diffusion": {"width": 16, "blocks": 1, "rtol": 1e-2,
                                                                      "atol": 1e-2, "divergence": "hutchinson"}},
-                   train={h: copy.deepcopy(fast) for h in HEADS}, gen_rows=10, nll_rows={"diffusion": 4})
+                   train={h: copy.deepcopy(fast) for h in HEADS}, gen_rows=10, nll_rows={"diffusion": 4},
+                   target_val_fraction={"diffusion": 0.0}, grid_draws=1)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -231,6 +239,7 @@ def run_completion_group(spec: dict[str, Any], out: Path | None, group: Completi
     clf = fit_classifier(task)
     factory = head_factory(kind, exp.options(kind))
     cfg = transfer_config(exp, kind, seed)
+    target_cfg = dataclasses.replace(cfg, val_fraction=exp.target_val_fraction.get(kind, exp.val_fraction))
     grid = test_rows(task, exp.grid_per_class)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
@@ -252,7 +261,7 @@ def run_completion_group(spec: dict[str, Any], out: Path | None, group: Completi
             else:
                 t1 = time.perf_counter()
                 torch.manual_seed(1_000_003 * seed + 101 * cell.k + VARIANTS.index(cell.variant))
-                fitted = fit_variants(factory, source, pool.head(10 * cell.k), cfg, [cell.variant],
+                fitted = fit_variants(factory, source, pool.head(10 * cell.k), target_cfg, [cell.variant],
                                       source_model=source_model, augment=redequantize)[cell.variant]
                 model, fit_seconds, steps = fitted.model, time.perf_counter() - t1, fitted.model.history.steps_done
             rec.update(fit_seconds=fit_seconds, steps=steps,
