@@ -64,3 +64,28 @@ def test_fit_tgdp_checks_its_premise_before_fitting_the_guidance():
         warnings.simplefilter("error")
         inside = fit_tgdp(score, xs, xs[:40].clone(), config=config)
     assert inside.premise.ok and inside.premise.auc < 0.99 and math.isfinite(inside.premise.ess_fraction)
+
+
+def test_the_digits_out_of_support_target_warns_before_sampling():
+    """Real data: the mirrored ('reflect') digits, 5 per class, against the original-style source, through the
+    classifier fit_tgdp uses by default (one-hot labels as the context): separable, so the check warns (measured
+    AUC 1.000, E_p[w] 0.000 in-sample)."""
+    from diffusion.tgdp import fit_domain_classifier
+    from shared_embed.standardize import Standardizer
+    from theory.studies.digits.task import DigitsTask
+
+    task = DigitsTask("reflect", 30, 50, 0)
+    gen = torch.Generator().manual_seed(0)
+    source, target = task.paired(task.splits.source, gen), task.paired(task.target_train(5), gen)
+    scaler = Standardizer.fit(source.x)
+    config = TGDPConfig.from_options({}, 0)
+    torch.manual_seed(0)
+    ratio, _ = fit_domain_classifier(scaler(source.x), scaler(target.x), source_context=source.c,
+                                     target_context=target.c, hidden=config.classifier_hidden,
+                                     balanced=config.balanced, target_batch=config.target_batch,
+                                     config=config.classifier_train)
+    with torch.no_grad():
+        ws, wt = ratio.ratio(scaler(source.x), None, source.c), ratio.ratio(scaler(target.x), None, target.c)
+    with pytest.warns(PremiseWarning, match="AUC"):
+        report = check_premise(ws, wt)
+    assert report.auc > 0.99 and not report.ok

@@ -36,8 +36,10 @@ class PremiseThresholds:
     [``min_mean_weight``, ``max_mean_weight``].
 
     The defaults catch gross failures only: the paper's two-Gaussian simulation, where TGDP works, reads
-    AUC 0.965 and ESS / n_s 0.033 in-sample (tests/test_tgdp.py's fit), so stricter limits would flag it. These
-    diagnostics cannot by themselves tell a hard reweighting inside the support from a target outside it."""
+    AUC 0.965 and ESS / n_s 0.033 in-sample (tests/test_tgdp.py's fit), so stricter limits would flag it; the
+    mirrored digits (out of the source's support, where TGDP collapsed) read AUC 1.000 and E_p[w] 0.000 and are
+    flagged. These diagnostics cannot by themselves tell every hard reweighting inside the support from a target
+    outside it."""
 
     max_auc: float = 0.99
     min_ess_fraction: float = 0.01
