@@ -1,8 +1,9 @@
 """Scoring one fitted completion model on the held-out target images.
 
 - NLL: -log p(y | c) of each test image's bottom half y (dequantised once, seeded) given its observed top half,
-  nats per image in the pixel space [0, 17)^32 (the model's log-density of the logits plus the exact log-Jacobian) (a flow exactly; a diffusion head through its probability-flow
-  ODE), and bits/dim over the 32 pixels. Per-image values are kept for paired comparisons.
+  nats per image in the pixel space [0, 17)^32: the model's log-density of the logits (a flow exactly, a
+  diffusion head through its probability-flow ODE) plus the exact log-Jacobian; bits/dim over the 32 pixels.
+  Per-image values are kept for paired comparisons.
 - Completion fidelity: one completion is drawn for each of the first ``gen_rows`` test images; the whole image
   (true top half + generated bottom half) goes to a classifier trained on real target-style digits, which must
   name the digit. The real test images scored the same way are the ceiling (``real_fidelity``).
@@ -19,8 +20,8 @@ import torch
 from torch import Tensor
 
 from theory.truth.metrics import FidelityClassifier, nll_summary
-from theory.studies.completion.task import HALF, LEVELS, N_CLASSES, CompletionTask, condition, dequantize, log_abs_det, quantize, \
-    to_logit
+from theory.studies.completion.task import (HALF, LEVELS, N_CLASSES, CompletionTask, condition, dequantize,
+                                            log_abs_det, quantize, to_logit)
 
 
 class CompletionModel(Protocol):
@@ -32,7 +33,7 @@ class CompletionModel(Protocol):
 
 
 def test_rows(task: CompletionTask, per_class: int) -> Tensor:
-    """Rows of ``task.test`` with the first ``per_class`` test images of every class, class by class (10 * per_class,)."""
+    """Rows (10 * per_class,) of ``task.test``: the first ``per_class`` test images of every class, class by class."""
     return torch.cat([torch.nonzero(task.test.labels == k).squeeze(1)[:per_class] for k in range(N_CLASSES)])
 
 

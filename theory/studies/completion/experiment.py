@@ -112,6 +112,7 @@ class CompletionExperiment:
         CompletionTask(self.style, self.test_per_class, self.pool_per_class)
 
     def options(self, kind: str) -> dict[str, Any]:
+        """The head constructor options of head kind ``kind`` (the config's, else ``DEFAULT_HEAD_OPTIONS``)."""
         return self.head_options.get(kind, DEFAULT_HEAD_OPTIONS[kind])
 
     @classmethod
@@ -127,6 +128,7 @@ class CompletionExperiment:
                    target_val_fraction={"diffusion": 0.0}, grid_draws=1)
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON-able data (lists for the sequences): config.json and the study fingerprint."""
         d = asdict(self)
         for key in ("per_class", "seeds", "heads", "variants", "encoder_hidden"):
             d[key] = list(getattr(self, key))
@@ -147,6 +149,7 @@ def head_factory(kind: str, options: dict[str, Any]) -> Callable[[int | None], H
 
 
 def transfer_config(exp: CompletionExperiment, kind: str, seed: int) -> TransferConfig:
+    """The encoder shape and both training phases of head kind ``kind``, seeded by ``seed``."""
     phases = exp.train.get(kind, DEFAULT_TRAIN[kind])
     return TransferConfig(
         embed_dim=exp.embed_dim, encoder_hidden=tuple(exp.encoder_hidden), val_fraction=exp.val_fraction,

@@ -51,9 +51,11 @@ def save_completion_grid(real: Tensor, completions: Mapping[str, Sequence[Tensor
     for name, draws in completions.items():
         for b in draws:
             if tuple(b.shape) != (real.shape[0], HALF):
-                raise ShapeError(f"completions[{name!r}] must hold ({real.shape[0]}, {HALF}) bottoms, got {tuple(b.shape)}")
+                raise ShapeError(f"completions[{name!r}] must hold ({real.shape[0]}, {HALF}) bottoms, "
+                                 f"got {tuple(b.shape)}")
         bands.append((name, [torch.cat([real[:, :HALF], b.to(real.dtype)], 1) for b in draws]))
-    fig, axes = plt.subplots(len(bands), 1, figsize=(0.42 * real.shape[0] + 1.6, 0.5 * sum(len(d) for _, d in bands) + 0.8),
+    rows = sum(len(d) for _, d in bands)
+    fig, axes = plt.subplots(len(bands), 1, figsize=(0.42 * real.shape[0] + 1.6, 0.5 * rows + 0.8),
                              squeeze=False, gridspec_kw={"height_ratios": [len(d) for _, d in bands]})
     cmap = matplotlib.colormaps["gray_r"].with_extremes(bad="#8fa8c8")
     for ax, (name, draws) in zip(axes[:, 0], bands):

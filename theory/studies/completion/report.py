@@ -4,10 +4,10 @@ Per (head, k, variant): means over seeds of the test NLL (nats per image, bits/d
 completion fidelity and MSE, with the SE across seeds (with one seed, the NLL's SE over test images).
 
 Comparisons of transfer against each baseline b, per (head, k): the mean over seeds of the per-seed NLL
-difference transfer - b (both scored on the same test images, so the difference is paired), its SE across
-seeds (one seed: the SE over the per-image differences), and the *combined SE* sqrt(SE_transfer^2 + SE_b^2) of the two unpaired means (the stricter yardstick
-when the variants are positively correlated across seeds). ``wins`` says whether transfer's NLL is lower by
-more than ``MARGIN_SE`` combined SEs; it needs at least ``MIN_SEEDS`` seeds.
+difference transfer - b (both scored on the same test images, so the difference is paired), its SE across seeds
+(one seed: the SE over the per-image differences), and the *combined SE* sqrt(SE_transfer^2 + SE_b^2) of the two
+unpaired means (the stricter yardstick when the variants are positively correlated across seeds). ``wins`` says
+whether transfer's NLL is lower by more than ``MARGIN_SE`` combined SEs; it needs at least ``MIN_SEEDS`` seeds.
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def format_table(records: Sequence[dict[str, Any]], references: Mapping[int, flo
     comps = comparisons(records)
     if comps:
         lines += ["", f"| head | k / class | transfer − baseline | seeds | NLL difference (nats) ± paired SE | "
-                  f"combined SE | transfer better by > {MARGIN_SE:g} combined SE |", "|---|---:|---|---:|---:|---:|---|"]
+                  f"combined SE | transfer better by > {MARGIN_SE:g} combined SE |",
+                  "|---|---:|---|---:|---:|---:|---|"]
         for c in comps:
             lines.append(f"| {c['head']} | {c['per_class']} | transfer − {c['b']} | {c['seeds']} | "
                          f"{plus_minus(c['nll_diff'], c['paired_se'], 2)} | {c['combined_se']:.2f} | "

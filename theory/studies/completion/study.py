@@ -99,7 +99,8 @@ def build_study_report(out: Path) -> tuple[Path, str]:
     table = format_table(records, parts["references"])
     grids = draw_grids(experiment, records, out)
     lines = [f"# Completion study: {exp.get('name', 'completion')}", "", exp.get("description", ""), "",
-             f"c = the observed top half of an 8x8 digit (32 pixels), x = its bottom half (32 pixels, dequantised). "
+             "c = the observed top half of an 8x8 digit (32 pixels), x = its bottom half (32 pixels, dequantised and "
+             "logit-transformed). "
              f"Source: original-style digits; target: '{experiment.style}' digits, {list(experiment.per_class)} "
              f"images per class; h(c) (d_h = {experiment.embed_dim}) learned on the source and frozen. Seeds "
              f"{list(experiment.seeds)}. Test NLL in nats per image in the dequantised pixel space [0, 17)^32 "

@@ -15,8 +15,9 @@ The digit label is never an input; it only balances the splits and labels the fi
 Domains: the source holds digits in their original style; the target holds *other* digits redrawn in
 ``style`` (``thicken``: grey dilation by a 2x2 square, bolder strokes, applied to the whole image before it
 is cut, so c and x are both restyled). Splits per class from one seeded permutation: ``test``
-(``test_per_class``, never seen by a model; rows rank-major like the pool, so any prefix is balanced), ``pool`` (``pool_per_class``; :meth:`CompletionTask.target_train`
-takes the first k of each class, nested in k), ``source`` (the rest, original style).
+(``test_per_class``, never seen by a model; rows rank-major like the pool, so any prefix is balanced), ``pool``
+(``pool_per_class``; :meth:`CompletionTask.target_train` takes the first k of each class, nested in k), ``source``
+(the rest, original style).
 
 Example:
     >>> task = CompletionTask(seed=0)
@@ -70,7 +71,8 @@ def apply_style(levels: Tensor, style: str) -> Tensor:
     if style == "original":
         return img.reshape(-1, D)
     pad = torch.nn.functional.pad(img, (0, 1, 0, 1))
-    out = torch.maximum(torch.maximum(pad[:, :-1, :-1], pad[:, :-1, 1:]), torch.maximum(pad[:, 1:, :-1], pad[:, 1:, 1:]))
+    out = torch.maximum(torch.maximum(pad[:, :-1, :-1], pad[:, :-1, 1:]),
+                        torch.maximum(pad[:, 1:, :-1], pad[:, 1:, 1:]))
     return out.reshape(-1, D)
 
 
@@ -126,13 +128,16 @@ class Images:
 
     @property
     def top(self) -> Tensor:
+        """The top four rows (n, 32)."""
         return self.levels[:, :HALF]
 
     @property
     def bottom(self) -> Tensor:
+        """The bottom four rows (n, 32)."""
         return self.levels[:, HALF:]
 
     def subset(self, index: Tensor) -> Images:
+        """The images at rows ``index``."""
         return Images(self.levels[index], self.labels[index])
 
 
