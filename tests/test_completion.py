@@ -85,7 +85,8 @@ def test_comparisons_know_the_combined_se_and_the_verdict():
                 "nll_per_image": [nll - 1, nll + 1]}
 
     a, b = [80.0, 82.0, 84.0], [90.0, 95.0, 100.0]  # SEs 1.1547 and 2.8868
-    rows = comparisons([rec(s, "transfer", x) for s, x in enumerate(a)] + [rec(s, "no_transfer", x) for s, x in enumerate(b)])
+    rows = comparisons([rec(s, "transfer", x) for s, x in enumerate(a)]
+                       + [rec(s, "no_transfer", x) for s, x in enumerate(b)])
     (row,) = rows
     assert row["nll_diff"] == pytest.approx(-13.0) and row["paired_se"] == pytest.approx(1.7320508)
     assert row["combined_se"] == pytest.approx(math.sqrt(4 / 3 + 25 / 3)) and row["wins"]
@@ -129,7 +130,8 @@ def test_the_completion_study_runs_and_reports_through_gentransfer(tmp_path, cap
     assert main(["run", "completion_smoke", "--out", str(out), "--quiet"]) == 0
     records = json.loads((out / "records.json").read_text())["records"]
     assert {(r["head"], r["variant"]) for r in records} == {
-        (h, v) for h in ("flow", "diffusion") for v in ("source_only", "transfer", "no_transfer", "fine_tune", "direct")}
+        (h, v) for h in ("flow", "diffusion")
+        for v in ("source_only", "transfer", "no_transfer", "fine_tune", "direct")}
     assert all(math.isfinite(r["nll"]) for r in records)
     report = (out / "report.md").read_text()
     assert "transfer − no_transfer" in report and (out / "completion_flow_k2.png").is_file()
