@@ -10,7 +10,8 @@ ratio evaluated at the source rows (w_s, (n_s,)) and at the target rows (w_t, (n
 - ``mean_weight``: E_p[w] estimated on the source rows; 1 when q << p and the ratio is calibrated.
 
 :class:`PremiseThresholds` states the limits; :func:`check_premise` returns a :class:`PremiseReport` and emits a
-:class:`~shared_embed.errors.PremiseWarning` naming every check that fails. ``fit_tgdp`` runs it on every fit.
+:class:`~shared_embed.errors.PremiseWarning` naming every check that fails. ``fit_tgdp`` runs it on every fit that
+trains its domain classifier (not when exact source weights are given: there are no target weights to read).
 
 Example:
     >>> report = check_premise(w_source, w_target)
