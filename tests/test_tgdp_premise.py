@@ -39,11 +39,15 @@ def test_weights_on_one_source_row_warn_naming_the_ess():
 
 
 def test_a_separable_target_outside_the_support_warns_naming_auc_and_mean_weight():
-    with pytest.warns(PremiseWarning, match=r"AUC 1.000 > 0.99.*E_p\[w\] 0.010"):
+    with pytest.warns(PremiseWarning, match=r"AUC 1.000 > 0.99.*E_p\[w\] 0.010 < 0.1"):
         report = check_premise(torch.full((50,), 0.01), torch.full((5,), 50.0))
     assert report.to_dict()["ok"] is False and report.to_dict()["thresholds"]["max_auc"] == 0.99
     with pytest.raises(ConfigError, match="max_auc"):
         PremiseThresholds(max_auc=0.3)
+    with pytest.raises(ConfigError, match="max_mean_weight"):
+        PremiseThresholds(max_mean_weight=0.5)
+    with pytest.warns(PremiseWarning, match=r"E_p\[w\] 3.000 > 2"):  # an upper limit when one is stated
+        check_premise(torch.full((50,), 3.0), torch.full((5,), 3.0), PremiseThresholds(max_mean_weight=2.0))
 
 
 def test_fit_tgdp_checks_its_premise_before_fitting_the_guidance():
