@@ -8,7 +8,8 @@ the built-in type a user would catch anyway (``ValueError``, ``TypeError``, ``Ru
 from __future__ import annotations
 
 __all__ = [
-    "CheckpointError", "ConfigError", "DTypeError", "DataError", "FolderBusyError", "GentransferError", "ShapeError",
+    "CheckpointError", "ConfigError", "DTypeError", "DataError", "FolderBusyError", "GentransferError", "PremiseWarning",
+    "ShapeError",
     "TrainingDivergedError",
 ]
 
@@ -43,3 +44,8 @@ class TrainingDivergedError(GentransferError, RuntimeError):
 
 class FolderBusyError(GentransferError, RuntimeError):
     """A run folder is locked by another run (the message names the holder's pid and host)."""
+
+
+class PremiseWarning(UserWarning):
+    """A method's premise fails on the data given (e.g. TGDP's target outside the source's support); the message
+    names each failed check, its value and its threshold. A warning, not an error: the fit still runs."""

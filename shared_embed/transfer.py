@@ -186,25 +186,29 @@ def constant_columns(values: Tensor) -> list[int]:
     return [int(i) for i in torch.nonzero(std <= 1e-6 * scale).flatten()]
 
 
+def _exact_solver(head: Head) -> bool:
+    """A head with an exact maximum-likelihood solver, whose parameters its rows must identify."""
+    return callable(getattr(head, "fit_closed_form", None))
+
+
 def check_fit_data(name: str, data: PairedData, context_features: int | None) -> PairedData:
-    """``data`` when a model can be fitted to it: at least :func:`min_fit_rows` rows, and no constant column of
-    x or c; else a DataError naming the argument and the column."""
+    """``data`` when a model can be fitted to it: at least :func:`min_fit_rows` rows, no constant column of x and
+    a c that is not constant in every column; else a DataError naming the argument (and the column)."""
     need = min_fit_rows(context_features or 0)
     if len(data) < need:
         what = f"a {context_features}-feature context" if context_features else "no context"
         raise DataError(f"{name} has {len(data)} row(s); a fit on {what} needs at least {need} (context features "
                         "+ 2: the simplest such model, Gaussian linear in the context, has context features + 1 "
                         "coefficients and a variance per outcome)")
-    for part in ("x", "c"):
-        values = getattr(data, part)
-        if values is None:
-            continue
-        flat = constant_columns(values)
-        if flat:
-            more = f" (and {len(flat) - 1} more)" if len(flat) > 1 else ""
-            raise DataError(f"{name}.{part} column {flat[0]}{more} is constant (zero variance over {len(data)} rows): "
-                            f"{'its density is degenerate' if part == 'x' else 'a condition that never varies'}; "
-                            "drop the column or give data in which it varies")
+    flat = constant_columns(data.x)
+    if flat:
+        more = f" (and {len(flat) - 1} more)" if len(flat) > 1 else ""
+        raise DataError(f"{name}.x column {flat[0]}{more} is constant (zero variance over {len(data)} rows): its "
+                        "density is degenerate; drop the column or give data in which it varies")
+    if data.c is not None and data.c.shape[1] and len(constant_columns(data.c)) == data.c.shape[1]:
+        raise DataError(f"{name}.c is constant in every column ({len(data)} rows): there is no condition to learn "
+                        "an embedding of; give data in which c varies (single constant columns, such as an image's "
+                        "blank corner pixels, are fine: they carry no information and are left as they are)")
     return data
 
 
@@ -404,9 +408,11 @@ def fit_variants(
             model.encoder.unfreeze()
             model.history = train_model(model, target, config.target_train, vf, augment=augment)
         elif variant == "direct":
-            check_fit_data("target", target, target.d_c)
-            model = ConditionalModel(head_factory(target.d_c).to(device), None, Standardizer.fit(target.x),
-                                     Standardizer.fit(target.c))
+            head = head_factory(target.d_c).to(device)
+            # an exact (closed-form) head on c needs its d_c + 2 rows to be identified; a trained head on c is
+            # early-stopped like any other and needs only rows to fit (few-shot on images: 20 rows, 32 pixels)
+            check_fit_data("target", target, target.d_c if _exact_solver(head) else None)
+            model = ConditionalModel(head, None, Standardizer.fit(target.x), Standardizer.fit(target.c))
             model.history = train_model(model, target, config.target_train, vf, augment=augment)
         else:
             if oracle_embedding is None:

@@ -233,6 +233,9 @@ def test_tiny_experiment_end_to_end_writes_table_records_and_grid(tmp_path):
         assert len(r["nll_per_image"]) == (8 if r["head"] == "diffusion" else 40) and r["n_generated"] == 40
     assert "| flow | 5 | 50 | transfer |" in result["table"] and "reference" in result["table"]
     assert "| diffusion | 5 | 50 | tgdp |" in result["table"]
+    (tgdp,) = [r for r in records if r["variant"] == "tgdp"]
+    assert set(tgdp["premise"]) >= {"auc", "ess_fraction", "mean_weight", "ok", "failures"}  # checked before sampling
+    assert "TGDP premise: classifier AUC" in result["table"]
     assert "NLL transfer − no_transfer" in result["table"]
     for name in ("records.json", "table.md", "digits_gaussian_k5.png", "digits_flow_k5.png", "digits_diffusion_k5.png"):
         assert (tmp_path / name).stat().st_size > 0

@@ -76,6 +76,7 @@ THEORY_FLOORS = {  # a part of theory/ may import the parts listed (and itself),
     "theory.studies.transfer": {"theory.truth", "theory.verdicts", "theory.engine"},
     "theory.studies.tgdp": {"theory.truth", "theory.verdicts", "theory.engine"},
     "theory.studies.digits": {"theory.truth", "theory.verdicts", "theory.engine"},
+    "theory.studies.completion": {"theory.truth", "theory.verdicts", "theory.engine"},
 }
 
 
@@ -128,6 +129,6 @@ def test_one_engine_runs_every_grid():
     for path in (ROOT / "theory").rglob("*.py"):
         if path != engine:
             assert "ProcessPoolExecutor" not in path.read_text(), path
-    for study in ("transfer/sweep.py", "tgdp/experiment.py", "digits/experiment.py"):
+    for study in ("transfer/sweep.py", "tgdp/experiment.py", "digits/experiment.py", "completion/experiment.py"):
         text = (ROOT / "theory" / "studies" / study).read_text()
         assert "run_groups(" in text and "run_cells(" in text, study

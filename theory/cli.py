@@ -178,8 +178,13 @@ def _study(raw: dict) -> Any:
         from theory.studies.digits import study as digits_study
 
         return digits_study
+    if kind == "completion":
+        from theory.studies.completion import study as completion_study
+
+        return completion_study
     if kind != "transfer":
-        raise GentransferError(f"experiment.kind = {kind!r} is not a study; valid: transfer, tgdp, digits")
+        raise GentransferError(f"experiment.kind = {kind!r} is not a study; valid: transfer, tgdp, digits, "
+                               "completion")
     return None
 
 

@@ -7,7 +7,9 @@ classifier's density ratio:
 - :mod:`.guidance`: h_psi(x_t, t[, y]) > 0 and L_guide (regression onto w, not log w);
 - :mod:`.regularizers`: L_cycle (time-dependent classifier) and L_cons (DSM of the composed score);
 - :mod:`.compose`: ``GuidedScore`` (s_src + grad log h) and Domain Guidance as plain ScoreFns;
-- :mod:`.fit`: ``fit_tgdp`` through ``shared_embed.train.fit``; :mod:`.labels`: q(y) for conditional TGDP;
+- :mod:`.fit`: ``fit_tgdp`` through ``shared_embed.train.fit``; :mod:`.premise`: the premise check every fit
+  runs before its guidance (classifier AUC, ESS / n_s, E_p[w] against stated thresholds, a warning naming what
+  fails); :mod:`.labels`: q(y) for conditional TGDP;
 - :mod:`.baselines`: target-only training and fine-tuning of a ``DiffusionHead``;
 - network-free guidance: :mod:`.quadratic_ratio` (a cross-validated quadratic log-ratio classifier for tiny
   n_t), :mod:`.kernel_guidance` (E_{p_hat}[w | x_t] from the source rows, KDE-smoothed in closed form),
@@ -31,13 +33,14 @@ from .guidance import DAMPING, POSITIVITY, FunctionGuidance, Guidance, GuidanceN
 from .kernel_guidance import KernelGuidance
 from .labels import LabelMarginal
 from .noisy_guidance import ClassifierGuidance, SwitchedScore
+from .premise import PremiseReport, PremiseThresholds, check_premise
 from .quadratic_ratio import QuadraticLogRatio, fit_quadratic_log_ratio
 from .regularizers import consistency_loss, cycle_loss
 from .switch_time import SwitchChoice, select_switch
 
 __all__ = [
     "DAMPING", "POSITIVITY", "ClassifierGuidance", "DensityRatio", "DomainClassifier", "DomainGuidanceScore", "FunctionGuidance", "Guidance",
-    "GuidanceNetwork", "GuidedScore", "KernelGuidance", "LabelMarginal", "QuadraticLogRatio", "SourcePosterior", "SwitchChoice", "SwitchedScore", "TGDPConfig", "TGDPFit", "class_weights",
-    "consistency_loss", "cycle_loss", "domain_guidance_score", "fine_tune", "fit_domain_classifier", "fit_quadratic_log_ratio", "fit_tgdp",
+    "GuidanceNetwork", "GuidedScore", "KernelGuidance", "LabelMarginal", "PremiseReport", "PremiseThresholds", "QuadraticLogRatio", "SourcePosterior", "SwitchChoice", "SwitchedScore", "TGDPConfig", "TGDPFit", "class_weights",
+    "consistency_loss", "check_premise", "cycle_loss", "domain_guidance_score", "fine_tune", "fit_domain_classifier", "fit_quadratic_log_ratio", "fit_tgdp",
     "guidance_grad", "guidance_loss", "select_switch", "train_head",
 ]

@@ -46,6 +46,7 @@ from ..sampling import ScoreFn
 from ..schedule import VPSchedule
 from .classifier import DensityRatio, fit_domain_classifier
 from .compose import GuidedScore
+from .premise import PremiseReport, check_premise
 from .guidance import DAMPING, POSITIVITY, GuidanceNetwork, SourcePosterior, guidance_loss
 from .regularizers import consistency_loss, cycle_loss
 
@@ -141,6 +142,7 @@ class TGDPFit:
     time_ratio: DensityRatio | None
     source_weights: Tensor
     histories: dict[str, TrainHistory]
+    premise: PremiseReport | None = None
 
 
 def fit_tgdp(
@@ -174,6 +176,10 @@ def fit_tgdp(
     histories: dict[str, TrainHistory] = {}
     ratio, w0 = _source_ratios(source_x, target_x, source_context, target_context, source_weights, config,
                                histories)
+    premise = None
+    if ratio is not None:  # the premise check (warns naming what fails) before any guidance is fitted
+        with torch.no_grad():
+            premise = check_premise(w0, ratio.ratio(target_x, None, target_context))
     time_ratio = None
     if config.eta_cycle > 0:
         time_ratio, histories["time_classifier"] = fit_domain_classifier(
@@ -189,7 +195,7 @@ def fit_tgdp(
     data = (source_x, w0) if source_context is None else (source_context, source_x, w0)
     histories["guidance"] = fit(guidance, loss_fn, data, config=config.guidance_train)
     guidance.requires_grad_(False)
-    return TGDPFit(GuidedScore(source_score, guidance), guidance, ratio, time_ratio, w0, histories)
+    return TGDPFit(GuidedScore(source_score, guidance), guidance, ratio, time_ratio, w0, histories, premise)
 
 
 def _checked_samples(source_x: Tensor, target_x: Tensor, source_context: Tensor | None,

@@ -311,6 +311,9 @@ def run_digits_group(spec: dict[str, Any], out: Path | None, group: DigitsGroup,
         else:
             model, fit_seconds, steps = fit(cell)
             rec, gen_draws = _score(exp, task, test, clf, cell, model, fit_seconds, steps, say)
+            premise = getattr(getattr(model, "fitted", None), "premise", None)
+            if premise is not None:  # TGDP's premise check (diffusion.tgdp.premise), made before sampling
+                rec["premise"] = premise.to_dict()
             generated.setdefault(cell.k, {})[cell.variant] = gen_draws
         if out is not None:
             atomic_write_text(out / cell.path, json.dumps(rec, indent=1, default=_jsonable))

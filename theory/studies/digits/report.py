@@ -103,6 +103,15 @@ def format_table(records: Sequence[dict[str, Any]], references: Mapping[Any, dic
         for k in sorted(ratios[0], key=int):
             mean = lambda key: sum(r[k][key] for r in ratios) / len(ratios)  # noqa: E731
             lines.append(f"| {k} | {mean('auc'):.3f} | {mean('mean_weight'):.3f} | {mean('ess_fraction'):.3f} |")
+    checked = [r for r in records if "premise" in r]
+    if checked:
+        lines += ["", "| k / class | seed | TGDP premise: classifier AUC | ESS / n_s | E_p[w] | verdict (checked before "
+                  "sampling) |", "|---:|---:|---:|---:|---:|---|"]
+        for r in sorted(checked, key=lambda r: (r["per_class"], r["seed"])):
+            p = r["premise"]
+            verdict = "holds" if p["ok"] else "FAILS: " + "; ".join(p["failures"])
+            lines.append(f"| {r['per_class']} | {r['seed']} | {p['auc']:.3f} | {p['ess_fraction']:.3f} | "
+                         f"{p['mean_weight']:.3f} | {verdict} |")
     diffs = paired_differences(records)
     if diffs:
         lines += ["", "| head | k / class | NLL transfer − no_transfer: mean (nats, paired) | median | "
