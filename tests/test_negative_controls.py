@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from theory.verdicts.checks import FAIL, PASS, decide, run_checks
+from theory.verdicts.checks import FAIL, INSUFFICIENT, PASS, decide, run_checks
 from theory.engine.config import ExperimentConfig
 from theory.studies.transfer.control_runs import control_rates, control_verdicts, worst_verdicts
 from theory.verdicts.controls import (
@@ -54,9 +54,10 @@ def test_the_correct_pipeline_passes_every_targeted_check(correct: dict[str, dic
     assert correct["known"]["KL is a divergence (>= -3 SE)"] == PASS
     assert correct["known"]["replicates are independent"] == PASS
     for name in ("transfer KL equals its known answer", "embedding floor equals its known answer",
-                 "head term equals its known answer", "embedding floor falls as n_s grows",
-                 "transfer keeps the source embedding"):
+                 "embedding floor falls as n_s grows", "transfer keeps the source embedding"):
         assert correct["source"][name] == PASS, name
+    # 6 seeds at n_t = 30 and 60: the head term's power against a factor 2 is about 0.8, so it may lack data
+    assert correct["source"]["head term equals its known answer"] in (PASS, INSUFFICIENT)
     assert FAIL not in correct["known"].values() and FAIL not in correct["source"].values()
 
 

@@ -30,6 +30,7 @@ from theory.verdicts.verdict import (
     INSUFFICIENT_SEEDS,
     INTEGRITY,
     KL_FIELDS,
+    PRIMARY,
     CheckResult,
     Record,
     fmt,
@@ -68,8 +69,9 @@ def check_transfer_beats_no_transfer(records: Sequence[Record], head: str, n_s: 
     iv = t_interval(gaps, confidence)
     summary = (f"n_t={n_t}: gap {fmt(iv.mean)} [{fmt(iv.low, 3)}, {fmt(iv.high, 3)}] nats ({confidence:.0%} t "
                f"interval, {iv.n} seeds)")
+    # the theory's headline claim, not a shape: it shares the primary tier with the known answers
     return CheckResult(name, scope, INSUFFICIENT, summary, {"n_t": n_t, **iv.to_dict()}, hyp, stat,
-                       p_pass=iv.p_greater(0.0), p_fail=iv.p_less(0.0))
+                       p_pass=iv.p_greater(0.0), p_fail=iv.p_less(0.0), tier=PRIMARY)
 
 
 # -- exponents -------------------------------------------------------------------------------------------
