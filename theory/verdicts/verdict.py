@@ -11,9 +11,10 @@ records) and two one-sided p-values from that statistic:
 
 1. **integrity** (rules, no sampling error to speak of: records finite, KL a divergence, replicates independent,
    the encoder frozen): FAIL when the rule is broken. Any integrity FAIL leaves the tiers below "not tested".
-2. **primary** (the sharp known answers, and transfer beating no-transfer): Holm's procedure at ``primary_share * alpha``; a check with a simulated
-   null law (:class:`~theory.verdicts.simulated_law.Band`) is decided by its band at the level Holm gave it, so the
-   verdict never contradicts the band printed beside it. Any primary FAIL leaves the secondary tier "not tested".
+2. **primary** (the sharp known answers, and transfer beating no-transfer): Holm's procedure at
+   ``primary_share * alpha``; a check with a simulated null law (:class:`~theory.verdicts.simulated_law.Band`)
+   is decided by its band at the level Holm gave it, so the verdict never contradicts the band printed beside it.
+   Any primary FAIL leaves the secondary tier "not tested".
 3. **secondary** (shapes, signs and exponents): Holm's procedure at ``(1 - primary_share) * alpha``.
 
 A statistical tier that is alone (the other has no check to decide) keeps the whole ``alpha``.
