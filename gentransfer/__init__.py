@@ -52,7 +52,8 @@ _DIFFUSION = (
 _TGDP = (
     "DAMPING", "POSITIVITY", "ClassifierGuidance", "DensityRatio", "DomainClassifier", "DomainGuidanceScore",
     "FunctionGuidance", "Guidance", "GuidanceNetwork", "GuidedScore", "KernelGuidance", "LabelMarginal",
-    "QuadraticLogRatio", "SourcePosterior", "SwitchChoice", "SwitchedScore", "TGDPConfig", "TGDPFit", "class_weights",
+    "PremiseReport", "PremiseThresholds", "QuadraticLogRatio", "SourcePosterior", "SwitchChoice", "SwitchedScore",
+    "TGDPConfig", "TGDPFit", "check_premise", "class_weights",
     "consistency_loss", "cycle_loss", "domain_guidance_score", "fine_tune", "fit_domain_classifier",
     "fit_quadratic_log_ratio", "fit_tgdp", "guidance_grad", "guidance_loss", "select_switch", "train_head",
 )
