@@ -27,9 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import Tensor
-
 from common import append_record, machine_line, make_data, median, plain_train, table, time_interleaved  # noqa: E402
+from torch import Tensor
 
 from diffusion import DiffusionHead  # noqa: E402
 from shared_embed.train import TrainConfig, fit  # noqa: E402

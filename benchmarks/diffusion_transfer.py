@@ -20,7 +20,6 @@ import sys
 import time
 
 import torch
-
 from common import RESULTS as RESULTS_DIR  # noqa: E402  (also puts the repository root on sys.path)
 from common import add_grid_arguments, append_record, grid_overrides, print_grid_result  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Benchmark: flow heads on the shared embedding, transfer vs no-transfer vs fine-tune vs oracle.
 
-Runs ``configs/flow_transfer.toml`` through the engine (``theory.studies.transfer.experiments``) (default conditional Gaussian task, n_s = 10,000,
-n_t in {50, 100, 200, 500, 1000}, seeds 0-2), prints KL(p_T || p_hat) ± SE across seeds and the
+Runs ``configs/flow_transfer.toml`` through the engine (``theory.studies.transfer.experiments``) (default
+conditional Gaussian task, n_s = 10,000, n_t in {50, 100, 200, 500, 1000}, seeds 0-2), prints KL(p_T || p_hat) ± SE across seeds and the
 sample-efficiency ratio (the n_t no-transfer needs to match transfer at n_t = 100, over 100), and appends
 one JSON line to ``benchmarks/results/flow_transfer.jsonl``.
 
@@ -17,7 +17,6 @@ import argparse
 import sys
 
 import torch
-
 from common import RESULTS as RESULTS_DIR  # noqa: E402  (also puts the repository root on sys.path)
 from common import add_grid_arguments, append_record, grid_overrides, print_grid_result  # noqa: E402
 

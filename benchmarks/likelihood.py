@@ -30,13 +30,11 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import Tensor
-
 from common import append_record, machine_line, table, time_call  # noqa: E402
+from torch import Tensor
 
 from diffusion import CountedScore, DiffusionHead, ScoreFn, VPSchedule, probability_flow  # noqa: E402
 from shared_embed.train import TrainConfig, fit  # noqa: E402
-
 
 DIVERGENCES = ("exact_loop", "exact_func", "exact", "hutchinson")
 

@@ -22,10 +22,10 @@ import ctypes
 import resource
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
-
 from common import append_record, machine_line, table, time_call  # noqa: E402
 
 from diffusion import SDE_METHODS, CountedScore, DiffusionHead, sample_ode, sample_sde  # noqa: E402
@@ -78,15 +78,17 @@ def trained_head(steps: int) -> DiffusionHead:
     return head
 
 
+def _sde(score: Callable, x1: torch.Tensor, *, head: DiffusionHead, method: str) -> torch.Tensor:
+    return sample_sde(score, x1, head.schedule, steps=head.sample_steps, method=method, t_eps=head.t_eps)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     sizes = args.batch_sizes or ([100, 1000] if args.quick else [100, 1000, 10_000])
     head = trained_head(args.train_steps or (200 if args.quick else 500))
     samplers: dict[str, Callable] = {
-        f"sde_{m}": (lambda m: lambda s, x1: sample_sde(s, x1, head.schedule, steps=head.sample_steps, method=m,
-                                                         t_eps=head.t_eps))(m)
-        for m in SDE_METHODS
+        f"sde_{m}": partial(_sde, head=head, method=m) for m in SDE_METHODS
     }
     samplers["ode_dopri5"] = lambda s, x1: sample_ode(s, x1, head.schedule, rtol=head.rtol, atol=head.atol,
                                                       t_eps=head.t_eps)
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             counted = CountedScore(head._score)
             x1 = torch.randn(n, 2, generator=torch.Generator().manual_seed(n))
 
-            def call() -> None:
+            def call(run: Callable = run, counted: CountedScore = counted, x1: torch.Tensor = x1) -> None:
                 with torch.no_grad():
                     run(counted, x1)
 

@@ -20,13 +20,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-
 from common import RESULTS as RESULTS_DIR  # noqa: E402  (also puts the repository root on sys.path)
 from common import append_record  # noqa: E402
 
-from theory.truth.tasks import inside_support_task  # noqa: E402
 from theory.studies.tgdp.experiment import TGDPSettings, compare, run_tgdp_experiment  # noqa: E402
 from theory.studies.tgdp.settings import LEARNED  # noqa: E402
+from theory.truth.tasks import inside_support_task  # noqa: E402
 
 RESULTS = RESULTS_DIR / "tgdp_simulation.jsonl"
 

@@ -37,9 +37,8 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from torch import Tensor
-
 from common import append_record, machine_line, make_data, median, plain_train, table, time_interleaved  # noqa: E402
+from torch import Tensor
 
 from flows import FlowHead  # noqa: E402
 from shared_embed.train import TrainConfig, fit  # noqa: E402

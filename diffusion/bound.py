@@ -1,6 +1,7 @@
 """The Girsanov bound on the KL of a reverse-SDE model (Song, Durkan, Murray, Ermon 2021, Thm 1):
 
-    KL(p_{t_eps} || p_hat^SDE_{t_eps})  <=  KL(p_1 || N(0, I))  +  1/2 int_{t_eps}^1 beta(t) E_{p_t} || s_hat(x, t) - grad log p_t(x) ||^2 dt
+    KL(p_{t_eps} || p_hat^SDE_{t_eps})
+        <=  KL(p_1 || N(0, I))  +  1/2 int_{t_eps}^1 beta(t) E_{p_t} || s_hat(x, t) - grad log p_t(x) ||^2 dt
 
 for the SDE started at N(0, I) at t = 1 and stopped at t_eps (the integral from 0 diverges for epsilon
 networks, whose score error grows like 1/s_t). The bound is about the SDE model; the probability-flow

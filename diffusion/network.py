@@ -11,6 +11,7 @@ their sum modulates every residual block. Tensors are (batch, dim) only.
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import Tensor, nn
 

@@ -41,11 +41,11 @@ import torch
 from flows import make_flow_head
 from shared_embed import TrainConfig, fit_variants
 from shared_embed.progress import env_flag
-from theory.verdicts.checks import fit_exponent
 from theory.studies.transfer.experiments import tuned_transfer_config
 from theory.truth.kl import fit_floor_model, kl_split, kl_to_task
 from theory.truth.rates import generic_rates
 from theory.truth.tasks import ConditionalGaussianTask
+from theory.verdicts.checks import fit_exponent
 
 FAST = env_flag("GENTRANSFER_DEMO_FAST")
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()

@@ -20,12 +20,12 @@ from torch import Tensor, nn
 from torch.distributions import MultivariateNormal
 
 from .errors import DataError
+from .head import Head, register_head
+from .rng import check_generator
 
 __all__ = ["LOG_2PI", "LinearGaussianHead"]
 
 LOG_2PI = math.log(2 * math.pi)
-from .head import Head, register_head
-from .rng import check_generator
 
 
 @register_head("linear_gaussian")

@@ -2,9 +2,9 @@
 
 It minimises ``loss_fn(batch)`` over batches of a tuple of tensors and knows nothing of flows, scores or KL.
 Features: Adam/AdamW, warm-up + cosine/linear/constant learning rate, gradient clipping, early stopping on a
-validation loss (best weights restored), seeding, a tqdm bar (on a terminal or in a notebook; ``GENTRANSFER_QUIET=1`` silences it), a clear error
-on a NaN/inf loss or gradient, periodic checkpoints with exact resume, and DistributedDataParallel when
-``torch.distributed`` is initialised (launch with ``torchrun``).
+validation loss (best weights restored), seeding, a tqdm bar (on a terminal or in a notebook;
+``GENTRANSFER_QUIET=1`` silences it), a clear error on a NaN/inf loss or gradient, periodic checkpoints with
+exact resume, and DistributedDataParallel when ``torch.distributed`` is initialised (launch with ``torchrun``).
 
 Example:
     >>> model = nn.Linear(3, 1)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from diffusion.sampling import sample_sde
-from theory.verdicts.bound_check import DIAGNOSTIC, check_sde_bound, diagnose_ode_bound, holm_reject
-from theory.verdicts.checks import FAIL, INSUFFICIENT, PASS
 from theory.truth.knn_kl import knn_cross_kl
 from theory.truth.linear_score import LinearErrorCase
+from theory.verdicts.bound_check import DIAGNOSTIC, check_sde_bound, diagnose_ode_bound, holm_reject
+from theory.verdicts.checks import FAIL, INSUFFICIENT, PASS
 
 #: The cells: N(0, I_2) data with score error A = a I + b (1, 1).
 ERRORS = ((0.2, 0.0), (0.3, 0.0), (0.0, 0.2))

@@ -121,7 +121,8 @@ def _tamper(path, change_tensors=None, change_config=None):
 
 @pytest.mark.parametrize("name, change, match", [
     ("x_scaler.std", lambda t: t.fill_(float("nan")), "tensor 'x_scaler.std' holds 2 NaN or inf value"),
-    ("head.net.0.weight", lambda t: t.flatten().index_fill(0, torch.tensor([0]), float("inf")).view_as(t), "tensor 'head.net.0.weight' holds 1 NaN"),
+    ("head.net.0.weight", lambda t: t.flatten().index_fill(0, torch.tensor([0]), float("inf")).view_as(t),
+     "tensor 'head.net.0.weight' holds 1 NaN"),
     ("encoder.net.0.weight", lambda t: t.trunc_().to(torch.int64), "tensor 'encoder.net.0.weight' has dtype "
                                                                   "torch.int64, the model needs torch.float32"),
 ])

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import theory.cli as cli
 from theory.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,19 @@ import pytest
 import torch
 
 from shared_embed.errors import ConfigError, DataError
-from theory.studies.completion.task import (HALF, LEVELS, N_CLASSES, CompletionTask, apply_style, dequantize,
-                                            from_logit, log_abs_det, quantize, redequantize, to_logit)
+from theory.studies.completion.task import (
+    HALF,
+    LEVELS,
+    N_CLASSES,
+    CompletionTask,
+    apply_style,
+    dequantize,
+    from_logit,
+    log_abs_det,
+    quantize,
+    redequantize,
+    to_logit,
+)
 
 
 @pytest.fixture(scope="module")

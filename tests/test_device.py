@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from shared_embed import ConfigError, GaussianHead, PairedData, TrainConfig, TransferConfig, fit_variants, resolve_device
+from shared_embed import (
+    ConfigError,
+    GaussianHead,
+    PairedData,
+    TrainConfig,
+    TransferConfig,
+    fit_variants,
+    resolve_device,
+)
 
 
 def test_cpu_and_auto_resolve():

@@ -16,10 +16,10 @@ import torch
 from shared_embed import ConditionalModel, Encoder, GaussianHead, PairedData, Standardizer, TrainConfig
 from shared_embed.errors import ConfigError, DataError, DTypeError, ShapeError
 from shared_embed.transfer import train_model
+from theory.studies.digits.pixels import LogitPixels
+from theory.studies.digits.task import STYLES, D, DigitsTask, apply_style, load_digit_levels
 from theory.truth.kl import kl_to_task
 from theory.truth.metrics import FidelityClassifier, bits_per_dim, median_bandwidth, mmd2, nll_summary, wasserstein
-from theory.studies.digits.task import D, STYLES, DigitsTask, apply_style, load_digit_levels
-from theory.studies.digits.pixels import LogitPixels
 
 PX = LogitPixels(levels=17, alpha=0.05)
 
@@ -313,8 +313,8 @@ def test_full_digits_experiment_prints_the_table(tmp_path):
 
 
 def test_density_ratio_diagnostic_separates_a_style_shift_from_no_shift():
-    from theory.studies.digits.task import LabelledImages
     from theory.studies.digits.domain_ratio import density_ratio_diagnostic
+    from theory.studies.digits.task import LabelledImages
 
     inverted = DigitsTask(style="invert", seed=0)
     shifted = density_ratio_diagnostic(inverted.splits.source, inverted.target_train(5))

@@ -73,10 +73,9 @@ def test_a_fit_that_never_beat_its_initial_model_warns_on_its_history_and_summar
 
 def test_a_grid_whose_cells_could_not_be_fitted_is_refused_before_any_cell() -> None:
     from shared_embed.errors import ConfigError
+    from tests.test_run_folder import raw
     from theory.engine.config import ExperimentConfig
     from theory.studies.transfer.sweep import check_study
-
-    from tests.test_run_folder import raw
 
     exact = {**raw(variants=["direct"], n_t=[8, 40], heads=["lin"]), "heads": {"lin": {"kind": "linear_gaussian"}}}
     with pytest.raises(ConfigError, match="grid.n_t = 8: variant direct of head lin fits a model on a "

@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 
 from shared_embed.errors import DataError, GentransferError
+from tests.test_run_folder import raw
 from theory.cli import main
 from theory.engine.config import ExperimentConfig
+from theory.engine.toml_writer import dumps as toml_dumps
 from theory.studies.transfer.report import build_report
 from theory.studies.transfer.sweep import run_sweep
-from theory.engine.toml_writer import dumps as toml_dumps
-
-from tests.test_run_folder import raw
 
 
 @pytest.fixture(scope="module")

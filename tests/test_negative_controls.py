@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 
-from theory.verdicts.checks import FAIL, INSUFFICIENT, PASS, decide, run_checks
-from theory.engine.config import ExperimentConfig
 from theory.studies.transfer.control_runs import control_rates, control_verdicts, worst_verdicts
+from theory.verdicts.checks import FAIL, INSUFFICIENT, PASS, decide
 from theory.verdicts.controls import (
     DISTORTIONS,
     OTHER_DISTORTIONS,
@@ -26,7 +25,6 @@ from theory.verdicts.controls import (
     control_study,
     distort_records,
 )
-from theory.studies.transfer.sweep import collect_records, run_sweep
 
 KNOWN_ANSWER_CONTROLS = tuple(c for c in PIPELINE_CONTROLS if c not in SOURCE_CONTROLS)
 #: Faults too small for the control study to see every time (their measured rates are in docs/checks.md).

@@ -28,6 +28,7 @@ import pytest
 import torch
 
 from diffusion import DiffusionHead, VPSchedule, probability_flow_log_prob, sample_ode, sample_sde
+from diffusion.schedule import stratified_times
 from diffusion.tgdp import (
     DensityRatio,
     DomainClassifier,
@@ -48,7 +49,6 @@ from diffusion.tgdp import (
     guidance_grad,
     guidance_loss,
 )
-from diffusion.schedule import stratified_times
 from shared_embed import ConfigError, DataError, DTypeError, ShapeError
 from shared_embed.train import TrainConfig
 from tests.test_diffusion_sampling import mmd_permutation_test

@@ -69,8 +69,8 @@ def test_tiny_tgdp_experiment_end_to_end(tmp_path: Path) -> None:
 
 def test_score_errors_vanish_for_the_exact_target_score_only() -> None:
     from diffusion.schedule import VPSchedule
-    from theory.truth.tasks import TwoGaussianTask
     from theory.studies.tgdp.evaluation import score_errors
+    from theory.truth.tasks import TwoGaussianTask
 
     task, sch = TwoGaussianTask(), VPSchedule()
     for conditional in (False, True):

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from shared_embed import Standardizer
-from theory.truth.bounds import standardized_law
 from theory.engine.config import ExperimentConfig
 from theory.studies.transfer.sweep import collect_records, run_sweep
+from theory.truth.bounds import standardized_law
 from theory.truth.tasks import ConditionalMixtureTask
 
 

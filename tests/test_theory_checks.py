@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from theory.truth.rates import Rates
 from theory.verdicts.checks import (
     FAIL,
     INSUFFICIENT,
@@ -24,7 +25,6 @@ from theory.verdicts.checks import (
     format_checks,
     run_checks,
 )
-from theory.truth.rates import Rates
 from theory.verdicts.verdict import CheckResult
 
 N_T = [25, 50, 100, 200, 400, 800]

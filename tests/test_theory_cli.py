@@ -8,11 +8,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from theory.cli import main
 from theory.engine.config import load_config

@@ -3,9 +3,22 @@
 import pytest
 import torch
 
-from shared_embed import (ConditionalModel, ConfigError, DataError, DTypeError, Encoder, GaussianHead, PairedData,
-                          ShapeError, Standardizer, TrainConfig, TransferConfig, fit_source, fit_target_head,
-                          fit_variants)
+from shared_embed import (
+    ConditionalModel,
+    ConfigError,
+    DataError,
+    DTypeError,
+    Encoder,
+    GaussianHead,
+    PairedData,
+    ShapeError,
+    Standardizer,
+    TrainConfig,
+    TransferConfig,
+    fit_source,
+    fit_target_head,
+    fit_variants,
+)
 from theory.truth.tasks import ConditionalGaussianTask
 
 

@@ -18,14 +18,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared_embed.errors import GentransferError
-
 from theory.engine.config_files import apply_override, read_toml, resolve_config
 from theory.engine.executors import EXECUTORS, check_threads, make_executor, parse_options
 from theory.engine.folder_lock import hold_folder, run_in_progress
 from theory.engine.toml_writer import dumps as toml_dumps
+
+if TYPE_CHECKING:  # the config module loads torch: the commands import it when they run
+    from theory.engine.config import ExperimentConfig
 
 # torch and the rest of theory load inside the commands that need them: --help, --version and a missing or
 # malformed config file answer without them (benchmarks/cli_startup.py).
@@ -60,8 +62,9 @@ EPILOG = """\
 Configs live in configs/ and ship with the package: default.toml (the main job), full.toml (the whole
 study, flows and diffusion), dimension_laws.toml, tgdp_simulation.toml (the TGDP paper's simulation),
 smoke.toml and tgdp_smoke.toml (seconds, for tests). Give a path, or a shipped config's name
-(e.g. 'default'), which also works where gentransfer was installed with pip. Any key can be overridden with --set section.key=value (TOML values:
-numbers, [lists], "strings"; bare words are strings), e.g. --set grid.n_t=[50,100,200] --set run.workers=2.
+(e.g. 'default'), which also works where gentransfer was installed with pip. Any key can be overridden with
+--set section.key=value (TOML values: numbers, [lists], "strings"; bare words are strings), e.g.
+--set grid.n_t=[50,100,200] --set run.workers=2.
 An interrupted run resumes: run the same command again and finished cells are skipped.
 Across hosts (one --out folder on a shared disk): --executor dask (a LocalCluster, or --scheduler
 tcp://HOST:PORT) or --executor slurm (a job array through submitit), which retry a lost worker's groups; or,
@@ -267,7 +270,6 @@ def _sweep_and_report(config: ExperimentConfig, args: argparse.Namespace, shard:
                       start: float) -> int:
     """The sweep and its report, in a folder this process holds: 0, or 1 when some cells failed."""
     from shared_embed.checkpoint import atomic_write_text
-
     from theory.studies.transfer.report import build_report
     from theory.studies.transfer.sweep import run_sweep
 

@@ -39,8 +39,10 @@ from .regularizers import consistency_loss, cycle_loss
 from .switch_time import SwitchChoice, select_switch
 
 __all__ = [
-    "DAMPING", "POSITIVITY", "ClassifierGuidance", "DensityRatio", "DomainClassifier", "DomainGuidanceScore", "FunctionGuidance", "Guidance",
-    "GuidanceNetwork", "GuidedScore", "KernelGuidance", "LabelMarginal", "PremiseReport", "PremiseThresholds", "QuadraticLogRatio", "SourcePosterior", "SwitchChoice", "SwitchedScore", "TGDPConfig", "TGDPFit", "class_weights",
-    "consistency_loss", "check_premise", "cycle_loss", "domain_guidance_score", "fine_tune", "fit_domain_classifier", "fit_quadratic_log_ratio", "fit_tgdp",
+    "DAMPING", "POSITIVITY", "ClassifierGuidance", "DensityRatio", "DomainClassifier", "DomainGuidanceScore",
+    "FunctionGuidance", "Guidance", "GuidanceNetwork", "GuidedScore", "KernelGuidance", "LabelMarginal",
+    "PremiseReport", "PremiseThresholds", "QuadraticLogRatio", "SourcePosterior", "SwitchChoice", "SwitchedScore",
+    "TGDPConfig", "TGDPFit", "class_weights", "consistency_loss", "check_premise", "cycle_loss",
+    "domain_guidance_score", "fine_tune", "fit_domain_classifier", "fit_quadratic_log_ratio", "fit_tgdp",
     "guidance_grad", "guidance_loss", "select_switch", "train_head",
 ]

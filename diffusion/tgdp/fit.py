@@ -46,8 +46,8 @@ from ..sampling import ScoreFn
 from ..schedule import VPSchedule
 from .classifier import DensityRatio, fit_domain_classifier
 from .compose import GuidedScore
-from .premise import PremiseReport, check_premise
 from .guidance import DAMPING, POSITIVITY, GuidanceNetwork, SourcePosterior, guidance_loss
+from .premise import PremiseReport, check_premise
 from .regularizers import consistency_loss, cycle_loss
 
 __all__ = ["TGDPConfig", "TGDPFit", "fit_tgdp"]

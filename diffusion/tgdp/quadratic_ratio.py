@@ -127,8 +127,8 @@ def fit_quadratic_log_ratio(
     Features are standardised before the fit (so one C penalises every coefficient alike) and mapped back
     to A, b, c. With contexts (labels, (n, 1)) the design is the shared quadratic plus, for every label k, the
     centred indicator 1{y = k} - 1/K times [1, quadratic features]: each label gets its own quadratic,
-    shrunk towards the shared one (symmetrically: no label is the reference). The intercept is not penalised; no class weights, so the prior factor
-    is n_s / n_t.
+    shrunk towards the shared one (symmetrically: no label is the reference). The intercept is not penalised; no
+    class weights, so the prior factor is n_s / n_t.
     """
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold

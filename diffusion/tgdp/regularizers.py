@@ -20,7 +20,6 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-
 from ..sampling import ScoreFn
 from ..schedule import VPSchedule
 from .compose import guidance_grad

@@ -45,7 +45,6 @@ from shared_embed.errors import ConfigError
 from shared_embed.train import TrainConfig
 from shared_embed.transfer import VARIANTS
 from shared_embed.validation import check_choice, check_positive_float
-
 from theory.engine.config_files import (  # noqa: F401  (re-exported: read here, validated below)
     apply_override,
     parse_value,
@@ -61,9 +60,11 @@ from theory.engine.schema import (
     number,
     str_list,
     string,
-    table as as_table,
     train_table,
     widths,
+)
+from theory.engine.schema import (
+    table as as_table,
 )
 
 HEAD_KINDS = ("flow", "diffusion", "gaussian", "linear_gaussian")

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from concurrent.futures import CancelledError
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,6 @@ from distributed.comm.core import CommClosedError
 from distributed.scheduler import KilledWorker
 
 from shared_embed.errors import GentransferError
-
 from theory.engine.loop import GroupJob, GroupLike, Progress, Record
 
 

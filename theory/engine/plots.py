@@ -22,8 +22,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
-from theory.verdicts.checks import floors, level_stats, mean_se, series
 from theory.truth.rates import Rates
+from theory.verdicts.checks import floors, level_stats, mean_se, series
 from theory.verdicts.known_answer_check import known_curves
 
 COLORS = {"transfer": "tab:blue", "no_transfer": "tab:red", "fine_tune": "tab:green", "oracle": "tab:purple",

@@ -20,7 +20,6 @@ from typing import Any
 
 from shared_embed.checkpoint import atomic_write_text, config_diff
 from shared_embed.errors import ConfigError, DataError
-
 from theory.engine.config import ExperimentConfig, fingerprint, task_label
 from theory.engine.folder_lock import claim_lock
 from theory.truth.rates import Rates, predicted_rates, rate_for_task

@@ -24,7 +24,6 @@ from submitit.core.utils import FailedJobError, UncompletedJobError
 from submitit.helpers import Checkpointable
 
 from shared_embed.errors import GentransferError
-
 from theory.engine.loop import GroupJob, GroupLike, Progress, Record
 
 

@@ -38,7 +38,6 @@ from shared_embed.errors import ConfigError
 from shared_embed.model import ConditionalModel
 from shared_embed.standardize import Standardizer
 from shared_embed.validation import check_choice, check_positive_int
-
 from theory.truth.kl import KLEstimate
 from theory.truth.knn_kl import knn_cross_kl
 from theory.truth.mixture import GaussianMixture

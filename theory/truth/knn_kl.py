@@ -35,7 +35,6 @@ from torch import Tensor
 
 from shared_embed.errors import DataError
 from shared_embed.validation import check_positive_int, check_tensor
-
 from theory.truth.kl import KLEstimate
 
 

@@ -43,7 +43,6 @@ from torchdiffeq import odeint
 from diffusion.schedule import VPSchedule
 from shared_embed.errors import ShapeError
 from shared_embed.validation import check_fraction, check_positive_float, check_tensor
-
 from theory.truth.kl import gaussian_kl
 
 #: Tolerances of the moment ODE solves (float64 dopri5); moments and KLs are then exact to ~1e-7 relative (tested).

@@ -22,7 +22,6 @@ from torch import Tensor, nn
 from shared_embed.data import PairedData
 from shared_embed.errors import DataError, ShapeError
 from shared_embed.validation import check_choice, check_positive_float, check_positive_int, check_tensor
-
 from theory.truth.mixture import GaussianMixture
 
 DOMAINS = ("source", "target")

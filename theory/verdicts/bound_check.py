@@ -41,7 +41,6 @@ from statistics import NormalDist
 import numpy as np
 
 from shared_embed.validation import check_fraction, check_positive_float
-
 from theory.verdicts.stats import holm
 from theory.verdicts.verdict import DIAGNOSTIC, FAIL, INSUFFICIENT, PASS, CheckResult, Record, ok_records
 

@@ -22,8 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-
-
+from theory.truth.rates import Rates
 from theory.verdicts.bound_check import check_sde_bound, diagnose_ode_bound
 from theory.verdicts.controls import NEGATIVE_CONTROLS
 from theory.verdicts.integrity_checks import check_kl_is_divergence, check_replicates_independent, fixed_instance
@@ -48,7 +47,6 @@ from theory.verdicts.rate_checks import (
     fit_exponent,
     floors,
 )
-from theory.truth.rates import Rates
 from theory.verdicts.stats import MIN_SEEDS, mean_se
 from theory.verdicts.verdict import (
     DIAGNOSTIC,

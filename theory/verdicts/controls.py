@@ -40,7 +40,6 @@ from torch import Tensor
 from shared_embed.data import PairedData
 from shared_embed.errors import ConfigError
 from shared_embed.head import Head
-
 from theory.truth.kl import model_log_prob
 from theory.verdicts.verdict import KL_FIELDS, Record
 

@@ -273,7 +273,7 @@ def transfer_known_answer_table(records: Sequence[Record], head: str, task: str 
         fl = float(np.mean([inputs.sims[s][1].true_floor[:, i].mean() for s in inputs.seeds]))
         first = float(np.mean([first_order_floor(inputs.sims[s][0], a) for s in inputs.seeds])) \
             if inputs.rank == inputs.sims[inputs.seeds[0]][0].d_h else float("nan")
-        for j, b in enumerate(inputs.n_t):
+        for b in inputs.n_t:
             kl = [float(inputs.cell[(s, a, b)]["kl"]) for s in inputs.seeds]
             se = float(np.std(kl, ddof=1) / np.sqrt(len(kl))) if len(kl) > 1 else float("nan")
             pred = fl + expected_kl_gaussian_regression(b, inputs.sims[inputs.seeds[0]][0].d_x, inputs.rank)

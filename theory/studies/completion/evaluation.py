@@ -19,9 +19,18 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from theory.studies.completion.task import (
+    HALF,
+    LEVELS,
+    N_CLASSES,
+    CompletionTask,
+    condition,
+    dequantize,
+    log_abs_det,
+    quantize,
+    to_logit,
+)
 from theory.truth.metrics import FidelityClassifier, nll_summary
-from theory.studies.completion.task import (HALF, LEVELS, N_CLASSES, CompletionTask, condition, dequantize,
-                                            log_abs_det, quantize, to_logit)
 
 
 class CompletionModel(Protocol):

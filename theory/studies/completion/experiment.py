@@ -31,7 +31,6 @@ from shared_embed.head import Head
 from shared_embed.train import TrainConfig
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
 from shared_embed.validation import check_choice, check_positive_int
-
 from theory.engine.loop import Executor, run_cells, run_groups
 from theory.engine.run_folder import read_json
 from theory.studies.completion.evaluation import evaluate, fit_classifier, real_fidelity, test_rows

@@ -19,8 +19,7 @@ import torch
 from torch import Tensor
 
 from shared_embed.errors import DataError, ShapeError
-
-from theory.studies.completion.task import D, HALF, LEVELS, SIDE
+from theory.studies.completion.task import HALF, LEVELS, SIDE, D
 
 
 def _row(images: Tensor) -> np.ndarray:

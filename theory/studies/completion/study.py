@@ -18,14 +18,17 @@ import torch
 
 from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import DataError
-
 from theory.engine.config import study_tables
 from theory.engine.loop import Executor, Log
 from theory.engine.run_folder import claim, read_json, write_json
 from theory.engine.schema import dataclass_from_table
-from theory.studies.completion.experiment import CompletionExperiment, load_records, run_completion_experiment, \
-    split_references
 from theory.studies.completion.evaluation import test_rows
+from theory.studies.completion.experiment import (
+    CompletionExperiment,
+    load_records,
+    run_completion_experiment,
+    split_references,
+)
 from theory.studies.completion.image_grid import save_completion_grid
 from theory.studies.completion.report import MARGIN_SE, format_table
 from theory.studies.completion.task import HALF, CompletionTask

@@ -8,7 +8,7 @@
 - :mod:`.experiment`: the grid over heads and variants; :mod:`.study`: the study of ``gentransfer run``.
 """
 
-from theory.studies.digits.task import STYLES, DigitsTask, LabelledImages, apply_style, load_digit_levels
 from theory.studies.digits.pixels import LogitPixels
+from theory.studies.digits.task import STYLES, DigitsTask, LabelledImages, apply_style, load_digit_levels
 
 __all__ = ["STYLES", "DigitsTask", "LabelledImages", "LogitPixels", "apply_style", "load_digit_levels"]

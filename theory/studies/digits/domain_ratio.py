@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from shared_embed.errors import DataError
-
 from theory.studies.digits.task import LabelledImages
 
 

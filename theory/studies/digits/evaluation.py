@@ -21,8 +21,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from theory.studies.digits.task import N_CLASSES, D, DigitsTask, LabelledImages
 from theory.truth.metrics import FidelityClassifier, mmd2, nll_summary, wasserstein
-from theory.studies.digits.task import D, N_CLASSES, DigitsTask, LabelledImages
 
 
 class DigitsModel(Protocol):

@@ -37,15 +37,14 @@ from shared_embed.model import ConditionalModel
 from shared_embed.train import TrainConfig
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
 from shared_embed.validation import check_choice, check_positive_int
-
 from theory.engine.loop import Executor, run_cells, run_groups
-from theory.truth.metrics import FidelityClassifier
 from theory.engine.run_folder import read_json
+from theory.studies.digits.domain_ratio import density_ratio_diagnostic
 from theory.studies.digits.evaluation import TestSet, evaluate_model, sample_metrics
 from theory.studies.digits.image_grid import save_digit_grid
-from theory.studies.digits.task import D, N_CLASSES, DigitsTask
 from theory.studies.digits.report import format_table, summarize
-from theory.studies.digits.domain_ratio import density_ratio_diagnostic
+from theory.studies.digits.task import N_CLASSES, D, DigitsTask
+from theory.truth.metrics import FidelityClassifier
 
 HEADS = ("gaussian", "flow", "diffusion")
 VARIANTS = ("transfer", "no_transfer", "fine_tune")
@@ -109,7 +108,7 @@ class DigitsExperiment:
         self.seeds = tuple(int(s) for s in self.seeds)
         check_positive_int("gen_per_class", self.gen_per_class, minimum=1)
         check_positive_int("embed_dim", self.embed_dim)
-        for kind, phases in self.train.items():
+        for phases in self.train.values():
             for phase in ("source", "target"):
                 TrainConfig(**phases.get(phase, {}))  # fail now on a bad field, not mid-run
         DigitsTask(self.style, self.test_per_class, self.pool_per_class)

@@ -18,8 +18,7 @@ import torch
 from torch import Tensor
 
 from shared_embed.errors import DataError, ShapeError
-
-from theory.studies.digits.task import D, LEVELS, N_CLASSES, SIDE
+from theory.studies.digits.task import LEVELS, N_CLASSES, SIDE, D
 
 
 def _band(levels: Tensor, labels: Tensor, per_class: int) -> np.ndarray:

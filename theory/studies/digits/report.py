@@ -88,7 +88,8 @@ def format_table(records: Sequence[dict[str, Any]], references: Mapping[Any, dic
         k = "-" if r["variant"] == "source_only" else str(r["per_class"])
         n_t = "0" if r["variant"] == "source_only" else str(10 * r["per_class"])
         lines.append(f"| {r['head']} | {k} | {n_t} | {r['variant']} | {plus_minus(r['nll'], r['nll_se'], 2)} | "
-                     f"{plus_minus(r['bpd'], r['bpd_se'], 3)} | {plus_minus(r['nll_median'], math.nan, 2)} | {r['outliers']}/{r['images']} | "
+                     f"{plus_minus(r['bpd'], r['bpd_se'], 3)} | {plus_minus(r['nll_median'], math.nan, 2)} | "
+                     f"{r['outliers']}/{r['images']} | "
                      f"{plus_minus(r['fidelity'], r['fidelity_se'], 3)} | "
                      f"{r['mmd2']:.4f} | {r['w1']:.3f} |")
     if references:
@@ -101,7 +102,7 @@ def format_table(records: Sequence[dict[str, Any]], references: Mapping[Any, dic
         lines += ["", "| k / class | domain classifier AUC (source vs target) | E_p[w] on the source | ESS / n_s |",
                   "|---:|---:|---:|---:|"]
         for k in sorted(ratios[0], key=int):
-            mean = lambda key: sum(r[k][key] for r in ratios) / len(ratios)  # noqa: E731
+            mean = lambda key, k=k: sum(r[k][key] for r in ratios) / len(ratios)  # noqa: E731
             lines.append(f"| {k} | {mean('auc'):.3f} | {mean('mean_weight'):.3f} | {mean('ess_fraction'):.3f} |")
     checked = [r for r in records if "premise" in r]
     if checked:

@@ -14,14 +14,13 @@ from typing import Any
 
 from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import ConfigError, DataError
-
 from theory.engine.config import study_tables
 from theory.engine.folder_lock import hold_folder
 from theory.engine.loop import Executor, Log
+from theory.engine.run_folder import claim, read_json, write_json
 from theory.engine.schema import dataclass_from_table
 from theory.studies.digits.experiment import DigitsExperiment, load_digits_records, run_digits_experiment
 from theory.studies.digits.report import format_table
-from theory.engine.run_folder import claim, read_json, write_json
 
 
 def experiment_from_config(config: dict[str, Any]) -> DigitsExperiment:

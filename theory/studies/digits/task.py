@@ -37,7 +37,6 @@ from torch import Tensor
 from shared_embed.data import PairedData
 from shared_embed.errors import ConfigError, DataError, ShapeError
 from shared_embed.validation import check_choice, check_positive_int
-
 from theory.studies.digits.pixels import LogitPixels
 
 N_CLASSES = 10

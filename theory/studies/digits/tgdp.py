@@ -36,6 +36,7 @@ from shared_embed.model import ConditionalModel
 from shared_embed.transfer import Augment, TransferConfig
 from shared_embed.validation import check_positive_int
 
+
 class GuidedDigitsModel:
     """A composed score in a source model's standardised space, read as a model of the logits z given labels c.
 

@@ -27,7 +27,6 @@ from diffusion.schedule import VPSchedule
 from diffusion.tgdp import DensityRatio, LabelMarginal, guidance_grad
 from diffusion.tgdp.guidance import Guidance
 from shared_embed.data import PairedData
-
 from theory.truth.kl import monte_carlo_kl
 from theory.truth.metrics import mmd2
 from theory.truth.tasks import TwoGaussianTask

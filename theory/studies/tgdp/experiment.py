@@ -42,11 +42,9 @@ from diffusion.tgdp import LabelMarginal, train_head
 from shared_embed.checkpoint import atomic_write_text
 from shared_embed.data import PairedData
 from shared_embed.errors import DataError
-
 from theory.engine.loop import Executor, run_cells, run_groups
-from theory.engine.tables import plus_minus, row_se, summarize_seeds
 from theory.engine.run_folder import read_json, write_json
-from theory.truth.tasks import TwoGaussianTask
+from theory.engine.tables import plus_minus, row_se, summarize_seeds
 from theory.studies.tgdp.evaluation import (
     LABELS,
     ScoreModel,
@@ -57,9 +55,10 @@ from theory.studies.tgdp.evaluation import (
     score_model,
     true_labels,
 )
+from theory.studies.tgdp.methods import cell_seed as tgdp_cell_seed  # (cell_seed is a local name below)
 from theory.studies.tgdp.methods import fit_method
 from theory.studies.tgdp.settings import METHODS, REFERENCES, TGDPSettings  # noqa: F401  (TGDPSettings: part of this module's API)
-from theory.studies.tgdp.methods import cell_seed as tgdp_cell_seed  # (cell_seed is a local name below)
+from theory.truth.tasks import TwoGaussianTask
 
 ERROR_KEYS = ("log_h_mse_mean", "grad_mse_mean", "grad_mse_q_mean", "ratio_mse")
 

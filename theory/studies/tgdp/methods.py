@@ -35,9 +35,9 @@ from diffusion.tgdp.quadratic_ratio import fit_quadratic_log_ratio
 from diffusion.tgdp.switch_time import select_switch
 from shared_embed.data import PairedData
 from shared_embed.train import TrainConfig
-
 from theory.studies.tgdp.settings import METHODS, REFERENCES, SWITCH_LOW, TGDPSettings
 from theory.truth.tasks import TwoGaussianTask
+
 
 @dataclass
 class Fitted:

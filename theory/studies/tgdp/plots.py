@@ -17,9 +17,9 @@ import torch
 from matplotlib.figure import Figure
 
 from theory.engine.plots import _save
-from theory.truth.tasks import TwoGaussianTask
 from theory.studies.tgdp.evaluation import LINE_X
 from theory.studies.tgdp.settings import METHODS, REFERENCES
+from theory.truth.tasks import TwoGaussianTask
 
 Record = dict[str, Any]
 N_COLORS = ["tab:red", "tab:orange", "tab:green", "tab:blue", "tab:purple"]

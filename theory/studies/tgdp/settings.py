@@ -11,7 +11,6 @@ from typing import Any
 
 from shared_embed.errors import ConfigError
 from shared_embed.train import TrainConfig
-
 from theory.engine.schema import dataclass_from_table
 
 #: the methods in table order; REFERENCES do not use the target sample (fitted once per seed and version)

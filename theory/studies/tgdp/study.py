@@ -14,7 +14,6 @@ from typing import Any
 
 from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import DataError
-
 from theory.engine.config import study_tables
 from theory.engine.folder_lock import hold_folder
 from theory.engine.loop import Executor, Log
@@ -29,7 +28,6 @@ from theory.studies.tgdp.experiment import (
     write_tgdp_outputs,
 )
 from theory.studies.tgdp.settings import LEARNED, REFERENCES
-
 
 
 def is_tgdp(raw: dict[str, Any]) -> bool:

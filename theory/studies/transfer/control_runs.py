@@ -14,8 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from theory.verdicts.checks import FAIL, run_checks
 from theory.engine.config import ExperimentConfig
+from theory.studies.transfer.sweep import collect_records, run_sweep
+from theory.truth.rates import Rates, generic_rates
+from theory.verdicts.checks import FAIL, run_checks
 from theory.verdicts.controls import (
     DISTORTIONS,
     OTHER_DISTORTIONS,
@@ -27,9 +29,8 @@ from theory.verdicts.controls import (
     control_study,
     distort_records,
 )
-from theory.truth.rates import Rates, generic_rates
-from theory.studies.transfer.sweep import collect_records, run_sweep
 from theory.verdicts.verdict import Record
+
 
 def control_rates_of(records: Sequence[Record]) -> dict[str, Rates]:
     """The predictions for a control study's linear head, at the records' own dimensions."""

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from theory.verdicts.dimension_checks import by_dimension
-from theory.truth.known_answers import expected_kl_gaussian_regression, min_rows
 from theory.engine.plots import COLORS, LABELS, _save
+from theory.truth.known_answers import expected_kl_gaussian_regression, min_rows
+from theory.verdicts.dimension_checks import by_dimension
 from theory.verdicts.verdict import Record
 
 #: (variant, record key, label suffix, line style) drawn on each panel.

@@ -23,11 +23,10 @@ from typing import Any
 
 from shared_embed.errors import DataError
 from shared_embed.transfer import TransferConfig
-
 from theory.engine.config import ExperimentConfig, load_config, resolve_config
 from theory.engine.loop import Log
-from theory.studies.transfer.summary import grid_result
 from theory.engine.run_folder import collect_records
+from theory.studies.transfer.summary import grid_result
 from theory.studies.transfer.sweep import run_sweep, transfer_config
 
 #: the small grid of each shipped experiment (one seed, three target sizes)

@@ -18,14 +18,8 @@ from typing import Any
 from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import ConfigError, DataError
 from shared_embed.transfer import VARIANTS
-
-from theory.verdicts.checks import CheckResult, fit_exponent, format_checks, format_hypotheses, ok_records, run_checks, series
 from theory.engine.config import ExperimentConfig, task_label
-from theory.verdicts.controls import DISTORTIONS, distort_records
-from theory.verdicts.dimension_checks import dimension_axes, run_dimension_checks
-from theory.studies.transfer.dimension_plots import plot_dimension_laws
 from theory.engine.plots import plot_floor, plot_kl_curves, plot_samples
-from theory.truth.rates import Rates, check_rate_name, effective_smoothness, predicted_rates, rate_for_task
 from theory.engine.run_folder import (
     check_no_links,
     collect_records,
@@ -35,12 +29,25 @@ from theory.engine.run_folder import (
     stored_predictions,
     study_predictions,
 )
-from theory.verdicts.stats import slope_interval_coverage
-from theory.verdicts.verdict import FAIL, PASS
-from theory.studies.transfer.sweep import write_csv
+from theory.studies.transfer.dimension_plots import plot_dimension_laws
 from theory.studies.transfer.headline import headline
 from theory.studies.transfer.summary import format_split_table, format_table, sample_efficiency_ratio
+from theory.studies.transfer.sweep import write_csv
+from theory.truth.rates import Rates, check_rate_name, effective_smoothness, predicted_rates, rate_for_task
+from theory.verdicts.checks import (
+    CheckResult,
+    fit_exponent,
+    format_checks,
+    format_hypotheses,
+    ok_records,
+    run_checks,
+    series,
+)
+from theory.verdicts.controls import DISTORTIONS, distort_records
+from theory.verdicts.dimension_checks import dimension_axes, run_dimension_checks
 from theory.verdicts.known_answer_check import transfer_known_answer_table
+from theory.verdicts.stats import slope_interval_coverage
+from theory.verdicts.verdict import FAIL, PASS
 
 Record = dict[str, Any]
 
@@ -100,7 +107,7 @@ def _prediction_table(config: ExperimentConfig, rates: dict[str, Rates], kinds: 
         except ConfigError:
             eff = "custom"
 
-        def fmt(variant: str) -> str:
+        def fmt(variant: str, r: Rates = r) -> str:
             value, gamma = r.for_variant(variant) if variant != "floor" else r.floor, r.log_power_for(variant)
             if value is None:
                 return "-"

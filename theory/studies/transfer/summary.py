@@ -18,7 +18,6 @@ from typing import Any
 
 from shared_embed.errors import DataError
 from shared_embed.transfer import VARIANTS
-
 from theory.engine.tables import plus_minus, row_se, summarize_seeds
 
 

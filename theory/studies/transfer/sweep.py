@@ -55,23 +55,9 @@ from shared_embed.transfer import (
     new_encoder,
     train_model,
 )
-
 from theory.engine.config import PHASES, ExperimentConfig, task_label
-from theory.verdicts.controls import (
-    blind_factory,
-    broken_source,
-    broken_target,
-    data_seed,
-    distort_kl,
-    eval_domain,
-    eval_seed,
-    in_sample_log_densities,
-    wrong_variance_task,
-)
 from theory.engine.folder_lock import hold_folder
 from theory.engine.loop import Executor, duration, run_cells, run_groups
-from theory.studies.transfer.costs import deal_by_cost, group_cost
-from theory.truth.kl import fit_floor_model, kl_to_task, log_densities, monte_carlo_kl
 from theory.engine.run_folder import (
     check_no_links,
     claim_folder,
@@ -84,6 +70,19 @@ from theory.engine.run_folder import (
     study_predictions,
     write_json,
     write_predictions,
+)
+from theory.studies.transfer.costs import deal_by_cost, group_cost
+from theory.truth.kl import fit_floor_model, kl_to_task, log_densities, monte_carlo_kl
+from theory.verdicts.controls import (
+    blind_factory,
+    broken_source,
+    broken_target,
+    data_seed,
+    distort_kl,
+    eval_domain,
+    eval_seed,
+    in_sample_log_densities,
+    wrong_variance_task,
 )
 
 SOURCE_VARIANTS = ("transfer", "fine_tune")
