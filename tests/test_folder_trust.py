@@ -160,3 +160,22 @@ def test_report_reads_no_link_in_any_run_subfolder_nor_a_linked_config(run: Path
     (run / "config.json").symlink_to(tmp_path / "config.json")
     with pytest.raises(GentransferError, match="holds no config.json"):
         build_report(run)
+
+
+@pytest.mark.parametrize("config, sub", [("tgdp_smoke", "records"), ("digits_smoke", "cells"),
+                                         ("completion_smoke", "cells")])
+def test_every_study_refuses_a_linked_record_folder_for_run_and_report(config: str, sub: str, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """TGDP, digits and completion folders, like a transfer folder, never read or write through a link."""
+    from theory.cli import main
+
+    away = tmp_path / "away"
+    away.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / sub).symlink_to(away, target_is_directory=True)
+    assert main(["run", config, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a symbolic link" in err, err
+    assert list(away.iterdir()) == []  # nothing written outside the folder
+    assert main(["report", str(out)]) == 2

@@ -19,8 +19,9 @@ import torch
 from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import DataError
 from theory.engine.config import study_tables
+from theory.engine.folder_lock import hold_folder
 from theory.engine.loop import Executor, Log
-from theory.engine.run_folder import claim, read_json, write_json
+from theory.engine.run_folder import check_no_links, claim, read_json, write_json
 from theory.engine.schema import dataclass_from_table
 from theory.studies.completion.evaluation import test_rows
 from theory.studies.completion.experiment import (
@@ -59,9 +60,11 @@ def run_study(raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | No
     """Run (or resume) a completion config into ``out``; refuses a folder that holds another study's results."""
     exp, experiment = parse(raw)
     out.mkdir(parents=True, exist_ok=True)
-    claim(out, study(experiment), any(out.glob("cells/*/*.json")))
-    write_json(out / "config.json", {"experiment": exp, "completion": experiment.to_dict()})
-    return run_completion_experiment(experiment, out, log=log, workers=workers, executor=executor)
+    with hold_folder(out):
+        check_no_links(out, ("cells",))
+        claim(out, study(experiment), any(out.glob("cells/*/*.json")))
+        write_json(out / "config.json", {"experiment": exp, "completion": experiment.to_dict()})
+        return run_completion_experiment(experiment, out, log=log, workers=workers, executor=executor)
 
 
 def draw_grids(experiment: CompletionExperiment, records: list[dict[str, Any]], out: Path) -> list[Path]:
@@ -91,6 +94,7 @@ def draw_grids(experiment: CompletionExperiment, records: list[dict[str, Any]], 
 
 def build_study_report(out: Path) -> tuple[Path, str]:
     """Rebuild ``out/report.md``, ``table.md``, ``records.json`` and the grids from the cell records."""
+    check_no_links(out, ("cells",))
     raw = read_json(out / "config.json")
     if raw is None or raw.get("experiment", {}).get("kind") != "completion":
         raise DataError(f"{out} holds no completion config.json: is it a folder written by 'gentransfer run'?")

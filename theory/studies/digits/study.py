@@ -17,7 +17,7 @@ from shared_embed.errors import ConfigError, DataError
 from theory.engine.config import study_tables
 from theory.engine.folder_lock import hold_folder
 from theory.engine.loop import Executor, Log
-from theory.engine.run_folder import claim, read_json, write_json
+from theory.engine.run_folder import check_no_links, claim, read_json, write_json
 from theory.engine.schema import dataclass_from_table
 from theory.studies.digits.experiment import DigitsExperiment, load_digits_records, run_digits_experiment
 from theory.studies.digits.report import format_table
@@ -57,6 +57,7 @@ def run_study(raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | No
     exp, experiment = parse(raw)
     out.mkdir(parents=True, exist_ok=True)
     with hold_folder(out):
+        check_no_links(out, ("cells",))
         claim(out, study(experiment), any(out.glob("cells/*/*.json")))
         write_json(out / "config.json", {"experiment": exp, "digits": experiment.to_dict()})
         return run_digits_experiment(experiment, out, log=log, workers=workers, executor=executor)
@@ -64,6 +65,7 @@ def run_study(raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | No
 
 def build_study_report(out: Path) -> tuple[Path, str]:
     """Rebuild ``out/report.md`` and ``table.md`` from the cell records; returns (path, table)."""
+    check_no_links(out, ("cells",))
     raw = read_json(out / "config.json")
     if raw is None or raw.get("experiment", {}).get("kind") != "digits":
         raise DataError(f"{out} holds no digits config.json: is it a folder written by 'gentransfer run'?")

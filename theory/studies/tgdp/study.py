@@ -17,7 +17,7 @@ from shared_embed.errors import DataError
 from theory.engine.config import study_tables
 from theory.engine.folder_lock import hold_folder
 from theory.engine.loop import Executor, Log
-from theory.engine.run_folder import claim, read_json, write_json
+from theory.engine.run_folder import check_no_links, claim, read_json, write_json
 from theory.studies.tgdp.experiment import (
     TGDPSettings,
     compare,
@@ -54,6 +54,7 @@ def run_study(raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | No
     exp, settings = parse(raw)
     out.mkdir(parents=True, exist_ok=True)
     with hold_folder(out):
+        check_no_links(out, ("records",))
         claim(out, settings.study(), any(out.glob("records/*.json")))
         write_json(out / "config.json", {"experiment": exp, "tgdp": settings.to_dict()})
         return run_tgdp_experiment(settings, out, progress=log is not None, workers=workers, executor=executor)
@@ -61,6 +62,7 @@ def run_study(raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | No
 
 def build_study_report(out: Path) -> tuple[Path, str]:
     """Rebuild ``out/report.md``, ``table.md`` and the plots from the records; returns (path, table)."""
+    check_no_links(out, ("records",))
     raw = read_json(out / "config.json")
     if raw is None or not is_tgdp(raw):
         raise DataError(f"{out} holds no TGDP config.json: is it a folder written by 'gentransfer run'?")
