@@ -5,6 +5,9 @@ pyproject.toml."""
 from setuptools import find_packages, setup
 
 setup(
-    packages=[*find_packages(include=["gentransfer", "shared_embed*", "flows*", "diffusion*", "theory*"]), "theory.configs"],
+    packages=[
+        *find_packages(include=["gentransfer", "shared_embed*", "flows*", "diffusion*", "theory*"]),
+        "theory.configs",
+    ],
     package_dir={"theory.configs": "configs"},
 )

@@ -49,8 +49,13 @@ def run_once(args: list[str]) -> tuple[float, float]:
     """(wall seconds, child CPU seconds) of ``python ARGS`` run from the repository root."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -74,14 +79,24 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 3 if args.quick else args.repeats
     result = measure(repeats)
     base = result["python -c pass (baseline)"]
-    rows = [[name, r["wall"], r["cpu"], r["wall"] - base["wall"],
-             ("yes" if r["wall"] < TARGET_S else "NO") if name in TARGETED else ""] for name, r in result.items()]
+    rows = [
+        [
+            name,
+            r["wall"],
+            r["cpu"],
+            r["wall"] - base["wall"],
+            ("yes" if r["wall"] < TARGET_S else "NO") if name in TARGETED else "",
+        ]
+        for name, r in result.items()
+    ]
     print(machine_line())
     print(f"{repeats} interleaved runs per case, medians in seconds; target: wall < {TARGET_S} s\n")
     print(table(["case", "wall s", "cpu s", "wall - baseline s", f"< {TARGET_S} s"], rows))
-    path = append_record("cli_startup", {"repeats": repeats, "seconds": result,
-                                         "target_met": all(result[n]["wall"] < TARGET_S for n in TARGETED)},
-                         args.out)
+    path = append_record(
+        "cli_startup",
+        {"repeats": repeats, "seconds": result, "target_met": all(result[n]["wall"] < TARGET_S for n in TARGETED)},
+        args.out,
+    )
     print(f"\nrecord appended to {path}")
     return 0
 

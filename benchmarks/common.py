@@ -42,8 +42,12 @@ def cpu_model() -> str:
 def machine_info() -> dict[str, Any]:
     """torch / python versions, torch threads, OMP_NUM_THREADS, CPU model and logical core count."""
     return {
-        "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
     }
 
@@ -51,8 +55,10 @@ def machine_info() -> dict[str, Any]:
 def machine_line() -> str:
     """One human line of :func:`machine_info` for the printed report."""
     m = machine_info()
-    return (f"machine: {m['cpu']} ({m['cpu_count']} logical cores), torch {m['torch']} with {m['threads']} "
-            f"thread(s), python {m['python']}")
+    return (
+        f"machine: {m['cpu']} ({m['cpu_count']} logical cores), torch {m['torch']} with {m['threads']} "
+        f"thread(s), python {m['python']}"
+    )
 
 
 def time_call(fn: Callable[[], Any]) -> tuple[float, float]:
@@ -63,8 +69,9 @@ def time_call(fn: Callable[[], Any]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int,
-                     warmup: int = 1) -> dict[str, dict[str, list[float]]]:
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
+) -> dict[str, dict[str, list[float]]]:
     """``{name: {"wall": [...], "cpu": [...]}}``: seconds per call of each ``fns`` entry, the entries
     interleaved round by round so slow drifts of a shared machine hit every entry alike; ``warmup``
     untimed rounds first."""
@@ -86,6 +93,7 @@ def median(values: Sequence[float]) -> float:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown table; floats printed with 4 significant digits."""
+
     def cell(v: Any) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -98,8 +106,12 @@ def append_record(name: str, record: dict[str, Any], out: Path | None = None) ->
     """Append one JSON line ``{"benchmark": name, "time": ..., **machine_info(), **record}`` to
     ``out`` (default ``benchmarks/results/<name>.jsonl``); returns the path."""
     path = out or RESULTS / f"{name}.jsonl"
-    line = {"benchmark": name, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            **machine_info(), **record}
+    line = {
+        "benchmark": name,
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **machine_info(),
+        **record,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         f.write(json.dumps(line) + "\n")
@@ -115,8 +127,15 @@ def read_latest(name: str, results: Path = RESULTS) -> dict[str, Any] | None:
     return json.loads(lines[-1]) if lines else None
 
 
-def plain_train(module: nn.Module, loss: Callable[[Tensor, Tensor], Tensor], c: Tensor, x: Tensor,
-                steps: int, batch_size: int, lr: float = 1e-3) -> None:
+def plain_train(
+    module: nn.Module,
+    loss: Callable[[Tensor, Tensor], Tensor],
+    c: Tensor,
+    x: Tensor,
+    steps: int,
+    batch_size: int,
+    lr: float = 1e-3,
+) -> None:
     """The plain baseline every overhead benchmark compares with: shuffle, slice a batch, zero_grad, backward,
     Adam step; ``loss(c_batch, x_batch)``, no checks, no schedule, no clipping, no logging."""
     opt = torch.optim.Adam(module.parameters(), lr=lr)
@@ -126,7 +145,7 @@ def plain_train(module: nn.Module, loss: Callable[[Tensor, Tensor], Tensor], c: 
     while step < steps:
         perm = torch.randperm(x.shape[0], generator=gen)
         for start in range(0, x.shape[0], batch_size):
-            idx = perm[start:start + batch_size]
+            idx = perm[start : start + batch_size]
             value = loss(c[idx], x[idx])
             opt.zero_grad(set_to_none=True)
             value.backward()
@@ -176,10 +195,14 @@ def print_grid_result(result: dict[str, Any], what: str, floor_n: int | None) ->
     print(what)
     print(result["table"])
     if result["split_table"]:
-        print(f"\nKL split of transfer (embedding floor: a head fit to {floor_n} target pairs on the frozen "
-              "source encoder):")
+        print(
+            f"\nKL split of transfer (embedding floor: a head fit to {floor_n} target pairs on the frozen "
+            "source encoder):"
+        )
         print(result["split_table"])
     if result["ratio"] is not None:
         r = result["ratio"]
-        print(f"sample-efficiency ratio (n_t no-transfer needs to match transfer at n_t=100, / 100): {r['text']}"
-              f" (transfer KL at 100: {r['target_kl']:.4f})")
+        print(
+            f"sample-efficiency ratio (n_t no-transfer needs to match transfer at n_t=100, / 100): {r['text']}"
+            f" (transfer KL at 100: {r['target_kl']:.4f})"
+        )

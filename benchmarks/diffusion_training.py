@@ -78,14 +78,14 @@ def plain_run(c: Tensor, x: Tensor, steps: int, batch_size: int) -> None:
 
 
 def runners(c: Tensor, x: Tensor, steps: int, batch_size: int) -> dict[str, Callable[[], None]]:
-    same = TrainConfig(steps=steps, batch_size=batch_size, lr=1e-3, schedule="constant", grad_clip=None,
-                       progress=False)
+    same = TrainConfig(steps=steps, batch_size=batch_size, lr=1e-3, schedule="constant", grad_clip=None, progress=False)
     default = TrainConfig(steps=steps, batch_size=batch_size, lr=1e-3, progress=False)
 
     def toolkit(config: TrainConfig) -> Callable[[], None]:
         def run() -> None:
             head = new_head()
             fit(head, lambda b: head.loss(b[1], b[0]), (c, x), config=config)
+
         return run
 
     def loop_only() -> None:
@@ -93,8 +93,12 @@ def runners(c: Tensor, x: Tensor, steps: int, batch_size: int) -> dict[str, Call
         loss = plain_dsm(head)
         fit(head.net, lambda b: loss(b[0], b[1]), (c, x), config=same)
 
-    return {"plain": lambda: plain_run(c, x, steps, batch_size), "toolkit": toolkit(same),
-            "toolkit_default": toolkit(default), "loop_plain_loss": loop_only}
+    return {
+        "plain": lambda: plain_run(c, x, steps, batch_size),
+        "toolkit": toolkit(same),
+        "toolkit_default": toolkit(default),
+        "loop_plain_loss": loop_only,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,23 +110,52 @@ def main(argv: list[str] | None = None) -> int:
     times = time_interleaved(runners(c, x, steps, args.batch_size), repeats=repeats, warmup=1)
     cpu = {name: steps / median(ts["cpu"]) for name, ts in times.items()}
     wall = {name: steps / median(ts["wall"]) for name, ts in times.items()}
-    rows = [[name, cpu[name], 1e3 / cpu[name], cpu[name] / cpu["plain"], wall[name], wall[name] / wall["plain"]]
-            for name in times]
+    rows = [
+        [name, cpu[name], 1e3 / cpu[name], cpu[name] / cpu["plain"], wall[name], wall[name] / wall["plain"]]
+        for name in times
+    ]
     print(machine_line())
-    print(f"DiffusionHead {HEAD}, d_x = 2, d_c = 2; {steps} steps per run, batch {args.batch_size}, {args.n} pairs, "
-          f"median of {repeats} interleaved runs after one warm-up round\n")
-    print(table(["loop", "steps/s (CPU)", "ms/step (CPU)", "ratio to plain (CPU)", "steps/s (wall)",
-                 "ratio to plain (wall)"], rows))
+    print(
+        f"DiffusionHead {HEAD}, d_x = 2, d_c = 2; {steps} steps per run, batch {args.batch_size}, {args.n} pairs, "
+        f"median of {repeats} interleaved runs after one warm-up round\n"
+    )
+    print(
+        table(
+            [
+                "loop",
+                "steps/s (CPU)",
+                "ms/step (CPU)",
+                "ratio to plain (CPU)",
+                "steps/s (wall)",
+                "ratio to plain (wall)",
+            ],
+            rows,
+        )
+    )
     ratio = cpu["toolkit"] / cpu["plain"]
-    print(f"toolkit/plain = {ratio:.3f} (CPU time), {wall['toolkit'] / wall['plain']:.3f} (wall); "
-          f"toolkit_default/plain = {cpu['toolkit_default'] / cpu['plain']:.3f} (CPU time)")
-    print(f"loop only (same loss as plain): {cpu['loop_plain_loss'] / cpu['plain']:.3f}; head.loss on top of the "
-          f"loop: {cpu['toolkit'] / cpu['loop_plain_loss']:.3f} (CPU time)")
-    record = {"quick": args.quick, "head": HEAD, "steps": steps, "repeats": repeats, "batch_size": args.batch_size,
-              "n": args.n, "seconds": times, "steps_per_cpu_s": cpu, "steps_per_wall_s": wall,
-              "ratio_toolkit_plain": ratio, "ratio_toolkit_plain_wall": wall["toolkit"] / wall["plain"],
-              "ratio_default_plain": cpu["toolkit_default"] / cpu["plain"],
-              "ratio_loop_only_plain": cpu["loop_plain_loss"] / cpu["plain"]}
+    print(
+        f"toolkit/plain = {ratio:.3f} (CPU time), {wall['toolkit'] / wall['plain']:.3f} (wall); "
+        f"toolkit_default/plain = {cpu['toolkit_default'] / cpu['plain']:.3f} (CPU time)"
+    )
+    print(
+        f"loop only (same loss as plain): {cpu['loop_plain_loss'] / cpu['plain']:.3f}; head.loss on top of the "
+        f"loop: {cpu['toolkit'] / cpu['loop_plain_loss']:.3f} (CPU time)"
+    )
+    record = {
+        "quick": args.quick,
+        "head": HEAD,
+        "steps": steps,
+        "repeats": repeats,
+        "batch_size": args.batch_size,
+        "n": args.n,
+        "seconds": times,
+        "steps_per_cpu_s": cpu,
+        "steps_per_wall_s": wall,
+        "ratio_toolkit_plain": ratio,
+        "ratio_toolkit_plain_wall": wall["toolkit"] / wall["plain"],
+        "ratio_default_plain": cpu["toolkit_default"] / cpu["plain"],
+        "ratio_loop_only_plain": cpu["loop_plain_loss"] / cpu["plain"],
+    }
     print(f"appended to {append_record('diffusion_training', record, args.out)}")
     return 0
 

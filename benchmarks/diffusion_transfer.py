@@ -49,15 +49,17 @@ def nfe_probe(config: ExperimentConfig, n_t: int = 1000, n: int = 1000) -> dict[
     torch.manual_seed(99)
     target = task.sample(n_t, "target", gen)
     head_factory = make_diffusion_head(task.d_x, **config.heads["diffusion"].options)
-    model = fit_variants(head_factory, target, target, transfer_config(config, "diffusion", 99),
-                         ["no_transfer"])["no_transfer"].model
+    model = fit_variants(head_factory, target, target, transfer_config(config, "diffusion", 99), ["no_transfer"])[
+        "no_transfer"
+    ].model
     data = task.sample(n, "target", gen)
     head = model.head
     with torch.no_grad():
         x, ctx = model.x_scaler(data.x), model.embed(data.c)
         start = time.perf_counter()
-        res = probability_flow(head._score, x, head.schedule, context=ctx, rtol=head.rtol, atol=head.atol,
-                               t_eps=head.t_eps)
+        res = probability_flow(
+            head._score, x, head.schedule, context=ctx, rtol=head.rtol, atol=head.atol, t_eps=head.t_eps
+        )
     return {"n": n, "n_t": n_t, "nfe": res.nfe, "seconds": time.perf_counter() - start, "rtol": head.rtol}
 
 
@@ -72,18 +74,29 @@ def main(argv: list[str] | None = None) -> int:
     config = experiment_config("diffusion_transfer", overrides, quick=args.quick)
     log = None if args.quiet else (lambda msg: print(time.strftime("%H:%M:%S"), msg, flush=True))
     result = run_transfer_experiment(config, log=log)
-    print_grid_result(result, f"KL(p_T || p_hat) in nats (probability-flow log-density, {config.evaluation.n_eval} "
-                      f"pairs per seed), mean ± SE over seeds {config.grid.seeds}; n_s = {config.grid.n_s}; head "
-                      f"{config.heads['diffusion'].options}", config.evaluation.floor_n)
+    print_grid_result(
+        result,
+        f"KL(p_T || p_hat) in nats (probability-flow log-density, {config.evaluation.n_eval} "
+        f"pairs per seed), mean ± SE over seeds {config.grid.seeds}; n_s = {config.grid.n_s}; head "
+        f"{config.heads['diffusion'].options}",
+        config.evaluation.floor_n,
+    )
     probe = nfe_probe(config)
-    print(f"probability-flow cost: NFE {probe['nfe']}, {probe['seconds']:.2f} s per {probe['n']} log-densities "
-          f"of a no-transfer head fit to {probe['n_t']} pairs (rtol = atol = {probe['rtol']:g}, "
-          f"{args.threads} thread(s))")
+    print(
+        f"probability-flow cost: NFE {probe['nfe']}, {probe['seconds']:.2f} s per {probe['n']} log-densities "
+        f"of a no-transfer head fit to {probe['n_t']} pairs (rtol = atol = {probe['rtol']:g}, "
+        f"{args.threads} thread(s))"
+    )
     print(f"wall time: {result['seconds']:.0f} s")
     line = {
-        "quick": args.quick, "config": "configs/diffusion_transfer.toml", "overrides": overrides,
-        "seconds": result["seconds"], "summary": result["summary"], "ratio": result["ratio"],
-        "nfe_probe": probe, "records": result["records"],
+        "quick": args.quick,
+        "config": "configs/diffusion_transfer.toml",
+        "overrides": overrides,
+        "seconds": result["seconds"],
+        "summary": result["summary"],
+        "ratio": result["ratio"],
+        "nfe_probe": probe,
+        "records": result["records"],
     }
     print(f"appended to {append_record('diffusion_transfer', line, args.out)}")
     return 0

@@ -48,8 +48,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def command(config: Path, out: Path, executor: str, workers: int) -> list[str]:
     script = Path(sys.executable).with_name("gentransfer")
     entry = [str(script)] if script.is_file() else [sys.executable, "-m", "theory"]
-    return [*entry, "run", str(config), "--out", str(out), "--no-report", "--quiet", "--workers", str(workers),
-            "--executor", executor]
+    return [
+        *entry,
+        "run",
+        str(config),
+        "--out",
+        str(out),
+        "--no-report",
+        "--quiet",
+        "--workers",
+        str(workers),
+        "--executor",
+        executor,
+    ]
 
 
 def timed_run(cmd: list[str]) -> dict[str, Any]:
@@ -58,16 +69,20 @@ def timed_run(cmd: list[str]) -> dict[str, Any]:
     load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "GENTRANSFER_QUIET": "1"}, capture_output=True,
-                          text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "GENTRANSFER_QUIET": "1"}, capture_output=True, text=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode not in (0, 1):  # 1: some cells failed or were flagged; still a full run
         print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
         raise SystemExit(f"{' '.join(cmd)} failed with exit status {proc.returncode}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": wall, "cpu_s": cpu, "load_before": load, "load_after": os.getloadavg()[0],
-            "returncode": proc.returncode}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "load_before": load,
+        "load_after": os.getloadavg()[0],
+        "returncode": proc.returncode,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,14 +108,25 @@ def main(argv: list[str] | None = None) -> int:
     ratio = wall["dask"] / wall["local"]
     print(machine_line())
     shown = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
-    print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; config {shown}; {workers} worker(s) each; "
-          f"{args.repeats} round(s)\n")
-    rows = [[name, k, r["wall_s"], r["cpu_s"], r["load_before"], r["load_after"]]
-            for name in EXECUTORS for k, r in enumerate(runs[name])]
+    print(
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; config {shown}; {workers} worker(s) each; "
+        f"{args.repeats} round(s)\n"
+    )
+    rows = [
+        [name, k, r["wall_s"], r["cpu_s"], r["load_before"], r["load_after"]]
+        for name in EXECUTORS
+        for k, r in enumerate(runs[name])
+    ]
     print(table(["executor", "round", "wall s", "CPU s (all processes)", "load before", "load after"], rows))
     print(f"\nwall dask / local (median over rounds): {ratio:.3f}; records identical: {same}")
-    record = {"config": str(shown), "workers": workers, "repeats": args.repeats, "runs": runs,
-              "wall_ratio_dask_over_local": ratio, "records_identical": same}
+    record = {
+        "config": str(shown),
+        "workers": workers,
+        "repeats": args.repeats,
+        "runs": runs,
+        "wall_ratio_dask_over_local": ratio,
+        "records_identical": same,
+    }
     print(f"appended to {append_record('executors', record, args.out)}")
     return 0 if same else 1
 

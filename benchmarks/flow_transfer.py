@@ -47,12 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     log = None if args.quiet else (lambda msg: print(msg, flush=True))
     result = run_transfer_experiment(config, log=log)
     head = config.heads["flow"].options
-    print_grid_result(result, f"KL(p_T || p_hat) in nats, mean ± SE over seeds {config.grid.seeds}; n_s = "
-                      f"{config.grid.n_s}; head {head}", config.evaluation.floor_n)
+    print_grid_result(
+        result,
+        f"KL(p_T || p_hat) in nats, mean ± SE over seeds {config.grid.seeds}; n_s = {config.grid.n_s}; head {head}",
+        config.evaluation.floor_n,
+    )
     print(f"wall time: {result['seconds']:.0f} s")
     line = {
-        "quick": args.quick, "config": "configs/flow_transfer.toml", "overrides": overrides,
-        "seconds": result["seconds"], "summary": result["summary"], "ratio": result["ratio"],
+        "quick": args.quick,
+        "config": "configs/flow_transfer.toml",
+        "overrides": overrides,
+        "seconds": result["seconds"],
+        "summary": result["summary"],
+        "ratio": result["ratio"],
         "records": result["records"],
     }
     print(f"appended to {append_record('flow_transfer', line, args.out)}")

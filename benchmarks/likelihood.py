@@ -56,9 +56,11 @@ def variances(d: int) -> Tensor:
 
 def analytic_score(v: Tensor, schedule: VPSchedule) -> ScoreFn:
     """The exact score of x_t for x_0 ~ N(0, diag(v))."""
+
     def score(x: Tensor, t: Tensor, context: Tensor | None) -> Tensor:
         a2 = schedule.alpha(t).square()[:, None]
         return -x / (a2 * v + 1.0 - a2)
+
     return score
 
 
@@ -83,14 +85,21 @@ def measure(score: ScoreFn, x: Tensor, schedule: VPSchedule, divergence: str, rt
 
     def run() -> None:
         with torch.no_grad():
-            out["res"] = probability_flow(counted, x, schedule, divergence=divergence, probes=1, rtol=rtol,
-                                          atol=rtol, t_eps=t_eps)
+            out["res"] = probability_flow(
+                counted, x, schedule, divergence=divergence, probes=1, rtol=rtol, atol=rtol, t_eps=t_eps
+            )
 
     wall, cpu = time_call(run)
     res = out["res"]
-    return {"wall_s": wall, "cpu_s": cpu, "samples_per_cpu_s": x.shape[0] / cpu,
-            "samples_per_wall_s": x.shape[0] / wall, "nfe": res.nfe, "score_calls": counted.calls,
-            "log_prob": res.log_prob}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "samples_per_cpu_s": x.shape[0] / cpu,
+        "samples_per_wall_s": x.shape[0] / wall,
+        "nfe": res.nfe,
+        "score_calls": counted.calls,
+        "log_prob": res.log_prob,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,19 +124,45 @@ def main(argv: list[str] | None = None) -> int:
                 speed = r["samples_per_cpu_s"] / res["exact_loop"]["samples_per_cpu_s"]
                 cells.append({"d": d, "score": name, "divergence": div, **r, "speedup_vs_exact_loop": speed})
                 truth_err = "-" if r["mean_abs_vs_truth"] is None else f"{r['mean_abs_vs_truth']:.2e}"
-                rows.append([d, name, div, r["samples_per_cpu_s"], r["samples_per_wall_s"], r["nfe"], speed,
-                             f"{r['mean_abs_vs_exact_div']:.3g}", truth_err])
+                rows.append(
+                    [
+                        d,
+                        name,
+                        div,
+                        r["samples_per_cpu_s"],
+                        r["samples_per_wall_s"],
+                        r["nfe"],
+                        speed,
+                        f"{r['mean_abs_vs_exact_div']:.3g}",
+                        truth_err,
+                    ]
+                )
     print(machine_line())
-    print(f"probability_flow, dopri5, rtol = atol = {head.rtol:g}, t_eps = {head.t_eps:g}, {n} points per call, "
-          f"no_grad; head: DiffusionHead(width 64, 2 blocks) after {steps} training steps\n")
-    print(table(["d", "score", "divergence", "samples/s (CPU)", "samples/s (wall)", "NFE", "speed-up vs exact_loop",
-                 "mean abs diff to exact_loop", "mean abs err to truth"], rows))
+    print(
+        f"probability_flow, dopri5, rtol = atol = {head.rtol:g}, t_eps = {head.t_eps:g}, {n} points per call, "
+        f"no_grad; head: DiffusionHead(width 64, 2 blocks) after {steps} training steps\n"
+    )
+    print(
+        table(
+            [
+                "d",
+                "score",
+                "divergence",
+                "samples/s (CPU)",
+                "samples/s (wall)",
+                "NFE",
+                "speed-up vs exact_loop",
+                "mean abs diff to exact_loop",
+                "mean abs err to truth",
+            ],
+            rows,
+        )
+    )
     print("\nexact divergence, torch.func (exact_func) over the d-pass loop (exact_loop), samples/s by CPU time:")
     for c in cells:
         if c["divergence"] == "exact_func":
             print(f"  d = {c['d']:>3}, {c['score']:<8}: {c['speedup_vs_exact_loop']:.2f}x")
-    record = {"quick": args.quick, "n": n, "train_steps": steps, "rtol": head.rtol, "t_eps": head.t_eps,
-              "cells": cells}
+    record = {"quick": args.quick, "n": n, "train_steps": steps, "rtol": head.rtol, "t_eps": head.t_eps, "cells": cells}
     print(f"appended to {append_record('likelihood', record, args.out)}")
     return 0
 

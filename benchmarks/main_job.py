@@ -69,10 +69,22 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line())
     shown = config.relative_to(ROOT) if config.resolve().is_relative_to(ROOT) else config
     print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; config {shown}\n")
-    print(table(["config", "exit", "wall s", "CPU s (all processes)", "CPU / wall", "cells", "report.md"],
-                [[config.name, proc.returncode, wall, cpu, cpu / wall, cells, has_report]]))
-    record = {"quick": args.quick, "config": str(config), "command": cmd, "returncode": proc.returncode,
-              "wall_s": wall, "cpu_s": cpu, "cells": cells, "report": has_report}
+    print(
+        table(
+            ["config", "exit", "wall s", "CPU s (all processes)", "CPU / wall", "cells", "report.md"],
+            [[config.name, proc.returncode, wall, cpu, cpu / wall, cells, has_report]],
+        )
+    )
+    record = {
+        "quick": args.quick,
+        "config": str(config),
+        "command": cmd,
+        "returncode": proc.returncode,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "cells": cells,
+        "report": has_report,
+    }
     print(f"appended to {append_record('main_job', record, args.out)}")
     return proc.returncode
 

@@ -35,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table(["pipeline / records", "check aimed at", "wrong verdict counted", "count", "rate"], rows))
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     print(f"{reps} repetitions in {seconds:.0f} s wall, {cpu_seconds:.0f} CPU-s")
-    append_record("negative_controls", {"reps": reps, "quick": args.quick, "rates": rates, "seconds": seconds,
-                                        "cpu_seconds": cpu_seconds})
+    append_record(
+        "negative_controls",
+        {"reps": reps, "quick": args.quick, "rates": rates, "seconds": seconds, "cpu_seconds": cpu_seconds},
+    )
     return 0
 
 

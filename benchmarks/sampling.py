@@ -87,11 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     sizes = args.batch_sizes or ([100, 1000] if args.quick else [100, 1000, 10_000])
     head = trained_head(args.train_steps or (200 if args.quick else 500))
-    samplers: dict[str, Callable] = {
-        f"sde_{m}": partial(_sde, head=head, method=m) for m in SDE_METHODS
-    }
-    samplers["ode_dopri5"] = lambda s, x1: sample_ode(s, x1, head.schedule, rtol=head.rtol, atol=head.atol,
-                                                      t_eps=head.t_eps)
+    samplers: dict[str, Callable] = {f"sde_{m}": partial(_sde, head=head, method=m) for m in SDE_METHODS}
+    samplers["ode_dopri5"] = lambda s, x1: sample_ode(
+        s, x1, head.schedule, rtol=head.rtol, atol=head.atol, t_eps=head.t_eps
+    )
     with torch.no_grad():  # warm-up: first-call costs stay out of the figures
         for run in samplers.values():
             run(head._score, torch.randn(10, 2))
@@ -106,14 +105,24 @@ def main(argv: list[str] | None = None) -> int:
                     run(counted, x1)
 
             wall, cpu, mib, method = peak_memory(call)
-            cell = {"sampler": name, "n": n, "wall_s": wall, "cpu_s": cpu, "samples_per_cpu_s": n / cpu,
-                    "samples_per_wall_s": n / wall, "score_calls": counted.calls, "peak_mib": mib,
-                    "memory_method": method}
+            cell = {
+                "sampler": name,
+                "n": n,
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "samples_per_cpu_s": n / cpu,
+                "samples_per_wall_s": n / wall,
+                "score_calls": counted.calls,
+                "peak_mib": mib,
+                "memory_method": method,
+            }
             cells.append(cell)
             rows.append([name, n, n / cpu, n / wall, counted.calls, mib])
     print(machine_line())
-    print(f"DiffusionHead(d=2, width 64, 2 blocks), SDE {head.sample_steps} steps, ODE dopri5 rtol = atol = "
-          f"{head.rtol:g}, t_eps = {head.t_eps:g}; peak memory: rise of {cells[0]['memory_method']} during the call\n")
+    print(
+        f"DiffusionHead(d=2, width 64, 2 blocks), SDE {head.sample_steps} steps, ODE dopri5 rtol = atol = "
+        f"{head.rtol:g}, t_eps = {head.t_eps:g}; peak memory: rise of {cells[0]['memory_method']} during the call\n"
+    )
     print(table(["sampler", "batch", "samples/s (CPU)", "samples/s (wall)", "score calls", "peak MiB"], rows))
     record = {"quick": args.quick, "sample_steps": head.sample_steps, "rtol": head.rtol, "cells": cells}
     print(f"appended to {append_record('sampling', record, args.out)}")

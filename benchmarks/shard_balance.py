@@ -40,8 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def balance(config: ExperimentConfig, count: int) -> dict[str, object]:
     groups = plan_groups(plan_cells(config))
-    deals = {"round-robin (old)": [k % count for k in range(len(groups))],
-             "by cost (new)": deal_by_cost([group_cost(config, g) for g in groups], count)}
+    deals = {
+        "round-robin (old)": [k % count for k in range(len(groups))],
+        "by cost (new)": deal_by_cost([group_cost(config, g) for g in groups], count),
+    }
     out = {}
     for name, deal in deals.items():
         loads = shard_loads(config, groups, deal, count)
@@ -69,13 +71,19 @@ def calibrate(config: ExperimentConfig) -> dict[str, KindCost]:
     costs = {}
     for kind in sorted({r["head_kind"] for r in records}):
         mine = [r for r in records if r["head_kind"] == kind]
-        per_step = {n_t: statistics.median(r["fit_seconds"] / max(r["steps"], 1) for r in mine if r["n_t"] == n_t)
-                    for n_t in rows}
+        per_step = {
+            n_t: statistics.median(r["fit_seconds"] / max(r["steps"], 1) for r in mine if r["n_t"] == n_t)
+            for n_t in rows
+        }
         row_s = max((per_step[800] - per_step[25]) / (rows[800] - rows[25]), 0.0)
         scored = [r["eval_seconds"] / (r["n_eval"] * (2 if "floor_paired" in r else 1)) for r in mine]
         bound = [r["bound_seconds"] / (3 * r["bound_n"]) for r in mine if r.get("bound_n")]
-        costs[kind] = KindCost(step_s=max(per_step[25] - rows[25] * row_s, 0.0), row_s=row_s,
-                               eval_s=statistics.median(scored), bound_s=statistics.median(bound) if bound else 0.0)
+        costs[kind] = KindCost(
+            step_s=max(per_step[25] - rows[25] * row_s, 0.0),
+            row_s=row_s,
+            eval_s=statistics.median(scored),
+            bound_s=statistics.median(bound) if bound else 0.0,
+        )
     return costs
 
 
@@ -86,14 +94,17 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line())
     if args.calibrate:
         costs = calibrate(config)
-        print(f"\nper-kind cost figures from a small run of {shown} (paste into theory.studies.transfer.costs.KIND_COSTS):")
+        print(
+            f"\nper-kind cost figures from a small run of {shown} (paste into theory.studies.transfer.costs.KIND_COSTS):"
+        )
         for kind, c in costs.items():
-            print(f'    "{kind}": KindCost(step_s={c.step_s:.1e}, row_s={c.row_s:.1e}, eval_s={c.eval_s:.1e}, '
-                  f'bound_s={c.bound_s:.1e}),')
+            print(
+                f'    "{kind}": KindCost(step_s={c.step_s:.1e}, row_s={c.row_s:.1e}, eval_s={c.eval_s:.1e}, '
+                f"bound_s={c.bound_s:.1e}),"
+            )
         record = {"mode": "calibrate", "config": str(shown), "costs": {k: asdict(c) for k, c in costs.items()}}
     else:
-        record = {"mode": "balance", "config": str(shown), "shards": args.shards,
-                  "deals": balance(config, args.shards)}
+        record = {"mode": "balance", "config": str(shown), "shards": args.shards, "deals": balance(config, args.shards)}
     print(f"\nappended to {append_record('shard_balance', record)}")
     return 0
 

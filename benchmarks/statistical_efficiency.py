@@ -59,8 +59,15 @@ def ratio_row(records: list[dict[str, Any]], reference: str, baseline: str, n_t:
     except DataError:
         return None
     kl = {(s["variant"], s["n_t"]): s["kl_mean"] for s in summarize(records)}
-    return {"reference": reference, "baseline": baseline, "n_t": n_t, "ratio": r["ratio"], "text": r["text"],
-            "kl_reference": r["target_kl"], "kl_baseline": kl.get((baseline, n_t))}
+    return {
+        "reference": reference,
+        "baseline": baseline,
+        "n_t": n_t,
+        "ratio": r["ratio"],
+        "text": r["text"],
+        "kl_reference": r["target_kl"],
+        "kl_baseline": kl.get((baseline, n_t)),
+    }
 
 
 def transfer_ratios(line: dict[str, Any]) -> list[dict[str, Any]]:
@@ -87,25 +94,44 @@ def tgdp_ratios(line: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def show(rows: list[dict[str, Any]], version: bool = False) -> str:
-    head = (["version"] if version else []) + ["n_t", "method", "baseline", "KL method", "KL baseline",
-                                               "ratio (baseline n_t needed / n_t)"]
-    body = [([r["version"]] if version else []) + [r["n_t"], r["reference"], r["baseline"], r["kl_reference"],
-                                                   "-" if r["kl_baseline"] is None else r["kl_baseline"], r["text"]]
-            for r in rows]
+    head = (["version"] if version else []) + [
+        "n_t",
+        "method",
+        "baseline",
+        "KL method",
+        "KL baseline",
+        "ratio (baseline n_t needed / n_t)",
+    ]
+    body = [
+        ([r["version"]] if version else [])
+        + [
+            r["n_t"],
+            r["reference"],
+            r["baseline"],
+            r["kl_reference"],
+            "-" if r["kl_baseline"] is None else r["kl_baseline"],
+            r["text"],
+        ]
+        for r in rows
+    ]
     return table(head, body)
 
 
 def describe(line: dict[str, Any]) -> str:
-    return (f"line of {line.get('time', '?')} ({'quick' if line.get('quick') else 'full'} run, torch "
-            f"{line.get('torch', '?')}, {line.get('threads', '?')} thread(s))")
+    return (
+        f"line of {line.get('time', '?')} ({'quick' if line.get('quick') else 'full'} run, torch "
+        f"{line.get('torch', '?')}, {line.get('threads', '?')} thread(s))"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out: dict[str, Any] = {"quick": args.quick, "sources": {}, "ratios": {}}
-    for name, fn, version in (("flow_transfer", transfer_ratios, False),
-                              ("diffusion_transfer", transfer_ratios, False),
-                              ("tgdp_simulation", tgdp_ratios, True)):
+    for name, fn, version in (
+        ("flow_transfer", transfer_ratios, False),
+        ("diffusion_transfer", transfer_ratios, False),
+        ("tgdp_simulation", tgdp_ratios, True),
+    ):
         line = latest(name, args.results, args.quick)
         print(f"\n## {name}")
         if line is None:

@@ -40,8 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unconditional-only", action="store_true", help="skip the label-conditional version")
     p.add_argument("--conditional-only", action="store_true", help="skip the unconditional version")
     p.add_argument("--methods", nargs="+", help="methods to run (default: all)")
-    p.add_argument("--inside-support", action="store_true",
-                   help="the target inside the source's support: same modes, weights 0.9 / 0.1")
+    p.add_argument(
+        "--inside-support",
+        action="store_true",
+        help="the target inside the source's support: same modes, weights 0.9 / 0.1",
+    )
     p.add_argument("--out-dir", type=Path, help="where records, table.md and the PNG plots go")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", type=Path, default=RESULTS, help="JSON-lines file to append to")
@@ -73,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = replace(settings, **changes)
     result = run_tgdp_experiment(settings, out_dir=args.out_dir, progress=not args.quiet)
     print()
-    print(f"KL(q || q_hat) in nats (probability-flow log-density, {settings.n_eval} fresh target draws per seed; "
-          f"conditional: the joint (x, y)), MMD^2 ({settings.n_mmd} ODE samples, median-heuristic bandwidth), "
-          f"log-h errors mean over t in {list(settings.times)}; mean +- SE over seeds {list(settings.seeds)}; "
-          f"n_s = {settings.n_source}; Domain Guidance w = {settings.dg_weight}; tgdp_reg {settings.regularizers}")
+    print(
+        f"KL(q || q_hat) in nats (probability-flow log-density, {settings.n_eval} fresh target draws per seed; "
+        f"conditional: the joint (x, y)), MMD^2 ({settings.n_mmd} ODE samples, median-heuristic bandwidth), "
+        f"log-h errors mean over t in {list(settings.times)}; mean +- SE over seeds {list(settings.seeds)}; "
+        f"n_s = {settings.n_source}; Domain Guidance w = {settings.dg_weight}; tgdp_reg {settings.regularizers}"
+    )
     print(result["table"])
     comparisons = []
     for cond in settings.conditional:
@@ -86,16 +91,22 @@ def main(argv: list[str] | None = None) -> int:
                     if {method, baseline} <= set(settings.methods):
                         comparisons.append(compare(result["summary"], method, baseline, n_t, bool(cond)))
     for c in comparisons:
-        print(f"{'cond' if c['conditional'] else 'uncond':6s} n_t {c['n_t']:4d} {c['method']:14s} vs "
-              f"{c['baseline']:11s}: KL gap {c['gap']:+.4f} +- {c['se']:.4f} -> "
-              f"{'beats by > 2 SE' if c['beats_2se'] else ('WORSE by > 2 SE' if c['worse_2se'] else 'no 2-SE win')}")
+        print(
+            f"{'cond' if c['conditional'] else 'uncond':6s} n_t {c['n_t']:4d} {c['method']:14s} vs "
+            f"{c['baseline']:11s}: KL gap {c['gap']:+.4f} +- {c['se']:.4f} -> "
+            f"{'beats by > 2 SE' if c['beats_2se'] else ('WORSE by > 2 SE' if c['worse_2se'] else 'no 2-SE win')}"
+        )
     if result["plots"]:
         print("plots:", *result["plots"], sep="\n  ")
     print(f"wall time: {result['seconds']:.0f} s")
     summary = [{k: v for k, v in row.items()} for row in result["summary"]]
     line = {
-        "quick": args.quick, "settings": settings.to_dict(), "threads": args.threads,
-        "seconds": result["seconds"], "summary": summary, "comparisons": comparisons,
+        "quick": args.quick,
+        "settings": settings.to_dict(),
+        "threads": args.threads,
+        "seconds": result["seconds"],
+        "summary": summary,
+        "comparisons": comparisons,
         "records": [{k: v for k, v in r.items() if k not in ("samples", "log_h_line")} for r in result["records"]],
     }
     print(f"appended to {append_record('tgdp_simulation', line, args.out)}")

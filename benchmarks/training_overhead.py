@@ -59,8 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backends", nargs="+", default=list(FLOWS), choices=list(FLOWS), help="flow backends")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--profile", action="store_true", help="print a cProfile of one toolkit run per backend")
-    p.add_argument("--compare-train", type=Path, metavar="PATH",
-                   help="another version of shared_embed/train.py, timed as 'toolkit_other' in the same run")
+    p.add_argument(
+        "--compare-train",
+        type=Path,
+        metavar="PATH",
+        help="another version of shared_embed/train.py, timed as 'toolkit_other' in the same run",
+    )
     p.add_argument("--out", type=Path, help="JSON-lines file (default benchmarks/results/training_overhead.jsonl)")
     return p.parse_args(argv)
 
@@ -89,11 +93,11 @@ def load_train(path: Path) -> ModuleType:
     return module
 
 
-def runners(options: dict, c: Tensor, x: Tensor, steps: int, batch_size: int,
-            other: ModuleType | None = None) -> dict[str, Callable[[], None]]:
+def runners(
+    options: dict, c: Tensor, x: Tensor, steps: int, batch_size: int, other: ModuleType | None = None
+) -> dict[str, Callable[[], None]]:
     """The training runs of one backend, each on a fresh head with the same initial weights."""
-    same = TrainConfig(steps=steps, batch_size=batch_size, lr=1e-3, schedule="constant", grad_clip=None,
-                       progress=False)
+    same = TrainConfig(steps=steps, batch_size=batch_size, lr=1e-3, schedule="constant", grad_clip=None, progress=False)
     default = TrainConfig(steps=steps, batch_size=batch_size, lr=1e-3, progress=False)
 
     def plain() -> None:
@@ -104,6 +108,7 @@ def runners(options: dict, c: Tensor, x: Tensor, steps: int, batch_size: int,
         def run() -> None:
             head = new_head(options)
             loop(head, lambda b: head.loss(b[1], b[0]), (c, x), config=config)
+
         return run
 
     runs = {"plain": plain, "toolkit": toolkit(same), "toolkit_default": toolkit(default)}
@@ -140,31 +145,69 @@ def main(argv: list[str] | None = None) -> int:
         times = time_interleaved(fns, repeats=repeats, warmup=1)
         rates = {name: steps / median(ts["cpu"]) for name, ts in times.items()}
         wall_rates = {name: steps / median(ts["wall"]) for name, ts in times.items()}
-        results[backend] = {"flow": FLOWS[backend], "seconds": times, "steps_per_cpu_s": rates,
-                            "steps_per_wall_s": wall_rates,
-                            "ratio_toolkit_plain": rates["toolkit"] / rates["plain"],
-                            "ratio_default_plain": rates["toolkit_default"] / rates["plain"],
-                            "ratio_toolkit_plain_wall": wall_rates["toolkit"] / wall_rates["plain"]}
+        results[backend] = {
+            "flow": FLOWS[backend],
+            "seconds": times,
+            "steps_per_cpu_s": rates,
+            "steps_per_wall_s": wall_rates,
+            "ratio_toolkit_plain": rates["toolkit"] / rates["plain"],
+            "ratio_default_plain": rates["toolkit_default"] / rates["plain"],
+            "ratio_toolkit_plain_wall": wall_rates["toolkit"] / wall_rates["plain"],
+        }
         if other is not None:
             results[backend]["ratio_toolkit_other"] = rates["toolkit"] / rates["toolkit_other"]
             results[backend]["ratio_default_other"] = rates["toolkit_default"] / rates["toolkit_other_default"]
         for name in fns:
-            rows.append([backend, name, rates[name], 1e3 / rates[name], rates[name] / rates["plain"],
-                         wall_rates[name], wall_rates[name] / wall_rates["plain"]])
+            rows.append(
+                [
+                    backend,
+                    name,
+                    rates[name],
+                    1e3 / rates[name],
+                    rates[name] / rates["plain"],
+                    wall_rates[name],
+                    wall_rates[name] / wall_rates["plain"],
+                ]
+            )
     print(machine_line())
-    print(f"{steps} steps per run, batch {args.batch_size}, {args.n} pairs, median of {repeats} interleaved runs "
-          "after one warm-up round; steps/s by process CPU time (steady on a shared machine) and by wall time\n")
-    print(table(["backend", "loop", "steps/s (CPU)", "ms/step (CPU)", "ratio to plain (CPU)", "steps/s (wall)",
-                 "ratio to plain (wall)"], rows))
+    print(
+        f"{steps} steps per run, batch {args.batch_size}, {args.n} pairs, median of {repeats} interleaved runs "
+        "after one warm-up round; steps/s by process CPU time (steady on a shared machine) and by wall time\n"
+    )
+    print(
+        table(
+            [
+                "backend",
+                "loop",
+                "steps/s (CPU)",
+                "ms/step (CPU)",
+                "ratio to plain (CPU)",
+                "steps/s (wall)",
+                "ratio to plain (wall)",
+            ],
+            rows,
+        )
+    )
     for backend, r in results.items():
         verdict = "within" if r["ratio_toolkit_plain"] >= 0.9 else "OUTSIDE"
-        print(f"{backend}: toolkit/plain = {r['ratio_toolkit_plain']:.3f} ({verdict} the 10% target), "
-              f"toolkit_default/plain = {r['ratio_default_plain']:.3f}")
+        print(
+            f"{backend}: toolkit/plain = {r['ratio_toolkit_plain']:.3f} ({verdict} the 10% target), "
+            f"toolkit_default/plain = {r['ratio_default_plain']:.3f}"
+        )
         if other is not None:
-            print(f"{backend}: this loop / the loop of {args.compare_train} = {r['ratio_toolkit_other']:.3f} "
-                  f"(no clipping), {r['ratio_default_other']:.3f} (defaults)")
-    record = {"quick": args.quick, "compare_train": str(args.compare_train) if other else None, "steps": steps,
-              "repeats": repeats, "batch_size": args.batch_size, "n": args.n, "results": results}
+            print(
+                f"{backend}: this loop / the loop of {args.compare_train} = {r['ratio_toolkit_other']:.3f} "
+                f"(no clipping), {r['ratio_default_other']:.3f} (defaults)"
+            )
+    record = {
+        "quick": args.quick,
+        "compare_train": str(args.compare_train) if other else None,
+        "steps": steps,
+        "repeats": repeats,
+        "batch_size": args.batch_size,
+        "n": args.n,
+        "results": results,
+    }
     print(f"appended to {append_record('training_overhead', record, args.out)}")
     return 0
 

@@ -74,7 +74,9 @@ def mixture_prior_kl_bound(weights: Tensor, means: Tensor, covs: Tensor, schedul
     return float((weights.to(kls) * kls).sum() / weights.sum())
 
 
-def _log_time_strata(n: int, strata: int, t_eps: float, like: Tensor, gen: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+def _log_time_strata(
+    n: int, strata: int, t_eps: float, like: Tensor, gen: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Stratum index (n,), t (n,) and the Jacobian dt/du (n,) for u stratified on [0, 1], t = t_eps^(1 - u)."""
     stratum = torch.arange(n, device=like.device) % strata
     u = (stratum.to(like.dtype) + torch.rand(n, generator=gen, dtype=like.dtype).to(like.device)) / strata
@@ -147,5 +149,6 @@ def girsanov_bound(
             prior, prior_se = float(diff.mean()), float(diff.std(unbiased=True)) / math.sqrt(n)
     if not (math.isfinite(score_term) and math.isfinite(prior)):
         raise DataError("the bound is not finite: a score returned NaN/inf on the noised draws")
-    return GirsanovBound(prior + score_term, math.hypot(prior_se, score_se), prior, prior_se, score_term, score_se,
-                         n, strata, t_eps)
+    return GirsanovBound(
+        prior + score_term, math.hypot(prior_se, score_se), prior, prior_se, score_term, score_se, n, strata, t_eps
+    )

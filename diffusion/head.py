@@ -138,17 +138,28 @@ class DiffusionHead(Head):
     @property
     def config(self) -> dict[str, Any]:
         return {
-            "features": self.features, "context_features": self.context_features, **self._arch,
-            "parameterization": self.parameterization, "schedule": self.schedule.kind,
-            "beta_min": self.schedule.beta_min, "beta_max": self.schedule.beta_max, "t_eps": self.t_eps,
+            "features": self.features,
+            "context_features": self.context_features,
+            **self._arch,
+            "parameterization": self.parameterization,
+            "schedule": self.schedule.kind,
+            "beta_min": self.schedule.beta_min,
+            "beta_max": self.schedule.beta_max,
+            "t_eps": self.t_eps,
             "ema_decay": self.ema_decay,
         }
 
     @property
     def inference(self) -> dict[str, Any]:
         """The current defaults of the call-time settings (not saved with the weights)."""
-        return {"sampler": self.sampler, "steps": self.sample_steps, "divergence": self.divergence,
-                "probes": self.probes, "rtol": self.rtol, "atol": self.atol}
+        return {
+            "sampler": self.sampler,
+            "steps": self.sample_steps,
+            "divergence": self.divergence,
+            "probes": self.probes,
+            "rtol": self.rtol,
+            "atol": self.atol,
+        }
 
     def resolve_divergence(self, divergence: str = "auto") -> str:
         """``"exact"`` or ``"hutchinson"``; ``"auto"``: exact up to 16 features, Hutchinson beyond."""
@@ -181,9 +192,14 @@ class DiffusionHead(Head):
         log_a, log_s = self.schedule.log_scales(t)  # t's dtype and device
         return log_a.exp(), log_s.exp(), log_s - log_a
 
-    def _epsilon(self, x: Tensor, t: Tensor, context: Tensor | None,
-                 scales: tuple[Tensor, Tensor, Tensor] | None = None, net: nn.Module | None = None
-                 ) -> tuple[Tensor, Tensor]:
+    def _epsilon(
+        self,
+        x: Tensor,
+        t: Tensor,
+        context: Tensor | None,
+        scales: tuple[Tensor, Tensor, Tensor] | None = None,
+        net: nn.Module | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """(e_hat, s_t[:, None]) without argument checks; t is (n,); ``scales``: ``_scales(t)`` if already known;
         ``net``: the network (default: the live one, which the loss trains)."""
         _, s, level = self._scales(t) if scales is None else scales
@@ -238,8 +254,16 @@ class DiffusionHead(Head):
         eps = s * (x_t + out) if self.parameterization == "residual" else out
         return (eps - noise).square().mean()
 
-    def log_prob(self, x: Tensor, context: Tensor | None = None, *, divergence: str | None = None,
-                 probes: int | None = None, rtol: float | None = None, atol: float | None = None) -> Tensor:
+    def log_prob(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        divergence: str | None = None,
+        probes: int | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+    ) -> Tensor:
         """log p_hat(x | context), (n,), through the probability-flow ODE; differentiable when grad is on.
 
         Call-time settings (None: the head's defaults, ``head.inference``): ``divergence`` (``"auto"``,
@@ -247,15 +271,28 @@ class DiffusionHead(Head):
         """
         x, context = self.check_inputs(x, context)
         return probability_flow_log_prob(
-            self._score, x, self.schedule, context=context,
+            self._score,
+            x,
+            self.schedule,
+            context=context,
             divergence=self.resolve_divergence(self.divergence if divergence is None else divergence),
             probes=check_positive_int("probes", self.probes if probes is None else probes),
-            rtol=self.rtol if rtol is None else rtol, atol=self.atol if atol is None else atol, t_eps=self.t_eps,
+            rtol=self.rtol if rtol is None else rtol,
+            atol=self.atol if atol is None else atol,
+            t_eps=self.t_eps,
         )
 
-    def sample(self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None,
-               sampler: str | None = None, steps: int | None = None, rtol: float | None = None,
-               atol: float | None = None) -> Tensor:
+    def sample(
+        self,
+        n: int,
+        context: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+    ) -> Tensor:
         """(n, features) draws from x_1 ~ N(0, I); context None, (k,) shared or (n, k).
 
         Call-time settings (None: the head's defaults, ``head.inference``): ``sampler`` (``"ode"``, ``"heun"``,
@@ -267,14 +304,29 @@ class DiffusionHead(Head):
         steps = check_positive_int("steps", self.sample_steps if steps is None else steps)
         like = next(iter(self.parameters()))
         with torch.no_grad():
-            x1 = torch.randn(n, self.features, generator=check_generator(generator), dtype=like.dtype,
-                             device=like.device)
+            x1 = torch.randn(
+                n, self.features, generator=check_generator(generator), dtype=like.dtype, device=like.device
+            )
             if sampler == "ode":
-                return sample_ode(self._score, x1, self.schedule, context=context,
-                                  rtol=self.rtol if rtol is None else rtol, atol=self.atol if atol is None else atol,
-                                  t_eps=self.t_eps)
-            return sample_sde(self._score, x1, self.schedule, context=context, steps=steps, method=sampler,
-                              t_eps=self.t_eps, generator=generator)
+                return sample_ode(
+                    self._score,
+                    x1,
+                    self.schedule,
+                    context=context,
+                    rtol=self.rtol if rtol is None else rtol,
+                    atol=self.atol if atol is None else atol,
+                    t_eps=self.t_eps,
+                )
+            return sample_sde(
+                self._score,
+                x1,
+                self.schedule,
+                context=context,
+                steps=steps,
+                method=sampler,
+                t_eps=self.t_eps,
+                generator=generator,
+            )
 
 
 def make_diffusion_head(features: int, **kwargs: Any) -> Callable[[int | None], DiffusionHead]:

@@ -54,9 +54,20 @@ from .sampling import ODE_METHODS, ScoreFn, _call, check_finite_score, check_sco
 from .schedule import VPSchedule
 
 __all__ = [
-    "DIVERGENCES", "EXACT_CHUNK_ROWS", "EXACT_FUNC_MAX_ROWS", "EXACT_FUNC_MIN_FEATURES", "PROBES", "PriorLogProb",
-    "ProbabilityFlowResult", "draw_probes", "exact_divergence", "hutchinson_divergence", "jacobian_trace",
-    "probability_flow", "probability_flow_log_prob", "standard_normal_log_prob",
+    "DIVERGENCES",
+    "EXACT_CHUNK_ROWS",
+    "EXACT_FUNC_MAX_ROWS",
+    "EXACT_FUNC_MIN_FEATURES",
+    "PROBES",
+    "PriorLogProb",
+    "ProbabilityFlowResult",
+    "draw_probes",
+    "exact_divergence",
+    "hutchinson_divergence",
+    "jacobian_trace",
+    "probability_flow",
+    "probability_flow_log_prob",
+    "standard_normal_log_prob",
 ]
 
 DIVERGENCES = ("exact", "exact_func", "exact_loop", "hutchinson")
@@ -187,13 +198,17 @@ def probability_flow(
         with torch.enable_grad():
             if not (keep_graph and x.requires_grad):
                 x = x.detach().requires_grad_(True)
-            if divergence == "exact_func" or (divergence == "exact" and x.shape[1] >= EXACT_FUNC_MIN_FEATURES
-                                              and x.numel() <= EXACT_FUNC_MAX_ROWS):
+            if divergence == "exact_func" or (
+                divergence == "exact" and x.shape[1] >= EXACT_FUNC_MIN_FEATURES and x.numel() <= EXACT_FUNC_MAX_ROWS
+            ):
                 s, div_s = jacobian_trace(lambda z: _call(score, z, t, context, (t_eps, 1.0)), x)
             else:
                 s = _call(score, x, t, context, (t_eps, 1.0))
-                div_s = (exact_divergence(s, x, keep_graph) if vectors is None
-                         else hutchinson_divergence(s, x, vectors, keep_graph))
+                div_s = (
+                    exact_divergence(s, x, keep_graph)
+                    if vectors is None
+                    else hutchinson_divergence(s, x, vectors, keep_graph)
+                )
         check_finite_score(score, s, t)
         check_finite_score(score, div_s, t, "divergence of the score")
         dx = -0.5 * beta * (x + s)
@@ -231,5 +246,16 @@ def probability_flow_log_prob(
     Example:
         >>> lp = probability_flow_log_prob(score, torch.randn(100, 2), VPSchedule(), divergence="exact")
     """
-    return probability_flow(score, x0, schedule, context=context, divergence=divergence, probes=probes, rtol=rtol,
-                            atol=atol, t_eps=t_eps, generator=generator, **options).log_prob  # type: ignore[arg-type]
+    return probability_flow(
+        score,
+        x0,
+        schedule,
+        context=context,
+        divergence=divergence,
+        probes=probes,
+        rtol=rtol,
+        atol=atol,
+        t_eps=t_eps,
+        generator=generator,
+        **options,
+    ).log_prob  # type: ignore[arg-type]

@@ -74,17 +74,25 @@ class ScoreNetwork(nn.Module):
     """
 
     def __init__(
-        self, features: int, context_features: int | None, width: int = 128, blocks: int = 3,
+        self,
+        features: int,
+        context_features: int | None,
+        width: int = 128,
+        blocks: int = 3,
         time_features: int = 32,
     ) -> None:
         super().__init__()
         check_positive_int("width", width)
         check_positive_int("blocks", blocks)
         check_positive_int("time_features", time_features, minimum=2)
-        self.time = nn.Sequential(SinusoidalEmbedding(time_features), nn.Linear(time_features, width), nn.SiLU(),
-                                  nn.Linear(width, width))
-        self.context = None if context_features is None else nn.Sequential(
-            nn.Linear(context_features, width), nn.SiLU(), nn.Linear(width, width))
+        self.time = nn.Sequential(
+            SinusoidalEmbedding(time_features), nn.Linear(time_features, width), nn.SiLU(), nn.Linear(width, width)
+        )
+        self.context = (
+            None
+            if context_features is None
+            else nn.Sequential(nn.Linear(context_features, width), nn.SiLU(), nn.Linear(width, width))
+        )
         self.inp = nn.Linear(features, width)
         self.blocks = nn.ModuleList(ResidualBlock(width) for _ in range(blocks))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, features))
@@ -99,4 +107,3 @@ class ScoreNetwork(nn.Module):
         for block in self.blocks:
             h = block(h, cond)
         return self.out(h)
-

@@ -30,8 +30,17 @@ from shared_embed.validation import check_choice, check_fraction, check_positive
 from .schedule import VPSchedule
 
 __all__ = [
-    "ODE_METHODS", "SDE_METHODS", "CountedScore", "ScoreFn", "check_finite_score", "check_score_inputs", "check_times",
-    "sample_ode", "sample_sde", "score_name", "solve_ode",
+    "ODE_METHODS",
+    "SDE_METHODS",
+    "CountedScore",
+    "ScoreFn",
+    "check_finite_score",
+    "check_score_inputs",
+    "check_times",
+    "sample_ode",
+    "sample_sde",
+    "score_name",
+    "solve_ode",
 ]
 
 ScoreFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
@@ -81,8 +90,9 @@ def check_times(name: str, t: Tensor | float, x: Tensor) -> Tensor:
     return t
 
 
-def _call(score: ScoreFn, x: Tensor, t: Tensor, context: Tensor | None, t_range: tuple[float, float] | None = None
-          ) -> Tensor:
+def _call(
+    score: ScoreFn, x: Tensor, t: Tensor, context: Tensor | None, t_range: tuple[float, float] | None = None
+) -> Tensor:
     """score(x, t, context) with t broadcast to (n,) and its output shape checked.
 
     ``t_range`` clamps t for the adaptive ODE solvers: torchdiffeq's first-step probe evaluates the right-hand
@@ -109,8 +119,10 @@ def check_finite_score(score: ScoreFn, out: Tensor, t: Tensor, what: str = "scor
     if bool(torch.isfinite(out).all()):
         return out
     bad = int((~torch.isfinite(out)).sum())
-    raise DataError(f"the {what} of {score_name(score)} is not finite (NaN or inf) in {bad} of {out.numel()} "
-                    f"entries at t = {float(t.detach().reshape(-1)[0]):.6g}: check the score and the range of its inputs")
+    raise DataError(
+        f"the {what} of {score_name(score)} is not finite (NaN or inf) in {bad} of {out.numel()} "
+        f"entries at t = {float(t.detach().reshape(-1)[0]):.6g}: check the score and the range of its inputs"
+    )
 
 
 def solve_ode(score: ScoreFn, rhs: Callable, start: object, ts: Tensor, **kw: object) -> object:
@@ -125,9 +137,11 @@ def solve_ode(score: ScoreFn, rhs: Callable, start: object, ts: Tensor, **kw: ob
     try:
         return odeint(tracked, start, ts, **kw)
     except AssertionError as err:
-        raise DataError(f"the ODE solver failed at t = {reached[0]:.6g} with the score {score_name(score)} "
-                        f"({err}): the state or the score is not finite or too large there; inputs far outside "
-                        "the data's range make the flow ill-posed") from err
+        raise DataError(
+            f"the ODE solver failed at t = {reached[0]:.6g} with the score {score_name(score)} "
+            f"({err}): the state or the score is not finite or too large there; inputs far outside "
+            "the data's range make the flow ill-posed"
+        ) from err
 
 
 def sample_sde(

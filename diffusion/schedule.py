@@ -52,8 +52,13 @@ class VPSchedule:
 
     @property
     def config(self) -> dict[str, float | str]:
-        return {"kind": self.kind, "beta_min": self.beta_min, "beta_max": self.beta_max,
-                "cosine_offset": self.cosine_offset, "t_max": self.t_max}
+        return {
+            "kind": self.kind,
+            "beta_min": self.beta_min,
+            "beta_max": self.beta_max,
+            "cosine_offset": self.cosine_offset,
+            "t_max": self.t_max,
+        }
 
     def _t(self, t: Tensor | float) -> Tensor:
         return t if isinstance(t, Tensor) else torch.tensor(float(t), dtype=torch.get_default_dtype())

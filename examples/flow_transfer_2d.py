@@ -110,8 +110,7 @@ print(f"no-transfer fit: {no_transfer.history.steps_done} steps")
 
 # %%
 models = {"source_as_is": source_model, "no_transfer": no_transfer, "transfer": transfer}
-kls = {name: kl_to_task(task, m, n=N_EVAL, generator=torch.Generator().manual_seed(123))
-       for name, m in models.items()}
+kls = {name: kl_to_task(task, m, n=N_EVAL, generator=torch.Generator().manual_seed(123)) for name, m in models.items()}
 for name, est in kls.items():
     print(f"KL {name:<13s} = {est.value:.4f} +- {est.se:.4f} nats (n={est.n})")
 print(f"transfer / no-transfer KL ratio: {kls['transfer'].value / kls['no_transfer'].value:.3f}")
@@ -123,8 +122,11 @@ print(f"transfer / no-transfer KL ratio: {kls['transfer'].value / kls['no_transf
 
 # %%
 conditions = task.sample_c(3, torch.Generator().manual_seed(7))
-columns = [("source_as_is", "before: source head as is"), ("no_transfer", f"before: no transfer (n_t={N_T})"),
-           ("transfer", f"after: transfer (n_t={N_T})")]
+columns = [
+    ("source_as_is", "before: source head as is"),
+    ("no_transfer", f"before: no transfer (n_t={N_T})"),
+    ("transfer", f"after: transfer (n_t={N_T})"),
+]
 colors = {"source_as_is": "tab:gray", "no_transfer": "tab:red", "transfer": "tab:blue"}
 n_draws = 400
 true_means = task.conditional(conditions, "target").means[:, 0].numpy()

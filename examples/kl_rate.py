@@ -67,8 +67,9 @@ if FAST:
     config.source_train = config.source_train.replace(steps=40, eval_every=20)
     config.target_train = config.target_train.replace(steps=30, eval_every=10)
 FLOOR_TRAIN = TrainConfig(steps=40 if FAST else 600, batch_size=512, eval_every=20 if FAST else 100, patience=5)
-print(f"mode: {'FAST (tiny steps, numbers meaningless)' if FAST else 'full'}; n_s = {N_S}, n_t in {N_TS}, "
-      f"seeds {SEEDS}")
+print(
+    f"mode: {'FAST (tiny steps, numbers meaningless)' if FAST else 'full'}; n_s = {N_S}, n_t in {N_TS}, seeds {SEEDS}"
+)
 
 # %% [markdown]
 # ## The prediction
@@ -97,26 +98,35 @@ for seed in SEEDS:
         seeded = tuned_transfer_config("flow_transfer")
         seeded.source_train = config.source_train.replace(seed=seed)
         seeded.target_train = config.target_train.replace(seed=seed)
-        fits = fit_variants(head_factory, source, target, seeded, variants=("transfer", "no_transfer"),
-                            source_model=source_model)
+        fits = fit_variants(
+            head_factory, source, target, seeded, variants=("transfer", "no_transfer"), source_model=source_model
+        )
         if source_model is None:
             source_model = fits["source"].model
             source_model.encoder.freeze()
-            floor_model = fit_floor_model(task, source_model, head_factory, n=FLOOR_N,
-                                          train=FLOOR_TRAIN.replace(seed=seed),
-                                          generator=torch.Generator().manual_seed(10_000 + seed))
+            floor_model = fit_floor_model(
+                task,
+                source_model,
+                head_factory,
+                n=FLOOR_N,
+                train=FLOOR_TRAIN.replace(seed=seed),
+                generator=torch.Generator().manual_seed(10_000 + seed),
+            )
         evaluation = torch.Generator().manual_seed(20_000 + seed)  # one evaluation sample per seed: paired
         split = kl_split(task, fits["transfer"].model, floor_model, n=N_EVAL, generator=evaluation)
-        nt_kl = kl_to_task(task, fits["no_transfer"].model, n=N_EVAL,
-                           generator=torch.Generator().manual_seed(20_000 + seed))
+        nt_kl = kl_to_task(
+            task, fits["no_transfer"].model, n=N_EVAL, generator=torch.Generator().manual_seed(20_000 + seed)
+        )
         floors[seed] = split.floor.value
         for variant, est in (("transfer", split.total), ("no_transfer", nt_kl)):
             kl[variant].setdefault(n_t, {})[seed] = est.value
             se[variant].setdefault(n_t, {})[seed] = est.se
         head_term.setdefault(n_t, {})[seed] = split.head.value
-        print(f"seed {seed}  n_t = {n_t:4d}:  KL transfer = {split.total.value:.4f} +- {split.total.se:.4f} "
-              f"(floor {split.floor.value:.4f}, head term {split.head.value:.4f}),  "
-              f"KL no_transfer = {nt_kl.value:.4f} +- {nt_kl.se:.4f}")
+        print(
+            f"seed {seed}  n_t = {n_t:4d}:  KL transfer = {split.total.value:.4f} +- {split.total.se:.4f} "
+            f"(floor {split.floor.value:.4f}, head term {split.head.value:.4f}),  "
+            f"KL no_transfer = {nt_kl.value:.4f} +- {nt_kl.se:.4f}"
+        )
 
 # %% [markdown]
 # ## Fit the slopes
@@ -136,8 +146,10 @@ def interval(fit):
 for name, fit, predicted in (("no_transfer", fit_nt, rates.no_transfer), ("transfer", fit_tr, rates.transfer)):
     quantity = "KL - floor" if name == "transfer" else "KL"
     verdict = "consistent (faster or as fast)" if fit.exponent >= predicted else "slower than predicted"
-    print(f"slope {name:<11s} ({quantity:>10s}): measured exponent = {fit.exponent:.3f}{interval(fit)}, "
-          f"predicted = {predicted:.3f}  -> {verdict}")
+    print(
+        f"slope {name:<11s} ({quantity:>10s}): measured exponent = {fit.exponent:.3f}{interval(fit)}, "
+        f"predicted = {predicted:.3f}  -> {verdict}"
+    )
 print(f"(transfer total KL, floor included: measured exponent {fit_tr_total.exponent:.3f}; the floor flattens it)")
 print(f"mean embedding floor: {np.mean(list(floors.values())):.4f} nats")
 
@@ -159,15 +171,17 @@ def ses(table):
 
 
 fig, ax = plt.subplots(figsize=(7.5, 5.2))
-series = [("no transfer: KL", means(kl["no_transfer"]), ses(se["no_transfer"]), fit_nt, rates.no_transfer,
-           "tab:red"),
-          ("transfer: KL - floor", means(head_term), ses(se["transfer"]), fit_tr, rates.transfer, "tab:blue")]
+series = [
+    ("no transfer: KL", means(kl["no_transfer"]), ses(se["no_transfer"]), fit_nt, rates.no_transfer, "tab:red"),
+    ("transfer: KL - floor", means(head_term), ses(se["transfer"]), fit_tr, rates.transfer, "tab:blue"),
+]
 handles = []
 for label, y, err, fit, predicted, color in series:
     ok = y > 0
     slopes = f"slope fitted -{fit.exponent:.2f}, predicted -{predicted:.2f}"
-    handles.append(ax.errorbar(n[ok], y[ok], yerr=err[ok], fmt="o", color=color, capsize=3,
-                               label=f"{label} ({slopes})"))
+    handles.append(
+        ax.errorbar(n[ok], y[ok], yerr=err[ok], fmt="o", color=color, capsize=3, label=f"{label} ({slopes})")
+    )
     if math.isfinite(fit.exponent):
         ax.plot(n, np.exp(fit.intercept) * n ** (-fit.exponent), "-", color=color, lw=1.2)
     if ok.any():

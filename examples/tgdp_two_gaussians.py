@@ -93,9 +93,12 @@ source_val = task.sample(N_S // 5, "source", gen).x  # held out, for early stopp
 
 # %%
 source_head = DiffusionHead(2, None, width=64, blocks=2, **TOL)
-history = train_head(source_head, source_x, config=TrainConfig(steps=SOURCE_STEPS, lr=2e-3, eval_every=100,
-                                                                patience=5, description="source"),
-                     val_x=source_val)
+history = train_head(
+    source_head,
+    source_x,
+    config=TrainConfig(steps=SOURCE_STEPS, lr=2e-3, eval_every=100, patience=5, description="source"),
+    val_x=source_val,
+)
 source_head.requires_grad_(False).eval()
 print(f"source diffusion head: {history.steps_done} steps, {history.seconds:.1f} s")
 
@@ -107,8 +110,9 @@ print(f"source diffusion head: {history.steps_done} steps, {history.seconds:.1f}
 
 # %%
 config = TGDPConfig(
-    classifier_train=TrainConfig(steps=CLASSIFIER_STEPS, lr=1e-3, optimizer="adamw", weight_decay=1e-4,
-                                 description="domain classifier"),
+    classifier_train=TrainConfig(
+        steps=CLASSIFIER_STEPS, lr=1e-3, optimizer="adamw", weight_decay=1e-4, description="domain classifier"
+    ),
     rao_blackwell=False,  # regress onto w(x_0) itself: cheaper steps than the posterior-mean target
     eta_consistency=1.0,  # + DSM of s_src + grad log h_psi on the target samples
     guidance_train=TrainConfig(steps=GUIDANCE_STEPS, lr=3e-3, description="guidance"),
@@ -128,15 +132,17 @@ print("TGDP fit: " + ", ".join(f"{k} {h.steps_done} steps {h.seconds:.1f} s" for
 ratio = fit_quadratic_log_ratio(source_x, target_x)
 kernel = KernelGuidance(source_x, ratio, schedule, dtype=torch.float32, max_rows=2000)
 kernel_score = GuidedScore(source_head.score, kernel)
-print(f"quadratic ratio: C = {ratio.strength:g}, prior factor n_s / n_t = {ratio.prior_factor:g}; "
-      f"kernel bandwidth {kernel.bandwidth:.3f} on {kernel.x.shape[0]} source rows")
+print(
+    f"quadratic ratio: C = {ratio.strength:g}, prior factor n_s / n_t = {ratio.prior_factor:g}; "
+    f"kernel bandwidth {kernel.bandwidth:.3f} on {kernel.x.shape[0]} source rows"
+)
 
 # %% [markdown]
 # ## The baseline: a diffusion model on the target samples alone ("vanilla")
 # It is trained on 80 of the 100 target samples; the other 20 are kept to choose the switch time below.
 
 # %%
-target_fit, target_held_out = target_x[: N_T * 4 // 5], target_x[N_T * 4 // 5:]
+target_fit, target_held_out = target_x[: N_T * 4 // 5], target_x[N_T * 4 // 5 :]
 vanilla = DiffusionHead(2, None, width=64, blocks=2, **TOL)
 train_head(vanilla, target_fit, config=TrainConfig(steps=SOURCE_STEPS // 2, lr=2e-3, description="target only"))
 vanilla.requires_grad_(False).eval()
@@ -151,8 +157,10 @@ vanilla.requires_grad_(False).eval()
 # %%
 choice = select_switch(kernel_score, vanilla.score, target_held_out, None, schedule)
 switched_score = choice.score(kernel_score, vanilla.score)
-print(f"switch time chosen on the held-out rows: tau = {choice.switch:g} "
-      f"(losses: {', '.join(f'{c:g}: {v:.3f}' for c, v in zip(choice.candidates, choice.losses))})")
+print(
+    f"switch time chosen on the held-out rows: tau = {choice.switch:g} "
+    f"(losses: {', '.join(f'{c:g}: {v:.3f}' for c, v in zip(choice.candidates, choice.losses))})"
+)
 
 # %% [markdown]
 # ## Learned vs exact guidance log h_t
@@ -173,10 +181,21 @@ for t in TIMES:
         by_kernel = kernel.log_h(xt, torch.full((xt.shape[0],), t))
     exact = task.log_guidance(xt, a, s)
     diff, kdiff = learned - exact, by_kernel - exact
-    mse_rows.append((t, float(diff.square().mean()), float(diff.var()), float(exact.var()), float(diff.mean()),
-                     float(kdiff.var()), float(kdiff.mean())))
-    print(f"t = {t:.2f}: MSE log h = {mse_rows[-1][1]:.4f}, MSE up to a constant = {mse_rows[-1][2]:.4f} "
-          f"(kernel guidance: {mse_rows[-1][5]:.4f}; variance of the exact log h_t: {mse_rows[-1][3]:.4f})")
+    mse_rows.append(
+        (
+            t,
+            float(diff.square().mean()),
+            float(diff.var()),
+            float(exact.var()),
+            float(diff.mean()),
+            float(kdiff.var()),
+            float(kdiff.mean()),
+        )
+    )
+    print(
+        f"t = {t:.2f}: MSE log h = {mse_rows[-1][1]:.4f}, MSE up to a constant = {mse_rows[-1][2]:.4f} "
+        f"(kernel guidance: {mse_rows[-1][5]:.4f}; variance of the exact log h_t: {mse_rows[-1][3]:.4f})"
+    )
 
 # Along the line x = (0.5, u): the target mode (0.5, -0.5) at u = -0.5, the source mode (0.5, 0.5) at u = +0.5.
 u = torch.linspace(-1.6, 1.6, 161)
@@ -212,11 +231,17 @@ print(f"saved {path}")
 # learned models, KL(q || model) through the probability-flow likelihood (exact divergence).
 
 # %%
-exact_guided = GuidedScore(source_head.score, FunctionGuidance(
-    lambda x, t, c: task.log_guidance(x, schedule.alpha(t), schedule.sigma(t))))
-scores = {"source model as is": source_head.score, "target only (vanilla)": vanilla.score,
-          "TGDP, learned guidance": tgdp.score, "TGDP, kernel guidance": kernel_score,
-          "kernel + switch": switched_score, "TGDP, exact guidance": exact_guided}
+exact_guided = GuidedScore(
+    source_head.score, FunctionGuidance(lambda x, t, c: task.log_guidance(x, schedule.alpha(t), schedule.sigma(t)))
+)
+scores = {
+    "source model as is": source_head.score,
+    "target only (vanilla)": vanilla.score,
+    "TGDP, learned guidance": tgdp.score,
+    "TGDP, kernel guidance": kernel_score,
+    "kernel + switch": switched_score,
+    "TGDP, exact guidance": exact_guided,
+}
 x1 = torch.randn(N_SAMPLES, 2, generator=torch.Generator().manual_seed(2))
 truth = task.sample(N_SAMPLES, "target", torch.Generator().manual_seed(3)).x
 samples, mmds = {}, {}
@@ -228,8 +253,13 @@ with torch.no_grad():  # the guided score takes grad log h locally; no graph is 
 kl_x = task.sample(N_KL, "target", torch.Generator().manual_seed(4)).x
 log_q = task.log_prob(kl_x.double(), "target").double()
 kls = {}
-for name in ("source model as is", "target only (vanilla)", "TGDP, learned guidance", "TGDP, kernel guidance",
-             "kernel + switch"):
+for name in (
+    "source model as is",
+    "target only (vanilla)",
+    "TGDP, learned guidance",
+    "TGDP, kernel guidance",
+    "kernel + switch",
+):
     log_model = probability_flow_log_prob(scores[name], kl_x, schedule, divergence="exact", **TOL)
     kls[name] = monte_carlo_kl(log_q, log_model.detach())
 for name in scores:
@@ -251,8 +281,9 @@ for ax, (name, x) in zip(axes, samples.items()):
     ax.set_xlabel("x[0]")
     ax.set_xlim(-1.8, 1.8)
     ax.set_ylim(-1.8, 1.8)
-axes[1].scatter(target_fit[:, 0], target_fit[:, 1], s=12, marker="x", color="tab:red",
-                label=f"{target_fit.shape[0]} target samples")
+axes[1].scatter(
+    target_fit[:, 0], target_fit[:, 1], s=12, marker="x", color="tab:red", label=f"{target_fit.shape[0]} target samples"
+)
 axes[0].set_ylabel("x[1]")
 axes[0].plot([], [], color="k", lw=0.8, label="target density q")
 axes[0].plot([], [], color="tab:orange", lw=0.7, label="source density p")

@@ -21,6 +21,15 @@ from .backends import (
 from .head import FlowDistribution, FlowHead, make_flow_head
 
 __all__ = [
-    "BACKENDS", "DEFAULT_TRANSFORM", "SPLINE_TRANSFORMS", "TRANSFORMS", "FlowDistribution", "FlowHead", "FlowModule", "FlowSpec",
-    "build_flow", "check_backend", "make_flow_head",
+    "BACKENDS",
+    "DEFAULT_TRANSFORM",
+    "SPLINE_TRANSFORMS",
+    "TRANSFORMS",
+    "FlowDistribution",
+    "FlowHead",
+    "FlowModule",
+    "FlowSpec",
+    "build_flow",
+    "check_backend",
+    "make_flow_head",
 ]

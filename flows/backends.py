@@ -49,8 +49,17 @@ from shared_embed.rng import global_rng_from
 from shared_embed.validation import check_choice
 
 __all__ = [
-    "BACKENDS", "DEFAULT_TRANSFORM", "SPLINE_TRANSFORMS", "TRANSFORMS", "Builder", "FlowModule", "FlowSpec",
-    "NflowsFlow", "ZukoFlow", "build_flow", "check_backend",
+    "BACKENDS",
+    "DEFAULT_TRANSFORM",
+    "SPLINE_TRANSFORMS",
+    "TRANSFORMS",
+    "Builder",
+    "FlowModule",
+    "FlowSpec",
+    "NflowsFlow",
+    "ZukoFlow",
+    "build_flow",
+    "check_backend",
 ]
 
 
@@ -106,7 +115,9 @@ class ZukoFlow(FlowModule):
     def rsample(self, n: int, context: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
         dist = self.flow(context)
         like = next(self.flow.parameters(), None)
-        with global_rng_from(generator, torch.device("cpu") if like is None else like.device):  # zuko takes no generator
+        with global_rng_from(
+            generator, torch.device("cpu") if like is None else like.device
+        ):  # zuko takes no generator
             return dist.rsample((n,)) if context is None else dist.rsample()
 
 
@@ -137,8 +148,15 @@ def _zuko_kwargs(spec: FlowSpec) -> dict:
 def _zuko_spline(spec: FlowSpec, passes: int | None) -> FlowModule:
     univariate = partial(MonotonicRQSTransform, bound=spec.tail_bound, slope=1e-3)
     shapes = [(spec.bins,), (spec.bins,), (spec.bins - 1,)]
-    flow = zuko.flows.MAF(spec.features, spec.context_features or 0, spec.transforms, passes=passes,
-                          univariate=univariate, shapes=shapes, **_zuko_kwargs(spec))
+    flow = zuko.flows.MAF(
+        spec.features,
+        spec.context_features or 0,
+        spec.transforms,
+        passes=passes,
+        univariate=univariate,
+        shapes=shapes,
+        **_zuko_kwargs(spec),
+    )
     return ZukoFlow(flow, spec)
 
 
@@ -163,8 +181,10 @@ def _zuko_realnvp(spec: FlowSpec) -> FlowModule:
 
 
 def _zuko_cnf(spec: FlowSpec) -> FlowModule:
-    blocks = [zuko.flows.FFJTransform(spec.features, spec.context_features or 0, exact=True, **_zuko_kwargs(spec))
-              for _ in range(spec.transforms)]
+    blocks = [
+        zuko.flows.FFJTransform(spec.features, spec.context_features or 0, exact=True, **_zuko_kwargs(spec))
+        for _ in range(spec.transforms)
+    ]
     base = zuko.flows.UnconditionalDistribution(
         zuko.distributions.DiagNormal, torch.zeros(spec.features), torch.ones(spec.features), buffer=True
     )
@@ -178,8 +198,12 @@ def _nflows_made_kwargs(spec: FlowSpec) -> dict:
             f"the nflows backend uses one hidden width (MADE / residual blocks), got hidden={list(spec.hidden)}; "
             "give equal widths, e.g. (64, 64)"
         )
-    return {"hidden_features": spec.hidden[0], "num_blocks": len(spec.hidden), "use_residual_blocks": True,
-            "activation": ACTIVATIONS[spec.activation]()}
+    return {
+        "hidden_features": spec.hidden[0],
+        "num_blocks": len(spec.hidden),
+        "use_residual_blocks": True,
+        "activation": ACTIVATIONS[spec.activation](),
+    }
 
 
 def _nflows_stack(layers: list, spec: FlowSpec) -> FlowModule:
@@ -195,8 +219,12 @@ def _nflows_stack(layers: list, spec: FlowSpec) -> FlowModule:
 def _nflows_spline_ar(spec: FlowSpec) -> FlowModule:
     layers = [
         MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
-            spec.features, context_features=spec.context_features, num_bins=spec.bins, tails="linear",
-            tail_bound=spec.tail_bound, **_nflows_made_kwargs(spec),
+            spec.features,
+            context_features=spec.context_features,
+            num_bins=spec.bins,
+            tails="linear",
+            tail_bound=spec.tail_bound,
+            **_nflows_made_kwargs(spec),
         )
         for _ in range(spec.transforms)
     ]
@@ -205,8 +233,9 @@ def _nflows_spline_ar(spec: FlowSpec) -> FlowModule:
 
 def _nflows_affine_ar(spec: FlowSpec) -> FlowModule:
     layers = [
-        MaskedAffineAutoregressiveTransform(spec.features, context_features=spec.context_features,
-                                            **_nflows_made_kwargs(spec))
+        MaskedAffineAutoregressiveTransform(
+            spec.features, context_features=spec.context_features, **_nflows_made_kwargs(spec)
+        )
         for _ in range(spec.transforms)
     ]
     return _nflows_stack(layers, spec)
@@ -217,14 +246,23 @@ def _nflows_spline_coupling(spec: FlowSpec) -> FlowModule:
     made = _nflows_made_kwargs(spec)
 
     def net(in_features: int, out_features: int) -> nn.Module:
-        return ResidualNet(in_features, out_features, made["hidden_features"], spec.context_features,
-                           num_blocks=made["num_blocks"], activation=made["activation"])
+        return ResidualNet(
+            in_features,
+            out_features,
+            made["hidden_features"],
+            spec.context_features,
+            num_blocks=made["num_blocks"],
+            activation=made["activation"],
+        )
 
     layers = []
     for i in range(spec.transforms):
         mask = (torch.arange(spec.features) % 2 == i % 2).to(torch.int64) * 2 - 1  # +1 transformed, -1 kept
-        layers.append(PiecewiseRationalQuadraticCouplingTransform(
-            mask, net, num_bins=spec.bins, tails="linear", tail_bound=spec.tail_bound))
+        layers.append(
+            PiecewiseRationalQuadraticCouplingTransform(
+                mask, net, num_bins=spec.bins, tails="linear", tail_bound=spec.tail_bound
+            )
+        )
     return _nflows_stack(layers, spec)
 
 

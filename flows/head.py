@@ -76,8 +76,15 @@ class FlowHead(Head):
         for i, h in enumerate(hidden):
             check_positive_int(f"hidden[{i}]", h)
         check_positive_int("bins", bins, minimum=2)
-        spec = FlowSpec(features, context_features, transforms, hidden, bins,
-                        check_positive_float("tail_bound", tail_bound), activation)
+        spec = FlowSpec(
+            features,
+            context_features,
+            transforms,
+            hidden,
+            bins,
+            check_positive_float("tail_bound", tail_bound),
+            activation,
+        )
         self.spec = spec
         self.flow: FlowModule = build_flow(backend, transform, spec)
 

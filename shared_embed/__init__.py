@@ -41,16 +41,28 @@ _EXPORTS: dict[str, str] = {
     "resolve_device": "device",
     "BatchedConditional": "distribution",
     **dict.fromkeys(("Encoder", "FixedEmbedding"), "encoder"),
-    **dict.fromkeys(("CheckpointError", "ConfigError", "DataError", "DTypeError", "GentransferError", "ShapeError",
-                     "TrainingDivergedError"), "errors"),
+    **dict.fromkeys(
+        (
+            "CheckpointError",
+            "ConfigError",
+            "DataError",
+            "DTypeError",
+            "GentransferError",
+            "ShapeError",
+            "TrainingDivergedError",
+        ),
+        "errors",
+    ),
     "GaussianHead": "gaussian",
     "LinearGaussianHead": "linear_gaussian",
     **dict.fromkeys(("HEADS", "Head", "build_head", "register_head"), "head"),
     **dict.fromkeys(("ConditionalDistribution", "ConditionalModel"), "model"),
     "Standardizer": "standardize",
     **dict.fromkeys(("TrainConfig", "TrainHistory", "evaluate_loss", "fit"), "train"),
-    **dict.fromkeys(("VARIANTS", "FitResult", "TransferConfig", "fit_source", "fit_target_head", "fit_variants",
-                     "train_model"), "transfer"),
+    **dict.fromkeys(
+        ("VARIANTS", "FitResult", "TransferConfig", "fit_source", "fit_target_head", "fit_variants", "train_model"),
+        "transfer",
+    ),
 }
 
 __all__ = sorted(_EXPORTS)

@@ -162,8 +162,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], di
         raise CheckpointError(f"{path} has a corrupted config: {err}") from err
     for name, value in (("config", config), ("extra", extra)):
         if not isinstance(value, dict):
-            raise CheckpointError(f"{path} has a malformed {name}: expected a JSON object, got a JSON "
-                                  f"{type(value).__name__}")
+            raise CheckpointError(
+                f"{path} has a malformed {name}: expected a JSON object, got a JSON {type(value).__name__}"
+            )
     return tensors, config, extra
 
 
@@ -176,8 +177,10 @@ def check_tensors(path: str | os.PathLike[str], stored: dict[str, Tensor], wante
             raise CheckpointError(f"{path}: tensor {name!r} has dtype {t.dtype}, the model needs {want.dtype}")
         if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
-            raise CheckpointError(f"{path}: tensor {name!r} holds {bad} NaN or inf value(s) of {t.numel()}; "
-                                  "a checkpoint's weights must be finite")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} holds {bad} NaN or inf value(s) of {t.numel()}; "
+                "a checkpoint's weights must be finite"
+            )
 
 
 def config_diff(expected: Any, found: Any, prefix: str = "", found_name: str = "checkpoint") -> list[str]:
@@ -199,8 +202,13 @@ def config_diff(expected: Any, found: Any, prefix: str = "", found_name: str = "
     return [] if expected == found else [f"{prefix or 'config'}: expected {expected!r}, {found_name} has {found!r}"]
 
 
-def load_module_state(path: str | os.PathLike[str], module: nn.Module, expected_config: dict[str, Any], *,
-                      normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict:
+def load_module_state(
+    path: str | os.PathLike[str],
+    module: nn.Module,
+    expected_config: dict[str, Any],
+    *,
+    normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> dict:
     """Load weights into ``module`` after checking the stored config equals ``expected_config``.
 
     ``normalize`` maps the stored config first (e.g. drops keys an older version kept that are no longer part of

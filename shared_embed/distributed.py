@@ -28,7 +28,11 @@ from .device import resolve_device
 from .errors import ConfigError
 
 __all__ = [
-    "TORCHRUN_VARIABLES", "Session", "distributed_session", "init_distributed", "launched_by_torchrun",
+    "TORCHRUN_VARIABLES",
+    "Session",
+    "distributed_session",
+    "init_distributed",
+    "launched_by_torchrun",
     "shutdown_distributed",
 ]
 

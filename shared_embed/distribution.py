@@ -55,8 +55,14 @@ class BatchedConditional(Distribution):
     arg_constraints: dict[str, constraints.Constraint] = {}
     support = constraints.real_vector
 
-    def __init__(self, features: int, context: Tensor | None, log_prob_rows: LogProbRows, sample_rows: SampleRows,
-                 has_rsample: bool = False) -> None:
+    def __init__(
+        self,
+        features: int,
+        context: Tensor | None,
+        log_prob_rows: LogProbRows,
+        sample_rows: SampleRows,
+        has_rsample: bool = False,
+    ) -> None:
         self.context = context
         self._log_prob_rows = log_prob_rows
         self._sample_rows = sample_rows
@@ -85,20 +91,29 @@ class BatchedConditional(Distribution):
         check_generator(generator)
         m = shape.numel()
         if m == 0:
-            raise ShapeError(f"sample_shape {tuple(sample_shape)} with batch shape {tuple(self.batch_shape)} "
-                             "asks for no draws")
+            raise ShapeError(
+                f"sample_shape {tuple(sample_shape)} with batch shape {tuple(self.batch_shape)} asks for no draws"
+            )
         ctx = None if self.context is None else flatten_rows(self.context, shape)
         return self._sample_rows(m, ctx, generator, reparameterized).reshape(*shape, self.features)
 
-    def rsample(self, sample_shape: Sequence[int] = torch.Size(), *,  # type: ignore[override]
-                generator: torch.Generator | None = None) -> Tensor:
+    def rsample(
+        self,
+        sample_shape: Sequence[int] = torch.Size(),
+        *,  # type: ignore[override]
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """(*sample_shape, *batch_shape, d) draws that carry gradients to the parameters."""
         if not self._has_rsample:
             raise NotImplementedError("this model has no reparameterised sampler (has_rsample is False); use sample")
         return self._draw(sample_shape, generator, True)
 
-    def sample(self, sample_shape: Sequence[int] = torch.Size(), *,  # type: ignore[override]
-               generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self,
+        sample_shape: Sequence[int] = torch.Size(),
+        *,  # type: ignore[override]
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """(*sample_shape, *batch_shape, d) draws without gradients."""
         with torch.no_grad():
             return self._draw(sample_shape, generator, False)

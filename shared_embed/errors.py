@@ -8,7 +8,13 @@ the built-in type a user would catch anyway (``ValueError``, ``TypeError``, ``Ru
 from __future__ import annotations
 
 __all__ = [
-    "CheckpointError", "ConfigError", "DTypeError", "DataError", "FolderBusyError", "GentransferError", "PremiseWarning",
+    "CheckpointError",
+    "ConfigError",
+    "DTypeError",
+    "DataError",
+    "FolderBusyError",
+    "GentransferError",
+    "PremiseWarning",
     "ShapeError",
     "TrainingDivergedError",
 ]

@@ -67,12 +67,14 @@ class Head(nn.Module, ABC):
         """Log-density (n,) of x (n, features) given context (n, context_features) or None."""
 
     @abstractmethod
-    def sample(self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None,
-               **options: Any) -> Tensor:
+    def sample(
+        self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None, **options: Any
+    ) -> Tensor:
         """Draw (n, features); context is None, (context_features,) shared, or (n, context_features)."""
 
-    def rsample(self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None,
-                **options: Any) -> Tensor:
+    def rsample(
+        self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None, **options: Any
+    ) -> Tensor:
         """Like :meth:`sample`, with gradients to the parameters (heads with ``has_rsample`` only)."""
         raise NotImplementedError(
             f"{type(self).__name__} has no reparameterised sampler (has_rsample is False); use sample()"
@@ -107,8 +109,10 @@ class Head(nn.Module, ABC):
         if unknown:
             valid = ", ".join(sorted(known)) or "none"
             raise ConfigError(f"unknown option(s) {unknown} for {cls.__name__}; valid options: {valid}")
-        return ({k: v for k, v in options.items() if k in cls.SAMPLE_OPTIONS},
-                {k: v for k, v in options.items() if k in cls.LOG_PROB_OPTIONS})
+        return (
+            {k: v for k, v in options.items() if k in cls.SAMPLE_OPTIONS},
+            {k: v for k, v in options.items() if k in cls.LOG_PROB_OPTIONS},
+        )
 
     # -- helpers for subclasses ------------------------------------------------------------------
     def check_inputs(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor | None]:

@@ -129,4 +129,3 @@ class LinearGaussianHead(Head):
     def nll(self, x: Tensor, context: Tensor | None = None) -> float:
         """Mean negative log-likelihood on (x, context), in nats per row."""
         return float(-self.log_prob(x, context).mean())
-

@@ -119,8 +119,14 @@ class ConditionalModel(nn.Module):
     def _log_prob_rows(self, x: Tensor, h: Tensor | None, options: dict[str, Any]) -> Tensor:
         return self.head.log_prob(self.x_scaler(x), h, **options) + self.x_scaler.log_abs_det()
 
-    def _sample_rows(self, n: int, h: Tensor | None, generator: torch.Generator | None, reparameterized: bool,
-                     options: dict[str, Any]) -> Tensor:
+    def _sample_rows(
+        self,
+        n: int,
+        h: Tensor | None,
+        generator: torch.Generator | None,
+        reparameterized: bool,
+        options: dict[str, Any],
+    ) -> Tensor:
         draw = self.head.rsample if reparameterized else self.head.sample
         return self.x_scaler.inverse(draw(n, h, generator=generator, **options))
 
@@ -158,8 +164,9 @@ class ConditionalModel(nn.Module):
         h = self.embed(c)
         return None if h is None else h.expand(n, -1)
 
-    def sample(self, n: int, c: Tensor | None = None, *, generator: torch.Generator | None = None,
-               **options: Any) -> Tensor:
+    def sample(
+        self, n: int, c: Tensor | None = None, *, generator: torch.Generator | None = None, **options: Any
+    ) -> Tensor:
         """n draws (n, d_x): c None (unconditional), one condition (d_c,) or (1, d_c) shared by all n draws, or
         (n, d_c), one condition per draw. n draws from each of k conditions: ``model(c).sample((n,))`` -> (n, k, d_x).
 
@@ -171,8 +178,9 @@ class ConditionalModel(nn.Module):
         with torch.no_grad():
             return self._sample_rows(n, self._shared_context(n, c), generator, False, sample_kw)
 
-    def rsample(self, n: int, c: Tensor | None = None, *, generator: torch.Generator | None = None,
-                **options: Any) -> Tensor:
+    def rsample(
+        self, n: int, c: Tensor | None = None, *, generator: torch.Generator | None = None, **options: Any
+    ) -> Tensor:
         """Like :meth:`sample`, with gradients to the parameters (heads with ``has_rsample``, e.g. flows)."""
         if not self.head.has_rsample:
             raise NotImplementedError(f"{type(self.head).__name__} has no reparameterised sampler; use sample()")
@@ -190,8 +198,11 @@ class ConditionalModel(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         if self.encoder is not None and not isinstance(self.encoder, Encoder):
-            enc: dict[str, Any] | None = {"fixed": True, "in_features": self.encoder.in_features,
-                                          "out_features": self.encoder.out_features}
+            enc: dict[str, Any] | None = {
+                "fixed": True,
+                "in_features": self.encoder.in_features,
+                "out_features": self.encoder.out_features,
+            }
         else:
             enc = None if self.encoder is None else self.encoder.config
         return {
@@ -220,8 +231,13 @@ class ConditionalModel(nn.Module):
         return self
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str | torch.device | None = None, *,
-             identity: dict[str, Any] | None = None) -> ConditionalModel:
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        device: str | torch.device | None = None,
+        *,
+        identity: dict[str, Any] | None = None,
+    ) -> ConditionalModel:
         """Rebuild a model from its checkpoint alone, in eval mode with its training history, on ``device``
         (default: CPU). The head's package must be imported (``flows``, ``diffusion``).
 
@@ -231,15 +247,19 @@ class ConditionalModel(nn.Module):
         target = resolve_device("cpu" if device is None else device)
         tensors, config, extra = load_checkpoint(path)
         if identity is not None and extra.get("identity") != json.loads(json.dumps(identity)):
-            raise CheckpointError(f"{path} was fitted for {extra.get('identity')}, not for {identity}: a model of "
-                                  "another fit is never used")
+            raise CheckpointError(
+                f"{path} was fitted for {extra.get('identity')}, not for {identity}: a model of "
+                "another fit is never used"
+            )
         if config.get("model") != "ConditionalModel":
             raise CheckpointError(f"{path} does not hold a ConditionalModel (config 'model'={config.get('model')!r})")
         enc_cfg = config.get("encoder")
         if enc_cfg is not None and not isinstance(enc_cfg, dict):
             raise CheckpointError(f"{path} has a malformed model config: 'encoder' is {type(enc_cfg).__name__}")
         if enc_cfg is not None and enc_cfg.get("fixed"):
-            raise CheckpointError(f"{path} wraps a fixed (oracle) embedding: rebuild it from its task, then load_weights")
+            raise CheckpointError(
+                f"{path} wraps a fixed (oracle) embedding: rebuild it from its task, then load_weights"
+            )
         _check_encoder_size(path, enc_cfg, tensors)
         try:
             with torch.device("meta"):  # sizes first: a config asking for huge modules allocates nothing
@@ -264,8 +284,9 @@ class ConditionalModel(nn.Module):
             raise CheckpointError(f"{path} has a malformed model config: {type(err).__name__}: {err}") from err
 
 
-def _check_encoder_size(path: str | os.PathLike[str], enc_cfg: dict[str, Any] | None,
-                        stored: dict[str, Tensor]) -> None:
+def _check_encoder_size(
+    path: str | os.PathLike[str], enc_cfg: dict[str, Any] | None, stored: dict[str, Tensor]
+) -> None:
     """An encoder config must not ask for more hidden layers than there are stored tensors, nor for a width larger
     than every stored dimension: refused in microseconds, before any module (even on the meta device) is built."""
     hidden = (enc_cfg or {}).get("hidden")
@@ -273,22 +294,31 @@ def _check_encoder_size(path: str | os.PathLike[str], enc_cfg: dict[str, Any] | 
         return
     limit = max([1, *(max(t.shape, default=1) for t in stored.values())])
     if len(hidden) > len(stored):
-        raise CheckpointError(f"{path}: config field encoder.hidden lists {len(hidden)} layers, more than the "
-                              f"{len(stored)} stored tensors: the config does not describe these weights")
+        raise CheckpointError(
+            f"{path}: config field encoder.hidden lists {len(hidden)} layers, more than the "
+            f"{len(stored)} stored tensors: the config does not describe these weights"
+        )
     for i, width in enumerate(hidden):
         if isinstance(width, int) and not isinstance(width, bool) and width > limit:
-            raise CheckpointError(f"{path}: config field encoder.hidden[{i}] = {width} exceeds every stored tensor "
-                                  f"dimension ({limit}): the config does not describe these weights")
+            raise CheckpointError(
+                f"{path}: config field encoder.hidden[{i}] = {width} exceeds every stored tensor "
+                f"dimension ({limit}): the config does not describe these weights"
+            )
 
 
 def _check_shapes(path: str | os.PathLike[str], wanted: dict[str, Tensor], stored: dict[str, Tensor]) -> None:
     """The module a config describes (built on the meta device) must have exactly the stored tensors' shapes."""
-    diff = sorted(k for k in set(wanted) | set(stored)
-                  if k not in wanted or k not in stored or tuple(wanted[k].shape) != tuple(stored[k].shape))
+    diff = sorted(
+        k
+        for k in set(wanted) | set(stored)
+        if k not in wanted or k not in stored or tuple(wanted[k].shape) != tuple(stored[k].shape)
+    )
     if diff:
         size = sum(t.numel() for t in wanted.values())
-        raise CheckpointError(f"{path}: its config describes a model of {size} numbers whose tensors do not match "
-                              f"the {len(stored)} stored ones (first differences: {diff[:3]})")
+        raise CheckpointError(
+            f"{path}: its config describes a model of {size} numbers whose tensors do not match "
+            f"the {len(stored)} stored ones (first differences: {diff[:3]})"
+        )
 
 
 def _check_sizes(path: str | os.PathLike[str], config: Any, stored: dict[str, Tensor]) -> None:
@@ -305,8 +335,10 @@ def _check_sizes(path: str | os.PathLike[str], config: Any, stored: dict[str, Te
             for i, v in enumerate(node):
                 walk(v, f"{key}[{i}]")
         elif isinstance(node, int) and not isinstance(node, bool) and node > limit:
-            raise CheckpointError(f"{path}: config field {key} = {node} exceeds every stored tensor dimension "
-                                  f"({limit}): the config does not describe these weights")
+            raise CheckpointError(
+                f"{path}: config field {key} = {node} exceeds every stored tensor dimension "
+                f"({limit}): the config does not describe these weights"
+            )
 
     walk(config, "")
 

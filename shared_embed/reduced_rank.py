@@ -34,8 +34,10 @@ def inverse_sqrt(cov: Tensor) -> Tensor:
     """The symmetric inverse square root of a positive-definite matrix (d, d)."""
     values, vectors = torch.linalg.eigh(cov)
     if not bool((values > 0).all()):
-        raise DataError("a covariance in the reduced-rank fit is singular: a column of c or x is constant "
-                        "or the rows are linearly dependent")
+        raise DataError(
+            "a covariance in the reduced-rank fit is singular: a column of c or x is constant "
+            "or the rows are linearly dependent"
+        )
     return (vectors * values.rsqrt()) @ vectors.T
 
 
@@ -55,8 +57,10 @@ def canonical_row_space(c: Tensor, x: Tensor, rank: int) -> Tensor:
     n, d_c = c.shape
     d_x = x.shape[1]
     if rank > min(d_c, d_x):
-        raise ShapeError(f"rank must be <= min(d_c, d_x) = {min(d_c, d_x)} (a linear-Gaussian source head "
-                         f"identifies at most d_x directions of c), got rank={rank}")
+        raise ShapeError(
+            f"rank must be <= min(d_c, d_x) = {min(d_c, d_x)} (a linear-Gaussian source head "
+            f"identifies at most d_x directions of c), got rank={rank}"
+        )
     if n <= d_c + d_x:
         raise DataError(f"a reduced-rank fit needs more than d_c + d_x = {d_c + d_x} rows, got n={n}")
     cd, xd = c.to(torch.float64), x.to(torch.float64)

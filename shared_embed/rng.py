@@ -31,7 +31,8 @@ def global_rng_from(generator: torch.Generator | None, device: torch.device) -> 
         return
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
     accelerator = device.type != "cpu"
-    with torch.random.fork_rng(devices=[device] if accelerator else [],
-                               device_type=device.type if accelerator else None):
+    with torch.random.fork_rng(
+        devices=[device] if accelerator else [], device_type=device.type if accelerator else None
+    ):
         torch.manual_seed(seed)
         yield

@@ -207,8 +207,15 @@ def _global_loss(loss: Tensor, world: int) -> float:
     return float(logged / world)
 
 
-def _rank_batches(train_data: tuple[Tensor, ...], n: int, local_batch: int, batch_gen: torch.Generator,
-                  rank: int, world: int, distributed: bool) -> Any:
+def _rank_batches(
+    train_data: tuple[Tensor, ...],
+    n: int,
+    local_batch: int,
+    batch_gen: torch.Generator,
+    rank: int,
+    world: int,
+    distributed: bool,
+) -> Any:
     """One epoch's batches of this rank: every rank draws the same permutation of the whole set, then keeps
     its own interleaved share."""
     perm = torch.randperm(n, generator=batch_gen)
@@ -219,8 +226,14 @@ def _rank_batches(train_data: tuple[Tensor, ...], n: int, local_batch: int, batc
 class _Checkpointer:
     """Periodic training-state checkpoints (rank 0 writes) and exact resume from them."""
 
-    def __init__(self, config: TrainConfig, module: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, rank: int) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        rank: int,
+    ) -> None:
         self.config, self.module, self.optimizer, self.scheduler, self.rank = config, module, optimizer, scheduler, rank
         self.path = Path(config.checkpoint_path) if config.checkpoint_path else None
 
@@ -249,19 +262,29 @@ class _Checkpointer:
         if self.path is None or self.rank != 0:
             return
         tensors, extra = flatten_training_state(
-            module=self.module.state_dict(), optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(), torch_rng=torch.get_rng_state(),
-            epoch_gen_state=state.epoch_gen_state, best_state=state.best_state,
+            module=self.module.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            torch_rng=torch.get_rng_state(),
+            epoch_gen_state=state.epoch_gen_state,
+            best_state=state.best_state,
         )
-        extra.update(step=state.step, epoch_batch=state.epoch_batch, history=state.history.to_dict(),
-                     evals_without_gain=state.evals_without_gain, config=asdict(self.config))
-        save_checkpoint(self.path, tensors, {"kind": "training_state", "description": self.config.description},
-                        extra=extra)
+        extra.update(
+            step=state.step,
+            epoch_batch=state.epoch_batch,
+            history=state.history.to_dict(),
+            evals_without_gain=state.evals_without_gain,
+            config=asdict(self.config),
+        )
+        save_checkpoint(
+            self.path, tensors, {"kind": "training_state", "description": self.config.description}, extra=extra
+        )
         state.last_ckpt = str(self.path)
 
 
-def _validate(module: nn.Module, loss_fn: LossFn, val_data: Sequence[Tensor], config: TrainConfig,
-              state: _LoopState, bar: Any) -> None:
+def _validate(
+    module: nn.Module, loss_fn: LossFn, val_data: Sequence[Tensor], config: TrainConfig, state: _LoopState, bar: Any
+) -> None:
     """Evaluate the validation loss; keep the best weights; count evaluations without gain (early stopping)."""
     history = state.history
     module.eval()
@@ -279,9 +302,15 @@ def _validate(module: nn.Module, loss_fn: LossFn, val_data: Sequence[Tensor], co
             history.stopped_early = True
 
 
-def _step(runner: nn.Module, batch: Sequence[Tensor], optimizer: torch.optim.Optimizer,
-          scheduler: torch.optim.lr_scheduler.LRScheduler, params: list[nn.Parameter], config: TrainConfig,
-          state: _LoopState) -> tuple[Tensor, float]:
+def _step(
+    runner: nn.Module,
+    batch: Sequence[Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    params: list[nn.Parameter],
+    config: TrainConfig,
+    state: _LoopState,
+) -> tuple[Tensor, float]:
     """One optimiser step on ``batch``: (the loss, its value); TrainingDivergedError on a NaN/inf loss or
     gradient norm."""
     loss = runner(*batch)
@@ -304,9 +333,9 @@ def _step(runner: nn.Module, batch: Sequence[Tensor], optimizer: torch.optim.Opt
     return loss, loss_value
 
 
-def _check_inputs(module: nn.Module, train_data: Sequence[Tensor], val_data: Sequence[Tensor] | None,
-                  world: int, config: TrainConfig) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...] | None, int,
-                                                            list[nn.Parameter]]:
+def _check_inputs(
+    module: nn.Module, train_data: Sequence[Tensor], val_data: Sequence[Tensor] | None, world: int, config: TrainConfig
+) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...] | None, int, list[nn.Parameter]]:
     """(train data, val data, rows, trainable parameters), each checked."""
     train_data = tuple(train_data)
     n = check_same_rows(train_data, "train_data")
@@ -371,10 +400,18 @@ def fit(
     checkpoints.resume(state)
 
     start_time = time.perf_counter()
-    bar = progress_bar(enabled=_show_progress(config, rank), total=config.steps, initial=state.step,
-                       desc=config.description, leave=False, dynamic_ncols=True)
+    bar = progress_bar(
+        enabled=_show_progress(config, rank),
+        total=config.steps,
+        initial=state.step,
+        desc=config.description,
+        leave=False,
+        dynamic_ncols=True,
+    )
     # modules that keep running averages of their weights (a diffusion head's EMA) update after every step
-    step_hooks = [m.after_optimizer_step for m in module.modules() if callable(getattr(m, "after_optimizer_step", None))]
+    step_hooks = [
+        m.after_optimizer_step for m in module.modules() if callable(getattr(m, "after_optimizer_step", None))
+    ]
     module.train()
     history = state.history
     if val_data is not None and state.step == 0:  # a reference only: the restore picks among trained weights
@@ -384,8 +421,9 @@ def fit(
     try:
         while state.step < config.steps and not history.stopped_early:
             batch_gen.set_state(state.epoch_gen_state)
-            for i, batch in enumerate(_rank_batches(train_data, n, config.batch_size // world, batch_gen, rank,
-                                                    world, distributed)):
+            for i, batch in enumerate(
+                _rank_batches(train_data, n, config.batch_size // world, batch_gen, rank, world, distributed)
+            ):
                 if i < state.epoch_batch:
                     continue  # resuming mid-epoch: skip what was already seen
                 loss, loss_value = _step(runner, batch, optimizer, scheduler, params, config, state)
@@ -409,8 +447,14 @@ def fit(
     return _finish(module, config, val_data, state, checkpoints, time.perf_counter() - start_time)
 
 
-def _finish(module: nn.Module, config: TrainConfig, val_data: Sequence[Tensor] | None, state: _LoopState,
-            checkpoints: _Checkpointer, seconds: float) -> TrainHistory:
+def _finish(
+    module: nn.Module,
+    config: TrainConfig,
+    val_data: Sequence[Tensor] | None,
+    state: _LoopState,
+    checkpoints: _Checkpointer,
+    seconds: float,
+) -> TrainHistory:
     """Close the history, restore the best weights (with validation data), write the final checkpoint."""
     history = state.history
     history.steps_done = state.step
@@ -421,9 +465,12 @@ def _finish(module: nn.Module, config: TrainConfig, val_data: Sequence[Tensor] |
         module.load_state_dict(state.best_state)
     module.eval()
     if not history.improved and not history.warnings:
-        _warn(history, f"{config.description or 'the'} fit never beat its initial model on the validation rows "
-                       f"(best loss {history.best_val:.4g} vs {history.initial_val:.4g} at step 0): lower lr "
-                       f"(now {config.lr:g}) or give more rows")
+        _warn(
+            history,
+            f"{config.description or 'the'} fit never beat its initial model on the validation rows "
+            f"(best loss {history.best_val:.4g} vs {history.initial_val:.4g} at step 0): lower lr "
+            f"(now {config.lr:g}) or give more rows",
+        )
     if config.checkpoint_every:
         checkpoints.save(state)
     return history

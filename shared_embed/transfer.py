@@ -36,8 +36,20 @@ from .train import TrainConfig, TrainHistory, fit
 from .validation import check_choice, check_fraction, check_positive_int
 
 __all__ = [
-    "MIN_VAL_ROWS", "VARIANTS", "Augment", "FitResult", "HeadFactory", "TransferConfig", "check_fit_data",
-    "constant_columns", "fit_source", "fit_target_head", "fit_variants", "min_fit_rows", "new_encoder", "train_model",
+    "MIN_VAL_ROWS",
+    "VARIANTS",
+    "Augment",
+    "FitResult",
+    "HeadFactory",
+    "TransferConfig",
+    "check_fit_data",
+    "constant_columns",
+    "fit_source",
+    "fit_target_head",
+    "fit_variants",
+    "min_fit_rows",
+    "new_encoder",
+    "train_model",
 ]
 
 VARIANTS = ("transfer", "no_transfer", "fine_tune", "oracle", "direct")
@@ -100,7 +112,11 @@ def _model_loss(model: ConditionalModel, augment: Augment | None = None) -> Call
 
 
 def train_model(
-    model: ConditionalModel, data: PairedData, config: TrainConfig, val_fraction: float = 0.2, *,
+    model: ConditionalModel,
+    data: PairedData,
+    config: TrainConfig,
+    val_fraction: float = 0.2,
+    *,
     augment: Augment | None = None,
 ) -> TrainHistory:
     """Train every trainable parameter of ``model`` on ``data`` with the shared loop.
@@ -135,8 +151,12 @@ def _has_closed_form(model: ConditionalModel) -> bool:
 def _has_joint_closed_form(model: ConditionalModel) -> bool:
     """A trainable linear encoder under a head whose joint fit with it is exact (reduced-rank regression)."""
     enc = model.encoder
-    return (isinstance(enc, Encoder) and enc.is_linear and any(p.requires_grad for p in enc.parameters())
-            and getattr(model.head, "exact_with_linear_encoder", False))
+    return (
+        isinstance(enc, Encoder)
+        and enc.is_linear
+        and any(p.requires_grad for p in enc.parameters())
+        and getattr(model.head, "exact_with_linear_encoder", False)
+    )
 
 
 def _fit_joint_closed_form(model: ConditionalModel, data: PairedData) -> TrainHistory:
@@ -197,18 +217,24 @@ def check_fit_data(name: str, data: PairedData, context_features: int | None) ->
     need = min_fit_rows(context_features or 0)
     if len(data) < need:
         what = f"a {context_features}-feature context" if context_features else "no context"
-        raise DataError(f"{name} has {len(data)} row(s); a fit on {what} needs at least {need} (context features "
-                        "+ 2: the simplest such model, Gaussian linear in the context, has context features + 1 "
-                        "coefficients and a variance per outcome)")
+        raise DataError(
+            f"{name} has {len(data)} row(s); a fit on {what} needs at least {need} (context features "
+            "+ 2: the simplest such model, Gaussian linear in the context, has context features + 1 "
+            "coefficients and a variance per outcome)"
+        )
     flat = constant_columns(data.x)
     if flat:
         more = f" (and {len(flat) - 1} more)" if len(flat) > 1 else ""
-        raise DataError(f"{name}.x column {flat[0]}{more} is constant (zero variance over {len(data)} rows): its "
-                        "density is degenerate; drop the column or give data in which it varies")
+        raise DataError(
+            f"{name}.x column {flat[0]}{more} is constant (zero variance over {len(data)} rows): its "
+            "density is degenerate; drop the column or give data in which it varies"
+        )
     if data.c is not None and data.c.shape[1] and len(constant_columns(data.c)) == data.c.shape[1]:
-        raise DataError(f"{name}.c is constant in every column ({len(data)} rows): there is no condition to learn "
-                        "an embedding of; give data in which c varies (single constant columns, such as an image's "
-                        "blank corner pixels, are fine: they carry no information and are left as they are)")
+        raise DataError(
+            f"{name}.c is constant in every column ({len(data)} rows): there is no condition to learn "
+            "an embedding of; give data in which c varies (single constant columns, such as an image's "
+            "blank corner pixels, are fine: they carry no information and are left as they are)"
+        )
     return data
 
 
@@ -230,7 +256,12 @@ def _check_head(name: str, head: object) -> Head:
 
 
 def fit_source(
-    encoder: Encoder, head: Head, source: PairedData, config: TrainConfig | None = None, *, val_fraction: float = 0.2,
+    encoder: Encoder,
+    head: Head,
+    source: PairedData,
+    config: TrainConfig | None = None,
+    *,
+    val_fraction: float = 0.2,
     augment: Augment | None = None,
 ) -> ConditionalModel:
     """Train ``encoder`` and a source ``head`` jointly on the source pairs; return the (unfrozen) model.
@@ -246,8 +277,9 @@ def fit_source(
     check_fit_data("source", source, encoder.out_features)
     model = ConditionalModel(head, encoder, Standardizer.fit(source.x), Standardizer.fit(source.c))
     model.to(source.x.device)
-    model.history = train_model(model, source, config or TrainConfig(description="source"), val_fraction,
-                                augment=augment)
+    model.history = train_model(
+        model, source, config or TrainConfig(description="source"), val_fraction, augment=augment
+    )
     return model
 
 
@@ -300,8 +332,10 @@ def fit_target_head(
                 )
             c_scaler = None
     else:
-        raise DTypeError(f"source must be the fitted source ConditionalModel (or a frozen embedding module), "
-                         f"got {type(source).__name__}")
+        raise DTypeError(
+            f"source must be the fitted source ConditionalModel (or a frozen embedding module), "
+            f"got {type(source).__name__}"
+        )
     if isinstance(embedding, Encoder):
         embedding.freeze()
     elif any(p.requires_grad for p in embedding.parameters()):
@@ -311,20 +345,24 @@ def fit_target_head(
     check_fit_data("target", target, h.shape[-1])
     model = ConditionalModel(head, embedding, Standardizer.fit(target.x), c_scaler, Standardizer.fit(h))
     model.to(target.x.device)
-    model.history = train_model(model, target, config or TrainConfig(description="target"), val_fraction,
-                                augment=augment)
+    model.history = train_model(
+        model, target, config or TrainConfig(description="target"), val_fraction, augment=augment
+    )
     return model
 
 
 def _check_variants(variants: object) -> list[str]:
     if isinstance(variants, str):
-        raise ConfigError(f"variants must be a sequence of variant names, e.g. ({variants!r},), got the string "
-                          f"{variants!r}; valid names: {', '.join(VARIANTS)}")
+        raise ConfigError(
+            f"variants must be a sequence of variant names, e.g. ({variants!r},), got the string "
+            f"{variants!r}; valid names: {', '.join(VARIANTS)}"
+        )
     try:
         names = list(variants)  # type: ignore[call-overload]
     except TypeError as err:
-        raise ConfigError(f"variants must be a sequence of names from {VARIANTS}, got {type(variants).__name__}"
-                          ) from err
+        raise ConfigError(
+            f"variants must be a sequence of names from {VARIANTS}, got {type(variants).__name__}"
+        ) from err
     return [check_choice("variant", v, VARIANTS) for v in names]
 
 
@@ -336,8 +374,9 @@ def _check_factory(head_factory: object) -> HeadFactory:
             f"lambda k: {type(head_factory).__name__}(..., k)"
         )
     if not callable(head_factory):
-        raise DTypeError(f"head_factory must be callable as factory(context_features) -> Head, got "
-                         f"{type(head_factory).__name__}")
+        raise DTypeError(
+            f"head_factory must be callable as factory(context_features) -> Head, got {type(head_factory).__name__}"
+        )
     return head_factory  # type: ignore[return-value]
 
 
@@ -388,21 +427,38 @@ def fit_variants(
         if source_model is None:
             start = time.perf_counter()
             source_model = fit_source(
-                new_encoder(source.d_c, config), head_factory(config.embed_dim).to(device), source,
-                config.source_train, val_fraction=vf, augment=augment,
+                new_encoder(source.d_c, config),
+                head_factory(config.embed_dim).to(device),
+                source,
+                config.source_train,
+                val_fraction=vf,
+                augment=augment,
             )
-            results["source"] = FitResult("source", source_model, {"source": source_model.history},
-                                          time.perf_counter() - start)
+            results["source"] = FitResult(
+                "source", source_model, {"source": source_model.history}, time.perf_counter() - start
+            )
         return source_model
 
     for variant in variants:
         start = time.perf_counter()
         if variant == "transfer":
-            model = fit_target_head(needs_source(), head_factory(config.embed_dim).to(device), target,
-                                    config.target_train, val_fraction=vf, augment=augment)
+            model = fit_target_head(
+                needs_source(),
+                head_factory(config.embed_dim).to(device),
+                target,
+                config.target_train,
+                val_fraction=vf,
+                augment=augment,
+            )
         elif variant == "no_transfer":
-            model = fit_source(new_encoder(target.d_c, config), head_factory(config.embed_dim).to(device),
-                               target, config.target_train, val_fraction=vf, augment=augment)
+            model = fit_source(
+                new_encoder(target.d_c, config),
+                head_factory(config.embed_dim).to(device),
+                target,
+                config.target_train,
+                val_fraction=vf,
+                augment=augment,
+            )
         elif variant == "fine_tune":
             model = copy.deepcopy(needs_source())
             model.encoder.unfreeze()
@@ -419,8 +475,9 @@ def fit_variants(
                 raise ConfigError("variant 'oracle' needs oracle_embedding (the task's true h*)")
             d_h = oracle_embedding.out_features
             embedding = FixedEmbedding(oracle_embedding, target.d_c, d_h).to(device)
-            model = fit_target_head(embedding, head_factory(d_h).to(device), target, config.target_train,
-                                    val_fraction=vf, augment=augment)
+            model = fit_target_head(
+                embedding, head_factory(d_h).to(device), target, config.target_train, val_fraction=vf, augment=augment
+            )
         if isinstance(model.encoder, Encoder):
             model.encoder.freeze()  # every fitted model is evaluated as a fixed density
         results[variant] = FitResult(variant, model, {"target": model.history}, time.perf_counter() - start)

@@ -12,8 +12,14 @@ from torch import Tensor
 from .errors import ConfigError, DataError, DTypeError, ShapeError
 
 __all__ = [
-    "check_choice", "check_context", "check_fraction", "check_matches", "check_matrix", "check_positive_float",
-    "check_positive_int", "check_tensor",
+    "check_choice",
+    "check_context",
+    "check_fraction",
+    "check_matches",
+    "check_matrix",
+    "check_positive_float",
+    "check_positive_int",
+    "check_tensor",
 ]
 
 
@@ -106,8 +112,9 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     return value
 
 
-def check_context(name: str, context: Any, expected: int | None, rows: int | None = None, *,
-                  batched: bool = False) -> Tensor | None:
+def check_context(
+    name: str, context: Any, expected: int | None, rows: int | None = None, *, batched: bool = False
+) -> Tensor | None:
     """Check a head's context: None for an unconditional head, else (rows, expected) finite floats.
 
     ``batched``: any leading batch dims, (*B, expected), as a distribution's context may have.

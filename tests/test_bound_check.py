@@ -32,14 +32,34 @@ def closed_form_records(seed: int, n: int = 2000, wrong_bound: float = 1.0) -> l
     for i, (a, b) in enumerate(ERRORS):
         case = LinearErrorCase.isotropic(2, a, b)
         x = torch.randn(n, 2, generator=g, dtype=torch.float64)
-        y = sample_sde(case.learned_score, torch.randn(n, 2, generator=g, dtype=torch.float64), case.schedule,
-                       steps=200, method="heun", t_eps=case.t_eps, generator=g)
+        y = sample_sde(
+            case.learned_score,
+            torch.randn(n, 2, generator=g, dtype=torch.float64),
+            case.schedule,
+            steps=200,
+            method="heun",
+            t_eps=case.t_eps,
+            generator=g,
+        )
         est = knn_cross_kl(x, _log_p(x), y)
         kls = case.kls()
         bound = LinearErrorCase.isotropic(2, wrong_bound * a, wrong_bound * b).kls().bound
-        records.append({"head": "diffusion", "variant": "transfer", "n_t": 100 * (i + 1), "seed": seed,
-                        "status": "ok", "kl": kls.kl_ode, "kl_se": 0.01, "bound": bound, "bound_se": 0.0,
-                        "kl_sde": est.value, "kl_sde_se": est.se, "kl_sde_exact": kls.kl_sde})
+        records.append(
+            {
+                "head": "diffusion",
+                "variant": "transfer",
+                "n_t": 100 * (i + 1),
+                "seed": seed,
+                "status": "ok",
+                "kl": kls.kl_ode,
+                "kl_se": 0.01,
+                "bound": bound,
+                "bound_se": 0.0,
+                "kl_sde": est.value,
+                "kl_sde_se": est.se,
+                "kl_sde_exact": kls.kl_sde,
+            }
+        )
     return records
 
 
@@ -86,7 +106,8 @@ def test_without_power_the_verdict_is_insufficient(records: list[dict[str, Any]]
 
 
 def test_the_ode_comparison_is_a_diagnostic_even_when_the_ode_kl_exceeds_the_bound(
-        records: list[dict[str, Any]]) -> None:
+    records: list[dict[str, Any]],
+) -> None:
     """On the closed-form case the exact ODE-law KL is above the bound in every cell, with correct code."""
     result = diagnose_ode_bound(records, "diffusion")
     assert result.verdict == DIAGNOSTIC

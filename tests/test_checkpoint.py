@@ -10,8 +10,12 @@ from shared_embed.standardize import Standardizer
 
 def make_model(hidden=(16,)):
     torch.manual_seed(0)
-    return ConditionalModel(GaussianHead(2, 3, hidden=hidden), Encoder(5, 3, hidden=(8,)),
-                            Standardizer.fit(torch.randn(20, 2) * 3), Standardizer.fit(torch.randn(20, 5)))
+    return ConditionalModel(
+        GaussianHead(2, 3, hidden=hidden),
+        Encoder(5, 3, hidden=(8,)),
+        Standardizer.fit(torch.randn(20, 2) * 3),
+        Standardizer.fit(torch.randn(20, 5)),
+    )
 
 
 def test_round_trip_gives_identical_outputs(tmp_path):
@@ -119,13 +123,22 @@ def _tamper(path, change_tensors=None, change_config=None):
     save_checkpoint(path, tensors, config, extra=extra)
 
 
-@pytest.mark.parametrize("name, change, match", [
-    ("x_scaler.std", lambda t: t.fill_(float("nan")), "tensor 'x_scaler.std' holds 2 NaN or inf value"),
-    ("head.net.0.weight", lambda t: t.flatten().index_fill(0, torch.tensor([0]), float("inf")).view_as(t),
-     "tensor 'head.net.0.weight' holds 1 NaN"),
-    ("encoder.net.0.weight", lambda t: t.trunc_().to(torch.int64), "tensor 'encoder.net.0.weight' has dtype "
-                                                                  "torch.int64, the model needs torch.float32"),
-])
+@pytest.mark.parametrize(
+    "name, change, match",
+    [
+        ("x_scaler.std", lambda t: t.fill_(float("nan")), "tensor 'x_scaler.std' holds 2 NaN or inf value"),
+        (
+            "head.net.0.weight",
+            lambda t: t.flatten().index_fill(0, torch.tensor([0]), float("inf")).view_as(t),
+            "tensor 'head.net.0.weight' holds 1 NaN",
+        ),
+        (
+            "encoder.net.0.weight",
+            lambda t: t.trunc_().to(torch.int64),
+            "tensor 'encoder.net.0.weight' has dtype torch.int64, the model needs torch.float32",
+        ),
+    ],
+)
 def test_non_finite_or_wrongly_typed_tensors_are_refused_at_load_naming_the_tensor(tmp_path, name, change, match):
     path = make_model().save(tmp_path / "m.safetensors")
 
@@ -165,6 +178,7 @@ def test_a_config_of_20000_encoder_layers_is_refused_fast(tmp_path):
 def test_a_config_that_is_not_a_json_object_is_one_error(tmp_path, config):
     path = make_model().save(tmp_path / "m.safetensors")
     _tamper(path, change_config=lambda _c: config)
-    with pytest.raises(CheckpointError, match=f"malformed config: expected a JSON object, got a JSON "
-                                              f"{type(config).__name__}"):
+    with pytest.raises(
+        CheckpointError, match=f"malformed config: expected a JSON object, got a JSON {type(config).__name__}"
+    ):
         ConditionalModel.load(path)

@@ -27,21 +27,27 @@ def _fails(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 
 @pytest.mark.parametrize("address", ["http://127.0.0.1:8786", "127.0.0.1:8786", "tcp://host", "tcp://host:port"])
-def test_a_scheduler_that_is_no_address_is_refused_before_anything_runs(tmp_path: Path, address: str,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    err = _fails(["run", str(SMOKE), "--out", str(tmp_path / "o"), "--executor", "dask", "--scheduler", address],
-                 capsys)
+def test_a_scheduler_that_is_no_address_is_refused_before_anything_runs(
+    tmp_path: Path, address: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _fails(
+        ["run", str(SMOKE), "--out", str(tmp_path / "o"), "--executor", "dask", "--scheduler", address], capsys
+    )
     assert "--scheduler must be a dask scheduler's address such as tcp://10.0.0.5:8786" in err
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("task.noise=0.0", "[task] conditional_gaussian: noise must be a finite number > 0, got 0.0"),
-    ("task.noise=-1.0", "noise must be a finite number > 0"),
-    ("task.noise=1e-200", "noise = 1e-200 gives the source covariance that is not positive definite"),
-])
-def test_degenerate_task_values_are_refused_before_any_cell(tmp_path: Path, setting: str, message: str,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("task.noise=0.0", "[task] conditional_gaussian: noise must be a finite number > 0, got 0.0"),
+        ("task.noise=-1.0", "noise must be a finite number > 0"),
+        ("task.noise=1e-200", "noise = 1e-200 gives the source covariance that is not positive definite"),
+    ],
+)
+def test_degenerate_task_values_are_refused_before_any_cell(
+    tmp_path: Path, setting: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     start = time.perf_counter()
     err = _fails(["run", str(SMOKE), "--out", str(tmp_path / "o"), "--set", setting], capsys)
     assert message in err and time.perf_counter() - start < 20
@@ -55,8 +61,9 @@ def test_threads_beyond_the_machine_are_refused(tmp_path: Path, capsys: pytest.C
     assert "run.threads = 100000" in err
 
 
-def test_an_unexpected_error_is_one_line_with_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unexpected_error_is_one_line_with_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("the first line\n  more detail\nthe last line")
 
@@ -74,9 +81,26 @@ def test_an_unexpected_error_is_one_line_with_exit_2(tmp_path: Path, monkeypatch
 def test_sigterm_and_ctrl_c_stop_a_run_saying_how_to_resume(tmp_path: Path, how: signal.Signals, said: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "o"
-    proc = subprocess.Popen([sys.executable, "-m", "theory", "run", str(SMOKE), "--out", str(out),
-                             "--set", "train.target.steps=100000", "--set", "grid.seeds=[0]", "--no-report"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "theory",
+            "run",
+            str(SMOKE),
+            "--out",
+            str(out),
+            "--set",
+            "train.target.steps=100000",
+            "--set",
+            "grid.seeds=[0]",
+            "--no-report",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     first = proc.stdout.readline()  # the run's first line: it has started
     assert first.startswith("gentransfer run:"), first
@@ -84,5 +108,6 @@ def test_sigterm_and_ctrl_c_stop_a_run_saying_how_to_resume(tmp_path: Path, how:
     proc.send_signal(how)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + how
-    assert err.strip().splitlines()[-1] == (f"gentransfer: {said}; finished cells are kept: run the same command "
-                                            "again to resume")
+    assert err.strip().splitlines()[-1] == (
+        f"gentransfer: {said}; finished cells are kept: run the same command again to resume"
+    )

@@ -25,8 +25,13 @@ print(json.dumps({{"code": code, "loaded": [m for m in {heavy!r} if m in sys.mod
 
 def _probe(*argv: str, tmp_path) -> tuple[dict, str]:
     """(exit code and heavy modules loaded, everything printed) of ``gentransfer ARGV`` in a new interpreter."""
-    done = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *argv], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY), *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     report = json.loads(done.stderr.strip().splitlines()[-1])
     return report, done.stdout + done.stderr
 
@@ -38,11 +43,14 @@ def test_version_and_help_load_no_heavy_module(argv: list[str], tmp_path) -> Non
     assert "gentransfer" in printed
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["run", "no_such_config.toml", "--out", "out"], "no config file no_such_config.toml"),
-    (["show", "smoke", "--set", "grid.n_t"], "must look like key.sub=value"),
-    (["show", "bad.toml"], "is not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "no_such_config.toml", "--out", "out"], "no config file no_such_config.toml"),
+        (["show", "smoke", "--set", "grid.n_t"], "must look like key.sub=value"),
+        (["show", "bad.toml"], "is not valid TOML"),
+    ],
+)
 def test_a_broken_config_is_reported_before_torch_loads(argv: list[str], message: str, tmp_path) -> None:
     (tmp_path / "bad.toml").write_text("[grid\n")
     report, printed = _probe(*argv, tmp_path=tmp_path)

@@ -52,8 +52,16 @@ def test_a_model_uniform_on_pixel_space_scores_32_ln_17(task):
         def sample(self, n, c):
             return to_logit(LEVELS * torch.rand(n, HALF))
 
-    rec = evaluate(Uniform(), task, fit_classifier(task), seed=0, nll_rows=50, gen_rows=20,
-                   grid_rows=test_rows(task, 1), grid_draws=2)
+    rec = evaluate(
+        Uniform(),
+        task,
+        fit_classifier(task),
+        seed=0,
+        nll_rows=50,
+        gen_rows=20,
+        grid_rows=test_rows(task, 1),
+        grid_draws=2,
+    )
     assert rec["n"] == 50 and rec["nll"] == pytest.approx(HALF * math.log(LEVELS), abs=1e-3)
     assert rec["bpd"] == pytest.approx(math.log2(LEVELS), abs=1e-4)
     assert len(rec["grid_bottoms"]) == 2 * N_CLASSES and len(rec["nll_per_image"]) == 50
@@ -92,17 +100,25 @@ def test_comparisons_know_the_combined_se_and_the_verdict():
     from theory.studies.completion.report import comparisons
 
     def rec(seed, variant, nll):
-        return {"seed": seed, "head": "flow", "per_class": 2, "variant": variant, "nll": nll,
-                "nll_per_image": [nll - 1, nll + 1]}
+        return {
+            "seed": seed,
+            "head": "flow",
+            "per_class": 2,
+            "variant": variant,
+            "nll": nll,
+            "nll_per_image": [nll - 1, nll + 1],
+        }
 
     a, b = [80.0, 82.0, 84.0], [90.0, 95.0, 100.0]  # SEs 1.1547 and 2.8868
-    rows = comparisons([rec(s, "transfer", x) for s, x in enumerate(a)]
-                       + [rec(s, "no_transfer", x) for s, x in enumerate(b)])
+    rows = comparisons(
+        [rec(s, "transfer", x) for s, x in enumerate(a)] + [rec(s, "no_transfer", x) for s, x in enumerate(b)]
+    )
     (row,) = rows
     assert row["nll_diff"] == pytest.approx(-13.0) and row["paired_se"] == pytest.approx(1.7320508)
     assert row["combined_se"] == pytest.approx(math.sqrt(4 / 3 + 25 / 3)) and row["wins"]
-    close = comparisons([rec(s, "transfer", x) for s, x in enumerate(a)]
-                        + [rec(s, "no_transfer", x + 3) for s, x in enumerate(a)])
+    close = comparisons(
+        [rec(s, "transfer", x) for s, x in enumerate(a)] + [rec(s, "no_transfer", x + 3) for s, x in enumerate(a)]
+    )
     assert not close[0]["wins"]  # 3 nats lower, but 2 combined SEs are 3.27
     (one,) = comparisons([rec(0, "transfer", 80.0), rec(0, "no_transfer", 90.0)])
     assert one["paired_se"] == 0.0 and math.isnan(one["combined_se"]) and not one["wins"]  # per-image: -10, -10
@@ -141,15 +157,16 @@ def test_the_completion_study_runs_and_reports_through_gentransfer(tmp_path, cap
     assert main(["run", "completion_smoke", "--out", str(out), "--quiet"]) == 0
     records = json.loads((out / "records.json").read_text())["records"]
     assert {(r["head"], r["variant"]) for r in records} == {
-        (h, v) for h in ("flow", "diffusion")
-        for v in ("source_only", "transfer", "no_transfer", "fine_tune", "direct")}
+        (h, v) for h in ("flow", "diffusion") for v in ("source_only", "transfer", "no_transfer", "fine_tune", "direct")
+    }
     assert all(math.isfinite(r["nll"]) for r in records)
     report = (out / "report.md").read_text()
     assert "transfer − no_transfer" in report and (out / "completion_flow_k2.png").is_file()
     assert (out / "completion_diffusion_k2.png").is_file()
     library = run_completion_experiment(CompletionExperiment.tiny(("flow", "diffusion")))["records"]
-    assert [(r["head"], r["variant"], r["nll"]) for r in library] == [(r["head"], r["variant"], r["nll"])
-                                                                     for r in records]
+    assert [(r["head"], r["variant"], r["nll"]) for r in library] == [
+        (r["head"], r["variant"], r["nll"]) for r in records
+    ]
     capsys.readouterr()
     assert main(["report", str(out)]) == 0 and "| flow |" in capsys.readouterr().out
     (out / "cells" / "flow" / "seed0_k2_transfer.json").unlink()
@@ -174,6 +191,9 @@ def test_the_shipped_completion_study_meets_its_goal(tmp_path):
     result = run_completion_experiment(experiment, tmp_path, log=print)
     print(format_table(result["records"], result["references"]))
     smallest = min(experiment.per_class)
-    verdicts = {c["head"]: c["wins"] for c in comparisons(result["records"])
-                if c["per_class"] == smallest and c["b"] == "no_transfer"}
+    verdicts = {
+        c["head"]: c["wins"]
+        for c in comparisons(result["records"])
+        if c["per_class"] == smallest and c["b"] == "no_transfer"
+    }
     assert verdicts == {"flow": True, "diffusion": True}

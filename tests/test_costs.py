@@ -15,12 +15,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny() -> ExperimentConfig:
-    return ExperimentConfig.from_dict({
-        "grid": {"n_s": [64], "n_t": [8, 16], "seeds": [0], "heads": ["gaussian"],
-                 "variants": ["transfer", "no_transfer"]},
-        "train": {"source": {"steps": 30}, "target": {"steps": 20, "batch_size": 8}, "floor": {"steps": 10}},
-        "evaluation": {"n_eval": 100, "floor_n": 50, "bound_n": 7},
-    })
+    return ExperimentConfig.from_dict(
+        {
+            "grid": {
+                "n_s": [64],
+                "n_t": [8, 16],
+                "seeds": [0],
+                "heads": ["gaussian"],
+                "variants": ["transfer", "no_transfer"],
+            },
+            "train": {"source": {"steps": 30}, "target": {"steps": 20, "batch_size": 8}, "floor": {"steps": 10}},
+            "evaluation": {"n_eval": 100, "floor_n": 50, "bound_n": 7},
+        }
+    )
 
 
 def test_group_cost_counts_every_fit_and_every_scored_pair() -> None:
@@ -50,7 +57,8 @@ def test_full_study_shards_get_every_head_and_an_even_share() -> None:
     groups = plan_groups(plan_cells(cfg))
     costs = [group_cost(cfg, g) for g in groups]
     assert min(c for g, c in zip(groups, costs) if g.head == "diffusion") > max(
-        c for g, c in zip(groups, costs) if g.head == "flow")  # ODE log-densities and the bound: the costly head
+        c for g, c in zip(groups, costs) if g.head == "flow"
+    )  # ODE log-densities and the bound: the costly head
 
     def shards_of(deal: list[int]) -> list:
         return shard_loads(cfg, groups, deal, 8)

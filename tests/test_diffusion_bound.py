@@ -44,8 +44,9 @@ def test_constant_score_error_integrates_beta() -> None:
     c = torch.tensor([0.3, -0.4], dtype=torch.float64)
     true = lambda x, t, ctx: -x  # noqa: E731
     learned = lambda x, t, ctx: -x + c  # noqa: E731
-    b = girsanov_bound(learned, true, draws(2000), SCH, prior_kl=0.0, t_eps=T_EPS,
-                       generator=torch.Generator().manual_seed(1))
+    b = girsanov_bound(
+        learned, true, draws(2000), SCH, prior_kl=0.0, t_eps=T_EPS, generator=torch.Generator().manual_seed(1)
+    )
     want = float(c.square().sum() * (SCH.log_alpha(T_EPS) - SCH.log_alpha(1.0)))
     assert abs(b.score_term - want) < 4 * b.score_se and b.score_se < 0.01 * want
 
@@ -55,8 +56,15 @@ def test_epsilon_like_error_integrates_the_log_snr() -> None:
     grows like log(1/t_eps) -- the case the log-spaced strata are for."""
     c = torch.tensor([0.1, 0.2], dtype=torch.float64)
     learned = lambda x, t, ctx: -x + c / SCH.sigma(t).to(x)[:, None]  # noqa: E731
-    b = girsanov_bound(learned, lambda x, t, ctx: -x, draws(2000), SCH, prior_kl=0.0, t_eps=T_EPS,
-                       generator=torch.Generator().manual_seed(2))
+    b = girsanov_bound(
+        learned,
+        lambda x, t, ctx: -x,
+        draws(2000),
+        SCH,
+        prior_kl=0.0,
+        t_eps=T_EPS,
+        generator=torch.Generator().manual_seed(2),
+    )
     lam = lambda t: float(SCH.sigma(t).log() - SCH.log_alpha(t))  # noqa: E731
     want = float(c.square().sum()) * (lam(1.0) - lam(T_EPS))
     assert abs(b.score_term - want) < 4 * b.score_se and b.score_se < 0.01 * want
@@ -69,15 +77,25 @@ def test_prior_term_closed_form_and_monte_carlo_agree() -> None:
     a1, s1 = SCH.alpha(1.0).double(), SCH.sigma(1.0).double()
     p1 = torch.distributions.Normal(a1 * mean, (a1**2 * var[0] + s1**2).sqrt())
     score = gaussian_score(2.0, 0.5)
-    b = girsanov_bound(score, score, x0, SCH, log_prob_1=lambda x1, c: p1.log_prob(x1).sum(-1),
-                       generator=torch.Generator().manual_seed(4))
+    b = girsanov_bound(
+        score,
+        score,
+        x0,
+        SCH,
+        log_prob_1=lambda x1, c: p1.log_prob(x1).sum(-1),
+        generator=torch.Generator().manual_seed(4),
+    )
     assert abs(b.prior_term - closed) < 4 * b.prior_se + 1e-12
     # the mixture closed form is a convexity upper bound, exact for one component
     one = mixture_prior_kl_bound(torch.ones(1).double(), mean[None], var[None], SCH)
     assert math.isclose(one, closed, rel_tol=1e-9)
     mu = torch.tensor([0.5, 0.5], dtype=torch.float64)
-    two = mixture_prior_kl_bound(torch.tensor([0.5, 0.5]).double(), torch.stack([mu, -mu]),
-                                 0.1 * torch.eye(2, dtype=torch.float64).expand(2, 2, 2), SCH)
+    two = mixture_prior_kl_bound(
+        torch.tensor([0.5, 0.5]).double(),
+        torch.stack([mu, -mu]),
+        0.1 * torch.eye(2, dtype=torch.float64).expand(2, 2, 2),
+        SCH,
+    )
     assert two >= 0
 
 
@@ -95,8 +113,9 @@ def reverse_sde_gaussian(mean_hat: float, var_hat: float, shift: float = 0.0) ->
         return torch.stack([slope * m + beta * (k * a * mean_hat + shift), 2 * slope * v + beta])
 
     taus = torch.tensor([0.0, 1.0 - T_EPS], dtype=torch.float64)
-    out = odeint(rhs, torch.tensor([0.0, 1.0], dtype=torch.float64), taus, rtol=1e-10, atol=1e-10,
-                 options={"step_t": taus[1:]})[-1]  # land on t_eps: the schedule is undefined below t = 0
+    out = odeint(
+        rhs, torch.tensor([0.0, 1.0], dtype=torch.float64), taus, rtol=1e-10, atol=1e-10, options={"step_t": taus[1:]}
+    )[-1]  # land on t_eps: the schedule is undefined below t = 0
     return float(out[0]), float(out[1])
 
 
@@ -107,15 +126,28 @@ def sde_model_kl(mean_hat: float, var_hat: float, shift: float = 0.0) -> float:
     """Exact KL(p_{t_eps} || p_hat_SDE) for the data N(M, V) and the model of :func:`reverse_sde_gaussian`."""
     mean_sde, var_sde = reverse_sde_gaussian(mean_hat, var_hat, shift)
     a, s = float(SCH.alpha(T_EPS)), float(SCH.sigma(T_EPS))
-    return float(gaussian_kl(torch.tensor([a * M]).double(), torch.tensor([[a * a * V + s * s]]).double(),
-                             torch.tensor([mean_sde]).double(), torch.tensor([[var_sde]]).double()))
+    return float(
+        gaussian_kl(
+            torch.tensor([a * M]).double(),
+            torch.tensor([[a * a * V + s * s]]).double(),
+            torch.tensor([mean_sde]).double(),
+            torch.tensor([[var_sde]]).double(),
+        )
+    )
 
 
 def bound_for(learned, seed: int):
     x0 = M + math.sqrt(V) * torch.randn(4000, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     prior = float(SCH.prior_kl(torch.tensor([M], dtype=torch.float64), torch.tensor([[V]], dtype=torch.float64)))
-    return girsanov_bound(learned, gaussian_score(M, V), x0, SCH, prior_kl=prior, t_eps=T_EPS,
-                          generator=torch.Generator().manual_seed(seed + 1))
+    return girsanov_bound(
+        learned,
+        gaussian_score(M, V),
+        x0,
+        SCH,
+        prior_kl=prior,
+        t_eps=T_EPS,
+        generator=torch.Generator().manual_seed(seed + 1),
+    )
 
 
 def test_the_bound_is_tight_for_the_exact_score_of_another_law() -> None:
@@ -136,8 +168,10 @@ def test_the_bound_holds_with_slack_for_a_shifted_score() -> None:
     kl = sde_model_kl(M, V, shift=0.3)
     b = bound_for(lambda x, t, c: gaussian_score(M, V)(x, t, c) + 0.3, seed=7)
     print(f"shifted score: exact KL(p || p_SDE) = {kl:.4f} <= bound {b.value:.4f} +- {b.se:.4f}")
-    assert kl < b.value - 4 * b.se and abs(b.score_term - 0.09 * float(SCH.log_alpha(T_EPS) - SCH.log_alpha(1.0))) \
-        < 4 * b.score_se
+    assert (
+        kl < b.value - 4 * b.se
+        and abs(b.score_term - 0.09 * float(SCH.log_alpha(T_EPS) - SCH.log_alpha(1.0))) < 4 * b.score_se
+    )
 
 
 def test_trained_head_bound_and_measured_kl() -> None:
@@ -156,12 +190,25 @@ def test_trained_head_bound_and_measured_kl() -> None:
         diff = task.log_prob(x_eval.double(), "source") - head.log_prob(x_eval).double()
     kl, kl_se = float(diff.mean()), float(diff.std()) / math.sqrt(diff.shape[0])
     mu = task.mu["source"]
-    prior = mixture_prior_kl_bound(torch.tensor([0.5, 0.5]).double(), torch.stack([mu, -mu]),
-                                   task.variance * torch.eye(2, dtype=torch.float64).expand(2, 2, 2), SCH)
-    b = girsanov_bound(head.score, task.score_fn("source", SCH), task.sample(4000, "source", gen).x, SCH,
-                       prior_kl=prior, t_eps=head.t_eps, generator=gen)
-    print(f"trained head: probability-flow KL {kl:.4f} +- {kl_se:.4f}; Girsanov bound {b.value:.4f} +- {b.se:.4f} "
-          f"(score term {b.score_term:.4f}, prior term {b.prior_term:.1e})")
+    prior = mixture_prior_kl_bound(
+        torch.tensor([0.5, 0.5]).double(),
+        torch.stack([mu, -mu]),
+        task.variance * torch.eye(2, dtype=torch.float64).expand(2, 2, 2),
+        SCH,
+    )
+    b = girsanov_bound(
+        head.score,
+        task.score_fn("source", SCH),
+        task.sample(4000, "source", gen).x,
+        SCH,
+        prior_kl=prior,
+        t_eps=head.t_eps,
+        generator=gen,
+    )
+    print(
+        f"trained head: probability-flow KL {kl:.4f} +- {kl_se:.4f}; Girsanov bound {b.value:.4f} +- {b.se:.4f} "
+        f"(score term {b.score_term:.4f}, prior term {b.prior_term:.1e})"
+    )
     assert 0 < kl < 0.5 and kl <= b.value + 3 * math.hypot(kl_se, b.se)
 
 

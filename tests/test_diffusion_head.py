@@ -133,16 +133,24 @@ def test_registered_and_rebuilt_from_config() -> None:
 
 def test_checkpoint_round_trip_and_mismatch(tmp_path) -> None:
     encoder = Encoder(5, 3, hidden=(8,))
-    model = ConditionalModel(randomise(DiffusionHead(2, 3, **SMALL)), encoder.freeze(),
-                             Standardizer.fit(torch.randn(50, 2) * 2 + 1), Standardizer.fit(torch.randn(50, 5)))
+    model = ConditionalModel(
+        randomise(DiffusionHead(2, 3, **SMALL)),
+        encoder.freeze(),
+        Standardizer.fit(torch.randn(50, 2) * 2 + 1),
+        Standardizer.fit(torch.randn(50, 5)),
+    )
     path = model.save(tmp_path / "model.safetensors")
     loaded = ConditionalModel.load(path)
     x, c = torch.randn(4, 2), torch.randn(4, 5)
     with torch.no_grad():
         assert torch.equal(loaded.log_prob(x, c), model.log_prob(x, c))
     assert isinstance(loaded.head, DiffusionHead) and loaded.head.config == model.head.config
-    other = ConditionalModel(DiffusionHead(2, 3, **{**SMALL, "width": 32}), Encoder(5, 3, hidden=(8,)).freeze(),
-                             Standardizer(2), Standardizer(5))
+    other = ConditionalModel(
+        DiffusionHead(2, 3, **{**SMALL, "width": 32}),
+        Encoder(5, 3, hidden=(8,)).freeze(),
+        Standardizer(2),
+        Standardizer(5),
+    )
     with pytest.raises(CheckpointError, match="width"):
         other.load_weights(path)
 
@@ -182,7 +190,6 @@ def test_bad_inputs_are_refused() -> None:
         head.sample(0, c)
 
 
-
 def test_inference_settings_are_chosen_at_call_time() -> None:
     head = randomise(DiffusionHead(2, 3, **SMALL))
     c = torch.randn(3)
@@ -199,8 +206,9 @@ def test_inference_settings_are_chosen_at_call_time() -> None:
     assert dist.sample((3,)).shape == (3, 2, 2)
     x = torch.randn(2, 2)
     with torch.no_grad():
-        torch.testing.assert_close(dist.log_prob(x), head.log_prob(x, c.expand(2, 3), divergence="hutchinson",
-                                                                   probes=2))
+        torch.testing.assert_close(
+            dist.log_prob(x), head.log_prob(x, c.expand(2, 3), divergence="hutchinson", probes=2)
+        )
     with pytest.raises(ConfigError, match="sampler"):
         head.sample(2, c, sampler="ddim")
     with pytest.raises(ConfigError, match="divergence"):
@@ -211,8 +219,9 @@ def test_weights_load_into_a_head_built_with_other_inference_settings(tmp_path) 
     encoder = Encoder(5, 3, hidden=(8,)).freeze()
     model = ConditionalModel(randomise(DiffusionHead(2, 3, sampler="ode", **SMALL)), encoder)
     path = model.save(tmp_path / "model.safetensors")
-    other = ConditionalModel(DiffusionHead(2, 3, sampler="heun", sample_steps=7, rtol=1e-3, **SMALL),
-                             Encoder(5, 3, hidden=(8,)).freeze())
+    other = ConditionalModel(
+        DiffusionHead(2, 3, sampler="heun", sample_steps=7, rtol=1e-3, **SMALL), Encoder(5, 3, hidden=(8,)).freeze()
+    )
     other.load_weights(path)
     assert other.head.sampler == "heun" and other.head.sample_steps == 7  # its own call-time defaults
     # a config that holds inference settings is not this version's: refused, naming the keys

@@ -59,8 +59,13 @@ def test_conditional_log_density_of_the_mixture_task() -> None:
     data = task.sample(100, "target", torch.Generator().manual_seed(1))
     x, c = data.x.double(), data.c
     with torch.no_grad():
-        lp = probability_flow_log_prob(task.score_fn("target", SCH), x, SCH, context=c,
-                                       prior=lambda x1, ctx: task.noised_log_prob(x1, ctx, "target", A1, S1))
+        lp = probability_flow_log_prob(
+            task.score_fn("target", SCH),
+            x,
+            SCH,
+            context=c,
+            prior=lambda x1, ctx: task.noised_log_prob(x1, ctx, "target", A1, S1),
+        )
     mae = float((lp - task.log_prob(x, c, "target")).abs().mean())
     print(f"conditional mixture task: MAE {mae:.2e} nats")
     assert mae < 1e-4
@@ -109,8 +114,10 @@ def test_every_exact_divergence_gives_the_same_flow(n: int, monkeypatch: pytest.
     score = lambda x, t, c: -x / (SCH.alpha(t).square()[:, None] * (v - 1) + 1)  # noqa: E731  N(0, diag(v)) noised
     x = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        runs = {div: probability_flow(score, x, SCH, divergence=div, rtol=1e-5, atol=1e-5)
-                for div in ("exact", "exact_func", "exact_loop")}
+        runs = {
+            div: probability_flow(score, x, SCH, divergence=div, rtol=1e-5, atol=1e-5)
+            for div in ("exact", "exact_func", "exact_loop")
+        }
     nfe = runs["exact"].nfe
     assert calls["func"] == (2 * nfe if n * d <= likelihood.EXACT_FUNC_MAX_ROWS else nfe)  # which one "exact" took
     for div in ("exact_func", "exact_loop"):
@@ -128,11 +135,22 @@ def test_hutchinson_agrees_with_exact_within_monte_carlo_error(two_gaussian, pro
     exact = probability_flow_log_prob(score, x, SCH, rtol=1e-6, atol=1e-6)
     spread = {}
     for probes in (1, 8):
-        est = probability_flow_log_prob(score, x, SCH, divergence="hutchinson", probes=probes, probe=probe,
-                                        rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(probes))
+        est = probability_flow_log_prob(
+            score,
+            x,
+            SCH,
+            divergence="hutchinson",
+            probes=probes,
+            probe=probe,
+            rtol=1e-6,
+            atol=1e-6,
+            generator=torch.Generator().manual_seed(probes),
+        )
         diff = est - exact
         se = float(diff.std()) / math.sqrt(diff.shape[0])
-        print(f"{probe}, {probes} probe(s): mean error {float(diff.mean()):+.4f} +- {se:.4f}, sd {float(diff.std()):.4f}")
+        print(
+            f"{probe}, {probes} probe(s): mean error {float(diff.mean()):+.4f} +- {se:.4f}, sd {float(diff.std()):.4f}"
+        )
         assert abs(float(diff.mean())) < 4 * se
         spread[probes] = float(diff.std())
     assert 0 < spread[8] < spread[1] / 2

@@ -57,15 +57,19 @@ def _fit(loss: str, head_options: dict, context_features: int | None, dtype: tor
     return history.train_loss + history.val_loss, head.state_dict()
 
 
-@pytest.mark.parametrize("head_options, context_features, dtype", [
-    ({}, 3, torch.float32),
-    ({}, None, torch.float32),
-    ({"parameterization": "epsilon"}, 3, torch.float32),
-    ({"schedule": "cosine"}, 3, torch.float32),
-    ({}, 3, torch.float64),
-])
-def test_a_seeded_fit_is_bit_for_bit_the_reference(head_options: dict, context_features: int | None,
-                                                   dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(
+    "head_options, context_features, dtype",
+    [
+        ({}, 3, torch.float32),
+        ({}, None, torch.float32),
+        ({"parameterization": "epsilon"}, 3, torch.float32),
+        ({"schedule": "cosine"}, 3, torch.float32),
+        ({}, 3, torch.float64),
+    ],
+)
+def test_a_seeded_fit_is_bit_for_bit_the_reference(
+    head_options: dict, context_features: int | None, dtype: torch.dtype
+) -> None:
     got_losses, got_state = _fit("head", head_options, context_features, dtype)
     want_losses, want_state = _fit("reference", head_options, context_features, dtype)
     assert got_losses == want_losses  # exact float equality, step by step

@@ -35,8 +35,7 @@ def mmd_permutation_test(x: torch.Tensor, y: torch.Tensor, perms: int = 300, see
     def stat(u: torch.Tensor) -> torch.Tensor:  # u (P, n + m): 1 on the rows labelled x, 0 on those labelled y
         v = 1.0 - u
         ku = u @ k
-        return ((ku * u).sum(-1) / (n * (n - 1)) + ((v @ k) * v).sum(-1) / (m * (m - 1))
-                - 2 * (ku * v).sum(-1) / (n * m))
+        return (ku * u).sum(-1) / (n * (n - 1)) + ((v @ k) * v).sum(-1) / (m * (m - 1)) - 2 * (ku * v).sum(-1) / (n * m)
 
     labels = torch.cat([torch.ones(n), torch.zeros(m)]).double()
     assert math.isclose(float(stat(labels[None])[0]), value, rel_tol=1e-6, abs_tol=1e-9)
@@ -103,8 +102,10 @@ def test_conditional_sampling_reads_the_context() -> None:
     score = task.score_fn("source", SCH, conditional=True)
     y = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat_interleave(500)[:, None]
     x1 = torch.randn(1000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    for x in (sample_ode(score, x1, SCH, context=y),
-              sample_sde(score, x1, SCH, context=y, steps=200, method="heun", generator=torch.Generator().manual_seed(1))):
+    for x in (
+        sample_ode(score, x1, SCH, context=y),
+        sample_sde(score, x1, SCH, context=y, steps=200, method="heun", generator=torch.Generator().manual_seed(1)),
+    ):
         for label in (1.0, -1.0):
             rows = x[y[:, 0] == label]
             assert torch.allclose(rows.mean(0), label * task.mu["source"], atol=4 * math.sqrt(0.1 / 500))

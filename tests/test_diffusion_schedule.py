@@ -94,12 +94,16 @@ def test_marginal_moments_by_monte_carlo() -> None:
 
 def test_prior_kl_matches_the_gaussian_closed_form() -> None:
     sch = VPSchedule()
-    mean, cov = torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([[2.0, 0.3], [0.3, 0.5]], dtype=torch.float64)
+    mean, cov = (
+        torch.tensor([1.0, -2.0], dtype=torch.float64),
+        torch.tensor([[2.0, 0.3], [0.3, 0.5]], dtype=torch.float64),
+    )
     a, s = sch.alpha(1.0).double(), sch.sigma(1.0).double()
     p1 = torch.distributions.MultivariateNormal(a * mean, a**2 * cov + s**2 * torch.eye(2, dtype=torch.float64))
     std = torch.distributions.MultivariateNormal(torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64))
-    assert math.isclose(float(sch.prior_kl(mean, cov)), float(torch.distributions.kl_divergence(p1, std)),
-                        rel_tol=1e-6, abs_tol=1e-12)
+    assert math.isclose(
+        float(sch.prior_kl(mean, cov)), float(torch.distributions.kl_divergence(p1, std)), rel_tol=1e-6, abs_tol=1e-12
+    )
 
 
 def test_bad_settings_are_refused() -> None:

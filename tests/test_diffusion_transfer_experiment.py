@@ -16,11 +16,23 @@ from .transfer_checks import assert_transfer_beats_no_transfer
 
 
 def test_the_experiment_runs_diffusion_heads(tmp_path) -> None:
-    tiny = ("grid.n_s=[200]", "grid.n_t=[20]", "grid.seeds=[0]", "encoder.hidden=[8]", "train.source.steps=20",
-            "train.source.eval_every=10", "train.target.steps=20", "train.target.eval_every=10",
-            "evaluation.n_eval=200", "evaluation.floor_n=0", "heads.diffusion.options.width=8",
-            "heads.diffusion.options.blocks=1", "heads.diffusion.options.time_features=4",
-            "heads.diffusion.options.rtol=1e-3", "heads.diffusion.options.atol=1e-3")
+    tiny = (
+        "grid.n_s=[200]",
+        "grid.n_t=[20]",
+        "grid.seeds=[0]",
+        "encoder.hidden=[8]",
+        "train.source.steps=20",
+        "train.source.eval_every=10",
+        "train.target.steps=20",
+        "train.target.eval_every=10",
+        "evaluation.n_eval=200",
+        "evaluation.floor_n=0",
+        "heads.diffusion.options.width=8",
+        "heads.diffusion.options.blocks=1",
+        "heads.diffusion.options.time_features=4",
+        "heads.diffusion.options.rtol=1e-3",
+        "heads.diffusion.options.atol=1e-3",
+    )
     recs = run_diffusion_experiment(tiny, out=tmp_path)["records"]
     assert sorted(r["variant"] for r in recs) == sorted(["transfer", "no_transfer", "fine_tune", "oracle"])
     assert all(math.isfinite(r["kl"]) and r["kl_se"] > 0 and r["n_eval"] == 200 for r in recs)

@@ -141,7 +141,9 @@ def test_splits_are_disjoint_seeded_and_the_test_set_is_held_out(task):
         labels = load_digit_levels()[1][ids[name]]
         assert torch.equal(torch.bincount(labels, minlength=10), torch.full((10,), per))
     small, big = task.target_train(5), task.target_train(20)
-    assert torch.equal(big.levels[:50], small.levels) and torch.equal(torch.bincount(small.labels), torch.full((10,), 5))
+    assert torch.equal(big.levels[:50], small.levels) and torch.equal(
+        torch.bincount(small.labels), torch.full((10,), 5)
+    )
     pool_rows = {tuple(r) for r in task.splits.target_pool.levels.tolist()}
     sampled = task.sample(len(task.splits.target_pool), "target", torch.Generator().manual_seed(0))
     assert {tuple(r) for r in PX.levels_from_logit(sampled.x).tolist()} == pool_rows
@@ -226,7 +228,8 @@ def test_tiny_experiment_end_to_end_writes_table_records_and_grid(tmp_path):
     result = run_digits_experiment(exp, tmp_path)
     records = result["records"]
     assert {(r["head"], r["variant"]) for r in records} == {
-        (h, v) for h in heads for v in ("source_only", "transfer", "no_transfer", "fine_tune")} | {("diffusion", "tgdp")}
+        (h, v) for h in heads for v in ("source_only", "transfer", "no_transfer", "fine_tune")
+    } | {("diffusion", "tgdp")}
     for r in records:
         assert math.isfinite(r["nll"]) and r["bpd"] == pytest.approx(r["nll"] / (64 * math.log(2)))
         assert 0 <= r["fidelity"] <= 1 and r["w1"] > 0 and r["nonfinite_samples"] == 0
@@ -255,8 +258,12 @@ def test_pixel_nll_of_an_untrained_diffusion_model_is_the_gaussian_closed_form(t
     model = ConditionalModel(head, None, scaler, Standardizer.fit(test.c))
     got = pixel_log_prob(model, task, test, rows=20)
     zs = scaler(test.z[:20])
-    closed = (-0.5 * zs.square().sum(-1) - 0.5 * D * math.log(2 * math.pi) - scaler.std.log().sum()
-              + PX.log_abs_det_dz_dy(test.y[:20]))
+    closed = (
+        -0.5 * zs.square().sum(-1)
+        - 0.5 * D * math.log(2 * math.pi)
+        - scaler.std.log().sum()
+        + PX.log_abs_det_dz_dy(test.y[:20])
+    )
     assert torch.allclose(got, closed, atol=1e-4)
 
 
@@ -275,8 +282,9 @@ def test_tgdp_model_with_unit_guidance_is_the_source_model(task):
     unit = FunctionGuidance(lambda x, t, c: (x * 0).sum(-1))
     guided = GuidedDigitsModel(GuidedScore(head.score, unit), model).eval()
     with torch.no_grad():
-        assert torch.allclose(guided.log_prob(data.x[:6], data.c[:6]), model.log_prob(data.x[:6], data.c[:6]),
-                              atol=1e-6)
+        assert torch.allclose(
+            guided.log_prob(data.x[:6], data.c[:6]), model.log_prob(data.x[:6], data.c[:6]), atol=1e-6
+        )
         torch.manual_seed(1)
         a = guided.sample(4, data.c[:4])
         torch.manual_seed(1)

@@ -119,8 +119,9 @@ def _resolves(kind: str, name: str, module: ModuleType) -> bool:
 @pytest.mark.parametrize("path", MODULES)
 def test_docstring_references_resolve(path: str) -> None:
     module = importlib.import_module(_module_name(path))
-    unresolved = [f"{path}:{line} {kind} {name!r}" for line, kind, name in references(path)
-                  if not _resolves(kind, name, module)]
+    unresolved = [
+        f"{path}:{line} {kind} {name!r}" for line, kind, name in references(path) if not _resolves(kind, name, module)
+    ]
     assert not unresolved, "stale names in docstrings:\n" + "\n".join(unresolved)
 
 

@@ -48,15 +48,19 @@ matplotlib.figure.Figure.savefig = _recording_savefig
 
 def run_notebook(name: str, out: Path, monkeypatch: pytest.MonkeyPatch, quiet: str = "1") -> dict:
     """Execute examples/NAME as a notebook; its stdout, stderr, inline PNG count and recorded figures."""
-    for key, value in {"GENTRANSFER_DEMO_FAST": "1", "GENTRANSFER_DEMO_OUT": str(out), "OMP_NUM_THREADS": "1",
-                       "MKL_NUM_THREADS": "1", "GENTRANSFER_QUIET": quiet}.items():
+    for key, value in {
+        "GENTRANSFER_DEMO_FAST": "1",
+        "GENTRANSFER_DEMO_OUT": str(out),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "GENTRANSFER_QUIET": quiet,
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's own inline backend, as in Jupyter
     nb = jupytext.read(EXAMPLES / name)
     nb.cells.insert(0, nbformat.v4.new_code_cell(RECORD_FIGURES))
     nb.cells.append(nbformat.v4.new_code_cell(f"import json; print('FIGURES=' + json.dumps({FIGURES}))"))
-    NotebookClient(nb, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(EXAMPLES)}}).execute()
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     stdout = "".join(o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stdout")
     stderr = "".join(o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stderr")
@@ -104,8 +108,10 @@ def test_flow_transfer_2d(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     """Also with GENTRANSFER_QUIET=0: the training shows its progress in the notebook, without a warning."""
     run = run_notebook("flow_transfer_2d.py", tmp_path, monkeypatch, quiet="0")
     stdout = run["stdout"]
-    kl = {m.group(1): (finite(m.group(2)), finite(m.group(3)))
-          for m in re.finditer(rf"^KL (\w+)\s+= {NUMBER} \+- {NUMBER} nats", stdout, re.M)}
+    kl = {
+        m.group(1): (finite(m.group(2)), finite(m.group(3)))
+        for m in re.finditer(rf"^KL (\w+)\s+= {NUMBER} \+- {NUMBER} nats", stdout, re.M)
+    }
     assert set(kl) == {"source_as_is", "no_transfer", "transfer"}, stdout
     assert all(se >= 0 for _, se in kl.values())
     check_pngs(tmp_path, ["flow_transfer_2d.png"])
@@ -146,8 +152,12 @@ def test_kl_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for _, *values in levels:
         for v in values:
             finite(v)
-    slopes = {m.group(1): (finite(m.group(2)), finite(m.group(3))) for m in re.finditer(
-        rf"^slope (\w+)\s+\(.*?\): measured exponent = {NUMBER}.*predicted = {NUMBER}", stdout, re.M)}
+    slopes = {
+        m.group(1): (finite(m.group(2)), finite(m.group(3)))
+        for m in re.finditer(
+            rf"^slope (\w+)\s+\(.*?\): measured exponent = {NUMBER}.*predicted = {NUMBER}", stdout, re.M
+        )
+    }
     assert set(slopes) == {"no_transfer", "transfer"}, stdout
     assert slopes["transfer"][1] == pytest.approx(1 / 3, abs=1e-3)  # generic template, flows: beta - 1 = 1, d = 4
     assert slopes["no_transfer"][1] == pytest.approx(0.1, abs=1e-3)  # d = 18

@@ -86,8 +86,9 @@ def _killer(path: Path, how: signal.Signals = signal.SIGKILL) -> list[int]:
 
 
 @pytest.mark.parametrize("retries", [1, 0])
-def test_a_worker_killed_mid_group_costs_a_retry_not_the_study(local: dict, tmp_path: Path, retries: int,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_worker_killed_mid_group_costs_a_retry_not_the_study(
+    local: dict, tmp_path: Path, retries: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # the first worker to finish a cell stops there and is killed by pid; its group must run again elsewhere
     monkeypatch.setattr(sweep, "run_transfer_group", run_group_killed_once)
     monkeypatch.setenv(KILL_FILE, str(tmp_path / "kill"))
@@ -119,13 +120,34 @@ def test_a_running_scheduler_and_its_workers_write_the_local_records(local: dict
     address = f"tcp://127.0.0.1:{_free_port()}"
     dask = [sys.executable, "-m", "dask"]
     logs = (tmp_path / "dask.log").open("w")
-    procs = [subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
-                               "--no-dashboard"], stdout=logs, stderr=logs)]
+    procs = [
+        subprocess.Popen(
+            [*dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard"],
+            stdout=logs,
+            stderr=logs,
+        )
+    ]
     try:
         # two threads each: a worker process then runs its groups one at a time (they seed torch's generator)
-        procs += [subprocess.Popen([*dask, "worker", address, "--nworkers", "1", "--nthreads", "2",
-                                    "--no-dashboard", "--host", "127.0.0.1"], stdout=logs, stderr=logs)
-                  for _ in range(2)]
+        procs += [
+            subprocess.Popen(
+                [
+                    *dask,
+                    "worker",
+                    address,
+                    "--nworkers",
+                    "1",
+                    "--nthreads",
+                    "2",
+                    "--no-dashboard",
+                    "--host",
+                    "127.0.0.1",
+                ],
+                stdout=logs,
+                stderr=logs,
+            )
+            for _ in range(2)
+        ]
         with Client(address, timeout="60s") as client:
             client.wait_for_workers(2, timeout=60)
         printed = run(tmp_path / "run", "--executor", "dask", "--scheduler", address)
@@ -140,16 +162,18 @@ def test_a_running_scheduler_and_its_workers_write_the_local_records(local: dict
 
 
 def test_slurm_job_array_on_submitits_local_cluster_writes_the_local_records(local: dict, tmp_path: Path) -> None:
-    printed = run(tmp_path, "--executor", "slurm", "--slurm-cluster", "local", "--workers", "2",
-                  "--slurm", "timeout_min=10")
+    printed = run(
+        tmp_path, "--executor", "slurm", "--slurm-cluster", "local", "--workers", "2", "--slurm", "timeout_min=10"
+    )
     assert untimed_cells(tmp_path) == local
     assert "submitted 2 job(s) (local)" in printed and f"progress: {CELLS}/{CELLS} cells done" in printed
     assert len(list((tmp_path / "slurm").glob("*_log.out"))) == 2  # one log per job of the array
 
 
 @pytest.mark.parametrize("how", [signal.SIGUSR2, signal.SIGKILL], ids=["preempted", "killed"])
-def test_a_preempted_or_killed_slurm_job_runs_its_group_again(local: dict, tmp_path: Path, how: signal.Signals,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_preempted_or_killed_slurm_job_runs_its_group_again(
+    local: dict, tmp_path: Path, how: signal.Signals, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # SIGUSR2 is SLURM's warning before preemption or the time limit: submitit checkpoints the job and requeues
     # it; a SIGKILL leaves no result, and the executor submits the group again
     monkeypatch.chdir(ROOT)  # the job processes import tests.workers from here
@@ -167,22 +191,27 @@ def test_a_preempted_or_killed_slurm_job_runs_its_group_again(local: dict, tmp_p
         assert not resubmitted and "caught signal sigusr2" in logs.lower(), logs[-2000:]
 
 
-def test_a_missing_extra_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_extra_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if dask.distributed were not installed
     monkeypatch.delitem(sys.modules, "theory.engine.dask_executor")
     assert main(["run", str(SMOKE), "--out", str(tmp_path), "--executor", "dask"]) == 2
     assert "pip install 'gentransfer[dask]'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("options, message", [
-    (["--scheduler", "tcp://127.0.0.1:8786"], "--scheduler is an option of --executor dask"),
-    (["--executor", "dask", "--retries", "-1"], "--retries must be >= 0"),
-    (["--executor", "slurm", "--slurm", "timeout_min"], "--slurm takes KEY=VALUE"),
-    (["--slurm-cluster", "local"], "options of --executor slurm"),
-])
-def test_executor_options_are_checked_before_anything_runs(tmp_path: Path, options: list[str], message: str,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--scheduler", "tcp://127.0.0.1:8786"], "--scheduler is an option of --executor dask"),
+        (["--executor", "dask", "--retries", "-1"], "--retries must be >= 0"),
+        (["--executor", "slurm", "--slurm", "timeout_min"], "--slurm takes KEY=VALUE"),
+        (["--slurm-cluster", "local"], "options of --executor slurm"),
+    ],
+)
+def test_executor_options_are_checked_before_anything_runs(
+    tmp_path: Path, options: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["run", str(SMOKE), "--out", str(tmp_path / "run"), *options]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
@@ -195,7 +224,7 @@ def test_the_readme_commands_parse() -> None:
     from theory.cli import _parser
 
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Several machines"):text.index("\n## ", text.index("## Several machines") + 1)]
+    section = text[text.index("## Several machines") : text.index("\n## ", text.index("## Several machines") + 1)]
     lines = section.replace("\\\n", " ").splitlines()  # continued lines joined
     commands = [shlex.split(line.split("#")[0]) for line in lines if line.strip().startswith("gentransfer ")]
     assert len(commands) >= 6
@@ -206,8 +235,9 @@ def test_the_readme_commands_parse() -> None:
     assert {"local", "dask", "slurm"} <= executors
 
 
-def test_a_scheduler_lost_mid_run_is_one_line_with_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_scheduler_lost_mid_run_is_one_line_with_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     # the worker that finishes a cell first stops there; the test then kills the scheduler (not the worker)
     address = f"tcp://127.0.0.1:{_free_port()}"
     dask = [sys.executable, "-m", "dask"]
@@ -215,10 +245,17 @@ def test_a_scheduler_lost_mid_run_is_one_line_with_exit_2(tmp_path: Path, monkey
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sweep, "run_transfer_group", run_group_killed_once)
     logs = (tmp_path / "dask.log").open("w")
-    scheduler = subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
-                                  "--no-dashboard"], stdout=logs, stderr=logs)
-    worker = subprocess.Popen([*dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
-                               "--host", "127.0.0.1"], stdout=logs, stderr=logs, env=env)
+    scheduler = subprocess.Popen(
+        [*dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard"],
+        stdout=logs,
+        stderr=logs,
+    )
+    worker = subprocess.Popen(
+        [*dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+        stdout=logs,
+        stderr=logs,
+        env=env,
+    )
     try:
         from distributed import Client
 
@@ -233,8 +270,21 @@ def test_a_scheduler_lost_mid_run_is_one_line_with_exit_2(tmp_path: Path, monkey
 
         threading.Thread(target=kill_scheduler, daemon=True).start()
         sets = [a for s in TWO_GROUPS for a in ("--set", s)]
-        status = main(["run", str(SMOKE), "--out", str(tmp_path / "run"), "--no-report", "--quiet", *sets,
-                       "--executor", "dask", "--scheduler", address])
+        status = main(
+            [
+                "run",
+                str(SMOKE),
+                "--out",
+                str(tmp_path / "run"),
+                "--no-report",
+                "--quiet",
+                *sets,
+                "--executor",
+                "dask",
+                "--scheduler",
+                address,
+            ]
+        )
     finally:
         for proc in (scheduler, worker):
             proc.kill()
@@ -248,8 +298,21 @@ def test_a_scheduler_lost_mid_run_is_one_line_with_exit_2(tmp_path: Path, monkey
 def test_a_scheduler_with_no_worker_says_so_then_gives_up(tmp_path: Path) -> None:
     address = f"tcp://127.0.0.1:{_free_port()}"
     logs = (tmp_path / "dask.log").open("w")
-    scheduler = subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port",
-                                  address.rsplit(":", 1)[1], "--no-dashboard"], stdout=logs, stderr=logs)
+    scheduler = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dask",
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            address.rsplit(":", 1)[1],
+            "--no-dashboard",
+        ],
+        stdout=logs,
+        stderr=logs,
+    )
     said: list[str] = []
     try:
         from distributed import Client

@@ -25,8 +25,10 @@ def test_the_minimum_rows_are_stated_from_the_simplest_models_parameters() -> No
 
 @pytest.mark.parametrize("n", [1, 3])
 def test_fit_source_on_too_few_rows_is_refused(n: int) -> None:
-    with pytest.raises(DataError, match=f"source has {n} row\\(s\\); a fit on a 2-feature context needs at "
-                                        "least 4 \\(context features \\+ 2"):
+    with pytest.raises(
+        DataError,
+        match=f"source has {n} row\\(s\\); a fit on a 2-feature context needs at least 4 \\(context features \\+ 2",
+    ):
         fit_source(Encoder(5, 2, hidden=(8,)), GaussianHead(2, 2), pairs(n), QUICK)
 
 
@@ -60,14 +62,18 @@ def test_a_single_constant_condition_column_is_fitted_as_it_is() -> None:
 
 def test_a_fit_that_never_beat_its_initial_model_warns_on_its_history_and_summary() -> None:
     config = TrainConfig(steps=50, eval_every=10, lr=1.0, description="target")
-    results = fit_variants(lambda k: GaussianHead(2, k), pairs(), pairs(seed=1), TransferConfig(target_train=config),
-                           ["no_transfer"])
+    results = fit_variants(
+        lambda k: GaussianHead(2, k), pairs(), pairs(seed=1), TransferConfig(target_train=config), ["no_transfer"]
+    )
     history = results["no_transfer"].histories["target"]
     assert not history.improved and len(history.warnings) == 1
-    assert "target fit never beat its initial model" in history.warnings[0] and "lower lr (now 1)" in history.warnings[0]
+    assert (
+        "target fit never beat its initial model" in history.warnings[0] and "lower lr (now 1)" in history.warnings[0]
+    )
     assert results["no_transfer"].summary()["warnings"] == [f"target: {history.warnings[0]}"]
-    good = fit_source(Encoder(5, 2, hidden=(8,)), GaussianHead(2, 2), pairs(), TrainConfig(steps=200, eval_every=50,
-                                                                                            lr=1e-2))
+    good = fit_source(
+        Encoder(5, 2, hidden=(8,)), GaussianHead(2, 2), pairs(), TrainConfig(steps=200, eval_every=50, lr=1e-2)
+    )
     assert good.history.improved and good.history.warnings == []  # a fit that does improve says nothing
 
 
@@ -78,8 +84,11 @@ def test_a_grid_whose_cells_could_not_be_fitted_is_refused_before_any_cell() -> 
     from theory.studies.transfer.sweep import check_study
 
     exact = {**raw(variants=["direct"], n_t=[8, 40], heads=["lin"]), "heads": {"lin": {"kind": "linear_gaussian"}}}
-    with pytest.raises(ConfigError, match="grid.n_t = 8: variant direct of head lin fits a model on a "
-                                          "16-feature context and needs at least 18 pairs"):
+    with pytest.raises(
+        ConfigError,
+        match="grid.n_t = 8: variant direct of head lin fits a model on a "
+        "16-feature context and needs at least 18 pairs",
+    ):
         check_study(ExperimentConfig.from_dict(exact))
     check_study(ExperimentConfig.from_dict({**exact, "grid": {**exact["grid"], "n_t": [18, 40]}}))
     # a trained head on c is early-stopped like any other: a few-shot grid is allowed

@@ -43,10 +43,25 @@ def test_summary_averages_over_seeds() -> None:
 
 
 #: a seconds-long version of the shipped flow experiment (same config, smaller grid and training)
-TINY = ("grid.n_s=[200]", "grid.n_t=[40, 20]", "grid.seeds=[0, 1]", "encoder.hidden=[8]",
-        "train.source.steps=30", "train.source.eval_every=10", "train.target.steps=30", "train.target.eval_every=10",
-        "train.floor.steps=30", "train.floor.eval_every=10", "evaluation.n_eval=500", "evaluation.floor_n=300",
-        "heads.flow.options.transform=maf", "heads.flow.options.transforms=1", "heads.flow.options.hidden=[8, 8]")
+TINY = (
+    "grid.n_s=[200]",
+    "grid.n_t=[40, 20]",
+    "grid.seeds=[0, 1]",
+    "encoder.hidden=[8]",
+    "train.source.steps=30",
+    "train.source.eval_every=10",
+    "train.target.steps=30",
+    "train.target.eval_every=10",
+    "train.floor.steps=30",
+    "train.floor.eval_every=10",
+    "evaluation.n_eval=500",
+    "evaluation.floor_n=300",
+    "heads.flow.options.transform=maf",
+    "heads.flow.options.transforms=1",
+    "heads.flow.options.hidden=[8, 8]",
+)
+
+
 def test_the_library_call_and_the_cli_give_identical_records(tmp_path) -> None:
     """run_flow_experiment is ``gentransfer run configs/flow_transfer.toml``: one engine, one seeding scheme."""
     result = run_flow_experiment(TINY, out=tmp_path / "api")
@@ -64,8 +79,9 @@ def test_the_library_call_and_the_cli_give_identical_records(tmp_path) -> None:
 def test_a_cell_does_not_depend_on_what_else_runs(tmp_path) -> None:
     """Seeds derive from the cell itself: a grid of one variant gives that variant's records unchanged."""
     both = run_flow_experiment((*TINY, "grid.seeds=[0]"), out=tmp_path / "all")["records"]
-    alone = run_flow_experiment((*TINY, "grid.seeds=[0]", 'grid.variants=["no_transfer"]'),
-                                out=tmp_path / "one")["records"]
+    alone = run_flow_experiment((*TINY, "grid.seeds=[0]", 'grid.variants=["no_transfer"]'), out=tmp_path / "one")[
+        "records"
+    ]
     assert [untimed(r) for r in alone] == [untimed(r) for r in both if r["variant"] == "no_transfer"]
 
 

@@ -29,8 +29,15 @@ IDS = [f"{b}-{t}" for b, t in ALL]
 
 def small_head(backend: str, transform: str, features: int = 2, context: int | None = 3) -> FlowHead:
     """A small head of every kind (one ODE block for cnf) so the generic tests stay fast."""
-    return FlowHead(features, context, backend=backend, transform=transform,
-                    transforms=1 if transform == "cnf" else 2, hidden=(16, 16), bins=4)
+    return FlowHead(
+        features,
+        context,
+        backend=backend,
+        transform=transform,
+        transforms=1 if transform == "cnf" else 2,
+        hidden=(16, 16),
+        bins=4,
+    )
 
 
 def randomise(head: FlowHead, scale: float = 0.3) -> FlowHead:
@@ -218,8 +225,12 @@ def test_flow_head_fits_conditional_gaussian(backend: str, transform: str) -> No
     gen = torch.Generator().manual_seed(0)
     target = task.sample(8000, "target", gen)
     head = FlowHead(2, 2, backend=backend, transform=transform, transforms=2, hidden=(32, 32), bins=6)
-    model = fit_target_head(FixedEmbedding(task.embedding, 16, 2), head, target,
-                            TrainConfig(steps=1000, batch_size=512, lr=3e-3, eval_every=100, seed=0))
+    model = fit_target_head(
+        FixedEmbedding(task.embedding, 16, 2),
+        head,
+        target,
+        TrainConfig(steps=1000, batch_size=512, lr=3e-3, eval_every=100, seed=0),
+    )
     est = kl_to_task(task, model, "target", n=20_000, generator=gen)
     assert est.value < 0.03, est
     assert est.se < 0.005

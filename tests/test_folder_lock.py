@@ -22,8 +22,10 @@ from theory.engine.run_folder import claim, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 CTX = multiprocessing.get_context("fork")
-BUSY = re.compile(r"is in use by another gentransfer run \(pid \d+ on host .+, since .+\); wait for it to end, or "
-                  r"use another --out folder")
+BUSY = re.compile(
+    r"is in use by another gentransfer run \(pid \d+ on host .+, since .+\); wait for it to end, or "
+    r"use another --out folder"
+)
 
 
 def _contender(out: str, name: str, go, mine, other) -> None:  # type: ignore[no-untyped-def]
@@ -58,7 +60,8 @@ def _race(out: Path, names: tuple[str, str], capfd: pytest.CaptureFixture[str]) 
 
 
 def test_two_different_studies_started_together_one_runs_and_the_other_exits_2(
-        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     for trial in range(20):
         out = tmp_path / f"race{trial}"
         codes, err = _race(out, ("alpha", "beta"), capfd)
@@ -90,10 +93,23 @@ def _holder(out: str, ready, release) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_cli_run_into_a_held_folder_exits_2_naming_the_holder_and_report_says_a_run_is_in_progress(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "o"
-    assert main(["run", "smoke", "--out", str(out), "--set", "grid.n_t=[8]", "--set", "grid.seeds=[0]",
-                 "--quiet", "--no-report"]) in (0, 1)
+    assert main(
+        [
+            "run",
+            "smoke",
+            "--out",
+            str(out),
+            "--set",
+            "grid.n_t=[8]",
+            "--set",
+            "grid.seeds=[0]",
+            "--quiet",
+            "--no-report",
+        ]
+    ) in (0, 1)
     capsys.readouterr()
     ready, release = CTX.Event(), CTX.Event()
     proc = CTX.Process(target=_holder, args=(str(out), ready, release))
@@ -163,9 +179,27 @@ def test_two_real_runs_of_different_studies_started_together(tmp_path: Path) -> 
     base = ["--set", "grid.n_t=[8]", "--set", "grid.seeds=[0]", "--set", "grid.n_s=[64]", "--quiet", "--no-report"]
     for trial in range(int(os.environ.get("GENTRANSFER_RACE_TRIALS", "20"))):
         out = tmp_path / f"race{trial}"
-        procs = [subprocess.Popen([sys.executable, "-m", "theory", "run", "smoke", "--out", str(out), *base,
-                                   "--set", f"encoder.hidden=[{width}]"], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True) for width in (8, 9)]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "theory",
+                    "run",
+                    "smoke",
+                    "--out",
+                    str(out),
+                    *base,
+                    "--set",
+                    f"encoder.hidden=[{width}]",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for width in (8, 9)
+        ]
         results = [(p.wait(300), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
         codes = sorted(code for code, _ in results)
         refused = [err for code, err in results if code == 2]

@@ -53,13 +53,19 @@ def test_hand_edited_predictions_of_a_built_in_rate_are_ignored(run: Path) -> No
     assert "-5.000" not in (run / "report.md").read_text()
 
 
-def test_hand_edited_predictions_of_a_user_rate_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_hand_edited_predictions_of_a_user_rate_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "user_rate.py").write_text("from theory.truth.rates import generic_rates as rates\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
-    run_sweep(ExperimentConfig.from_dict({**raw(variants=["no_transfer"], n_t=[8, 16]),
-                                          "theory": {"rate": "user_rate:rates"}}), out, log=None)
+    run_sweep(
+        ExperimentConfig.from_dict(
+            {**raw(variants=["no_transfer"], n_t=[8, 16]), "theory": {"rate": "user_rate:rates"}}
+        ),
+        out,
+        log=None,
+    )
     sys.modules.pop("user_rate", None)
     build_report(out)  # the stored predictions, signed by the study: read
     stored = json.loads((out / "predictions.json").read_text())
@@ -82,8 +88,9 @@ def test_a_record_linked_to_a_file_outside_the_folder_is_refused(run: Path, tmp_
         build_report(run)
 
 
-def test_a_linked_cells_subfolder_never_makes_run_write_outside(run: Path, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_linked_cells_subfolder_never_makes_run_write_outside(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     outside = tmp_path / "elsewhere"
     head = run / "cells" / "gaussian"
     shutil.move(head, outside)
@@ -119,10 +126,10 @@ def test_report_refuses_a_record_of_other_settings_as_run_does(run: Path) -> Non
         build_report(run)
 
 
-@pytest.mark.parametrize("field, value", [("kl", "0.5"), ("n_t", 8.5), ("kl", True), ("status", "done"),
-                                          ("seed", None)])
-def test_report_refuses_a_field_of_the_wrong_type_and_run_recomputes_it(run: Path, field: str,
-                                                                        value: object) -> None:
+@pytest.mark.parametrize(
+    "field, value", [("kl", "0.5"), ("n_t", 8.5), ("kl", True), ("status", "done"), ("seed", None)]
+)
+def test_report_refuses_a_field_of_the_wrong_type_and_run_recomputes_it(run: Path, field: str, value: object) -> None:
     record = _record(run)
     good = json.loads(record.read_text())
     record.write_text(json.dumps({**good, field: value}))
@@ -162,10 +169,12 @@ def test_report_reads_no_link_in_any_run_subfolder_nor_a_linked_config(run: Path
         build_report(run)
 
 
-@pytest.mark.parametrize("config, sub", [("tgdp_smoke", "records"), ("digits_smoke", "cells"),
-                                         ("completion_smoke", "cells")])
-def test_every_study_refuses_a_linked_record_folder_for_run_and_report(config: str, sub: str, tmp_path: Path,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "config, sub", [("tgdp_smoke", "records"), ("digits_smoke", "cells"), ("completion_smoke", "cells")]
+)
+def test_every_study_refuses_a_linked_record_folder_for_run_and_report(
+    config: str, sub: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """TGDP, digits and completion folders, like a transfer folder, never read or write through a link."""
     from theory.cli import main
 

@@ -56,8 +56,10 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
 
 
 def test_import_gentransfer_loads_none_of_the_packages() -> None:
-    code = ("import sys, json, gentransfer; print(json.dumps([m for m in ('torch', 'shared_embed', 'flows', "
-            "'diffusion', 'theory') if m in sys.modules]))")
+    code = (
+        "import sys, json, gentransfer; print(json.dumps([m for m in ('torch', 'shared_embed', 'flows', "
+        "'diffusion', 'theory') if m in sys.modules]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == []
 
@@ -81,8 +83,9 @@ def _source_copy(dest: Path) -> Path:
 def _build(source: Path, out: Path, kind: str) -> Path:
     """Build a wheel or an sdist with setuptools' PEP 517 hooks (no network, no build isolation)."""
     code = f"from setuptools import build_meta as b; print(b.build_{kind}({os.fspath(out)!r}))"
-    name = subprocess.run([sys.executable, "-c", code], cwd=source, capture_output=True, text=True,
-                          check=True).stdout.split()[-1]
+    name = subprocess.run(
+        [sys.executable, "-c", code], cwd=source, capture_output=True, text=True, check=True
+    ).stdout.split()[-1]
     return out / name
 
 
@@ -99,8 +102,13 @@ def test_the_wheel_imports_in_a_fresh_environment(tmp_path: Path) -> None:
     venv.create(env, with_pip=True)
     python = env / "bin" / "python"
     subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], check=True)
-    done = subprocess.run([python, "-c", "import gentransfer, sys; print(gentransfer.__version__)"],
-                          cwd=tmp_path, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [python, "-c", "import gentransfer, sys; print(gentransfer.__version__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert done.stdout.strip() == "0.1.0"
     # with the dependencies of this environment on the path (a .pth file: the wheel's own packages come first)
     site = next((env / "lib").glob("python3*/site-packages"))

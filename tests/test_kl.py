@@ -82,8 +82,10 @@ def test_kl_to_task_of_exact_model_is_zero_and_of_source_law_is_closed_form() ->
     s_inv = torch.linalg.inv(s_s)
     d, delta = a_t - a_s, b_t - b_s
     mean_term = torch.trace(d.T @ s_inv @ d) + delta @ s_inv @ delta
-    truth = float(gaussian_kl(torch.zeros(2, dtype=torch.float64), s_t, torch.zeros(2, dtype=torch.float64), s_s)
-                  + 0.5 * mean_term)
+    truth = float(
+        gaussian_kl(torch.zeros(2, dtype=torch.float64), s_t, torch.zeros(2, dtype=torch.float64), s_s)
+        + 0.5 * mean_term
+    )
     est = kl_to_task(task, ExactModel(task, "source"), "target", n=50_000, generator=gen)
     assert abs(est.value - truth) < 3 * est.se, (est, truth)
 
@@ -100,8 +102,15 @@ def test_kl_split_adds_up_and_finds_the_closed_form_floor() -> None:
     h1 = FixedEmbedding(TrueEmbedding(task.embedding.weight[:1].clone(), nonlinear=False), 16, 1)
     factory = make_flow_head(2, transform="maf", transforms=2, hidden=(32, 32))
     deficient = ConditionalModel(factory(1), h1, Standardizer(2))
-    floor = estimate_floor(task, deficient, factory, n_train=10_000, n_eval=20_000, generator=gen,
-                           train=TrainConfig(steps=800, batch_size=512, lr=3e-3, eval_every=100))
+    floor = estimate_floor(
+        task,
+        deficient,
+        factory,
+        n_train=10_000,
+        n_eval=20_000,
+        generator=gen,
+        train=TrainConfig(steps=800, batch_size=512, lr=3e-3, eval_every=100),
+    )
     assert abs(floor.kl.value - floor_truth) < 3 * floor.kl.se + 0.01, (floor.kl, floor_truth)
 
     # The split of a model on the same embedding trained on few pairs: total = floor + head, head >= 0.
@@ -124,6 +133,13 @@ def test_floor_of_the_true_embedding_is_near_zero() -> None:
     gen = torch.Generator().manual_seed(4)
     factory = make_flow_head(2, transform="maf", transforms=2, hidden=(32, 32))
     model = ConditionalModel(factory(2), FixedEmbedding(task.embedding, 16, 2), Standardizer(2))
-    floor = estimate_floor(task, model, factory, n_train=10_000, n_eval=20_000, generator=gen,
-                           train=TrainConfig(steps=800, batch_size=512, lr=3e-3, eval_every=100))
+    floor = estimate_floor(
+        task,
+        model,
+        factory,
+        n_train=10_000,
+        n_eval=20_000,
+        generator=gen,
+        train=TrainConfig(steps=800, batch_size=512, lr=3e-3, eval_every=100),
+    )
     assert floor.kl.value < 0.02, floor.kl

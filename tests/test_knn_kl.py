@@ -32,8 +32,9 @@ def _log_p(x: torch.Tensor) -> torch.Tensor:
     return -0.5 * x.square().sum(1) - math.log(2 * math.pi)
 
 
-def _repeat(case: str, n: int, reps: int, seed: int = 0
-            ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _repeat(
+    case: str, n: int, reps: int, seed: int = 0
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Truth, and per repetition (two-sample value, its SE, cross value, its SE), k = 3, 10 batches."""
     mean, cov = CASES[case]
     g = torch.Generator().manual_seed(seed)

@@ -8,16 +8,22 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-FORBIDDEN = {"shared_embed": {"flows", "diffusion", "theory"}, "flows": {"diffusion", "theory"},
-             "diffusion": {"flows", "theory"}}
+FORBIDDEN = {
+    "shared_embed": {"flows", "diffusion", "theory"},
+    "flows": {"diffusion", "theory"},
+    "diffusion": {"flows", "theory"},
+}
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_no_upward_or_sideways_imports(package):
     for path in (ROOT / package).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+            )
             for name in names:
                 assert name.split(".")[0] not in FORBIDDEN[package], f"{path.relative_to(ROOT)} imports {name}"
 
@@ -51,8 +57,10 @@ def _module_imports(path: pathlib.Path) -> set[str]:
 def test_theory_has_no_import_circles():
     """Not at module level, nor through imports deferred into functions or TYPE_CHECKING blocks: every
     dependency of a theory module points one way."""
-    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
-               for p in (ROOT / "theory").rglob("*.py")}
+    modules = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in (ROOT / "theory").rglob("*.py")
+    }
     graph = {m: {n for n in _all_theory_imports(p) if n in modules and n != m} for m, p in modules.items()}
     state: dict[str, int] = {}
 
@@ -81,8 +89,14 @@ THEORY_FLOORS = {  # a part of theory/ may import the parts listed (and itself),
 
 
 def _part_of(module: str) -> str | None:
-    return next((part for part in sorted(THEORY_FLOORS, key=len, reverse=True)
-                 if module == part or module.startswith(part + ".")), None)
+    return next(
+        (
+            part
+            for part in sorted(THEORY_FLOORS, key=len, reverse=True)
+            if module == part or module.startswith(part + ".")
+        ),
+        None,
+    )
 
 
 def _all_theory_imports(path: pathlib.Path) -> set[str]:

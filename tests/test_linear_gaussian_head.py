@@ -71,8 +71,14 @@ def test_oracle_and_direct_variants_fit_exactly_and_match_their_known_answer() -
     kls: dict[str, list[float]] = {"oracle": [], "direct": []}
     for rep in range(12):
         target = task.sample(60, "target", torch.Generator().manual_seed(rep))
-        res = fit_variants(lambda k: LinearGaussianHead(2, k), target, target, cfg, ["oracle", "direct"],
-                           oracle_embedding=task.embedding)
+        res = fit_variants(
+            lambda k: LinearGaussianHead(2, k),
+            target,
+            target,
+            cfg,
+            ["oracle", "direct"],
+            oracle_embedding=task.embedding,
+        )
         for variant, r in res.items():
             assert r.model.history.steps_done == 0  # solved, not trained
             kls[variant].append(kl_to_task(task, r.model, n=4000, generator=torch.Generator().manual_seed(99)).value)

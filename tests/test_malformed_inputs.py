@@ -13,8 +13,9 @@ from theory.truth.tasks import ConditionalGaussianTask, TwoGaussianTask
 from .malformed import only_documented_errors, tensors
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-MODEL = ConditionalModel(GaussianHead(2, 3, hidden=(8,)), Encoder(4, 3, hidden=(8,)).freeze(), Standardizer(2),
-                         Standardizer(4))
+MODEL = ConditionalModel(
+    GaussianHead(2, 3, hidden=(8,)), Encoder(4, 3, hidden=(8,)).freeze(), Standardizer(2), Standardizer(4)
+)
 UNCOND = ConditionalModel(GaussianHead(2, None))
 TASK = ConditionalGaussianTask(d_c=4, d_h=2, d_x=2)
 
@@ -47,8 +48,13 @@ def test_encoder(c):
 
 
 @SETTINGS
-@given(steps=st.integers(-2, 3), batch=st.integers(-2, 3), lr=st.floats(allow_nan=True, allow_infinity=True),
-       optimizer=st.sampled_from(["adam", "adamw", "sgd", ""]), schedule=st.sampled_from(["cosine", "constant", "x"]))
+@given(
+    steps=st.integers(-2, 3),
+    batch=st.integers(-2, 3),
+    lr=st.floats(allow_nan=True, allow_infinity=True),
+    optimizer=st.sampled_from(["adam", "adamw", "sgd", ""]),
+    schedule=st.sampled_from(["cosine", "constant", "x"]),
+)
 def test_train_config(steps, batch, lr, optimizer, schedule):
     only_documented_errors(TrainConfig, steps=steps, batch_size=batch, lr=lr, optimizer=optimizer, schedule=schedule)
 

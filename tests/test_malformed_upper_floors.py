@@ -30,9 +30,11 @@ TASK = TwoGaussianTask()
 SOURCE_SCORE = TASK.score_fn("source", SCHEDULE)
 # Loose tolerances: these tests are about what comes out for bad input, not about accuracy.
 FAST_ODE = {"rtol": 1e-2, "atol": 1e-2}
-FLOWS = [FlowHead(2, 3, backend="zuko", transform="nsf", transforms=1, hidden=(8,)),
-         FlowHead(2, 3, backend="nflows", transform="spline_ar", transforms=1, hidden=(8,)),
-         FlowHead(2, None, backend="zuko", transform="maf", transforms=1, hidden=(8,))]
+FLOWS = [
+    FlowHead(2, 3, backend="zuko", transform="nsf", transforms=1, hidden=(8,)),
+    FlowHead(2, 3, backend="nflows", transform="spline_ar", transforms=1, hidden=(8,)),
+    FlowHead(2, None, backend="zuko", transform="maf", transforms=1, hidden=(8,)),
+]
 DIFFUSION = DiffusionHead(2, 3, width=8, blocks=1, time_features=4, rtol=1e-2, atol=1e-2).eval()
 TINY = TrainConfig(steps=2, batch_size=8, progress=False)
 
@@ -58,13 +60,18 @@ def test_flow_head_sample(n, c, which):
 
 
 @SETTINGS
-@given(features=st.integers(-1, 3), context=st.one_of(st.none(), st.integers(-1, 3)),
-       backend=st.sampled_from(["zuko", "nflows", "pyro", ""]),
-       transform=st.sampled_from(["nsf", "maf", "cnf", "spline_ar", "affine_ar", "glow"]),
-       transforms=st.integers(-1, 2), bins=st.integers(0, 3))
+@given(
+    features=st.integers(-1, 3),
+    context=st.one_of(st.none(), st.integers(-1, 3)),
+    backend=st.sampled_from(["zuko", "nflows", "pyro", ""]),
+    transform=st.sampled_from(["nsf", "maf", "cnf", "spline_ar", "affine_ar", "glow"]),
+    transforms=st.integers(-1, 2),
+    bins=st.integers(0, 3),
+)
 def test_flow_head_construction(features, context, backend, transform, transforms, bins):
-    only_documented_errors(FlowHead, features, context, backend=backend, transform=transform,
-                           transforms=transforms, hidden=(4,), bins=bins)
+    only_documented_errors(
+        FlowHead, features, context, backend=backend, transform=transform, transforms=transforms, hidden=(4,), bins=bins
+    )
 
 
 @SETTINGS
@@ -87,19 +94,39 @@ def test_diffusion_head_sample(n, c):
 
 
 @SETTINGS
-@given(parameterization=st.sampled_from(["residual", "epsilon", "v"]), schedule=st.sampled_from(["linear", "cosine", "x"]),
-       sampler=st.sampled_from(["ode", "euler_maruyama", "heun", "ddim"]),
-       divergence=st.sampled_from(["auto", "exact", "hutchinson", "trace"]),
-       t_eps=st.floats(-1.0, 2.0), probes=st.integers(-1, 2))
+@given(
+    parameterization=st.sampled_from(["residual", "epsilon", "v"]),
+    schedule=st.sampled_from(["linear", "cosine", "x"]),
+    sampler=st.sampled_from(["ode", "euler_maruyama", "heun", "ddim"]),
+    divergence=st.sampled_from(["auto", "exact", "hutchinson", "trace"]),
+    t_eps=st.floats(-1.0, 2.0),
+    probes=st.integers(-1, 2),
+)
 def test_diffusion_head_construction(parameterization, schedule, sampler, divergence, t_eps, probes):
-    only_documented_errors(DiffusionHead, 2, None, width=4, blocks=1, time_features=4,
-                           parameterization=parameterization, schedule=schedule, sampler=sampler,
-                           divergence=divergence, t_eps=t_eps, probes=probes)
+    only_documented_errors(
+        DiffusionHead,
+        2,
+        None,
+        width=4,
+        blocks=1,
+        time_features=4,
+        parameterization=parameterization,
+        schedule=schedule,
+        sampler=sampler,
+        divergence=divergence,
+        t_eps=t_eps,
+        probes=probes,
+    )
 
 
 @SETTINGS
-@given(x1=matrices(2), c=st.one_of(st.none(), matrices(1)), steps=st.integers(-1, 3), t_eps=st.floats(-0.5, 1.5),
-       method=st.sampled_from(["euler_maruyama", "heun", "rk4"]))
+@given(
+    x1=matrices(2),
+    c=st.one_of(st.none(), matrices(1)),
+    steps=st.integers(-1, 3),
+    t_eps=st.floats(-0.5, 1.5),
+    method=st.sampled_from(["euler_maruyama", "heun", "rk4"]),
+)
 def test_sde_sampler(x1, c, steps, t_eps, method):
     only_documented_errors(sample_sde, SOURCE_SCORE, x1, SCHEDULE, context=c, steps=steps, t_eps=t_eps, method=method)
 
@@ -111,11 +138,23 @@ def test_ode_sampler(x1, t_eps, method):
 
 
 @FEW
-@given(x0=matrices(2, max_rows=3), divergence=st.sampled_from(["exact", "hutchinson", "trace"]),
-       probes=st.integers(-1, 2), t_eps=st.floats(-0.5, 1.5))
+@given(
+    x0=matrices(2, max_rows=3),
+    divergence=st.sampled_from(["exact", "hutchinson", "trace"]),
+    probes=st.integers(-1, 2),
+    t_eps=st.floats(-0.5, 1.5),
+)
 def test_probability_flow_likelihood(x0, divergence, probes, t_eps):
-    only_documented_errors(probability_flow_log_prob, SOURCE_SCORE, x0, SCHEDULE, divergence=divergence,
-                           probes=probes, t_eps=t_eps, **FAST_ODE)
+    only_documented_errors(
+        probability_flow_log_prob,
+        SOURCE_SCORE,
+        x0,
+        SCHEDULE,
+        divergence=divergence,
+        probes=probes,
+        t_eps=t_eps,
+        **FAST_ODE,
+    )
 
 
 @SETTINGS
@@ -141,9 +180,15 @@ def test_transfer_config(embed_dim, val_fraction, device):
 
 
 @FEW
-@given(n_s=st.integers(1, 12), n_t=st.integers(1, 6), d_c_t=st.integers(1, 3), d_x_t=st.integers(1, 3),
-       variants=st.lists(st.sampled_from(["transfer", "no_transfer", "fine_tune", "oracle", "zero_shot"]),
-                         min_size=0, max_size=3))
+@given(
+    n_s=st.integers(1, 12),
+    n_t=st.integers(1, 6),
+    d_c_t=st.integers(1, 3),
+    d_x_t=st.integers(1, 3),
+    variants=st.lists(
+        st.sampled_from(["transfer", "no_transfer", "fine_tune", "oracle", "zero_shot"]), min_size=0, max_size=3
+    ),
+)
 def test_transfer_pipeline(n_s, n_t, d_c_t, d_x_t, variants):
     """Source (c in R^2, x in R^2) against targets whose dimensions may differ; odd variant lists."""
     from shared_embed import GaussianHead
@@ -154,11 +199,40 @@ def test_transfer_pipeline(n_s, n_t, d_c_t, d_x_t, variants):
     only_documented_errors(fit_variants, lambda k: GaussianHead(2, k, hidden=(4,)), source, target, config, variants)
 
 
-_KEYS = ["grid.n_t", "grid.n_s", "grid.seeds", "grid.heads", "grid.variants", "task.d_c", "task.name",
-         "train.target.steps", "train.target.lr", "evaluation.n_eval", "run.workers", "encoder.hidden", "nope.key",
-         "grid", "experiment.name"]
-_VALUES = ["[20, 40]", "[]", "[-5]", "0", "-1", "3.5", '"x"', "true", "[1, \"a\"]", "nan", "1e-3", '["flow"]',
-           '["teleport"]', "{ a = 1 }", ""]
+_KEYS = [
+    "grid.n_t",
+    "grid.n_s",
+    "grid.seeds",
+    "grid.heads",
+    "grid.variants",
+    "task.d_c",
+    "task.name",
+    "train.target.steps",
+    "train.target.lr",
+    "evaluation.n_eval",
+    "run.workers",
+    "encoder.hidden",
+    "nope.key",
+    "grid",
+    "experiment.name",
+]
+_VALUES = [
+    "[20, 40]",
+    "[]",
+    "[-5]",
+    "0",
+    "-1",
+    "3.5",
+    '"x"',
+    "true",
+    '[1, "a"]',
+    "nan",
+    "1e-3",
+    '["flow"]',
+    '["teleport"]',
+    "{ a = 1 }",
+    "",
+]
 
 
 @SETTINGS

@@ -39,8 +39,10 @@ def verdicts(raw: dict[str, Any], out: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def correct(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
     base = tmp_path_factory.mktemp("correct")
-    return {"known": verdicts(study(source=False), base / "known"),
-            "source": verdicts(study(source=True), base / "source")}
+    return {
+        "known": verdicts(study(source=False), base / "known"),
+        "source": verdicts(study(source=True), base / "source"),
+    }
 
 
 def test_every_control_is_aimed_at_a_check() -> None:
@@ -51,8 +53,12 @@ def test_the_correct_pipeline_passes_every_targeted_check(correct: dict[str, dic
     assert correct["known"]["KL equals its known answer"] == PASS
     assert correct["known"]["KL is a divergence (>= -3 SE)"] == PASS
     assert correct["known"]["replicates are independent"] == PASS
-    for name in ("transfer KL equals its known answer", "embedding floor equals its known answer",
-                 "embedding floor falls as n_s grows", "transfer keeps the source embedding"):
+    for name in (
+        "transfer KL equals its known answer",
+        "embedding floor equals its known answer",
+        "embedding floor falls as n_s grows",
+        "transfer keeps the source embedding",
+    ):
         assert correct["source"][name] == PASS, name
     # 6 seeds at n_t = 30 and 60: the head term's power against a factor 2 is about 0.8, so it may lack data
     assert correct["source"]["head term equals its known answer"] in (PASS, INSUFFICIENT)
@@ -85,8 +91,19 @@ def test_an_oracle_that_reads_c_fails_the_flat_in_d_c_law() -> None:
         for seed in range(6):
             for n in (100, 400):
                 jitter = 1 + 0.05 * ((seed * 7 + d_c) % 5 - 2)
-                base = {"head": "lin", "head_kind": "linear_gaussian", "seed": seed, "n_t": n, "n_s": None,
-                        "task": f"d_c={d_c}", "d_c": d_c, "d_h": 2, "d_x": 2, "status": "ok", "kl_se": 1e-4}
+                base = {
+                    "head": "lin",
+                    "head_kind": "linear_gaussian",
+                    "seed": seed,
+                    "n_t": n,
+                    "n_s": None,
+                    "task": f"d_c={d_c}",
+                    "d_c": d_c,
+                    "d_h": 2,
+                    "d_x": 2,
+                    "status": "ok",
+                    "kl_se": 1e-4,
+                }
                 records.append({**base, "variant": "oracle", "kl": jitter * 9 / (2 * n)})
                 records.append({**base, "variant": "direct", "kl": jitter * (2 * d_c + 5) / (2 * n)})
 

@@ -37,8 +37,13 @@ def test_a_long_first_cell_still_gives_a_progress_line_within_seconds(monkeypatc
     monkeypatch.setattr(loop, "HEARTBEAT_SECONDS", 0.2)
     said: list[tuple[float, str]] = []
     start = time.perf_counter()
-    records = run_groups(_slow_runner, {"seconds": 1.0}, None, [_Group((1, 2))],
-                         log=lambda m: said.append((time.perf_counter() - start, m)))
+    records = run_groups(
+        _slow_runner,
+        {"seconds": 1.0},
+        None,
+        [_Group((1, 2))],
+        log=lambda m: said.append((time.perf_counter() - start, m)),
+    )
     assert records == [{"cell": 1}, {"cell": 2}]
     first_when, first = said[0]
     assert first_when < 0.9 and first.startswith("progress: 0/2 cells done") and "still working" in first

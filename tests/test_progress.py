@@ -8,8 +8,9 @@ from shared_embed import ConfigError
 from shared_embed.progress import env_flag, in_notebook, progress_bar, watched
 
 
-@pytest.mark.parametrize("raw, quiet", [("1", True), ("true", True), ("ON", True), ("0", False), ("no", False),
-                                        ("", False)])
+@pytest.mark.parametrize(
+    "raw, quiet", [("1", True), ("true", True), ("ON", True), ("0", False), ("no", False), ("", False)]
+)
 def test_gentransfer_quiet_means_what_it_says(raw: str, quiet: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GENTRANSFER_QUIET", raw)
     assert env_flag("GENTRANSFER_QUIET") is quiet

@@ -12,10 +12,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_library_example_runs() -> None:
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## A library example"):]
+    section = text[text.index("## A library example") :]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert "fit_target_head(src, FlowHead(2, 2), target" in code and "c_scaler" not in code
-    fast = code.replace("10_000", "1_000").replace("steps=2000", "steps=40").replace("steps=1000", "steps=20").replace("n=5000", "n=300")
+    fast = (
+        code.replace("10_000", "1_000")
+        .replace("steps=2000", "steps=40")
+        .replace("steps=1000", "steps=20")
+        .replace("n=5000", "n=300")
+    )
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(fast, "README.md", "exec"), {})

@@ -35,8 +35,9 @@ def result(out: Path) -> tuple[dict[str, torch.Tensor], dict]:
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     subprocess.run(job(tmp_path / "full"), check=True, env=run_env(), cwd=ROOT, timeout=120)
     ckpt = tmp_path / "state.safetensors"
-    proc = subprocess.Popen(job(tmp_path / "killed", "--checkpoint", str(ckpt), "--slow", "0.02"),
-                            env=run_env(), cwd=ROOT)
+    proc = subprocess.Popen(
+        job(tmp_path / "killed", "--checkpoint", str(ckpt), "--slow", "0.02"), env=run_env(), cwd=ROOT
+    )
     deadline = time.time() + 60
     step = 0
     while time.time() < deadline and step < 30:  # wait for a checkpoint past step 30, then kill -9
@@ -49,8 +50,9 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL and 30 <= step < 120
-    subprocess.run(job(tmp_path / "resumed", "--checkpoint", str(ckpt)), check=True, env=run_env(), cwd=ROOT,
-                   timeout=120)
+    subprocess.run(
+        job(tmp_path / "resumed", "--checkpoint", str(ckpt)), check=True, env=run_env(), cwd=ROOT, timeout=120
+    )
     full, h_full = result(tmp_path / "full")
     resumed, h_res = result(tmp_path / "resumed")
     assert h_res["resumed_from"] is not None and h_res["resumed_from"] >= 30
@@ -62,8 +64,19 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
 @pytest.mark.timeout(120)
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
     subprocess.run(job(tmp_path / "one", "--steps", "40"), check=True, env=run_env(), cwd=ROOT, timeout=60)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tests.workers.train_job", str(tmp_path / "two"), "--steps", "40"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "tests.workers.train_job",
+        str(tmp_path / "two"),
+        "--steps",
+        "40",
+    ]
     (tmp_path / "two").mkdir()
     subprocess.run(cmd, check=True, env=run_env(), cwd=ROOT, timeout=100, capture_output=True)
     one, h_one = result(tmp_path / "one")

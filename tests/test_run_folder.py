@@ -28,9 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def raw(**grid: object) -> dict:
     g = {"n_s": [64], "n_t": [8], "seeds": [0], "heads": ["gaussian"], "variants": ["transfer", "no_transfer"], **grid}
-    return {"grid": g, "encoder": {"hidden": [8]},
-            "train": {p: {"steps": 15, "eval_every": 5} for p in ("source", "target", "floor")},
-            "evaluation": {"n_eval": 200, "floor_n": 100, "sample_n": 0}}
+    return {
+        "grid": g,
+        "encoder": {"hidden": [8]},
+        "train": {p: {"steps": 15, "eval_every": 5} for p in ("source", "target", "floor")},
+        "evaluation": {"n_eval": 200, "floor_n": 100, "sample_n": 0},
+    }
 
 
 def tiny(**grid: object) -> ExperimentConfig:
@@ -63,7 +66,8 @@ def test_report_never_imports_code_named_by_the_folder(tmp_path: Path, monkeypat
     marker = tmp_path / "imported"
     (tmp_path / "planted_rate.py").write_text(
         f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
-        "from theory.truth.rates import generic_rates as rates\n")
+        "from theory.truth.rates import generic_rates as rates\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
     run_sweep(ExperimentConfig.from_dict({**raw(), "theory": {"rate": "planted_rate:rates"}}), out, log=None)
@@ -80,8 +84,9 @@ def test_report_never_imports_code_named_by_the_folder(tmp_path: Path, monkeypat
     assert marker.exists()
 
 
-def test_a_rate_function_that_cannot_run_fails_before_any_compute(tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_rate_function_that_cannot_run_fails_before_any_compute(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "c.toml"
     config.write_text((ROOT / "configs" / "smoke.toml").read_text())
     assert main(["run", str(config), "--out", str(tmp_path / "o"), "--set", "theory.rate=os:system"]) == 2
@@ -114,16 +119,38 @@ def _alive(pid: int) -> bool:
 def test_workers_die_with_their_parent_and_the_rerun_gives_identical_records(tmp_path: Path) -> None:
     cfg = raw(seeds=[0, 1, 2, 3], variants=["no_transfer"], n_t=[8, 16])
     cfg["train"]["target"] = {"steps": 400, "eval_every": 50}
-    (tmp_path / "c.toml").write_text("\n".join(
-        ["[grid]\nn_s = [64]\nn_t = [8, 16]\nseeds = [0, 1, 2, 3]\nheads = ['gaussian']\nvariants = ['no_transfer']",
-         "[encoder]\nhidden = [8]", "[train.target]\nsteps = 400\neval_every = 50",
-         "[train.source]\nsteps = 15\neval_every = 5", "[train.floor]\nsteps = 15\neval_every = 5",
-         "[evaluation]\nn_eval = 200\nfloor_n = 100\nsample_n = 0"]))
+    (tmp_path / "c.toml").write_text(
+        "\n".join(
+            [
+                "[grid]\nn_s = [64]\nn_t = [8, 16]\nseeds = [0, 1, 2, 3]\nheads = ['gaussian']\nvariants = ['no_transfer']",
+                "[encoder]\nhidden = [8]",
+                "[train.target]\nsteps = 400\neval_every = 50",
+                "[train.source]\nsteps = 15\neval_every = 5",
+                "[train.floor]\nsteps = 15\neval_every = 5",
+                "[evaluation]\nn_eval = 200\nfloor_n = 100\nsample_n = 0",
+            ]
+        )
+    )
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    parent = subprocess.Popen([sys.executable, "-m", "theory", "run", str(tmp_path / "c.toml"), "--out", str(out),
-                               "--workers", "2", "--quiet", "--no-report"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "theory",
+            "run",
+            str(tmp_path / "c.toml"),
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--quiet",
+            "--no-report",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     workers: list[int] = []
     while time.monotonic() < deadline and len(workers) < 2:
@@ -144,12 +171,15 @@ def test_workers_die_with_their_parent_and_the_rerun_gives_identical_records(tmp
 
 
 # 4 -------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("head", [
-    {"kind": "gaussian", "options": {"activation": "sigmoidish"}},
-    {"kind": "flow", "options": {"backend": "tensorflow"}},
-    {"kind": "flow", "options": {"bins": -3}},
-    {"kind": "flow", "options": {"transform": "magic"}},
-])
+@pytest.mark.parametrize(
+    "head",
+    [
+        {"kind": "gaussian", "options": {"activation": "sigmoidish"}},
+        {"kind": "flow", "options": {"backend": "tensorflow"}},
+        {"kind": "flow", "options": {"bins": -3}},
+        {"kind": "flow", "options": {"transform": "magic"}},
+    ],
+)
 def test_bad_option_values_are_refused_before_any_cell_runs(tmp_path: Path, head: dict) -> None:
     bad = ExperimentConfig.from_dict({**raw(heads=["x"]), "heads": {"x": head}})
     with pytest.raises(ConfigError, match=r"heads\.x"):
@@ -157,13 +187,29 @@ def test_bad_option_values_are_refused_before_any_cell_runs(tmp_path: Path, head
     assert not (tmp_path / "cells").exists()
 
 
-def test_failed_cells_make_the_run_exit_non_zero_and_say_which(tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_failed_cells_make_the_run_exit_non_zero_and_say_which(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "c.toml"
     config.write_text((ROOT / "configs" / "smoke.toml").read_text())
-    args = ["run", str(config), "--out", str(tmp_path / "o"), "--quiet", "--no-report", "--set", "grid.seeds=[0]",
-            "--set", "grid.n_t=[20]", "--set", "grid.n_s=[200]", "--set", "train.target.lr=1e30",
-            "--set", "train.target.grad_clip=1e30"]
+    args = [
+        "run",
+        str(config),
+        "--out",
+        str(tmp_path / "o"),
+        "--quiet",
+        "--no-report",
+        "--set",
+        "grid.seeds=[0]",
+        "--set",
+        "grid.n_t=[20]",
+        "--set",
+        "grid.n_s=[200]",
+        "--set",
+        "train.target.lr=1e30",
+        "--set",
+        "train.target.grad_clip=1e30",
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "cell(s) failed" in err and "no_transfer" in err and "run the same command again" in err
@@ -208,9 +254,13 @@ def test_sample_sizes_a_cell_cannot_use_are_refused(tmp_path: Path, n_t: list[in
 
 
 def test_a_target_fit_that_never_beats_its_initial_model_is_flagged(tmp_path: Path) -> None:
-    cfg = ExperimentConfig.from_dict({**raw(heads=["flow"], variants=["no_transfer"], n_t=[40]),
-                                      "heads": {"flow": {"kind": "flow", "options": {"transforms": 1, "hidden": [8]}}},
-                                      "train": {"target": {"steps": 30, "eval_every": 10, "lr": 1e6}}})
+    cfg = ExperimentConfig.from_dict(
+        {
+            **raw(heads=["flow"], variants=["no_transfer"], n_t=[40]),
+            "heads": {"flow": {"kind": "flow", "options": {"transforms": 1, "hidden": [8]}}},
+            "train": {"target": {"steps": 30, "eval_every": 10, "lr": 1e6}},
+        }
+    )
     result = run_sweep(cfg, tmp_path, log=None)
     assert result.failed == 0 and "never beat its initial model" in result.flagged[0]
     assert "## Flagged cells" in build_report(tmp_path).path.read_text()
@@ -266,8 +316,9 @@ def _read_only_folder(tmp_path: Path) -> Iterator[Path]:
 def test_a_read_only_out_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with _read_only_folder(tmp_path) as ro:
         _one_line_error(capsys, ["run", str(ROOT / "configs" / "smoke.toml"), "--out", str(ro)], "not writable")
-        _one_line_error(capsys, ["run", str(ROOT / "configs" / "smoke.toml"), "--out", str(ro / "run")],
-                        "cannot be created")
+        _one_line_error(
+            capsys, ["run", str(ROOT / "configs" / "smoke.toml"), "--out", str(ro / "run")], "cannot be created"
+        )
 
 
 def test_digits_runner_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -314,8 +365,10 @@ def test_non_finite_scores_name_the_score_and_the_time(call: str) -> None:
         return x * float("nan")
 
     x, schedule = torch.randn(5, 2), VPSchedule()
-    run = {"sde": lambda: sample_sde(broken_score, x, schedule, steps=5),
-           "ode": lambda: sample_ode(broken_score, x, schedule),
-           "log_prob": lambda: probability_flow_log_prob(broken_score, x, schedule)}[call]
+    run = {
+        "sde": lambda: sample_sde(broken_score, x, schedule, steps=5),
+        "ode": lambda: sample_ode(broken_score, x, schedule),
+        "log_prob": lambda: probability_flow_log_prob(broken_score, x, schedule),
+    }[call]
     with pytest.raises(DataError, match=r"broken_score is not finite.*at t = "):
         run()

@@ -40,8 +40,7 @@ class ShiftedExactHead(DiffusionHead):
 def _exact_sde_kl(task: ConditionalGaussianTask, shift: Tensor, t_eps: float) -> float:
     """With A = 0 the SDE law's KL depends on the context's mean only through a_1 (tested < 1e-5 here)."""
     _, _, cov = task.params["target"]
-    return LinearErrorCase(torch.zeros(task.d_x), cov, torch.zeros(task.d_x, task.d_x), shift,
-                           t_eps=t_eps).kls().kl_sde
+    return LinearErrorCase(torch.zeros(task.d_x), cov, torch.zeros(task.d_x, task.d_x), shift, t_eps=t_eps).kls().kl_sde
 
 
 @pytest.mark.parametrize("shift", [0.0, 1.0])

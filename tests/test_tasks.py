@@ -49,7 +49,7 @@ def test_noised_score_is_the_gradient_of_the_noised_log_density(task_cls, genera
     data = task.sample(32, "target", generator)
     t = torch.rand(32, generator=generator, dtype=torch.float64) * 0.98 + 0.01
     a, s = sch.alpha(t), sch.sigma(t)
-    x_t = (a[:, None] * data.x.double() + s[:, None] * torch.randn(32, 2, generator=generator, dtype=torch.float64))
+    x_t = a[:, None] * data.x.double() + s[:, None] * torch.randn(32, 2, generator=generator, dtype=torch.float64)
     x_t.requires_grad_(True)
     lp = task.noised_log_prob(x_t, data.c, "target", a, s)
     (grad,) = torch.autograd.grad(lp.sum(), x_t)
@@ -77,9 +77,15 @@ def test_two_gaussian_task_matches_the_paper(generator):
     assert torch.allclose(data.x[y == 1].mean(0), torch.tensor([0.5, -0.5]), atol=0.01)
     assert torch.allclose(data.x[y == 1].var(0), torch.full((2,), 0.1), atol=0.005)
     x = torch.randn(5, 2, dtype=torch.float64)
-    ref = torch.logsumexp(torch.stack([
-        torch.distributions.MultivariateNormal(m, 0.1 * torch.eye(2, dtype=torch.float64)).log_prob(x)
-        for m in (torch.tensor([0.5, 0.5]).double(), -torch.tensor([0.5, 0.5]).double())]), 0) - math.log(2)
+    ref = torch.logsumexp(
+        torch.stack(
+            [
+                torch.distributions.MultivariateNormal(m, 0.1 * torch.eye(2, dtype=torch.float64)).log_prob(x)
+                for m in (torch.tensor([0.5, 0.5]).double(), -torch.tensor([0.5, 0.5]).double())
+            ]
+        ),
+        0,
+    ) - math.log(2)
     assert torch.allclose(task.log_prob(x, "source"), ref, atol=1e-10)
 
 
@@ -116,8 +122,9 @@ def test_guidance_is_the_posterior_mean_of_the_density_ratio(generator):
 
 
 def test_gaussian_mixture_score_and_bad_inputs():
-    gm = GaussianMixture(torch.tensor([[0.3, 0.7]]), torch.tensor([[[0.0, 1.0], [2.0, -1.0]]]),
-                         torch.eye(2).expand(1, 2, 2, 2) * 0.5)
+    gm = GaussianMixture(
+        torch.tensor([[0.3, 0.7]]), torch.tensor([[[0.0, 1.0], [2.0, -1.0]]]), torch.eye(2).expand(1, 2, 2, 2) * 0.5
+    )
     x = torch.tensor([[0.4, 0.1]], requires_grad=True)
     (grad,) = torch.autograd.grad(gm.log_prob(x).sum(), x)
     assert torch.allclose(gm.score(x.detach()), grad, atol=1e-6)

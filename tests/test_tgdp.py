@@ -98,6 +98,7 @@ def domains() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
 # 1. exact guidance + exact source score = exact target score; samplers and likelihood reproduce q
 # --------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("t", [1e-4, 1e-2, 0.1, 0.3, 0.6, 1.0])
 def test_exact_guidance_composes_to_the_exact_target_score(t: float) -> None:
     """s_p + grad log h_t = s_q on a 9x9 grid. Tolerance 1e-10: both sides are float64 closed forms (the left
@@ -108,8 +109,9 @@ def test_exact_guidance_composes_to_the_exact_target_score(t: float) -> None:
     assert composed.shape == x.shape and composed.dtype == F64
     torch.testing.assert_close(composed, TARGET(x, ts, None), rtol=0, atol=1e-10)
     # the gradient alone is the task's closed-form target-minus-source score
-    torch.testing.assert_close(guidance_grad(EXACT, x, ts), TASK.guidance_grad(x, SCH.alpha(ts), SCH.sigma(ts)),
-                               rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        guidance_grad(EXACT, x, ts), TASK.guidance_grad(x, SCH.alpha(ts), SCH.sigma(ts)), rtol=0, atol=1e-10
+    )
 
 
 @pytest.mark.parametrize("t", [1e-4, 0.1, 1.0])
@@ -182,8 +184,15 @@ def test_conditional_sde_samples_with_the_composed_exact_score_match_each_class(
     y = _labels(600)
     x1 = torch.randn(600, 2, generator=torch.Generator().manual_seed(11), dtype=F64)
     with torch.no_grad():
-        x0 = sample_sde(GuidedScore(SOURCE_COND, EXACT_COND), x1, SCH, context=y, steps=100, method="heun",
-                        generator=torch.Generator().manual_seed(12))
+        x0 = sample_sde(
+            GuidedScore(SOURCE_COND, EXACT_COND),
+            x1,
+            SCH,
+            context=y,
+            steps=100,
+            method="heun",
+            generator=torch.Generator().manual_seed(12),
+        )
     mu = TASK.mu["target"]
     for label in (1.0, -1.0):
         xs = x0[y[:, 0] == label]
@@ -220,6 +229,7 @@ def test_likelihood_of_the_composed_exact_score_is_the_target_log_density(target
 # --------------------------------------------------------------------------------------------------------------
 # 2. density ratio and the explicit class-prior factor
 # --------------------------------------------------------------------------------------------------------------
+
 
 class BayesClassifier(DomainClassifier):
     """The Bayes-optimal classifier for pooled BCE with class sizes n_s, n_t, in closed form:
@@ -259,15 +269,24 @@ def test_fitted_domain_classifier_recovers_log_w_in_the_bulk(domains) -> None:
     n_s / n_t = 2 is used: without it the bias would be -log 2 more. The balanced fit has factor 1 and is as
     accurate (0.30, -0.19)."""
     xs, _, xt, _ = domains
-    ev = torch.cat([TASK.sample(1000, "source", torch.Generator().manual_seed(3)).x,
-                    TASK.sample(1000, "target", torch.Generator().manual_seed(4)).x]).double()
+    ev = torch.cat(
+        [
+            TASK.sample(1000, "source", torch.Generator().manual_seed(3)).x,
+            TASK.sample(1000, "target", torch.Generator().manual_seed(4)).x,
+        ]
+    ).double()
     true = TASK.log_density_ratio(ev)
     bulk = true.abs() < 3
     trivial = float(true[bulk].abs().mean())
     for balanced, factor in ((False, 2.0), (True, 1.0)):
         torch.manual_seed(0)
-        ratio, history = fit_domain_classifier(xs, xt, hidden=(32, 32), balanced=balanced, config=TrainConfig(
-            steps=400, lr=3e-2, optimizer="adamw", weight_decay=1e-4, description="classifier"))
+        ratio, history = fit_domain_classifier(
+            xs,
+            xt,
+            hidden=(32, 32),
+            balanced=balanced,
+            config=TrainConfig(steps=400, lr=3e-2, optimizer="adamw", weight_decay=1e-4, description="classifier"),
+        )
         assert ratio.prior_factor == factor and history.steps_done == 400
         assert not any(p.requires_grad for p in ratio.parameters())  # frozen after the fit
         with torch.no_grad():
@@ -280,6 +299,7 @@ def test_fitted_domain_classifier_recovers_log_w_in_the_bulk(domains) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # 3. the guidance network and L_guide
 # --------------------------------------------------------------------------------------------------------------
+
 
 def _perturbed(net: GuidanceNetwork, scale: float = 1.0, seed: int = 0) -> GuidanceNetwork:
     gen = torch.Generator().manual_seed(seed)
@@ -373,11 +393,14 @@ def test_source_posterior_mean_ratio_is_the_exact_conditional_expectation() -> N
 def _tgdp_config(steps: int, rao_blackwell: bool = True, seed: int = 0, **kwargs) -> TGDPConfig:
     return TGDPConfig(
         classifier_hidden=(32, 32),
-        classifier_train=TrainConfig(steps=400, lr=3e-2, optimizer="adamw", weight_decay=1e-4, seed=seed,
-                                     description="classifier"),
+        classifier_train=TrainConfig(
+            steps=400, lr=3e-2, optimizer="adamw", weight_decay=1e-4, seed=seed, description="classifier"
+        ),
         guidance_hidden=(64, 64),
         guidance_train=TrainConfig(steps=steps, lr=1e-2, batch_size=128, seed=seed, description="guidance"),
-        rao_blackwell=rao_blackwell, **kwargs)
+        rao_blackwell=rao_blackwell,
+        **kwargs,
+    )
 
 
 def test_short_fit_tgdp_learns_log_h(domains) -> None:
@@ -432,6 +455,7 @@ def test_known_source_weights_skip_the_classifier_and_target_coverage_needs_the_
 # --------------------------------------------------------------------------------------------------------------
 # 4. regularisers
 # --------------------------------------------------------------------------------------------------------------
+
 
 def test_cycle_loss_is_zero_at_the_truth_and_positive_for_a_wrong_guidance(domains) -> None:
     """With the exact time ratio q_t / p_t as the reference and the exact guidance, L_cycle = 0 to float64
@@ -497,6 +521,7 @@ def test_consistency_loss_trains_the_guidance_only() -> None:
 # 5. label marginal, Domain Guidance, fine-tuning
 # --------------------------------------------------------------------------------------------------------------
 
+
 def test_label_marginal_smoothing_formula_and_sampling() -> None:
     """Counts (3, 7) of labels (-1, +1): smoothing 1 gives (3+1, 7+1) / 12, smoothing 0 the frequencies,
     a label missing from y keeps mass smoothing / (n + K smoothing). log_prob reads the right entry;
@@ -506,17 +531,18 @@ def test_label_marginal_smoothing_formula_and_sampling() -> None:
     q = LabelMarginal.fit(y, labels)
     torch.testing.assert_close(q.probs, torch.tensor([4 / 12, 8 / 12]))
     torch.testing.assert_close(LabelMarginal.fit(y, smoothing=0.0).probs, torch.tensor([0.3, 0.7]))
-    torch.testing.assert_close(LabelMarginal.fit(torch.ones(5, 1), labels, smoothing=0.5).probs,
-                               torch.tensor([0.5 / 6, 5.5 / 6]))
-    torch.testing.assert_close(q.log_prob(torch.tensor([[1.0], [-1.0], [1.0]])),
-                               torch.tensor([8 / 12, 4 / 12, 8 / 12]).log())
+    torch.testing.assert_close(
+        LabelMarginal.fit(torch.ones(5, 1), labels, smoothing=0.5).probs, torch.tensor([0.5 / 6, 5.5 / 6])
+    )
+    torch.testing.assert_close(
+        q.log_prob(torch.tensor([[1.0], [-1.0], [1.0]])), torch.tensor([8 / 12, 4 / 12, 8 / 12]).log()
+    )
     draws = q.sample(20_000, torch.Generator().manual_seed(0))
     assert draws.shape == (20_000, 1)
     freq = float((draws == 1.0).double().mean())
     assert abs(freq - 8 / 12) < 4 * math.sqrt((8 / 12) * (4 / 12) / 20_000)
     truth = torch.tensor([0.5, 0.5])
-    assert math.isclose(q.kl_from(truth), 0.5 * math.log(0.5 / (4 / 12)) + 0.5 * math.log(0.5 / (8 / 12)),
-                        rel_tol=1e-6)
+    assert math.isclose(q.kl_from(truth), 0.5 * math.log(0.5 / (4 / 12)) + 0.5 * math.log(0.5 / (8 / 12)), rel_tol=1e-6)
     with pytest.raises(DataError, match="labels outside"):
         LabelMarginal.fit(torch.tensor([[2.0]]), labels)
 
@@ -530,8 +556,9 @@ def test_domain_guidance_interpolates_source_and_fine_tuned_scores() -> None:
     torch.testing.assert_close(DomainGuidanceScore(SOURCE, TARGET, 0.0)(x, t), src, rtol=0, atol=0)
     torch.testing.assert_close(DomainGuidanceScore(SOURCE, TARGET, 1.0)(x, t), ft, rtol=0, atol=1e-12)
     for w in (0.25, 0.5, 1.5):
-        torch.testing.assert_close(domain_guidance_score(SOURCE, TARGET, w)(x, t), (1 - w) * src + w * ft,
-                                   rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            domain_guidance_score(SOURCE, TARGET, w)(x, t), (1 - w) * src + w * ft, rtol=0, atol=1e-12
+        )
     with pytest.raises(DataError, match="weight"):
         DomainGuidanceScore(SOURCE, TARGET, -1.0)
 
@@ -556,6 +583,7 @@ def test_fine_tune_leaves_the_source_head_untouched() -> None:
 # --------------------------------------------------------------------------------------------------------------
 # 6. bad input
 # --------------------------------------------------------------------------------------------------------------
+
 
 def test_bad_inputs_raise_documented_errors_naming_the_argument(domains) -> None:
     """Wrong dims, one-sided contexts, NaN, unknown names, bad prior factors and times: the documented
@@ -615,6 +643,7 @@ def test_bad_inputs_raise_documented_errors_naming_the_argument(domains) -> None
 # 7. seeded reproducibility (and the conditional, regularised path end to end)
 # --------------------------------------------------------------------------------------------------------------
 
+
 def test_fit_tgdp_is_reproducible_under_the_same_seeds(domains) -> None:
     """Two conditional fit_tgdp runs with both regularisers on (tiny: 30 steps each) from the same global seed
     and TrainConfig seeds give bitwise-identical guidance outputs and weights; a different TrainConfig seed
@@ -623,10 +652,17 @@ def test_fit_tgdp_is_reproducible_under_the_same_seeds(domains) -> None:
     quick = TrainConfig(steps=30, batch_size=64, description="tiny")
 
     def run(seed: int):
-        config = TGDPConfig(classifier_hidden=(16,), classifier_train=quick.replace(seed=seed),
-                            guidance_hidden=(16, 16), guidance_train=quick.replace(seed=seed),
-                            time_classifier_hidden=(16,), time_classifier_train=quick.replace(seed=seed),
-                            eta_cycle=0.5, eta_consistency=0.1, target_batch=32)
+        config = TGDPConfig(
+            classifier_hidden=(16,),
+            classifier_train=quick.replace(seed=seed),
+            guidance_hidden=(16, 16),
+            guidance_train=quick.replace(seed=seed),
+            time_classifier_hidden=(16,),
+            time_classifier_train=quick.replace(seed=seed),
+            eta_cycle=0.5,
+            eta_consistency=0.1,
+            target_batch=32,
+        )
         torch.manual_seed(123)
         return fit_tgdp(SOURCE_COND, xs, xt, source_context=ys, target_context=yt, config=config)
 

@@ -94,12 +94,15 @@ def test_kernel_guidance_with_exact_w_matches_two_mode_guidance():
     mild = TwoGaussianTask(mu_target=(0.5, 0.3))
     slope = (mild.mu["target"] - mild.mu["source"]) / mild.variance
     const = -(mild.mu["target"].square().sum() - mild.mu["source"].square().sum()) / (2 * mild.variance)
-    per_label = QuadraticLogRatio(torch.zeros(2, 2, 2), torch.stack([-slope, slope]), const.repeat(2), 1.0,
-                                  labels=torch.tensor([-1.0, 1.0]))
+    per_label = QuadraticLogRatio(
+        torch.zeros(2, 2, 2), torch.stack([-slope, slope]), const.repeat(2), 1.0, labels=torch.tensor([-1.0, 1.0])
+    )
     src_mild = mild.sample(10_000, "source", gen)
     smooth = KernelGuidance(src_mild.x, per_label, SCH, bandwidth=0.05, source_context=src_mild.c)
-    for tk, guidance, labels, times, tol in ((task, plain, False, (0.1, 0.3), 0.25),
-                                             (mild, smooth, True, (0.05, 0.3, 0.6), 0.05)):
+    for tk, guidance, labels, times, tol in (
+        (task, plain, False, (0.1, 0.3), 0.25),
+        (mild, smooth, True, (0.05, 0.3, 0.6), 0.05),
+    ):
         for t in times:
             ev = tk.sample(500, "target", gen)
             tt = torch.full((500,), t)
@@ -142,8 +145,14 @@ def test_noisy_classifier_log_odds_is_the_exact_log_guidance():
     gen = torch.Generator().manual_seed(5)
     m = torch.tensor([1.0, -0.5])
     src, tgt = torch.randn(3000, 2, generator=gen), m + torch.randn(1000, 2, generator=gen)
-    ratio, _ = fit_domain_classifier(src, tgt, hidden=(32, 32), time_dependent=True, schedule=SCH,
-                                     config=TrainConfig(steps=700, batch_size=256, lr=3e-3, seed=0))
+    ratio, _ = fit_domain_classifier(
+        src,
+        tgt,
+        hidden=(32, 32),
+        time_dependent=True,
+        schedule=SCH,
+        config=TrainConfig(steps=700, batch_size=256, lr=3e-3, seed=0),
+    )
     guidance = ClassifierGuidance(ratio)
     assert ratio.prior_factor == pytest.approx(3.0)
     for t in (0.05, 0.4, 0.8):
@@ -215,8 +224,8 @@ def test_switch_selection_finds_where_each_score_is_right():
     choice = select_switch(good_above, good_below, rows, None, SCH, **kw)
     assert choice.switch == 0.2, choice
     assert isinstance(choice.score(good_above, good_below), SwitchedScore)
-    assert select_switch(exact, wrong, rows, None, SCH, **kw).switch == 0.0        # guidance right everywhere
-    assert select_switch(wrong, exact, rows, None, SCH, **kw).switch == 1.0        # guidance wrong everywhere
+    assert select_switch(exact, wrong, rows, None, SCH, **kw).switch == 0.0  # guidance right everywhere
+    assert select_switch(wrong, exact, rows, None, SCH, **kw).switch == 1.0  # guidance wrong everywhere
     # negative control: with the roles swapped, the score right below 0.2 is used above it: 0.2 must not win
     swapped = select_switch(good_below, good_above, rows, None, SCH, **kw)
     assert swapped.switch != 0.2 and min(swapped.losses) > choice.losses[3]
@@ -229,10 +238,9 @@ def test_switch_selection_finds_where_each_score_is_right():
 
 
 def test_effective_rows_counts_the_rows_the_kernel_averages():
-    line = torch.stack([torch.arange(50.0), torch.zeros(50)], -1)           # rows 1 apart on a line
+    line = torch.stack([torch.arange(50.0), torch.zeros(50)], -1)  # rows 1 apart on a line
     kernel = KernelGuidance(line, lambda x, t, c: torch.zeros(x.shape[0]), SCH, bandwidth=0.0)
     at_row = line[[10, 20]] * SCH.alpha(torch.tensor(1e-4))
-    assert torch.allclose(kernel.effective_rows(at_row, 1e-4), torch.ones(2), atol=1e-3)   # one row at t -> 0
+    assert torch.allclose(kernel.effective_rows(at_row, 1e-4), torch.ones(2), atol=1e-3)  # one row at t -> 0
     same = KernelGuidance(torch.zeros(30, 2), lambda x, t, c: torch.zeros(x.shape[0]), SCH, bandwidth=0.0)
     assert torch.allclose(same.effective_rows(torch.randn(5, 2), 0.3), torch.full((5,), 30.0), rtol=1e-5)
-

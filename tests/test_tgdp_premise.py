@@ -56,9 +56,12 @@ def test_fit_tgdp_checks_its_premise_before_fitting_the_guidance():
     gen = torch.Generator().manual_seed(0)
     xs = torch.randn(400, 2, generator=gen, dtype=torch.float64)
     far = torch.randn(40, 2, generator=gen, dtype=torch.float64) + 8.0
-    config = TGDPConfig(classifier_hidden=(16,), guidance_hidden=(16,),
-                        classifier_train=TrainConfig(steps=200, lr=3e-2, seed=0, description="classifier"),
-                        guidance_train=TrainConfig(steps=5, batch_size=64, seed=0, description="guidance"))
+    config = TGDPConfig(
+        classifier_hidden=(16,),
+        guidance_hidden=(16,),
+        classifier_train=TrainConfig(steps=200, lr=3e-2, seed=0, description="classifier"),
+        guidance_train=TrainConfig(steps=5, batch_size=64, seed=0, description="guidance"),
+    )
     score = lambda x, t, context=None: -x  # noqa: E731
     torch.manual_seed(0)
     with pytest.warns(PremiseWarning, match="AUC"):
@@ -84,10 +87,16 @@ def test_the_digits_out_of_support_target_warns_before_sampling():
     scaler = Standardizer.fit(source.x)
     config = TGDPConfig.from_options({}, 0)
     torch.manual_seed(0)
-    ratio, _ = fit_domain_classifier(scaler(source.x), scaler(target.x), source_context=source.c,
-                                     target_context=target.c, hidden=config.classifier_hidden,
-                                     balanced=config.balanced, target_batch=config.target_batch,
-                                     config=config.classifier_train)
+    ratio, _ = fit_domain_classifier(
+        scaler(source.x),
+        scaler(target.x),
+        source_context=source.c,
+        target_context=target.c,
+        hidden=config.classifier_hidden,
+        balanced=config.balanced,
+        target_batch=config.target_batch,
+        config=config.classifier_train,
+    )
     with torch.no_grad():
         ws, wt = ratio.ratio(scaler(source.x), None, source.c), ratio.ratio(scaler(target.x), None, target.c)
     with pytest.warns(PremiseWarning, match="AUC"):

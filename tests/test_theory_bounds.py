@@ -31,15 +31,21 @@ def test_standardized_law_is_the_law_of_the_standardized_outcome() -> None:
 def test_a_diffusion_sweep_cell_records_its_bound_beside_its_kl(tmp_path: Path) -> None:
     """A tiny diffusion-head sweep: every cell carries a finite Girsanov bound with its SE and the kNN KL of
     its SDE law (on 2 x bound_n draws), and the girsanov check reads them (its verdict on an untrained head is not the point here)."""
-    config = ExperimentConfig.from_dict({
-        "task": {"name": "conditional_gaussian", "d_c": 4},
-        "grid": {"n_s": [64], "n_t": [16], "seeds": [0], "heads": ["diffusion"], "variants": ["transfer"]},
-        "heads": {"diffusion": {"kind": "diffusion", "options": {"width": 8, "blocks": 1, "time_features": 4,
-                                                                  "rtol": 1e-3, "atol": 1e-3}}},
-        "encoder": {"hidden": [8]},
-        "train": {p: {"steps": 10, "eval_every": 5} for p in ("source", "target", "floor")},
-        "evaluation": {"n_eval": 64, "floor_n": 64, "bound_n": 64, "sample_n": 4, "sample_contexts": 1},
-    })
+    config = ExperimentConfig.from_dict(
+        {
+            "task": {"name": "conditional_gaussian", "d_c": 4},
+            "grid": {"n_s": [64], "n_t": [16], "seeds": [0], "heads": ["diffusion"], "variants": ["transfer"]},
+            "heads": {
+                "diffusion": {
+                    "kind": "diffusion",
+                    "options": {"width": 8, "blocks": 1, "time_features": 4, "rtol": 1e-3, "atol": 1e-3},
+                }
+            },
+            "encoder": {"hidden": [8]},
+            "train": {p: {"steps": 10, "eval_every": 5} for p in ("source", "target", "floor")},
+            "evaluation": {"n_eval": 64, "floor_n": 64, "bound_n": 64, "sample_n": 4, "sample_contexts": 1},
+        }
+    )
     result = run_sweep(config, tmp_path, log=None)
     assert (result.ran, result.failed) == (1, 0)
     (record,) = collect_records(tmp_path)

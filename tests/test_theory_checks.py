@@ -34,8 +34,18 @@ ALPHA = 0.05
 
 
 def record(variant: str, n_t: int, seed: int, kl: float, n_s: int | None = None, **extra: float) -> dict:
-    return {"head": "flow", "head_kind": "flow", "variant": variant, "n_t": n_t, "seed": seed, "n_s": n_s,
-            "kl": kl, "kl_se": 0.001 * kl, "status": "ok", **extra}
+    return {
+        "head": "flow",
+        "head_kind": "flow",
+        "variant": variant,
+        "n_t": n_t,
+        "seed": seed,
+        "n_s": n_s,
+        "kl": kl,
+        "kl_se": 0.001 * kl,
+        "status": "ok",
+        **extra,
+    }
 
 
 def power_law_records(floor_by_ns: dict[int, float] | None = None, noise: float = 0.0) -> list[dict]:
@@ -51,9 +61,23 @@ def power_law_records(floor_by_ns: dict[int, float] | None = None, noise: float 
             recs.append(record("oracle", n, s, j * 2 * n**-0.8 * e()))
             for n_s, fl in floor_by_ns.items():
                 head = j * 2 * n**-0.8
-                recs.append(record("transfer", n, s, fl * j + head, n_s, floor=fl * j, floor_se=0.001,
-                                   floor_paired=fl * j, floor_paired_se=0.001, head_term=head,
-                                   head_term_se=0.001 * head, encoder_digest="a", source_encoder_digest="a"))
+                recs.append(
+                    record(
+                        "transfer",
+                        n,
+                        s,
+                        fl * j + head,
+                        n_s,
+                        floor=fl * j,
+                        floor_se=0.001,
+                        floor_paired=fl * j,
+                        floor_paired_se=0.001,
+                        head_term=head,
+                        head_term_se=0.001 * head,
+                        encoder_digest="a",
+                        source_encoder_digest="a",
+                    )
+                )
     return recs
 
 
@@ -110,14 +134,20 @@ def test_transfer_beats_no_transfer_at_small_n_t() -> None:
     recs = power_law_records()
     r = check_transfer_beats_no_transfer(recs, "flow", 1000)
     assert verdict(r) == PASS and r.numbers["n_t"] == 25
-    assert r.numbers["mean"] == pytest.approx(
-        sum(JITTER[s] * (10 * 25**-0.5 - 2 * 25**-0.8 - 0.1) for s in SEEDS) / 4)
-    swapped = [{**x, "variant": {"transfer": "no_transfer", "no_transfer": "transfer"}.get(x["variant"], x["variant"]),
-                "n_s": 1000 if x["variant"] == "no_transfer" else None}
-               for x in recs if x["variant"] == "no_transfer" or x.get("n_s") == 1000]
+    assert r.numbers["mean"] == pytest.approx(sum(JITTER[s] * (10 * 25**-0.5 - 2 * 25**-0.8 - 0.1) for s in SEEDS) / 4)
+    swapped = [
+        {
+            **x,
+            "variant": {"transfer": "no_transfer", "no_transfer": "transfer"}.get(x["variant"], x["variant"]),
+            "n_s": 1000 if x["variant"] == "no_transfer" else None,
+        }
+        for x in recs
+        if x["variant"] == "no_transfer" or x.get("n_s") == 1000
+    ]
     assert verdict(check_transfer_beats_no_transfer(swapped, "flow", 1000)) == FAIL
-    tie = [record("transfer", 25, s, 1.0 + 0.01 * s, 1000) for s in SEEDS] + \
-          [record("no_transfer", 25, s, 1.0 + 0.01 * (3 - s)) for s in SEEDS]
+    tie = [record("transfer", 25, s, 1.0 + 0.01 * s, 1000) for s in SEEDS] + [
+        record("no_transfer", 25, s, 1.0 + 0.01 * (3 - s)) for s in SEEDS
+    ]
     assert verdict(check_transfer_beats_no_transfer(tie, "flow", 1000)) == INSUFFICIENT
 
 
@@ -187,10 +217,15 @@ def test_run_checks_covers_every_claim_and_formats_a_table() -> None:
     rates = {"flow": Rates(transfer=0.5, no_transfer=0.3, floor=0.1, oracle=0.5)}
     results = run_checks(power_law_records(), rates)
     names = {c.name for c in results}
-    assert {"transfer beats no-transfer at small n_t", "measured exponent >= predicted",
-            "embedding floor falls as n_s grows", "no-transfer catches up at large n_t",
-            "floor is a floor (head term >= 0)", "transfer keeps the source embedding",
-            "records are finite"} <= names
+    assert {
+        "transfer beats no-transfer at small n_t",
+        "measured exponent >= predicted",
+        "embedding floor falls as n_s grows",
+        "no-transfer catches up at large n_t",
+        "floor is a floor (head term >= 0)",
+        "transfer keeps the source embedding",
+        "records are finite",
+    } <= names
     verdicts = {(c.name, c.scope): c.verdict for c in results}
     assert verdicts[("embedding floor falls as n_s grows", "flow")] == PASS
     assert verdicts[("measured exponent >= predicted", "flow, no_transfer")] == PASS

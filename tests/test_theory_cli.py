@@ -44,19 +44,34 @@ def test_run_writes_records_csv_report_and_plots(smoke_run: tuple[Path, str]) ->
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 25 and csv_lines[0].startswith("head,head_kind,n_s,n_t,seed,variant,status,kl")
     report = (out / "report.md").read_text()
-    for text in ("# Theory-validation report: smoke", "## Predictions", "| check | scope | verdict | Holm p",
-                 "transfer beats no-transfer at small n_t", "embedding floor falls as n_s grows",
-                 "no-transfer catches up at large n_t", "floor is a floor", "measured exponent >= predicted",
-                 "![kl_vs_nt_gaussian](plots/kl_vs_nt_gaussian.png)", "template", "every seed draws its own task",
-                 "### What each check claims and computes", "| records distorted | checks that FAIL",
-                 "coverage, measured now by simulation"):
+    for text in (
+        "# Theory-validation report: smoke",
+        "## Predictions",
+        "| check | scope | verdict | Holm p",
+        "transfer beats no-transfer at small n_t",
+        "embedding floor falls as n_s grows",
+        "no-transfer catches up at large n_t",
+        "floor is a floor",
+        "measured exponent >= predicted",
+        "![kl_vs_nt_gaussian](plots/kl_vs_nt_gaussian.png)",
+        "template",
+        "every seed draws its own task",
+        "### What each check claims and computes",
+        "| records distorted | checks that FAIL",
+        "coverage, measured now by simulation",
+    ):
         assert text in report, text
     for png in ("kl_vs_nt_gaussian.png", "floor_vs_ns_gaussian.png", "samples_gaussian.png"):
         data = (out / "plots" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, png
     checks = json.loads((out / "checks.json").read_text())
-    assert {c["verdict"] for c in checks["checks"]} <= {"pass", "fail", "insufficient data", "insufficient seeds",
-                                                        "not tested"}
+    assert {c["verdict"] for c in checks["checks"]} <= {
+        "pass",
+        "fail",
+        "insufficient data",
+        "insufficient seeds",
+        "not tested",
+    }
     assert all(c["hypothesis"] and c["statistic"] for c in checks["checks"])
     assert "predictions" in checks and "| n_t | transfer | no_transfer | oracle |" in printed
     # two seeds: the run says its verdicts mean nothing, in the report's first lines and on the console
@@ -64,8 +79,9 @@ def test_run_writes_records_csv_report_and_plots(smoke_run: tuple[Path, str]) ->
     assert report.index("## Summary") < report.index("## Setup") and "Too small to mean anything" in report
 
 
-def test_report_rebuilds_from_disk_and_rerun_skips_everything(smoke_run: tuple[Path, str],
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_rebuilds_from_disk_and_rerun_skips_everything(
+    smoke_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     out, _ = smoke_run
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
@@ -88,8 +104,9 @@ def test_show_prints_the_resolved_config(capsys: pytest.CaptureFixture[str]) -> 
 
 
 @pytest.mark.parametrize("name", ["default", "full", "smoke"])  # the configs of `gentransfer run`
-def test_show_prints_toml_that_runs_as_the_same_config(name: str, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_show_prints_toml_that_runs_as_the_same_config(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["show", name, "--set", "run.workers=3"]) == 0  # a shipped config by name
     text = capsys.readouterr().out
     assert tomllib.loads(text)["run"]["workers"] == 3
@@ -99,8 +116,17 @@ def test_show_prints_toml_that_runs_as_the_same_config(name: str, tmp_path: Path
 
 
 def test_toml_writer_round_trips_every_value_kind() -> None:
-    value = {"a": 1, "b": -2.5e-7, "c": "x \"y\" \u00e9", "d": [1, 2], "e": True, "f": None, "g": {},
-             "t": {"u": {"v": [0.5, "w"], "inline": [{"k": 1}]}, "z": float("inf")}, "odd key": 3}
+    value = {
+        "a": 1,
+        "b": -2.5e-7,
+        "c": 'x "y" \u00e9',
+        "d": [1, 2],
+        "e": True,
+        "f": None,
+        "g": {},
+        "t": {"u": {"v": [0.5, "w"], "inline": [{"k": 1}]}, "z": float("inf")},
+        "odd key": 3,
+    }
     back = tomllib.loads(toml_dumps(value))
     assert back == {k: v for k, v in value.items() if v is not None}
 
@@ -111,8 +137,9 @@ def test_version_and_a_closed_pipe(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 0
     assert capsys.readouterr().out.strip() == f"gentransfer {importlib.metadata.version('gentransfer')}"
     # `gentransfer show CONFIG | head`: the reader leaves before the output is written
-    proc = subprocess.Popen([sys.executable, "-m", "theory", "show", "full"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "theory", "show", "full"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     proc.stdout.close()
     err = proc.stderr.read().decode()
     proc.wait(timeout=60)
@@ -128,18 +155,29 @@ def test_configs_ship_with_the_package(tmp_path: Path) -> None:
     for name in ("gentransfer", "shared_embed", "flows", "diffusion", "theory", "configs"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(source)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(source)],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = wheel_dir.glob("gentransfer-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
     shipped = {f"theory/configs/{p.name}" for p in (ROOT / "configs").glob("*.toml")}
     assert shipped and shipped <= names
     zipfile.ZipFile(wheel).extractall(site)
-    code = "from theory.engine.config import shipped_configs, resolve_config; from pathlib import Path; " \
-           "print(shipped_configs()); print(resolve_config(Path('default')))"
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(site)}, check=True)
+    code = (
+        "from theory.engine.config import shipped_configs, resolve_config; from pathlib import Path; "
+        "print(shipped_configs()); print(resolve_config(Path('default')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        check=True,
+    )
     folder, default = done.stdout.split()
     assert Path(folder) == site / "theory" / "configs" and Path(default) == site / "theory" / "configs" / "default.toml"
 
@@ -161,8 +199,9 @@ def test_help_for_newcomers() -> None:
 
 
 @pytest.mark.parametrize("args, message", [(["--shard", "2/2"], "shard"), (["--device", "tpu"], "device")])
-def test_bad_shard_or_device_is_one_line_with_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                          args: list[str], message: str) -> None:
+def test_bad_shard_or_device_is_one_line_with_exit_code_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
     assert main(["run", str(SMOKE), "--out", str(tmp_path), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gentransfer: error:") and message in err and not list(tmp_path.iterdir())

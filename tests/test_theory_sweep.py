@@ -25,13 +25,22 @@ from theory.truth.tasks import ConditionalGaussianTask
 
 
 def tiny(**grid: object) -> ExperimentConfig:
-    g = {"n_s": [64], "n_t": [8, 16], "seeds": [0], "heads": ["gaussian"],
-         "variants": ["transfer", "no_transfer", "oracle"], **grid}
-    return ExperimentConfig.from_dict({
-        "grid": g, "encoder": {"hidden": [8]},
-        "train": {p: {"steps": 15, "eval_every": 5} for p in ("source", "target", "floor")},
-        "evaluation": {"n_eval": 200, "floor_n": 100, "sample_n": 10, "sample_contexts": 2},
-    })
+    g = {
+        "n_s": [64],
+        "n_t": [8, 16],
+        "seeds": [0],
+        "heads": ["gaussian"],
+        "variants": ["transfer", "no_transfer", "oracle"],
+        **grid,
+    }
+    return ExperimentConfig.from_dict(
+        {
+            "grid": g,
+            "encoder": {"hidden": [8]},
+            "train": {p: {"steps": 15, "eval_every": 5} for p in ("source", "target", "floor")},
+            "evaluation": {"n_eval": 200, "floor_n": 100, "sample_n": 10, "sample_contexts": 2},
+        }
+    )
 
 
 def test_plan_shares_source_free_cells_across_n_s() -> None:
@@ -62,15 +71,22 @@ def test_sweep_writes_records_and_resumes_only_missing_cells(tmp_path: Path) -> 
     transfer = [r for r in records if r["variant"] == "transfer"]
     assert all(r["kl"] == pytest.approx(r["floor_paired"] + r["head_term"], abs=1e-9) for r in transfer)
     assert all(r["settings"]["train"]["target"]["steps"] == 15 for r in records)
-    for name in ("config.json", "results.csv", "groups/gaussian/ns64_seed0.json",
-                 "models/gaussian/ns64_seed0_source.safetensors", "models/gaussian/ns64_seed0_floor.safetensors",
-                 "samples/gaussian/ns64/nt8_seed0_transfer.json"):
+    for name in (
+        "config.json",
+        "results.csv",
+        "groups/gaussian/ns64_seed0.json",
+        "models/gaussian/ns64_seed0_source.safetensors",
+        "models/gaussian/ns64_seed0_floor.safetensors",
+        "samples/gaussian/ns64/nt8_seed0_transfer.json",
+    ):
         assert (tmp_path / name).is_file(), name
     assert len((tmp_path / "results.csv").read_text().splitlines()) == 7
 
     # a killed sweep: two cells lost (one source-using); the rerun recomputes exactly those, identically
-    lost = [tmp_path / "cells/gaussian/ns64/nt16_seed0_transfer.json",
-            tmp_path / "cells/gaussian/nsnone/nt8_seed0_oracle.json"]
+    lost = [
+        tmp_path / "cells/gaussian/ns64/nt16_seed0_transfer.json",
+        tmp_path / "cells/gaussian/nsnone/nt8_seed0_oracle.json",
+    ]
     before = [json.loads(p.read_text()) for p in lost]
     for p in lost:
         p.unlink()
@@ -106,8 +122,9 @@ def test_diverged_fits_are_failed_cells_reported_and_retried(tmp_path: Path) -> 
     from theory.studies.transfer.report import build_report
 
     blowup = {"steps": 15, "lr": 1e30, "grad_clip": 1e30}
-    cfg = ExperimentConfig.from_dict({**tiny(n_t=[8], variants=["transfer", "no_transfer"]).to_dict(),
-                                      "train": {"source": blowup, "target": blowup}})
+    cfg = ExperimentConfig.from_dict(
+        {**tiny(n_t=[8], variants=["transfer", "no_transfer"]).to_dict(), "train": {"source": blowup, "target": blowup}}
+    )
     result = run_sweep(cfg, tmp_path, log=None)
     assert (result.ran, result.failed) == (2, 2)
     records = collect_records(tmp_path)

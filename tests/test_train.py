@@ -109,7 +109,9 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
                     raise Interrupt
             return mse(model)(b)
 
-        cfg = TrainConfig(steps=60, batch_size=48, eval_every=10, checkpoint_path=path, checkpoint_every=7 if path else 0)
+        cfg = TrainConfig(
+            steps=60, batch_size=48, eval_every=10, checkpoint_path=path, checkpoint_every=7 if path else 0
+        )
         return model, fit(model, loss, (x, y), (xv, yv), cfg)
 
     full, h_full = run()

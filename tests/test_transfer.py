@@ -35,12 +35,19 @@ def fitted():
     gen = torch.Generator().manual_seed(0)
     source, target = task.sample(3000, "source", gen), task.sample(40, "target", gen)
     # Small heads with weight decay and early stopping: a heteroscedastic Gaussian overfits 32 rows fast.
-    cfg = TransferConfig(source_train=TrainConfig(steps=800, lr=3e-3),
-                         target_train=TrainConfig(steps=1000, lr=1e-3, eval_every=10, patience=10,
-                                                  optimizer="adamw", weight_decay=1e-2))
+    cfg = TransferConfig(
+        source_train=TrainConfig(steps=800, lr=3e-3),
+        target_train=TrainConfig(steps=1000, lr=1e-3, eval_every=10, patience=10, optimizer="adamw", weight_decay=1e-2),
+    )
     factory = lambda k: GaussianHead(2, k, hidden=(16,))  # noqa: E731
-    res = fit_variants(factory, source, target, cfg, ["transfer", "no_transfer", "fine_tune", "oracle"],
-                       oracle_embedding=task.embedding)
+    res = fit_variants(
+        factory,
+        source,
+        target,
+        cfg,
+        ["transfer", "no_transfer", "fine_tune", "oracle"],
+        oracle_embedding=task.embedding,
+    )
     return task, res
 
 
@@ -93,8 +100,13 @@ def test_workflow_errors():
     with pytest.raises(ConfigError, match="unknown variant 'transferr'"):
         fit_variants(lambda k: GaussianHead(2, k), src, src, variants=["transferr"])
     with pytest.raises(ConfigError, match="oracle_embedding"):
-        fit_variants(lambda k: GaussianHead(2, k), src, src, TransferConfig(target_train=TrainConfig(steps=2)),
-                     variants=["oracle"])
+        fit_variants(
+            lambda k: GaussianHead(2, k),
+            src,
+            src,
+            TransferConfig(target_train=TrainConfig(steps=2)),
+            variants=["oracle"],
+        )
     with pytest.raises(ShapeError, match="head.context_features"):
         fit_source(Encoder(4, 3), GaussianHead(2, 2), src)
 

@@ -50,8 +50,13 @@ def test_a_linear_encoder_with_a_linear_gaussian_head_is_fitted_exactly_and_beat
     exact = fit_source(Encoder(8, 2, hidden=()), LinearGaussianHead(2, 2), data)
     assert exact.history.steps_done == 0  # closed form: no gradient steps
     torch.manual_seed(0)
-    grad = fit_source(Encoder(8, 2, hidden=()), LinearGaussianHead(2, 2), data,
-                      TrainConfig(steps=300, lr=1e-2, progress=False), val_fraction=0.0)
+    grad = fit_source(
+        Encoder(8, 2, hidden=()),
+        LinearGaussianHead(2, 2),
+        data,
+        TrainConfig(steps=300, lr=1e-2, progress=False),
+        val_fraction=0.0,
+    )
     grad.encoder.unfreeze()
     nll = lambda m: float(-m.log_prob(data.x, data.c).detach().mean())  # noqa: E731
     assert nll(exact) <= nll(grad) + 1e-4  # maximum likelihood: no trained fit does better on its own data
@@ -91,9 +96,12 @@ def test_a_linear_encoder_wider_than_d_x_is_refused_before_any_cell_runs(tmp_pat
     from theory.engine.config import ExperimentConfig
     from theory.studies.transfer.sweep import run_sweep
 
-    raw = {"task": {"name": "conditional_gaussian", "d_c": 8, "d_h": 4}, "encoder": {"embed_dim": "d_h"},
-           "grid": {"n_s": [100], "n_t": [20], "seeds": [0], "heads": ["lin"], "variants": ["transfer"]},
-           "heads": {"lin": {"kind": "linear_gaussian", "encoder": {"hidden": []}}}}
+    raw = {
+        "task": {"name": "conditional_gaussian", "d_c": 8, "d_h": 4},
+        "encoder": {"embed_dim": "d_h"},
+        "grid": {"n_s": [100], "n_t": [20], "seeds": [0], "heads": ["lin"], "variants": ["transfer"]},
+        "heads": {"lin": {"kind": "linear_gaussian", "encoder": {"hidden": []}}},
+    }
     with pytest.raises(ConfigError, match="embed_dim <= min\\(d_c, d_x\\) = 2"):
         run_sweep(ExperimentConfig.from_dict(raw), tmp_path / "run", log=None)
     assert not (tmp_path / "run" / "cells").exists()

@@ -45,8 +45,16 @@ def test_a_band_and_its_p_value_never_disagree(observed: float) -> None:
 def test_a_verdict_never_contradicts_the_band_printed_beside_it() -> None:
     """R = 1.40 beside a band whose upper end is 1.39 is a FAIL, whatever else the family holds."""
     null = np.random.default_rng(2).normal(1.0, 0.16, 20_000)
-    sharp = CheckResult("KL equals its known answer", "x", "", "R = 1.40, {band}", p_fail=None, p_pass=None,
-                        tier=PRIMARY, band=Band(null, 1.40, {"x2": null * 2, "x1/2": null / 2}))
+    sharp = CheckResult(
+        "KL equals its known answer",
+        "x",
+        "",
+        "R = 1.40, {band}",
+        p_fail=None,
+        p_pass=None,
+        tier=PRIMARY,
+        band=Band(null, 1.40, {"x2": null * 2, "x1/2": null / 2}),
+    )
     sharp.p_fail = sharp.band.p_value()
     others = [check(f"shape {i}", SECONDARY, 0.9) for i in range(15)]
     decide([sharp, *others], 0.05)
@@ -82,8 +90,18 @@ def test_the_tiers_split_the_error_rate_only_when_both_are_tested() -> None:
 
 
 def record(seed: int, kl: float, **extra: object) -> dict:
-    return {"head": "h", "variant": "oracle", "n_t": 10, "seed": seed, "n_s": None, "kl": kl, "kl_se": 0.01,
-            "status": "ok", "task_seed": seed, **extra}
+    return {
+        "head": "h",
+        "variant": "oracle",
+        "n_t": 10,
+        "seed": seed,
+        "n_s": None,
+        "kl": kl,
+        "kl_se": 0.01,
+        "status": "ok",
+        "task_seed": seed,
+        **extra,
+    }
 
 
 def test_a_kl_below_minus_three_se_is_not_a_divergence() -> None:
@@ -105,8 +123,11 @@ def test_replicates_that_share_a_task_instance_a_value_or_a_sample_are_caught() 
 
 
 def test_a_fixed_task_instance_withholds_every_verdict_that_needs_replicates() -> None:
-    recs = [dict(record(s, 9 / (2 * n) * (1 + s / 50), n_t=n), head_kind="flow", task_seed=0)
-            for s in range(4) for n in (25, 50, 100, 200)]
+    recs = [
+        dict(record(s, 9 / (2 * n) * (1 + s / 50), n_t=n), head_kind="flow", task_seed=0)
+        for s in range(4)
+        for n in (25, 50, 100, 200)
+    ]
     out = run_checks(recs, {"h": analytic_rates(4, 2, 2, 2.0, "flow")})
     assert all(c.verdict == INSUFFICIENT_SEEDS for c in out if c.tier != INTEGRITY and c.p_fail is not None)
 
@@ -117,14 +138,18 @@ def test_the_analytic_prediction_is_informative_where_the_template_is_not() -> N
     assert rate_for_task("auto", ConditionalGaussianTask(d_c=4)) == "analytic"
     n_t = [25, 50, 100, 200, 400, 800]
     jitter = {0: 1.0, 1: 1.05, 2: 0.96, 3: 1.02}
-    slow = [dict(record(s, 0.5 * n**-0.45 * jitter[s] ** (np.log(n) / 4), n_t=n), head_kind="flow")
-            for s in range(4) for n in n_t]
+    slow = [
+        dict(record(s, 0.5 * n**-0.45 * jitter[s] ** (np.log(n) / 4), n_t=n), head_kind="flow")
+        for s in range(4)
+        for n in n_t
+    ]
     verdict = {c.name: c.verdict for c in run_checks(slow, {"h": analytic_rates(16, 2, 2, 2.0, "flow")})}
     assert verdict["measured exponent >= predicted"] == FAIL
     template = {c.name: c.verdict for c in run_checks(slow, {"h": generic_rates(16, 2, 2, 2.0, "flow")})}
     assert template["measured exponent >= predicted"] == PASS
-    good = [dict(record(s, 3 * np.log(n) ** 2 / n * (1 + 0.05 * s), n_t=n), head_kind="flow")
-            for s in range(4) for n in n_t]
+    good = [
+        dict(record(s, 3 * np.log(n) ** 2 / n * (1 + 0.05 * s), n_t=n), head_kind="flow") for s in range(4) for n in n_t
+    ]
     verdict = {c.name: c.verdict for c in run_checks(good, {"h": analytic_rates(16, 2, 2, 2.0, "flow")})}
     assert verdict["measured exponent >= predicted"] != FAIL
 
@@ -137,10 +162,27 @@ def test_the_direct_slope_in_d_c_is_held_to_its_known_answer_both_ways() -> None
 
     def records(kl_of) -> list[dict]:
         rng = np.random.default_rng(0)
-        return [{"head": "lin", "head_kind": "linear_gaussian", "variant": "direct", "task_name":
-                 "conditional_gaussian", "embedding": "linear", "seed": s, "n_t": n, "n_s": None, "d_c": d_c,
-                 "d_h": 2, "d_x": 2, "task": f"d_c={d_c}", "status": "ok", "kl": kl_of(n, d_c) * rng.gamma(50, 1 / 50)}
-                for d_c in (4, 16, 64) for s in range(6) for n in (100, 200, 400, 800)]
+        return [
+            {
+                "head": "lin",
+                "head_kind": "linear_gaussian",
+                "variant": "direct",
+                "task_name": "conditional_gaussian",
+                "embedding": "linear",
+                "seed": s,
+                "n_t": n,
+                "n_s": None,
+                "d_c": d_c,
+                "d_h": 2,
+                "d_x": 2,
+                "task": f"d_c={d_c}",
+                "status": "ok",
+                "kl": kl_of(n, d_c) * rng.gamma(50, 1 / 50),
+            }
+            for d_c in (4, 16, 64)
+            for s in range(6)
+            for n in (100, 200, 400, 800)
+        ]
 
     verdict = lambda recs: decide([check_predicted_slope(recs, "lin", "direct", "d_c", {"d_h": 2})])[0]  # noqa: E731
     right = verdict(records(lambda n, d_c: e(n, 2, d_c)))

@@ -1,10 +1,10 @@
 """The ``gentransfer`` command line: run a theory-validation experiment from a TOML config, rebuild its report.
 
-    gentransfer run configs/default.toml --out runs/default          # sweep + report (resumes if interrupted)
-    gentransfer run configs/default.toml --out runs/x --set grid.seeds=[0] --set train.target.lr=3e-4
-    gentransfer report runs/default                                   # rebuild report.md from the records
-    gentransfer show configs/default.toml --set grid.n_t=[50,100]     # print the resolved config (TOML), run nothing
-    gentransfer run default --out runs/default                        # a shipped config by name (pip installs too)
+gentransfer run configs/default.toml --out runs/default          # sweep + report (resumes if interrupted)
+gentransfer run configs/default.toml --out runs/x --set grid.seeds=[0] --set train.target.lr=3e-4
+gentransfer report runs/default                                   # rebuild report.md from the records
+gentransfer show configs/default.toml --set grid.n_t=[50,100]     # print the resolved config (TOML), run nothing
+gentransfer run default --out runs/default                        # a shipped config by name (pip installs too)
 """
 
 from __future__ import annotations
@@ -86,50 +86,95 @@ def version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gentransfer", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="gentransfer", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--version", action="version", version=f"gentransfer {version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser("run", help="run (or resume) an experiment, then write its report",
-                         description="Run every missing cell of CONFIG into --out, then write the report there.",
-                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = sub.add_parser(
+        "run",
+        help="run (or resume) an experiment, then write its report",
+        description="Run every missing cell of CONFIG into --out, then write the report there.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("config", type=Path, help="experiment config (TOML), e.g. configs/default.toml or 'default'")
     run.add_argument("--out", type=Path, required=True, help="output folder (created; reused to resume)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key, e.g. --set grid.seeds=[0,1] (repeatable)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set grid.seeds=[0,1] (repeatable)",
+    )
     run.add_argument("--workers", type=int, help="parallel worker processes (default: run.workers of the config)")
     run.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto (default: run.device of the config)")
-    run.add_argument("--shard", default="0/1", metavar="I/N",
-                     help="run only shard I of N of the grid's groups, e.g. 0/2 on one host and 1/2 on another "
-                          "(same --out folder, or copy the cells/ folders together), then 'report'")
-    run.add_argument("--executor", choices=EXECUTORS, default="local",
-                     help="where the groups of cells run: local (this machine's worker processes, the default), "
-                          "dask (a dask.distributed cluster) or slurm (a SLURM job array through submitit)")
-    run.add_argument("--scheduler", metavar="tcp://HOST:PORT",
-                     help="dask: a running scheduler's address (default: start a LocalCluster of --workers "
-                          "processes here)")
-    run.add_argument("--retries", type=int, default=2,
-                     help="dask, slurm: times a group whose worker or job was lost is submitted again (default 2)")
-    run.add_argument("--slurm", dest="slurm_options", action="append", default=[], metavar="KEY=VALUE",
-                     help="slurm: a submitit parameter, e.g. --slurm slurm_partition=cpu --slurm timeout_min=120 "
-                          "(repeatable)")
-    run.add_argument("--slurm-cluster", choices=("slurm", "local", "debug"),
-                     help="slurm: submitit's cluster (default: SLURM where there is one; 'local' runs the job "
-                          "array as processes of this machine)")
-    run.add_argument("--yes", action="store_true",
-                     help=f"start a grid estimated at more than {MAX_HOURS:g} CPU-hours or of more than 10000 cells "
-                          "(without it such a run stops at once, printing the estimate)")
+    run.add_argument(
+        "--shard",
+        default="0/1",
+        metavar="I/N",
+        help="run only shard I of N of the grid's groups, e.g. 0/2 on one host and 1/2 on another "
+        "(same --out folder, or copy the cells/ folders together), then 'report'",
+    )
+    run.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="where the groups of cells run: local (this machine's worker processes, the default), "
+        "dask (a dask.distributed cluster) or slurm (a SLURM job array through submitit)",
+    )
+    run.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:PORT",
+        help="dask: a running scheduler's address (default: start a LocalCluster of --workers processes here)",
+    )
+    run.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="dask, slurm: times a group whose worker or job was lost is submitted again (default 2)",
+    )
+    run.add_argument(
+        "--slurm",
+        dest="slurm_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="slurm: a submitit parameter, e.g. --slurm slurm_partition=cpu --slurm timeout_min=120 (repeatable)",
+    )
+    run.add_argument(
+        "--slurm-cluster",
+        choices=("slurm", "local", "debug"),
+        help="slurm: submitit's cluster (default: SLURM where there is one; 'local' runs the job "
+        "array as processes of this machine)",
+    )
+    run.add_argument(
+        "--yes",
+        action="store_true",
+        help=f"start a grid estimated at more than {MAX_HOURS:g} CPU-hours or of more than 10000 cells "
+        "(without it such a run stops at once, printing the estimate)",
+    )
     run.add_argument("--quiet", action="store_true", help="no per-cell progress lines")
     run.add_argument("--no-report", action="store_true", help="skip the report (build it later with 'report')")
-    rep = sub.add_parser("report", help="rebuild report.md, checks.json, results.csv and plots from a run folder",
-                         description="Rebuild DIR/report.md, checks.json, results.csv and plots/ from DIR's records.")
+    rep = sub.add_parser(
+        "report",
+        help="rebuild report.md, checks.json, results.csv and plots from a run folder",
+        description="Rebuild DIR/report.md, checks.json, results.csv and plots/ from DIR's records.",
+    )
     rep.add_argument("dir", type=Path, help="a folder written by 'gentransfer run'")
-    rep.add_argument("--rate", metavar="MODULE:FUNCTION",
-                     help="import this rate function and use its predictions (a report never imports code named "
-                          "by the folder itself; by default it reads the predictions the run stored)")
-    show = sub.add_parser("show", help="print the resolved config (after --set overrides) as TOML and exit",
-                          description="Print the resolved config as TOML (a runnable config: save it and 'run' "
-                                      "it); --json prints JSON instead.")
+    rep.add_argument(
+        "--rate",
+        metavar="MODULE:FUNCTION",
+        help="import this rate function and use its predictions (a report never imports code named "
+        "by the folder itself; by default it reads the predictions the run stored)",
+    )
+    show = sub.add_parser(
+        "show",
+        help="print the resolved config (after --set overrides) as TOML and exit",
+        description="Print the resolved config as TOML (a runnable config: save it and 'run' "
+        "it); --json prints JSON instead.",
+    )
     show.add_argument("config", type=Path, help="a config path, or a shipped config's name, e.g. 'default'")
     show.add_argument("--json", action="store_true", help="print JSON instead of TOML")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -186,16 +231,21 @@ def _study(raw: dict) -> Any:
 
         return completion_study
     if kind != "transfer":
-        raise GentransferError(f"experiment.kind = {kind!r} is not a study; valid: transfer, tgdp, digits, "
-                               "completion")
+        raise GentransferError(f"experiment.kind = {kind!r} is not a study; valid: transfer, tgdp, digits, completion")
     return None
 
 
 def _executor(args: argparse.Namespace, workers: int) -> Any:
     """The executor the options ask for (None: this machine's pool); a GentransferError naming a bad option."""
-    return make_executor(args.executor, workers=workers, retries=args.retries, scheduler=args.scheduler,
-                         slurm_folder=Path(args.out).resolve() / "slurm", slurm_cluster=args.slurm_cluster,
-                         slurm_options=parse_options(args.slurm_options, "--slurm"))
+    return make_executor(
+        args.executor,
+        workers=workers,
+        retries=args.retries,
+        scheduler=args.scheduler,
+        slurm_folder=Path(args.out).resolve() / "slurm",
+        slurm_cluster=args.slurm_cluster,
+        slurm_options=parse_options(args.slurm_options, "--slurm"),
+    )
 
 
 def _where(args: argparse.Namespace) -> str:
@@ -211,8 +261,9 @@ def _run_study(study: Any, raw: dict, args: argparse.Namespace) -> int:
 
     study.parse(raw)  # every setting checked before the folder is touched
     if args.shard != "0/1" or args.device:
-        raise GentransferError(f"--shard and --device are options of transfer grids, not of a "
-                               f"{raw['experiment']['kind']} study")
+        raise GentransferError(
+            f"--shard and --device are options of transfer grids, not of a {raw['experiment']['kind']} study"
+        )
     workers = args.workers if args.workers is not None else int(raw.get("run", {}).get("workers", 1))
     if workers < 1:
         raise GentransferError(f"--workers must be >= 1, got {workers}")
@@ -222,12 +273,20 @@ def _run_study(study: Any, raw: dict, args: argparse.Namespace) -> int:
         raise GentransferError(f"run.threads must be a whole number >= 1, got {threads!r}")
     torch.set_num_threads(check_threads(threads) if args.executor == "local" else threads)
     _check_out(args.out)
-    print(f"gentransfer run: {raw['experiment'].get('name', raw['experiment']['kind'])} -> {args.out} "
-          f"({workers} worker(s){_where(args)})", flush=True)
+    print(
+        f"gentransfer run: {raw['experiment'].get('name', raw['experiment']['kind'])} -> {args.out} "
+        f"({workers} worker(s){_where(args)})",
+        flush=True,
+    )
     start = time.perf_counter()
     with hold_folder(args.out):
-        study.run_study(raw, args.out, workers=workers, log=None if args.quiet else (lambda m: print(m, flush=True)),
-                        executor=executor)
+        study.run_study(
+            raw,
+            args.out,
+            workers=workers,
+            log=None if args.quiet else (lambda m: print(m, flush=True)),
+            executor=executor,
+        )
         if not args.no_report:
             path, table = study.build_study_report(args.out)
             print(f"\n{table}\n\nReport: {path}")
@@ -257,42 +316,71 @@ def _run(args: argparse.Namespace) -> int:
     if args.executor == "local":
         check_threads(config.run.threads)
     torch.set_num_threads(config.run.threads)
-    print(f"gentransfer run: {config.name} -> {args.out} ({config.run.workers} worker(s), "
-          f"{config.run.threads} torch thread(s) each, device {config.run.device}"
-          f"{'' if shard == (0, 1) else f', shard {args.shard}'}{_where(args)})", flush=True)
+    print(
+        f"gentransfer run: {config.name} -> {args.out} ({config.run.workers} worker(s), "
+        f"{config.run.threads} torch thread(s) each, device {config.run.device}"
+        f"{'' if shard == (0, 1) else f', shard {args.shard}'}{_where(args)})",
+        flush=True,
+    )
     start = time.perf_counter()
     _check_out(args.out)
     with hold_folder(args.out, shard):
         return _sweep_and_report(config, args, shard, executor, start)
 
 
-def _sweep_and_report(config: ExperimentConfig, args: argparse.Namespace, shard: tuple[int, int], executor: Any,
-                      start: float) -> int:
+def _sweep_and_report(
+    config: ExperimentConfig, args: argparse.Namespace, shard: tuple[int, int], executor: Any, start: float
+) -> int:
     """The sweep and its report, in a folder this process holds: 0, or 1 when some cells failed."""
     from shared_embed.checkpoint import atomic_write_text
     from theory.studies.transfer.report import build_report
     from theory.studies.transfer.sweep import run_sweep
 
-    result = run_sweep(config, args.out, log=None if args.quiet else (lambda m: print(m, flush=True)), shard=shard,
-                       executor=executor, max_hours=None if args.yes else MAX_HOURS)
-    atomic_write_text(Path(args.out) / "run.json", json.dumps({
-        "config_file": os.fspath(args.config), "overrides": args.overrides, "workers": config.run.workers,
-        "executor": args.executor,
-        "ran": result.ran, "skipped": result.skipped, "failed": result.failed, "seconds": result.seconds}) + "\n")
-    print(f"sweep: {result.ran} cells run, {result.skipped} found on disk, {result.failed} failed, "
-          f"{result.seconds:.0f} s; records in {Path(args.out) / 'cells'}, table {result.csv_path}", flush=True)
+    result = run_sweep(
+        config,
+        args.out,
+        log=None if args.quiet else (lambda m: print(m, flush=True)),
+        shard=shard,
+        executor=executor,
+        max_hours=None if args.yes else MAX_HOURS,
+    )
+    atomic_write_text(
+        Path(args.out) / "run.json",
+        json.dumps(
+            {
+                "config_file": os.fspath(args.config),
+                "overrides": args.overrides,
+                "workers": config.run.workers,
+                "executor": args.executor,
+                "ran": result.ran,
+                "skipped": result.skipped,
+                "failed": result.failed,
+                "seconds": result.seconds,
+            }
+        )
+        + "\n",
+    )
+    print(
+        f"sweep: {result.ran} cells run, {result.skipped} found on disk, {result.failed} failed, "
+        f"{result.seconds:.0f} s; records in {Path(args.out) / 'cells'}, table {result.csv_path}",
+        flush=True,
+    )
     if not args.no_report:
         report = build_report(args.out, config)
         _print_report(report, Path(args.out))
         print(f"total {time.perf_counter() - start:.0f} s")
     if result.flagged:
-        print(f"gentransfer: warning: {len(result.flagged)} cell(s) flagged as doubtful (listed in the report):",
-              file=sys.stderr)
+        print(
+            f"gentransfer: warning: {len(result.flagged)} cell(s) flagged as doubtful (listed in the report):",
+            file=sys.stderr,
+        )
         for line in result.flagged:
             print(f"  {line}", file=sys.stderr)
     if result.failures:
-        print(f"gentransfer: {len(result.failures)} cell(s) failed (run the same command again to retry them):",
-              file=sys.stderr)
+        print(
+            f"gentransfer: {len(result.failures)} cell(s) failed (run the same command again to retry them):",
+            file=sys.stderr,
+        )
         for line in result.failures:
             print(f"  {line}", file=sys.stderr)
         return 1
@@ -315,12 +403,16 @@ def main(argv: list[str] | None = None) -> int:
             from theory.studies.transfer.report import build_report
 
             if not args.dir.is_dir():
-                raise GentransferError(f"{os.fspath(args.dir)!r} is not a folder written by 'gentransfer run' (it holds no "
-                                       "config.json)")
+                raise GentransferError(
+                    f"{os.fspath(args.dir)!r} is not a folder written by 'gentransfer run' (it holds no config.json)"
+                )
             busy = run_in_progress(args.dir)
             if busy:
-                print(f"gentransfer: note: a run is in progress in {os.fspath(args.dir)!r} ({busy}); this report "
-                      "covers the cells finished so far", file=sys.stderr)
+                print(
+                    f"gentransfer: note: a run is in progress in {os.fspath(args.dir)!r} ({busy}); this report "
+                    "covers the cells finished so far",
+                    file=sys.stderr,
+                )
             study = _study(read_json(args.dir / "config.json") or {})
             if study is not None:
                 path, table = study.build_study_report(args.dir)
@@ -350,18 +442,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gentransfer: error:{where} {one_line(str(err.strerror or err))}", file=sys.stderr)
         return 2
     except Terminated as err:
-        print(f"gentransfer: stopped by {err.name}; finished cells are kept: run the same command again to "
-              "resume", file=sys.stderr)
+        print(
+            f"gentransfer: stopped by {err.name}; finished cells are kept: run the same command again to resume",
+            file=sys.stderr,
+        )
         return 128 + err.signum
     except KeyboardInterrupt:
-        print("gentransfer: interrupted; finished cells are kept: run the same command again to resume",
-              file=sys.stderr)
+        print(
+            "gentransfer: interrupted; finished cells are kept: run the same command again to resume", file=sys.stderr
+        )
         return 130
     except Exception as err:  # noqa: BLE001 - every failure that is not a failed cell: exit 2, one line
         if os.environ.get("GENTRANSFER_TRACEBACK"):
             raise
-        print(f"gentransfer: error: {type(err).__name__}: {one_line(str(err))} (an unexpected error: set "
-              "GENTRANSFER_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        print(
+            f"gentransfer: error: {type(err).__name__}: {one_line(str(err))} (an unexpected error: set "
+            "GENTRANSFER_TRACEBACK=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 2
     finally:
         _on_sigterm(previous)

@@ -63,6 +63,12 @@ def fine_tune(
     """A copy of ``source_head`` trained further on the target x (n, d) [context (n, k)]; the source is untouched."""
     head = copy.deepcopy(source_head)
     head.requires_grad_(True)
-    history = train_head(head, x, context, config=config or TrainConfig(steps=1000, lr=2e-4, description="fine-tune"),
-                         val_x=val_x, val_context=val_context)
+    history = train_head(
+        head,
+        x,
+        context,
+        config=config or TrainConfig(steps=1000, lr=2e-4, description="fine-tune"),
+        val_x=val_x,
+        val_context=val_context,
+    )
     return head, history

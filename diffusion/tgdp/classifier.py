@@ -64,8 +64,9 @@ class DomainClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.features = check_positive_int("features", features)
-        self.context_features = None if context_features is None else check_positive_int(
-            "context_features", context_features)
+        self.context_features = (
+            None if context_features is None else check_positive_int("context_features", context_features)
+        )
         self.time_dependent = bool(time_dependent)
         self.schedule = schedule or VPSchedule()
         self.time = SinusoidalEmbedding(time_features) if self.time_dependent else None
@@ -161,11 +162,11 @@ def fit_domain_classifier(
     check_positive_int("target_batch", target_batch)
     check_fraction("t_eps", t_eps)
     schedule = schedule or VPSchedule()
-    config = config or TrainConfig(steps=2000, lr=1e-3, optimizer="adamw", weight_decay=1e-4,
-                                   description="domain classifier")
+    config = config or TrainConfig(
+        steps=2000, lr=1e-3, optimizer="adamw", weight_decay=1e-4, description="domain classifier"
+    )
     pi_s, pi_t = class_weights(source_x.shape[0], target_x.shape[0], balanced)
-    clf = DomainClassifier(source_x.shape[1], k, hidden, time_dependent=time_dependent,
-                           schedule=schedule).to(source_x)
+    clf = DomainClassifier(source_x.shape[1], k, hidden, time_dependent=time_dependent, schedule=schedule).to(source_x)
     n_t = target_x.shape[0]
 
     def logits(x0: Tensor, ctx: Tensor | None) -> Tensor:
@@ -180,8 +181,9 @@ def fit_domain_classifier(
         idx = torch.randint(0, n_t, (target_batch,), device=target_x.device) if n_t > target_batch else slice(None)
         xt, ct = target_x[idx], (None if target_context is None else target_context[idx])
         ls, lt = logits(xs, cs), logits(xt, ct)
-        return (pi_s * F.binary_cross_entropy_with_logits(ls, torch.ones_like(ls))
-                + pi_t * F.binary_cross_entropy_with_logits(lt, torch.zeros_like(lt)))
+        return pi_s * F.binary_cross_entropy_with_logits(
+            ls, torch.ones_like(ls)
+        ) + pi_t * F.binary_cross_entropy_with_logits(lt, torch.zeros_like(lt))
 
     data = (source_x,) if source_context is None else (source_context, source_x)
     history = fit(clf, loss_fn, data, config=config)

@@ -60,7 +60,9 @@ class GuidedScore:
 
     def __init__(self, source_score: ScoreFn, guidance: Guidance) -> None:
         if not callable(source_score):
-            raise DTypeError(f"source_score must be callable as score(x, t, context), got {type(source_score).__name__}")
+            raise DTypeError(
+                f"source_score must be callable as score(x, t, context), got {type(source_score).__name__}"
+            )
         if not callable(getattr(guidance, "log_h", None)):
             raise DTypeError(f"guidance must have a log_h(x, t, context) method, got {type(guidance).__name__}")
         self.source_score = source_score

@@ -78,20 +78,27 @@ class TGDPConfig:
     """
 
     classifier_hidden: Sequence[int] = (64, 64)
-    classifier_train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=2000, lr=1e-3, optimizer="adamw", weight_decay=1e-4, description="domain classifier"))
+    classifier_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=2000, lr=1e-3, optimizer="adamw", weight_decay=1e-4, description="domain classifier"
+        )
+    )
     balanced: bool = False
     guidance_hidden: Sequence[int] = (128, 128, 128)
     positivity: str = "exp"
     damping: str = "alpha"
     rao_blackwell: bool = True
-    guidance_train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=4000, lr=1e-3, description="guidance"))
+    guidance_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=4000, lr=1e-3, description="guidance")
+    )
     eta_cycle: float = 0.0
     eta_consistency: float = 0.0
     time_classifier_hidden: Sequence[int] = (64, 64)
-    time_classifier_train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=3000, lr=1e-3, optimizer="adamw", weight_decay=1e-4, description="time classifier"))
+    time_classifier_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=3000, lr=1e-3, optimizer="adamw", weight_decay=1e-4, description="time classifier"
+        )
+    )
     target_coverage: float = 0.0
     target_batch: int = 256
     t_eps: float = 1e-5
@@ -174,8 +181,7 @@ def fit_tgdp(
     schedule = schedule or VPSchedule()
     source_x, target_x, k = _checked_samples(source_x, target_x, source_context, target_context)
     histories: dict[str, TrainHistory] = {}
-    ratio, w0 = _source_ratios(source_x, target_x, source_context, target_context, source_weights, config,
-                               histories)
+    ratio, w0 = _source_ratios(source_x, target_x, source_context, target_context, source_weights, config, histories)
     premise = None
     if ratio is not None:  # the premise check (warns naming what fails) before any guidance is fitted
         with torch.no_grad():
@@ -183,27 +189,45 @@ def fit_tgdp(
     time_ratio = None
     if config.eta_cycle > 0:
         time_ratio, histories["time_classifier"] = fit_domain_classifier(
-            source_x, target_x, source_context=source_context, target_context=target_context,
-            hidden=config.time_classifier_hidden, time_dependent=True, schedule=schedule, balanced=config.balanced,
-            target_batch=config.target_batch, t_eps=config.t_eps, config=config.time_classifier_train)
+            source_x,
+            target_x,
+            source_context=source_context,
+            target_context=target_context,
+            hidden=config.time_classifier_hidden,
+            time_dependent=True,
+            schedule=schedule,
+            balanced=config.balanced,
+            target_batch=config.target_batch,
+            t_eps=config.t_eps,
+            config=config.time_classifier_train,
+        )
 
-    guidance = GuidanceNetwork(source_x.shape[1], k, config.guidance_hidden, positivity=config.positivity,
-                               damping=config.damping, schedule=schedule).to(source_x)
+    guidance = GuidanceNetwork(
+        source_x.shape[1],
+        k,
+        config.guidance_hidden,
+        positivity=config.positivity,
+        damping=config.damping,
+        schedule=schedule,
+    ).to(source_x)
     posterior = SourcePosterior(source_x, w0, schedule, source_context) if config.rao_blackwell else None
-    loss_fn = _guidance_objective(guidance, source_score, schedule, config, posterior, time_ratio, target_x,
-                                  target_context)
+    loss_fn = _guidance_objective(
+        guidance, source_score, schedule, config, posterior, time_ratio, target_x, target_context
+    )
     data = (source_x, w0) if source_context is None else (source_context, source_x, w0)
     histories["guidance"] = fit(guidance, loss_fn, data, config=config.guidance_train)
     guidance.requires_grad_(False)
     return TGDPFit(GuidedScore(source_score, guidance), guidance, ratio, time_ratio, w0, histories, premise)
 
 
-def _checked_samples(source_x: Tensor, target_x: Tensor, source_context: Tensor | None,
-                     target_context: Tensor | None) -> tuple[Tensor, Tensor, int | None]:
+def _checked_samples(
+    source_x: Tensor, target_x: Tensor, source_context: Tensor | None, target_context: Tensor | None
+) -> tuple[Tensor, Tensor, int | None]:
     """The validated samples and the context width k (None for unconditional TGDP)."""
     source_x = check_matrix("source_x", source_x)
-    target_x = check_matches("target_x", check_matrix("target_x", target_x, source_x.shape[1]), source_x,
-                             owner="source_x")
+    target_x = check_matches(
+        "target_x", check_matrix("target_x", target_x, source_x.shape[1]), source_x, owner="source_x"
+    )
     if (source_context is None) != (target_context is None):
         raise ShapeError("give source_context and target_context together (both or neither)")
     if source_context is None:
@@ -216,28 +240,51 @@ def _checked_samples(source_x: Tensor, target_x: Tensor, source_context: Tensor 
     return source_x, target_x, k
 
 
-def _source_ratios(source_x: Tensor, target_x: Tensor, source_context: Tensor | None, target_context: Tensor | None,
-                   source_weights: Tensor | None, config: TGDPConfig, histories: dict[str, TrainHistory]
-                   ) -> tuple[DensityRatio | None, Tensor]:
+def _source_ratios(
+    source_x: Tensor,
+    target_x: Tensor,
+    source_context: Tensor | None,
+    target_context: Tensor | None,
+    source_weights: Tensor | None,
+    config: TGDPConfig,
+    histories: dict[str, TrainHistory],
+) -> tuple[DensityRatio | None, Tensor]:
     """(the domain classifier's ratio or None, w(x_0) at the source rows (n_s,)): the given weights, checked,
     or the classifier's ratio (its training history goes into ``histories``)."""
     if source_weights is not None:
-        w0 = check_matches("source_weights", check_tensor("source_weights", source_weights, ndim=1,
-                                                          rows=source_x.shape[0]), source_x, owner="source_x")
+        w0 = check_matches(
+            "source_weights",
+            check_tensor("source_weights", source_weights, ndim=1, rows=source_x.shape[0]),
+            source_x,
+            owner="source_x",
+        )
         if bool((w0 < 0).any()):
             raise DataError("source_weights are density ratios and must be >= 0")
         return None, w0
     ratio, histories["classifier"] = fit_domain_classifier(
-        source_x, target_x, source_context=source_context, target_context=target_context,
-        hidden=config.classifier_hidden, balanced=config.balanced, target_batch=config.target_batch,
-        config=config.classifier_train)
+        source_x,
+        target_x,
+        source_context=source_context,
+        target_context=target_context,
+        hidden=config.classifier_hidden,
+        balanced=config.balanced,
+        target_batch=config.target_batch,
+        config=config.classifier_train,
+    )
     with torch.no_grad():
         return ratio, ratio.ratio(source_x, None, source_context)
 
 
-def _guidance_objective(guidance: GuidanceNetwork, source_score: ScoreFn, schedule: VPSchedule, config: TGDPConfig,
-                        posterior: SourcePosterior | None, time_ratio: DensityRatio | None, target_x: Tensor,
-                        target_context: Tensor | None) -> Callable[[Sequence[Tensor]], Tensor]:
+def _guidance_objective(
+    guidance: GuidanceNetwork,
+    source_score: ScoreFn,
+    schedule: VPSchedule,
+    config: TGDPConfig,
+    posterior: SourcePosterior | None,
+    time_ratio: DensityRatio | None,
+    target_x: Tensor,
+    target_context: Tensor | None,
+) -> Callable[[Sequence[Tensor]], Tensor]:
     """The guidance's training loss on a batch of source rows ((context,) x0, w): L_guide, plus on a batch of
     target rows the target-coverage term and the two regularisers when they are switched on."""
     n_t = target_x.shape[0]
@@ -248,17 +295,22 @@ def _guidance_objective(guidance: GuidanceNetwork, source_score: ScoreFn, schedu
         loss = guidance_loss(guidance, schedule, x0, w, ctx, config.t_eps, posterior)
         if not config.uses_target_rows:
             return loss
-        idx = (torch.randint(0, n_t, (config.target_batch,), device=target_x.device)
-               if n_t > config.target_batch else slice(None))
+        idx = (
+            torch.randint(0, n_t, (config.target_batch,), device=target_x.device)
+            if n_t > config.target_batch
+            else slice(None)
+        )
         xt, ct = target_x[idx], (None if target_context is None else target_context[idx])
         if config.target_coverage > 0:
-            loss = loss + config.target_coverage * guidance_loss(guidance, schedule, xt, None, ct, config.t_eps,
-                                                                 posterior)
+            loss = loss + config.target_coverage * guidance_loss(
+                guidance, schedule, xt, None, ct, config.t_eps, posterior
+            )
         if time_ratio is not None:
             loss = loss + config.eta_cycle * cycle_loss(guidance, time_ratio.ratio, schedule, xt, ct, config.t_eps)
         if config.eta_consistency > 0:
-            loss = loss + config.eta_consistency * consistency_loss(guidance, source_score, schedule, xt, ct,
-                                                                    config.t_eps)
+            loss = loss + config.eta_consistency * consistency_loss(
+                guidance, source_score, schedule, xt, ct, config.t_eps
+            )
         return loss
 
     return loss_fn

@@ -52,8 +52,15 @@ from ..schedule import VPSchedule
 from .inputs import check_points, noised_rows
 
 __all__ = [
-    "DAMPING", "POSITIVITY", "FunctionGuidance", "Guidance", "GuidanceNetwork", "LogGuidanceFn", "SourcePosterior",
-    "guidance_loss", "log_softplus",
+    "DAMPING",
+    "POSITIVITY",
+    "FunctionGuidance",
+    "Guidance",
+    "GuidanceNetwork",
+    "LogGuidanceFn",
+    "SourcePosterior",
+    "guidance_loss",
+    "log_softplus",
 ]
 
 POSITIVITY = ("exp", "softplus")
@@ -117,8 +124,9 @@ class GuidanceNetwork(nn.Module):
     ) -> None:
         super().__init__()
         self.features = check_positive_int("features", features)
-        self.context_features = None if context_features is None else check_positive_int(
-            "context_features", context_features)
+        self.context_features = (
+            None if context_features is None else check_positive_int("context_features", context_features)
+        )
         self.positivity = check_choice("positivity", positivity, POSITIVITY)
         self.damping = check_choice("damping", damping, DAMPING)
         self.schedule = schedule or VPSchedule()
@@ -169,12 +177,16 @@ class SourcePosterior:
             None; schedule: the forward process. Each call builds an (n, n_s) weight matrix.
     """
 
-    def __init__(self, source_x: Tensor, source_w: Tensor, schedule: VPSchedule,
-                 source_context: Tensor | None = None) -> None:
+    def __init__(
+        self, source_x: Tensor, source_w: Tensor, schedule: VPSchedule, source_context: Tensor | None = None
+    ) -> None:
         self.x = check_tensor("source_x", source_x, ndim=2, min_rows=1).detach()
         self.w = check_tensor("source_w", source_w, ndim=1, rows=source_x.shape[0]).detach()
-        self.context = None if source_context is None else check_tensor(
-            "source_context", source_context, ndim=2, rows=source_x.shape[0]).detach()
+        self.context = (
+            None
+            if source_context is None
+            else check_tensor("source_context", source_context, ndim=2, rows=source_x.shape[0]).detach()
+        )
         self.schedule = schedule
         self.sq_norm = self.x.square().sum(-1)
 

@@ -87,10 +87,18 @@ class KernelGuidance:
             guidance built without one (or the reverse), or a label absent from source_context.
     """
 
-    def __init__(self, source_x: Tensor, ratio: QuadraticLogRatio | LogRatioFn, schedule: VPSchedule,
-                 bandwidth: float | str = "scott", source_context: Tensor | None = None,
-                 max_curvature: float = 0.1, dtype: torch.dtype = torch.float64, max_rows: int | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        source_x: Tensor,
+        ratio: QuadraticLogRatio | LogRatioFn,
+        schedule: VPSchedule,
+        bandwidth: float | str = "scott",
+        source_context: Tensor | None = None,
+        max_curvature: float = 0.1,
+        dtype: torch.dtype = torch.float64,
+        max_rows: int | None = None,
+        seed: int = 0,
+    ) -> None:
         check_tensor("source_x", source_x, ndim=2, min_rows=1)
         if max_rows is not None and check_positive_int("max_rows", max_rows) < source_x.shape[0]:
             keep = torch.randperm(source_x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_rows]
@@ -98,8 +106,11 @@ class KernelGuidance:
             source_context = None if source_context is None else source_context[keep]
         self.x = source_x.detach().to(dtype)
         self.features = self.x.shape[1]
-        self.context = None if source_context is None else check_context(
-            "source_context", source_context, 1, rows=self.x.shape[0]).detach()
+        self.context = (
+            None
+            if source_context is None
+            else check_context("source_context", source_context, 1, rows=self.x.shape[0]).detach()
+        )
         self.schedule, self.dtype = schedule, dtype
         quadratic = isinstance(ratio, QuadraticLogRatio)
         if not quadratic and not callable(getattr(ratio, "log_ratio", ratio)):
@@ -141,13 +152,16 @@ class KernelGuidance:
         """(sum_i k_i)^2 / sum_i k_i^2 of the posterior weights k_i(x) of the source rows (of the query's label),
         (n,): about how many rows the estimate at (x, t) averages over, from 1 (one row, the source's tails) to
         the number of rows (t -> 1). Differentiable in x."""
+
         def n_eff(xq: Tensor, tq: Tensor, rows: Tensor, _k: int) -> Tensor:
             log_k = self._log_kernel(xq, tq, rows)
             return (2 * torch.logsumexp(log_k, -1) - torch.logsumexp(2 * log_k, -1)).exp()
+
         return self._per_label(n_eff, x, t, context)
 
-    def _per_label(self, fn: Callable[[Tensor, Tensor, Tensor, int], Tensor], x: Tensor, t: Tensor | float,
-                   context: Tensor | None) -> Tensor:
+    def _per_label(
+        self, fn: Callable[[Tensor, Tensor, Tensor, int], Tensor], x: Tensor, t: Tensor | float, context: Tensor | None
+    ) -> Tensor:
         """``fn(x, t, rows, quadratic index)`` (n,) on each label's rows (all rows without labels)."""
         x, t = check_points(x, self.features, t, required=True)
         if (context is None) != (self.context is None):
@@ -161,8 +175,7 @@ class KernelGuidance:
             q = context[:, 0].to(self.dtype) == lab
             seen |= q
             if bool(q.any()):
-                out = out.index_put((q.nonzero().squeeze(-1),),
-                                    fn(x[q].to(self.dtype), t[q].to(self.dtype), rows, k))
+                out = out.index_put((q.nonzero().squeeze(-1),), fn(x[q].to(self.dtype), t[q].to(self.dtype), rows, k))
         if not bool(seen.all()):
             raise ShapeError(f"context holds labels absent from source_context: {context[~seen].unique().tolist()}")
         return out.to(x.dtype)
@@ -173,13 +186,13 @@ class KernelGuidance:
     def _log_kernel(self, x: Tensor, t: Tensor, rows: Tensor) -> Tensor:
         """log N(x; a x_i, v I) (n, rows) up to a term constant in i."""
         xs, a = self.x[rows], self.schedule.alpha(t).to(x)
-        v = a.square() * self.bandwidth ** 2 + self.schedule.sigma(t).to(x).square()
+        v = a.square() * self.bandwidth**2 + self.schedule.sigma(t).to(x).square()
         return (a / v)[:, None] * (x @ xs.T) - (a.square() / (2 * v))[:, None] * xs.square().sum(-1)[None]
 
     def _log_h(self, x: Tensor, t: Tensor, rows: Tensor, k: int) -> Tensor:
         xs, a = self.x[rows], self.schedule.alpha(t).to(x)
         s2 = self.schedule.sigma(t).to(x).square()
-        b2 = self.bandwidth ** 2
+        b2 = self.bandwidth**2
         v = a.square() * b2 + s2
         log_k = self._log_kernel(x, t, rows)
         if self.quadratic is None or b2 == 0:
@@ -194,16 +207,21 @@ class KernelGuidance:
         big_a, beta = quad.quad[k].to(x), quad.linear[k].to(x)
         const = float(quad.const[k]) + math.log(quad.prior_factor)
         d = x.shape[1]
-        alpha, gamma, var = s2 / v, a * b2 / v, b2 * s2 / v                       # mu_i = alpha x_i + gamma x
+        alpha, gamma, var = s2 / v, a * b2 / v, b2 * s2 / v  # mu_i = alpha x_i + gamma x
         eye = torch.eye(d, dtype=x.dtype)
-        m = eye - 2 * var[:, None, None] * big_a                                # (n, d, d)
+        m = eye - 2 * var[:, None, None] * big_a  # (n, d, d)
         r = torch.linalg.inv(m)
-        q = big_a @ r                                                           # A R, symmetric
-        rb = r @ beta                                                           # (n, d)
-        outer = (xs[:, :, None] * xs[:, None, :]).reshape(xs.shape[0], d * d)    # (rows, d^2)
+        q = big_a @ r  # A R, symmetric
+        rb = r @ beta  # (n, d)
+        outer = (xs[:, :, None] * xs[:, None, :]).reshape(xs.shape[0], d * d)  # (rows, d^2)
         row_quad = alpha.square()[:, None] * (q.reshape(-1, d * d) @ outer.T)
         qx = (q @ x[:, :, None]).squeeze(-1)
         cross = (2 * (alpha * gamma)[:, None] * qx + alpha[:, None] * rb) @ xs.T
-        per_query = (gamma.square() * (x * qx).sum(-1) + gamma * (rb * x).sum(-1)
-                     - 0.5 * torch.linalg.slogdet(m)[1] + 0.5 * var * (rb * beta).sum(-1) + const)
+        per_query = (
+            gamma.square() * (x * qx).sum(-1)
+            + gamma * (rb * x).sum(-1)
+            - 0.5 * torch.linalg.slogdet(m)[1]
+            + 0.5 * var * (rb * beta).sum(-1)
+            + const
+        )
         return row_quad + cross + per_query[:, None]

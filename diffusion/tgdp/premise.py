@@ -90,8 +90,9 @@ def auc(negatives: Tensor, positives: Tensor) -> float:
     return float((below + 0.5 * tied).sum() / (pos.numel() * neg.numel()))
 
 
-def check_premise(source_weights: Tensor, target_weights: Tensor, thresholds: PremiseThresholds | None = None, *,
-                  warn: bool = True) -> PremiseReport:
+def check_premise(
+    source_weights: Tensor, target_weights: Tensor, thresholds: PremiseThresholds | None = None, *, warn: bool = True
+) -> PremiseReport:
     """The diagnostics of density ratios at the source rows (n_s,) and the target rows (n_t,), checked against
     ``thresholds``; with ``warn``, a :class:`PremiseWarning` naming every failed check."""
     th = thresholds or PremiseThresholds()
@@ -104,19 +105,28 @@ def check_premise(source_weights: Tensor, target_weights: Tensor, thresholds: Pr
     mean_w = float(w_s.mean())
     failures = []
     if value_auc > th.max_auc:
-        failures.append(f"domain classifier AUC {value_auc:.3f} > {th.max_auc}: the target is (nearly) separable "
-                        "from the source, outside its support")
+        failures.append(
+            f"domain classifier AUC {value_auc:.3f} > {th.max_auc}: the target is (nearly) separable "
+            "from the source, outside its support"
+        )
     if ess < th.min_ess_fraction:
         failures.append(f"ESS / n_s {ess:.3f} < {th.min_ess_fraction}: the weights rest on a few source rows")
     if mean_w < th.min_mean_weight:
-        failures.append(f"E_p[w] {mean_w:.3f} < {th.min_mean_weight}: the ratio puts almost no weight on the source, "
-                        "the target's mass lies outside it")
+        failures.append(
+            f"E_p[w] {mean_w:.3f} < {th.min_mean_weight}: the ratio puts almost no weight on the source, "
+            "the target's mass lies outside it"
+        )
     elif th.max_mean_weight is not None and mean_w > th.max_mean_weight:
-        failures.append(f"E_p[w] {mean_w:.3f} > {th.max_mean_weight}: the ratio does not integrate to 1 over the "
-                        "source")
+        failures.append(
+            f"E_p[w] {mean_w:.3f} > {th.max_mean_weight}: the ratio does not integrate to 1 over the source"
+        )
     report = PremiseReport(value_auc, ess, mean_w, th, tuple(failures))
     if warn and failures:
-        warnings.warn("TGDP's premise fails (q = w p inside the source's support): " + "; ".join(failures)
-                      + ". Guided samples may collapse; compare with the target-only model.", PremiseWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "TGDP's premise fails (q = w p inside the source's support): "
+            + "; ".join(failures)
+            + ". Guided samples may collapse; compare with the target-only model.",
+            PremiseWarning,
+            stacklevel=2,
+        )
     return report

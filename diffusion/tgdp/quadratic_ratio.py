@@ -64,14 +64,16 @@ class QuadraticLogRatio:
         >>> ratio.log_ratio(x).shape    # (n,)
     """
 
-    def __init__(self, quad: Tensor, linear: Tensor, const: Tensor, prior_factor: float,
-                 labels: Tensor | None = None) -> None:
+    def __init__(
+        self, quad: Tensor, linear: Tensor, const: Tensor, prior_factor: float, labels: Tensor | None = None
+    ) -> None:
         if quad.dim() != 3 or quad.shape[1] != quad.shape[2]:
             raise ShapeError(f"quad must be (K, d, d), got {tuple(quad.shape)}")
         k, d = quad.shape[:2]
         if linear.shape != (k, d) or const.shape != (k,):
-            raise ShapeError(f"linear must be ({k}, {d}) and const ({k},), got {tuple(linear.shape)}, "
-                             f"{tuple(const.shape)}")
+            raise ShapeError(
+                f"linear must be ({k}, {d}) and const ({k},), got {tuple(linear.shape)}, {tuple(const.shape)}"
+            )
         if labels is not None and labels.shape != (k,):
             raise ShapeError(f"labels must be ({k},), got {tuple(labels.shape)}")
         if labels is None and k != 1:
@@ -169,11 +171,16 @@ def fit_quadratic_log_ratio(
     for k in range(1 if labels is None else len(labels)):
         c_k, extra = coef[:p].copy(), 0.0
         for j in range(0 if labels is None else len(labels)):
-            block = coef[p + j * (p + 1): p + (j + 1) * (p + 1)] * ((j == k) - 1.0 / len(labels))
+            block = coef[p + j * (p + 1) : p + (j + 1) * (p + 1)] * ((j == k) - 1.0 / len(labels))
             extra, c_k = extra + block[0], c_k + block[1:]
         a, b = _to_quadratic(c_k, d)
         quads.append(a), lins.append(b), consts.append(intercept + extra)
-    ratio = QuadraticLogRatio(torch.tensor(np.stack(quads)), torch.tensor(np.stack(lins)), torch.tensor(consts),
-                              prior_factor=n_s / n_t, labels=None if labels is None else torch.tensor(labels))
+    ratio = QuadraticLogRatio(
+        torch.tensor(np.stack(quads)),
+        torch.tensor(np.stack(lins)),
+        torch.tensor(consts),
+        prior_factor=n_s / n_t,
+        labels=None if labels is None else torch.tensor(labels),
+    )
     ratio.strength = float(model.C_[0])
     return ratio

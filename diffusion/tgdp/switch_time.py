@@ -62,8 +62,15 @@ def time_grid(points: int, t_min: float) -> tuple[Tensor, Tensor]:
     return (edges[:-1] * edges[1:]).sqrt(), edges
 
 
-def denoising_losses(scores: Sequence[ScoreFn], x0: Tensor, context: Tensor | None, schedule: VPSchedule,
-                     times: Tensor, draws: int, generator: torch.Generator) -> Tensor:
+def denoising_losses(
+    scores: Sequence[ScoreFn],
+    x0: Tensor,
+    context: Tensor | None,
+    schedule: VPSchedule,
+    times: Tensor,
+    draws: int,
+    generator: torch.Generator,
+) -> Tensor:
     """(len(scores), len(times)): E |s(x_t, t) + eps / s_t|^2 at each t over the rows x0 (n, d) and ``draws``
     noise draws per row, the same (x_t, eps) for every score."""
     n, d = x0.shape
@@ -82,9 +89,18 @@ def denoising_losses(scores: Sequence[ScoreFn], x0: Tensor, context: Tensor | No
     return out
 
 
-def select_switch(high: ScoreFn, low: ScoreFn, x0: Tensor, context: Tensor | None, schedule: VPSchedule,
-                  candidates: Sequence[float] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
-                  points: int = 24, t_min: float = 1e-3, samples: int = 512, seed: int = 0) -> SwitchChoice:
+def select_switch(
+    high: ScoreFn,
+    low: ScoreFn,
+    x0: Tensor,
+    context: Tensor | None,
+    schedule: VPSchedule,
+    candidates: Sequence[float] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
+    points: int = 24,
+    t_min: float = 1e-3,
+    samples: int = 512,
+    seed: int = 0,
+) -> SwitchChoice:
     """The candidate tau in [0, 1] with the smallest held-out weighted denoising loss (module docstring).
 
     Args:
@@ -103,7 +119,7 @@ def select_switch(high: ScoreFn, low: ScoreFn, x0: Tensor, context: Tensor | Non
     times, edges = time_grid(points, t_min)
     draws = max(1, math.ceil(check_positive_int("samples", samples) / x0.shape[0]))
     per_t = denoising_losses((high, low), x0, context, schedule, times, draws, torch.Generator().manual_seed(seed))
-    weight = schedule.beta(times) * (edges[1:] - edges[:-1])                    # beta(t) dt per interval
+    weight = schedule.beta(times) * (edges[1:] - edges[:-1])  # beta(t) dt per interval
     high_w, low_w = per_t[0] * weight, per_t[1] * weight
     losses = tuple(float(low_w[times < c].sum() + high_w[times >= c].sum()) for c in cands)
     best = min(range(len(cands)), key=lambda i: (losses[i], cands[i]))

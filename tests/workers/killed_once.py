@@ -18,8 +18,9 @@ from theory.studies.transfer.sweep import run_transfer_group
 KILL_FILE = "GENTRANSFER_TEST_KILL_FILE"
 
 
-def run_group_killed_once(spec: dict[str, Any], out_dir: Path | None, group: Any, log: Any,
-                          on_cell: Callable[[], None]) -> list[dict[str, Any]]:
+def run_group_killed_once(
+    spec: dict[str, Any], out_dir: Path | None, group: Any, log: Any, on_cell: Callable[[], None]
+) -> list[dict[str, Any]]:
     path = os.environ[KILL_FILE]
 
     def cell_done() -> None:

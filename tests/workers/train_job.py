@@ -38,8 +38,14 @@ def main() -> None:
             time.sleep(args.slow)
         return (model(batch[0]) - batch[1]).square().mean()
 
-    cfg = TrainConfig(steps=args.steps, batch_size=64, lr=1e-2, seed=3, checkpoint_path=args.checkpoint,
-                      checkpoint_every=5 if args.checkpoint else 0)
+    cfg = TrainConfig(
+        steps=args.steps,
+        batch_size=64,
+        lr=1e-2,
+        seed=3,
+        checkpoint_path=args.checkpoint,
+        checkpoint_every=5 if args.checkpoint else 0,
+    )
     history = fit(model, loss, (x, y), config=cfg)
     if session.is_main:
         out = Path(args.out)

@@ -218,14 +218,19 @@ class HeadSpec:
         train = as_table(table.get("train", {}), f"{where}.train")
         check_keys(train, PHASES, f"{where}.train")
         spec = cls(
-            name=name, kind=kind, options=options,
+            name=name,
+            kind=kind,
+            options=options,
             train={p: train_table(t, f"{where}.train.{p}", TRAIN_KEYS) for p, t in train.items()},
             n_eval=None if "n_eval" not in table else integer(table["n_eval"], f"{where}.n_eval", 2, MAX_PAIRS),
             floor_n=None if "floor_n" not in table else integer(table["floor_n"], f"{where}.floor_n", 0, MAX_PAIRS),
             bound_n=None if "bound_n" not in table else integer(table["bound_n"], f"{where}.bound_n", 0, MAX_PAIRS),
-            variants=None if "variants" not in table else [
+            variants=None
+            if "variants" not in table
+            else [
                 check_choice(f"{where}.variants[{i}]", v, VARIANTS)
-                for i, v in enumerate(str_list(table["variants"], f"{where}.variants"))],
+                for i, v in enumerate(str_list(table["variants"], f"{where}.variants"))
+            ],
             encoder=_head_encoder(as_table(table.get("encoder", {}), f"{where}.encoder"), f"{where}.encoder"),
         )
         spec.check_options()
@@ -279,8 +284,9 @@ class EncoderSpec:
     def parse(cls, table: dict[str, Any]) -> EncoderSpec:
         check_keys(table, [f.name for f in fields(cls)], "encoder")
         out = cls(
-            embed_dim="d_h" if table.get("embed_dim") == "d_h" else integer(table.get("embed_dim", 2),
-                                                                          "encoder.embed_dim"),
+            embed_dim="d_h"
+            if table.get("embed_dim") == "d_h"
+            else integer(table.get("embed_dim", 2), "encoder.embed_dim"),
             hidden=widths(table.get("hidden", [64, 64]), "encoder.hidden", allow_empty=True),
             activation=string(table.get("activation", "silu"), "encoder.activation"),
             val_fraction=number(table.get("val_fraction", 0.2), "encoder.val_fraction"),
@@ -401,9 +407,12 @@ class ExperimentConfig:
         exp = as_table(raw.get("experiment", {}), "experiment")
         check_keys(exp, ["name", "description", "control", "kind"], "experiment")
         if exp.get("kind", "transfer") != "transfer":
-            raise ConfigError(f"experiment.kind = {exp['kind']!r} is not a transfer grid: run it with "
-                              "'gentransfer run', which reads every study kind")
+            raise ConfigError(
+                f"experiment.kind = {exp['kind']!r} is not a transfer grid: run it with "
+                "'gentransfer run', which reads every study kind"
+            )
         from theory.verdicts.controls import check_control
+
         grid = GridSpec.parse(as_table(raw["grid"], "grid"))
         heads_raw = as_table(raw.get("heads", {}), "heads")
         for name, t in heads_raw.items():  # heads outside the grid: structure only (their package may be absent)
@@ -411,8 +420,10 @@ class ExperimentConfig:
         heads = {}
         for i, name in enumerate(grid.heads):
             if name not in heads_raw and name not in HEAD_KINDS:
-                raise ConfigError(f"grid.heads[{i}] = {name!r} has no [heads.{name}] table and is not a head "
-                                  f"kind ({', '.join(HEAD_KINDS)}); defined heads: {sorted(heads_raw)}")
+                raise ConfigError(
+                    f"grid.heads[{i}] = {name!r} has no [heads.{name}] table and is not a head "
+                    f"kind ({', '.join(HEAD_KINDS)}); defined heads: {sorted(heads_raw)}"
+                )
             heads[name] = HeadSpec.parse(name, heads_raw.get(name, {}))
         task = TaskSpec.parse(as_table(raw.get("task", {}), "task"))
         for i, overrides in enumerate(grid.tasks):
@@ -445,12 +456,21 @@ class ExperimentConfig:
             if h.encoder:
                 t["encoder"] = h.encoder
             heads[name] = t
-        return json.loads(json.dumps({
-            "experiment": {"name": self.name, "description": self.description, "control": self.control},
-            "task": {"name": self.task.name, "instance": self.task.instance, **self.task.options},
-            "grid": asdict(self.grid), "heads": heads, "encoder": asdict(self.encoder), "train": self.train,
-            "evaluation": asdict(self.evaluation), "theory": asdict(self.theory), "run": asdict(self.run),
-        }))
+        return json.loads(
+            json.dumps(
+                {
+                    "experiment": {"name": self.name, "description": self.description, "control": self.control},
+                    "task": {"name": self.task.name, "instance": self.task.instance, **self.task.options},
+                    "grid": asdict(self.grid),
+                    "heads": heads,
+                    "encoder": asdict(self.encoder),
+                    "train": self.train,
+                    "evaluation": asdict(self.evaluation),
+                    "theory": asdict(self.theory),
+                    "run": asdict(self.run),
+                }
+            )
+        )
 
     # -- what a cell of a head depends on ---------------------------------------------------------
     def train_config(self, head: str, phase: str, seed: int) -> TrainConfig:
@@ -472,17 +492,25 @@ class ExperimentConfig:
     def settings(self, head: str, task: dict[str, Any] | None = None) -> dict[str, Any]:
         """Everything a cell of ``head`` (on grid task ``task``) depends on besides its grid coordinates."""
         h = self.heads[head]
-        return json.loads(json.dumps({
-            "task": {"name": self.task.name, "instance": self.task.instance, **self.task.options, **(task or {})},
-            "head": {"kind": h.kind, "options": h.options},
-            "encoder": self.encoder_for(head),
-            "train": {p: {**self.train[p], **h.train.get(p, {})} for p in PHASES},
-            "evaluation": {k: self.eval_setting(head, k) for k in ("n_eval", "floor_n", "bound_n")}
-                          | {"sample_n": self.evaluation.sample_n,
-                             "sample_contexts": self.evaluation.sample_contexts},
-            "device": self.run.device,
-            "control": self.control,
-        }))
+        return json.loads(
+            json.dumps(
+                {
+                    "task": {
+                        "name": self.task.name,
+                        "instance": self.task.instance,
+                        **self.task.options,
+                        **(task or {}),
+                    },
+                    "head": {"kind": h.kind, "options": h.options},
+                    "encoder": self.encoder_for(head),
+                    "train": {p: {**self.train[p], **h.train.get(p, {})} for p in PHASES},
+                    "evaluation": {k: self.eval_setting(head, k) for k in ("n_eval", "floor_n", "bound_n")}
+                    | {"sample_n": self.evaluation.sample_n, "sample_contexts": self.evaluation.sample_contexts},
+                    "device": self.run.device,
+                    "control": self.control,
+                }
+            )
+        )
 
     def study(self) -> dict[str, Any]:
         """What makes two runs one study: the resolved config less what may grow or only shapes the report.

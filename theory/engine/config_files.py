@@ -49,7 +49,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> dict[str, Any]:
     for i, part in enumerate(parts[:-1]):
         nxt = node.setdefault(part, {})
         if not isinstance(nxt, dict):
-            raise ConfigError(f"override {assignment!r}: {'.'.join(parts[:i + 1])!r} is a value, not a table")
+            raise ConfigError(f"override {assignment!r}: {'.'.join(parts[: i + 1])!r} is a value, not a table")
         node = nxt
     node[parts[-1]] = parse_value(text.strip())
     return raw
@@ -65,8 +65,10 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     except IsADirectoryError as err:
         raise ConfigError(f"config file {os.fspath(path)!r} is a folder, not a TOML file") from err
     except UnicodeDecodeError as err:
-        raise ConfigError(f"config file {os.fspath(path)!r} is not UTF-8 text (a binary file, or UTF-16?): "
-                          f"{err.reason} at byte {err.start}") from err
+        raise ConfigError(
+            f"config file {os.fspath(path)!r} is not UTF-8 text (a binary file, or UTF-16?): "
+            f"{err.reason} at byte {err.start}"
+        ) from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {os.fspath(path)!r} is not valid TOML: {err}") from err
     except OSError as err:

@@ -61,12 +61,15 @@ class DaskExecutor:
                     i = futures.pop(fut)
                     if fut.status == "error" and isinstance(fut.exception(), KilledWorker):
                         if tries[i] >= self.retries:
-                            raise GentransferError(f"group {_name(groups[i], i)} lost its worker {tries[i] + 1} "
-                                                   f"time(s) (--retries {self.retries}); run the same command "
-                                                   "again to resume")
+                            raise GentransferError(
+                                f"group {_name(groups[i], i)} lost its worker {tries[i] + 1} "
+                                f"time(s) (--retries {self.retries}); run the same command "
+                                "again to resume"
+                            )
                         tries[i] += 1
-                        progress.say(f"[{_name(groups[i], i)}] its worker was lost; submitted again "
-                                     f"({tries[i]}/{self.retries})")
+                        progress.say(
+                            f"[{_name(groups[i], i)}] its worker was lost; submitted again ({tries[i]}/{self.retries})"
+                        )
                         queue.add(submit(i))
                         continue
                     if fut.status == "cancelled":  # the scheduler went away, or cancelled the task
@@ -87,8 +90,10 @@ class DaskExecutor:
         """The error of a run whose scheduler went away: how many groups are unfinished, how to resume."""
         where = self.scheduler or "of the LocalCluster"
         why = f" ({type(err).__name__}: {' '.join(str(err).split())[:200]})" if err is not None and str(err) else ""
-        return GentransferError(f"the dask scheduler {where} was lost with {unfinished} group(s) unfinished{why}; "
-                                "finished cells are kept: run the same command again to resume")
+        return GentransferError(
+            f"the dask scheduler {where} was lost with {unfinished} group(s) unfinished{why}; "
+            "finished cells are kept: run the same command again to resume"
+        )
 
     @contextlib.contextmanager
     def _client(self, workers: int, say: Callable[[str], None]) -> Iterator[Client]:
@@ -98,31 +103,40 @@ class DaskExecutor:
             try:
                 client = Client(self.scheduler, timeout="30s")
             except (OSError, ValueError, TimeoutError) as err:
-                raise GentransferError(f"--scheduler {self.scheduler}: no dask scheduler answers there "
-                                       f"({err})") from err
+                raise GentransferError(
+                    f"--scheduler {self.scheduler}: no dask scheduler answers there ({err})"
+                ) from err
             with client:
                 self._wait_for_a_worker(client, say)
                 yield client
             return
         with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=logging.ERROR)
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
         with cluster, Client(cluster) as client:
             yield client
-
 
     def _wait_for_a_worker(self, client: Client, say: Callable[[str], None]) -> None:
         """Say so when the scheduler has no worker yet; GentransferError when none joins in ``worker_timeout``."""
         if client.scheduler_info().get("workers"):
             return
-        say(f"the dask scheduler {self.scheduler} has no worker yet: waiting up to {self.worker_timeout:g} s for "
-            f"one (start one with: dask worker {self.scheduler})")
+        say(
+            f"the dask scheduler {self.scheduler} has no worker yet: waiting up to {self.worker_timeout:g} s for "
+            f"one (start one with: dask worker {self.scheduler})"
+        )
         try:
             client.wait_for_workers(1, timeout=self.worker_timeout)
         except (TimeoutError, OSError) as err:
-            raise GentransferError(f"no dask worker joined the scheduler {self.scheduler} within "
-                                   f"{self.worker_timeout:g} s; start workers (dask worker {self.scheduler}) and "
-                                   "run the same command again") from err
+            raise GentransferError(
+                f"no dask worker joined the scheduler {self.scheduler} within "
+                f"{self.worker_timeout:g} s; start workers (dask worker {self.scheduler}) and "
+                "run the same command again"
+            ) from err
 
 
 def _name(group: Any, index: int) -> str:

@@ -33,8 +33,10 @@ def executor_module(name: str) -> ModuleType:
     except ImportError as err:
         if (err.name or "").split(".")[0] not in packages:
             raise
-        raise GentransferError(f"--executor {name} needs the package {err.name!r}, which is not installed: "
-                               f"pip install 'gentransfer[{name}]'") from err
+        raise GentransferError(
+            f"--executor {name} needs the package {err.name!r}, which is not installed: "
+            f"pip install 'gentransfer[{name}]'"
+        ) from err
 
 
 def parse_options(pairs: list[str], what: str) -> dict[str, Any]:
@@ -66,8 +68,10 @@ def check_scheduler(address: str) -> str:
     scheme, sep, rest = address.strip().partition("://")
     host, colon, port = rest.rpartition(":")
     if not (sep and scheme in SCHEDULER_SCHEMES and (scheme == "inproc" or (host and colon and port.isdigit()))):
-        raise ConfigError(f"--scheduler must be a dask scheduler's address such as tcp://10.0.0.5:8786 (schemes: "
-                          f"{', '.join(SCHEDULER_SCHEMES)}), got {address!r}")
+        raise ConfigError(
+            f"--scheduler must be a dask scheduler's address such as tcp://10.0.0.5:8786 (schemes: "
+            f"{', '.join(SCHEDULER_SCHEMES)}), got {address!r}"
+        )
     return address.strip()
 
 
@@ -76,14 +80,23 @@ def check_threads(threads: int, what: str = "run.threads") -> int:
     torch threads crash the process instead of running)."""
     cores = os.cpu_count() or 1
     if threads > cores:
-        raise ConfigError(f"{what} = {threads}: this machine has {cores} core(s); torch threads per process must "
-                          f"be between 1 and {cores}")
+        raise ConfigError(
+            f"{what} = {threads}: this machine has {cores} core(s); torch threads per process must "
+            f"be between 1 and {cores}"
+        )
     return threads
 
 
-def make_executor(name: str, *, workers: int, retries: int = 2, scheduler: str | None = None,
-                  slurm_folder: Path | None = None, slurm_cluster: str | None = None,
-                  slurm_options: dict[str, Any] | None = None) -> Executor | None:
+def make_executor(
+    name: str,
+    *,
+    workers: int,
+    retries: int = 2,
+    scheduler: str | None = None,
+    slurm_folder: Path | None = None,
+    slurm_cluster: str | None = None,
+    slurm_options: dict[str, Any] | None = None,
+) -> Executor | None:
     """The executor called ``name``, or None for ``local`` (the engine's own pool).
 
     Args:
@@ -115,5 +128,6 @@ def make_executor(name: str, *, workers: int, retries: int = 2, scheduler: str |
         return module.DaskExecutor(scheduler=scheduler, workers=workers, retries=retries)
     if slurm_folder is None:
         raise ConfigError("--executor slurm needs a folder for the job logs")
-    return module.SlurmExecutor(folder=slurm_folder, workers=workers, retries=retries, cluster=slurm_cluster,
-                                options=dict(slurm_options or {}))
+    return module.SlurmExecutor(
+        folder=slurm_folder, workers=workers, retries=retries, cluster=slurm_cluster, options=dict(slurm_options or {})
+    )

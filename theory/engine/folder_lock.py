@@ -44,8 +44,9 @@ def _open(path: Path) -> int:
         return os.open(path, flags, 0o666)
     except OSError as err:
         if err.errno == errno.ELOOP:
-            raise FolderBusyError(f"{path} is a symbolic link; a run folder's lock file must be a regular file "
-                                  "(remove the link)") from err
+            raise FolderBusyError(
+                f"{path} is a symbolic link; a run folder's lock file must be a regular file (remove the link)"
+            ) from err
         raise
 
 
@@ -94,8 +95,10 @@ def _busy(out: Path, fd: int) -> FolderBusyError:
     ``DIR/.lock`` is the last run's to start, which may have ended while other shards go on)."""
     who = _shard_holders(out) or [holder(fd)]
     more = f" and {len(who) - 1} more" if len(who) > 1 else ""
-    return FolderBusyError(f"{os.fspath(out)!r} is in use by another gentransfer run ({who[0]}{more}); wait "
-                           "for it to end, or use another --out folder")
+    return FolderBusyError(
+        f"{os.fspath(out)!r} is in use by another gentransfer run ({who[0]}{more}); wait "
+        "for it to end, or use another --out folder"
+    )
 
 
 def _shard_holders(out: Path) -> list[str]:

@@ -66,8 +66,9 @@ class Progress:
         self.last = time.perf_counter()
         elapsed = self.last - self.start
         left = elapsed / self.done * (self.total - self.done)
-        self.say(f"progress: {self.done}/{self.total} cells done, {duration(elapsed)} elapsed, "
-                 f"about {duration(left)} left")
+        self.say(
+            f"progress: {self.done}/{self.total} cells done, {duration(elapsed)} elapsed, about {duration(left)} left"
+        )
 
     def stop(self) -> None:
         self._stopped.set()
@@ -77,8 +78,10 @@ class Progress:
         while not self._stopped.wait(max(0.05, self.last + wait - time.perf_counter())):
             if time.perf_counter() - self.last >= wait:
                 now = time.perf_counter()
-                self.say(f"progress: {self.done}/{self.total} cells done, {duration(now - self.start)} elapsed; "
-                         f"still working (no cell finished in the last {duration(now - self.last)})")
+                self.say(
+                    f"progress: {self.done}/{self.total} cells done, {duration(now - self.start)} elapsed; "
+                    f"still working (no cell finished in the last {duration(now - self.last)})"
+                )
                 self.last, wait = time.perf_counter(), 4 * every
 
 
@@ -145,9 +148,17 @@ class Executor(Protocol):
     def run(self, job: GroupJob, groups: Sequence[GroupLike], progress: Progress) -> list[list[Record]]: ...
 
 
-def run_groups(runner: Runner, spec: dict[str, Any], out_dir: Path | None, groups: Sequence[GroupLike], *,
-               workers: int = 1, threads: int | None = None, log: Log | None = None,
-               executor: Executor | None = None) -> list[Record]:
+def run_groups(
+    runner: Runner,
+    spec: dict[str, Any],
+    out_dir: Path | None,
+    groups: Sequence[GroupLike],
+    *,
+    workers: int = 1,
+    threads: int | None = None,
+    log: Log | None = None,
+    executor: Executor | None = None,
+) -> list[Record]:
     """Run every group (in this process when ``workers`` is 1 or there is one group, else in ``workers``
     spawned processes, or through ``executor`` when given); return the records of all groups, in group order.
 
@@ -169,13 +180,22 @@ def run_groups(runner: Runner, spec: dict[str, Any], out_dir: Path | None, group
 HEARTBEAT_SECONDS = 5.0
 
 
-def _run_groups(runner: Runner, spec: dict[str, Any], out_dir: Path | None, groups: Sequence[GroupLike],
-                workers: int, threads: int | None, log: Log | None, executor: Executor | None,
-                progress: Progress) -> list[Record]:
+def _run_groups(
+    runner: Runner,
+    spec: dict[str, Any],
+    out_dir: Path | None,
+    groups: Sequence[GroupLike],
+    workers: int,
+    threads: int | None,
+    log: Log | None,
+    executor: Executor | None,
+    progress: Progress,
+) -> list[Record]:
     """:func:`run_groups` with its progress line."""
     if executor is not None:
-        job = GroupJob(runner, spec, None if out_dir is None else str(Path(out_dir).resolve()), threads or 1,
-                       log is not None)
+        job = GroupJob(
+            runner, spec, None if out_dir is None else str(Path(out_dir).resolve()), threads or 1, log is not None
+        )
         return [r for records in executor.run(job, groups, progress) for r in records]
     if workers == 1 or len(groups) == 1:
         import torch
@@ -190,10 +210,15 @@ def _run_groups(runner: Runner, spec: dict[str, Any], out_dir: Path | None, grou
     ctx = multiprocessing.get_context("spawn")
     out = None if out_dir is None else str(out_dir)
     results: dict[int, list[Record]] = {}
-    with ProcessPoolExecutor(max_workers=min(workers, len(groups)), mp_context=ctx, initializer=_init_worker,
-                             initargs=(threads or 1, os.getpid())) as pool:
-        futures: dict[Future, int] = {pool.submit(_worker, runner, spec, out, g, log is not None): i
-                                      for i, g in enumerate(groups)}
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(groups)),
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(threads or 1, os.getpid()),
+    ) as pool:
+        futures: dict[Future, int] = {
+            pool.submit(_worker, runner, spec, out, g, log is not None): i for i, g in enumerate(groups)
+        }
         pending = set(futures)
         try:
             while pending:

@@ -26,10 +26,20 @@ from theory.truth.rates import Rates
 from theory.verdicts.checks import floors, level_stats, mean_se, series
 from theory.verdicts.known_answer_check import known_curves
 
-COLORS = {"transfer": "tab:blue", "no_transfer": "tab:red", "fine_tune": "tab:green", "oracle": "tab:purple",
-          "direct": "tab:orange"}
-LABELS = {"transfer": "transfer", "no_transfer": "no transfer", "fine_tune": "fine-tune", "oracle": "oracle h*",
-          "direct": "direct on c"}
+COLORS = {
+    "transfer": "tab:blue",
+    "no_transfer": "tab:red",
+    "fine_tune": "tab:green",
+    "oracle": "tab:purple",
+    "direct": "tab:orange",
+}
+LABELS = {
+    "transfer": "transfer",
+    "no_transfer": "no transfer",
+    "fine_tune": "fine-tune",
+    "oracle": "oracle h*",
+    "direct": "direct on c",
+}
 Record = dict[str, Any]
 
 
@@ -61,16 +71,25 @@ def _log_axes(ax: Axes, x_ticks: Sequence[float], log_y: bool = True) -> None:
     ax.grid(True, which="both", alpha=0.3)
 
 
-def _curve(records: Sequence[Record], head: str, variant: str, n_s: int | None, key: str = "kl"
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _curve(
+    records: Sequence[Record], head: str, variant: str, n_s: int | None, key: str = "kl"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     data = series(records, head, variant, n_s, key)
     n = np.array(list(data), dtype=float)
     stats = [level_stats(lv, key) for lv in data.values()]
     return n, np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
 
 
-def _slope_line(ax: Axes, n: np.ndarray, y0: float, exponent: float, floor: float, color: str,
-                label: str | None, log_power: float = 0.0) -> None:
+def _slope_line(
+    ax: Axes,
+    n: np.ndarray,
+    y0: float,
+    exponent: float,
+    floor: float,
+    color: str,
+    label: str | None,
+    log_power: float = 0.0,
+) -> None:
     """floor + (y0 - floor) (n / n0)^-exponent (log n / log n0)^log_power through the first point, dashed."""
     if not n.size or y0 - floor <= 0:
         return
@@ -115,7 +134,8 @@ def kl_curves_figure(records: Sequence[Record], head: str, rates: Rates | None) 
             floor = (_mean_floor(records, head, big) or 0.0) if variant == "transfer" and big else 0.0
             gamma = rates.log_power_for(variant) if rates else 0.0
             pred_txt = f"; predicted {'floor + ' if floor else ''}C n^-{pred:.2f}" + (
-                f" (log n)^{gamma:g}" if gamma else "")
+                f" (log n)^{gamma:g}" if gamma else ""
+            )
             _slope_line(left, n, m[0], pred, floor, color, None, gamma)
             slopes_drawn = True
         left.errorbar(n, m, yerr=se, fmt="o-", color=color, capsize=3, label=f"{LABELS[variant]}{ns_txt}{pred_txt}")
@@ -169,8 +189,14 @@ def plot_floor(records: Sequence[Record], head: str, rates: Rates | None, path: 
         _log_axes(ax, list(n), log_y=bool((m > 0).all()))
         ax.legend(fontsize=8)
     else:
-        ax.text(0.5, 0.5, "no floor estimates\n(evaluation.floor_n = 0 or no transfer cells)", ha="center",
-                va="center", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no floor estimates\n(evaluation.floor_n = 0 or no transfer cells)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     ax.set_xlabel("n_s (source pairs)")
     ax.set_ylabel("embedding floor KL (nats)")
     ax.set_title(f"{head}: embedding floor vs n_s")
@@ -186,15 +212,22 @@ def _load_samples(out_dir: Path, record: Record) -> dict[str, Any] | None:
         return None
 
 
-def plot_samples(out_dir: str | os.PathLike[str], records: Sequence[Record], head: str, task: Any,
-                 path: str | os.PathLike[str], max_columns: int = 3) -> Path | None:
+def plot_samples(
+    out_dir: str | os.PathLike[str],
+    records: Sequence[Record],
+    head: str,
+    task: Any,
+    path: str | os.PathLike[str],
+    max_columns: int = 3,
+) -> Path | None:
     """Save :func:`samples_figure` to ``path``; None when the run stored no samples."""
     fig = samples_figure(out_dir, records, head, task, max_columns)
     return None if fig is None else _save(fig, path)
 
 
-def samples_figure(out_dir: str | os.PathLike[str], records: Sequence[Record], head: str, task: Any,
-                   max_columns: int = 3) -> Figure | None:
+def samples_figure(
+    out_dir: str | os.PathLike[str], records: Sequence[Record], head: str, task: Any, max_columns: int = 3
+) -> Figure | None:
     """Rows: variants (transfer / fine-tune at the largest n_s); columns: the truth, then up to ``max_columns``
     n_t. Each panel scatters the first two coordinates of draws at the same fixed conditions (one colour each,
     keyed in the legend) and is titled with that cell's KL(p_T || p_hat). None when the run stored no samples."""
@@ -247,8 +280,13 @@ def samples_figure(out_dir: str | os.PathLike[str], records: Sequence[Record], h
                 if (kl := cell_kl.get((variant, n_ts[j - 1]))) is not None:
                     title += f"\nKL = {kl[0]:.3f} +- {kl[1]:.3f} nats"
             for k, x in enumerate(sets):
-                ax.scatter(x[:, 0], x[:, 1] if x.shape[1] > 1 else np.zeros(len(x)), s=3, alpha=0.5,
-                           color=colors[k % len(colors)])
+                ax.scatter(
+                    x[:, 0],
+                    x[:, 1] if x.shape[1] > 1 else np.zeros(len(x)),
+                    s=3,
+                    alpha=0.5,
+                    color=colors[k % len(colors)],
+                )
             ax.set_xlim(lo[0], hi[0])
             if allx.shape[1] > 1:
                 ax.set_ylim(lo[1], hi[1])
@@ -258,10 +296,13 @@ def samples_figure(out_dir: str | os.PathLike[str], records: Sequence[Record], h
                 ax.set_xlabel("x[0] (data units)", fontsize=7)
             if j == 0:
                 ax.set_ylabel("x[1] (data units)" if allx.shape[1] > 1 else "(x is 1-D)", fontsize=7)
-    keys = [axes[0, 0].scatter([], [], s=12, color=colors[k % len(colors)], label=f"c{k + 1}")
-            for k in range(len(contexts))]
+    keys = [
+        axes[0, 0].scatter([], [], s=12, color=colors[k % len(colors)], label=f"c{k + 1}") for k in range(len(contexts))
+    ]
     fig.legend(handles=keys, title="condition", loc="outside right upper", fontsize=7, title_fontsize=7)
-    fig.suptitle(f"{head}: samples at {len(contexts)} fixed conditions c (one colour each), seed {seed}; "
-                 "KL(p_T || p_hat) of each cell", fontsize=10)
+    fig.suptitle(
+        f"{head}: samples at {len(contexts)} fixed conditions c (one colour each), seed {seed}; "
+        "KL(p_T || p_hat) of each cell",
+        fontsize=10,
+    )
     return fig
-

@@ -51,24 +51,49 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 #: Record fields -> the JSON types their values may have (``bool`` is never a number here).
 TEXT_FIELDS = ("head", "variant", "status", "task", "settings_hash", "head_kind", "error", "flag")
 INT_FIELDS = ("n_t", "seed", "n_eval", "floor_n", "bound_n", "steps")
-NUMBER_FIELDS = ("kl", "kl_se", "floor", "floor_se", "floor_paired", "floor_paired_se", "head_term", "head_term_se",
-                 "bound", "bound_se", "kl_sde", "kl_sde_se", "best_val", "initial_val", "fit_seconds",
-                 "eval_seconds", "source_seconds", "floor_seconds", "bound_seconds")
+NUMBER_FIELDS = (
+    "kl",
+    "kl_se",
+    "floor",
+    "floor_se",
+    "floor_paired",
+    "floor_paired_se",
+    "head_term",
+    "head_term_se",
+    "bound",
+    "bound_se",
+    "kl_sde",
+    "kl_sde_se",
+    "best_val",
+    "initial_val",
+    "fit_seconds",
+    "eval_seconds",
+    "source_seconds",
+    "floor_seconds",
+    "bound_seconds",
+)
 
 
 def _type_problems(data: Record) -> list[str]:
     """What in ``data`` has the wrong JSON type for a cell record (e.g. ``kl = '0.5'`` where a number belongs)."""
+
     def number(v: Any, whole: bool = False) -> bool:
         kinds = (int,) if whole else (int, float)
         return isinstance(v, kinds) and not isinstance(v, bool)
 
     bad = [f"{k} = {data[k]!r} (expected text)" for k in TEXT_FIELDS if k in data and not isinstance(data[k], str)]
-    bad += [f"{k} = {data[k]!r} (expected a whole number)" for k in INT_FIELDS
-            if (k in ("n_t", "seed") or data.get(k) is not None) and not number(data.get(k), whole=True)]
+    bad += [
+        f"{k} = {data[k]!r} (expected a whole number)"
+        for k in INT_FIELDS
+        if (k in ("n_t", "seed") or data.get(k) is not None) and not number(data.get(k), whole=True)
+    ]
     if data.get("n_s") is not None and not number(data["n_s"], whole=True):
         bad.append(f"n_s = {data['n_s']!r} (expected a whole number or null)")
-    bad += [f"{k} = {data[k]!r} (expected a number)" for k in NUMBER_FIELDS
-            if data.get(k) is not None and not number(data[k])]
+    bad += [
+        f"{k} = {data[k]!r} (expected a number)"
+        for k in NUMBER_FIELDS
+        if data.get(k) is not None and not number(data[k])
+    ]
     if data.get("status") == "ok" and not number(data.get("kl")):
         bad.append("kl missing from a finished record")
     if data.get("status") not in (None, "ok", "failed"):
@@ -112,8 +137,10 @@ def check_no_links(out_dir: str | os.PathLike[str], subs: Sequence[str] = RUN_SU
     links = [p for sub in subs for p in _links_under(out, sub)]
     if links:
         more = f" (and {len(links) - 1} more)" if len(links) > 1 else ""
-        raise DataError(f"{links[0]} is a symbolic link{more}; a run folder reads and writes regular files inside "
-                        "itself only: replace the link by the file or folder itself")
+        raise DataError(
+            f"{links[0]} is a symbolic link{more}; a run folder reads and writes regular files inside "
+            "itself only: replace the link by the file or folder itself"
+        )
 
 
 def record_paths(out_dir: Path) -> list[Path]:
@@ -131,8 +158,10 @@ def inside(out_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> Pat
     target = Path(path)
     where = Path(os.path.realpath(target.parent)) / target.name
     if root not in where.parents or target.is_symlink():
-        raise DataError(f"{target} leads outside the run folder {os.fspath(out_dir)!r} (through a symbolic link); "
-                        "a run writes inside its folder only: replace the link by the folder itself")
+        raise DataError(
+            f"{target} leads outside the run folder {os.fspath(out_dir)!r} (through a symbolic link); "
+            "a run writes inside its folder only: replace the link by the folder itself"
+        )
     return target
 
 
@@ -165,10 +194,13 @@ def collect_records(out_dir: str | os.PathLike[str], config: ExperimentConfig | 
             bad.append(str(err))
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise DataError(f"{bad[0]}{more}; run 'gentransfer run' with the same config to recompute it (a record "
-                        "of other settings: delete it first)")
-    return sorted(records, key=lambda r: (r.get("task", ""), r["head"], r["variant"], r["n_s"] or 0, r["n_t"],
-                                          r["seed"]))
+        raise DataError(
+            f"{bad[0]}{more}; run 'gentransfer run' with the same config to recompute it (a record "
+            "of other settings: delete it first)"
+        )
+    return sorted(
+        records, key=lambda r: (r.get("task", ""), r["head"], r["variant"], r["n_s"] or 0, r["n_t"], r["seed"])
+    )
 
 
 def check_settings(config: ExperimentConfig, record: Record, path: Path) -> None:
@@ -176,11 +208,15 @@ def check_settings(config: ExperimentConfig, record: Record, path: Path) -> None
     try:
         want = config.settings_hash(record["head"], config.grid.task_overrides(record.get("task", "")))
     except (ConfigError, KeyError) as err:
-        raise DataError(f"{path} is not a record of this folder's study (head {record['head']!r}, task "
-                        f"{record.get('task', '')!r}: {err})") from err
+        raise DataError(
+            f"{path} is not a record of this folder's study (head {record['head']!r}, task "
+            f"{record.get('task', '')!r}: {err})"
+        ) from err
     if record.get("settings_hash") != want:
-        raise DataError(f"{path} was computed with other settings (settings_hash {record.get('settings_hash')!r}, "
-                        f"this folder's config gives {want!r})")
+        raise DataError(
+            f"{path} was computed with other settings (settings_hash {record.get('settings_hash')!r}, "
+            f"this folder's config gives {want!r})"
+        )
 
 
 # -- the study a folder belongs to -----------------------------------------------------------------
@@ -203,7 +239,8 @@ def _legacy_foreign(config: ExperimentConfig, out: Path) -> list[str]:
             continue
         try:
             mine = r["head"] in config.heads and r.get("settings_hash") == config.settings_hash(
-                r["head"], config.grid.task_overrides(r.get("task", "")))
+                r["head"], config.grid.task_overrides(r.get("task", ""))
+            )
         except ConfigError:
             mine = False
         if not mine:
@@ -221,8 +258,10 @@ def claim_folder(config: ExperimentConfig, out_dir: Path, log: Log | None = None
     if read_json(out / STUDY_FILE) is None:
         foreign = _legacy_foreign(config, out)
         if foreign:
-            raise ConfigError(f"{out} holds records computed with other settings ({foreign[0]} and "
-                              f"{len(foreign) - 1} more); use a new --out folder")
+            raise ConfigError(
+                f"{out} holds records computed with other settings ({foreign[0]} and "
+                f"{len(foreign) - 1} more); use a new --out folder"
+            )
     claim(out, config.study(), bool(_results(out)))
 
 
@@ -244,7 +283,8 @@ def claim(out_dir: Path, study: dict[str, Any], has_results: bool) -> None:
             what = "the results of another study" if has_results else "another study (no results yet)"
             raise ConfigError(
                 f"{out} holds {what}, computed with other settings ({'; '.join(diff[:5]) or 'unknown'}); a folder "
-                "holds one study: use a new --out folder, or delete this one to recompute")
+                "holds one study: use a new --out folder, or delete this one to recompute"
+            )
         write_json(out / STUDY_FILE, mine)
 
 
@@ -255,8 +295,10 @@ def _read_study(out: Path) -> dict[str, Any] | None:
         return None
     held = read_json(path)
     if held is None or not isinstance(held.get("fingerprint"), str):
-        raise DataError(f"{path} is not a study file (unreadable, or no 'fingerprint'); a folder holds one "
-                        "study: use a new --out folder, or delete this one")
+        raise DataError(
+            f"{path} is not a study file (unreadable, or no 'fingerprint'); a folder holds one "
+            "study: use a new --out folder, or delete this one"
+        )
     return held
 
 
@@ -272,8 +314,10 @@ def study_predictions(config: ExperimentConfig, kinds: dict[str, str] | None = N
     for overrides in config.grid.tasks:
         task = config.task.build(seed=0, overrides=overrides)
         rate = rate_for_task(th.rate, task)
-        out[task_label(overrides)] = {name: predicted_rates(task.d_c, task.d_h, task.d_x, th.beta, kind, rate,
-                                                            th.log_power) for name, kind in kinds.items()}
+        out[task_label(overrides)] = {
+            name: predicted_rates(task.d_c, task.d_h, task.d_x, th.beta, kind, rate, th.log_power)
+            for name, kind in kinds.items()
+        }
     return out
 
 
@@ -284,19 +328,23 @@ def _predictions_digest(config: ExperimentConfig, body: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def write_predictions(config: ExperimentConfig, out_dir: Path,
-                      rates: dict[str, dict[str, Rates]] | None = None) -> dict[str, dict[str, Rates]]:
+def write_predictions(
+    config: ExperimentConfig, out_dir: Path, rates: dict[str, dict[str, Rates]] | None = None
+) -> dict[str, dict[str, Rates]]:
     """Store the predictions (``rates``, computed here when not given) in ``out_dir/predictions.json``, signed
     by the study's fingerprint (:func:`stored_predictions` refuses them when the signature does not match)."""
     rates = study_predictions(config) if rates is None else rates
-    body = {"theory": {"rate": config.theory.rate, "beta": config.theory.beta, "log_power": config.theory.log_power},
-            "by_task": {label: {h: r.to_dict() for h, r in by_head.items()} for label, by_head in rates.items()}}
+    body = {
+        "theory": {"rate": config.theory.rate, "beta": config.theory.beta, "log_power": config.theory.log_power},
+        "by_task": {label: {h: r.to_dict() for h, r in by_head.items()} for label, by_head in rates.items()},
+    }
     write_json(Path(out_dir) / PREDICTIONS_FILE, {**body, "digest": _predictions_digest(config, body)})
     return rates
 
 
-def stored_predictions(config: ExperimentConfig, out_dir: Path,
-                       kinds: dict[str, str] | None = None) -> dict[str, dict[str, Rates]]:
+def stored_predictions(
+    config: ExperimentConfig, out_dir: Path, kinds: dict[str, str] | None = None
+) -> dict[str, dict[str, Rates]]:
     """The predicted exponents of the folder's config: recomputed from a registered (built-in) rate function,
     never read from the folder; for a user rate function, the ones the run stored, when their signature
     matches the config (a hand-edited or foreign ``predictions.json`` is a DataError).
@@ -312,13 +360,17 @@ def stored_predictions(config: ExperimentConfig, out_dir: Path,
     path = Path(out_dir) / PREDICTIONS_FILE
     stored = None if path.is_symlink() else read_json(path)
     if stored is None:
-        raise ConfigError(f"{os.fspath(out_dir)!r} names the rate function {th.rate!r} and stores no predictions "
-                          f"for it; reporting never imports code named by a folder: pass --rate {th.rate} to "
-                          "import it yourself")
+        raise ConfigError(
+            f"{os.fspath(out_dir)!r} names the rate function {th.rate!r} and stores no predictions "
+            f"for it; reporting never imports code named by a folder: pass --rate {th.rate} to "
+            "import it yourself"
+        )
     body = {k: stored.get(k) for k in ("theory", "by_task")}
     if stored.get("digest") != _predictions_digest(config, body):
-        raise DataError(f"{path} does not match this folder's config (edited, or copied from another study); pass "
-                        f"--rate {th.rate} to recompute the predictions yourself")
+        raise DataError(
+            f"{path} does not match this folder's config (edited, or copied from another study); pass "
+            f"--rate {th.rate} to recompute the predictions yourself"
+        )
     try:
         return {label: {h: Rates(**r) for h, r in by_head.items()} for label, by_head in stored["by_task"].items()}
     except (KeyError, TypeError, AttributeError) as err:

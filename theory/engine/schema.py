@@ -37,8 +37,10 @@ def check_keys(table: dict[str, Any], valid: Sequence[str], where: str) -> None:
     """ConfigError naming the first key of ``table`` that is not in ``valid``, and the valid ones."""
     for key in table:
         if key not in valid:
-            raise ConfigError(f"unknown key {where_of(where, key)!r}; valid keys of [{where or 'top level'}]: "
-                              f"{', '.join(sorted(valid))}")
+            raise ConfigError(
+                f"unknown key {where_of(where, key)!r}; valid keys of [{where or 'top level'}]: "
+                f"{', '.join(sorted(valid))}"
+            )
 
 
 def table(value: Any, where: str) -> dict[str, Any]:

@@ -52,8 +52,14 @@ class SlurmExecutor:
     def run(self, job: GroupJob, groups: Sequence[GroupLike], progress: Progress) -> list[list[Record]]:
         executor = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
         try:
-            executor.update_parameters(**{"name": "gentransfer", "cpus_per_task": job.threads,
-                                          "slurm_array_parallelism": self.workers, **self.options})
+            executor.update_parameters(
+                **{
+                    "name": "gentransfer",
+                    "cpus_per_task": job.threads,
+                    "slurm_array_parallelism": self.workers,
+                    **self.options,
+                }
+            )
         except NameError as err:  # submitit's word for an unknown parameter
             raise GentransferError(f"--slurm: {err}") from err
         call = RequeueableJob(job)
@@ -71,11 +77,14 @@ class SlurmExecutor:
                         raise GentransferError(f"job {sub.job_id} failed (log {sub.paths.stderr}):\n{err}") from err
                     except UncompletedJobError as err:  # died without a result: a lost node, a kill
                         if tries[i] >= self.retries:
-                            raise GentransferError(f"job {sub.job_id} ended without a result {tries[i] + 1} "
-                                                   f"time(s) (--retries {self.retries}): {err}") from err
+                            raise GentransferError(
+                                f"job {sub.job_id} ended without a result {tries[i] + 1} "
+                                f"time(s) (--retries {self.retries}): {err}"
+                            ) from err
                         tries[i] += 1
-                        progress.say(f"job {sub.job_id} ended without a result; submitted again "
-                                     f"({tries[i]}/{self.retries})")
+                        progress.say(
+                            f"job {sub.job_id} ended without a result; submitted again ({tries[i]}/{self.retries})"
+                        )
                         pending[i] = executor.submit(call, groups[i])
                         continue
                     progress.advance(len(groups[i].cells))

@@ -27,8 +27,9 @@ def plus_minus(mean: float, se: float, digits: int = 4) -> str:
     return f"{text} ± {se:.3g}" if abs(se) >= 1e5 else f"{text} ± {se:.{digits}f}"
 
 
-def summarize_seeds(records: Sequence[Record], by: str, order: Sequence[str] = (),
-                    extra: Sequence[str] = ("floor", "head_term")) -> list[Record]:
+def summarize_seeds(
+    records: Sequence[Record], by: str, order: Sequence[str] = (), extra: Sequence[str] = ("floor", "head_term")
+) -> list[Record]:
     """One row per (``record[by]``, n_t): the mean KL over seeds with its SE across seeds (``kl_se_seeds``,
     nan for one seed) and the pooled Monte Carlo SE (``kl_se_mc``); each key of ``extra`` that every record of
     the row holds gets ``{key}_mean`` and ``{key}_se_seeds`` (the pooled ``{key}_se`` for one seed).
@@ -43,12 +44,19 @@ def summarize_seeds(records: Sequence[Record], by: str, order: Sequence[str] = (
     for (name, n_t), rs in sorted(groups.items(), key=lambda kv: (rank.get(kv[0][0], len(rank)), kv[0][1])):
         kls = [float(r["kl"]) for r in rs]
         mean, se = mean_se(kls)
-        row = {by: name, "n_t": n_t, "seeds": len(rs), "kl_mean": mean, "kl_se_seeds": se,  # nan for one seed
-               "kl_se_mc": math.sqrt(sum(r["kl_se"] ** 2 for r in rs)) / len(rs)}
+        row = {
+            by: name,
+            "n_t": n_t,
+            "seeds": len(rs),
+            "kl_mean": mean,
+            "kl_se_seeds": se,  # nan for one seed
+            "kl_se_mc": math.sqrt(sum(r["kl_se"] ** 2 for r in rs)) / len(rs),
+        }
         for key in extra:
             if all(key in r for r in rs):
-                row[f"{key}_mean"], row[f"{key}_se_seeds"] = mean_se([float(r[key]) for r in rs],
-                                                                     [float(r.get(f"{key}_se", math.nan)) for r in rs])
+                row[f"{key}_mean"], row[f"{key}_se_seeds"] = mean_se(
+                    [float(r[key]) for r in rs], [float(r.get(f"{key}_se", math.nan)) for r in rs]
+                )
         rows.append(row)
     return rows
 

@@ -53,8 +53,9 @@ class MixtureTask(Protocol):
 def standardized_law(law: GaussianMixture, scaler: Standardizer) -> GaussianMixture:
     """The law of z = (x - mean) / std when x ~ ``law`` (a batch of mixtures), in float64."""
     m, s = scaler.mean.double().cpu(), scaler.std.double().cpu()
-    return GaussianMixture(law.weights.double(), (law.means.double() - m) / s,
-                           law.covs.double() / (s[:, None] * s[None, :]))
+    return GaussianMixture(
+        law.weights.double(), (law.means.double() - m) / s, law.covs.double() / (s[:, None] * s[None, :])
+    )
 
 
 def _rows(law: GaussianMixture, index: Tensor) -> GaussianMixture:
@@ -68,7 +69,10 @@ def _diffusion_head(model: ConditionalModel, what: str) -> DiffusionHead:
 
 
 def girsanov_bound_for(
-    task: MixtureTask, model: ConditionalModel, n: int, generator: torch.Generator | None = None,
+    task: MixtureTask,
+    model: ConditionalModel,
+    n: int,
+    generator: torch.Generator | None = None,
     domain: str = "target",
 ) -> GirsanovBound:
     """The Girsanov bound (nats, with SE) on the KL of ``model``, a fitted diffusion head, on ``domain`` of ``task``.
@@ -103,8 +107,9 @@ def girsanov_bound_for(
         one = torch.ones(z_1.shape[0], dtype=z_1.dtype, device=z_1.device)
         return law_at(one, ctx).log_prob(z_1.double().cpu()).to(z_1)
 
-    return girsanov_bound(learned, true, z, head.schedule, context=context, log_prob_1=log_prob_1, t_eps=head.t_eps,
-                          generator=generator)
+    return girsanov_bound(
+        learned, true, z, head.schedule, context=context, log_prob_1=log_prob_1, t_eps=head.t_eps, generator=generator
+    )
 
 
 def _repeat(law: GaussianMixture, m: int) -> GaussianMixture:
@@ -113,8 +118,16 @@ def _repeat(law: GaussianMixture, m: int) -> GaussianMixture:
 
 
 def sde_kl_for(
-    task: MixtureTask, model: ConditionalModel, n: int = 4000, generator: torch.Generator | None = None,
-    domain: str = "target", *, contexts: int = 8, steps: int = 200, method: str = "heun", k: int = 3,
+    task: MixtureTask,
+    model: ConditionalModel,
+    n: int = 4000,
+    generator: torch.Generator | None = None,
+    domain: str = "target",
+    *,
+    contexts: int = 8,
+    steps: int = 200,
+    method: str = "heun",
+    k: int = 3,
 ) -> KLEstimate:
     """E_c KL(p_{t_eps}(. | c) || law of the model's reverse-SDE sampler given c), nats, by kNN; what the
     Girsanov bound of :func:`girsanov_bound_for` bounds.
@@ -147,10 +160,22 @@ def sde_kl_for(
         for j in range(contexts):
             target = _repeat(_rows(law, torch.tensor([j])), per)
             z = target.sample(generator)
-            ctx = None if h is None else h[j:j + 1].expand(per, -1)
+            ctx = None if h is None else h[j : j + 1].expand(per, -1)
             z1 = torch.randn(per, head.features, generator=generator, dtype=torch.float64).to(like)
-            z_hat = sample_sde(head.score, z1, head.schedule, context=ctx, steps=steps, method=method,
-                               t_eps=head.t_eps, generator=generator).double().cpu()
+            z_hat = (
+                sample_sde(
+                    head.score,
+                    z1,
+                    head.schedule,
+                    context=ctx,
+                    steps=steps,
+                    method=method,
+                    t_eps=head.t_eps,
+                    generator=generator,
+                )
+                .double()
+                .cpu()
+            )
             mean = law.mean()[j]
 
             def whiten(v: Tensor, j: int = j, mean: Tensor = mean) -> Tensor:

@@ -162,8 +162,7 @@ def kl_to_task(
     batch_size: int = 4096,
 ) -> KLEstimate:
     """Monte Carlo KL(p_domain || model) on n fresh pairs (c, x) from the task, with its standard error."""
-    log_p, log_q = log_densities(task, {"model": model}, domain=domain, n=n, generator=generator,
-                                 batch_size=batch_size)
+    log_p, log_q = log_densities(task, {"model": model}, domain=domain, n=n, generator=generator, batch_size=batch_size)
     return monte_carlo_kl(log_p, log_q["model"])
 
 
@@ -194,10 +193,10 @@ def fit_floor_model(
     dtype, device = _dtype_device(model)
     data = data.to(device, dtype)
     head = head_factory(embedding.out_features).to(device, dtype)
-    config = train or TrainConfig(steps=3000, batch_size=512, lr=1e-3, eval_every=100, patience=10,
-                                  description="floor")
-    return fit_target_head(embedding, head, data, config, c_scaler=copy.deepcopy(model.c_scaler),
-                           val_fraction=val_fraction)
+    config = train or TrainConfig(steps=3000, batch_size=512, lr=1e-3, eval_every=100, patience=10, description="floor")
+    return fit_target_head(
+        embedding, head, data, config, c_scaler=copy.deepcopy(model.c_scaler), val_fraction=val_fraction
+    )
 
 
 def estimate_floor(
@@ -212,8 +211,7 @@ def estimate_floor(
     generator: torch.Generator | None = None,
 ) -> FloorEstimate:
     """The embedding floor of ``model``: fit :func:`fit_floor_model` and score it on n_eval fresh pairs."""
-    floor_model = fit_floor_model(task, model, head_factory, n=n_train, train=train, domain=domain,
-                                  generator=generator)
+    floor_model = fit_floor_model(task, model, head_factory, n=n_train, train=train, domain=domain, generator=generator)
     return FloorEstimate(kl_to_task(task, floor_model, domain, n_eval, generator), floor_model)
 
 
@@ -233,8 +231,9 @@ def kl_split(
     E[log p_floor - log p_model] has its own (paired) standard error. A negative head term within a few
     standard errors means the target head is as good as the big-sample head.
     """
-    log_p, log_q = log_densities(task, {"model": model, "floor": floor_model}, domain=domain, n=n,
-                                 generator=generator, batch_size=batch_size)
+    log_p, log_q = log_densities(
+        task, {"model": model, "floor": floor_model}, domain=domain, n=n, generator=generator, batch_size=batch_size
+    )
     if not bool(torch.isfinite(log_q["model"]).all() and torch.isfinite(log_q["floor"]).all()):
         raise DataError("a model returned a non-finite log-density on the evaluation sample")
     return KLSplit(

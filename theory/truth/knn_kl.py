@@ -79,8 +79,9 @@ def _check_batches(batches: int, k: int, n: int, m: int, extra: int) -> None:
     check_positive_int("k", k)
     check_positive_int("batches", batches)
     if min(n, m) < batches * (k + extra):
-        raise DataError(f"batches={batches} with k={k} needs at least {batches * (k + extra)} rows in x and in y, "
-                        f"got {n} and {m}")
+        raise DataError(
+            f"batches={batches} with k={k} needs at least {batches * (k + extra)} rows in x and in y, got {n} and {m}"
+        )
 
 
 def knn_kl(x: Tensor, y: Tensor, k: int = 3, batches: int = 10) -> KLEstimate:

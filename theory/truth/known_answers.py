@@ -73,8 +73,9 @@ def _fitted_kls(z: np.ndarray, x: np.ndarray, levels: Sequence[int]) -> np.ndarr
     return out
 
 
-def simulate_fitted_kls(levels: Sequence[int], d_x: int, p: int, reps: int = 2000, seed: int = 0,
-                        chunk: int = 250) -> np.ndarray:
+def simulate_fitted_kls(
+    levels: Sequence[int], d_x: int, p: int, reps: int = 2000, seed: int = 0, chunk: int = 250
+) -> np.ndarray:
     """Exact KLs of the maximum-likelihood fit on NESTED prefixes of one data set per replicate.
 
     The sweep's target data are nested (the n_t rows of a seed are the first n_t of one stream), so the
@@ -99,8 +100,9 @@ def _fitted_kls_cached(levels_t: tuple[int, ...], d_x: int, p: int, reps: int, s
     return np.concatenate(parts)
 
 
-def simulate_ratio_null(levels: Sequence[int], d_x: int, p: int, seeds: int, *, reps: int = 2000,
-                        draws: int = 20000, seed: int = 0) -> np.ndarray:
+def simulate_ratio_null(
+    levels: Sequence[int], d_x: int, p: int, seeds: int, *, reps: int = 2000, draws: int = 20000, seed: int = 0
+) -> np.ndarray:
     """Draws of the statistic R = mean over seeds and levels of KL / E KL under a correct pipeline.
 
     One simulated seed is one nested data set (:func:`simulate_fitted_kls`); R averages ``seeds`` of them.
@@ -113,8 +115,7 @@ def simulate_ratio_null(levels: Sequence[int], d_x: int, p: int, seeds: int, *, 
 
 
 @functools.lru_cache(maxsize=64)
-def _ratio_null(levels: tuple[int, ...], d_x: int, p: int, seeds: int, reps: int, draws: int,
-                seed: int) -> np.ndarray:
+def _ratio_null(levels: tuple[int, ...], d_x: int, p: int, seeds: int, reps: int, draws: int, seed: int) -> np.ndarray:
     expected = np.array([expected_kl_gaussian_regression(n, d_x, p) for n in levels])
     per_seed = (simulate_fitted_kls(levels, d_x, p, reps, seed) / expected).mean(axis=1)  # (reps,)
     rng = np.random.default_rng(seed + 1)

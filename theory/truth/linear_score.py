@@ -97,12 +97,18 @@ class LinearErrorCase:
             object.__setattr__(self, name, getattr(self, name).double())
 
     @classmethod
-    def isotropic(cls, d: int = 2, error_scale: float = 0.0, error_shift: float = 0.0,
-                  **kwargs: Any) -> LinearErrorCase:
+    def isotropic(
+        cls, d: int = 2, error_scale: float = 0.0, error_shift: float = 0.0, **kwargs: Any
+    ) -> LinearErrorCase:
         """N(0, I_d) data with A = error_scale * I and b = error_shift * (1, ..., 1)."""
         eye = torch.eye(d, dtype=torch.float64)
-        return cls(torch.zeros(d, dtype=torch.float64), eye, error_scale * eye,
-                   torch.full((d,), float(error_shift), dtype=torch.float64), **kwargs)
+        return cls(
+            torch.zeros(d, dtype=torch.float64),
+            eye,
+            error_scale * eye,
+            torch.full((d,), float(error_shift), dtype=torch.float64),
+            **kwargs,
+        )
 
     @property
     def dim(self) -> int:
@@ -144,12 +150,18 @@ class LinearErrorCase:
         d = self.dim
         start = torch.cat([torch.zeros(d), torch.eye(d).reshape(-1), torch.zeros(extra)]).double()
         ts = torch.tensor([1.0, self.t_eps], dtype=torch.float64)
-        return odeint(rhs, start, ts, rtol=check_positive_float("rtol", rtol),
-                      atol=check_positive_float("atol", atol), method="dopri5")[-1]
+        return odeint(
+            rhs,
+            start,
+            ts,
+            rtol=check_positive_float("rtol", rtol),
+            atol=check_positive_float("atol", atol),
+            method="dopri5",
+        )[-1]
 
     def _unpack(self, y: Tensor) -> tuple[Tensor, Tensor]:
         d = self.dim
-        return y[:d], y[d:d + d * d].reshape(d, d)
+        return y[:d], y[d : d + d * d].reshape(d, d)
 
     def sde_law(self, rtol: float = MOMENT_RTOL, atol: float = MOMENT_ATOL) -> tuple[Tensor, Tensor, float]:
         """(mean (d,), cov (d, d)) of the reverse-SDE sampler's output at t_eps, and the bound's score term."""
@@ -161,7 +173,8 @@ class LinearErrorCase:
             m = beta * (0.5 * eye - p)
             dcov = m @ cov + cov @ m.T + beta * eye
             err = (self.error_matrix @ mu_t + self.error_shift).square().sum() + torch.trace(
-                self.error_matrix @ sigma_t @ self.error_matrix.T)
+                self.error_matrix @ sigma_t @ self.error_matrix.T
+            )
             return -torch.cat([m @ mu + beta * c, (0.5 * (dcov + dcov.T)).reshape(-1), (0.5 * beta * err)[None]])
 
         y = self._solve(rhs, 1, rtol, atol)
@@ -197,6 +210,11 @@ class LinearErrorCase:
             return float(gaussian_kl(m0, s0, m1, s1))
 
         return LinearErrorKLs(
-            bound=prior + score_term, prior_term=prior, score_term=score_term,
-            kl_sde=kl(mu_eps, sigma_eps, sde_mean, sde_cov), kl_ode=kl(mu_eps, sigma_eps, ode_mean, ode_cov),
-            kl_sde_p0=kl(self.mean, self.cov, sde_mean, sde_cov), kl_ode_p0=kl(self.mean, self.cov, ode_mean, ode_cov))
+            bound=prior + score_term,
+            prior_term=prior,
+            score_term=score_term,
+            kl_sde=kl(mu_eps, sigma_eps, sde_mean, sde_cov),
+            kl_ode=kl(mu_eps, sigma_eps, ode_mean, ode_cov),
+            kl_sde_p0=kl(self.mean, self.cov, sde_mean, sde_cov),
+            kl_ode_p0=kl(self.mean, self.cov, ode_mean, ode_cov),
+        )

@@ -40,8 +40,13 @@ def nll_summary(log_prob: Tensor, dim: int) -> dict[str, float]:
     check_tensor("log_prob", log_prob, ndim=1, min_rows=2)
     nll = -log_prob.double()
     mean, se = float(nll.mean()), float(nll.std(unbiased=True)) / math.sqrt(nll.shape[0])
-    return {"nll": mean, "nll_se": se, "bpd": bits_per_dim(mean, dim), "bpd_se": bits_per_dim(se, dim),
-            "n": int(nll.shape[0])}
+    return {
+        "nll": mean,
+        "nll_se": se,
+        "bpd": bits_per_dim(mean, dim),
+        "bpd_se": bits_per_dim(se, dim),
+        "n": int(nll.shape[0]),
+    }
 
 
 def _pair(x: Tensor, y: Tensor, min_rows: int) -> tuple[Tensor, Tensor]:
@@ -125,7 +130,9 @@ class FidelityClassifier:
         if labels is None:
             return xa, None
         if not isinstance(labels, Tensor) or labels.shape != (x.shape[0],) or labels.is_floating_point():
-            raise ShapeError(f"labels must be an integer tensor ({x.shape[0]},), got {getattr(labels, 'shape', labels)}")
+            raise ShapeError(
+                f"labels must be an integer tensor ({x.shape[0]},), got {getattr(labels, 'shape', labels)}"
+            )
         return xa, labels.cpu().numpy()
 
     def fit(self, x: Tensor, labels: Tensor) -> FidelityClassifier:

@@ -116,12 +116,27 @@ def generic_rates(d_c: int, d_h: int, d_x: int, beta: float, head: str = "flow",
     low = nonparametric_exponent(b, d_h + d_x)
     high = nonparametric_exponent(b, d_c + d_x)
     if head in PARAMETRIC_HEADS:
-        return Rates(transfer=1.0, no_transfer=high, floor=high, oracle=1.0, fine_tune=None, direct=1.0,
-                     log_power=log_power, label=f"parametric rate 1 (E KL ~ k/2n) on a fixed context; template "
-                     f"with smoothness {b:g} for the learned encoder (no-transfer, floor)")
-    return Rates(transfer=low, no_transfer=high, floor=high, oracle=low, fine_tune=None, direct=high,
-                 log_power=log_power, label=f"generic nonparametric template, effective smoothness {b:g}, "
-                 f"log factor (log n)^{log_power:g}")
+        return Rates(
+            transfer=1.0,
+            no_transfer=high,
+            floor=high,
+            oracle=1.0,
+            fine_tune=None,
+            direct=1.0,
+            log_power=log_power,
+            label=f"parametric rate 1 (E KL ~ k/2n) on a fixed context; template "
+            f"with smoothness {b:g} for the learned encoder (no-transfer, floor)",
+        )
+    return Rates(
+        transfer=low,
+        no_transfer=high,
+        floor=high,
+        oracle=low,
+        fine_tune=None,
+        direct=high,
+        log_power=log_power,
+        label=f"generic nonparametric template, effective smoothness {b:g}, log factor (log n)^{log_power:g}",
+    )
 
 
 #: gamma of the parametric-like rate (log n)^gamma / n of a flow or diffusion head on a fixed context
@@ -136,11 +151,19 @@ def analytic_rates(d_c: int, d_h: int, d_x: int, beta: float, head: str = "flow"
     if head in PARAMETRIC_HEADS:
         return base
     fixed = {v: ANALYTIC_LOG_POWER for v in ("transfer", "oracle", "direct")}
-    return Rates(transfer=1.0, no_transfer=base.no_transfer, floor=base.floor, oracle=1.0, fine_tune=None,
-                 direct=1.0, log_power=log_power, log_powers=fixed,
-                 label=f"parametric-like (log n)^{ANALYTIC_LOG_POWER:g} / n on a fixed context (analytic task); "
-                       f"nonparametric template, effective smoothness {effective_smoothness(beta, head):g}, for "
-                       "no-transfer and the floor")
+    return Rates(
+        transfer=1.0,
+        no_transfer=base.no_transfer,
+        floor=base.floor,
+        oracle=1.0,
+        fine_tune=None,
+        direct=1.0,
+        log_power=log_power,
+        log_powers=fixed,
+        label=f"parametric-like (log n)^{ANALYTIC_LOG_POWER:g} / n on a fixed context (analytic task); "
+        f"nonparametric template, effective smoothness {effective_smoothness(beta, head):g}, for "
+        "no-transfer and the floor",
+    )
 
 
 RATE_FUNCTIONS: dict[str, RateFunction] = {"generic": generic_rates, "analytic": analytic_rates}
@@ -186,7 +209,12 @@ def resolve_rate(rate: str | RateFunction) -> RateFunction:
 
 
 def predicted_rates(
-    d_c: int, d_h: int, d_x: int, beta: float, head: str = "flow", rate: str | RateFunction = "generic",
+    d_c: int,
+    d_h: int,
+    d_x: int,
+    beta: float,
+    head: str = "flow",
+    rate: str | RateFunction = "generic",
     log_power: float = 0.0,
 ) -> Rates:
     """Call the rate function ``rate`` (see :func:`resolve_rate`) and check that it returned :class:`Rates`."""
@@ -196,8 +224,10 @@ def predicted_rates(
     except ConfigError:
         raise
     except Exception as err:  # a user's function that does not take these arguments, or fails on them
-        raise ConfigError(f"rate function {rate!r} failed on (d_c={d_c}, d_h={d_h}, d_x={d_x}, beta={beta}, "
-                          f"head={head!r}): {type(err).__name__}: {err}") from err
+        raise ConfigError(
+            f"rate function {rate!r} failed on (d_c={d_c}, d_h={d_h}, d_x={d_x}, beta={beta}, "
+            f"head={head!r}): {type(err).__name__}: {err}"
+        ) from err
     if not isinstance(out, Rates):
         raise ConfigError(f"rate function {rate!r} must return theory.truth.rates.Rates, got {type(out).__name__}")
     return out

@@ -58,8 +58,10 @@ def check_covariance(what: str, cov: Tensor) -> None:
     """DataError (``what`` ``is not positive definite``) unless ``cov`` is a finite positive-definite matrix in
     float64: the exact densities of a task factor it (a noise of 0, or one so small its square underflows)."""
     if not bool(torch.isfinite(cov).all()) or int(torch.linalg.cholesky_ex(cov).info) != 0:
-        raise DataError(f"{what} is not positive definite (a task's noise must be a finite number > 0 whose "
-                        "square is a normal float64)")
+        raise DataError(
+            f"{what} is not positive definite (a task's noise must be a finite number > 0 whose "
+            "square is a normal float64)"
+        )
 
 
 class ConditionalTask(ABC):
@@ -84,8 +86,14 @@ class ConditionalTask(ABC):
 
     @property
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "d_c": self.d_c, "d_h": self.d_h, "d_x": self.d_x,
-                "embedding": self.embedding_kind, "seed": self.seed}
+        return {
+            "name": self.name,
+            "d_c": self.d_c,
+            "d_h": self.d_h,
+            "d_x": self.d_x,
+            "embedding": self.embedding_kind,
+            "seed": self.seed,
+        }
 
     @abstractmethod
     def conditional(self, c: Tensor, domain: str) -> GaussianMixture:
@@ -109,7 +117,9 @@ class ConditionalTask(ABC):
         check_tensor("x", x, ndim=2, last_dim=self.d_x, rows=self._check_c(c).shape[0])
         return self.conditional(c, domain).log_prob(x.to(torch.float64)).to(x.dtype)
 
-    def noised_log_prob(self, x_t: Tensor, c: Tensor, domain: str, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
+    def noised_log_prob(
+        self, x_t: Tensor, c: Tensor, domain: str, alpha: Tensor | float, sigma: Tensor | float
+    ) -> Tensor:
         """Exact log p_t(x_t | c) for x_t = alpha x_0 + sigma e; alpha/sigma scalars or (n,)."""
         n = self._check_c(c).shape[0]
         check_tensor("x_t", x_t, ndim=2, last_dim=self.d_x, rows=n)
@@ -144,8 +154,9 @@ class ConditionalGaussianTask(ConditionalTask):
 
     name = "conditional_gaussian"
 
-    def __init__(self, d_c: int = 16, d_h: int = 2, d_x: int = 2, embedding: str = "linear", seed: int = 0,
-                 noise: float = 0.3) -> None:
+    def __init__(
+        self, d_c: int = 16, d_h: int = 2, d_x: int = 2, embedding: str = "linear", seed: int = 0, noise: float = 0.3
+    ) -> None:
         super().__init__(d_c, d_h, d_x, embedding, seed)
         self.noise = check_positive_float("noise", noise)
         g = self._gen
@@ -182,8 +193,16 @@ class ConditionalMixtureTask(ConditionalTask):
 
     name = "conditional_mixture"
 
-    def __init__(self, d_c: int = 16, d_h: int = 2, d_x: int = 2, embedding: str = "linear", seed: int = 0,
-                 components: int = 2, noise: float = 0.25) -> None:
+    def __init__(
+        self,
+        d_c: int = 16,
+        d_h: int = 2,
+        d_x: int = 2,
+        embedding: str = "linear",
+        seed: int = 0,
+        components: int = 2,
+        noise: float = 0.25,
+    ) -> None:
         super().__init__(d_c, d_h, d_x, embedding, seed)
         self.components = check_positive_int("components", components)
         self.noise = check_positive_float("noise", noise)
@@ -194,8 +213,10 @@ class ConditionalMixtureTask(ConditionalTask):
             b = torch.randn(components, d_x, generator=g, dtype=torch.float64) * 1.5
             gate = torch.randn(components, d_h, generator=g, dtype=torch.float64)
             scale = noise * (1.0 + 0.5 * k) * torch.ones(components, dtype=torch.float64)
-            check_covariance(f"noise = {noise!r} gives the {domain} covariance that",
-                             (scale[0] ** 2) * torch.eye(d_x, dtype=torch.float64))
+            check_covariance(
+                f"noise = {noise!r} gives the {domain} covariance that",
+                (scale[0] ** 2) * torch.eye(d_x, dtype=torch.float64),
+            )
             self.params[domain] = (a, b, gate, scale)
 
     @property
@@ -226,8 +247,14 @@ class TwoGaussianTask:
 
     name = "two_gaussian"
 
-    def __init__(self, mu_source: tuple[float, ...] = (0.5, 0.5), mu_target: tuple[float, ...] = (0.5, -0.5),
-                 variance: float = 0.1, weight_source: float = 0.5, weight_target: float = 0.5) -> None:
+    def __init__(
+        self,
+        mu_source: tuple[float, ...] = (0.5, 0.5),
+        mu_target: tuple[float, ...] = (0.5, -0.5),
+        variance: float = 0.1,
+        weight_source: float = 0.5,
+        weight_target: float = 0.5,
+    ) -> None:
         if len(mu_source) != len(mu_target):
             raise ShapeError(f"mu_source and mu_target must have one length, got {len(mu_source)} and {len(mu_target)}")
         for name, w in (("weight_source", weight_source), ("weight_target", weight_target)):
@@ -235,16 +262,23 @@ class TwoGaussianTask:
                 raise ShapeError(f"{name} (the weight of the +mu component) must lie in (0, 1), got {w!r}")
         self.d_x = len(mu_source)
         self.variance = check_positive_float("variance", variance)
-        check_covariance(f"variance = {variance!r} gives a covariance that",
-                         self.variance * torch.eye(self.d_x, dtype=torch.float64))
-        self.mu = {"source": torch.tensor(mu_source, dtype=torch.float64),
-                   "target": torch.tensor(mu_target, dtype=torch.float64)}
+        check_covariance(
+            f"variance = {variance!r} gives a covariance that", self.variance * torch.eye(self.d_x, dtype=torch.float64)
+        )
+        self.mu = {
+            "source": torch.tensor(mu_source, dtype=torch.float64),
+            "target": torch.tensor(mu_target, dtype=torch.float64),
+        }
         self.weight = {"source": float(weight_source), "target": float(weight_target)}
 
     @property
     def config(self) -> dict[str, Any]:
-        out = {"name": self.name, "mu_source": self.mu["source"].tolist(),
-               "mu_target": self.mu["target"].tolist(), "variance": self.variance}
+        out = {
+            "name": self.name,
+            "mu_source": self.mu["source"].tolist(),
+            "mu_target": self.mu["target"].tolist(),
+            "variance": self.variance,
+        }
         if self.weight != {"source": 0.5, "target": 0.5}:
             out.update(weight_source=self.weight["source"], weight_target=self.weight["target"])
         return out
@@ -261,12 +295,16 @@ class TwoGaussianTask:
         cov = self.variance * torch.eye(self.d_x, dtype=torch.float64)
         if y is None:
             w = self.weight[domain]
-            return GaussianMixture(torch.tensor([[w, 1.0 - w]], dtype=torch.float64), torch.stack([mu, -mu])[None],
-                                   cov.expand(1, 2, -1, -1))
+            return GaussianMixture(
+                torch.tensor([[w, 1.0 - w]], dtype=torch.float64),
+                torch.stack([mu, -mu])[None],
+                cov.expand(1, 2, -1, -1),
+            )
         sign = self._labels(y)
         n = sign.shape[0]
-        return GaussianMixture(torch.ones(n, 1, dtype=torch.float64), (sign[:, None] * mu)[:, None],
-                               cov.expand(n, 1, -1, -1))
+        return GaussianMixture(
+            torch.ones(n, 1, dtype=torch.float64), (sign[:, None] * mu)[:, None], cov.expand(n, 1, -1, -1)
+        )
 
     def _labels(self, y: Tensor) -> Tensor:
         y = y.reshape(-1).to(torch.float64)
@@ -288,7 +326,9 @@ class TwoGaussianTask:
         n = x.shape[0]
         law = self.mixture(domain, y)
         if y is None:
-            law = GaussianMixture(law.weights.expand(n, -1), law.means.expand(n, -1, -1), law.covs.expand(n, -1, -1, -1))
+            law = GaussianMixture(
+                law.weights.expand(n, -1), law.means.expand(n, -1, -1), law.covs.expand(n, -1, -1, -1)
+            )
         return law.noised(_per_row(alpha, n, torch.float64), _per_row(sigma, n, torch.float64))
 
     def log_prob(self, x: Tensor, domain: str, y: Tensor | None = None) -> Tensor:
@@ -316,8 +356,11 @@ class TwoGaussianTask:
 
     def log_guidance(self, x: Tensor, alpha: Any, sigma: Any, y: Tensor | None = None) -> Tensor:
         """log h_t(x) = log q_t(x) / p_t(x), the exact TGDP guidance, (n,)."""
-        return (self.noised_log_prob(x, "target", alpha, sigma, y) - self.noised_log_prob(x, "source", alpha, sigma, y)
-                + self._log_label_ratio(y, x))
+        return (
+            self.noised_log_prob(x, "target", alpha, sigma, y)
+            - self.noised_log_prob(x, "source", alpha, sigma, y)
+            + self._log_label_ratio(y, x)
+        )
 
     def guidance_grad(self, x: Tensor, alpha: Any, sigma: Any, y: Tensor | None = None) -> Tensor:
         """grad_x log h_t(x) = target score - source score, (n, d)."""

@@ -44,29 +44,33 @@ import numpy as np
 
 from shared_embed.errors import ConfigError, DataError
 
-__all__ = ["LinearTransferTruth", "TransferDraws", "floor_of_row_space", "first_order_floor",
-           "simulate_transfer"]
+__all__ = ["LinearTransferTruth", "TransferDraws", "floor_of_row_space", "first_order_floor", "simulate_transfer"]
 
 
 @dataclass(frozen=True)
 class LinearTransferTruth:
     """The parameters of a linear conditional Gaussian task that the transfer known answer depends on."""
 
-    w: np.ndarray        #: (d_h, d_c) true embedding, orthonormal rows
-    a_s: np.ndarray      #: (d_x, d_h) source head
+    w: np.ndarray  #: (d_h, d_c) true embedding, orthonormal rows
+    a_s: np.ndarray  #: (d_x, d_h) source head
     sigma_s: np.ndarray  #: (d_x, d_x) source noise covariance
-    a_t: np.ndarray      #: (d_x, d_h) target head
-    b_t: np.ndarray      #: (d_x,) target intercept
+    a_t: np.ndarray  #: (d_x, d_h) target head
+    b_t: np.ndarray  #: (d_x,) target intercept
     sigma_t: np.ndarray  #: (d_x, d_x) target noise covariance
 
     @classmethod
     def from_task(cls, task: object) -> LinearTransferTruth:
         """Read a ``ConditionalGaussianTask`` with a linear embedding (anything else: ConfigError)."""
         params = getattr(task, "params", None)
-        if getattr(task, "name", "") != "conditional_gaussian" or getattr(task, "embedding_kind", "") != "linear" \
-                or not isinstance(params, dict):
-            raise ConfigError("the transfer known answer needs the conditional_gaussian task with a linear "
-                              f"embedding, got {getattr(task, 'name', type(task).__name__)!r}")
+        if (
+            getattr(task, "name", "") != "conditional_gaussian"
+            or getattr(task, "embedding_kind", "") != "linear"
+            or not isinstance(params, dict)
+        ):
+            raise ConfigError(
+                "the transfer known answer needs the conditional_gaussian task with a linear "
+                f"embedding, got {getattr(task, 'name', type(task).__name__)!r}"
+            )
         a_s, _, sigma_s = (t.double().numpy() for t in params["source"])
         a_t, b_t, sigma_t = (t.double().numpy() for t in params["target"])
         w = task.embedding.weight.double().numpy()  # type: ignore[attr-defined]
@@ -86,8 +90,10 @@ class LinearTransferTruth:
 
     def key(self) -> tuple[bytes, ...]:
         """A hashable identity (for caching simulated laws)."""
-        return tuple(np.ascontiguousarray(a).tobytes() for a in
-                     (self.w, self.a_s, self.sigma_s, self.a_t, self.b_t, self.sigma_t))
+        return tuple(
+            np.ascontiguousarray(a).tobytes()
+            for a in (self.w, self.a_s, self.sigma_s, self.a_t, self.b_t, self.sigma_t)
+        )
 
 
 def _logdet(m: np.ndarray) -> np.ndarray:
@@ -102,7 +108,7 @@ def floor_of_row_space(truth: LinearTransferTruth, w_hat: np.ndarray) -> np.ndar
     w_hat = np.asarray(w_hat, dtype=float)
     gram = w_hat @ np.swapaxes(w_hat, -1, -2)
     proj = np.swapaxes(w_hat, -1, -2) @ np.linalg.solve(gram, w_hat)  # (..., d_c, d_c)
-    m = truth.w @ (np.eye(truth.d_c) - proj) @ truth.w.T               # W Cov(c | z) W^T
+    m = truth.w @ (np.eye(truth.d_c) - proj) @ truth.w.T  # W Cov(c | z) W^T
     cov = truth.sigma_t + truth.a_t @ m @ truth.a_t.T
     return 0.5 * (_logdet(cov) - _logdet(truth.sigma_t))
 
@@ -136,17 +142,18 @@ def _centred(moments: np.ndarray, n: int, d_c: int) -> tuple[np.ndarray, np.ndar
     return cov[..., :d_c, :d_c], cov[..., d_c:, d_c:], cov[..., :d_c, d_c:]
 
 
-def _head_kls(truth: LinearTransferTruth, w_hat: np.ndarray, c: np.ndarray, x: np.ndarray,
-              levels: Sequence[int]) -> np.ndarray:
+def _head_kls(
+    truth: LinearTransferTruth, w_hat: np.ndarray, c: np.ndarray, x: np.ndarray, levels: Sequence[int]
+) -> np.ndarray:
     """Exact KL of the ML linear-Gaussian head on z = W_hat c fitted on each prefix of rows: (reps, levels).
 
     w_hat (reps, r, d_c); c (reps, n, d_c); x (reps, n, d_x). KL = E_c of the Gaussian KL from the truth, c ~ N(0, I).
     """
     reps, _, _ = c.shape
     r, d = w_hat.shape[1], truth.d_x
-    z = c @ np.swapaxes(w_hat, -1, -2)                       # (reps, n, r)
+    z = c @ np.swapaxes(w_hat, -1, -2)  # (reps, n, r)
     design = np.concatenate([z, np.ones(z.shape[:-1] + (1,))], axis=-1)
-    mean_map = truth.a_t @ truth.w                            # (d_x, d_c)
+    mean_map = truth.a_t @ truth.w  # (d_x, d_c)
     out = np.empty((reps, len(levels)))
     for j, n in enumerate(levels):
         dz, xx = design[:, :n], x[:, :n]
@@ -155,7 +162,7 @@ def _head_kls(truth: LinearTransferTruth, w_hat: np.ndarray, c: np.ndarray, x: n
         cov = np.swapaxes(resid, -1, -2) @ resid / n
         prec = np.linalg.inv(cov)
         gap = mean_map - np.swapaxes(coef[:, :r], -1, -2) @ w_hat  # (reps, d, d_c): A_T W - B_hat W_hat
-        shift = truth.b_t - coef[:, r]                              # (reps, d)
+        shift = truth.b_t - coef[:, r]  # (reps, d)
         mean_term = np.einsum("rij,rik,rkj->r", gap, prec, gap) + np.einsum("ri,rik,rk->r", shift, prec, shift)
         trace = np.einsum("rij,ji->r", prec, truth.sigma_t)
         out[:, j] = 0.5 * (trace + mean_term - d + _logdet(cov) - _logdet(truth.sigma_t))
@@ -183,8 +190,15 @@ class TransferDraws:
         return self.kl - self.floor[:, :, None]
 
 
-def _simulate_chunk(truth: LinearTransferTruth, n_s: Sequence[int], n_t: Sequence[int], floor_n: int, rank: int,
-                    reps: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _simulate_chunk(
+    truth: LinearTransferTruth,
+    n_s: Sequence[int],
+    n_t: Sequence[int],
+    floor_n: int,
+    rank: int,
+    reps: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     d_c, d_x = truth.d_c, truth.d_x
     chol_s, chol_t = np.linalg.cholesky(truth.sigma_s), np.linalg.cholesky(truth.sigma_t)
     moments = np.zeros((reps, d_c + d_x + 1, d_c + d_x + 1))
@@ -208,8 +222,17 @@ def _simulate_chunk(truth: LinearTransferTruth, n_s: Sequence[int], n_t: Sequenc
     return true_floor, floor, kl
 
 
-def simulate_transfer(truth: LinearTransferTruth, n_s: Sequence[int], n_t: Sequence[int], floor_n: int,
-                      rank: int, *, reps: int = 1000, seed: int = 0, chunk: int = 50) -> TransferDraws:
+def simulate_transfer(
+    truth: LinearTransferTruth,
+    n_s: Sequence[int],
+    n_t: Sequence[int],
+    floor_n: int,
+    rank: int,
+    *,
+    reps: int = 1000,
+    seed: int = 0,
+    chunk: int = 50,
+) -> TransferDraws:
     """``reps`` exact replications of the pipeline at the nested sizes ``n_s`` and ``n_t`` (one seed's cells).
 
     Deterministic in its arguments and cached (a report asks for the same law once per record distortion).
@@ -218,19 +241,24 @@ def simulate_transfer(truth: LinearTransferTruth, n_s: Sequence[int], n_t: Seque
     if not n_s_t or not n_t_t:
         raise DataError("simulate_transfer needs at least one n_s and one n_t")
     if rank > min(truth.d_c, truth.d_x):
-        raise ConfigError(f"an encoder of rank {rank} is not identified by a linear-Gaussian source head in "
-                          f"d_x = {truth.d_x} dimensions (needs rank <= min(d_c, d_x))")
+        raise ConfigError(
+            f"an encoder of rank {rank} is not identified by a linear-Gaussian source head in "
+            f"d_x = {truth.d_x} dimensions (needs rank <= min(d_c, d_x))"
+        )
     low = truth.d_c + truth.d_x + 1
     if n_s_t[0] <= low or min(n_t_t[0], floor_n) <= rank + truth.d_x + 2:
-        raise DataError(f"sizes too small for an exact fit: n_s must exceed {low}, n_t and floor_n "
-                        f"{rank + truth.d_x + 2}")
+        raise DataError(
+            f"sizes too small for an exact fit: n_s must exceed {low}, n_t and floor_n {rank + truth.d_x + 2}"
+        )
     key = (truth.key(), n_s_t, n_t_t, int(floor_n), int(rank), int(reps), int(seed))
     if key not in _CACHE:
         if len(_CACHE) >= 32:
             _CACHE.pop(next(iter(_CACHE)))
         rng = np.random.default_rng(seed)
-        parts = [_simulate_chunk(truth, n_s_t, n_t_t, int(floor_n), rank, min(chunk, reps - i), rng)
-                 for i in range(0, reps, chunk)]
+        parts = [
+            _simulate_chunk(truth, n_s_t, n_t_t, int(floor_n), rank, min(chunk, reps - i), rng)
+            for i in range(0, reps, chunk)
+        ]
         true_floor, floor, kl = (np.concatenate(p) for p in zip(*parts))
         _CACHE[key] = TransferDraws(n_s_t, n_t_t, int(floor_n), true_floor, floor, kl)
     return _CACHE[key]

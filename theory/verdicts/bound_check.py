@@ -74,7 +74,12 @@ def _one_sided_p(excess: float, se: float) -> float:
 
 
 def check_sde_bound(
-    records: Sequence[Record], head: str, *, alpha: float = 0.05, power: float = 0.8, margin: float = 0.5,
+    records: Sequence[Record],
+    head: str,
+    *,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    margin: float = 0.5,
     min_powered: float = 0.5,
 ) -> BoundCheckResult:
     """The reverse-SDE law's measured KL is not above its Girsanov bound in any cell (Holm at ``alpha``).
@@ -90,14 +95,25 @@ def check_sde_bound(
     check_positive_float("margin", margin)
     check_fraction("min_powered", min_powered, closed=True)
     name, scope = "Girsanov bound holds over the SDE law's KL", head
-    hypothesis = ("H0 in every cell: KL(p_t_eps || law of the reverse-SDE sampler) <= Girsanov bound; "
-                  "a cell rejects H0 when its kNN estimate exceeds the bound beyond the combined SE")
-    statistic = (f"z = (kl_sde - bound) / hypot(kl_sde_se, bound_se), one-sided p = 1 - Phi(z), Holm step-down at "
-                 f"family-wise alpha = {alpha:g}; powered: (z_(1-alpha/m) + z_{power:g}) SE <= {margin:g} x bound")
+    hypothesis = (
+        "H0 in every cell: KL(p_t_eps || law of the reverse-SDE sampler) <= Girsanov bound; "
+        "a cell rejects H0 when its kNN estimate exceeds the bound beyond the combined SE"
+    )
+    statistic = (
+        f"z = (kl_sde - bound) / hypot(kl_sde_se, bound_se), one-sided p = 1 - Phi(z), Holm step-down at "
+        f"family-wise alpha = {alpha:g}; powered: (z_(1-alpha/m) + z_{power:g}) SE <= {margin:g} x bound"
+    )
     rs = _cells(records, head, "bound", "bound_se", "kl_sde", "kl_sde_se")
     if not rs:
-        return BoundCheckResult(name, scope, INSUFFICIENT, "no records with both a Girsanov bound and an SDE-law KL "
-                                "(kl_sde: theory.truth.bounds.sde_kl_for)", {}, hypothesis, statistic)
+        return BoundCheckResult(
+            name,
+            scope,
+            INSUFFICIENT,
+            "no records with both a Girsanov bound and an SDE-law KL (kl_sde: theory.truth.bounds.sde_kl_for)",
+            {},
+            hypothesis,
+            statistic,
+        )
     m = len(rs)
     ses = [math.hypot(r["kl_sde_se"], r["bound_se"]) for r in rs]
     excess = [r["kl_sde"] - r["bound"] for r in rs]
@@ -107,22 +123,33 @@ def check_sde_bound(
     powered = [d <= margin * r["bound"] for d, r in zip(detectable, rs)]
     worst = min(range(m), key=lambda i: p[i])
     ratios = [r["kl_sde"] / r["bound"] for r in rs if r["bound"] > 0]
-    numbers = {"cells": m, "violations": sum(rejected), "powered": sum(powered), "alpha": alpha,
-               "min_p": p[worst], "worst_excess": excess[worst], "worst_se": ses[worst],
-               "median_detectable": float(np.median(detectable)),
-               "ratio_median": float(np.median(ratios)) if ratios else None,
-               "ratio_max": max(ratios) if ratios else None}
-    worst_text = (f"most extreme {_where(rs[worst])}: kl_sde {rs[worst]['kl_sde']:.4g} +- {rs[worst]['kl_sde_se']:.2g} "
-                  f"vs bound {rs[worst]['bound']:.4g} +- {rs[worst]['bound_se']:.2g} (p = {p[worst]:.2g})")
+    numbers = {
+        "cells": m,
+        "violations": sum(rejected),
+        "powered": sum(powered),
+        "alpha": alpha,
+        "min_p": p[worst],
+        "worst_excess": excess[worst],
+        "worst_se": ses[worst],
+        "median_detectable": float(np.median(detectable)),
+        "ratio_median": float(np.median(ratios)) if ratios else None,
+        "ratio_max": max(ratios) if ratios else None,
+    }
+    worst_text = (
+        f"most extreme {_where(rs[worst])}: kl_sde {rs[worst]['kl_sde']:.4g} +- {rs[worst]['kl_sde_se']:.2g} "
+        f"vs bound {rs[worst]['bound']:.4g} +- {rs[worst]['bound_se']:.2g} (p = {p[worst]:.2g})"
+    )
     if any(rejected):
         verdict = FAIL
         summary = f"{sum(rejected)}/{m} cells above their bound (Holm, alpha {alpha:g}); {worst_text}"
     else:
         verdict = PASS if sum(powered) >= max(1, math.ceil(min_powered * m)) else INSUFFICIENT
-        summary = (f"no cell above its bound (Holm, alpha {alpha:g}); {sum(powered)}/{m} cells could detect a KL "
-                   f"{margin:.0%} above the bound with power {power:.0%} (median detectable excess "
-                   f"{numbers['median_detectable']:.3g} nats); kl_sde/bound median "
-                   f"{numbers['ratio_median'] if ratios else math.nan:.3g}; {worst_text}")
+        summary = (
+            f"no cell above its bound (Holm, alpha {alpha:g}); {sum(powered)}/{m} cells could detect a KL "
+            f"{margin:.0%} above the bound with power {power:.0%} (median detectable excess "
+            f"{numbers['median_detectable']:.3g} nats); kl_sde/bound median "
+            f"{numbers['ratio_median'] if ratios else math.nan:.3g}; {worst_text}"
+        )
     return BoundCheckResult(name, scope, verdict, summary, numbers, hypothesis, statistic)
 
 
@@ -142,13 +169,19 @@ def diagnose_ode_bound(records: Sequence[Record], head: str, z: float = 2.0) -> 
     above = sum((r["kl"] - r["bound"]) > z * math.hypot(r["kl_se"], r["bound_se"]) for r in rs)
     ratios = [r["kl"] / r["bound"] for r in rs if r["bound"] > 0]
     sde = [r["kl_sde"] for r in rs if _finite(r, "kl_sde")]
-    numbers = {"cells": len(rs), "ode_above_bound": above,
-               "ratio_median": float(np.median(ratios)) if ratios else None,
-               "ratio_max": max(ratios) if ratios else None,
-               "ode_minus_sde_median": float(np.median([r["kl"] - r["kl_sde"] for r in rs if _finite(r, "kl_sde")]))
-               if sde else None}
-    summary = (f"ODE KL above the bound by > {z:g} SE in {above}/{len(rs)} cells (not a defect: no theorem applies); "
-               f"kl/bound median {numbers['ratio_median'] if ratios else math.nan:.3g}, max "
-               f"{numbers['ratio_max'] if ratios else math.nan:.3g}"
-               + (f"; ODE minus SDE KL median {numbers['ode_minus_sde_median']:.3g} nats" if sde else ""))
+    numbers = {
+        "cells": len(rs),
+        "ode_above_bound": above,
+        "ratio_median": float(np.median(ratios)) if ratios else None,
+        "ratio_max": max(ratios) if ratios else None,
+        "ode_minus_sde_median": float(np.median([r["kl"] - r["kl_sde"] for r in rs if _finite(r, "kl_sde")]))
+        if sde
+        else None,
+    }
+    summary = (
+        f"ODE KL above the bound by > {z:g} SE in {above}/{len(rs)} cells (not a defect: no theorem applies); "
+        f"kl/bound median {numbers['ratio_median'] if ratios else math.nan:.3g}, max "
+        f"{numbers['ratio_max'] if ratios else math.nan:.3g}"
+        + (f"; ODE minus SDE KL median {numbers['ode_minus_sde_median']:.3g} nats" if sde else "")
+    )
     return BoundCheckResult(name, scope, DIAGNOSTIC, summary, numbers, hypothesis, statistic)

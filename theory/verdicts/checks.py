@@ -63,10 +63,31 @@ from theory.verdicts.verdict import (
 )
 
 __all__ = [
-    "DIAGNOSTIC", "FAIL", "INSUFFICIENT", "INSUFFICIENT_SEEDS", "MIN_SEEDS", "PASS", "CheckResult", "SlopeFit",
-    "check_catch_up", "check_embedding_frozen", "check_exponent", "check_floor_falls", "check_floor_is_floor",
-    "check_known_answer", "check_records_finite", "check_transfer_beats_no_transfer", "decide", "fit_exponent",
-    "floors", "format_checks", "level_stats", "mean_se", "ok_records", "run_checks", "series",
+    "DIAGNOSTIC",
+    "FAIL",
+    "INSUFFICIENT",
+    "INSUFFICIENT_SEEDS",
+    "MIN_SEEDS",
+    "PASS",
+    "CheckResult",
+    "SlopeFit",
+    "check_catch_up",
+    "check_embedding_frozen",
+    "check_exponent",
+    "check_floor_falls",
+    "check_floor_is_floor",
+    "check_known_answer",
+    "check_records_finite",
+    "check_transfer_beats_no_transfer",
+    "decide",
+    "fit_exponent",
+    "floors",
+    "format_checks",
+    "level_stats",
+    "mean_se",
+    "ok_records",
+    "run_checks",
+    "series",
 ]
 
 
@@ -77,8 +98,9 @@ def level_stats(level: dict[int, Record], key: str = "kl") -> tuple[float, float
     return mean, se, len(rs)
 
 
-def _head_checks(rs: list[Record], head: str, rate: Rates | None, confidence: float, margin: float,
-                 task: str | None) -> list[CheckResult]:
+def _head_checks(
+    rs: list[Record], head: str, rate: Rates | None, confidence: float, margin: float, task: str | None
+) -> list[CheckResult]:
     """The single-task checks of one head (and one task label)."""
     mine = [r for r in rs if r["head"] == head and (task is None or r.get("task", "") == task)]
     variants = {r["variant"] for r in mine}
@@ -92,12 +114,19 @@ def _head_checks(rs: list[Record], head: str, rate: Rates | None, confidence: fl
     if {"transfer", "no_transfer"} <= variants:
         out += [check_transfer_beats_no_transfer(mine, head, n, **ci) for n in n_ss]
     if "transfer" in variants and "transfer" not in exact:  # fine_tune has no prediction (report's table only)
-        out += [check_exponent(mine, head, "transfer", rate.transfer if rate else None, n, **ci, **label,
-                               **power("transfer")) for n in n_ss]
+        out += [
+            check_exponent(
+                mine, head, "transfer", rate.transfer if rate else None, n, **ci, **label, **power("transfer")
+            )
+            for n in n_ss
+        ]
     for variant in ("no_transfer", "oracle", "direct"):
         if variant in variants and variant not in exact:
-            out.append(check_exponent(mine, head, variant, rate.for_variant(variant) if rate else None, **ci,
-                                      **label, **power(variant)))
+            out.append(
+                check_exponent(
+                    mine, head, variant, rate.for_variant(variant) if rate else None, **ci, **label, **power(variant)
+                )
+            )
     parametric = any(r.get("head_kind") in PARAMETRIC_KINDS for r in mine)
     for variant in KNOWN_ANSWER_VARIANTS:
         if variant in variants and parametric:
@@ -122,8 +151,13 @@ RatesFor = Callable[[str, str], "Rates | None"]
 
 
 def run_checks(
-    records: Sequence[Record], rates: dict[str, Rates] | RatesFor, *, confidence: float = 0.95,
-    margin: float = 2.0, extra: Sequence[CheckResult] = (), per_task: bool = False,
+    records: Sequence[Record],
+    rates: dict[str, Rates] | RatesFor,
+    *,
+    confidence: float = 0.95,
+    margin: float = 2.0,
+    extra: Sequence[CheckResult] = (),
+    per_task: bool = False,
 ) -> list[CheckResult]:
     """Every check the records allow, per head (per task label when ``per_task``), decided as one family.
 
@@ -135,8 +169,11 @@ def run_checks(
         extra: further checks (e.g. the dimension laws) decided in the same family.
     """
     rs = ok_records(records)
-    out = [check_records_finite(records), check_kl_is_divergence(records), check_replicates_independent(records)] \
-        if rs else []
+    out = (
+        [check_records_finite(records), check_kl_is_divergence(records), check_replicates_independent(records)]
+        if rs
+        else []
+    )
     tasks = sorted({r.get("task", "") for r in rs}) if per_task else [None]
     rate_of = rates if callable(rates) else (lambda head, _task: rates.get(head))
     for head in sorted({r["head"] for r in rs}):
@@ -169,8 +206,9 @@ def format_hypotheses(results: Sequence[CheckResult]) -> str:
     for c in results:
         seen.setdefault(c.name, c)
     lines = ["| check | hypothesis (the claim) | statistic | negative control that must FAIL it |", "|---|---|---|---|"]
-    lines += [f"| {c.name} | {c.hypothesis} | {c.statistic} | {NEGATIVE_CONTROLS.get(c.name, '-')} |"
-              for c in seen.values()]
+    lines += [
+        f"| {c.name} | {c.hypothesis} | {c.statistic} | {NEGATIVE_CONTROLS.get(c.name, '-')} |" for c in seen.values()
+    ]
     return "\n".join(lines)
 
 

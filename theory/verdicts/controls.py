@@ -43,9 +43,21 @@ from shared_embed.head import Head
 from theory.truth.kl import model_log_prob
 from theory.verdicts.verdict import KL_FIELDS, Record
 
-PIPELINE_CONTROLS = ("random_encoder", "context_blind", "trainable_encoder", "wrong_truth_variance", "kl_offset",
-                     "kl_factor", "source_subsampled", "shuffled_source", "in_sample_kl", "wrong_domain_truth",
-                     "rows_dropped", "shared_eval_draw", "repeated_data")
+PIPELINE_CONTROLS = (
+    "random_encoder",
+    "context_blind",
+    "trainable_encoder",
+    "wrong_truth_variance",
+    "kl_offset",
+    "kl_factor",
+    "source_subsampled",
+    "shuffled_source",
+    "in_sample_kl",
+    "wrong_domain_truth",
+    "rows_dropped",
+    "shared_eval_draw",
+    "repeated_data",
+)
 #: The check (or checks: any of them) each pipeline control is aimed at, by the name a
 #: :class:`~theory.verdicts.verdict.CheckResult` carries.
 TARGET_CHECK: dict[str, str | tuple[str, ...]] = {
@@ -103,8 +115,9 @@ class ContextBlindHead(Head):
     def log_prob(self, x: Tensor, context: Tensor | None = None, **options: Any) -> Tensor:
         return self.inner.log_prob(x, self._blind(context), **options)
 
-    def sample(self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None,
-               **options: Any) -> Tensor:
+    def sample(
+        self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None, **options: Any
+    ) -> Tensor:
         return self.inner.sample(n, self._blind(self.sample_context(n, context)), generator=generator, **options)
 
 
@@ -210,12 +223,12 @@ DISTORTIONS = (*RECORD_DISTORTIONS, *OTHER_DISTORTIONS)
 NEGATIVE_CONTROLS = {
     "records are finite": "one NaN KL",
     "KL equals its known answer": "context_blind, wrong_truth_variance, kl_offset, kl_factor, in_sample_kl, "
-                                  "wrong_domain_truth, rows_dropped pipelines; KL x3, x0.1, +0.05 nats",
+    "wrong_domain_truth, rows_dropped pipelines; KL x3, x0.1, +0.05 nats",
     "KL exponent equals its known answer": "KL +0.05 nats (the exponent flattens)",
     "transfer KL equals its known answer": "source_subsampled, shuffled_source, random_encoder pipelines; KL x3; "
-                                           "transfer and no-transfer swapped",
+    "transfer and no-transfer swapped",
     "embedding floor equals its known answer": "random_encoder, source_subsampled, shuffled_source pipelines; floor "
-                                               "x0.5, floor x3",
+    "x0.5, floor x3",
     "head term equals its known answer": "KL x3, KL x0.1 (records)",
     "KL is a divergence (>= -3 SE)": "in_sample_kl pipeline; one KL at -10 SE",
     "replicates are independent": "shared_eval_draw, repeated_data pipelines; seeds duplicated",
@@ -227,7 +240,7 @@ NEGATIVE_CONTROLS = {
     "no-transfer catches up at large n_t": "a gap that grows with n_t (synthetic records, tests)",
     "KL of oracle flat in d_c": "oracle reads c",
     "Girsanov bound holds over the SDE law's KL": "bound computed for a third of the sampled score error; SDE KL 1.5x "
-                                            "the bound (tests)",
+    "the bound (tests)",
 }
 
 
@@ -258,8 +271,13 @@ def distort_records(records: Sequence[Record], distortion: str) -> list[Record]:
     elif distortion == "transfer and no-transfer swapped":
         key = lambda r: (r["head"], r.get("task", ""), r["seed"], r["n_t"])  # noqa: E731
         nt = {key(r): r["kl"] for r in out if r["variant"] == "no_transfer" and r.get("kl") is not None}
-        tr = {key(r): r["kl"] for r in sorted((r for r in out if r["variant"] == "transfer" and r.get("kl") is not None),
-                                              key=lambda r: r.get("n_s") or 0)}  # the largest n_s last, so it wins
+        tr = {
+            key(r): r["kl"]
+            for r in sorted(
+                (r for r in out if r["variant"] == "transfer" and r.get("kl") is not None),
+                key=lambda r: r.get("n_s") or 0,
+            )
+        }  # the largest n_s last, so it wins
         for r in out:
             if r["variant"] == "transfer" and key(r) in nt:
                 r["kl"] = nt[key(r)]
@@ -305,8 +323,9 @@ def _duplicate_seeds(records: list[Record]) -> None:
 SOURCE_CONTROLS = ("random_encoder", "trainable_encoder", "source_subsampled", "shuffled_source")
 
 
-def control_study(control: str = "", *, source: bool, seeds: Sequence[int] | None = None,
-                  offset: int = 0) -> dict[str, Any]:
+def control_study(
+    control: str = "", *, source: bool, seeds: Sequence[int] | None = None, offset: int = 0
+) -> dict[str, Any]:
     """A small study config (seconds on one core) in which each control's target check can PASS or FAIL.
 
     ``source=True`` (d_c = 8): transfer (a linear encoder and exactly fitted linear-Gaussian heads: the transfer known
@@ -316,16 +335,21 @@ def control_study(control: str = "", *, source: bool, seeds: Sequence[int] | Non
     source (the who-wins gap is noisy at n_t = 30), 4 without.
     """
     seeds = seeds if seeds is not None else range(6 if source else 4)
-    grid = {"n_s": [100, 3200], "n_t": [30, 60], "variants": ["transfer", "no_transfer"]} if source else \
-        {"n_s": [100], "n_t": [25, 50, 100, 200], "variants": ["oracle", "direct"]}
+    grid = (
+        {"n_s": [100, 3200], "n_t": [30, 60], "variants": ["transfer", "no_transfer"]}
+        if source
+        else {"n_s": [100], "n_t": [25, 50, 100, 200], "variants": ["oracle", "direct"]}
+    )
     return {
         "experiment": {"name": f"control {control or 'none'}", "control": check_control(control)},
         "task": {"name": "conditional_gaussian", "d_c": 8 if source else 4},
         "grid": {**grid, "seeds": [s + offset for s in seeds], "heads": ["lin"]},
         "heads": {"lin": {"kind": "linear_gaussian", "encoder": {"hidden": []}}},
         "encoder": {"hidden": [16]},
-        "train": {"source": {"steps": 500, "lr": 1e-2, "eval_every": 50, "patience": 5},
-                  "target": {"steps": 400, "lr": 1e-2, "eval_every": 20, "patience": 5}},
+        "train": {
+            "source": {"steps": 500, "lr": 1e-2, "eval_every": 50, "patience": 5},
+            "target": {"steps": 400, "lr": 1e-2, "eval_every": 20, "patience": 5},
+        },
         "evaluation": {"n_eval": 3000, "floor_n": 2000, "sample_n": 10, "sample_contexts": 2},
         "run": {"workers": 1},
     }

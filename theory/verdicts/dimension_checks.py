@@ -41,8 +41,16 @@ from theory.verdicts.verdict import INSUFFICIENT, INSUFFICIENT_SEEDS, CheckResul
 SLOPE_MARGIN = 0.5
 
 
-def by_dimension(records: Sequence[Record], head: str, variant: str, axis: str, fixed: dict[str, int],
-                 n_t: int | None, key: str = "kl", n_s: int | None = None) -> dict[int, list[float]]:
+def by_dimension(
+    records: Sequence[Record],
+    head: str,
+    variant: str,
+    axis: str,
+    fixed: dict[str, int],
+    n_t: int | None,
+    key: str = "kl",
+    n_s: int | None = None,
+) -> dict[int, list[float]]:
     """{value of ``axis``: one value of ``key`` per (task, seed)}, among tasks matching ``fixed``.
 
     At one ``n_t`` the value is the record's; with ``n_t=None`` it pools every n_t of the seed: the mean of
@@ -89,29 +97,56 @@ def _two_ends(values: dict[int, list[float]]) -> tuple[int, int] | None:
     return min(values), max(values)
 
 
-def check_dimension_effect(records: Sequence[Record], head: str, variant: str, axis: str, fixed: dict[str, int],
-                           n_t: int | None, *, law: str, key: str = "kl", margin: float = 1.5, n_s: int | None = None,
-                           confidence: float = 0.95) -> CheckResult:
+def check_dimension_effect(
+    records: Sequence[Record],
+    head: str,
+    variant: str,
+    axis: str,
+    fixed: dict[str, int],
+    n_t: int | None,
+    *,
+    law: str,
+    key: str = "kl",
+    margin: float = 1.5,
+    n_s: int | None = None,
+    confidence: float = 0.95,
+) -> CheckResult:
     """``law`` = "flat" (equivalence within ``margin``) or "grows" (log ratio > 0) of ``key`` along ``axis``."""
     what = {"kl": "KL", "head_term": "head term KL - floor", "floor": "embedding floor"}[key]
     name = f"{what} of {variant} {'flat in' if law == 'flat' else 'grows with'} {axis}"
     pooled = "" if n_t is not None or key == "floor" else " (pooled: mean of value x n_t over n_t)"
-    scope = f"{head}, " + ", ".join(f"{k}={v}" for k, v in fixed.items()) + \
-        (f", n_t={n_t}" if n_t is not None else ", every n_t") + (f", n_s={n_s}" if n_s is not None else "")
+    scope = (
+        f"{head}, "
+        + ", ".join(f"{k}={v}" for k, v in fixed.items())
+        + (f", n_t={n_t}" if n_t is not None else ", every n_t")
+        + (f", n_s={n_s}" if n_s is not None else "")
+    )
     if law == "flat":
-        hyp = (f"{what} does not depend on {axis}: across the {axis} range it changes by a factor within "
-               f"[1/{margin:g}, {margin:g}]")
-        stat = (f"least-squares slope of log value{pooled} on log {axis} over every (task, seed), t with n - 2 "
-                "degrees of freedom; two one-sided tests on the implied change across the range")
+        hyp = (
+            f"{what} does not depend on {axis}: across the {axis} range it changes by a factor within "
+            f"[1/{margin:g}, {margin:g}]"
+        )
+        stat = (
+            f"least-squares slope of log value{pooled} on log {axis} over every (task, seed), t with n - 2 "
+            "degrees of freedom; two one-sided tests on the implied change across the range"
+        )
     else:
         hyp = f"{what} grows with {axis}"
-        stat = (f"least-squares slope of log value{pooled} on log {axis} over every (task, seed), t with n - 2 "
-                "degrees of freedom; one-sided test of slope > 0")
+        stat = (
+            f"least-squares slope of log value{pooled} on log {axis} over every (task, seed), t with n - 2 "
+            "degrees of freedom; one-sided test of slope > 0"
+        )
     values = by_dimension(records, head, variant, axis, fixed, n_t, key, n_s)
     ends = _two_ends(values)
     if ends is None:
-        return CheckResult(name, scope, INSUFFICIENT, f"needs records at >= 2 values of {axis}, have {sorted(values)}",
-                           hypothesis=hyp, statistic=stat)
+        return CheckResult(
+            name,
+            scope,
+            INSUFFICIENT,
+            f"needs records at >= 2 values of {axis}, have {sorted(values)}",
+            hypothesis=hyp,
+            statistic=stat,
+        )
     lo, hi = ends
     seeds = min(len(v) for v in values.values())
     means = ", ".join(f"{axis}={k}: {fmt(float(np.mean(v)), 3)}" for k, v in values.items())
@@ -119,15 +154,24 @@ def check_dimension_effect(records: Sequence[Record], head: str, variant: str, a
         return CheckResult(name, scope, INSUFFICIENT_SEEDS, means, hypothesis=hyp, statistic=stat)
     slope, se, df = log_slope(values)
     if not math.isfinite(se):
-        return CheckResult(name, scope, INSUFFICIENT, f"{means}; too few positive values", hypothesis=hyp,
-                           statistic=stat)
+        return CheckResult(
+            name, scope, INSUFFICIENT, f"{means}; too few positive values", hypothesis=hyp, statistic=stat
+        )
     span = math.log(hi / lo)  # the claim is about the change across the whole axis: ratio = (hi/lo)^slope
     half = float(sps.t.ppf(0.5 + confidence / 2, df)) * se
-    summary = (f"means {means}; change across {axis} {lo}..{hi}: x{math.exp(slope * span):.3g} "
-               f"[{math.exp((slope - half) * span):.3g}, {math.exp((slope + half) * span):.3g}] ({confidence:.0%}; "
-               f"slope {slope:.3g} +- {se:.2g} on log {axis}, {df + 2} points)")
-    numbers = {"means": {k: float(np.mean(v)) for k, v in values.items()}, "slope": slope, "se": se, "df": df,
-               "ratio": math.exp(slope * span), "margin": margin}
+    summary = (
+        f"means {means}; change across {axis} {lo}..{hi}: x{math.exp(slope * span):.3g} "
+        f"[{math.exp((slope - half) * span):.3g}, {math.exp((slope + half) * span):.3g}] ({confidence:.0%}; "
+        f"slope {slope:.3g} +- {se:.2g} on log {axis}, {df + 2} points)"
+    )
+    numbers = {
+        "means": {k: float(np.mean(v)) for k, v in values.items()},
+        "slope": slope,
+        "se": se,
+        "df": df,
+        "ratio": math.exp(slope * span),
+        "margin": margin,
+    }
     if law == "flat":
         m = math.log(margin) / span
         p_pass = max(t_tail(slope + m, se, df), t_tail(m - slope, se, df))
@@ -151,8 +195,15 @@ def _expected_pooled(r: Record, key: str) -> float | None:
     return None
 
 
-def predicted_slope(records: Sequence[Record], head: str, variant: str, axis: str, fixed: dict[str, int],
-                    key: str = "kl", n_s: int | None = None) -> float | None:
+def predicted_slope(
+    records: Sequence[Record],
+    head: str,
+    variant: str,
+    axis: str,
+    fixed: dict[str, int],
+    key: str = "kl",
+    n_s: int | None = None,
+) -> float | None:
     """The exact log-log slope of the pooled value (mean of E KL x n_t over a task's n_t) against ``axis``, or
     None when some record has no known answer."""
     per_axis: dict[int, list[float]] = {}
@@ -172,8 +223,17 @@ def predicted_slope(records: Sequence[Record], head: str, variant: str, axis: st
     return float(np.polyfit(xs, ys, 1)[0])
 
 
-def check_predicted_slope(records: Sequence[Record], head: str, variant: str, axis: str, fixed: dict[str, int], *,
-                          key: str = "kl", n_s: int | None = None, confidence: float = 0.95) -> CheckResult | None:
+def check_predicted_slope(
+    records: Sequence[Record],
+    head: str,
+    variant: str,
+    axis: str,
+    fixed: dict[str, int],
+    *,
+    key: str = "kl",
+    n_s: int | None = None,
+    confidence: float = 0.95,
+) -> CheckResult | None:
     """The measured log-log slope of the pooled value against ``axis`` equals its exact prediction (two-sided t);
     passes only when powered against a slope off by :data:`SLOPE_MARGIN` of itself. None without a prediction."""
     predicted = predicted_slope(records, head, variant, axis, fixed, key, n_s)
@@ -182,27 +242,44 @@ def check_predicted_slope(records: Sequence[Record], head: str, variant: str, ax
     what = {"kl": "KL", "head_term": "head term KL - floor"}[key]
     name = f"{what} slope in {axis} equals its known answer"
     scope = f"{head}, {variant}, " + ", ".join(f"{k}={v}" for k, v in fixed.items()) + ", every n_t"
-    hyp = (f"{what} x n_t of an exact linear-Gaussian fit is its known answer E KL(n_t) x n_t (p = "
-           f"{'d_c' if variant == 'direct' else 'the embedding dimension'} regressors), so its log-log slope in "
-           f"{axis} is predicted: neither flatter nor steeper")
-    stat = (f"least-squares slope of log(mean of {what} x n_t) on log {axis} over every (task, seed); two-sided t "
-            "test against the exact slope")
+    hyp = (
+        f"{what} x n_t of an exact linear-Gaussian fit is its known answer E KL(n_t) x n_t (p = "
+        f"{'d_c' if variant == 'direct' else 'the embedding dimension'} regressors), so its log-log slope in "
+        f"{axis} is predicted: neither flatter nor steeper"
+    )
+    stat = (
+        f"least-squares slope of log(mean of {what} x n_t) on log {axis} over every (task, seed); two-sided t "
+        "test against the exact slope"
+    )
     values = by_dimension(records, head, variant, axis, fixed, None, key, n_s)
     seeds = min((len(v) for v in values.values()), default=0)
     if seeds < MIN_SEEDS:
-        return CheckResult(name, scope, INSUFFICIENT_SEEDS, f"{seeds} seed(s) per {axis}", hypothesis=hyp,
-                           statistic=stat)
+        return CheckResult(
+            name, scope, INSUFFICIENT_SEEDS, f"{seeds} seed(s) per {axis}", hypothesis=hyp, statistic=stat
+        )
     slope, se, df = log_slope(values)
     if not math.isfinite(se):
         return CheckResult(name, scope, INSUFFICIENT, "too few positive values", hypothesis=hyp, statistic=stat)
     t_crit = float(sps.t.ppf(0.5 + confidence / 2, df))
     shift = SLOPE_MARGIN * abs(predicted) / se if se > 0 else math.inf
     power = float(sps.t.sf(t_crit - shift, df))
-    summary = (f"slope {slope:.3f} +- {se:.2g} against the exact {predicted:.3f} over {axis} {sorted(values)} "
-               f"({df + 2} points); power {power:.2f} against a slope off by {SLOPE_MARGIN:.0%}")
+    summary = (
+        f"slope {slope:.3f} +- {se:.2g} against the exact {predicted:.3f} over {axis} {sorted(values)} "
+        f"({df + 2} points); power {power:.2f} against a slope off by {SLOPE_MARGIN:.0%}"
+    )
     p_fail = min(1.0, 2 * min(t_tail(slope - predicted, se, df), t_tail(predicted - slope, se, df)))
-    return CheckResult(name, scope, INSUFFICIENT, summary, {"slope": slope, "se": se, "predicted": predicted,
-                       "power": power}, hyp, stat, p_pass=None, p_fail=p_fail, powered=power >= 0.8)
+    return CheckResult(
+        name,
+        scope,
+        INSUFFICIENT,
+        summary,
+        {"slope": slope, "se": se, "predicted": predicted, "power": power},
+        hyp,
+        stat,
+        p_pass=None,
+        p_fail=p_fail,
+        powered=power >= 0.8,
+    )
 
 
 def pairs_needed(no_transfer: dict[int, float], target_kl: float) -> float:
@@ -221,8 +298,9 @@ def pairs_needed(no_transfer: dict[int, float], target_kl: float) -> float:
     return float(math.exp((math.log(target_kl) - icpt) / slope)) if slope < 0 else math.nan
 
 
-def sample_efficiency(records: Sequence[Record], head: str, n_s: int, n_t: int,
-                      baseline: str = "no_transfer") -> list[tuple[float, float]]:
+def sample_efficiency(
+    records: Sequence[Record], head: str, n_s: int, n_t: int, baseline: str = "no_transfer"
+) -> list[tuple[float, float]]:
     """(d_c / d_h, pairs ``baseline`` needs / n_t to match transfer at n_t) per (task, seed)."""
     rs = ok_records(records)
     out = []
@@ -239,32 +317,66 @@ def sample_efficiency(records: Sequence[Record], head: str, n_s: int, n_t: int,
     return out
 
 
-def check_efficiency_grows(records: Sequence[Record], head: str, n_s: int, n_t: int, *,
-                           baseline: str = "no_transfer", confidence: float = 0.95) -> CheckResult:
+def check_efficiency_grows(
+    records: Sequence[Record], head: str, n_s: int, n_t: int, *, baseline: str = "no_transfer", confidence: float = 0.95
+) -> CheckResult:
     """The slope of log(sample-efficiency ratio) on log(d_c / d_h) across tasks and seeds is > 0."""
-    name, scope = "sample-efficiency ratio grows with d_c / d_h", f"{head}, {baseline} vs transfer, n_s={n_s}, n_t={n_t}"
-    hyp = (f"the pairs {baseline} needs to match transfer, per target pair transfer used, grow with d_c / d_h "
-           "(learning on c pays for d_c, transfer for d_h)")
-    stat = ("least-squares slope of log ratio on log(d_c / d_h) over (task, seed) points, t test with n - 2 "
-            "degrees of freedom; the ratio interpolates each seed's no-transfer curve (power-law fit outside it)")
+    name, scope = (
+        "sample-efficiency ratio grows with d_c / d_h",
+        f"{head}, {baseline} vs transfer, n_s={n_s}, n_t={n_t}",
+    )
+    hyp = (
+        f"the pairs {baseline} needs to match transfer, per target pair transfer used, grow with d_c / d_h "
+        "(learning on c pays for d_c, transfer for d_h)"
+    )
+    stat = (
+        "least-squares slope of log ratio on log(d_c / d_h) over (task, seed) points, t test with n - 2 "
+        "degrees of freedom; the ratio interpolates each seed's no-transfer curve (power-law fit outside it)"
+    )
     pts = sample_efficiency(records, head, n_s, n_t, baseline)
     xs = sorted({x for x, _ in pts})
     if len(xs) < 2 or len(pts) < 4:
-        return CheckResult(name, scope, INSUFFICIENT, f"needs >= 2 values of d_c / d_h and >= 4 points, have "
-                           f"{len(xs)} and {len(pts)}", hypothesis=hyp, statistic=stat)
+        return CheckResult(
+            name,
+            scope,
+            INSUFFICIENT,
+            f"needs >= 2 values of d_c / d_h and >= 4 points, have {len(xs)} and {len(pts)}",
+            hypothesis=hyp,
+            statistic=stat,
+        )
     slope, se, df = ols_slope(np.log([p[0] for p in pts]), np.log([p[1] for p in pts]))
     by_x = {f"{v:g}": float(np.exp(np.mean([np.log(r) for xx, r in pts if xx == v]))) for v in xs}
-    summary = (f"geometric-mean ratio by d_c/d_h {{{', '.join(f'{k}: {v:.3g}' for k, v in by_x.items())}}}; "
-               f"slope {slope:.3g} +- {fmt(se, 2)} ({len(pts)} points)")
+    summary = (
+        f"geometric-mean ratio by d_c/d_h {{{', '.join(f'{k}: {v:.3g}' for k, v in by_x.items())}}}; "
+        f"slope {slope:.3g} +- {fmt(se, 2)} ({len(pts)} points)"
+    )
     numbers = {"ratios": by_x, "slope": slope, "se": se, "points": len(pts)}
     if len({int(round(p[0])) for p in pts}) < 2:
         return CheckResult(name, scope, INSUFFICIENT, summary, numbers, hyp, stat)
-    return CheckResult(name, scope, INSUFFICIENT, summary, numbers, hyp, stat,
-                       p_pass=t_tail(slope, se, df), p_fail=t_tail(-slope, se, df))
+    return CheckResult(
+        name,
+        scope,
+        INSUFFICIENT,
+        summary,
+        numbers,
+        hyp,
+        stat,
+        p_pass=t_tail(slope, se, df),
+        p_fail=t_tail(-slope, se, df),
+    )
 
 
-def run_dimension_checks(records: Sequence[Record], head: str, *, n_t: int | None, n_s: int, d_h_fixed: int,
-                         d_c_fixed: int, margin: float = 1.5, confidence: float = 0.95) -> list[CheckResult]:
+def run_dimension_checks(
+    records: Sequence[Record],
+    head: str,
+    *,
+    n_t: int | None,
+    n_s: int,
+    d_h_fixed: int,
+    d_c_fixed: int,
+    margin: float = 1.5,
+    confidence: float = 0.95,
+) -> list[CheckResult]:
     """Every dimension law the records allow for ``head`` (see the module docstring).
 
     ``n_t=None`` pools every n_t of a seed (KL x n_t averaged: more precise for k/2n laws); the
@@ -278,10 +390,14 @@ def run_dimension_checks(records: Sequence[Record], head: str, *, n_t: int | Non
     if "oracle" in variants:
         out.append(check_dimension_effect(rs, head, "oracle", "d_c", along_dc, n_t, law="flat", **kw))
     if "transfer" in variants:
-        out.append(check_dimension_effect(rs, head, "transfer", "d_c", along_dc, n_t, law="flat", key="head_term",
-                                          n_s=n_s, **kw))
-        out.append(check_dimension_effect(rs, head, "transfer", "d_c", along_dc, n_t, law="grows", key="floor",
-                                          n_s=n_s, **kw))
+        out.append(
+            check_dimension_effect(
+                rs, head, "transfer", "d_c", along_dc, n_t, law="flat", key="head_term", n_s=n_s, **kw
+            )
+        )
+        out.append(
+            check_dimension_effect(rs, head, "transfer", "d_c", along_dc, n_t, law="grows", key="floor", n_s=n_s, **kw)
+        )
         out.append(check_dimension_effect(rs, head, "transfer", "d_h", along_dh, n_t, law="grows", n_s=n_s, **kw))
     for variant in ("no_transfer", "direct"):
         if variant in variants:
@@ -292,8 +408,11 @@ def run_dimension_checks(records: Sequence[Record], head: str, *, n_t: int | Non
     if "oracle" in variants:  # the head on the true embedding: p = d_h regressors
         exact.append(check_predicted_slope(rs, head, "oracle", "d_h", along_dh, confidence=confidence))
     if "transfer" in variants:  # on a linear encoder (reduced-rank regression) only: d_h <= d_x
-        exact.append(check_predicted_slope(rs, head, "transfer", "d_h", along_dh, key="head_term", n_s=n_s,
-                                           confidence=confidence))
+        exact.append(
+            check_predicted_slope(
+                rs, head, "transfer", "d_h", along_dh, key="head_term", n_s=n_s, confidence=confidence
+            )
+        )
     out += [c for c in exact if c is not None]
     baseline = "direct" if "direct" in variants else "no_transfer"
     if {"transfer", baseline} <= variants:

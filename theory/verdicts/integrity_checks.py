@@ -19,8 +19,13 @@ from collections.abc import Sequence
 
 from theory.verdicts.verdict import INSUFFICIENT_SEEDS, INTEGRITY, CheckResult, Record, ok_records
 
-__all__ = ["DIVERGENCE_FIELDS", "DIVERGENCE_SES", "check_kl_is_divergence", "check_replicates_independent",
-           "fixed_instance"]
+__all__ = [
+    "DIVERGENCE_FIELDS",
+    "DIVERGENCE_SES",
+    "check_kl_is_divergence",
+    "check_replicates_independent",
+    "fixed_instance",
+]
 
 #: Record fields that estimate a KL divergence, with the field of each one's Monte Carlo SE. The head term
 #: (a difference of two KLs) is not one: "floor is a floor" checks its sign.
@@ -56,9 +61,20 @@ def check_kl_is_divergence(records: Sequence[Record]) -> CheckResult:
             if worst is None or z < worst[0]:
                 worst = (z, f"{key} = {value:.4g} ± {se:.2g} ({_where(r)})")
     summary = f"{bad} KL field(s) below -{DIVERGENCE_SES:g} SE in {len(rs)} records" + (
-        f"; lowest: {worst[1]}, {worst[0]:.1f} SE" if worst else "")
-    return CheckResult(name, scope, "", summary, {"below": bad}, hyp, stat, p_pass=0.0 if not bad else 1.0,
-                       p_fail=0.0 if bad else 1.0, tier=INTEGRITY)
+        f"; lowest: {worst[1]}, {worst[0]:.1f} SE" if worst else ""
+    )
+    return CheckResult(
+        name,
+        scope,
+        "",
+        summary,
+        {"below": bad},
+        hyp,
+        stat,
+        p_pass=0.0 if not bad else 1.0,
+        p_fail=0.0 if bad else 1.0,
+        tier=INTEGRITY,
+    )
 
 
 def fixed_instance(records: Sequence[Record]) -> bool:
@@ -76,8 +92,11 @@ def _repeated_task_seeds(records: Sequence[Record]) -> list[str]:
     for r in ok_records(records):
         if r.get("task_seed") is not None:
             by_label[r.get("task", "")][int(r["seed"])] = r["task_seed"]
-    return [f"{label or 'task'}: seeds {sorted(m)} -> task seeds {[m[s] for s in sorted(m)]}"
-            for label, m in by_label.items() if 1 < len(set(m.values())) < len(m)]
+    return [
+        f"{label or 'task'}: seeds {sorted(m)} -> task seeds {[m[s] for s in sorted(m)]}"
+        for label, m in by_label.items()
+        if 1 < len(set(m.values())) < len(m)
+    ]
 
 
 def _shared_values(records: Sequence[Record]) -> list[str]:
@@ -102,17 +121,42 @@ def _shared_values(records: Sequence[Record]) -> list[str]:
 def check_replicates_independent(records: Sequence[Record]) -> CheckResult:
     """Seeds are independent replicates: own task instances, no shared values, samples or evaluation draws."""
     name, scope = "replicates are independent", "all"
-    hyp = ("every seed is an independent replicate of the whole experiment (its own task instance, data and "
-           "evaluation sample), as the t intervals over seeds assume")
-    stat = ("task seeds per grid seed; records, training-sample and evaluation-sample digests compared across seeds "
-            "at equal coordinates")
+    hyp = (
+        "every seed is an independent replicate of the whole experiment (its own task instance, data and "
+        "evaluation sample), as the t intervals over seeds assume"
+    )
+    stat = (
+        "task seeds per grid seed; records, training-sample and evaluation-sample digests compared across seeds "
+        "at equal coordinates"
+    )
     seeds = sorted({int(r["seed"]) for r in ok_records(records)})
     if fixed_instance(records):
-        return CheckResult(name, scope, INSUFFICIENT_SEEDS, f"{len(seeds)} seeds share one task instance "
-                           "(task.instance = 'fixed'): one replicate of the task, so every verdict that needs "
-                           "replicates is withheld", hypothesis=hyp, statistic=stat, tier=INTEGRITY)
+        return CheckResult(
+            name,
+            scope,
+            INSUFFICIENT_SEEDS,
+            f"{len(seeds)} seeds share one task instance "
+            "(task.instance = 'fixed'): one replicate of the task, so every verdict that needs "
+            "replicates is withheld",
+            hypothesis=hyp,
+            statistic=stat,
+            tier=INTEGRITY,
+        )
     problems = _repeated_task_seeds(records) + _shared_values(records)
-    summary = (f"{len(problems)} shared value(s) across {len(seeds)} seeds: " + "; ".join(problems[:3])) if problems \
+    summary = (
+        (f"{len(problems)} shared value(s) across {len(seeds)} seeds: " + "; ".join(problems[:3]))
+        if problems
         else f"{len(seeds)} seeds, each its own task instance, records and samples"
-    return CheckResult(name, scope, "", summary, {"problems": len(problems), "seeds": len(seeds)}, hyp, stat,
-                       p_pass=0.0 if not problems else 1.0, p_fail=0.0 if problems else 1.0, tier=INTEGRITY)
+    )
+    return CheckResult(
+        name,
+        scope,
+        "",
+        summary,
+        {"problems": len(problems), "seeds": len(seeds)},
+        hyp,
+        stat,
+        p_pass=0.0 if not problems else 1.0,
+        p_fail=0.0 if problems else 1.0,
+        tier=INTEGRITY,
+    )

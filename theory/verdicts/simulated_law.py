@@ -30,8 +30,14 @@ __all__ = ["Band", "per_seed_slopes", "statistic_law"]
 POWER = 0.8
 
 
-def statistic_law(per_seed: Sequence[np.ndarray], statistic: Callable[[np.ndarray], np.ndarray], *,
-                  mc_sd: np.ndarray | None = None, draws: int = 20000, seed: int = 1) -> np.ndarray:
+def statistic_law(
+    per_seed: Sequence[np.ndarray],
+    statistic: Callable[[np.ndarray], np.ndarray],
+    *,
+    mc_sd: np.ndarray | None = None,
+    draws: int = 20000,
+    seed: int = 1,
+) -> np.ndarray:
     """Draws (draws,) of ``statistic`` under the simulated law.
 
     Args:

@@ -140,8 +140,14 @@ def holm_levels(p_values: Sequence[float], alpha: float) -> list[float]:
 
 
 def slope_interval_coverage(
-    seeds: int, levels: Sequence[float], *, exponent: float = 0.5, confidence: float = 0.95, reps: int = 4000,
-    shape: float = 4.5, seed: int = 0,
+    seeds: int,
+    levels: Sequence[float],
+    *,
+    exponent: float = 0.5,
+    confidence: float = 0.95,
+    reps: int = 4000,
+    shape: float = 4.5,
+    seed: int = 0,
 ) -> float:
     """Coverage, by simulation, of the t interval on per-seed exponents that the exponent checks use.
 

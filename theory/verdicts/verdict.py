@@ -45,9 +45,27 @@ Record = dict[str, Any]
 #: Record fields that carry a KL in nats (what a distortion of the records scales).
 KL_FIELDS = ("kl", "floor", "floor_paired", "head_term")
 
-__all__ = ["DIAGNOSTIC", "FAIL", "INSUFFICIENT", "INSUFFICIENT_SEEDS", "INTEGRITY", "KL_FIELDS", "MIN_SEEDS",
-           "NOT_TESTED", "PASS", "PRIMARY", "PRIMARY_SHARE", "SECONDARY", "CheckResult", "Record", "decide", "fmt",
-           "level_values", "ok_records", "series"]
+__all__ = [
+    "DIAGNOSTIC",
+    "FAIL",
+    "INSUFFICIENT",
+    "INSUFFICIENT_SEEDS",
+    "INTEGRITY",
+    "KL_FIELDS",
+    "MIN_SEEDS",
+    "NOT_TESTED",
+    "PASS",
+    "PRIMARY",
+    "PRIMARY_SHARE",
+    "SECONDARY",
+    "CheckResult",
+    "Record",
+    "decide",
+    "fmt",
+    "level_values",
+    "ok_records",
+    "series",
+]
 
 
 @dataclass
@@ -111,8 +129,11 @@ def _decide_by_band(r: CheckResult, level: float) -> None:
     power = r.band.power(level)
     r.powered = bool(power) and min(power.values()) >= POWER
     r.numbers.update(band=[lo, hi], power=power)
-    r.summary = r.summary.replace("{band}", f"band ({lo:.3g}, {hi:.3g}] at level {level:.2g}; power "
-                                  + " / ".join(f"{v:.2f} vs {k}" for k, v in power.items()))
+    r.summary = r.summary.replace(
+        "{band}",
+        f"band ({lo:.3g}, {hi:.3g}] at level {level:.2g}; power "
+        + " / ".join(f"{v:.2f} vs {k}" for k, v in power.items()),
+    )
     r.verdict = FAIL if r.band.outside(level) else PASS if r.powered else INSUFFICIENT
 
 
@@ -128,8 +149,9 @@ def _not_tested(family: list[CheckResult], because: list[CheckResult]) -> None:
         r.summary = r.summary.replace("{band}", "band not drawn") + f" (not tested: {names} FAILed)"
 
 
-def decide(results: Sequence[CheckResult], alpha: float = 0.05,
-           primary_share: float = PRIMARY_SHARE) -> list[CheckResult]:
+def decide(
+    results: Sequence[CheckResult], alpha: float = 0.05, primary_share: float = PRIMARY_SHARE
+) -> list[CheckResult]:
     """Verdicts of a report's checks: integrity rules, then the primary and secondary tiers with Holm's
     procedure at ``primary_share * alpha`` and the rest, each tier tested only where the tiers above hold
     (in place; returned). See the module docstring for the guarantee."""
@@ -153,8 +175,9 @@ def ok_records(records: Sequence[Record]) -> list[Record]:
     return [r for r in records if r.get("status", "ok") == "ok" and r.get("kl") is not None]
 
 
-def series(records: Sequence[Record], head: str, variant: str, n_s: int | None = None,
-           key: str = "kl", task: str | None = None) -> dict[int, dict[int, Record]]:
+def series(
+    records: Sequence[Record], head: str, variant: str, n_s: int | None = None, key: str = "kl", task: str | None = None
+) -> dict[int, dict[int, Record]]:
     """{n_t: {seed: record}} for one head and variant (and task label); ``n_s`` filters source variants."""
     out: dict[int, dict[int, Record]] = {}
     for r in ok_records(records):

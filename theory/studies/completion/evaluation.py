@@ -51,8 +51,17 @@ def fit_classifier(task: CompletionTask) -> FidelityClassifier:
     return FidelityClassifier().fit(task.classifier.levels.double() / (LEVELS - 1), task.classifier.labels)
 
 
-def evaluate(model: CompletionModel, task: CompletionTask, clf: FidelityClassifier, *, seed: int,
-             nll_rows: int | None, gen_rows: int, grid_rows: Tensor, grid_draws: int) -> dict[str, Any]:
+def evaluate(
+    model: CompletionModel,
+    task: CompletionTask,
+    clf: FidelityClassifier,
+    *,
+    seed: int,
+    nll_rows: int | None,
+    gen_rows: int,
+    grid_rows: Tensor,
+    grid_draws: int,
+) -> dict[str, Any]:
     """Every metric of one model (module docstring); the record's fields, JSON-able."""
     start = time.perf_counter()
     model.eval()
@@ -61,8 +70,9 @@ def evaluate(model: CompletionModel, task: CompletionTask, clf: FidelityClassifi
     c = condition(test.top)
     y = dequantize(test.bottom, torch.Generator().manual_seed(10_000 + task.seed))
     with torch.no_grad():
-        log_p = torch.cat([model.log_prob(to_logit(y[i:min(i + 150, n)]), c[i:min(i + 150, n)])
-                           for i in range(0, n, 150)]).double()
+        log_p = torch.cat(
+            [model.log_prob(to_logit(y[i : min(i + 150, n)]), c[i : min(i + 150, n)]) for i in range(0, n, 150)]
+        ).double()
     log_p = log_p + log_abs_det(y[:n].double())
     nll_seconds = time.perf_counter() - start
     m = min(gen_rows, len(test))
@@ -74,14 +84,20 @@ def evaluate(model: CompletionModel, task: CompletionTask, clf: FidelityClassifi
     bottoms = quantize(drawn)
     whole = torch.cat([test.top[:m], bottoms], 1).double() / (LEVELS - 1)
     mse = float(((bottoms.double() - test.bottom[:m].double()) / (LEVELS - 1)).square().mean())
-    return {**nll_summary(log_p, HALF), "nll_per_image": (-log_p).tolist(), "nll_seconds": nll_seconds,
-            "fidelity": clf.accuracy(whole, test.labels[:m]), "completion_mse": mse, "n_generated": m,
-            "nonfinite_samples": int((~torch.isfinite(drawn)).sum()),
-            "grid_bottoms": quantize(grid).tolist(), "eval_seconds": time.perf_counter() - start}
+    return {
+        **nll_summary(log_p, HALF),
+        "nll_per_image": (-log_p).tolist(),
+        "nll_seconds": nll_seconds,
+        "fidelity": clf.accuracy(whole, test.labels[:m]),
+        "completion_mse": mse,
+        "n_generated": m,
+        "nonfinite_samples": int((~torch.isfinite(drawn)).sum()),
+        "grid_bottoms": quantize(grid).tolist(),
+        "eval_seconds": time.perf_counter() - start,
+    }
 
 
 def real_fidelity(task: CompletionTask, clf: FidelityClassifier, gen_rows: int) -> float:
     """The classifier's accuracy on the first ``gen_rows`` real test images: the ceiling of completion fidelity."""
     m = min(gen_rows, len(task.test))
     return clf.accuracy(task.test.levels[:m].double() / (LEVELS - 1), task.test.labels[:m])
-

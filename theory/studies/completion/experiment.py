@@ -45,10 +45,14 @@ DEFAULT_HEAD_OPTIONS: dict[str, dict[str, Any]] = {
     "diffusion": {"width": 128, "blocks": 2, "divergence": "exact", "rtol": 1e-4, "atol": 1e-4, "sampler": "ode"},
 }
 DEFAULT_TRAIN: dict[str, dict[str, dict[str, Any]]] = {
-    "flow": {"source": {"steps": 3000, "batch_size": 128, "lr": 1e-3, "eval_every": 100, "patience": 10},
-             "target": {"steps": 1500, "batch_size": 64, "lr": 1e-3, "eval_every": 20, "patience": 20}},
-    "diffusion": {"source": {"steps": 4000, "batch_size": 128, "lr": 1e-3, "eval_every": 200, "patience": 10},
-                  "target": {"steps": 1500, "batch_size": 64, "lr": 1e-3, "eval_every": 50, "patience": 10}},
+    "flow": {
+        "source": {"steps": 3000, "batch_size": 128, "lr": 1e-3, "eval_every": 100, "patience": 10},
+        "target": {"steps": 1500, "batch_size": 64, "lr": 1e-3, "eval_every": 20, "patience": 20},
+    },
+    "diffusion": {
+        "source": {"steps": 4000, "batch_size": 128, "lr": 1e-3, "eval_every": 200, "patience": 10},
+        "target": {"steps": 1500, "batch_size": 64, "lr": 1e-3, "eval_every": 50, "patience": 10},
+    },
 }
 
 
@@ -117,14 +121,28 @@ class CompletionExperiment:
     @classmethod
     def tiny(cls, heads: Sequence[str] = ("flow",)) -> CompletionExperiment:
         """A seconds-long end-to-end run (tests): one k, one seed, few steps, small heads."""
-        fast = {"source": {"steps": 30, "batch_size": 64, "eval_every": 10},
-                "target": {"steps": 10, "batch_size": 32, "eval_every": 5}}
-        return cls(per_class=(2,), seeds=(0,), heads=tuple(heads), test_per_class=3, pool_per_class=2, embed_dim=2,
-                   encoder_hidden=(16,), head_options={"flow": {"transform": "maf", "transforms": 1, "hidden": [16]},
-                                                       "diffusion": {"width": 16, "blocks": 1, "rtol": 1e-2,
-                                                                     "atol": 1e-2, "divergence": "hutchinson"}},
-                   train={h: copy.deepcopy(fast) for h in HEADS}, gen_rows=10, nll_rows={"diffusion": 4},
-                   target_val_fraction={"diffusion": 0.0}, grid_draws=1)
+        fast = {
+            "source": {"steps": 30, "batch_size": 64, "eval_every": 10},
+            "target": {"steps": 10, "batch_size": 32, "eval_every": 5},
+        }
+        return cls(
+            per_class=(2,),
+            seeds=(0,),
+            heads=tuple(heads),
+            test_per_class=3,
+            pool_per_class=2,
+            embed_dim=2,
+            encoder_hidden=(16,),
+            head_options={
+                "flow": {"transform": "maf", "transforms": 1, "hidden": [16]},
+                "diffusion": {"width": 16, "blocks": 1, "rtol": 1e-2, "atol": 1e-2, "divergence": "hutchinson"},
+            },
+            train={h: copy.deepcopy(fast) for h in HEADS},
+            gen_rows=10,
+            nll_rows={"diffusion": 4},
+            target_val_fraction={"diffusion": 0.0},
+            grid_draws=1,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON-able data (lists for the sequences): config.json and the study fingerprint."""
@@ -151,9 +169,12 @@ def transfer_config(exp: CompletionExperiment, kind: str, seed: int) -> Transfer
     """The encoder shape and both training phases of head kind ``kind``, seeded by ``seed``."""
     phases = exp.train.get(kind, DEFAULT_TRAIN[kind])
     return TransferConfig(
-        embed_dim=exp.embed_dim, encoder_hidden=tuple(exp.encoder_hidden), val_fraction=exp.val_fraction,
+        embed_dim=exp.embed_dim,
+        encoder_hidden=tuple(exp.encoder_hidden),
+        val_fraction=exp.val_fraction,
         source_train=TrainConfig(**{**phases.get("source", {}), "seed": seed, "description": f"{kind} source"}),
-        target_train=TrainConfig(**{**phases.get("target", {}), "seed": seed, "description": f"{kind} target"}))
+        target_train=TrainConfig(**{**phases.get("target", {}), "seed": seed, "description": f"{kind} target"}),
+    )
 
 
 @dataclass(frozen=True)
@@ -192,9 +213,14 @@ def plan(exp: CompletionExperiment) -> list[CompletionGroup]:
     return groups
 
 
-def run_completion_experiment(exp: CompletionExperiment | None = None, out_dir: str | Path | None = None, *,
-                              log: Log | None = None, workers: int = 1,
-                              executor: Executor | None = None) -> dict[str, Any]:
+def run_completion_experiment(
+    exp: CompletionExperiment | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    log: Log | None = None,
+    workers: int = 1,
+    executor: Executor | None = None,
+) -> dict[str, Any]:
     """Run the grid through the study engine; with ``out_dir``, one record per cell (a rerun runs the missing ones).
 
     Returns: dict with records (reference cells apart), references (per seed), seconds.
@@ -204,8 +230,14 @@ def run_completion_experiment(exp: CompletionExperiment | None = None, out_dir: 
     start = time.perf_counter()
     groups = plan(exp)
     if out is not None:
-        groups = [g for g in (CompletionGroup(g.seed, g.head, tuple(c for c in g.cells if read_json(out / c.path)
-                                                                    is None)) for g in groups) if g.cells]
+        groups = [
+            g
+            for g in (
+                CompletionGroup(g.seed, g.head, tuple(c for c in g.cells if read_json(out / c.path) is None))
+                for g in groups
+            )
+            if g.cells
+        ]
     ran = run_groups(run_completion_group, exp.to_dict(), out, groups, workers=workers, log=log, executor=executor)
     records = load_records(exp, out) if out is not None else ran
     return {**split_references(records), "seconds": time.perf_counter() - start}
@@ -213,8 +245,10 @@ def run_completion_experiment(exp: CompletionExperiment | None = None, out_dir: 
 
 def split_references(ran: list[dict[str, Any]]) -> dict[str, Any]:
     """{"records": the model cells, "references": real-image fidelity per seed}."""
-    return {"records": [r for r in ran if r["variant"] != "reference"],
-            "references": {int(r["seed"]): r["real_fidelity"] for r in ran if r["variant"] == "reference"}}
+    return {
+        "records": [r for r in ran if r["variant"] != "reference"],
+        "references": {int(r["seed"]): r["real_fidelity"] for r in ran if r["variant"] == "reference"},
+    }
 
 
 def load_records(exp: CompletionExperiment, out: Path) -> list[dict[str, Any]]:
@@ -226,13 +260,15 @@ def load_records(exp: CompletionExperiment, out: Path) -> list[dict[str, Any]]:
             try:
                 ran.append(json.loads(path.read_text()))
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise DataError(f"{path} is not a readable completion record ({err}): run the same command "
-                                "again to recompute it") from err
+                raise DataError(
+                    f"{path} is not a readable completion record ({err}): run the same command again to recompute it"
+                ) from err
     return ran
 
 
-def run_completion_group(spec: dict[str, Any], out: Path | None, group: CompletionGroup, log: Log | None,
-                         on_cell: Callable[[], None]) -> list[dict[str, Any]]:
+def run_completion_group(
+    spec: dict[str, Any], out: Path | None, group: CompletionGroup, log: Log | None, on_cell: Callable[[], None]
+) -> list[dict[str, Any]]:
     """The engine's runner of this study: the seed's data and classifier, the head's source model, its cells."""
     exp, seed, kind, say = CompletionExperiment(**spec), group.seed, group.head, log or (lambda _m: None)
     task = CompletionTask(exp.style, exp.test_per_class, exp.pool_per_class, seed)
@@ -245,16 +281,29 @@ def run_completion_group(spec: dict[str, Any], out: Path | None, group: Completi
     grid = test_rows(task, exp.grid_per_class)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    source_model = fit_source(new_encoder(HALF, cfg), factory(cfg.embed_dim), source, cfg.source_train,
-                              val_fraction=cfg.val_fraction, augment=redequantize)
+    source_model = fit_source(
+        new_encoder(HALF, cfg),
+        factory(cfg.embed_dim),
+        source,
+        cfg.source_train,
+        val_fraction=cfg.val_fraction,
+        augment=redequantize,
+    )
     source_model.encoder.freeze()
     src_seconds = time.perf_counter() - t0
-    say(f"seed {seed} {kind}: source fitted in {src_seconds:.0f}s ({source_model.history.steps_done} steps, "
-        f"best at {source_model.history.best_step})")
+    say(
+        f"seed {seed} {kind}: source fitted in {src_seconds:.0f}s ({source_model.history.steps_done} steps, "
+        f"best at {source_model.history.best_step})"
+    )
 
     def one(cell: CompletionCell) -> dict[str, Any]:
-        rec: dict[str, Any] = {"seed": seed, "head": kind, "per_class": cell.k, "n_t": 10 * cell.k,
-                               "variant": cell.variant}
+        rec: dict[str, Any] = {
+            "seed": seed,
+            "head": kind,
+            "per_class": cell.k,
+            "n_t": 10 * cell.k,
+            "variant": cell.variant,
+        }
         if cell.variant == "reference":
             rec.update(real_fidelity=real_fidelity(task, clf, exp.gen_rows))
         else:
@@ -263,15 +312,35 @@ def run_completion_group(spec: dict[str, Any], out: Path | None, group: Completi
             else:
                 t1 = time.perf_counter()
                 torch.manual_seed(1_000_003 * seed + 101 * cell.k + VARIANTS.index(cell.variant))
-                fitted = fit_variants(factory, source, pool.head(10 * cell.k), target_cfg, [cell.variant],
-                                      source_model=source_model, augment=redequantize)[cell.variant]
+                fitted = fit_variants(
+                    factory,
+                    source,
+                    pool.head(10 * cell.k),
+                    target_cfg,
+                    [cell.variant],
+                    source_model=source_model,
+                    augment=redequantize,
+                )[cell.variant]
                 model, fit_seconds, steps = fitted.model, time.perf_counter() - t1, fitted.model.history.steps_done
-            rec.update(fit_seconds=fit_seconds, steps=steps,
-                       **evaluate(model, task, clf, seed=7919 * seed + 13 * cell.k, nll_rows=exp.nll_rows.get(kind),
-                                  gen_rows=exp.gen_rows, grid_rows=grid, grid_draws=exp.grid_draws))
-            say(f"seed {seed} {kind:9s} k={cell.k:2d} {cell.variant:11s} NLL {rec['nll']:8.2f} nats "
+            rec.update(
+                fit_seconds=fit_seconds,
+                steps=steps,
+                **evaluate(
+                    model,
+                    task,
+                    clf,
+                    seed=7919 * seed + 13 * cell.k,
+                    nll_rows=exp.nll_rows.get(kind),
+                    gen_rows=exp.gen_rows,
+                    grid_rows=grid,
+                    grid_draws=exp.grid_draws,
+                ),
+            )
+            say(
+                f"seed {seed} {kind:9s} k={cell.k:2d} {cell.variant:11s} NLL {rec['nll']:8.2f} nats "
                 f"({rec['bpd']:.3f} bpd) fid {rec['fidelity']:.2f} mse {rec['completion_mse']:.4f} "
-                f"[fit {fit_seconds:.0f}s, {steps} steps; eval {rec['eval_seconds']:.0f}s]")
+                f"[fit {fit_seconds:.0f}s, {steps} steps; eval {rec['eval_seconds']:.0f}s]"
+            )
         if out is not None:
             atomic_write_text(out / cell.path, json.dumps(rec, indent=1))
         return rec

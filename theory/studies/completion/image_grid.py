@@ -27,12 +27,13 @@ def _row(images: Tensor) -> np.ndarray:
     cell = SIDE + 1
     out = np.full((SIDE + 1, images.shape[0] * cell + 1), np.nan)
     for i, img in enumerate(images):
-        out[:SIDE, 1 + i * cell: 1 + i * cell + SIDE] = img.reshape(SIDE, SIDE).double().numpy()
+        out[:SIDE, 1 + i * cell : 1 + i * cell + SIDE] = img.reshape(SIDE, SIDE).double().numpy()
     return out
 
 
-def save_completion_grid(real: Tensor, completions: Mapping[str, Sequence[Tensor]], path: str | os.PathLike[str],
-                         title: str | None = None) -> Path:
+def save_completion_grid(
+    real: Tensor, completions: Mapping[str, Sequence[Tensor]], path: str | os.PathLike[str], title: str | None = None
+) -> Path:
     """Write the PNG; ``real`` (n, 64) levels; ``completions``: band name -> list of generated bottoms (n, 32).
 
     Returns the path written.
@@ -50,12 +51,18 @@ def save_completion_grid(real: Tensor, completions: Mapping[str, Sequence[Tensor
     for name, draws in completions.items():
         for b in draws:
             if tuple(b.shape) != (real.shape[0], HALF):
-                raise ShapeError(f"completions[{name!r}] must hold ({real.shape[0]}, {HALF}) bottoms, "
-                                 f"got {tuple(b.shape)}")
+                raise ShapeError(
+                    f"completions[{name!r}] must hold ({real.shape[0]}, {HALF}) bottoms, got {tuple(b.shape)}"
+                )
         bands.append((name, [torch.cat([real[:, :HALF], b.to(real.dtype)], 1) for b in draws]))
     rows = sum(len(d) for _, d in bands)
-    fig, axes = plt.subplots(len(bands), 1, figsize=(0.42 * real.shape[0] + 1.6, 0.5 * rows + 0.8),
-                             squeeze=False, gridspec_kw={"height_ratios": [len(d) for _, d in bands]})
+    fig, axes = plt.subplots(
+        len(bands),
+        1,
+        figsize=(0.42 * real.shape[0] + 1.6, 0.5 * rows + 0.8),
+        squeeze=False,
+        gridspec_kw={"height_ratios": [len(d) for _, d in bands]},
+    )
     cmap = matplotlib.colormaps["gray_r"].with_extremes(bad="#8fa8c8")
     for ax, (name, draws) in zip(axes[:, 0], bands):
         mosaic = np.vstack([_row(d) for d in draws])

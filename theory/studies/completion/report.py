@@ -31,8 +31,14 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault((r["head"], int(r["per_class"]), r["variant"]), []).append(r)
     rows = []
     for (head, k, variant), rs in groups.items():
-        row: dict[str, Any] = {"head": head, "per_class": k, "variant": variant, "seeds": len(rs), "n": rs[0]["n"],
-                               "fit_seconds": sum(r["fit_seconds"] for r in rs) / len(rs)}
+        row: dict[str, Any] = {
+            "head": head,
+            "per_class": k,
+            "variant": variant,
+            "seeds": len(rs),
+            "n": rs[0]["n"],
+            "fit_seconds": sum(r["fit_seconds"] for r in rs) / len(rs),
+        }
         for key in ("nll", "bpd", "fidelity", "completion_mse"):
             row[key], row[f"{key}_se"] = mean_se([r[key] for r in rs], [r.get(f"{key}_se", math.nan) for r in rs])
         rows.append(row)
@@ -47,8 +53,11 @@ def comparisons(records: Sequence[dict[str, Any]], a: str = "transfer") -> list[
     for head, k in sorted({(h, kk) for (_, h, kk, v) in index if v == a}):
         seeds = sorted(s for (s, h, kk, v) in index if (h, kk, v) == (head, k, a))
         for b in ORDER:
-            both = [s for s in seeds if (s, head, k, b) in index] if b != "source_only" else \
-                [s for s in seeds if (s, head, 0, b) in index]
+            both = (
+                [s for s in seeds if (s, head, k, b) in index]
+                if b != "source_only"
+                else [s for s in seeds if (s, head, 0, b) in index]
+            )
             if b == a or not both:
                 continue
             rb = [index[(s, head, k if b != "source_only" else 0, b)] for s in both]
@@ -60,32 +69,54 @@ def comparisons(records: Sequence[dict[str, Any]], a: str = "transfer") -> list[
                 diff_se = mean_se(per_image)[1]
             (_, se_a), (_, se_b) = mean_se([r["nll"] for r in ra]), mean_se([r["nll"] for r in rb])
             combined = math.sqrt(se_a**2 + se_b**2) if len(both) >= 2 else math.nan
-            out.append({"head": head, "per_class": k, "a": a, "b": b, "seeds": len(both), "nll_diff": diff,
-                        "paired_se": diff_se, "combined_se": combined,
-                        "wins": len(both) >= MIN_SEEDS and diff < -MARGIN_SE * combined})
+            out.append(
+                {
+                    "head": head,
+                    "per_class": k,
+                    "a": a,
+                    "b": b,
+                    "seeds": len(both),
+                    "nll_diff": diff,
+                    "paired_se": diff_se,
+                    "combined_se": combined,
+                    "wins": len(both) >= MIN_SEEDS and diff < -MARGIN_SE * combined,
+                }
+            )
     return out
 
 
 def format_table(records: Sequence[dict[str, Any]], references: Mapping[int, float] | None = None) -> str:
     """Markdown: the main table (with the real images' fidelity) and the comparisons of transfer."""
-    lines = ["| head | k / class | n_t | variant | seeds | test NLL (nats) | bits/dim | completion fidelity | "
-             "completion MSE | fit s |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| head | k / class | n_t | variant | seeds | test NLL (nats) | bits/dim | completion fidelity | "
+        "completion MSE | fit s |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in summarize(records):
         k = "-" if r["variant"] == "source_only" else str(r["per_class"])
-        lines.append(f"| {r['head']} | {k} | {10 * r['per_class']} | {r['variant']} | {r['seeds']} | "
-                     f"{plus_minus(r['nll'], r['nll_se'], 2)} | {plus_minus(r['bpd'], r['bpd_se'], 3)} | "
-                     f"{plus_minus(r['fidelity'], r['fidelity_se'], 3)} | "
-                     f"{plus_minus(r['completion_mse'], r['completion_mse_se'], 4)} | {r['fit_seconds']:.0f} |")
+        lines.append(
+            f"| {r['head']} | {k} | {10 * r['per_class']} | {r['variant']} | {r['seeds']} | "
+            f"{plus_minus(r['nll'], r['nll_se'], 2)} | {plus_minus(r['bpd'], r['bpd_se'], 3)} | "
+            f"{plus_minus(r['fidelity'], r['fidelity_se'], 3)} | "
+            f"{plus_minus(r['completion_mse'], r['completion_mse_se'], 4)} | {r['fit_seconds']:.0f} |"
+        )
     if references:
-        lines.append(f"| real target images | - | - | reference | {len(references)} | - | - | "
-                     f"{sum(references.values()) / len(references):.3f} | 0 | - |")
+        lines.append(
+            f"| real target images | - | - | reference | {len(references)} | - | - | "
+            f"{sum(references.values()) / len(references):.3f} | 0 | - |"
+        )
     comps = comparisons(records)
     if comps:
-        lines += ["", f"| head | k / class | transfer − baseline | seeds | NLL difference (nats) ± paired SE | "
-                  f"combined SE | transfer better by > {MARGIN_SE:g} combined SE |",
-                  "|---|---:|---|---:|---:|---:|---|"]
+        lines += [
+            "",
+            f"| head | k / class | transfer − baseline | seeds | NLL difference (nats) ± paired SE | "
+            f"combined SE | transfer better by > {MARGIN_SE:g} combined SE |",
+            "|---|---:|---|---:|---:|---:|---|",
+        ]
         for c in comps:
-            lines.append(f"| {c['head']} | {c['per_class']} | transfer − {c['b']} | {c['seeds']} | "
-                         f"{plus_minus(c['nll_diff'], c['paired_se'], 2)} | {c['combined_se']:.2f} | "
-                         f"{'yes' if c['wins'] else 'no'} |")
+            lines.append(
+                f"| {c['head']} | {c['per_class']} | transfer − {c['b']} | {c['seeds']} | "
+                f"{plus_minus(c['nll_diff'], c['paired_se'], 2)} | {c['combined_se']:.2f} | "
+                f"{'yes' if c['wins'] else 'no'} |"
+            )
     return "\n".join(lines)

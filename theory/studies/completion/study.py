@@ -55,8 +55,9 @@ def study(experiment: CompletionExperiment) -> dict[str, Any]:
     return {"experiment": {"kind": "completion"}, "completion": d}
 
 
-def run_study(raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | None = None,
-              executor: Executor | None = None) -> dict[str, Any]:
+def run_study(
+    raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | None = None, executor: Executor | None = None
+) -> dict[str, Any]:
     """Run (or resume) a completion config into ``out``; refuses a folder that holds another study's results."""
     exp, experiment = parse(raw)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,9 +87,14 @@ def draw_grids(experiment: CompletionExperiment, records: list[dict[str, Any]], 
                 if variant in cells:
                     b = torch.tensor(cells[variant]["grid_bottoms"]).reshape(-1, len(rows), HALF)
                     draws[variant] = list(b)
-            paths.append(save_completion_grid(task.test.levels[rows], draws, out / f"completion_{head}_k{k}.png",
-                                              title=f"{head} head, seed {seed}, {k} target images per class: "
-                                                    "top half given, bottom half drawn"))
+            paths.append(
+                save_completion_grid(
+                    task.test.levels[rows],
+                    draws,
+                    out / f"completion_{head}_k{k}.png",
+                    title=f"{head} head, seed {seed}, {k} target images per class: top half given, bottom half drawn",
+                )
+            )
     return paths
 
 
@@ -105,16 +111,29 @@ def build_study_report(out: Path) -> tuple[Path, str]:
         raise DataError(f"{out} holds no completion records yet (run 'gentransfer run' first)")
     table = format_table(records, parts["references"])
     grids = draw_grids(experiment, records, out)
-    lines = [f"# Completion study: {exp.get('name', 'completion')}", "", exp.get("description", ""), "",
-             "c = the observed top half of an 8x8 digit (32 pixels), x = its bottom half (32 pixels, dequantised and "
-             "logit-transformed). "
-             f"Source: original-style digits; target: '{experiment.style}' digits, {list(experiment.per_class)} "
-             f"images per class; h(c) (d_h = {experiment.embed_dim}) learned on the source and frozen. Seeds "
-             f"{list(experiment.seeds)}. Test NLL in nats per image in the dequantised pixel space [0, 17)^32 "
-             f"(uniform: 90.66 nats), on held-out target images; completion fidelity: a classifier trained on real "
-             f"target-style digits names the digit of (true top + drawn bottom). Transfer counts as better only when "
-             f"its NLL is lower by more than {MARGIN_SE:g} combined SEs over >= 3 seeds.", "", table, "",
-             "## Completions (first seed)", ""] + [f"![{p.stem}]({p.name})" for p in grids] + [""]
+    lines = (
+        [
+            f"# Completion study: {exp.get('name', 'completion')}",
+            "",
+            exp.get("description", ""),
+            "",
+            "c = the observed top half of an 8x8 digit (32 pixels), x = its bottom half (32 pixels, dequantised and "
+            "logit-transformed). "
+            f"Source: original-style digits; target: '{experiment.style}' digits, {list(experiment.per_class)} "
+            f"images per class; h(c) (d_h = {experiment.embed_dim}) learned on the source and frozen. Seeds "
+            f"{list(experiment.seeds)}. Test NLL in nats per image in the dequantised pixel space [0, 17)^32 "
+            f"(uniform: 90.66 nats), on held-out target images; completion fidelity: a classifier trained on real "
+            f"target-style digits names the digit of (true top + drawn bottom). Transfer counts as better only when "
+            f"its NLL is lower by more than {MARGIN_SE:g} combined SEs over >= 3 seeds.",
+            "",
+            table,
+            "",
+            "## Completions (first seed)",
+            "",
+        ]
+        + [f"![{p.stem}]({p.name})" for p in grids]
+        + [""]
+    )
     atomic_write_text(out / "table.md", table + "\n")
     atomic_write_text(out / "records.json", json.dumps({"experiment": experiment.to_dict(), **parts}, indent=1))
     path = out / "report.md"

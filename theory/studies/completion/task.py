@@ -71,8 +71,9 @@ def apply_style(levels: Tensor, style: str) -> Tensor:
     if style == "original":
         return img.reshape(-1, D)
     pad = torch.nn.functional.pad(img, (0, 1, 0, 1))
-    out = torch.maximum(torch.maximum(pad[:, :-1, :-1], pad[:, :-1, 1:]),
-                        torch.maximum(pad[:, 1:, :-1], pad[:, 1:, 1:]))
+    out = torch.maximum(
+        torch.maximum(pad[:, :-1, :-1], pad[:, :-1, 1:]), torch.maximum(pad[:, 1:, :-1], pad[:, 1:, 1:])
+    )
     return out.reshape(-1, D)
 
 
@@ -152,8 +153,9 @@ class CompletionTask:
     d_c = HALF
     d_x = HALF
 
-    def __init__(self, style: str = "thicken", test_per_class: int = 30, pool_per_class: int = 20,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, style: str = "thicken", test_per_class: int = 30, pool_per_class: int = 20, seed: int = 0
+    ) -> None:
         self.style = check_choice("style", style, STYLES)
         self.test_per_class = check_positive_int("test_per_class", test_per_class)
         self.pool_per_class = check_positive_int("pool_per_class", pool_per_class)
@@ -165,8 +167,10 @@ class CompletionTask:
         for k in range(N_CLASSES):
             idx = torch.nonzero(labels == k).squeeze(1)
             if len(idx) <= need:
-                raise DataError(f"class {k} has {len(idx)} images: test_per_class + pool_per_class = {need} "
-                                "leaves no source images; lower them")
+                raise DataError(
+                    f"class {k} has {len(idx)} images: test_per_class + pool_per_class = {need} "
+                    "leaves no source images; lower them"
+                )
             idx = idx[torch.randperm(len(idx), generator=gen)]
             test.append(idx[: self.test_per_class])
             pool.append(idx[self.test_per_class : need])
@@ -186,7 +190,8 @@ class CompletionTask:
             raise DataError(f"per_class must be <= pool_per_class ({self.pool_per_class}), got {per_class}")
         return self.pool.subset(torch.arange(N_CLASSES * per_class))
 
-    def paired(self, images: Images, generator: torch.Generator | None = None,
-               dtype: torch.dtype = torch.float32) -> PairedData:
+    def paired(
+        self, images: Images, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+    ) -> PairedData:
         """c = top halves / 16 (n, 32), x = logits of the dequantised bottom halves (n, 32)."""
         return PairedData(condition(images.top, dtype), to_logit(dequantize(images.bottom, generator, dtype)))

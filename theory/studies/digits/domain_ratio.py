@@ -31,8 +31,9 @@ def _features(images: LabelledImages) -> np.ndarray:
     return torch.cat([images.levels.double() / 16.0, images.one_hot(torch.float64)], 1).numpy()
 
 
-def density_ratio_diagnostic(source: LabelledImages, target: LabelledImages, C: float = 1.0,
-                             seed: int = 0) -> dict[str, Any]:
+def density_ratio_diagnostic(
+    source: LabelledImages, target: LabelledImages, C: float = 1.0, seed: int = 0
+) -> dict[str, Any]:
     """Domain-classifier accuracy and the effective sample size of TGDP's weights on the source (docstring)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -43,12 +44,20 @@ def density_ratio_diagnostic(source: LabelledImages, target: LabelledImages, C: 
     x = np.concatenate([_features(source), _features(target)])
     is_source = np.concatenate([np.ones(len(source)), np.zeros(len(target))]).astype(int)
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
-    proba = cross_val_predict(LogisticRegression(C=C, max_iter=2000), x, is_source, cv=folds,
-                              method="predict_proba")[:, 1]
+    proba = cross_val_predict(LogisticRegression(C=C, max_iter=2000), x, is_source, cv=folds, method="predict_proba")[
+        :, 1
+    ]
     auc = float(roc_auc_score(is_source, proba))
     p_source = np.clip(proba[: len(source)], 1e-12, 1 - 1e-12)
     w = (1 - p_source) / p_source * (len(source) / len(target))
     ess = float(w.sum() ** 2 / (len(w) * np.square(w).sum()))
     top = float(np.sort(w)[::-1][:10].sum() / w.sum())
-    return {"auc": auc, "mean_weight": float(w.mean()), "ess_fraction": ess, "ess": ess * len(w),
-            "top10_weight_share": top, "n_source": len(source), "n_target": len(target)}
+    return {
+        "auc": auc,
+        "mean_weight": float(w.mean()),
+        "ess_fraction": ess,
+        "ess": ess * len(w),
+        "top10_weight_share": top,
+        "n_source": len(source),
+        "n_target": len(target),
+    }

@@ -53,8 +53,9 @@ class TestSet:
         return self.images.levels.double() / 16.0
 
 
-def pixel_log_prob(model: DigitsModel, task: DigitsTask, test: TestSet, rows: int | None = None,
-                   batch_size: int = 300) -> Tensor:
+def pixel_log_prob(
+    model: DigitsModel, task: DigitsTask, test: TestSet, rows: int | None = None, batch_size: int = 300
+) -> Tensor:
     """log p_y (rows,) of the first ``rows`` test images (all when None), float64.
 
     Under ``torch.no_grad``: a diffusion head's probability-flow likelihood then takes its divergence on a
@@ -70,8 +71,9 @@ def pixel_log_prob(model: DigitsModel, task: DigitsTask, test: TestSet, rows: in
     return torch.cat(out)
 
 
-def generate_levels(model: DigitsModel, task: DigitsTask, labels: Tensor, seed: int,
-                    dtype: torch.dtype = torch.float32) -> tuple[Tensor, int]:
+def generate_levels(
+    model: DigitsModel, task: DigitsTask, labels: Tensor, seed: int, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, int]:
     """Integer images (n, 64) drawn for ``labels`` (n,), and the number of non-finite generated values."""
     c = torch.nn.functional.one_hot(labels, N_CLASSES).to(dtype)
     with torch.random.fork_rng(devices=[]):
@@ -79,8 +81,9 @@ def generate_levels(model: DigitsModel, task: DigitsTask, labels: Tensor, seed: 
         with torch.no_grad():
             z = model.sample(len(labels), c)
     bad = int((~torch.isfinite(z)).sum())
-    z = torch.nan_to_num(z, nan=task.pixels.z_bounds[0], posinf=task.pixels.z_bounds[1] * 10,
-                         neginf=task.pixels.z_bounds[0] * 10)
+    z = torch.nan_to_num(
+        z, nan=task.pixels.z_bounds[0], posinf=task.pixels.z_bounds[1] * 10, neginf=task.pixels.z_bounds[0] * 10
+    )
     return task.pixels.levels_from_logit(z), bad
 
 
@@ -91,12 +94,22 @@ def sample_metrics(levels: Tensor, labels: Tensor, test: TestSet, clf: FidelityC
     return {
         "fidelity": clf.accuracy(feats, labels),
         "fidelity_per_class": {str(k): v for k, v in clf.per_class_accuracy(feats, labels).items()},
-        "mmd2": value, "mmd_bandwidth": bandwidth, "w1": wasserstein(feats, test.features, p=1),
+        "mmd2": value,
+        "mmd_bandwidth": bandwidth,
+        "w1": wasserstein(feats, test.features, p=1),
     }
 
 
-def evaluate_model(model: DigitsModel, task: DigitsTask, test: TestSet, clf: FidelityClassifier, *,
-                   gen_per_class: int, seed: int, nll_rows: int | None = None) -> dict[str, Any]:
+def evaluate_model(
+    model: DigitsModel,
+    task: DigitsTask,
+    test: TestSet,
+    clf: FidelityClassifier,
+    *,
+    gen_per_class: int,
+    seed: int,
+    nll_rows: int | None = None,
+) -> dict[str, Any]:
     """Every metric of one fitted model; keeps per-image NLLs (for paired comparisons) and the generated levels."""
     start = time.perf_counter()
     model.eval()
@@ -104,8 +117,14 @@ def evaluate_model(model: DigitsModel, task: DigitsTask, test: TestSet, clf: Fid
     nll_seconds = time.perf_counter() - start
     labels = torch.arange(N_CLASSES).repeat_interleave(gen_per_class)
     levels, bad = generate_levels(model, task, labels, seed, test.z.dtype)
-    out = {**nll_summary(log_py, D), "nll_per_image": (-log_py).tolist(), "nll_seconds": nll_seconds,
-           **sample_metrics(levels, labels, test, clf), "n_generated": len(labels), "nonfinite_samples": bad,
-           "eval_seconds": time.perf_counter() - start}
+    out = {
+        **nll_summary(log_py, D),
+        "nll_per_image": (-log_py).tolist(),
+        "nll_seconds": nll_seconds,
+        **sample_metrics(levels, labels, test, clf),
+        "n_generated": len(labels),
+        "nonfinite_samples": bad,
+        "eval_seconds": time.perf_counter() - start,
+    }
     out["generated"] = (levels, labels)
     return out

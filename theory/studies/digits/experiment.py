@@ -54,17 +54,30 @@ Log = Callable[[str], None]
 DEFAULT_HEAD_OPTIONS: dict[str, dict[str, Any]] = {
     "gaussian": {"hidden": [64, 64]},
     "flow": {"backend": "zuko", "transform": "nsf", "transforms": 3, "hidden": [128, 128], "bins": 8},
-    "diffusion": {"width": 256, "blocks": 3, "divergence": "hutchinson", "probes": 4, "rtol": 1e-5, "atol": 1e-5,
-                  "sampler": "ode"},
+    "diffusion": {
+        "width": 256,
+        "blocks": 3,
+        "divergence": "hutchinson",
+        "probes": 4,
+        "rtol": 1e-5,
+        "atol": 1e-5,
+        "sampler": "ode",
+    },
 }
 #: TrainConfig fields for the source and target phases per head kind
 DEFAULT_TRAIN: dict[str, dict[str, dict[str, Any]]] = {
-    "gaussian": {"source": {"steps": 3000, "batch_size": 128, "lr": 1e-3, "eval_every": 100, "patience": 10},
-                 "target": {"steps": 2000, "batch_size": 128, "lr": 1e-3, "eval_every": 20, "patience": 20}},
-    "flow": {"source": {"steps": 4000, "batch_size": 128, "lr": 1e-3, "eval_every": 100, "patience": 10},
-             "target": {"steps": 3000, "batch_size": 128, "lr": 1e-3, "eval_every": 20, "patience": 20}},
-    "diffusion": {"source": {"steps": 6000, "batch_size": 128, "lr": 1e-3, "eval_every": 200, "patience": 10},
-                  "target": {"steps": 3000, "batch_size": 128, "lr": 1e-3, "eval_every": 50, "patience": 10}},
+    "gaussian": {
+        "source": {"steps": 3000, "batch_size": 128, "lr": 1e-3, "eval_every": 100, "patience": 10},
+        "target": {"steps": 2000, "batch_size": 128, "lr": 1e-3, "eval_every": 20, "patience": 20},
+    },
+    "flow": {
+        "source": {"steps": 4000, "batch_size": 128, "lr": 1e-3, "eval_every": 100, "patience": 10},
+        "target": {"steps": 3000, "batch_size": 128, "lr": 1e-3, "eval_every": 20, "patience": 20},
+    },
+    "diffusion": {
+        "source": {"steps": 6000, "batch_size": 128, "lr": 1e-3, "eval_every": 200, "patience": 10},
+        "target": {"steps": 3000, "batch_size": 128, "lr": 1e-3, "eval_every": 50, "patience": 10},
+    },
 }
 
 
@@ -116,21 +129,48 @@ class DigitsExperiment:
     @classmethod
     def tiny(cls, heads: Sequence[str] = ("gaussian",), tgdp: bool = False) -> DigitsExperiment:
         """A seconds-long end-to-end run (tests): one k, few steps, small heads, 4 images per class evaluated."""
-        fast = {"source": {"steps": 40, "batch_size": 128, "eval_every": 20},
-                "target": {"steps": 20, "batch_size": 64, "eval_every": 10}}
-        return cls(per_class=(5,), heads=tuple(heads), test_per_class=4, pool_per_class=5, gen_per_class=4,
-                   head_options={"gaussian": {"hidden": [16]},
-                                 "flow": {"transform": "maf", "transforms": 1, "hidden": [16, 16]},
-                                 "diffusion": {"width": 32, "blocks": 1, "divergence": "hutchinson", "probes": 1,
-                                               "rtol": 1e-3, "atol": 1e-3}},
-                   train={h: copy.deepcopy(fast) for h in HEADS}, nll_rows={"diffusion": 8}, grid_per_class=2,
-                   tgdp=tgdp, tgdp_options={"classifier_hidden": [16], "guidance_hidden": [16],
-                                            "classifier_train": {"steps": 10}, "guidance_train": {"steps": 10}})
+        fast = {
+            "source": {"steps": 40, "batch_size": 128, "eval_every": 20},
+            "target": {"steps": 20, "batch_size": 64, "eval_every": 10},
+        }
+        return cls(
+            per_class=(5,),
+            heads=tuple(heads),
+            test_per_class=4,
+            pool_per_class=5,
+            gen_per_class=4,
+            head_options={
+                "gaussian": {"hidden": [16]},
+                "flow": {"transform": "maf", "transforms": 1, "hidden": [16, 16]},
+                "diffusion": {
+                    "width": 32,
+                    "blocks": 1,
+                    "divergence": "hutchinson",
+                    "probes": 1,
+                    "rtol": 1e-3,
+                    "atol": 1e-3,
+                },
+            },
+            train={h: copy.deepcopy(fast) for h in HEADS},
+            nll_rows={"diffusion": 8},
+            grid_per_class=2,
+            tgdp=tgdp,
+            tgdp_options={
+                "classifier_hidden": [16],
+                "guidance_hidden": [16],
+                "classifier_train": {"steps": 10},
+                "guidance_train": {"steps": 10},
+            },
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["per_class"], d["seeds"], d["heads"], d["variants"] = (list(self.per_class), list(self.seeds),
-                                                                 list(self.heads), list(self.variants))
+        d["per_class"], d["seeds"], d["heads"], d["variants"] = (
+            list(self.per_class),
+            list(self.seeds),
+            list(self.heads),
+            list(self.variants),
+        )
         d["encoder_hidden"] = list(self.encoder_hidden)
         return d
 
@@ -156,19 +196,28 @@ def head_factory(kind: str, options: dict[str, Any]) -> Callable[[int | None], H
 def _transfer_config(exp: DigitsExperiment, kind: str, seed: int) -> TransferConfig:
     phases = exp.train.get(kind, DEFAULT_TRAIN[kind])
     return TransferConfig(
-        embed_dim=exp.embed_dim, encoder_hidden=tuple(exp.encoder_hidden), val_fraction=exp.val_fraction,
+        embed_dim=exp.embed_dim,
+        encoder_hidden=tuple(exp.encoder_hidden),
+        val_fraction=exp.val_fraction,
         source_train=TrainConfig(**{**phases["source"], "seed": seed, "description": f"{kind} source"}),
         target_train=TrainConfig(**{**phases["target"], "seed": seed, "description": f"{kind} target"}),
     )
 
 
-def _reference(task: DigitsTask, test: TestSet, clf: FidelityClassifier, gen_per_class: int,
-               seed: int) -> dict[str, Any]:
+def _reference(
+    task: DigitsTask, test: TestSet, clf: FidelityClassifier, gen_per_class: int, seed: int
+) -> dict[str, Any]:
     """Real target-style digits (the classifier split, ``gen_per_class`` per class) scored like a generator."""
     pool = task.splits.classifier
     gen = torch.Generator().manual_seed(seed)
-    rows = torch.cat([torch.nonzero(pool.labels == k).squeeze(1)[torch.randperm(int((pool.labels == k).sum()),
-                      generator=gen)[:gen_per_class]] for k in range(N_CLASSES)])
+    rows = torch.cat(
+        [
+            torch.nonzero(pool.labels == k).squeeze(1)[
+                torch.randperm(int((pool.labels == k).sum()), generator=gen)[:gen_per_class]
+            ]
+            for k in range(N_CLASSES)
+        ]
+    )
     real = pool.subset(rows)
     return sample_metrics(real.levels, real.labels, test, clf)
 
@@ -218,9 +267,14 @@ def _pending(groups: list[DigitsGroup], out: Path | None) -> list[DigitsGroup]:
     return [g for g in todo if g.cells]
 
 
-def run_digits_experiment(exp: DigitsExperiment | None = None, out_dir: str | Path | None = None, *,
-                          log: Log | None = None, workers: int = 1,
-                          executor: Executor | None = None) -> dict[str, Any]:
+def run_digits_experiment(
+    exp: DigitsExperiment | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    log: Log | None = None,
+    workers: int = 1,
+    executor: Executor | None = None,
+) -> dict[str, Any]:
     """Run the grid through the study engine (:mod:`theory.engine.loop`); with ``out_dir``, write one record per
     cell (a rerun runs the missing ones), records.json, table.md and one PNG grid per (head, k) of the first seed.
 
@@ -233,12 +287,19 @@ def run_digits_experiment(exp: DigitsExperiment | None = None, out_dir: str | Pa
     out = Path(out_dir) if out_dir is not None else None
     start = time.perf_counter()
     groups = plan_digits(exp)
-    ran = run_groups(run_digits_group, exp.to_dict(), out, _pending(groups, out), workers=workers, log=log,
-                     executor=executor)
+    ran = run_groups(
+        run_digits_group, exp.to_dict(), out, _pending(groups, out), workers=workers, log=log, executor=executor
+    )
     records, references = load_digits_records(exp, out) if out is not None else _split(ran)
     grids = sorted(str(p) for p in out.glob("digits_*_k*.png")) if out is not None else []
-    result = {"records": records, "summary": summarize(records), "table": format_table(records, references),
-              "grids": grids, "reference": references, "seconds": time.perf_counter() - start}
+    result = {
+        "records": records,
+        "summary": summarize(records),
+        "table": format_table(records, references),
+        "grids": grids,
+        "reference": references,
+        "seconds": time.perf_counter() - start,
+    }
     if out is not None:
         _write(out, exp, records, references, grids, code)
     return result
@@ -259,13 +320,15 @@ def load_digits_records(exp: DigitsExperiment, out: Path) -> tuple[list[dict[str
             try:
                 ran.append(json.loads(path.read_bytes().decode("utf-8")))
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise DataError(f"{path} is not a readable digits record ({err}): run the same command again "
-                                "to recompute it") from err
+                raise DataError(
+                    f"{path} is not a readable digits record ({err}): run the same command again to recompute it"
+                ) from err
     return _split(ran)
 
 
-def run_digits_group(spec: dict[str, Any], out: Path | None, group: DigitsGroup, log: Log | None,
-                     on_cell: Callable[[], None]) -> list[dict[str, Any]]:
+def run_digits_group(
+    spec: dict[str, Any], out: Path | None, group: DigitsGroup, log: Log | None, on_cell: Callable[[], None]
+) -> list[dict[str, Any]]:
     """The engine's runner of this study: the seed's data and classifier, the head's source model, its cells."""
     exp, seed, kind, say = DigitsExperiment(**spec), group.seed, group.head, log or (lambda _m: None)
     task = DigitsTask(exp.style, exp.test_per_class, exp.pool_per_class, seed)
@@ -280,12 +343,20 @@ def run_digits_group(spec: dict[str, Any], out: Path | None, group: DigitsGroup,
     generated: dict[int, dict[str, dict[str, Any]]] = {}
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    source_model = fit_source(new_encoder(N_CLASSES, cfg), factory(cfg.embed_dim), source, cfg.source_train,
-                              val_fraction=cfg.val_fraction, augment=augment)
+    source_model = fit_source(
+        new_encoder(N_CLASSES, cfg),
+        factory(cfg.embed_dim),
+        source,
+        cfg.source_train,
+        val_fraction=cfg.val_fraction,
+        augment=augment,
+    )
     source_model.encoder.freeze()
     src_seconds = time.perf_counter() - t0
-    say(f"seed {seed} {kind}: source fitted in {src_seconds:.0f}s ({source_model.history.steps_done} steps, "
-        f"best at {source_model.history.best_step})")
+    say(
+        f"seed {seed} {kind}: source fitted in {src_seconds:.0f}s ({source_model.history.steps_done} steps, "
+        f"best at {source_model.history.best_step})"
+    )
 
     def fit(cell: DigitsCell) -> tuple[ConditionalModel, float, int]:
         if cell.variant == "source_only":
@@ -299,14 +370,20 @@ def run_digits_group(spec: dict[str, Any], out: Path | None, group: DigitsGroup,
             model, steps = fit_digits_tgdp(source_model, source, target, cfg, exp.tgdp_options, augment)
             return model, time.perf_counter() - t0, steps
         torch.manual_seed(1_000_003 * seed + 101 * cell.k + VARIANTS.index(cell.variant))
-        fitted = fit_variants(factory, source, target, cfg, [cell.variant], source_model=source_model,
-                              augment=augment)[cell.variant]
+        fitted = fit_variants(factory, source, target, cfg, [cell.variant], source_model=source_model, augment=augment)[
+            cell.variant
+        ]
         return fitted.model, time.perf_counter() - t0, fitted.model.history.steps_done
 
     def one(cell: DigitsCell) -> dict[str, Any]:
         if cell.variant == "reference":
-            rec = {"seed": seed, "head": kind, "k": 0, "variant": "reference",
-                   "reference": _seed_reference(exp, task, test, clf, seed)}
+            rec = {
+                "seed": seed,
+                "head": kind,
+                "k": 0,
+                "variant": "reference",
+                "reference": _seed_reference(exp, task, test, clf, seed),
+            }
         else:
             model, fit_seconds, steps = fit(cell)
             rec, gen_draws = _score(exp, task, test, clf, cell, model, fit_seconds, steps, say)
@@ -324,43 +401,79 @@ def run_digits_group(spec: dict[str, Any], out: Path | None, group: DigitsGroup,
     return records
 
 
-def _seed_reference(exp: DigitsExperiment, task: DigitsTask, test: TestSet, clf: FidelityClassifier,
-                    seed: int) -> dict[str, Any]:
+def _seed_reference(
+    exp: DigitsExperiment, task: DigitsTask, test: TestSet, clf: FidelityClassifier, seed: int
+) -> dict[str, Any]:
     ref = _reference(task, test, clf, exp.gen_per_class, seed)
     ref["classifier_test_accuracy"] = clf.accuracy(test.features, test.images.labels)
-    ref["domain_ratio"] = {str(k): density_ratio_diagnostic(task.splits.source, task.target_train(k), seed=seed)
-                           for k in exp.per_class}
+    ref["domain_ratio"] = {
+        str(k): density_ratio_diagnostic(task.splits.source, task.target_train(k), seed=seed) for k in exp.per_class
+    }
     return ref
 
 
-def _score(exp: DigitsExperiment, task: DigitsTask, test: TestSet, clf: FidelityClassifier, cell: DigitsCell,
-           model: ConditionalModel, fit_seconds: float, steps: int, say: Log) -> tuple[dict[str, Any], dict]:
+def _score(
+    exp: DigitsExperiment,
+    task: DigitsTask,
+    test: TestSet,
+    clf: FidelityClassifier,
+    cell: DigitsCell,
+    model: ConditionalModel,
+    fit_seconds: float,
+    steps: int,
+    say: Log,
+) -> tuple[dict[str, Any], dict]:
     """A cell's record (held-out NLL, fidelity, MMD^2, W1, timings) and its generated images."""
     seed, kind, k = cell.seed, cell.head, cell.k
-    ev = evaluate_model(model, task, test, clf, gen_per_class=exp.gen_per_class, seed=7919 * seed + 13 * k,
-                        nll_rows=exp.nll_rows.get(kind))
+    ev = evaluate_model(
+        model,
+        task,
+        test,
+        clf,
+        gen_per_class=exp.gen_per_class,
+        seed=7919 * seed + 13 * k,
+        nll_rows=exp.nll_rows.get(kind),
+    )
     generated = ev.pop("generated")
-    rec = {"seed": seed, "head": kind, "per_class": k, "n_t": N_CLASSES * k, "variant": cell.variant,
-           "fit_seconds": fit_seconds, "steps": steps, **ev}
-    say(f"seed {seed} {kind:9s} k={k:3d} {cell.variant:12s} NLL {rec['nll']:8.2f} nats ({rec['bpd']:.3f} bpd) "
+    rec = {
+        "seed": seed,
+        "head": kind,
+        "per_class": k,
+        "n_t": N_CLASSES * k,
+        "variant": cell.variant,
+        "fit_seconds": fit_seconds,
+        "steps": steps,
+        **ev,
+    }
+    say(
+        f"seed {seed} {kind:9s} k={k:3d} {cell.variant:12s} NLL {rec['nll']:8.2f} nats ({rec['bpd']:.3f} bpd) "
         f"fid {rec['fidelity']:.3f} MMD2 {rec['mmd2']:.4f} W1 {rec['w1']:.3f} "
-        f"[fit {fit_seconds:.0f}s, {steps} steps; eval {rec['eval_seconds']:.0f}s]")
+        f"[fit {fit_seconds:.0f}s, {steps} steps; eval {rec['eval_seconds']:.0f}s]"
+    )
     return rec, {"levels": generated[0], "labels": generated[1]}
 
 
-def _grids(exp: DigitsExperiment, kind: str, test: TestSet, generated: dict[int, dict[str, dict[str, Any]]],
-           out: Path) -> None:
+def _grids(
+    exp: DigitsExperiment, kind: str, test: TestSet, generated: dict[int, dict[str, dict[str, Any]]], out: Path
+) -> None:
     """One PNG grid per k: real test images beside every variant generated in this run (source_only too)."""
     real = test.images
     for k in exp.per_class:
-        draws = {**generated.get(k, {}), **({"source_only": generated[0]["source_only"]}
-                                           if "source_only" in generated.get(0, {}) else {})}
+        draws = {
+            **generated.get(k, {}),
+            **({"source_only": generated[0]["source_only"]} if "source_only" in generated.get(0, {}) else {}),
+        }
         if not draws:
             continue
         bands = {"real target (test)": real.levels, **{v: g["levels"] for v, g in draws.items()}}
         labels = {"real target (test)": real.labels, **{v: g["labels"] for v, g in draws.items()}}
-        save_digit_grid(bands, labels, out / f"digits_{kind}_k{k}.png", exp.grid_per_class,
-                        title=f"{kind} head, target style '{exp.style}', {k} images per class")
+        save_digit_grid(
+            bands,
+            labels,
+            out / f"digits_{kind}_k{k}.png",
+            exp.grid_per_class,
+            title=f"{kind} head, target style '{exp.style}', {k} images per class",
+        )
 
 
 def code_fingerprint() -> dict[str, str]:
@@ -373,11 +486,22 @@ def code_fingerprint() -> dict[str, str]:
     return out
 
 
-def _write(out: Path, exp: DigitsExperiment, records: list[dict[str, Any]], references: dict[int, Any],
-           grids: list[str], code: dict[str, str]) -> None:
+def _write(
+    out: Path,
+    exp: DigitsExperiment,
+    records: list[dict[str, Any]],
+    references: dict[int, Any],
+    grids: list[str],
+    code: dict[str, str],
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"experiment": exp.to_dict(), "reference": {str(k): v for k, v in references.items()},
-               "records": records, "grids": grids, "code": code}
+    payload = {
+        "experiment": exp.to_dict(),
+        "reference": {str(k): v for k, v in references.items()},
+        "records": records,
+        "grids": grids,
+        "code": code,
+    }
     tmp = out / "records.json.tmp"
     tmp.write_text(json.dumps(payload, indent=1, default=_jsonable))
     tmp.replace(out / "records.json")

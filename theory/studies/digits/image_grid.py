@@ -33,8 +33,13 @@ def _band(levels: Tensor, labels: Tensor, per_class: int) -> np.ndarray:
     return out
 
 
-def save_digit_grid(bands: Mapping[str, Tensor], labels: Mapping[str, Tensor] | Tensor,
-                    path: str | os.PathLike[str], per_class: int = 4, title: str | None = None) -> Path:
+def save_digit_grid(
+    bands: Mapping[str, Tensor],
+    labels: Mapping[str, Tensor] | Tensor,
+    path: str | os.PathLike[str],
+    per_class: int = 4,
+    title: str | None = None,
+) -> Path:
     """Write a PNG with one band per entry of ``bands`` (name -> levels (n, 64) in 0..16).
 
     ``labels`` gives each band's class labels (n,), one tensor for every band or a mapping by band name.
@@ -51,16 +56,19 @@ def save_digit_grid(bands: Mapping[str, Tensor], labels: Mapping[str, Tensor] | 
     for name, lev in bands.items():
         lab = labels[name] if isinstance(labels, Mapping) else labels
         if lev.dim() != 2 or lev.shape[1] != D or lab.shape != (lev.shape[0],):
-            raise ShapeError(f"band {name!r}: levels must be (n, {D}) with labels (n,), got "
-                             f"{tuple(lev.shape)} and {tuple(lab.shape)}")
+            raise ShapeError(
+                f"band {name!r}: levels must be (n, {D}) with labels (n,), got "
+                f"{tuple(lev.shape)} and {tuple(lab.shape)}"
+            )
         mosaics.append((name, _band(lev, lab, per_class)))
     fig, axes = plt.subplots(len(mosaics), 1, figsize=(6.6, 0.62 * per_class * len(mosaics) + 0.6), squeeze=False)
     cmap = matplotlib.colormaps["gray_r"].with_extremes(bad="#8fa8c8")
     for ax, (name, mosaic) in zip(axes[:, 0], mosaics):
         ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=0, vmax=LEVELS - 1, interpolation="nearest")
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
-        ax.set_xticks([(SIDE + 1) * k + SIDE / 2 + 0.5 for k in range(N_CLASSES)], [str(k) for k in range(N_CLASSES)],
-                      fontsize=7)
+        ax.set_xticks(
+            [(SIDE + 1) * k + SIDE / 2 + 0.5 for k in range(N_CLASSES)], [str(k) for k in range(N_CLASSES)], fontsize=7
+        )
         ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=10)

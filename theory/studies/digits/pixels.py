@@ -72,8 +72,13 @@ class LogitPixels:
             )
         return v
 
-    def dequantize(self, v: Tensor, generator: torch.Generator | None = None,
-                   dtype: torch.dtype = torch.float32, margin: float = 0.0) -> Tensor:
+    def dequantize(
+        self,
+        v: Tensor,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        margin: float = 0.0,
+    ) -> Tensor:
         """y = v + u with u ~ U[margin, 1 - margin) i.i.d. (margin 0: the standard U[0, 1)); shape of ``v``.
 
         A small margin (e.g. 1e-4) keeps y away from the bin edges, so that :meth:`redequantize` recovers
@@ -103,8 +108,10 @@ class LogitPixels:
         """z (n, D) from dequantised pixels y (n, D) in [0, levels], and log|det dz/dy| (n,)."""
         check_tensor("y", y, ndim=2, min_rows=1)
         if bool((y < 0).any() or (y > self.levels).any()):
-            raise DataError(f"y must lie in [0, {self.levels}] (dequantised pixel space), "
-                            f"got range [{float(y.min()):.4g}, {float(y.max()):.4g}]")
+            raise DataError(
+                f"y must lie in [0, {self.levels}] (dequantised pixel space), "
+                f"got range [{float(y.min()):.4g}, {float(y.max()):.4g}]"
+            )
         p = self._p(y)
         z = torch.log(p) - torch.log1p(-p)
         return z, self.log_abs_det_dz_dy(y)
@@ -133,4 +140,3 @@ class LogitPixels:
         """log p_y(y) (n,) from a model's log p_z(z(y)) (n,): adds the log-Jacobian of the logit transform."""
         check_tensor("log_prob_z", log_prob_z, ndim=1, rows=y.shape[0])
         return log_prob_z + self.log_abs_det_dz_dy(y).to(log_prob_z)
-

@@ -39,8 +39,13 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault((r["head"], int(r["per_class"]), r["variant"]), []).append(r)
     rows = []
     for (head, k, variant), rs in groups.items():
-        row: dict[str, Any] = {"head": head, "per_class": k, "variant": variant, "seeds": len(rs),
-                               "nll_rows": rs[0]["n"]}
+        row: dict[str, Any] = {
+            "head": head,
+            "per_class": k,
+            "variant": variant,
+            "seeds": len(rs),
+            "nll_rows": rs[0]["n"],
+        }
         for key in ("nll", "bpd", "fidelity", "mmd2", "w1"):
             row[key], row[f"{key}_se"] = mean_se([r[key] for r in rs])
         row["nll_median"] = sum(_median(r["nll_per_image"]) for r in rs) / len(rs)
@@ -55,8 +60,9 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def paired_differences(records: Sequence[dict[str, Any]], a: str = "transfer",
-                       b: str = "no_transfer") -> list[dict[str, Any]]:
+def paired_differences(
+    records: Sequence[dict[str, Any]], a: str = "transfer", b: str = "no_transfer"
+) -> list[dict[str, Any]]:
     """Per (head, per_class): mean and median per-image NLL difference a - b (nats), the mean's SE, the fraction
     of test images where a has the lower NLL, and the mean fidelity difference (pooled over seeds)."""
     index = {(r["seed"], r["head"], int(r["per_class"]), r["variant"]): r for r in records}
@@ -73,52 +79,85 @@ def paired_differences(records: Sequence[dict[str, Any]], a: str = "transfer",
     for (head, k), acc in sorted(out.items()):
         mean, se = mean_se(acc["diffs"])
         wins = sum(d < 0 for d in acc["diffs"]) / len(acc["diffs"])
-        rows.append({"head": head, "per_class": k, "a": a, "b": b, "nll_diff": mean, "nll_diff_se": se,
-                     "nll_diff_median": _median(acc["diffs"]), "a_better_fraction": wins,
-                     "fidelity_diff": sum(acc["fid"]) / len(acc["fid"]), "pairs": len(acc["diffs"])})
+        rows.append(
+            {
+                "head": head,
+                "per_class": k,
+                "a": a,
+                "b": b,
+                "nll_diff": mean,
+                "nll_diff_se": se,
+                "nll_diff_median": _median(acc["diffs"]),
+                "a_better_fraction": wins,
+                "fidelity_diff": sum(acc["fid"]) / len(acc["fid"]),
+                "pairs": len(acc["diffs"]),
+            }
+        )
     return rows
 
 
 def format_table(records: Sequence[dict[str, Any]], references: Mapping[Any, dict[str, Any]] | None = None) -> str:
     """Markdown: the main table with the real-image reference, the density-ratio diagnostic (TGDP's premise,
     ``theory.studies.digits.domain_ratio``) and the paired transfer - no_transfer differences."""
-    lines = ["| head | k / class | n_t | variant | test NLL (nats) | bits/dim | median NLL | NLL > 1e3 | fidelity "
-             "| MMD² | W1 |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| head | k / class | n_t | variant | test NLL (nats) | bits/dim | median NLL | NLL > 1e3 | fidelity "
+        "| MMD² | W1 |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in summarize(records):
         k = "-" if r["variant"] == "source_only" else str(r["per_class"])
         n_t = "0" if r["variant"] == "source_only" else str(10 * r["per_class"])
-        lines.append(f"| {r['head']} | {k} | {n_t} | {r['variant']} | {plus_minus(r['nll'], r['nll_se'], 2)} | "
-                     f"{plus_minus(r['bpd'], r['bpd_se'], 3)} | {plus_minus(r['nll_median'], math.nan, 2)} | "
-                     f"{r['outliers']}/{r['images']} | "
-                     f"{plus_minus(r['fidelity'], r['fidelity_se'], 3)} | "
-                     f"{r['mmd2']:.4f} | {r['w1']:.3f} |")
+        lines.append(
+            f"| {r['head']} | {k} | {n_t} | {r['variant']} | {plus_minus(r['nll'], r['nll_se'], 2)} | "
+            f"{plus_minus(r['bpd'], r['bpd_se'], 3)} | {plus_minus(r['nll_median'], math.nan, 2)} | "
+            f"{r['outliers']}/{r['images']} | "
+            f"{plus_minus(r['fidelity'], r['fidelity_se'], 3)} | "
+            f"{r['mmd2']:.4f} | {r['w1']:.3f} |"
+        )
     if references:
         refs = list(references.values())
         mean = lambda key: sum(r[key] for r in refs) / len(refs)  # noqa: E731
-        lines.append(f"| real target-style digits | - | - | reference | - | - | - | - | "
-                     f"{mean('classifier_test_accuracy'):.3f} | {mean('mmd2'):.4f} | {mean('w1'):.3f} |")
+        lines.append(
+            f"| real target-style digits | - | - | reference | - | - | - | - | "
+            f"{mean('classifier_test_accuracy'):.3f} | {mean('mmd2'):.4f} | {mean('w1'):.3f} |"
+        )
     ratios = [r["domain_ratio"] for r in (references or {}).values() if "domain_ratio" in r]
     if ratios:
-        lines += ["", "| k / class | domain classifier AUC (source vs target) | E_p[w] on the source | ESS / n_s |",
-                  "|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| k / class | domain classifier AUC (source vs target) | E_p[w] on the source | ESS / n_s |",
+            "|---:|---:|---:|---:|",
+        ]
         for k in sorted(ratios[0], key=int):
             mean = lambda key, k=k: sum(r[k][key] for r in ratios) / len(ratios)  # noqa: E731
             lines.append(f"| {k} | {mean('auc'):.3f} | {mean('mean_weight'):.3f} | {mean('ess_fraction'):.3f} |")
     checked = [r for r in records if "premise" in r]
     if checked:
-        lines += ["", "| k / class | seed | TGDP premise: classifier AUC | ESS / n_s | E_p[w] | verdict (checked before "
-                  "sampling) |", "|---:|---:|---:|---:|---:|---|"]
+        lines += [
+            "",
+            "| k / class | seed | TGDP premise: classifier AUC | ESS / n_s | E_p[w] | verdict (checked before "
+            "sampling) |",
+            "|---:|---:|---:|---:|---:|---|",
+        ]
         for r in sorted(checked, key=lambda r: (r["per_class"], r["seed"])):
             p = r["premise"]
             verdict = "holds" if p["ok"] else "FAILS: " + "; ".join(p["failures"])
-            lines.append(f"| {r['per_class']} | {r['seed']} | {p['auc']:.3f} | {p['ess_fraction']:.3f} | "
-                         f"{p['mean_weight']:.3f} | {verdict} |")
+            lines.append(
+                f"| {r['per_class']} | {r['seed']} | {p['auc']:.3f} | {p['ess_fraction']:.3f} | "
+                f"{p['mean_weight']:.3f} | {verdict} |"
+            )
     diffs = paired_differences(records)
     if diffs:
-        lines += ["", "| head | k / class | NLL transfer − no_transfer: mean (nats, paired) | median | "
-                  "transfer lower on | fidelity transfer − no_transfer |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| head | k / class | NLL transfer − no_transfer: mean (nats, paired) | median | "
+            "transfer lower on | fidelity transfer − no_transfer |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for d in diffs:
-            lines.append(f"| {d['head']} | {d['per_class']} | {plus_minus(d['nll_diff'], d['nll_diff_se'], 2)} | "
-                         f"{plus_minus(d['nll_diff_median'], math.nan, 2)} | {d['a_better_fraction']:.0%} | "
-                         f"{d['fidelity_diff']:+.3f} |")
+            lines.append(
+                f"| {d['head']} | {d['per_class']} | {plus_minus(d['nll_diff'], d['nll_diff_se'], 2)} | "
+                f"{plus_minus(d['nll_diff_median'], math.nan, 2)} | {d['a_better_fraction']:.0%} | "
+                f"{d['fidelity_diff']:+.3f} |"
+            )
     return "\n".join(lines)

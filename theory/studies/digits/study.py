@@ -51,8 +51,9 @@ def study(experiment: DigitsExperiment) -> dict[str, Any]:
     return {"experiment": {"kind": "digits"}, "digits": d}
 
 
-def run_study(raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | None = None,
-              executor: Executor | None = None) -> dict[str, Any]:
+def run_study(
+    raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | None = None, executor: Executor | None = None
+) -> dict[str, Any]:
     """Run (or resume) a digits config into ``out``; refuses a folder that holds another study's results."""
     exp, experiment = parse(raw)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,11 +76,24 @@ def build_study_report(out: Path) -> tuple[Path, str]:
         raise DataError(f"{out} holds no digits records yet (run 'gentransfer run' first)")
     table = format_table(records, references)
     grids = sorted(out.glob("digits_*_k*.png"))
-    lines = [f"# Digits study: {exp.get('name', 'digits')}", "", exp.get("description", ""), "",
-             f"Target style '{experiment.style}', images per class {list(experiment.per_class)}, seeds "
-             f"{list(experiment.seeds)}; held-out NLL in nats and bits/dim, conditional fidelity, MMD^2 and W1 of "
-             "generated digits, against real target-style digits scored the same way.", "", table, "",
-             "## Generated digits", ""] + [f"![{p.stem}]({p.name})" for p in grids] + [""]
+    lines = (
+        [
+            f"# Digits study: {exp.get('name', 'digits')}",
+            "",
+            exp.get("description", ""),
+            "",
+            f"Target style '{experiment.style}', images per class {list(experiment.per_class)}, seeds "
+            f"{list(experiment.seeds)}; held-out NLL in nats and bits/dim, conditional fidelity, MMD^2 and W1 of "
+            "generated digits, against real target-style digits scored the same way.",
+            "",
+            table,
+            "",
+            "## Generated digits",
+            "",
+        ]
+        + [f"![{p.stem}]({p.name})" for p in grids]
+        + [""]
+    )
     path = out / "report.md"
     atomic_write_text(out / "table.md", table + "\n")
     atomic_write_text(path, "\n".join(lines))

@@ -75,8 +75,9 @@ def apply_style(levels: Tensor, style: str) -> Tensor:
         out = img.flip(-1)
     else:  # thicken: each pixel takes the max over itself and its right, lower and lower-right neighbours
         pad = torch.nn.functional.pad(img, (0, 1, 0, 1))
-        out = torch.maximum(torch.maximum(pad[:, :-1, :-1], pad[:, :-1, 1:]),
-                            torch.maximum(pad[:, 1:, :-1], pad[:, 1:, 1:]))
+        out = torch.maximum(
+            torch.maximum(pad[:, :-1, :-1], pad[:, :-1, 1:]), torch.maximum(pad[:, 1:, :-1], pad[:, 1:, 1:])
+        )
     return out.reshape(-1, D)
 
 
@@ -126,8 +127,14 @@ class DigitsTask:
         pixels: the dequantisation / logit map (levels must be 17).
     """
 
-    def __init__(self, style: str = "invert", test_per_class: int = 30, pool_per_class: int = 50, seed: int = 0,
-                 pixels: LogitPixels | None = None) -> None:
+    def __init__(
+        self,
+        style: str = "invert",
+        test_per_class: int = 30,
+        pool_per_class: int = 50,
+        seed: int = 0,
+        pixels: LogitPixels | None = None,
+    ) -> None:
         self.style = check_choice("style", style, STYLES)
         self.test_per_class = check_positive_int("test_per_class", test_per_class)
         self.pool_per_class = check_positive_int("pool_per_class", pool_per_class)
@@ -139,9 +146,17 @@ class DigitsTask:
 
     @property
     def config(self) -> dict[str, Any]:
-        return {"name": "digits", "style": self.style, "test_per_class": self.test_per_class,
-                "pool_per_class": self.pool_per_class, "seed": self.seed, "levels": self.pixels.levels,
-                "alpha": self.pixels.alpha, "d_c": N_CLASSES, "d_x": D}
+        return {
+            "name": "digits",
+            "style": self.style,
+            "test_per_class": self.test_per_class,
+            "pool_per_class": self.pool_per_class,
+            "seed": self.seed,
+            "levels": self.pixels.levels,
+            "alpha": self.pixels.alpha,
+            "d_c": N_CLASSES,
+            "d_x": D,
+        }
 
     d_c = N_CLASSES
     d_x = D
@@ -154,8 +169,10 @@ class DigitsTask:
         for k in range(N_CLASSES):
             idx = torch.nonzero(labels == k).squeeze(1)
             if len(idx) <= need:
-                raise DataError(f"class {k} has {len(idx)} images: test_per_class + pool_per_class = {need} "
-                                "leaves no source images; lower them")
+                raise DataError(
+                    f"class {k} has {len(idx)} images: test_per_class + pool_per_class = {need} "
+                    "leaves no source images; lower them"
+                )
             idx = idx[torch.randperm(len(idx), generator=gen)]
             parts["test"].append(idx[: self.test_per_class])
             parts["pool"].append(idx[self.test_per_class : need])
@@ -181,8 +198,9 @@ class DigitsTask:
             raise DataError(f"per_class must be <= pool_per_class ({self.pool_per_class}), got {per_class}")
         return self.splits.target_pool.subset(torch.arange(N_CLASSES * per_class))
 
-    def paired(self, images: LabelledImages, generator: torch.Generator | None = None,
-               dtype: torch.dtype = torch.float32) -> PairedData:
+    def paired(
+        self, images: LabelledImages, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+    ) -> PairedData:
         """The data contract: c = one-hot labels (n, 10), x = logit of freshly dequantised pixels (n, 64).
 
         The noise keeps a margin of ``DEQUANT_MARGIN`` from the bin edges so training can redraw it with

@@ -60,9 +60,17 @@ class GuidedDigitsModel:
 
     def log_prob(self, z: Tensor, c: Tensor) -> Tensor:
         h = self.head
-        lp = probability_flow_log_prob(self.score, self.source.x_scaler(z), h.schedule,
-                                       context=self.source.embed(c), divergence=h.divergence_method,
-                                       probes=h.probes, rtol=h.rtol, atol=h.atol, t_eps=h.t_eps)
+        lp = probability_flow_log_prob(
+            self.score,
+            self.source.x_scaler(z),
+            h.schedule,
+            context=self.source.embed(c),
+            divergence=h.divergence_method,
+            probes=h.probes,
+            rtol=h.rtol,
+            atol=h.atol,
+            t_eps=h.t_eps,
+        )
         return lp + self.source.x_scaler.log_abs_det()
 
     def sample(self, n: int, c: Tensor) -> Tensor:
@@ -74,8 +82,14 @@ class GuidedDigitsModel:
         return self.source.x_scaler.inverse(x0)
 
 
-def fit_digits_tgdp(source_model: ConditionalModel, source: PairedData, target: PairedData, cfg: TransferConfig,
-                    options: dict[str, Any], augment: Augment | None = None) -> tuple[GuidedDigitsModel, int]:
+def fit_digits_tgdp(
+    source_model: ConditionalModel,
+    source: PairedData,
+    target: PairedData,
+    cfg: TransferConfig,
+    options: dict[str, Any],
+    augment: Augment | None = None,
+) -> tuple[GuidedDigitsModel, int]:
     """Conditional TGDP from a fitted (frozen-encoder) diffusion source model; returns the model and its steps.
 
     ``augment`` is not used (``fit_tgdp`` trains on fixed tensors); ``cfg`` gives the seed.
@@ -90,7 +104,6 @@ def fit_digits_tgdp(source_model: ConditionalModel, source: PairedData, target: 
     head = source_model.head
     if not isinstance(head, DiffusionHead):
         raise ConfigError(f"TGDP needs a diffusion source head, got {type(head).__name__}")
-    fitted = fit_tgdp(head.score, xs, xt, source_context=hs, target_context=ht, schedule=head.schedule,
-                      config=config)
+    fitted = fit_tgdp(head.score, xs, xt, source_context=hs, target_context=ht, schedule=head.schedule, config=config)
     steps = sum(h.steps_done for h in fitted.histories.values())
     return GuidedDigitsModel(fitted.score, source_model, fitted), steps

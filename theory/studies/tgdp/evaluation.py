@@ -58,8 +58,16 @@ class ScoreModel:
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """log q_hat(x) or log q_hat(y) + log q_hat(x | y), (n,), by the probability-flow ODE (exact divergence)."""
         ctx = y if self.labels is not None else None
-        lp = probability_flow_log_prob(self.score, x, self.schedule, context=ctx, divergence="exact",
-                                       rtol=self.rtol, atol=self.atol, t_eps=self.t_eps).detach()
+        lp = probability_flow_log_prob(
+            self.score,
+            x,
+            self.schedule,
+            context=ctx,
+            divergence="exact",
+            rtol=self.rtol,
+            atol=self.atol,
+            t_eps=self.t_eps,
+        ).detach()
         return lp if self.labels is None else lp + self.labels.log_prob(y)
 
     @torch.no_grad()
@@ -75,11 +83,19 @@ def true_log_prob(task: TwoGaussianTask, data: PairedData, conditional: bool) ->
     if not conditional:
         return task.log_prob(data.x.double(), "target").double()
     log_qy = task.label_probs("target").log()
-    return torch.where(data.c[:, 0] > 0, log_qy[1], log_qy[0]) + task.log_prob(data.x.double(), "target", data.c).double()
+    return (
+        torch.where(data.c[:, 0] > 0, log_qy[1], log_qy[0]) + task.log_prob(data.x.double(), "target", data.c).double()
+    )
 
 
-def score_model(task: TwoGaussianTask, model: ScoreModel, eval_data: PairedData, mmd_reference: Tensor,
-                generator: torch.Generator, keep: int = 400) -> dict[str, Any]:
+def score_model(
+    task: TwoGaussianTask,
+    model: ScoreModel,
+    eval_data: PairedData,
+    mmd_reference: Tensor,
+    generator: torch.Generator,
+    keep: int = 400,
+) -> dict[str, Any]:
     """KL(q || q_hat) +- SE on ``eval_data`` (joint in the conditional version), MMD^2 of len(mmd_reference)
     ODE samples against ``mmd_reference`` (n, 2) (x only), the label KL, and the first ``keep`` samples."""
     conditional = model.labels is not None
@@ -88,16 +104,24 @@ def score_model(task: TwoGaussianTask, model: ScoreModel, eval_data: PairedData,
     samples = model.sample(mmd_reference.shape[0], generator)
     finite = bool(torch.isfinite(samples).all())
     value, bandwidth = mmd2(samples, mmd_reference) if finite else (float("nan"), float("nan"))
-    out = {"kl": est.value, "kl_se": est.se, "n_eval": est.n, "mmd2": value, "mmd_bandwidth": bandwidth,
-           "n_mmd": int(mmd_reference.shape[0]), "samples": samples[:keep].tolist()}
+    out = {
+        "kl": est.value,
+        "kl_se": est.se,
+        "n_eval": est.n,
+        "mmd2": value,
+        "mmd_bandwidth": bandwidth,
+        "n_mmd": int(mmd_reference.shape[0]),
+        "samples": samples[:keep].tolist(),
+    }
     if conditional:
         out["label_kl"] = model.labels.kl_from(task.label_probs("target").float())
         out["label_probs"] = model.labels.probs.tolist()
     return out
 
 
-def _noised(task: TwoGaussianTask, domain: str, schedule: VPSchedule, t: float, n: int,
-            generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+def _noised(
+    task: TwoGaussianTask, domain: str, schedule: VPSchedule, t: float, n: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
     """x_t (n, 2) from p_t (domain source) or q_t (target), its labels (n, 1) and t (n,)."""
     data = task.sample(n, domain, generator)
     tt = torch.full((n,), t)
@@ -105,8 +129,15 @@ def _noised(task: TwoGaussianTask, domain: str, schedule: VPSchedule, t: float, 
     return schedule.alpha(tt)[:, None] * data.x + schedule.sigma(tt)[:, None] * noise, data.c, tt
 
 
-def guidance_errors(task: TwoGaussianTask, guidance: Guidance, schedule: VPSchedule, times: Sequence[float],
-                    n: int, conditional: bool, generator: torch.Generator) -> dict[str, Any]:
+def guidance_errors(
+    task: TwoGaussianTask,
+    guidance: Guidance,
+    schedule: VPSchedule,
+    times: Sequence[float],
+    n: int,
+    conditional: bool,
+    generator: torch.Generator,
+) -> dict[str, Any]:
     """Per t: mean (log h_psi - log h_t)^2 and mean |grad log h_psi - grad log h_t|^2 at n points of p_t
     (keys ``log_h_mse``, ``grad_mse``) and of q_t (``*_q``); ``*_mean``: the averages over ``times``."""
     out: dict[str, Any] = {}
@@ -129,8 +160,15 @@ def guidance_errors(task: TwoGaussianTask, guidance: Guidance, schedule: VPSched
     return out
 
 
-def score_errors(task: TwoGaussianTask, score: ScoreFn, schedule: VPSchedule, times: Sequence[float], n: int,
-                 conditional: bool, generator: torch.Generator) -> dict[str, Any]:
+def score_errors(
+    task: TwoGaussianTask,
+    score: ScoreFn,
+    schedule: VPSchedule,
+    times: Sequence[float],
+    n: int,
+    conditional: bool,
+    generator: torch.Generator,
+) -> dict[str, Any]:
     """Per t: mean |s(x, t) - grad log q_t(x)|^2 at n points of q_t (``score_mse_q``) and its average over
     ``times``: the error of any method's score where the target lives, composite scores included."""
     out = {}
@@ -143,8 +181,9 @@ def score_errors(task: TwoGaussianTask, score: ScoreFn, schedule: VPSchedule, ti
     return {"score_mse_q": out, "score_mse_q_mean": sum(out.values()) / len(out)}
 
 
-def ratio_errors(task: TwoGaussianTask, ratio: DensityRatio, n: int, conditional: bool,
-                 generator: torch.Generator) -> dict[str, float]:
+def ratio_errors(
+    task: TwoGaussianTask, ratio: DensityRatio, n: int, conditional: bool, generator: torch.Generator
+) -> dict[str, float]:
     """The classifier's mean (log w_hat - log w)^2 at t = 0 on n source (``ratio_mse``) and target
     (``ratio_mse_q``) draws; with labels, w = q(x, y) / p(x, y) (both label marginals are 1/2)."""
     out = {}
@@ -157,8 +196,14 @@ def ratio_errors(task: TwoGaussianTask, ratio: DensityRatio, n: int, conditional
     return out
 
 
-def log_h_line(task: TwoGaussianTask, guidance: Guidance | None, schedule: VPSchedule, times: Sequence[float],
-               conditional: bool, points: int = 61) -> dict[str, Any]:
+def log_h_line(
+    task: TwoGaussianTask,
+    guidance: Guidance | None,
+    schedule: VPSchedule,
+    times: Sequence[float],
+    conditional: bool,
+    points: int = 61,
+) -> dict[str, Any]:
     """log h along x = (0.5, s), s in [-1.5, 1.5] (label y = +1 in the conditional version): ``s``, and per t
     the ``exact`` values and, when ``guidance`` is given, the ``learned`` ones."""
     s = torch.linspace(-1.5, 1.5, points)

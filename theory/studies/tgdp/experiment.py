@@ -95,8 +95,12 @@ def plan_tgdp(s: TGDPSettings, out_dir: Path | None = None) -> list[TGDPGroup]:
     groups = []
     for seed in s.seeds:
         for conditional in s.conditional:
-            cells = [TGDPCell(int(seed), bool(conditional), n, m) for n in sorted(s.n_targets)
-                     for m in METHODS if m in s.methods]
+            cells = [
+                TGDPCell(int(seed), bool(conditional), n, m)
+                for n in sorted(s.n_targets)
+                for m in METHODS
+                if m in s.methods
+            ]
             todo = tuple(c for c in cells if out_dir is None or read_json(out_dir / c.path) is None)
             if todo:
                 groups.append(TGDPGroup(int(seed), bool(conditional), todo))
@@ -107,9 +111,13 @@ def _log(progress: bool) -> Any:
     return (lambda m: print(time.strftime("%H:%M:%S"), m, flush=True)) if progress else (lambda _m: None)
 
 
-def run_tgdp_experiment(settings: TGDPSettings | None = None, out_dir: str | Path | None = None,
-                        progress: bool = False, workers: int = 1,
-                        executor: Executor | None = None) -> dict[str, Any]:
+def run_tgdp_experiment(
+    settings: TGDPSettings | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+    workers: int = 1,
+    executor: Executor | None = None,
+) -> dict[str, Any]:
     """Run the grid through the study engine (:mod:`theory.engine.loop`); return records, summary, the Markdown
     table, the PNG paths and the wall time (s). With ``out_dir``, cells whose record is there are not run again."""
     s = settings or TGDPSettings()
@@ -121,8 +129,9 @@ def run_tgdp_experiment(settings: TGDPSettings | None = None, out_dir: str | Pat
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "settings.json", s.to_dict())
     start = time.perf_counter()
-    records = run_groups(run_tgdp_group, s.to_dict(), out, plan_tgdp(s, out), workers=workers, log=say,
-                          executor=executor)
+    records = run_groups(
+        run_tgdp_group, s.to_dict(), out, plan_tgdp(s, out), workers=workers, log=say, executor=executor
+    )
     seconds = time.perf_counter() - start
     if out is not None:
         records = load_records(out)
@@ -141,15 +150,18 @@ def write_tgdp_outputs(out: Path, s: TGDPSettings, records: list[dict[str, Any]]
     plots = []
     for cond in sorted({bool(r["conditional"]) for r in records}):
         name = "conditional" if cond else "unconditional"
-        for path in (plot_tgdp_samples(records, TwoGaussianTask(**s.task), cond, out / f"samples_{name}.png"),
-                     plot_log_h(records, cond, out / f"log_h_{name}.png")):
+        for path in (
+            plot_tgdp_samples(records, TwoGaussianTask(**s.task), cond, out / f"samples_{name}.png"),
+            plot_log_h(records, cond, out / f"log_h_{name}.png"),
+        ):
             if path is not None:
                 plots.append(str(path))
     return plots
 
 
-def run_tgdp_group(spec: dict[str, Any], out: Path | None, group: TGDPGroup, log: Any,
-                   on_cell: Any) -> list[dict[str, Any]]:
+def run_tgdp_group(
+    spec: dict[str, Any], out: Path | None, group: TGDPGroup, log: Any, on_cell: Any
+) -> list[dict[str, Any]]:
     """The engine's runner of this study: one seed and version, the source head, then its cells in order."""
     s = TGDPSettings.from_dict(spec)
     task, say = TwoGaussianTask(**s.task), log or (lambda _m: None)
@@ -174,13 +186,26 @@ def run_tgdp_group(spec: dict[str, Any], out: Path | None, group: TGDPGroup, log
         n, method = cell.n_t, cell.method
         key = (method, None if method in REFERENCES else n)
         if key not in cache:
-            cache[key] = _fit_and_score(task, s, seed, conditional, n, method, src, source, pool.head(n), schedule,
-                                        eval_data, mmd_ref, cache)
-        rec = {"task": task.config, "seed": seed, "n_source": s.n_source, "n_t": n, "conditional": conditional,
-               "method": method, "reference": method in REFERENCES, "source_seconds": src_seconds, **cache[key]}
-        say(f"seed {seed} {version:13s} n_t {n:5d} {method:16s} KL {rec['kl']:.4f} +- {rec['kl_se']:.4f} "
-            f"MMD2 {rec['mmd2']:.4f}" + (f" log-h MSE {rec['log_h_mse_mean']:.3f}" if "log_h_mse_mean" in rec
-                                         else "") + f" [fit {rec['fit_seconds']:.0f}s]")
+            cache[key] = _fit_and_score(
+                task, s, seed, conditional, n, method, src, source, pool.head(n), schedule, eval_data, mmd_ref, cache
+            )
+        rec = {
+            "task": task.config,
+            "seed": seed,
+            "n_source": s.n_source,
+            "n_t": n,
+            "conditional": conditional,
+            "method": method,
+            "reference": method in REFERENCES,
+            "source_seconds": src_seconds,
+            **cache[key],
+        }
+        say(
+            f"seed {seed} {version:13s} n_t {n:5d} {method:16s} KL {rec['kl']:.4f} +- {rec['kl_se']:.4f} "
+            f"MMD2 {rec['mmd2']:.4f}"
+            + (f" log-h MSE {rec['log_h_mse_mean']:.3f}" if "log_h_mse_mean" in rec else "")
+            + f" [fit {rec['fit_seconds']:.0f}s]"
+        )
         if out is not None:
             write_json(out / cell.path, rec)
         return rec
@@ -188,9 +213,21 @@ def run_tgdp_group(spec: dict[str, Any], out: Path | None, group: TGDPGroup, log
     return run_cells(group.cells, one, on_cell)
 
 
-def _fit_and_score(task: TwoGaussianTask, s: TGDPSettings, seed: int, conditional: bool, n: int, method: str,
-                   src: DiffusionHead, source: PairedData, target: PairedData, schedule: VPSchedule,
-                   eval_data: PairedData, mmd_ref: torch.Tensor, cache: dict[Any, Any]) -> dict[str, Any]:
+def _fit_and_score(
+    task: TwoGaussianTask,
+    s: TGDPSettings,
+    seed: int,
+    conditional: bool,
+    n: int,
+    method: str,
+    src: DiffusionHead,
+    source: PairedData,
+    target: PairedData,
+    schedule: VPSchedule,
+    eval_data: PairedData,
+    mmd_ref: torch.Tensor,
+    cache: dict[Any, Any],
+) -> dict[str, Any]:
     """Fit ``method`` and score it: metrics, errors of its guidance/classifier, the log-h line and timings."""
     cell_seed = tgdp_cell_seed(seed, n, method)
     torch.manual_seed(cell_seed)
@@ -203,8 +240,12 @@ def _fit_and_score(task: TwoGaussianTask, s: TGDPSettings, seed: int, conditiona
     model = ScoreModel(fitted.score, schedule, labels, rtol=s.rtol, atol=s.rtol, t_eps=src.t_eps)
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(30_000 + cell_seed)
-    rec = {"fit_seconds": fit_seconds, "steps": fitted.steps, "settings": fitted.info,
-           **score_model(task, model, eval_data, mmd_ref, gen, s.keep_samples)}
+    rec = {
+        "fit_seconds": fit_seconds,
+        "steps": fitted.steps,
+        "settings": fitted.info,
+        **score_model(task, model, eval_data, mmd_ref, gen, s.keep_samples),
+    }
     if fitted.guidance is not None:
         rec.update(guidance_errors(task, fitted.guidance, schedule, s.times, s.n_errors, conditional, gen))
         rec["log_h_line"] = log_h_line(task, fitted.guidance, schedule, s.plot_times, conditional)
@@ -221,8 +262,10 @@ def load_records(out_dir: str | Path) -> list[dict[str, Any]]:
     for path in sorted(Path(out_dir, "records").glob("*.json")):
         record = read_json(path)
         if record is None or "method" not in record:
-            raise DataError(f"{path} is not a readable TGDP record (truncated or corrupted): run the same "
-                            "command again to recompute it")
+            raise DataError(
+                f"{path} is not a readable TGDP record (truncated or corrupted): run the same "
+                "command again to recompute it"
+            )
         records.append(record)
     return records
 
@@ -234,8 +277,15 @@ def summarize_tgdp(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for cond in (False, True):
         sub = [r for r in records if bool(r["conditional"]) == cond]
         for row in summarize_seeds(sub, "method", METHODS, extra=("mmd2", *ERROR_KEYS)):
-            out = {"conditional": cond, "n_t": row["n_t"], "method": row["method"], "seeds": row["seeds"],
-                   "kl_mean": row["kl_mean"], "kl_se": row_se(row), "kl_se_mc": row["kl_se_mc"]}
+            out = {
+                "conditional": cond,
+                "n_t": row["n_t"],
+                "method": row["method"],
+                "seeds": row["seeds"],
+                "kl_mean": row["kl_mean"],
+                "kl_se": row_se(row),
+                "kl_se_mc": row["kl_se_mc"],
+            }
             for key in ("mmd2", *ERROR_KEYS):
                 if f"{key}_mean" in row:
                     out[key], out[f"{key}_se"] = row[f"{key}_mean"], row[f"{key}_se_seeds"]
@@ -249,21 +299,36 @@ def _pm(row: dict[str, Any], key: str, se_key: str, digits: int = 4) -> str:
 
 def format_tgdp_table(summary: Sequence[dict[str, Any]]) -> str:
     """Markdown: one row per (version, n_t, method); 'mean ± SE over seeds' (KL: MC SE for one seed)."""
-    lines = ["| version | n_t | method | KL (nats) | MMD^2 | log-h MSE (p_t) | grad log-h MSE (p_t) | "
-             "grad log-h MSE (q_t) | classifier log-w MSE (p) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| version | n_t | method | KL (nats) | MMD^2 | log-h MSE (p_t) | grad log-h MSE (p_t) | "
+        "grad log-h MSE (q_t) | classifier log-w MSE (p) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in summary:
-        lines.append(f"| {'cond' if r['conditional'] else 'uncond'} | {r['n_t']} | {r['method']}"
-                     f"{' (ref)' if r['method'] in REFERENCES else ''} | {_pm(r, 'kl_mean', 'kl_se')} | "
-                     f"{_pm(r, 'mmd2', 'mmd2_se')} | " + " | ".join(_pm(r, k, f'{k}_se', 3) for k in ERROR_KEYS) + " |")
+        lines.append(
+            f"| {'cond' if r['conditional'] else 'uncond'} | {r['n_t']} | {r['method']}"
+            f"{' (ref)' if r['method'] in REFERENCES else ''} | {_pm(r, 'kl_mean', 'kl_se')} | "
+            f"{_pm(r, 'mmd2', 'mmd2_se')} | " + " | ".join(_pm(r, k, f"{k}_se", 3) for k in ERROR_KEYS) + " |"
+        )
     return "\n".join(lines)
 
 
-def compare(summary: Sequence[dict[str, Any]], method: str, baseline: str, n_t: int, conditional: bool
-            ) -> dict[str, Any]:
+def compare(
+    summary: Sequence[dict[str, Any]], method: str, baseline: str, n_t: int, conditional: bool
+) -> dict[str, Any]:
     """KL(baseline) - KL(method) at (n_t, version) with the combined SE hypot(se_m, se_b); ``beats``: gap > SE."""
     cell = {(r["conditional"], r["n_t"], r["method"]): r for r in summary}
     m, b = cell[(conditional, n_t, method)], cell[(conditional, n_t, baseline)]
     gap, se = b["kl_mean"] - m["kl_mean"], math.hypot(m["kl_se"], b["kl_se"])
-    return {"method": method, "baseline": baseline, "n_t": n_t, "conditional": conditional, "gap": gap, "se": se,
-            "beats": gap > se, "beats_2se": gap > 2 * se, "worse_2se": gap < -2 * se, "seeds": m["seeds"]}
-
+    return {
+        "method": method,
+        "baseline": baseline,
+        "n_t": n_t,
+        "conditional": conditional,
+        "gap": gap,
+        "se": se,
+        "beats": gap > se,
+        "beats_2se": gap > 2 * se,
+        "worse_2se": gap < -2 * se,
+        "seeds": m["seeds"],
+    }

@@ -50,8 +50,15 @@ class Fitted:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _split_fit(head: DiffusionHead, target: PairedData, config: TrainConfig, val_fraction: float, seed: int,
-               conditional: bool, tune: bool) -> tuple[DiffusionHead, int, PairedData]:
+def _split_fit(
+    head: DiffusionHead,
+    target: PairedData,
+    config: TrainConfig,
+    val_fraction: float,
+    seed: int,
+    conditional: bool,
+    tune: bool,
+) -> tuple[DiffusionHead, int, PairedData]:
     """Train ``head`` (a copy when ``tune``) on the target with ``val_fraction`` held out for early stopping;
     returns the head, its optimiser steps and the held-out rows."""
     train, val = target.split(val_fraction, torch.Generator().manual_seed(seed))
@@ -65,14 +72,29 @@ def _split_fit(head: DiffusionHead, target: PairedData, config: TrainConfig, val
     return head, history.steps_done, val
 
 
-def fit_exact_w_guidance(task: TwoGaussianTask, src: DiffusionHead, source: PairedData, target: PairedData,
-                         schedule: VPSchedule, conditional: bool, options: dict[str, Any], seed: int) -> TGDPFit:
+def fit_exact_w_guidance(
+    task: TwoGaussianTask,
+    src: DiffusionHead,
+    source: PairedData,
+    target: PairedData,
+    schedule: VPSchedule,
+    conditional: bool,
+    options: dict[str, Any],
+    seed: int,
+) -> TGDPFit:
     """TGDP with the classifier replaced by the EXACT w = q / p at every source draw (``fit_tgdp`` with
     ``source_weights``): the same guidance network, targets and loop settings as the ``tgdp`` method."""
     ctx = {"source_context": source.c, "target_context": target.c} if conditional else {}
     w0 = task.log_density_ratio(source.x, source.c if conditional else None).exp()
-    return fit_tgdp(src.score, source.x, target.x, schedule=schedule, config=TGDPConfig.from_options(options, seed),
-                    source_weights=w0, **ctx)
+    return fit_tgdp(
+        src.score,
+        source.x,
+        target.x,
+        schedule=schedule,
+        config=TGDPConfig.from_options(options, seed),
+        source_weights=w0,
+        **ctx,
+    )
 
 
 def exact_guidance(task: TwoGaussianTask, schedule: VPSchedule) -> FunctionGuidance:
@@ -91,8 +113,15 @@ def _sibling_seed(seed: int, method: str, other: str) -> int:
     return seed - METHODS.index(method) + METHODS.index(other)
 
 
-def _baseline_head(kind: str, s: TGDPSettings, seed: int, conditional: bool, src: DiffusionHead,
-                   target: PairedData, cache: dict[Any, Any]) -> tuple[DiffusionHead, int, PairedData]:
+def _baseline_head(
+    kind: str,
+    s: TGDPSettings,
+    seed: int,
+    conditional: bool,
+    src: DiffusionHead,
+    target: PairedData,
+    cache: dict[Any, Any],
+) -> tuple[DiffusionHead, int, PairedData]:
     """The target-only or fine-tuned head of this n_t (``seed``: the cell seed of ``kind``), fitted once and
     kept in ``cache`` under ``("_target_only" | "_fine_tuned", n_t)``."""
     key = (f"_{'fine_tuned' if kind == 'fine_tune' else 'target_only'}", len(target))
@@ -106,9 +135,18 @@ def _baseline_head(kind: str, s: TGDPSettings, seed: int, conditional: bool, src
     return cache[key]
 
 
-def fit_method(method: str, task: TwoGaussianTask, s: TGDPSettings, seed: int, conditional: bool,
-               src: DiffusionHead, source: PairedData, target: PairedData, schedule: VPSchedule,
-               cache: dict[Any, Any]) -> Fitted:
+def fit_method(
+    method: str,
+    task: TwoGaussianTask,
+    s: TGDPSettings,
+    seed: int,
+    conditional: bool,
+    src: DiffusionHead,
+    source: PairedData,
+    target: PairedData,
+    schedule: VPSchedule,
+    cache: dict[Any, Any],
+) -> Fitted:
     """Fit ``method`` (one of :data:`METHODS`) at this target sample; ``cache`` holds this n_t's target-only
     and fine-tuned heads and kernel guidance, shared by the methods built on them."""
     n = len(target)
@@ -123,16 +161,20 @@ def fit_method(method: str, task: TwoGaussianTask, s: TGDPSettings, seed: int, c
         head, steps, _ = _baseline_head(method, s, seed, conditional, src, target, cache)
         return Fitted(head.score, steps=steps, info={"val_fraction": s.val_fraction})
     if method in ("fine_tune", "domain_guidance"):
-        head, steps, _ = _baseline_head("fine_tune", s, _sibling_seed(seed, method, "fine_tune"), conditional, src,
-                                        target, cache)
+        head, steps, _ = _baseline_head(
+            "fine_tune", s, _sibling_seed(seed, method, "fine_tune"), conditional, src, target, cache
+        )
         if method == "fine_tune":
             return Fitted(head.score, steps=steps, info={"val_fraction": s.val_fraction})
-        return Fitted(domain_guidance_score(src.score, head.score, s.dg_weight), steps=steps,
-                      info={"weight": s.dg_weight})
+        return Fitted(
+            domain_guidance_score(src.score, head.score, s.dg_weight), steps=steps, info={"weight": s.dg_weight}
+        )
     if method in ("tgdp", "tgdp_reg"):
         options = {**s.tgdp, **(s.regularizers if method == "tgdp_reg" else {})}
         ctx = {"source_context": source.c, "target_context": target.c} if conditional else {}
-        fitted = fit_tgdp(src.score, source.x, target.x, schedule=schedule, config=TGDPConfig.from_options(options, seed), **ctx)
+        fitted = fit_tgdp(
+            src.score, source.x, target.x, schedule=schedule, config=TGDPConfig.from_options(options, seed), **ctx
+        )
         steps = sum(h.steps_done for h in fitted.histories.values())
         info = {k: options.get(k, 0.0) for k in ("eta_cycle", "eta_consistency")}
         return Fitted(fitted.score, fitted.guidance, fitted.ratio, steps, info)
@@ -148,8 +190,16 @@ def fit_method(method: str, task: TwoGaussianTask, s: TGDPSettings, seed: int, c
     raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
 
 
-def fit_learned_guidance(method: str, s: TGDPSettings, seed: int, conditional: bool, src: DiffusionHead,
-                         source: PairedData, target: PairedData, schedule: VPSchedule) -> Fitted:
+def fit_learned_guidance(
+    method: str,
+    s: TGDPSettings,
+    seed: int,
+    conditional: bool,
+    src: DiffusionHead,
+    source: PairedData,
+    target: PairedData,
+    schedule: VPSchedule,
+) -> Fitted:
     """The network-free guidance estimators of ``diffusion.tgdp``, on the frozen source head.
 
     ``tgdp_kernel``: the cross-validated quadratic log-ratio classifier and the KDE-smoothed kernel guidance
@@ -159,35 +209,83 @@ def fit_learned_guidance(method: str, s: TGDPSettings, seed: int, conditional: b
     ctx = {"source_context": source.c, "target_context": target.c} if conditional else {}
     if method == "tgdp_kernel":
         ratio = fit_quadratic_log_ratio(source.x, target.x, seed=seed, **ctx)
-        guidance = KernelGuidance(source.x, ratio, schedule, bandwidth=s.kernel.get("bandwidth", "scott"),
-                                  source_context=ctx.get("source_context"), dtype=torch.float32,
-                                  max_rows=s.kernel.get("max_rows"), seed=seed)
-        return Fitted(GuidedScore(src.score, guidance), guidance, ratio,
-                      info={"C": ratio.strength, "bandwidth": guidance.bandwidth, "rows": int(guidance.x.shape[0])})
+        guidance = KernelGuidance(
+            source.x,
+            ratio,
+            schedule,
+            bandwidth=s.kernel.get("bandwidth", "scott"),
+            source_context=ctx.get("source_context"),
+            dtype=torch.float32,
+            max_rows=s.kernel.get("max_rows"),
+            seed=seed,
+        )
+        return Fitted(
+            GuidedScore(src.score, guidance),
+            guidance,
+            ratio,
+            info={"C": ratio.strength, "bandwidth": guidance.bandwidth, "rows": int(guidance.x.shape[0])},
+        )
     options = dict(s.noisy_classifier)
-    train = TrainConfig(**{"lr": 1e-3, "optimizer": "adamw", "weight_decay": 1e-4, **options.pop("train", {}),
-                           "seed": seed, "description": "noisy classifier"})
-    time_ratio, history = fit_domain_classifier(source.x, target.x, time_dependent=True, schedule=schedule,
-                                                config=train, **options, **ctx)
+    train = TrainConfig(
+        **{
+            "lr": 1e-3,
+            "optimizer": "adamw",
+            "weight_decay": 1e-4,
+            **options.pop("train", {}),
+            "seed": seed,
+            "description": "noisy classifier",
+        }
+    )
+    time_ratio, history = fit_domain_classifier(
+        source.x, target.x, time_dependent=True, schedule=schedule, config=train, **options, **ctx
+    )
     guidance = ClassifierGuidance(time_ratio)
-    return Fitted(GuidedScore(src.score, guidance), guidance, steps=history.steps_done,
-                  info={"prior_factor": time_ratio.prior_factor})
+    return Fitted(
+        GuidedScore(src.score, guidance),
+        guidance,
+        steps=history.steps_done,
+        info={"prior_factor": time_ratio.prior_factor},
+    )
 
 
-def fit_switched(method: str, task: TwoGaussianTask, s: TGDPSettings, seed: int, conditional: bool,
-                 src: DiffusionHead, source: PairedData, target: PairedData, schedule: VPSchedule,
-                 cache: dict[Any, Any]) -> Fitted:
+def fit_switched(
+    method: str,
+    task: TwoGaussianTask,
+    s: TGDPSettings,
+    seed: int,
+    conditional: bool,
+    src: DiffusionHead,
+    source: PairedData,
+    target: PairedData,
+    schedule: VPSchedule,
+    cache: dict[Any, Any],
+) -> Fitted:
     """The kernel guidance above a switch time, the target-only (``tgdp_kernel_switch``) or fine-tuned
     (``tgdp_kernel_switch_ft``) head below it. The switch time is chosen by ``select_switch`` on the rows the
     low head held out (its validation rows: they stopped its training but it never fitted them), among
     ``s.switch["candidates"]``; no exact w or h is used."""
-    kernel = fit_method("tgdp_kernel", task, s, _sibling_seed(seed, method, "tgdp_kernel"), conditional, src,
-                        source, target, schedule, cache)
+    kernel = fit_method(
+        "tgdp_kernel",
+        task,
+        s,
+        _sibling_seed(seed, method, "tgdp_kernel"),
+        conditional,
+        src,
+        source,
+        target,
+        schedule,
+        cache,
+    )
     low = SWITCH_LOW[method]
     head, steps, val = _baseline_head(low, s, _sibling_seed(seed, method, low), conditional, src, target, cache)
     options = {"candidates": (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0), **s.switch}
-    choice = select_switch(kernel.score, head.score, val.x, val.c if conditional else None, schedule,
-                           seed=seed, **options)
-    info = {**kernel.info, "low": low, "switch": choice.switch,
-            "switch_losses": dict(zip(map(str, choice.candidates), choice.losses))}
+    choice = select_switch(
+        kernel.score, head.score, val.x, val.c if conditional else None, schedule, seed=seed, **options
+    )
+    info = {
+        **kernel.info,
+        "low": low,
+        "switch": choice.switch,
+        "switch_losses": dict(zip(map(str, choice.candidates), choice.losses)),
+    }
     return Fitted(choice.score(kernel.score, head.score), kernel.guidance, kernel.ratio, steps, info)

@@ -33,8 +33,9 @@ def _seed_records(records: Sequence[Record], conditional: bool) -> tuple[list[Re
     return [r for r in rs if int(r["seed"]) == seed], seed
 
 
-def plot_tgdp_samples(records: Sequence[Record], task: TwoGaussianTask, conditional: bool,
-                      path: str | os.PathLike[str]) -> Path | None:
+def plot_tgdp_samples(
+    records: Sequence[Record], task: TwoGaussianTask, conditional: bool, path: str | os.PathLike[str]
+) -> Path | None:
     """Rows: n_t; column 0: exact target draws, then one column per method (the n-independent reference
     methods in the first row only). The first seed's stored samples. None when there are no records."""
     rs, seed = _seed_records(records, conditional)
@@ -113,6 +114,7 @@ def plot_log_h(records: Sequence[Record], conditional: bool, path: str | os.Path
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("log h_t(x)" + (" (y = +1)" if conditional else ""))
     axes[-1].legend(fontsize=6, loc="lower right")
-    fig.suptitle(f"learned vs exact log h_t, {'conditional' if conditional else 'unconditional'}, seed {seed}",
-                 fontsize=10)
+    fig.suptitle(
+        f"learned vs exact log h_t, {'conditional' if conditional else 'unconditional'}, seed {seed}", fontsize=10
+    )
     return _save(fig, path)

@@ -14,8 +14,20 @@ from shared_embed.train import TrainConfig
 from theory.engine.schema import dataclass_from_table
 
 #: the methods in table order; REFERENCES do not use the target sample (fitted once per seed and version)
-METHODS = ("target_only", "fine_tune", "domain_guidance", "tgdp", "tgdp_reg", "tgdp_kernel", "tgdp_noisy_clf",
-           "source_only", "tgdp_exact_w", "tgdp_exact_h", "tgdp_kernel_switch", "tgdp_kernel_switch_ft")
+METHODS = (
+    "target_only",
+    "fine_tune",
+    "domain_guidance",
+    "tgdp",
+    "tgdp_reg",
+    "tgdp_kernel",
+    "tgdp_noisy_clf",
+    "source_only",
+    "tgdp_exact_w",
+    "tgdp_exact_h",
+    "tgdp_kernel_switch",
+    "tgdp_kernel_switch_ft",
+)
 #: the switched kernel guidance and the score it hands over to below its switch time
 SWITCH_LOW = {"tgdp_kernel_switch": "target_only", "tgdp_kernel_switch_ft": "fine_tune"}
 REFERENCES = ("source_only", "tgdp_exact_w", "tgdp_exact_h")
@@ -33,24 +45,35 @@ class TGDPSettings:
     conditional: Sequence[bool] = (False, True)
     methods: Sequence[str] = METHODS
     head: dict[str, Any] = field(default_factory=lambda: {"width": 64, "blocks": 2, "time_features": 32})
-    source_train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=3000, batch_size=256, lr=2e-3, description="source"))
-    target_train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=3000, batch_size=256, lr=1e-3, eval_every=50, patience=20, description="target only"))
-    fine_tune_train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=2000, batch_size=256, lr=5e-4, eval_every=50, patience=20, description="fine-tune"))
+    source_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=3000, batch_size=256, lr=2e-3, description="source")
+    )
+    target_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=3000, batch_size=256, lr=1e-3, eval_every=50, patience=20, description="target only"
+        )
+    )
+    fine_tune_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=2000, batch_size=256, lr=5e-4, eval_every=50, patience=20, description="fine-tune"
+        )
+    )
     val_fraction: float = 0.2
     dg_weight: float = 1.5
     #: ``TGDPConfig`` fields for every TGDP fit (``*_train`` as TrainConfig dicts; read by ``TGDPConfig.from_options``)
-    tgdp: dict[str, Any] = field(default_factory=lambda: {
-        "classifier_train": {"steps": 2000, "batch_size": 256},
-        "guidance_train": {"steps": 1500, "batch_size": 128},
-        "time_classifier_train": {"steps": 2000, "batch_size": 256}})
+    tgdp: dict[str, Any] = field(
+        default_factory=lambda: {
+            "classifier_train": {"steps": 2000, "batch_size": 256},
+            "guidance_train": {"steps": 1500, "batch_size": 128},
+            "time_classifier_train": {"steps": 2000, "batch_size": 256},
+        }
+    )
     regularizers: dict[str, float] = field(default_factory=lambda: {"eta_cycle": 1.0, "eta_consistency": 1.0})
     #: the network-free estimators: kernel guidance (KDE bandwidth, source rows used) and noisy classifier
     kernel: dict[str, Any] = field(default_factory=lambda: {"bandwidth": "scott", "max_rows": 2000})
-    noisy_classifier: dict[str, Any] = field(default_factory=lambda: {
-        "hidden": (64, 64), "train": {"steps": 2000, "batch_size": 256}})
+    noisy_classifier: dict[str, Any] = field(
+        default_factory=lambda: {"hidden": (64, 64), "train": {"steps": 2000, "batch_size": 256}}
+    )
     #: the switched kernel guidance: ``diffusion.tgdp.switch_time.select_switch`` keywords (candidates, points,
     #: t_min, samples); empty: its defaults
     switch: dict[str, Any] = field(default_factory=dict)

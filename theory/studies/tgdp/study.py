@@ -48,8 +48,9 @@ def parse(raw: dict[str, Any]) -> tuple[dict[str, Any], TGDPSettings]:
     return exp, TGDPSettings.from_dict(tgdp)
 
 
-def run_study(raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | None = None,
-              executor: Executor | None = None) -> dict[str, Any]:
+def run_study(
+    raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | None = None, executor: Executor | None = None
+) -> dict[str, Any]:
     """Run (or resume) a TGDP config into ``out``; refuses a folder that holds another study's results."""
     exp, settings = parse(raw)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,17 +74,29 @@ def build_study_report(out: Path) -> tuple[Path, str]:
     summary = summarize_tgdp(records)
     table = format_tgdp_table(summary)
     plots = write_tgdp_outputs(out, settings, records, table)
-    lines = [f"# TGDP simulation: {exp.get('name', 'tgdp')}", "", exp.get("description", ""), "",
-             f"KL(q || q_hat) in nats by the probability-flow log-density on {settings.n_eval} fresh target draws "
-             f"per seed (conditional: of the joint (x, y)), MMD^2 of ODE samples, log-h errors averaged over t in "
-             f"{list(settings.times)}; mean +- SE over seeds; n_s = {settings.n_source}; rows marked (ref) do not "
-             f"use the target sample ({', '.join(REFERENCES)}).", "", table, "", "## TGDP against the baselines",
-             "", "| version | n_t | method | baseline | KL gap (baseline - method) | beats (gap > SE) | verdict at 2 SE |",
-             "|---|---:|---|---|---:|---|---|"]
+    lines = [
+        f"# TGDP simulation: {exp.get('name', 'tgdp')}",
+        "",
+        exp.get("description", ""),
+        "",
+        f"KL(q || q_hat) in nats by the probability-flow log-density on {settings.n_eval} fresh target draws "
+        f"per seed (conditional: of the joint (x, y)), MMD^2 of ODE samples, log-h errors averaged over t in "
+        f"{list(settings.times)}; mean +- SE over seeds; n_s = {settings.n_source}; rows marked (ref) do not "
+        f"use the target sample ({', '.join(REFERENCES)}).",
+        "",
+        table,
+        "",
+        "## TGDP against the baselines",
+        "",
+        "| version | n_t | method | baseline | KL gap (baseline - method) | beats (gap > SE) | verdict at 2 SE |",
+        "|---|---:|---|---|---:|---|---|",
+    ]
     for c in _comparisons(summary):
-        lines.append(f"| {'cond' if c['conditional'] else 'uncond'} | {c['n_t']} | {c['method']} | {c['baseline']} "
-                     f"| {c['gap']:+.4f} +- {c['se']:.4f} | {'yes' if c['beats'] else 'no'} | "
-                      f"{'wins' if c['beats_2se'] else 'loses' if c['worse_2se'] else 'tie'} |")
+        lines.append(
+            f"| {'cond' if c['conditional'] else 'uncond'} | {c['n_t']} | {c['method']} | {c['baseline']} "
+            f"| {c['gap']:+.4f} +- {c['se']:.4f} | {'yes' if c['beats'] else 'no'} | "
+            f"{'wins' if c['beats_2se'] else 'loses' if c['worse_2se'] else 'tie'} |"
+        )
     lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
@@ -93,6 +106,11 @@ def build_study_report(out: Path) -> tuple[Path, str]:
 
 def _comparisons(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     have = {(r["conditional"], r["n_t"], r["method"]) for r in summary}
-    return [compare(summary, m, b, n, cond) for cond in (False, True) for n in sorted({r["n_t"] for r in summary})
-            for m in LEARNED for b in ("target_only", "fine_tune")
-            if (cond, n, m) in have and (cond, n, b) in have]
+    return [
+        compare(summary, m, b, n, cond)
+        for cond in (False, True)
+        for n in sorted({r["n_t"] for r in summary})
+        for m in LEARNED
+        for b in ("target_only", "fine_tune")
+        if (cond, n, m) in have and (cond, n, b) in have
+    ]

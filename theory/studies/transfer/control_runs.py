@@ -54,8 +54,12 @@ def control_verdicts(raw: dict[str, Any], out: str | os.PathLike[str]) -> tuple[
     return worst_verdicts(records), records
 
 
-def control_rates(reps: int, out: str | os.PathLike[str], controls: Sequence[str] = PIPELINE_CONTROLS,
-                  say: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+def control_rates(
+    reps: int,
+    out: str | os.PathLike[str],
+    controls: Sequence[str] = PIPELINE_CONTROLS,
+    say: Callable[[str], None] = print,
+) -> dict[str, dict[str, Any]]:
     """Per control and per record distortion: repetitions, wrong verdicts, their rate and the checks that FAILed.
 
     A pipeline control's verdict is wrong when its target check does not FAIL; a distortion's when no check
@@ -82,13 +86,22 @@ def control_rates(reps: int, out: str | os.PathLike[str], controls: Sequence[str
         wrong[""] += FAIL in correct.values()
         failed[""].update(k for k, v in correct.items() if v == FAIL)
         for control in controls:
-            found, _ = control_verdicts(control_study(control, source=control in SOURCE_CONTROLS, offset=offset),
-                                        out / f"{control}{rep}")
+            found, _ = control_verdicts(
+                control_study(control, source=control in SOURCE_CONTROLS, offset=offset), out / f"{control}{rep}"
+            )
             wrong[control] += not any(found.get(name) == FAIL for name in aimed_checks(control))
             failed[control].update(k for k, v in found.items() if v == FAIL)
         say(f"repetition {rep + 1}/{reps}: wrong verdicts so far {wrong}")
-    return {name or "correct pipeline": {
-        "reps": reps, "wrong": wrong[name], "rate": wrong[name] / reps,
-        "kind": "false fail (any check)" if not name else "false pass",
-        "check": " or ".join(aimed_checks(name)) if name in TARGET_CHECK else OTHER_DISTORTIONS.get(name, "any check"),
-        "failed_checks": dict(failed[name])} for name in names}
+    return {
+        name or "correct pipeline": {
+            "reps": reps,
+            "wrong": wrong[name],
+            "rate": wrong[name] / reps,
+            "kind": "false fail (any check)" if not name else "false pass",
+            "check": " or ".join(aimed_checks(name))
+            if name in TARGET_CHECK
+            else OTHER_DISTORTIONS.get(name, "any check"),
+            "failed_checks": dict(failed[name]),
+        }
+        for name in names
+    }

@@ -104,8 +104,13 @@ class ShardLoad:
     cells_by_head: dict[str, int]
 
 
-def shard_loads(config: ExperimentConfig, groups: Iterable[Any], shards: Sequence[int], count: int,
-                costs: dict[str, KindCost] | None = None) -> list[ShardLoad]:
+def shard_loads(
+    config: ExperimentConfig,
+    groups: Iterable[Any],
+    shards: Sequence[int],
+    count: int,
+    costs: dict[str, KindCost] | None = None,
+) -> list[ShardLoad]:
     """The load of each of ``count`` shards when group ``k`` goes to shard ``shards[k]``."""
     loads = [ShardLoad(i, 0.0, 0, {}) for i in range(count)]
     for group, s in zip(groups, shards):
@@ -120,10 +125,15 @@ def format_loads(loads: Sequence[ShardLoad]) -> str:
     """A Markdown table of shard loads, and the slowest shard's cost over the mean (1.0: perfectly even)."""
     mean = sum(s.cost for s in loads) / max(len(loads), 1)
     heads = sorted({h for s in loads for h in s.cells_by_head})
-    lines = ["| shard | cost (CPU-h) | / mean | groups | " + " | ".join(f"{h} cells" for h in heads) + " |",
-             "|---:|---:|---:|---:|" + "---:|" * len(heads)]
+    lines = [
+        "| shard | cost (CPU-h) | / mean | groups | " + " | ".join(f"{h} cells" for h in heads) + " |",
+        "|---:|---:|---:|---:|" + "---:|" * len(heads),
+    ]
     for s in loads:
-        lines.append(f"| {s.index} | {s.cost / 3600:.2f} | {s.cost / mean:.2f} | {s.groups} | "
-                     + " | ".join(str(s.cells_by_head.get(h, 0)) for h in heads) + " |")
+        lines.append(
+            f"| {s.index} | {s.cost / 3600:.2f} | {s.cost / mean:.2f} | {s.groups} | "
+            + " | ".join(str(s.cells_by_head.get(h, 0)) for h in heads)
+            + " |"
+        )
     worst = max(s.cost for s in loads) / mean
     return "\n".join(lines) + f"\n\nslowest shard / mean: {worst:.2f}"

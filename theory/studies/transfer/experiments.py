@@ -31,23 +31,37 @@ from theory.studies.transfer.sweep import run_sweep, transfer_config
 
 #: the small grid of each shipped experiment (one seed, three target sizes)
 QUICK: dict[str, tuple[str, ...]] = {
-    "flow_transfer": ("grid.n_t=[50, 100, 1000]", "grid.seeds=[0]", "evaluation.n_eval=10000",
-                      "evaluation.floor_n=20000"),
-    "diffusion_transfer": ("grid.n_t=[50, 100, 1000]", "grid.seeds=[0]", "evaluation.n_eval=2000",
-                           "evaluation.floor_n=0"),
+    "flow_transfer": (
+        "grid.n_t=[50, 100, 1000]",
+        "grid.seeds=[0]",
+        "evaluation.n_eval=10000",
+        "evaluation.floor_n=20000",
+    ),
+    "diffusion_transfer": (
+        "grid.n_t=[50, 100, 1000]",
+        "grid.seeds=[0]",
+        "evaluation.n_eval=2000",
+        "evaluation.floor_n=0",
+    ),
 }
 
 
-def experiment_config(name: str | os.PathLike[str], overrides: Sequence[str] = (), *,
-                      quick: bool = False) -> ExperimentConfig:
+def experiment_config(
+    name: str | os.PathLike[str], overrides: Sequence[str] = (), *, quick: bool = False
+) -> ExperimentConfig:
     """The config of a shipped experiment (``"flow_transfer"``) or a TOML path, with ``overrides`` applied
     after the quick grid's."""
     path = resolve_config(Path(name))
     return load_config(path, [*(QUICK.get(path.stem, ()) if quick else ()), *overrides])
 
 
-def run_transfer_experiment(config: ExperimentConfig, out: str | os.PathLike[str] | None = None, *,
-                            log: Log | None = None, workers: int | None = None) -> dict[str, Any]:
+def run_transfer_experiment(
+    config: ExperimentConfig,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    log: Log | None = None,
+    workers: int | None = None,
+) -> dict[str, Any]:
     """Run ``config`` with the engine into ``out`` (a temporary folder when None) and return its result:
     records, the per-(variant, n_t) summary, the KL and KL-split tables, the sample-efficiency ratio and the
     wall time (:func:`theory.studies.transfer.summary.grid_result`). A failed cell is an error here."""
@@ -62,15 +76,25 @@ def run_transfer_experiment(config: ExperimentConfig, out: str | os.PathLike[str
         return grid_result(collect_records(folder), seconds)
 
 
-def run_flow_experiment(overrides: Sequence[str] = (), *, quick: bool = False,
-                        out: str | os.PathLike[str] | None = None, log: Log | None = None) -> dict[str, Any]:
+def run_flow_experiment(
+    overrides: Sequence[str] = (),
+    *,
+    quick: bool = False,
+    out: str | os.PathLike[str] | None = None,
+    log: Log | None = None,
+) -> dict[str, Any]:
     """``configs/flow_transfer.toml`` (zuko spline flows, n_s = 10,000, n_t 50..1000, 3 seeds, the four
     variants, the KL split of transfer): about 5 min on one core, a minute with ``quick``."""
     return run_transfer_experiment(experiment_config("flow_transfer", overrides, quick=quick), out, log=log)
 
 
-def run_diffusion_experiment(overrides: Sequence[str] = (), *, quick: bool = False,
-                             out: str | os.PathLike[str] | None = None, log: Log | None = None) -> dict[str, Any]:
+def run_diffusion_experiment(
+    overrides: Sequence[str] = (),
+    *,
+    quick: bool = False,
+    out: str | os.PathLike[str] | None = None,
+    log: Log | None = None,
+) -> dict[str, Any]:
     """``configs/diffusion_transfer.toml`` (score heads, KL by the probability-flow ODE): about 18 min on one
     core, about 4 with ``quick``."""
     return run_transfer_experiment(experiment_config("diffusion_transfer", overrides, quick=quick), out, log=log)

@@ -26,9 +26,11 @@ def too_small(records: Sequence[Record]) -> str:
     levels = len({r["n_t"] for r in ok_records(records)})
     if seeds >= MIN_SEEDS and levels >= 3:
         return ""
-    return (f"**Too small to mean anything**: {seeds} seed(s) and {levels} n_t level(s), where a verdict needs "
-            f">= {MIN_SEEDS} seeds and an exponent >= 3 levels. This run shows that the pipeline runs end to end; "
-            "its verdicts are not evidence either way.")
+    return (
+        f"**Too small to mean anything**: {seeds} seed(s) and {levels} n_t level(s), where a verdict needs "
+        f">= {MIN_SEEDS} seeds and an exponent >= 3 levels. This run shows that the pipeline runs end to end; "
+        "its verdicts are not evidence either way."
+    )
 
 
 def _count_line(checks: Sequence[CheckResult]) -> str:
@@ -38,8 +40,11 @@ def _count_line(checks: Sequence[CheckResult]) -> str:
 
 
 def _mean(records: Sequence[Record], head: str, variant: str, n_t: int, n_s: int | None = None) -> float | None:
-    kl = [float(r["kl"]) for r in ok_records(records) if r["head"] == head and r["variant"] == variant
-          and r["n_t"] == n_t and (n_s is None or r.get("n_s") == n_s)]
+    kl = [
+        float(r["kl"])
+        for r in ok_records(records)
+        if r["head"] == head and r["variant"] == variant and r["n_t"] == n_t and (n_s is None or r.get("n_s") == n_s)
+    ]
     return float(np.mean(kl)) if kl else None
 
 
@@ -54,8 +59,10 @@ def _findings(records: Sequence[Record], checks: Sequence[CheckResult]) -> list[
         t = _mean(records, head, "transfer", n_ts[0], n_ss[-1])
         nt = _mean(records, head, "no_transfer", n_ts[0])
         if t is not None and nt is not None and t > 0:
-            out.append(f"`{head}`: at n_t = {n_ts[0]}, transfer (n_s = {n_ss[-1]}) reaches KL {t:.3g} nats against "
-                       f"{nt:.3g} without transfer ({nt / t:.1f}x lower).")
+            out.append(
+                f"`{head}`: at n_t = {n_ts[0]}, transfer (n_s = {n_ss[-1]}) reaches KL {t:.3g} nats against "
+                f"{nt:.3g} without transfer ({nt / t:.1f}x lower)."
+            )
     for c in checks:
         if c.name.endswith("equals its known answer") and "ratio" in c.numbers:
             out.append(f"{c.name} [{c.scope}]: measured / predicted = {c.numbers['ratio']:.3f} ({c.verdict}).")
@@ -65,11 +72,14 @@ def _findings(records: Sequence[Record], checks: Sequence[CheckResult]) -> list[
 def headline(records: Sequence[Record], checks: Sequence[CheckResult], setup: dict[str, Any]) -> list[str]:
     """The report's opening lines (Markdown): what was run, the verdict counts, the FAILs, the main finding."""
     ok = ok_records(records)
-    lines = ["## Summary", "",
-             f"- **Ran** {setup['task']}; heads {setup['heads']}; variants {setup['variants']}; n_s {setup['n_s']}, "
-             f"n_t {setup['n_t']}, {len({r['seed'] for r in ok})} seeds: {len(ok)} finished cells, "
-             f"{len(records) - len(ok)} failed.",
-             f"- **Verdicts**: {_count_line(checks)}."]
+    lines = [
+        "## Summary",
+        "",
+        f"- **Ran** {setup['task']}; heads {setup['heads']}; variants {setup['variants']}; n_s {setup['n_s']}, "
+        f"n_t {setup['n_t']}, {len({r['seed'] for r in ok})} seeds: {len(ok)} finished cells, "
+        f"{len(records) - len(ok)} failed.",
+        f"- **Verdicts**: {_count_line(checks)}.",
+    ]
     small = too_small(records)
     if small:
         lines.append(f"- {small}")

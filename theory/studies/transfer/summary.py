@@ -34,9 +34,11 @@ def format_split_table(records: Sequence[dict[str, Any]], variant: str = "transf
         return ""
     lines = ["| n_t | KL total | embedding floor | head term |", "|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['n_t']} | {plus_minus(r['kl_mean'], row_se(r))} | "
-                     f"{plus_minus(r['floor_mean'], r['floor_se_seeds'])} | "
-                     f"{plus_minus(r['head_term_mean'], r['head_term_se_seeds'])} |")
+        lines.append(
+            f"| {r['n_t']} | {plus_minus(r['kl_mean'], row_se(r))} | "
+            f"{plus_minus(r['floor_mean'], r['floor_se_seeds'])} | "
+            f"{plus_minus(r['head_term_mean'], r['head_term_se_seeds'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -84,12 +86,16 @@ def sample_efficiency_ratio(
     if not curve:
         raise DataError(f"no {baseline!r} records")
     target = mean[(reference, reference_n_t)]
-    out: dict[str, Any] = {"reference": reference, "baseline": baseline, "reference_n_t": reference_n_t,
-                           "target_kl": target, "baseline_curve": [list(p) for p in curve]}
+    out: dict[str, Any] = {
+        "reference": reference,
+        "baseline": baseline,
+        "reference_n_t": reference_n_t,
+        "target_kl": target,
+        "baseline_curve": [list(p) for p in curve],
+    }
     if curve[0][1] <= target:
         n_t = curve[0][0]
-        return {**out, "n_t_needed": None, "ratio": None, "bound": "<=",
-                "text": f"<= {n_t / reference_n_t:.3g}"}
+        return {**out, "n_t_needed": None, "ratio": None, "bound": "<=", "text": f"<= {n_t / reference_n_t:.3g}"}
     log_t = math.log(max(target, floor))
     for (n0, k0), (n1, k1) in zip(curve[:-1], curve[1:]):
         if k1 <= target:
@@ -98,8 +104,7 @@ def sample_efficiency_ratio(
             n_needed = math.exp(math.log(n0) + frac * (math.log(n1) - math.log(n0)))
             ratio = n_needed / reference_n_t
             return {**out, "n_t_needed": n_needed, "ratio": ratio, "bound": "=", "text": f"{ratio:.3g}"}
-    return {**out, "n_t_needed": None, "ratio": None, "bound": ">",
-            "text": f"> {curve[-1][0] / reference_n_t:.3g}"}
+    return {**out, "n_t_needed": None, "ratio": None, "bound": ">", "text": f"> {curve[-1][0] / reference_n_t:.3g}"}
 
 
 def grid_result(records: Sequence[dict[str, Any]], seconds: float, reference_n_t: int = 100) -> dict[str, Any]:
@@ -107,6 +112,11 @@ def grid_result(records: Sequence[dict[str, Any]], seconds: float, reference_n_t
     variant, transfer KL split), the sample-efficiency ratio at ``reference_n_t`` (None when that n_t was not
     run) and the wall time."""
     ran_reference = any(int(r["n_t"]) == reference_n_t for r in records)
-    return {"records": list(records), "summary": summarize(records), "table": format_table(records),
-            "split_table": format_split_table(records),
-            "ratio": sample_efficiency_ratio(records, reference_n_t) if ran_reference else None, "seconds": seconds}
+    return {
+        "records": list(records),
+        "summary": summarize(records),
+        "table": format_table(records),
+        "split_table": format_split_table(records),
+        "ratio": sample_efficiency_ratio(records, reference_n_t) if ran_reference else None,
+        "seconds": seconds,
+    }

@@ -91,10 +91,35 @@ FLOOR = "__floor__"
 Log = Callable[[str], None]
 #: Scalar record fields, in CSV column order (others follow alphabetically).
 CSV_FIELDS = (
-    "head", "head_kind", "n_s", "n_t", "seed", "variant", "status", "kl", "kl_se", "n_eval", "floor", "floor_se",
-    "floor_paired", "head_term", "head_term_se", "floor_n", "bound", "bound_se", "bound_n", "fit_seconds",
-    "eval_seconds", "source_seconds", "floor_seconds", "bound_seconds", "steps", "best_val", "settings_hash",
-    "error", "finished_at",
+    "head",
+    "head_kind",
+    "n_s",
+    "n_t",
+    "seed",
+    "variant",
+    "status",
+    "kl",
+    "kl_se",
+    "n_eval",
+    "floor",
+    "floor_se",
+    "floor_paired",
+    "head_term",
+    "head_term_se",
+    "floor_n",
+    "bound",
+    "bound_se",
+    "bound_n",
+    "fit_seconds",
+    "eval_seconds",
+    "source_seconds",
+    "floor_seconds",
+    "bound_seconds",
+    "steps",
+    "best_val",
+    "settings_hash",
+    "error",
+    "finished_at",
 )
 
 
@@ -151,7 +176,7 @@ def plan_cells(config: ExperimentConfig) -> list[Cell]:
             wanted = config.heads[head].variants
             for seed in g.seeds:
                 for variant in [v for v in g.variants if wanted is None or v in wanted]:
-                    for n_s in (g.n_s if variant in SOURCE_VARIANTS else [None]):
+                    for n_s in g.n_s if variant in SOURCE_VARIANTS else [None]:
                         cells.extend(Cell(head, n_s, n_t, seed, variant, task) for n_t in g.n_t)
     return cells
 
@@ -293,10 +318,12 @@ def transfer_config(config: ExperimentConfig, head: str, seed: int, d_h: int | N
     if e["embed_dim"] == "d_h" and d_h is None:
         raise ConfigError("encoder.embed_dim = 'd_h' needs the task's d_h")
     return TransferConfig(
-        embed_dim=d_h if e["embed_dim"] == "d_h" else e["embed_dim"], encoder_hidden=tuple(e["hidden"]),
+        embed_dim=d_h if e["embed_dim"] == "d_h" else e["embed_dim"],
+        encoder_hidden=tuple(e["hidden"]),
         encoder_activation=e["activation"],
         source_train=config.train_config(head, "source", seed),
-        target_train=config.train_config(head, "target", seed), val_fraction=e["val_fraction"],
+        target_train=config.train_config(head, "target", seed),
+        val_fraction=e["val_fraction"],
         device=config.run.device,
     )
 
@@ -306,8 +333,10 @@ def _flag(hist: Any) -> dict[str, str]:
     large learning rate, or too few pairs to learn from): a result to doubt, listed by the report."""
     if hist.improved:
         return {}
-    return {"flag": f"the target fit never beat its initial model on the validation pairs (best loss "
-                    f"{hist.best_val:.4g} vs {hist.initial_val:.4g} at step 0): lower train.target.lr or raise n_t"}
+    return {
+        "flag": f"the target fit never beat its initial model on the validation pairs (best loss "
+        f"{hist.best_val:.4g} vs {hist.initial_val:.4g} at step 0): lower train.target.lr or raise n_t"
+    }
 
 
 def _now() -> str:
@@ -326,8 +355,14 @@ class _Shared:
 class GroupRunner:
     """Runs the cells of one group in this process; every record is written as soon as it is scored."""
 
-    def __init__(self, config: ExperimentConfig, out_dir: Path, group: Group, log: Log | None = None,
-                 on_cell: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        out_dir: Path,
+        group: Group,
+        log: Log | None = None,
+        on_cell: Callable[[], None] | None = None,
+    ) -> None:
         self.config, self.out, self.group = config, Path(out_dir), group
         self.say = log or (lambda _msg: None)
         self.on_cell = on_cell or (lambda: None)
@@ -375,14 +410,25 @@ class GroupRunner:
         if shared.source is None:
             torch.manual_seed(derived_seed(g.seed, g.n_s, "source-init"))
             start = time.perf_counter()
-            shared.source = fit_source(new_encoder(source.d_c, self.tcfg), self.factory(self.tcfg.embed_dim),
-                                       source.to(self.tcfg.device), self.tcfg.source_train,
-                                       val_fraction=self.tcfg.val_fraction)
+            shared.source = fit_source(
+                new_encoder(source.d_c, self.tcfg),
+                self.factory(self.tcfg.embed_dim),
+                source.to(self.tcfg.device),
+                self.tcfg.source_train,
+                val_fraction=self.tcfg.val_fraction,
+            )
             seconds = time.perf_counter() - start
-            shared.info = {"head": g.head, "n_s": g.n_s, "seed": g.seed, "settings_hash": self.hash,
-                           "source_seconds": seconds, "source_steps": shared.source.history.steps_done,
-                           "source_best_val": shared.source.history.best_val, "floor": None,
-                           "source_improved": shared.source.history.improved}
+            shared.info = {
+                "head": g.head,
+                "n_s": g.n_s,
+                "seed": g.seed,
+                "settings_hash": self.hash,
+                "source_seconds": seconds,
+                "source_steps": shared.source.history.steps_done,
+                "source_best_val": shared.source.history.best_val,
+                "floor": None,
+                "source_improved": shared.source.history.improved,
+            }
             if cfg.control == "random_encoder":  # negative control: transfer gets an untrained encoder
                 torch.manual_seed(derived_seed(g.seed, "random-encoder"))  # one encoder per seed, every n_s
                 shared.source.encoder = new_encoder(source.d_c, self.tcfg).to(self.device).freeze()
@@ -393,18 +439,30 @@ class GroupRunner:
             torch.manual_seed(derived_seed(g.seed, g.n_s, "floor-init"))
             start = time.perf_counter()
             shared.floor = fit_floor_model(
-                self.task, shared.source, self.factory, n=floor_n,
+                self.task,
+                shared.source,
+                self.factory,
+                n=floor_n,
                 train=cfg.train_config(g.head, "floor", derived_seed(g.seed, g.n_s, "floor") % 2**31),
                 generator=torch.Generator().manual_seed(derived_seed(g.seed, g.n_s, "floor-data")),
                 val_fraction=0.1,
             )
             fit_seconds = time.perf_counter() - start
-            est = kl_to_task(self.eval_task, shared.floor, domain=eval_domain(cfg.control),
-                             n=cfg.eval_setting(g.head, "n_eval"),
-                             generator=eval_generator(eval_seed(g.seed, cfg.control), "floor-eval"))
+            est = kl_to_task(
+                self.eval_task,
+                shared.floor,
+                domain=eval_domain(cfg.control),
+                n=cfg.eval_setting(g.head, "n_eval"),
+                generator=eval_generator(eval_seed(g.seed, cfg.control), "floor-eval"),
+            )
             shared.floor.save(inside(self.out, floor_path), identity=self._identity("floor"))
-            shared.info.update(floor=est.value, floor_se=est.se, floor_n=floor_n,
-                               floor_seconds=time.perf_counter() - start, floor_fit_seconds=fit_seconds)
+            shared.info.update(
+                floor=est.value,
+                floor_se=est.se,
+                floor_n=floor_n,
+                floor_seconds=time.perf_counter() - start,
+                floor_fit_seconds=fit_seconds,
+            )
             self.say(f"[{g.stem}] embedding floor {est} (head fitted on {floor_n} target pairs)")
         write_json(inside(self.out, info_path), shared.info)
         return shared
@@ -433,60 +491,110 @@ class GroupRunner:
 
     def _base(self, cell: Cell) -> dict[str, Any]:
         t = self.task
-        return {"head": cell.head, "head_kind": self.config.heads[cell.head].kind, "n_s": cell.n_s,
-                "n_t": cell.n_t, "seed": cell.seed, "variant": cell.variant, "settings_hash": self.hash,
-                "task": cell.task, "task_name": self.config.task.name, "embedding": t.embedding_kind,
-                "task_seed": t.seed, "d_c": t.d_c, "d_h": t.d_h, "d_x": t.d_x, "embed_dim": self.tcfg.embed_dim,
-                "control": self.config.control}
+        return {
+            "head": cell.head,
+            "head_kind": self.config.heads[cell.head].kind,
+            "n_s": cell.n_s,
+            "n_t": cell.n_t,
+            "seed": cell.seed,
+            "variant": cell.variant,
+            "settings_hash": self.hash,
+            "task": cell.task,
+            "task_name": self.config.task.name,
+            "embedding": t.embedding_kind,
+            "task_seed": t.seed,
+            "d_c": t.d_c,
+            "d_h": t.d_h,
+            "d_x": t.d_x,
+            "embed_dim": self.tcfg.embed_dim,
+            "control": self.config.control,
+        }
 
     def _failed(self, cell: Cell, error: str) -> dict[str, Any]:
-        record = {**self._base(cell), "status": "failed", "error": error, "finished_at": _now(),
-                  "torch": torch.__version__, "settings": self.settings}
+        record = {
+            **self._base(cell),
+            "status": "failed",
+            "error": error,
+            "finished_at": _now(),
+            "torch": torch.__version__,
+            "settings": self.settings,
+        }
         write_json(inside(self.out, self.out / cell.path), record)
         self.say(f"[{cell}] FAILED: {error}")
         return record
 
     def _run_cell(self, cell: Cell, shared: _Shared, source: PairedData, target: PairedData) -> dict[str, Any]:
-        base = {**self._base(cell), "source_seconds": shared.info.get("source_seconds", 0.0)
-                if cell.variant in SOURCE_VARIANTS else 0.0}
+        base = {
+            **self._base(cell),
+            "source_seconds": shared.info.get("source_seconds", 0.0) if cell.variant in SOURCE_VARIANTS else 0.0,
+        }
         cell_seed = derived_seed(cell.head, cell.n_s, cell.n_t, cell.seed, cell.variant) % 2**31
         target = broken_target(target, self.config.control)
         tcfg = replace(self.tcfg, target_train=self.tcfg.target_train.replace(seed=cell_seed))
         try:
             torch.manual_seed(cell_seed)
             start = time.perf_counter()
-            fitted = fit_variants(self.factory, source, target, tcfg, [cell.variant],
-                                  oracle_embedding=getattr(self.task, "embedding", None),
-                                  source_model=shared.source)[cell.variant]
+            fitted = fit_variants(
+                self.factory,
+                source,
+                target,
+                tcfg,
+                [cell.variant],
+                oracle_embedding=getattr(self.task, "embedding", None),
+                source_model=shared.source,
+            )[cell.variant]
             if cell.variant == "transfer" and self.config.control == "trainable_encoder":
                 fitted.model.encoder.unfreeze()  # negative control: the encoder keeps learning on the target
                 train_model(fitted.model, target, tcfg.target_train, tcfg.val_fraction)
                 fitted.model.encoder.freeze()
             fit_seconds = time.perf_counter() - start
             hist = fitted.histories["target"]
-            record = {**base, **self._score(cell, fitted.model, shared.floor, shared.info, target),
-                      "target_digest": tensor_digest(target.c)}
+            record = {
+                **base,
+                **self._score(cell, fitted.model, shared.floor, shared.info, target),
+                "target_digest": tensor_digest(target.c),
+            }
             if not math.isfinite(record["kl"]):
-                return self._failed(cell, f"the KL estimate is {record['kl']} (the model's log-density is not "
-                                          "finite on some evaluation pairs)")
+                return self._failed(
+                    cell,
+                    f"the KL estimate is {record['kl']} (the model's log-density is not "
+                    "finite on some evaluation pairs)",
+                )
             if cell.variant == "transfer":
-                record.update(encoder_digest=module_digest(fitted.model.encoder),
-                              source_encoder_digest=shared.info.get("source_encoder_digest"))
-            record.update(status="ok", fit_seconds=fit_seconds, steps=hist.steps_done, best_val=hist.best_val,
-                          initial_val=hist.initial_val, **_flag(hist))
+                record.update(
+                    encoder_digest=module_digest(fitted.model.encoder),
+                    source_encoder_digest=shared.info.get("source_encoder_digest"),
+                )
+            record.update(
+                status="ok",
+                fit_seconds=fit_seconds,
+                steps=hist.steps_done,
+                best_val=hist.best_val,
+                initial_val=hist.initial_val,
+                **_flag(hist),
+            )
             self._samples(cell, fitted.model, cell_seed)
         except GentransferError as err:  # a diverged fit: recorded, reported, retried by the next run
             return self._failed(cell, f"{type(err).__name__}: {err}")
         record.update(finished_at=_now(), torch=torch.__version__, settings=self.settings)
         write_json(inside(self.out, self.out / cell.path), record)
-        extra = (f" = floor {record['floor_paired']:.4f} + head {record['head_term']:.4f}"
-                 if "head_term" in record else "")
-        self.say(f"[{cell}] KL {record['kl']:.4f} +- {record['kl_se']:.4f}{extra} "
-                 f"({record['fit_seconds']:.1f}s fit, {record['eval_seconds']:.1f}s eval)")
+        extra = (
+            f" = floor {record['floor_paired']:.4f} + head {record['head_term']:.4f}" if "head_term" in record else ""
+        )
+        self.say(
+            f"[{cell}] KL {record['kl']:.4f} +- {record['kl_se']:.4f}{extra} "
+            f"({record['fit_seconds']:.1f}s fit, {record['eval_seconds']:.1f}s eval)"
+        )
         return record
 
-    def _score(self, cell: Cell, model: ConditionalModel, floor: ConditionalModel | None,
-               info: dict[str, Any], target: PairedData) -> dict[str, Any]:
+    def _score(
+        self,
+        cell: Cell,
+        model: ConditionalModel,
+        floor: ConditionalModel | None,
+        info: dict[str, Any],
+        target: PairedData,
+    ) -> dict[str, Any]:
         cfg = self.config
         start = time.perf_counter()
         models: dict[str, Any] = {"model": model}
@@ -497,16 +605,28 @@ class GroupRunner:
         if cfg.control == "in_sample_kl":  # negative control: scored on the fit's own training pairs
             log_p, log_q = in_sample_log_densities(self.eval_task, models, target)
         else:
-            log_p, log_q = log_densities(self.eval_task, models, domain=eval_domain(cfg.control),
-                                         n=cfg.eval_setting(cell.head, "n_eval"), generator=generator)
+            log_p, log_q = log_densities(
+                self.eval_task,
+                models,
+                domain=eval_domain(cfg.control),
+                n=cfg.eval_setting(cell.head, "n_eval"),
+                generator=generator,
+            )
         est = monte_carlo_kl(log_p, log_q["model"])
         out: dict[str, Any] = {"kl": est.value, "kl_se": est.se, "n_eval": est.n, "eval_digest": eval_digest}
         if FLOOR in log_q:
             paired = monte_carlo_kl(log_p, log_q[FLOOR])
             head = monte_carlo_kl(log_q[FLOOR], log_q["model"])
-            out.update(floor=info["floor"], floor_se=info["floor_se"], floor_n=info["floor_n"],
-                       floor_seconds=info.get("floor_seconds", 0.0), floor_paired=paired.value,
-                       floor_paired_se=paired.se, head_term=head.value, head_term_se=head.se)
+            out.update(
+                floor=info["floor"],
+                floor_se=info["floor_se"],
+                floor_n=info["floor_n"],
+                floor_seconds=info.get("floor_seconds", 0.0),
+                floor_paired=paired.value,
+                floor_paired_se=paired.se,
+                head_term=head.value,
+                head_term_se=head.se,
+            )
         out = distort_kl(out, cfg.control)
         out["eval_seconds"] = time.perf_counter() - start
         if cfg.heads[cell.head].kind == "diffusion":
@@ -524,8 +644,15 @@ class GroupRunner:
         start = time.perf_counter()
         est = girsanov_bound_for(self.task, model, n=n, generator=eval_generator(cell.seed, "bound"))
         sde = sde_kl_for(self.task, model, n=2 * n, generator=eval_generator(cell.seed, "kl_sde"))
-        return {"bound": est.value, "bound_se": est.se, "bound_n": est.n, "kl_sde": sde.value, "kl_sde_se": sde.se,
-                "kl_sde_n": sde.n, "bound_seconds": time.perf_counter() - start}
+        return {
+            "bound": est.value,
+            "bound_se": est.se,
+            "bound_n": est.n,
+            "kl_sde": sde.value,
+            "kl_sde_se": sde.se,
+            "kl_sde_n": sde.n,
+            "bound_seconds": time.perf_counter() - start,
+        }
 
     def _samples(self, cell: Cell, model: ConditionalModel, cell_seed: int) -> None:
         cfg = self.config
@@ -535,13 +662,16 @@ class GroupRunner:
         torch.manual_seed(cell_seed + 1)
         with torch.no_grad():
             draws = [model.sample(cfg.evaluation.sample_n, c.to(self.device)).cpu().tolist() for c in contexts]
-        write_json(inside(self.out, self.out / cell.path.replace("cells/", "samples/", 1)),
-                    {"cell": cell.__dict__, "contexts": contexts.tolist(), "samples": draws})
+        write_json(
+            inside(self.out, self.out / cell.path.replace("cells/", "samples/", 1)),
+            {"cell": cell.__dict__, "contexts": contexts.tolist(), "samples": draws},
+        )
 
 
 # -- the sweep --------------------------------------------------------------------------------------
-def run_transfer_group(spec: dict[str, Any], out_dir: Path | None, group: Group, log: Log | None,
-                       on_cell: Callable[[], None]) -> list[dict[str, Any]]:
+def run_transfer_group(
+    spec: dict[str, Any], out_dir: Path | None, group: Group, log: Log | None, on_cell: Callable[[], None]
+) -> list[dict[str, Any]]:
     """The engine's runner of this study (:mod:`theory.engine.loop`): one group of cells, in this process."""
     assert out_dir is not None, "a sweep writes its records to a folder"
     return GroupRunner(ExperimentConfig.from_dict(spec), out_dir, group, log, on_cell).run()
@@ -590,9 +720,11 @@ def _check_rows(config: ExperimentConfig, task: Any, where: str) -> None:
                 sizes["n_s"] = min(config.grid.n_s)
             for axis, n in sizes.items():
                 if n < need:
-                    raise ConfigError(f"grid.{axis} = {n}: variant {variant} of head {head} fits a model on a "
-                                      f"{context[variant]}-feature context and needs at least {need} pairs "
-                                      f"(context features + 2; task {where})")
+                    raise ConfigError(
+                        f"grid.{axis} = {n}: variant {variant} of head {head} fits a model on a "
+                        f"{context[variant]}-feature context and needs at least {need} pairs "
+                        f"(context features + 2; task {where})"
+                    )
 
 
 def check_study(config: ExperimentConfig) -> None:
@@ -602,9 +734,11 @@ def check_study(config: ExperimentConfig) -> None:
         task = config.task.build(seed=min(config.grid.seeds), overrides=overrides)
         low = min_target_pairs(task.d_h, task.d_x)
         if min(config.grid.n_t) < low:
-            raise ConfigError(f"grid.n_t = {config.grid.n_t}: a cell needs at least d_h + d_x + 2 = {low} target "
-                              f"pairs (task {task_label(overrides) or config.task.name}: d_h = {task.d_h}, "
-                              f"d_x = {task.d_x})")
+            raise ConfigError(
+                f"grid.n_t = {config.grid.n_t}: a cell needs at least d_h + d_x + 2 = {low} target "
+                f"pairs (task {task_label(overrides) or config.task.name}: d_h = {task.d_h}, "
+                f"d_x = {task.d_x})"
+            )
         _check_rows(config, task, task_label(overrides) or config.task.name)
         for head in config.grid.heads:
             try:
@@ -616,8 +750,10 @@ def check_study(config: ExperimentConfig) -> None:
                 for phase in PHASES:
                     config.train_config(head, phase, 0)
             except (GentransferError, TypeError, ValueError, KeyError, RuntimeError) as err:
-                raise ConfigError(f"heads.{head} ({config.heads[head].kind}) does not build with these options: "
-                                  f"{type(err).__name__}: {err}") from err
+                raise ConfigError(
+                    f"heads.{head} ({config.heads[head].kind}) does not build with these options: "
+                    f"{type(err).__name__}: {err}"
+                ) from err
             _check_exact_rank(config, head, tcfg, task)
 
 
@@ -625,17 +761,27 @@ def _check_exact_rank(config: ExperimentConfig, head: str, tcfg: TransferConfig,
     """A linear encoder under a linear-Gaussian head is fitted by reduced-rank regression, which identifies at
     most d_x directions of c: refuse a larger embedding before any cell runs."""
     cls = config.heads[head].head_class()
-    if not tcfg.encoder_hidden and getattr(cls, "exact_with_linear_encoder", False) and \
-            tcfg.embed_dim > min(task.d_c, task.d_x):
-        raise ConfigError(f"heads.{head}: a linear encoder (hidden = []) under a {config.heads[head].kind} head is "
-                          f"reduced-rank regression, which needs embed_dim <= min(d_c, d_x) = "
-                          f"{min(task.d_c, task.d_x)}; got embed_dim = {tcfg.embed_dim} (task d_c = {task.d_c}, "
-                          f"d_h = {task.d_h}, d_x = {task.d_x}): give the encoder hidden layers or a smaller embed_dim")
+    if (
+        not tcfg.encoder_hidden
+        and getattr(cls, "exact_with_linear_encoder", False)
+        and tcfg.embed_dim > min(task.d_c, task.d_x)
+    ):
+        raise ConfigError(
+            f"heads.{head}: a linear encoder (hidden = []) under a {config.heads[head].kind} head is "
+            f"reduced-rank regression, which needs embed_dim <= min(d_c, d_x) = "
+            f"{min(task.d_c, task.d_x)}; got embed_dim = {tcfg.embed_dim} (task d_c = {task.d_c}, "
+            f"d_h = {task.d_h}, d_x = {task.d_x}): give the encoder hidden layers or a smaller embed_dim"
+        )
 
 
 def run_sweep(
-    config: ExperimentConfig, out_dir: str | os.PathLike[str], *, workers: int | None = None,
-    log: Log | None = print, shard: tuple[int, int] = (0, 1), executor: Executor | None = None,
+    config: ExperimentConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    workers: int | None = None,
+    log: Log | None = print,
+    shard: tuple[int, int] = (0, 1),
+    executor: Executor | None = None,
     max_hours: float | None = None,
 ) -> SweepResult:
     """Run every missing (or failed) cell of ``config`` into ``out_dir``; then collect all records into
@@ -659,8 +805,16 @@ def run_sweep(
         return _sweep(config, out, workers, log, shard, executor, rates, max_hours)
 
 
-def _sweep(config: ExperimentConfig, out: Path, workers: int, log: Log | None, shard: tuple[int, int],
-           executor: Executor | None, rates: dict[str, Any], max_hours: float | None) -> SweepResult:
+def _sweep(
+    config: ExperimentConfig,
+    out: Path,
+    workers: int,
+    log: Log | None,
+    shard: tuple[int, int],
+    executor: Executor | None,
+    rates: dict[str, Any],
+    max_hours: float | None,
+) -> SweepResult:
     """:func:`run_sweep` in a folder this process holds."""
     check_no_links(out)
     _check_cost(config, _unfinished(config, out, shard), workers, max_hours)  # before the folder is claimed
@@ -672,17 +826,34 @@ def _sweep(config: ExperimentConfig, out: Path, workers: int, log: Log | None, s
     write_config(config, out)
     say = log or (lambda _msg: None)
     groups = plan_groups(todo)
-    say(f"{len(todo)} cells to run in {len(groups)} groups ({len(done)} already on disk), "
-        f"{min(workers, max(len(groups), 1))} worker(s)")
+    say(
+        f"{len(todo)} cells to run in {len(groups)} groups ({len(done)} already on disk), "
+        f"{min(workers, max(len(groups), 1))} worker(s)"
+    )
     start = time.perf_counter()
-    run_groups(run_transfer_group, config.to_dict(), out, groups, workers=workers, threads=config.run.threads,
-               log=log, executor=executor)
+    run_groups(
+        run_transfer_group,
+        config.to_dict(),
+        out,
+        groups,
+        workers=workers,
+        threads=config.run.threads,
+        log=log,
+        executor=executor,
+    )
     seconds = time.perf_counter() - start
     records = collect_records(out, config)
     csv_path = write_csv(records, out / "results.csv")
     failures = failed_cells(records)
-    return SweepResult(ran=len(todo), skipped=len(done), failed=len(failures), seconds=seconds,
-                       csv_path=csv_path, failures=failures, flagged=flagged_cells(records))
+    return SweepResult(
+        ran=len(todo),
+        skipped=len(done),
+        failed=len(failures),
+        seconds=seconds,
+        csv_path=csv_path,
+        failures=failures,
+        flagged=flagged_cells(records),
+    )
 
 
 def _unfinished(config: ExperimentConfig, out: Path, shard: tuple[int, int]) -> list[Cell]:
@@ -702,13 +873,17 @@ def _check_cost(config: ExperimentConfig, todo: list[Cell], workers: int, max_ho
         return
     seconds = estimated_seconds(config, todo)
     if len(todo) > MAX_CELLS:
-        raise ConfigError(f"this run has {len(todo)} cells to run, more than {MAX_CELLS} (estimated at "
-                          f"{duration(seconds)} of CPU time; about {duration(seconds / workers)} on {workers} "
-                          "worker(s)): rerun with --yes to start it (or make the grid smaller)")
+        raise ConfigError(
+            f"this run has {len(todo)} cells to run, more than {MAX_CELLS} (estimated at "
+            f"{duration(seconds)} of CPU time; about {duration(seconds / workers)} on {workers} "
+            "worker(s)): rerun with --yes to start it (or make the grid smaller)"
+        )
     if seconds > max_hours * 3600:
-        raise ConfigError(f"this run is estimated at {duration(seconds)} of CPU time ({len(todo)} cells; about "
-                          f"{duration(seconds / workers)} on {workers} worker(s)), more than {max_hours:g} h: "
-                          "rerun with --yes to start it (or make the grid smaller)")
+        raise ConfigError(
+            f"this run is estimated at {duration(seconds)} of CPU time ({len(todo)} cells; about "
+            f"{duration(seconds / workers)} on {workers} worker(s)), more than {max_hours:g} h: "
+            "rerun with --yes to start it (or make the grid smaller)"
+        )
 
 
 # -- records ------------------------------------------------------------------------------------------
