@@ -77,26 +77,31 @@ def check_kl_is_divergence(records: Sequence[Record]) -> CheckResult:
     )
 
 
-def fixed_instance(records: Sequence[Record]) -> bool:
-    """True when several seeds of one task label share ONE task instance (``task.instance = "fixed"``)."""
+def _task_seeds(records: Sequence[Record]) -> dict[str, dict[int, set[object]]]:
+    """Task label -> grid seed -> the task seeds its records name (records that name none are not judged)."""
     by_label: dict[str, dict[int, set[object]]] = defaultdict(lambda: defaultdict(set))
     for r in ok_records(records):
-        if r.get("task_seed") is not None:  # records that do not name their task instance are not judged here
+        if r.get("task_seed") is not None:
             by_label[r.get("task", "")][int(r["seed"])].add(r["task_seed"])
-    return any(len(seeds) > 1 and len(set().union(*seeds.values())) == 1 for seeds in by_label.values())
+    return by_label
+
+
+def fixed_instance(records: Sequence[Record]) -> bool:
+    """True when several seeds of one task label share ONE task instance (``task.instance = "fixed"``)."""
+    return any(len(seeds) > 1 and len(set().union(*seeds.values())) == 1 for seeds in _task_seeds(records).values())
 
 
 def _repeated_task_seeds(records: Sequence[Record]) -> list[str]:
     """Task labels whose grid seeds map onto fewer task instances than seeds (but more than one)."""
-    by_label: dict[str, dict[int, object]] = defaultdict(dict)
-    for r in ok_records(records):
-        if r.get("task_seed") is not None:
-            by_label[r.get("task", "")][int(r["seed"])] = r["task_seed"]
-    return [
-        f"{label or 'task'}: seeds {sorted(m)} -> task seeds {[m[s] for s in sorted(m)]}"
-        for label, m in by_label.items()
-        if 1 < len(set(m.values())) < len(m)
-    ]
+    found = []
+    for label, seeds in _task_seeds(records).items():
+        instances = set().union(*seeds.values())
+        if 1 < len(instances) < len(seeds):
+            found.append(
+                f"{label or 'task'}: seeds {sorted(seeds)} -> task seeds "
+                f"{[sorted(seeds[s], key=str) for s in sorted(seeds)]}"
+            )
+    return found
 
 
 def _shared_values(records: Sequence[Record]) -> list[str]:
