@@ -61,7 +61,8 @@ def _findings(records: Sequence[Record], checks: Sequence[CheckResult]) -> list[
         if t is not None and nt is not None and t > 0:
             out.append(
                 f"`{head}`: at n_t = {n_ts[0]}, transfer (n_s = {n_ss[-1]}) reaches KL {t:.3g} nats against "
-                f"{nt:.3g} without transfer ({nt / t:.1f}x lower)."
+                f"{nt:.3g} without transfer "
+                + (f"({nt / t:.1f}x lower)." if nt >= t else "(transfer is HIGHER: no gain at this size).")
             )
     for c in checks:
         if c.name.endswith("equals its known answer") and "ratio" in c.numbers:
