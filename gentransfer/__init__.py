@@ -27,8 +27,17 @@ if TYPE_CHECKING:
     from flows import *  # noqa: F403
     from shared_embed import *  # noqa: F403
     from theory.engine.config import ExperimentConfig, load_config
+    from theory.engine.results import read_results
+    from theory.engine.study import register_study
     from theory.truth.kl import KLEstimate, kl_to_task, monte_carlo_kl
-    from theory.truth.tasks import TASKS, ConditionalGaussianTask, ConditionalMixtureTask, TwoGaussianTask, make_task
+    from theory.truth.tasks import (
+        TASKS,
+        ConditionalGaussianTask,
+        ConditionalMixtureTask,
+        TwoGaussianTask,
+        make_task,
+        register_task,
+    )
 
 _SHARED_EMBED = (
     "HEADS",
@@ -154,6 +163,9 @@ _EXPORTS: dict[str, str] = {
     ),
     **dict.fromkeys(("KLEstimate", "kl_to_task", "monte_carlo_kl"), "theory.truth.kl"),
     **dict.fromkeys(("ExperimentConfig", "load_config"), "theory.engine.config"),
+    "register_task": "theory.truth.tasks",
+    "read_results": "theory.engine.results",
+    "register_study": "theory.engine.study",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

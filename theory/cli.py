@@ -16,18 +16,14 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared_embed.errors import GentransferError
 from theory.engine.config_files import apply_override, read_toml, resolve_config
-from theory.engine.executors import EXECUTORS, check_threads, make_executor, parse_options
-from theory.engine.folder_lock import hold_folder, run_in_progress
+from theory.engine.executors import EXECUTORS, make_executor, parse_options
+from theory.engine.folder_lock import run_in_progress
 from theory.engine.toml_writer import dumps as toml_dumps
-
-if TYPE_CHECKING:  # the config module loads torch: the commands import it when they run
-    from theory.engine.config import ExperimentConfig
 
 # torch and the rest of theory load inside the commands that need them: --help, --version and a missing or
 # malformed config file answer without them (benchmarks/cli_startup.py).
@@ -164,6 +160,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("dir", type=Path, help="a folder written by 'gentransfer run'")
     rep.add_argument(
+        "--task",
+        metavar="MODULE:CLASS",
+        help="the user task the folder's config names (task.name = 'MODULE:CLASS'): a report imports only code "
+        "it is given here, never code named by the folder alone",
+    )
+    rep.add_argument(
         "--rate",
         metavar="MODULE:FUNCTION",
         help="import this rate function and use its predictions (a report never imports code named "
@@ -179,20 +181,6 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print JSON instead of TOML")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return p
-
-
-def _print_report(report, out: Path) -> None:
-    from theory.verdicts.checks import PASS
-
-    for name, table in report.tables.items():
-        print(f"\nKL(p_T || p_hat) in nats, mean +- SE over seeds: {name}")
-        print(table)
-    print("\nChecks:")
-    width = max((len(f"{c.name} [{c.scope}]") for c in report.checks), default=0)
-    for c in report.checks:
-        print(f"  {f'{c.name} [{c.scope}]':<{width}}  {c.verdict.upper() if c.verdict != PASS else 'pass'}")
-    print("\n" + "\n".join(line.removeprefix("- ").replace("**", "") for line in report.summary[2:] if line))
-    print(f"Report: {report.path}  (plots in {out / 'plots'})")
 
 
 def _check_out(out: Path) -> None:
@@ -214,27 +202,6 @@ def _raw_config(path: Path, overrides: list[str]) -> dict:
     return raw
 
 
-def _study(raw: dict) -> Any:
-    """The module of a study that is not a transfer grid (``[experiment] kind``), or None for a transfer grid."""
-    exp = raw.get("experiment", {})
-    kind = exp.get("kind", "transfer") if isinstance(exp, dict) else "transfer"
-    if kind == "tgdp":
-        from theory.studies.tgdp import study as tgdp_study
-
-        return tgdp_study
-    if kind == "digits":
-        from theory.studies.digits import study as digits_study
-
-        return digits_study
-    if kind == "completion":
-        from theory.studies.completion import study as completion_study
-
-        return completion_study
-    if kind != "transfer":
-        raise GentransferError(f"experiment.kind = {kind!r} is not a study; valid: transfer, tgdp, digits, completion")
-    return None
-
-
 def _executor(args: argparse.Namespace, workers: int) -> Any:
     """The executor the options ask for (None: this machine's pool); a GentransferError naming a bad option."""
     return make_executor(
@@ -248,142 +215,55 @@ def _executor(args: argparse.Namespace, workers: int) -> Any:
     )
 
 
-def _where(args: argparse.Namespace) -> str:
-    """``, executor dask at tcp://...`` for the first line of a run ('' for the local pool)."""
-    if args.executor == "local":
-        return ""
-    return f", executor {args.executor}" + (f" at {args.scheduler}" if args.scheduler else "")
-
-
-def _run_study(study: Any, raw: dict, args: argparse.Namespace) -> int:
-    """``gentransfer run`` of a TGDP or digits config: the same engine, its own records and report."""
-    import torch
-
-    study.parse(raw)  # every setting checked before the folder is touched
-    if args.shard != "0/1" or args.device:
-        raise GentransferError(
-            f"--shard and --device are options of transfer grids, not of a {raw['experiment']['kind']} study"
-        )
-    workers = args.workers if args.workers is not None else int(raw.get("run", {}).get("workers", 1))
-    if workers < 1:
-        raise GentransferError(f"--workers must be >= 1, got {workers}")
-    executor = _executor(args, workers)
-    threads = raw.get("run", {}).get("threads", 1)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise GentransferError(f"run.threads must be a whole number >= 1, got {threads!r}")
-    torch.set_num_threads(check_threads(threads) if args.executor == "local" else threads)
-    _check_out(args.out)
-    print(
-        f"gentransfer run: {raw['experiment'].get('name', raw['experiment']['kind'])} -> {args.out} "
-        f"({workers} worker(s){_where(args)})",
-        flush=True,
-    )
-    start = time.perf_counter()
-    with hold_folder(args.out):
-        study.run_study(
-            raw,
-            args.out,
-            workers=workers,
-            log=None if args.quiet else (lambda m: print(m, flush=True)),
-            executor=executor,
-        )
-        if not args.no_report:
-            path, table = study.build_study_report(args.out)
-            print(f"\n{table}\n\nReport: {path}")
-    print(f"total {time.perf_counter() - start:.0f} s")
-    return 0
-
-
 def _run(args: argparse.Namespace) -> int:
-    overrides = args.overrides + ([f'run.device="{args.device}"'] if args.device else [])
-    raw = _raw_config(args.config, overrides)
-    study = _study(raw)
-    if study is not None:
-        return _run_study(study, raw, args)
-    from theory.engine.config import ExperimentConfig  # loads torch: validation needs TrainConfig
+    """``gentransfer run``: the config checked by its study before the folder is touched, then the study's run."""
+    from theory.engine.study import RunOptions, get_study, kind_of
+    from theory.engine.study_runs import refuse_options
 
-    config = ExperimentConfig.from_dict(raw)
-    import torch
-
-    from theory.studies.transfer.sweep import parse_shard
-
-    shard = parse_shard(args.shard)
-    if args.workers is not None:
-        config.run.workers = args.workers
-    if config.run.workers < 1:
-        raise GentransferError(f"--workers must be >= 1, got {config.run.workers}")
-    executor = _executor(args, config.run.workers)
-    if args.executor == "local":
-        check_threads(config.run.threads)
-    torch.set_num_threads(config.run.threads)
-    print(
-        f"gentransfer run: {config.name} -> {args.out} ({config.run.workers} worker(s), "
-        f"{config.run.threads} torch thread(s) each, device {config.run.device}"
-        f"{'' if shard == (0, 1) else f', shard {args.shard}'}{_where(args)})",
-        flush=True,
-    )
-    start = time.perf_counter()
-    _check_out(args.out)
-    with hold_folder(args.out, shard):
-        return _sweep_and_report(config, args, shard, executor, start)
-
-
-def _sweep_and_report(
-    config: ExperimentConfig, args: argparse.Namespace, shard: tuple[int, int], executor: Any, start: float
-) -> int:
-    """The sweep and its report, in a folder this process holds: 0, or 1 when some cells failed."""
-    from shared_embed.checkpoint import atomic_write_text
-    from theory.studies.transfer.report import build_report
-    from theory.studies.transfer.sweep import run_sweep
-
-    result = run_sweep(
-        config,
-        args.out,
-        log=None if args.quiet else (lambda m: print(m, flush=True)),
-        shard=shard,
-        executor=executor,
+    raw = _raw_config(args.config, args.overrides)
+    study = get_study(kind_of(raw))
+    resolved = study.resolved(raw)  # every setting checked before the folder is touched
+    if args.workers is not None and args.workers < 1:
+        raise GentransferError(f"--workers must be >= 1, got {args.workers}")
+    workers = args.workers if args.workers is not None else resolved.get("run", {}).get("workers", 1)
+    options = RunOptions(
+        workers=args.workers,
+        device=args.device,
+        shard=args.shard,
+        executor_name=args.executor,
+        executor=_executor(args, workers),
+        where=""
+        if args.executor == "local"
+        else f", executor {args.executor}" + (f" at {args.scheduler}" if args.scheduler else ""),
         max_hours=None if args.yes else MAX_HOURS,
+        report=not args.no_report,
+        log=None if args.quiet else (lambda m: print(m, flush=True)),
+        config_file=os.fspath(args.config),
+        overrides=tuple(args.overrides),
     )
-    atomic_write_text(
-        Path(args.out) / "run.json",
-        json.dumps(
-            {
-                "config_file": os.fspath(args.config),
-                "overrides": args.overrides,
-                "workers": config.run.workers,
-                "executor": args.executor,
-                "ran": result.ran,
-                "skipped": result.skipped,
-                "failed": result.failed,
-                "seconds": result.seconds,
-            }
+    refuse_options(study.KIND, study.OPTIONS, options)
+    _check_out(args.out)
+    return study.run(raw, args.out, options)
+
+
+def _report(args: argparse.Namespace) -> int:
+    """``gentransfer report DIR``: the study the folder's config.json names rebuilds its report."""
+    from theory.engine.run_folder import read_json
+    from theory.engine.study import ReportOptions, get_study, kind_of
+
+    if not args.dir.is_dir():
+        raise GentransferError(
+            f"{os.fspath(args.dir)!r} is not a folder written by 'gentransfer run' (it holds no config.json)"
         )
-        + "\n",
-    )
-    print(
-        f"sweep: {result.ran} cells run, {result.skipped} found on disk, {result.failed} failed, "
-        f"{result.seconds:.0f} s; records in {Path(args.out) / 'cells'}, table {result.csv_path}",
-        flush=True,
-    )
-    if not args.no_report:
-        report = build_report(args.out, config)
-        _print_report(report, Path(args.out))
-        print(f"total {time.perf_counter() - start:.0f} s")
-    if result.flagged:
+    busy = run_in_progress(args.dir)
+    if busy:
         print(
-            f"gentransfer: warning: {len(result.flagged)} cell(s) flagged as doubtful (listed in the report):",
+            f"gentransfer: note: a run is in progress in {os.fspath(args.dir)!r} ({busy}); this report "
+            "covers the cells finished so far",
             file=sys.stderr,
         )
-        for line in result.flagged:
-            print(f"  {line}", file=sys.stderr)
-    if result.failures:
-        print(
-            f"gentransfer: {len(result.failures)} cell(s) failed (run the same command again to retry them):",
-            file=sys.stderr,
-        )
-        for line in result.failures:
-            print(f"  {line}", file=sys.stderr)
-        return 1
+    study = get_study(kind_of(read_json(args.dir / "config.json") or {}))
+    print(study.report(args.dir, ReportOptions(rate=args.rate, task=args.task)))
     return 0
 
 
@@ -399,33 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "report":
-            from theory.engine.run_folder import read_json
-            from theory.studies.transfer.report import build_report
+            return _report(args)
+        from theory.engine.study import get_study, kind_of
 
-            if not args.dir.is_dir():
-                raise GentransferError(
-                    f"{os.fspath(args.dir)!r} is not a folder written by 'gentransfer run' (it holds no config.json)"
-                )
-            busy = run_in_progress(args.dir)
-            if busy:
-                print(
-                    f"gentransfer: note: a run is in progress in {os.fspath(args.dir)!r} ({busy}); this report "
-                    "covers the cells finished so far",
-                    file=sys.stderr,
-                )
-            study = _study(read_json(args.dir / "config.json") or {})
-            if study is not None:
-                path, table = study.build_study_report(args.dir)
-                print(f"{table}\n\nReport: {path}")
-                return 0
-            report = build_report(args.dir, rate=args.rate)
-            _print_report(report, args.dir)
-            return 0
         raw = _raw_config(args.config, args.overrides)
-        study = _study(raw)
-        from theory.engine.config import ExperimentConfig
-
-        resolved = study.resolved(raw) if study is not None else ExperimentConfig.from_dict(raw).to_dict()
+        resolved = get_study(kind_of(raw)).resolved(raw)
         print(json.dumps(resolved, indent=2) if args.json else toml_dumps(resolved), end="\n" if args.json else "")
         sys.stdout.flush()
         return 0

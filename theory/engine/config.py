@@ -103,32 +103,40 @@ class TaskSpec:
 
     @classmethod
     def parse(cls, table: dict[str, Any]) -> TaskSpec:
-        from theory.truth.tasks import TASKS
+        from theory.truth.tasks import task_class
 
         table = dict(table)
-        name = check_choice("task.name", table.pop("name", "conditional_gaussian"), CONDITIONAL_TASKS)
+        name = table.pop("name", "conditional_gaussian")
+        if not isinstance(name, str):
+            raise ConfigError(f"task.name must be a string, got {name!r}")
         instance = check_choice("task.instance", table.pop("instance", "per_seed"), TASK_INSTANCES)
-        valid = [p for p in inspect.signature(TASKS[name]).parameters]
+        valid = [p for p in inspect.signature(task_class(name, CONDITIONAL_TASKS)).parameters]
         check_keys(table, valid + ["name", "instance"], "task")
+        if instance == "per_seed" and "seed" not in valid:
+            raise ConfigError(
+                f"task {name!r} takes no 'seed' argument, so every grid seed cannot draw its own instance: give it "
+                'a seed parameter, or set task.instance = "fixed"'
+            )
         return cls(name, table, instance)
 
     def check_overrides(self, overrides: dict[str, Any], where: str) -> None:
-        from theory.truth.tasks import TASKS
+        from theory.truth.tasks import task_class
 
-        valid = [p for p in inspect.signature(TASKS[self.name]).parameters if p != "seed"]
+        valid = [p for p in inspect.signature(task_class(self.name, CONDITIONAL_TASKS)).parameters if p != "seed"]
         check_keys(overrides, valid, where)
 
     def build(self, seed: int | None = None, overrides: dict[str, Any] | None = None) -> Any:
         """The task with ``overrides``; with ``instance = "per_seed"`` and a grid ``seed``, that seed's instance."""
-        from theory.truth.tasks import make_task
+        from theory.truth.tasks import check_task, task_class
 
         options = {**self.options, **(overrides or {})}
         if self.instance == "per_seed" and seed is not None:
             options["seed"] = seed
         try:
-            return make_task(self.name, **options)
+            task = task_class(self.name, CONDITIONAL_TASKS)(**options)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"[task] {self.name}: {err}") from err
+        return check_task(task, self.name)
 
 
 def task_label(overrides: dict[str, Any]) -> str:

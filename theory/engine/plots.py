@@ -259,7 +259,12 @@ def samples_figure(
     contexts = torch.tensor(any_panel["contexts"], dtype=torch.float32)
     n_draw = len(any_panel["samples"][0])
     gen = torch.Generator().manual_seed(0)
-    truth = [task.conditional(c.expand(n_draw, -1), "target").sample(gen).numpy() for c in contexts]
+    if hasattr(task, "conditional"):
+        truth = [task.conditional(c.expand(n_draw, -1), "target").sample(gen).numpy() for c in contexts]
+    elif hasattr(task, "sample_x"):  # a user's task (theory.truth.tasks.TASK_MEMBERS)
+        truth = [task.sample_x(c.expand(n_draw, -1), "target", gen).numpy() for c in contexts]
+    else:
+        return None
     allx = np.concatenate(truth)
     lo, hi = np.quantile(allx, 0.002, axis=0), np.quantile(allx, 0.998, axis=0)
     pad = 0.35 * (hi - lo)

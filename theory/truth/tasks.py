@@ -11,6 +11,7 @@ scores and the exact guidance h_t = q_t / p_t.
 
 from __future__ import annotations
 
+import importlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from shared_embed.data import PairedData
-from shared_embed.errors import DataError, ShapeError
+from shared_embed.errors import ConfigError, DataError, ShapeError
 from shared_embed.validation import check_choice, check_positive_float, check_positive_int, check_tensor
 from theory.truth.mixture import GaussianMixture
 
@@ -397,3 +398,69 @@ TASKS: dict[str, type] = {
 def make_task(name: str, **kwargs: Any) -> Any:
     """Build a task by name (see ``TASKS``)."""
     return TASKS[check_choice("task", name, TASKS)](**kwargs)
+
+
+# -- a user's own task -----------------------------------------------------------------------------
+#: What the transfer study reads of a conditional task instance (docs/bring_your_own_task.md): its dimensions,
+#: its seed and ``config`` (a JSON-able dict for the records and the report), ``sample(n, domain, generator) ->
+#: PairedData``, ``sample_c(n, generator) -> (n, d_c)`` and the exact ``log_prob(x, c, domain) -> (n,)``.
+#: Optional: ``embedding`` (h*, a module (n, d_c) -> (n, d_h): the ``oracle`` variant needs it), ``analytic``
+#: (True: heads on a fixed context get the parametric-like rate), ``sample_x(c, domain, generator) -> (n, d_x)``
+#: (draws of x at given c: the report's sample plot) and ``embedding_kind`` (a word for the records).
+TASK_MEMBERS = ("d_c", "d_h", "d_x", "seed", "config", "sample", "sample_c", "log_prob")
+
+_USER_TASKS: dict[str, type] = {}
+
+
+def register_task(name: str, cls: type) -> None:
+    """Make ``[task] name = NAME`` build ``cls(**options)`` in this process (a config may also name a class as
+    ``"package.module:Class"``, which worker processes and ``gentransfer report --task`` can import)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConfigError(f"name must be a word (letters, digits, _), got {name!r}")
+    if name in TASKS:
+        raise ConfigError(f"task {name!r} is shipped; register yours under another name")
+    if not isinstance(cls, type):
+        raise ConfigError(f"cls must be a class, got {type(cls).__name__}")
+    _USER_TASKS[name] = cls
+
+
+def is_user_task(name: str) -> bool:
+    """Whether ``name`` is a task of the user's (registered in this process, or ``package.module:Class``)."""
+    return name in _USER_TASKS or ":" in name
+
+
+def task_class(name: str, shipped: tuple[str, ...]) -> type:
+    """The class of task ``name``: one of ``shipped``, one registered with :func:`register_task`, or the class a
+    ``"package.module:Class"`` path names (imported here). ConfigError naming what is wrong."""
+    if name in shipped:
+        return TASKS[name]
+    if name in _USER_TASKS:
+        return _USER_TASKS[name]
+    module_name, sep, attr = name.partition(":")
+    if not (sep and attr.isidentifier() and all(p.isidentifier() for p in module_name.split("."))):
+        valid = ", ".join([*shipped, *_USER_TASKS])
+        raise ConfigError(f"task.name must be one of {valid}, or a class given as 'package.module:Class'; got {name!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"task.name = {name!r}: cannot import {module_name!r} ({err}); is it on sys.path?") from err
+    cls = getattr(module, attr, None)
+    if not isinstance(cls, type):
+        raise ConfigError(f"task.name = {name!r}: {module_name!r} has no class {attr!r}")
+    return cls
+
+
+def check_task(task: object, name: str) -> object:
+    """``task`` if it has every member of :data:`TASK_MEMBERS` and sane dimensions; else a ConfigError naming
+    what is missing."""
+    missing = [m for m in TASK_MEMBERS if not hasattr(task, m)]
+    if missing:
+        raise ConfigError(
+            f"task {name!r} lacks {', '.join(missing)}: a conditional task needs {', '.join(TASK_MEMBERS)} "
+            "(see docs/bring_your_own_task.md)"
+        )
+    for dim in ("d_c", "d_h", "d_x"):
+        value = getattr(task, dim)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"task {name!r}: {dim} must be a whole number >= 1, got {value!r}")
+    return task

@@ -64,11 +64,21 @@ class Report:
     summary: list[str] = field(default_factory=list)
 
 
-def load_run_config(out_dir: str | os.PathLike[str]) -> ExperimentConfig:
-    """The resolved config a sweep stored in ``out_dir/config.json``."""
+def load_run_config(out_dir: str | os.PathLike[str], task: str | None = None) -> ExperimentConfig:
+    """The resolved config a sweep stored in ``out_dir/config.json``.
+
+    A folder whose task is user code (``task.name = "package.module:Class"``) is read only when ``task`` names
+    that same class: a report imports code its caller gives, never code named by the folder alone."""
     raw = read_json(Path(out_dir) / "config.json")
     if raw is None:
         raise ConfigError(f"{os.fspath(out_dir)!r} holds no config.json: is it a folder written by 'gentransfer run'?")
+    named = raw.get("task", {}).get("name") if isinstance(raw.get("task"), dict) else None
+    if isinstance(named, str) and ":" in named and named != task:
+        raise ConfigError(
+            f"{os.fspath(out_dir)!r} holds a run of the user task {named!r}: a report imports only code it is "
+            f"given, so name it: gentransfer report {os.fspath(out_dir)} --task {named}"
+            + (f" (--task {task} was given)" if task else "")
+        )
     return ExperimentConfig.from_dict(raw)
 
 
@@ -289,17 +299,22 @@ def _setup_lines(config: ExperimentConfig, out: Path, records: list[Record], ok:
 
 
 def build_report(
-    out_dir: str | os.PathLike[str], config: ExperimentConfig | None = None, *, rate: str | None = None
+    out_dir: str | os.PathLike[str],
+    config: ExperimentConfig | None = None,
+    *,
+    rate: str | None = None,
+    task: str | None = None,
 ) -> Report:
     """Rebuild ``out_dir/report.md`` (and checks.json, results.csv, plots) from the records on disk.
 
     ``config``: the config just run (its rate function may be called); None reads the folder's config.json and
     the predictions the run stored, importing nothing the folder names. ``rate`` ("module:function"): a rate
-    function the caller names, imported and used instead.
+    function the caller names, imported and used instead. ``task`` ("module:Class"): the user task the folder's
+    config names, which is imported only when given here (:func:`load_run_config`).
     """
     out = Path(out_dir)
     trusted = config is not None or rate is not None
-    config = config or load_run_config(out)
+    config = config or load_run_config(out, task)
     if rate is not None:
         config.theory.rate = check_rate_name(rate)
     check_no_links(out)

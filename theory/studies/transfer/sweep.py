@@ -501,7 +501,7 @@ class GroupRunner:
             "settings_hash": self.hash,
             "task": cell.task,
             "task_name": self.config.task.name,
-            "embedding": t.embedding_kind,
+            "embedding": getattr(t, "embedding_kind", "user"),
             "task_seed": t.seed,
             "d_c": t.d_c,
             "d_h": t.d_h,
