@@ -204,3 +204,29 @@ def test_the_tgdp_study_runs_and_reports_through_gentransfer(
     assert "0/0" not in capsys.readouterr().out and load_records(out) == records
     other = ["run", "tgdp_smoke", "--out", str(out), "--set", "tgdp.n_source=300"]
     assert main(other) == 2 and "another study" in capsys.readouterr().err
+
+
+def test_adding_a_method_changes_no_other_methods_records(tmp_path: Path) -> None:
+    """Every cell draws from a digest of its own coordinates: a grid with more methods gives the methods it shares
+    with a smaller grid the same records, bit for bit."""
+    from dataclasses import replace
+
+    small = replace(tiny_settings(), methods=("target_only", "fine_tune"), conditional=(False,))
+    large = replace(small, methods=("source_only", "target_only", "tgdp_kernel", "fine_tune"))
+
+    def numbers(settings: TGDPSettings, out: Path) -> dict[str, tuple[float, float]]:
+        records = run_tgdp_experiment(settings, out_dir=out)["records"]
+        return {r["method"]: (r["kl"], r["mmd2"]) for r in records}
+
+    first, second = numbers(small, tmp_path / "small"), numbers(large, tmp_path / "large")
+    assert set(second) == {"source_only", "target_only", "tgdp_kernel", "fine_tune"}
+    assert {m: second[m] for m in first} == first
+
+
+def test_a_new_method_in_the_table_changes_no_cell_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import theory.studies.tgdp.methods as methods
+
+    before = {(m, n): methods.cell_seed(0, n, m) for m in METHODS for n in (10, 100)}
+    monkeypatch.setattr(methods, "METHODS", ("a_new_method", *METHODS))
+    assert {(m, n): methods.cell_seed(0, n, m) for m in METHODS for n in (10, 100)} == before
+    assert len(set(before.values())) == len(before) - sum(m in methods.REFERENCES for m in METHODS)

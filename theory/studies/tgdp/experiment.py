@@ -44,6 +44,7 @@ from shared_embed.data import PairedData
 from shared_embed.errors import DataError
 from theory.engine.loop import Executor, run_cells, run_groups
 from theory.engine.run_folder import read_json, write_json
+from theory.engine.seeding import derived_seed
 from theory.engine.tables import plus_minus, row_se, summarize_seeds
 from theory.studies.tgdp.evaluation import (
     LABELS,
@@ -166,19 +167,18 @@ def run_tgdp_group(
     s = TGDPSettings.from_dict(spec)
     task, say = TwoGaussianTask(**s.task), log or (lambda _m: None)
     seed, conditional = group.seed, group.conditional
-    gen = torch.Generator().manual_seed(seed)
-    source = task.sample(s.n_source, "source", gen)
-    pool = task.sample(max(s.n_targets), "target", gen)
-    eval_data = task.sample(s.n_eval, "target", torch.Generator().manual_seed(10_000 + seed))
-    mmd_ref = task.sample(s.n_mmd, "target", torch.Generator().manual_seed(20_000 + seed)).x
+    source = task.sample(s.n_source, "source", _stream(seed, "source"))
+    pool = task.sample(max(s.n_targets), "target", _stream(seed, "target-pool"))
+    eval_data = task.sample(s.n_eval, "target", _stream(seed, "eval"))
+    mmd_ref = task.sample(s.n_mmd, "target", _stream(seed, "mmd-reference")).x
     schedule = VPSchedule()
+    version = "conditional" if conditional else "unconditional"
     t0 = time.perf_counter()
-    torch.manual_seed(1_000_003 * seed + 7 * int(conditional) + 999_983)  # the source head's initial weights
+    torch.manual_seed(derived_seed("tgdp", seed, version, "source-init") % 2**31)  # the source head's initial weights
     src = DiffusionHead(2, 1 if conditional else None, **s.head)
     train_head(src, source.x, source.c if conditional else None, config=s.source_train.replace(seed=seed))
     src.requires_grad_(False)
     src_seconds = time.perf_counter() - t0
-    version = "conditional" if conditional else "unconditional"
     say(f"seed {seed} {version}: source head {s.source_train.steps} steps in {src_seconds:.0f}s")
     cache: dict[tuple[str, int | None], dict[str, Any]] = {}
 
@@ -213,6 +213,11 @@ def run_tgdp_group(
     return run_cells(group.cells, one, on_cell)
 
 
+def _stream(seed: int, stream: str) -> torch.Generator:
+    """The generator of one named stream of draws of a seed (:func:`theory.engine.seeding.derived_seed`)."""
+    return torch.Generator().manual_seed(derived_seed("tgdp", seed, stream))
+
+
 def _fit_and_score(
     task: TwoGaussianTask,
     s: TGDPSettings,
@@ -232,14 +237,14 @@ def _fit_and_score(
     cell_seed = tgdp_cell_seed(seed, n, method)
     torch.manual_seed(cell_seed)
     t0 = time.perf_counter()
-    fitted = fit_method(method, task, s, cell_seed, conditional, src, source, target, schedule, cache)
+    fitted = fit_method(method, task, s, cell_seed, conditional, src, source, target, schedule, cache, grid=(seed, n))
     fit_seconds = time.perf_counter() - t0
     labels = None
     if conditional:
         labels = true_labels(task) if method in REFERENCES else LabelMarginal.fit(target.c, LABELS.clone())
     model = ScoreModel(fitted.score, schedule, labels, rtol=s.rtol, atol=s.rtol, t_eps=src.t_eps)
     t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(30_000 + cell_seed)
+    gen = _stream(cell_seed, "score")
     rec = {
         "fit_seconds": fit_seconds,
         "steps": fitted.steps,

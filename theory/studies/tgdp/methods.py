@@ -35,6 +35,7 @@ from diffusion.tgdp.quadratic_ratio import fit_quadratic_log_ratio
 from diffusion.tgdp.switch_time import select_switch
 from shared_embed.data import PairedData
 from shared_embed.train import TrainConfig
+from theory.engine.seeding import derived_seed
 from theory.studies.tgdp.settings import METHODS, REFERENCES, SWITCH_LOW, TGDPSettings
 from theory.truth.tasks import TwoGaussianTask
 
@@ -103,14 +104,15 @@ def exact_guidance(task: TwoGaussianTask, schedule: VPSchedule) -> FunctionGuida
 
 
 def cell_seed(seed: int, n_t: int, method: str) -> int:
-    """The seed of one cell of the grid (the references' do not depend on n_t)."""
-    return 1_000_003 * seed + 101 * (0 if method in REFERENCES else n_t) + METHODS.index(method)
+    """The seed of one cell of the grid: a digest of its coordinates (the references' do not depend on n_t), so
+    adding a method to the grid changes no other method's records."""
+    return derived_seed("tgdp", seed, 0 if method in REFERENCES else n_t, method) % 2**31
 
 
-def _sibling_seed(seed: int, method: str, other: str) -> int:
-    """The cell seed of ``other`` at the cell of ``method`` whose seed is ``seed`` (learned methods only): a
-    piece shared by several methods is fitted with its own method's seed, whichever asks first."""
-    return seed - METHODS.index(method) + METHODS.index(other)
+def _sibling_seed(grid: tuple[int, int], other: str) -> int:
+    """The cell seed of ``other`` at grid coordinates ``grid`` = (seed, n_t): a piece shared by several methods
+    is fitted with its own method's seed, whichever asks first."""
+    return cell_seed(grid[0], grid[1], other)
 
 
 def _baseline_head(
@@ -146,9 +148,12 @@ def fit_method(
     target: PairedData,
     schedule: VPSchedule,
     cache: dict[Any, Any],
+    *,
+    grid: tuple[int, int],
 ) -> Fitted:
-    """Fit ``method`` (one of :data:`METHODS`) at this target sample; ``cache`` holds this n_t's target-only
-    and fine-tuned heads and kernel guidance, shared by the methods built on them."""
+    """Fit ``method`` (one of :data:`METHODS`) at this target sample with its cell seed ``seed``; ``grid`` =
+    (seed, n_t) of the cell, whose sibling methods' seeds seed the pieces they share; ``cache`` holds this n_t's
+    target-only and fine-tuned heads and kernel guidance, shared by the methods built on them."""
     n = len(target)
     if method == "source_only":
         return Fitted(src.score)
@@ -162,7 +167,7 @@ def fit_method(
         return Fitted(head.score, steps=steps, info={"val_fraction": s.val_fraction})
     if method in ("fine_tune", "domain_guidance"):
         head, steps, _ = _baseline_head(
-            "fine_tune", s, _sibling_seed(seed, method, "fine_tune"), conditional, src, target, cache
+            "fine_tune", s, _sibling_seed(grid, "fine_tune"), conditional, src, target, cache
         )
         if method == "fine_tune":
             return Fitted(head.score, steps=steps, info={"val_fraction": s.val_fraction})
@@ -186,7 +191,7 @@ def fit_method(
     if method == "tgdp_noisy_clf":
         return fit_learned_guidance(method, s, seed, conditional, src, source, target, schedule)
     if method in SWITCH_LOW:
-        return fit_switched(method, task, s, seed, conditional, src, source, target, schedule, cache)
+        return fit_switched(method, task, s, seed, conditional, src, source, target, schedule, cache, grid=grid)
     raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
 
 
@@ -259,6 +264,8 @@ def fit_switched(
     target: PairedData,
     schedule: VPSchedule,
     cache: dict[Any, Any],
+    *,
+    grid: tuple[int, int],
 ) -> Fitted:
     """The kernel guidance above a switch time, the target-only (``tgdp_kernel_switch``) or fine-tuned
     (``tgdp_kernel_switch_ft``) head below it. The switch time is chosen by ``select_switch`` on the rows the
@@ -268,16 +275,17 @@ def fit_switched(
         "tgdp_kernel",
         task,
         s,
-        _sibling_seed(seed, method, "tgdp_kernel"),
+        _sibling_seed(grid, "tgdp_kernel"),
         conditional,
         src,
         source,
         target,
         schedule,
         cache,
+        grid=grid,
     )
     low = SWITCH_LOW[method]
-    head, steps, val = _baseline_head(low, s, _sibling_seed(seed, method, low), conditional, src, target, cache)
+    head, steps, val = _baseline_head(low, s, _sibling_seed(grid, low), conditional, src, target, cache)
     options = {"candidates": (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0), **s.switch}
     choice = select_switch(
         kernel.score, head.score, val.x, val.c if conditional else None, schedule, seed=seed, **options

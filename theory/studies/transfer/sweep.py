@@ -71,6 +71,7 @@ from theory.engine.run_folder import (
     write_json,
     write_predictions,
 )
+from theory.engine.seeding import derived_seed
 from theory.studies.transfer.costs import deal_by_cost, group_cost
 from theory.truth.kl import fit_floor_model, kl_to_task, log_densities, monte_carlo_kl
 from theory.verdicts.controls import (
@@ -270,12 +271,6 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
 
 
 # -- deterministic data ----------------------------------------------------------------------------
-def derived_seed(*parts: Any) -> int:
-    """A 60-bit seed from any parts (stable across processes and Python versions)."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()
-    return int(digest[:15], 16)
-
-
 def nested_sample(task: Any, n: int, domain: str, seed: int, stream: str) -> PairedData:
     """The first n pairs of a stream drawn in blocks of ``BLOCK``: the same rows whatever n asks for.
 
