@@ -230,3 +230,9 @@ def test_a_new_method_in_the_table_changes_no_cell_seed(monkeypatch: pytest.Monk
     monkeypatch.setattr(methods, "METHODS", ("a_new_method", *METHODS))
     assert {(m, n): methods.cell_seed(0, n, m) for m in METHODS for n in (10, 100)} == before
     assert len(set(before.values())) == len(before) - sum(m in methods.REFERENCES for m in METHODS)
+
+
+def test_every_method_of_the_table_has_a_fit() -> None:
+    from theory.studies.tgdp.methods import FITTERS
+
+    assert list(FITTERS) == list(METHODS)

@@ -8,6 +8,7 @@ settings. All training goes through ``shared_embed.train.fit`` (``train_head`` /
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,6 +138,109 @@ def _baseline_head(
     return cache[key]
 
 
+@dataclass(frozen=True)
+class MethodCall:
+    """What every method's fit is given: the cell (``method``, its cell ``seed``, ``grid`` = (seed, n_t), whose
+    sibling methods' seeds seed the pieces they share), the task and settings, the frozen source head, the data,
+    and ``cache``, this n_t's target-only and fine-tuned heads and kernel guidance, shared by the methods built
+    on them."""
+
+    method: str
+    task: TwoGaussianTask
+    s: TGDPSettings
+    seed: int
+    conditional: bool
+    src: DiffusionHead
+    source: PairedData
+    target: PairedData
+    schedule: VPSchedule
+    cache: dict[Any, Any]
+    grid: tuple[int, int]
+
+    def context(self) -> dict[str, torch.Tensor]:
+        """The source and target labels as ``fit_tgdp``'s keywords (conditional version), else nothing."""
+        return {"source_context": self.source.c, "target_context": self.target.c} if self.conditional else {}
+
+
+def _source_only(m: MethodCall) -> Fitted:
+    return Fitted(m.src.score)
+
+
+def _exact_h(m: MethodCall) -> Fitted:
+    return Fitted(GuidedScore(m.src.score, exact_guidance(m.task, m.schedule)))  # no guidance errors: exact
+
+
+def _exact_w(m: MethodCall) -> Fitted:
+    fitted = fit_exact_w_guidance(m.task, m.src, m.source, m.target, m.schedule, m.conditional, m.s.tgdp, m.seed)
+    return Fitted(fitted.score, fitted.guidance, steps=fitted.histories["guidance"].steps_done)
+
+
+def _target_only(m: MethodCall) -> Fitted:
+    head, steps, _ = _baseline_head(m.method, m.s, m.seed, m.conditional, m.src, m.target, m.cache)
+    return Fitted(head.score, steps=steps, info={"val_fraction": m.s.val_fraction})
+
+
+def _fine_tuned(m: MethodCall) -> tuple[DiffusionHead, int]:
+    head, steps, _ = _baseline_head(
+        "fine_tune", m.s, _sibling_seed(m.grid, "fine_tune"), m.conditional, m.src, m.target, m.cache
+    )
+    return head, steps
+
+
+def _fine_tune(m: MethodCall) -> Fitted:
+    head, steps = _fine_tuned(m)
+    return Fitted(head.score, steps=steps, info={"val_fraction": m.s.val_fraction})
+
+
+def _domain_guidance(m: MethodCall) -> Fitted:
+    head, steps = _fine_tuned(m)
+    score = domain_guidance_score(m.src.score, head.score, m.s.dg_weight)
+    return Fitted(score, steps=steps, info={"weight": m.s.dg_weight})
+
+
+def _tgdp(m: MethodCall) -> Fitted:
+    options = {**m.s.tgdp, **(m.s.regularizers if m.method == "tgdp_reg" else {})}
+    config = TGDPConfig.from_options(options, m.seed)
+    fitted = fit_tgdp(m.src.score, m.source.x, m.target.x, schedule=m.schedule, config=config, **m.context())
+    steps = sum(h.steps_done for h in fitted.histories.values())
+    info = {k: options.get(k, 0.0) for k in ("eta_cycle", "eta_consistency")}
+    return Fitted(fitted.score, fitted.guidance, fitted.ratio, steps, info)
+
+
+def _kernel(m: MethodCall) -> Fitted:
+    key = ("_kernel", len(m.target))
+    if key not in m.cache:
+        m.cache[key] = fit_learned_guidance(m.method, m.s, m.seed, m.conditional, m.src, m.source, m.target, m.schedule)
+    return m.cache[key]
+
+
+def _noisy_classifier(m: MethodCall) -> Fitted:
+    return fit_learned_guidance(m.method, m.s, m.seed, m.conditional, m.src, m.source, m.target, m.schedule)
+
+
+def _switched(m: MethodCall) -> Fitted:
+    return fit_switched(
+        m.method, m.task, m.s, m.seed, m.conditional, m.src, m.source, m.target, m.schedule, m.cache, grid=m.grid
+    )
+
+
+#: method -> its fit; :data:`~theory.studies.tgdp.settings.METHODS` lists them in table order
+FITTERS: dict[str, Callable[[MethodCall], Fitted]] = {
+    "target_only": _target_only,
+    "fine_tune": _fine_tune,
+    "domain_guidance": _domain_guidance,
+    "tgdp": _tgdp,
+    "tgdp_reg": _tgdp,
+    "tgdp_kernel": _kernel,
+    "tgdp_noisy_clf": _noisy_classifier,
+    "source_only": _source_only,
+    "tgdp_exact_w": _exact_w,
+    "tgdp_exact_h": _exact_h,
+    "tgdp_kernel_switch": _switched,
+    "tgdp_kernel_switch_ft": _switched,
+}
+
+
 def fit_method(
     method: str,
     task: TwoGaussianTask,
@@ -151,48 +255,11 @@ def fit_method(
     *,
     grid: tuple[int, int],
 ) -> Fitted:
-    """Fit ``method`` (one of :data:`METHODS`) at this target sample with its cell seed ``seed``; ``grid`` =
-    (seed, n_t) of the cell, whose sibling methods' seeds seed the pieces they share; ``cache`` holds this n_t's
-    target-only and fine-tuned heads and kernel guidance, shared by the methods built on them."""
-    n = len(target)
-    if method == "source_only":
-        return Fitted(src.score)
-    if method == "tgdp_exact_h":
-        return Fitted(GuidedScore(src.score, exact_guidance(task, schedule)))  # no guidance errors: exact
-    if method == "tgdp_exact_w":
-        fitted = fit_exact_w_guidance(task, src, source, target, schedule, conditional, s.tgdp, seed)
-        return Fitted(fitted.score, fitted.guidance, steps=fitted.histories["guidance"].steps_done)
-    if method == "target_only":
-        head, steps, _ = _baseline_head(method, s, seed, conditional, src, target, cache)
-        return Fitted(head.score, steps=steps, info={"val_fraction": s.val_fraction})
-    if method in ("fine_tune", "domain_guidance"):
-        head, steps, _ = _baseline_head(
-            "fine_tune", s, _sibling_seed(grid, "fine_tune"), conditional, src, target, cache
-        )
-        if method == "fine_tune":
-            return Fitted(head.score, steps=steps, info={"val_fraction": s.val_fraction})
-        return Fitted(
-            domain_guidance_score(src.score, head.score, s.dg_weight), steps=steps, info={"weight": s.dg_weight}
-        )
-    if method in ("tgdp", "tgdp_reg"):
-        options = {**s.tgdp, **(s.regularizers if method == "tgdp_reg" else {})}
-        ctx = {"source_context": source.c, "target_context": target.c} if conditional else {}
-        fitted = fit_tgdp(
-            src.score, source.x, target.x, schedule=schedule, config=TGDPConfig.from_options(options, seed), **ctx
-        )
-        steps = sum(h.steps_done for h in fitted.histories.values())
-        info = {k: options.get(k, 0.0) for k in ("eta_cycle", "eta_consistency")}
-        return Fitted(fitted.score, fitted.guidance, fitted.ratio, steps, info)
-    if method == "tgdp_kernel":
-        key = ("_kernel", n)
-        if key not in cache:
-            cache[key] = fit_learned_guidance(method, s, seed, conditional, src, source, target, schedule)
-        return cache[key]
-    if method == "tgdp_noisy_clf":
-        return fit_learned_guidance(method, s, seed, conditional, src, source, target, schedule)
-    if method in SWITCH_LOW:
-        return fit_switched(method, task, s, seed, conditional, src, source, target, schedule, cache, grid=grid)
-    raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
+    """Fit ``method`` (a key of :data:`FITTERS`) at this target sample with its cell seed ``seed`` (see
+    :class:`MethodCall`); ValueError naming the valid methods for any other."""
+    if method not in FITTERS:
+        raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
+    return FITTERS[method](MethodCall(method, task, s, seed, conditional, src, source, target, schedule, cache, grid))
 
 
 def fit_learned_guidance(
