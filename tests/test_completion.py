@@ -175,6 +175,22 @@ def test_the_completion_study_runs_and_reports_through_gentransfer(tmp_path, cap
     assert [untimed(r) for r in rerun] == [untimed(r) for r in records]
 
 
+def test_adding_a_variant_or_a_head_changes_no_other_cells_records():
+    """Each cell draws from a digest of its own coordinates: the flow head's transfer cell is the same, bit for
+    bit, in a grid of that cell alone and in one with another variant and another head."""
+    import dataclasses
+
+    from theory.engine.run_folder import untimed
+    from theory.studies.completion.experiment import CompletionExperiment, run_completion_experiment
+
+    tiny = CompletionExperiment.tiny(("flow",))
+    alone = dataclasses.replace(tiny, variants=("transfer",), source_only=False)
+    more = dataclasses.replace(tiny, heads=("diffusion", "flow"), variants=("no_transfer", "transfer"))
+    cells = [run_completion_experiment(exp)["records"] for exp in (alone, more)]
+    flow_transfer = [[untimed(r) for r in rs if (r["head"], r["variant"]) == ("flow", "transfer")] for rs in cells]
+    assert len(flow_transfer[0]) == 1 and flow_transfer[0] == flow_transfer[1]
+
+
 @pytest.mark.slow
 def test_the_shipped_completion_study_meets_its_goal(tmp_path):
     """configs/completion.toml as shipped (about 13 CPU-minutes): at the smallest target size transfer's test NLL

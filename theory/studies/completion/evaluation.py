@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from theory.engine.seeding import derived_seed
 from theory.studies.completion.task import (
     HALF,
     LEVELS,
@@ -68,7 +69,7 @@ def evaluate(
     test = task.test
     n = len(test) if nll_rows is None else min(nll_rows, len(test))
     c = condition(test.top)
-    y = dequantize(test.bottom, torch.Generator().manual_seed(10_000 + task.seed))
+    y = dequantize(test.bottom, torch.Generator().manual_seed(derived_seed("completion", task.seed, "test-dequantise")))
     with torch.no_grad():
         log_p = torch.cat(
             [model.log_prob(to_logit(y[i : min(i + 150, n)]), c[i : min(i + 150, n)]) for i in range(0, n, 150)]

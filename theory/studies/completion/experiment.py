@@ -33,6 +33,7 @@ from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_
 from shared_embed.validation import check_choice, check_positive_int
 from theory.engine.loop import Executor, run_cells, run_groups
 from theory.engine.run_folder import read_json
+from theory.engine.seeding import derived_seed
 from theory.studies.completion.evaluation import evaluate, fit_classifier, real_fidelity, test_rows
 from theory.studies.completion.task import HALF, CompletionTask, redequantize
 
@@ -166,15 +167,27 @@ def head_factory(kind: str, options: dict[str, Any]) -> Callable[[int | None], H
 
 
 def transfer_config(exp: CompletionExperiment, kind: str, seed: int) -> TransferConfig:
-    """The encoder shape and both training phases of head kind ``kind``, seeded by ``seed``."""
+    """The encoder shape and both training phases of head kind ``kind`` for grid seed ``seed``: the source phase
+    seeded by its own stream, the target phase by the seed's (each cell reseeds it: :func:`cell_seed`)."""
     phases = exp.train.get(kind, DEFAULT_TRAIN[kind])
     return TransferConfig(
         embed_dim=exp.embed_dim,
         encoder_hidden=tuple(exp.encoder_hidden),
         val_fraction=exp.val_fraction,
-        source_train=TrainConfig(**{**phases.get("source", {}), "seed": seed, "description": f"{kind} source"}),
-        target_train=TrainConfig(**{**phases.get("target", {}), "seed": seed, "description": f"{kind} target"}),
+        source_train=TrainConfig(
+            **{**phases.get("source", {}), "seed": cell_seed(seed, kind, 0, "source"), "description": f"{kind} source"}
+        ),
+        target_train=TrainConfig(
+            **{**phases.get("target", {}), "seed": cell_seed(seed, kind, 0, "target"), "description": f"{kind} target"}
+        ),
     )
+
+
+def cell_seed(seed: int, head: str, k: int, stream: str) -> int:
+    """The 31-bit seed of one stream (a variant's fit, ``sample``, ``source``, ...) of the cell (seed, head, k):
+    a digest of its coordinates (:func:`theory.engine.seeding.derived_seed`), so adding a variant or a head
+    changes no other cell's records."""
+    return derived_seed("completion", seed, head, k, stream) % 2**31
 
 
 @dataclass(frozen=True)
@@ -272,14 +285,14 @@ def run_completion_group(
     """The engine's runner of this study: the seed's data and classifier, the head's source model, its cells."""
     exp, seed, kind, say = CompletionExperiment(**spec), group.seed, group.head, log or (lambda _m: None)
     task = CompletionTask(exp.style, exp.test_per_class, exp.pool_per_class, seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(derived_seed("completion", seed, "dequantise"))
     source, pool = task.paired(task.source, gen), task.paired(task.pool, gen)
     clf = fit_classifier(task)
     factory = head_factory(kind, exp.options(kind))
     cfg = transfer_config(exp, kind, seed)
     target_cfg = dataclasses.replace(cfg, val_fraction=exp.target_val_fraction.get(kind, exp.val_fraction))
     grid = test_rows(task, exp.grid_per_class)
-    torch.manual_seed(seed)
+    torch.manual_seed(cell_seed(seed, kind, 0, "source-init"))
     t0 = time.perf_counter()
     source_model = fit_source(
         new_encoder(HALF, cfg),
@@ -311,12 +324,13 @@ def run_completion_group(
                 model, fit_seconds, steps = source_model, src_seconds, source_model.history.steps_done
             else:
                 t1 = time.perf_counter()
-                torch.manual_seed(1_000_003 * seed + 101 * cell.k + VARIANTS.index(cell.variant))
+                own = cell_seed(seed, kind, cell.k, cell.variant)
+                torch.manual_seed(own)
                 fitted = fit_variants(
                     factory,
                     source,
                     pool.head(10 * cell.k),
-                    target_cfg,
+                    dataclasses.replace(target_cfg, target_train=target_cfg.target_train.replace(seed=own)),
                     [cell.variant],
                     source_model=source_model,
                     augment=redequantize,
@@ -329,7 +343,7 @@ def run_completion_group(
                     model,
                     task,
                     clf,
-                    seed=7919 * seed + 13 * cell.k,
+                    seed=cell_seed(seed, kind, cell.k, "sample"),  # every variant of (seed, k) alike: paired
                     nll_rows=exp.nll_rows.get(kind),
                     gen_rows=exp.gen_rows,
                     grid_rows=grid,

@@ -39,6 +39,7 @@ from torch import Tensor
 from shared_embed.data import PairedData
 from shared_embed.errors import DataError, ShapeError
 from shared_embed.validation import check_choice, check_positive_int
+from theory.engine.seeding import derived_seed
 
 N_CLASSES = 10
 SIDE = 8
@@ -161,7 +162,7 @@ class CompletionTask:
         self.pool_per_class = check_positive_int("pool_per_class", pool_per_class)
         self.seed = int(seed)
         levels, labels = (torch.from_numpy(a.copy()) for a in _load())
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(derived_seed("completion", self.seed, "split"))
         need = self.test_per_class + self.pool_per_class
         test, pool, source = [], [], []
         for k in range(N_CLASSES):
