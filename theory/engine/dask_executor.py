@@ -75,7 +75,7 @@ class DaskExecutor:
                     if fut.status == "cancelled":  # the scheduler went away, or cancelled the task
                         raise self._lost(len(groups) - len(results))
                     results[i] = fut.result()  # re-raises a task's error here
-                    progress.advance(len(groups[i].cells))
+                    progress.finish_group(groups[i])
             except (CancelledError, CommClosedError) as err:
                 with contextlib.suppress(Exception):
                     client.cancel(list(futures))

@@ -50,25 +50,41 @@ def run_cells(cells: Sequence[Any], run_one: Callable[[Any], Record], on_cell: C
 class Progress:
     """``progress: done/total cells done, elapsed, about T left`` after each cell (or group of cells).
 
+    The time left is weighted by work: each cell counts for its share of ``work`` (estimated cost of each group,
+    e.g. CPU-seconds, spread evenly over the group's cells; default one unit per cell), so cells that take no
+    time (an exact linear fit) do not count as much as a flow's. Left = elapsed / work done x work left.
+
     With a ``heartbeat`` (seconds), a line also comes when no cell has finished for that long (the first after
     ``heartbeat`` seconds, then every ``4 x heartbeat``): a huge first cell or a cluster with no free worker is
     never silence. Call :meth:`stop` when the run ends."""
 
-    def __init__(self, total: int, say: Log, heartbeat: float | None = None) -> None:
+    def __init__(self, total: int, say: Log, heartbeat: float | None = None, work: float | None = None) -> None:
         self.total, self.done, self.say, self.start = total, 0, say, time.perf_counter()
+        self.work = float(total) if work is None else float(work)
+        self.work_done = 0.0
+        #: id(group) -> its work, set by :func:`run_groups` (groups not listed count one unit per cell)
+        self.group_work: dict[int, float] = {}
         self.last = self.start
         self._stopped = threading.Event()
         if heartbeat is not None and total > 0:
             threading.Thread(target=self._beat, args=(heartbeat,), daemon=True, name="progress-heartbeat").start()
 
-    def advance(self, cells: int = 1) -> None:
+    def advance(self, cells: int = 1, work: float | None = None) -> None:
+        """``cells`` more cells are done, worth ``work`` (default: one unit each)."""
         self.done += cells
+        self.work_done += float(cells) if work is None else work
         self.last = time.perf_counter()
         elapsed = self.last - self.start
-        left = elapsed / self.done * (self.total - self.done)
+        share = self.work_done / self.work if self.work > 0 else self.done / max(self.total, 1)
+        left = elapsed / share * (1.0 - share) if share > 0 else float("nan")
         self.say(
-            f"progress: {self.done}/{self.total} cells done, {duration(elapsed)} elapsed, about {duration(left)} left"
+            f"progress: {self.done}/{self.total} cells done, {duration(elapsed)} elapsed"
+            + (f", about {duration(max(left, 0.0))} left" if left == left else "")
         )
+
+    def finish_group(self, group: GroupLike) -> None:
+        """A whole group is done (an executor's or a worker's): its cells and its work."""
+        self.advance(len(group.cells), self.group_work.get(id(group), float(len(group.cells))))
 
     def stop(self) -> None:
         self._stopped.set()
@@ -141,7 +157,7 @@ class GroupJob:
 
 
 class Executor(Protocol):
-    """Runs groups elsewhere: ``job`` on every group, ``progress.advance(len(group.cells))`` as each finishes;
+    """Runs groups elsewhere: ``job`` on every group, ``progress.finish_group(group)`` as each finishes;
     returns each group's records, in group order. A group may run twice (a lost worker's group is retried):
     its records are written atomically and do not depend on where or after what it ran."""
 
@@ -158,18 +174,24 @@ def run_groups(
     threads: int | None = None,
     log: Log | None = None,
     executor: Executor | None = None,
+    cost: Callable[[Any], float] | None = None,
 ) -> list[Record]:
     """Run every group (in this process when ``workers`` is 1 or there is one group, else in ``workers``
     spawned processes, or through ``executor`` when given); return the records of all groups, in group order.
 
     ``threads``: torch threads of each worker, and of this process while it runs the groups itself (as a worker
     would: small ops crawl when threads oversubscribe the cores); None leaves this process's setting alone
-    (workers get 1).
+    (workers get 1). ``cost(group)``: the group's estimated cost (any unit, e.g. CPU-seconds), which weights the
+    progress line's time left; None counts every cell alike.
     """
     say = log or (lambda _msg: None)
     if not groups:
         return []
-    progress = Progress(sum(len(g.cells) for g in groups), say, HEARTBEAT_SECONDS if log is not None else None)
+    costs = [float(cost(g)) if cost is not None else float(len(g.cells)) for g in groups]
+    progress = Progress(
+        sum(len(g.cells) for g in groups), say, HEARTBEAT_SECONDS if log is not None else None, work=sum(costs)
+    )
+    progress.group_work = {id(g): c for g, c in zip(groups, costs)}
     try:
         return _run_groups(runner, spec, out_dir, groups, workers, threads, log, executor, progress)
     finally:
@@ -204,7 +226,7 @@ def _run_groups(
         if threads is not None:
             torch.set_num_threads(threads)
         try:
-            return [r for g in groups for r in runner(spec, out_dir, g, log, progress.advance)]
+            return [r for g in groups for r in runner(spec, out_dir, g, log, _per_cell(progress, g))]
         finally:
             torch.set_num_threads(before)
     ctx = multiprocessing.get_context("spawn")
@@ -225,7 +247,7 @@ def _run_groups(
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     results[futures[fut]] = fut.result()  # re-raises a worker's error here
-                    progress.advance(len(groups[futures[fut]].cells))
+                    progress.finish_group(groups[futures[fut]])
         except BaseException as err:
             for fut in pending:
                 fut.cancel()
@@ -233,6 +255,12 @@ def _run_groups(
                 _stop_workers(pool)
             raise
     return [r for i in range(len(groups)) for r in results[i]]
+
+
+def _per_cell(progress: Progress, group: GroupLike) -> Callable[[], None]:
+    """The ``on_cell`` of a group run in this process: one cell, worth its share of the group's work."""
+    share = progress.group_work.get(id(group), float(len(group.cells))) / max(len(group.cells), 1)
+    return lambda: progress.advance(1, share)
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:

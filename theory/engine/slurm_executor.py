@@ -87,7 +87,7 @@ class SlurmExecutor:
                         )
                         pending[i] = executor.submit(call, groups[i])
                         continue
-                    progress.advance(len(groups[i].cells))
+                    progress.finish_group(groups[i])
                 if pending:
                     time.sleep(self.poll_seconds)
         except BaseException:

@@ -10,7 +10,8 @@ A group's cost is its estimated CPU-seconds on one thread, the sum of what it ru
 with ``step(kind, rows) = step_s + rows x row_s`` (fixed per-step overhead plus per-row work), ``eval`` the
 seconds per evaluation pair (a flow's log-density is one pass; a diffusion head's is a probability-flow ODE
 solve) and ``bound`` the seconds per pair of the Girsanov bound and its reverse-SDE check (diffusion only).
-Steps are the configured caps: early stopping ends many fits sooner, most of all the small ones, so the costs
+Steps are the configured caps (none for a head with an exact solver: a linear-Gaussian head on a frozen
+context, or under a linear encoder): early stopping ends many fits sooner, most of all the small ones, so the costs
 rank groups and balance shards; they do not predict wall time. The per-kind figures (:data:`KIND_COSTS`) were
 measured by ``benchmarks/shard_balance.py --calibrate`` (a small run of every head kind of configs/full.toml).
 """
@@ -64,20 +65,28 @@ def group_cost(config: ExperimentConfig, group: Any, costs: dict[str, KindCost] 
     k = kind_cost(config, group.head, costs)
     fit = 1.0 - config.encoder.val_fraction
     train = {phase: config.train_config(group.head, phase, 0) for phase in ("source", "target", "floor")}
+    steps = {phase: t.steps for phase, t in train.items()}
+    exact = callable(getattr(config.heads[group.head].head_class(), "fit_closed_form", None))
+    linear_encoder = not config.encoder_for(group.head).get("hidden")
+    if exact:  # an exact head takes no steps on a frozen context (floor), nor under a linear encoder (source)
+        steps["floor"] = 0
+        steps["source"] = 0 if linear_encoder else steps["source"]
     n_eval = config.eval_setting(group.head, "n_eval")
     total = 0.0
     if group.n_s is not None:
         src = train["source"]
-        total += src.steps * k.step(min(src.batch_size, fit * group.n_s))
+        total += steps["source"] * k.step(min(src.batch_size, fit * group.n_s))
         floor_n = config.eval_setting(group.head, "floor_n")
         if floor_n > 0 and any(c.variant == "transfer" for c in group.cells):
             fl = train["floor"]
-            total += fl.steps * k.step(min(fl.batch_size, _FLOOR_TRAIN * floor_n)) + n_eval * k.eval_s
+            total += steps["floor"] * k.step(min(fl.batch_size, _FLOOR_TRAIN * floor_n)) + n_eval * k.eval_s
     tgt = train["target"]
     bound_n = config.eval_setting(group.head, "bound_n") if k.bound_s else 0
     for cell in group.cells:
         scored = n_eval * (2 if cell.variant == "transfer" and group.n_s is not None else 1)
-        total += tgt.steps * k.step(min(tgt.batch_size, fit * cell.n_t)) + scored * k.eval_s
+        frozen = cell.variant in ("transfer", "oracle", "direct")
+        target_steps = 0 if exact and (frozen or linear_encoder) else steps["target"]
+        total += target_steps * k.step(min(tgt.batch_size, fit * cell.n_t)) + scored * k.eval_s
         total += 3 * bound_n * k.bound_s
     return total
 

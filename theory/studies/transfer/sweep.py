@@ -835,6 +835,7 @@ def _sweep(
         threads=config.run.threads,
         log=log,
         executor=executor,
+        cost=lambda g: group_cost(config, g),
     )
     seconds = time.perf_counter() - start
     records = collect_records(out, config)
