@@ -32,7 +32,8 @@ Log = Callable[[str], None]
 class GroupLike(Protocol):
     """What the engine reads of a group: its cells (and a name for messages)."""
 
-    cells: Sequence[Any]
+    @property
+    def cells(self) -> Sequence[Any]: ...  # read-only: the groups are frozen dataclasses
 
 
 Runner = Callable[[dict[str, Any], Path | None, Any, Log | None, Callable[[], None]], list[Record]]

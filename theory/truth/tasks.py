@@ -38,6 +38,8 @@ class Schedule(Protocol):
 class TrueEmbedding(nn.Module):
     """h*(c) = W c (linear) or tanh(W c) * 1.5 (nonlinear); W has orthonormal rows. (n, d_c) -> (n, d_h)."""
 
+    weight: Tensor  # buffer (d_h, d_c)
+
     def __init__(self, weight: Tensor, nonlinear: bool) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
@@ -62,6 +64,33 @@ def check_covariance(what: str, cov: Tensor) -> None:
             f"{what} is not positive definite (a task's noise must be a finite number > 0 whose "
             "square is a normal float64)"
         )
+
+
+class Task(Protocol):
+    """What the transfer checks and studies read of a conditional ground-truth task (a :class:`ConditionalTask`).
+
+    Its dimensions (conditions c (d_c,), true embedding h*(c) (d_h,), outcomes x (d_x,)), its name, seed and
+    config, the true embedding module h*, draws of (c, x) per domain ('source' or 'target'), exact
+    log-densities log p_domain(x | c) (n,) and the exact conditional law of x given each row of c.
+    """
+
+    name: str
+    seed: int
+    d_c: int
+    d_h: int
+    d_x: int
+    embedding: TrueEmbedding
+
+    @property
+    def config(self) -> dict[str, Any]: ...
+
+    def sample_c(self, n: int, generator: torch.Generator | None = None) -> Tensor: ...
+
+    def sample(self, n: int, domain: str, generator: torch.Generator | None = None) -> PairedData: ...
+
+    def log_prob(self, x: Tensor, c: Tensor, domain: str) -> Tensor: ...
+
+    def conditional(self, c: Tensor, domain: str) -> GaussianMixture: ...
 
 
 class ConditionalTask(ABC):

@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -236,7 +236,11 @@ def _fit_and_score(
     fit_seconds = time.perf_counter() - t0
     labels = None
     if conditional:
-        labels = true_labels(task) if method in REFERENCES else LabelMarginal.fit(target.c, LABELS.clone())
+        labels = (
+            true_labels(task)
+            if method in REFERENCES
+            else LabelMarginal.fit(cast(torch.Tensor, target.c), LABELS.clone())
+        )
     model = ScoreModel(fitted.score, schedule, labels, rtol=s.rtol, atol=s.rtol, t_eps=src.t_eps)
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(30_000 + cell_seed)

@@ -34,6 +34,7 @@ from theory.studies.transfer.headline import headline
 from theory.studies.transfer.summary import format_split_table, format_table, sample_efficiency_ratio
 from theory.studies.transfer.sweep import write_csv
 from theory.truth.rates import Rates, check_rate_name, effective_smoothness, predicted_rates, rate_for_task
+from theory.truth.tasks import Task
 from theory.verdicts.checks import (
     CheckResult,
     fit_exponent,
@@ -74,12 +75,12 @@ def load_run_config(out_dir: str | os.PathLike[str]) -> ExperimentConfig:
 
 def head_kinds(config: ExperimentConfig, records: list[Record]) -> dict[str, str]:
     """Head name -> kind, for every head of the records (a folder may hold earlier runs' heads) and the config."""
-    kinds = {r["head"]: r.get("head_kind", r["head"]) for r in records}
+    kinds: dict[str, str] = {r["head"]: r["head_kind"] if "head_kind" in r else r["head"] for r in records}
     kinds.update({name: h.kind for name, h in config.heads.items()})
     return kinds
 
 
-def predictions(config: ExperimentConfig, task: Any, kinds: dict[str, str]) -> dict[str, Rates]:
+def predictions(config: ExperimentConfig, task: Task, kinds: dict[str, str]) -> dict[str, Rates]:
     """Head name -> the predicted exponents for the task's dimensions, beta and the config's rate function."""
     th = config.theory
     return {
@@ -95,7 +96,7 @@ def subset(records: list[Record], head: str, n_s: int | None) -> list[Record]:
 
 def _n_ss(records: list[Record], head: str) -> list[int | None]:
     found = sorted({int(r["n_s"]) for r in records if r["head"] == head and r.get("n_s") is not None})
-    return found or [None]
+    return [*found] if found else [None]
 
 
 def _prediction_table(config: ExperimentConfig, rates: dict[str, Rates], kinds: dict[str, str]) -> str:
@@ -226,7 +227,7 @@ def _coverage_line(records: list[Record], confidence: float) -> str:
     )
 
 
-def _plots(out: Path, ok: list[Record], task: Any, rates: dict[str, Rates]) -> list[Path]:
+def _plots(out: Path, ok: list[Record], task: Task, rates: dict[str, Rates]) -> list[Path]:
     plots: list[Path] = []
     multi = len({r.get("task", "") for r in ok}) > 1
     d_h_fixed, d_c_fixed = dimension_axes(ok)
@@ -254,7 +255,7 @@ def _plots(out: Path, ok: list[Record], task: Any, rates: dict[str, Rates]) -> l
     return plots
 
 
-def _setup_lines(config: ExperimentConfig, out: Path, records: list[Record], ok: list[Record], task: Any) -> list[str]:
+def _setup_lines(config: ExperimentConfig, out: Path, records: list[Record], ok: list[Record], task: Task) -> list[str]:
     g = config.grid
     axis = lambda key: sorted({r[key] for r in records if r.get(key) is not None})  # noqa: E731
     instance = (
@@ -403,7 +404,7 @@ def build_report(
     return Report(path, checks, tables, plots, summary)
 
 
-def _what_ran(config: ExperimentConfig, records: list[Record], task: Any) -> dict[str, Any]:
+def _what_ran(config: ExperimentConfig, records: list[Record], task: Task) -> dict[str, Any]:
     axis = lambda key: sorted({r[key] for r in records if r.get(key) is not None})  # noqa: E731
     return {
         "task": f"`{config.task.name}` (d_c = {task.d_c}, d_h = {task.d_h}, d_x = {task.d_x})",
