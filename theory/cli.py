@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from shared_embed.errors import GentransferError
@@ -28,6 +29,7 @@ from theory.engine.toml_writer import dumps as toml_dumps
 
 if TYPE_CHECKING:  # the config module loads torch: the commands import it when they run
     from theory.engine.config import ExperimentConfig
+    from theory.engine.loop import Executor
 
 # torch and the rest of theory load inside the commands that need them: --help, --version and a missing or
 # malformed config file answer without them (benchmarks/cli_startup.py).
@@ -235,7 +237,7 @@ def _study(raw: dict) -> Any:
     return None
 
 
-def _executor(args: argparse.Namespace, workers: int) -> Any:
+def _executor(args: argparse.Namespace, workers: int) -> Executor | None:
     """The executor the options ask for (None: this machine's pool); a GentransferError naming a bad option."""
     return make_executor(
         args.executor,
@@ -329,7 +331,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sweep_and_report(
-    config: ExperimentConfig, args: argparse.Namespace, shard: tuple[int, int], executor: Any, start: float
+    config: ExperimentConfig, args: argparse.Namespace, shard: tuple[int, int], executor: Executor | None, start: float
 ) -> int:
     """The sweep and its report, in a folder this process holds: 0, or 1 when some cells failed."""
     from shared_embed.checkpoint import atomic_write_text
@@ -480,7 +482,7 @@ def _on_sigterm(handler: Any) -> Any:
     return signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
 
 
-def _terminate(signum: int, _frame: Any) -> None:
+def _terminate(signum: int, _frame: FrameType | None) -> None:
     raise Terminated(signum)
 
 

@@ -109,7 +109,7 @@ def _init_worker(threads: int, parent: int) -> None:
     threading.Thread(target=_die_with_parent, args=(parent,), daemon=True, name="die-with-parent").start()
 
 
-def _worker(runner: Runner, spec: dict[str, Any], out_dir: str | None, group: Any, verbose: bool) -> list[Record]:
+def _worker(runner: Runner, spec: dict[str, Any], out_dir: str | None, group: GroupLike, verbose: bool) -> list[Record]:
     """Worker entry point: run one group, return its records."""
     log = (lambda msg: print(msg, flush=True)) if verbose else None
     return runner(spec, None if out_dir is None else Path(out_dir), group, log, lambda: None)
@@ -132,7 +132,7 @@ class GroupJob:
     threads: int = 1
     verbose: bool = False
 
-    def __call__(self, group: Any) -> list[Record]:
+    def __call__(self, group: GroupLike) -> list[Record]:
         import torch
 
         with _ONE_GROUP_AT_A_TIME:

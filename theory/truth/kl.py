@@ -113,7 +113,7 @@ def gaussian_kl(m0: Tensor, s0: Tensor, m1: Tensor, s1: Tensor) -> Tensor:
     return 0.5 * (trace + z.square().sum(-1) - d + logdet1 - logdet0)
 
 
-def _dtype_device(model: Any) -> tuple[torch.dtype, torch.device]:
+def _dtype_device(model: object) -> tuple[torch.dtype, torch.device]:
     if isinstance(model, nn.Module):
         for t in (*model.parameters(), *model.buffers()):
             if t.is_floating_point():

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -42,7 +42,7 @@ from diffusion.tgdp import LabelMarginal, train_head
 from shared_embed.checkpoint import atomic_write_text
 from shared_embed.data import PairedData
 from shared_embed.errors import DataError
-from theory.engine.loop import Executor, run_cells, run_groups
+from theory.engine.loop import Executor, Log, run_cells, run_groups
 from theory.engine.run_folder import read_json, write_json
 from theory.engine.tables import plus_minus, row_se, summarize_seeds
 from theory.studies.tgdp.evaluation import (
@@ -160,7 +160,7 @@ def write_tgdp_outputs(out: Path, s: TGDPSettings, records: list[dict[str, Any]]
 
 
 def run_tgdp_group(
-    spec: dict[str, Any], out: Path | None, group: TGDPGroup, log: Any, on_cell: Any
+    spec: dict[str, Any], out: Path | None, group: TGDPGroup, log: Log | None, on_cell: Callable[[], None]
 ) -> list[dict[str, Any]]:
     """The engine's runner of this study: one seed and version, the source head, then its cells in order."""
     s = TGDPSettings.from_dict(spec)
