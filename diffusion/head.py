@@ -211,7 +211,8 @@ class DiffusionHead(Head):
         net = self.inference_net
         if self.parameterization == "residual":
             _, _, level = self._scales(t)
-            return -x - net(x, level, context)
+            score: Tensor = -x - net(x, level, context)
+            return score
         eps, s = self._epsilon(x, t, context, net=net)
         return -eps / s
 
@@ -252,7 +253,8 @@ class DiffusionHead(Head):
         x_t = a * x + s * noise
         out = self.net(x_t, log_s - log_a, context)
         eps = s * (x_t + out) if self.parameterization == "residual" else out
-        return (eps - noise).square().mean()
+        loss: Tensor = (eps - noise).square().mean()
+        return loss
 
     def log_prob(
         self,

@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 from torch import Tensor
@@ -53,11 +54,15 @@ from shared_embed.validation import check_choice, check_positive_float, check_po
 from .sampling import ODE_METHODS, ScoreFn, _call, check_finite_score, check_score_inputs, solve_ode
 from .schedule import VPSchedule
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
+
 __all__ = [
     "DIVERGENCES",
     "EXACT_CHUNK_ROWS",
     "EXACT_FUNC_MAX_ROWS",
     "EXACT_FUNC_MIN_FEATURES",
+    "FlowOptions",
     "PROBES",
     "PriorLogProb",
     "ProbabilityFlowResult",
@@ -80,6 +85,14 @@ EXACT_FUNC_MAX_ROWS = 4096
 PROBES = ("rademacher", "gaussian")
 #: log-density of x_1 at t = 1 given the context; the default is the standard normal.
 PriorLogProb = Callable[[Tensor, "Tensor | None"], Tensor]
+
+
+class FlowOptions(TypedDict, total=False):
+    """The keyword options :func:`probability_flow_log_prob` passes on to :func:`probability_flow`."""
+
+    probe: str
+    method: str
+    prior: PriorLogProb | None
 
 
 @dataclass
@@ -107,7 +120,8 @@ def jacobian_trace(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, T
     of at most ``EXACT_CHUNK_ROWS`` rows). The result is differentiable in x and in everything ``fn`` closes over
     when those carry gradients (torch.func composes with ordinary autograd).
     """
-    out, pullback = torch.func.vjp(fn, x)
+    # torch annotates vjp's result as a 2- or 3-tuple (3 with has_aux=True) without overloads; here it is 2
+    out, pullback = torch.func.vjp(fn, x)  # type: ignore[misc]
     n, d = x.shape
     basis = torch.eye(d, dtype=x.dtype, device=x.device)[:, None, :].expand(d, n, d)
     (rows,) = torch.func.vmap(pullback, chunk_size=max(1, min(d, EXACT_CHUNK_ROWS // max(n, 1))))(basis)
@@ -237,7 +251,7 @@ def probability_flow_log_prob(
     atol: float = 1e-5,
     t_eps: float = 1e-5,
     generator: torch.Generator | None = None,
-    **options: object,
+    **options: Unpack[FlowOptions],
 ) -> Tensor:
     """log p_hat(x0) (n,) in nats through the probability-flow ODE (:func:`probability_flow` for the NFE).
 
@@ -258,4 +272,4 @@ def probability_flow_log_prob(
         t_eps=t_eps,
         generator=generator,
         **options,
-    ).log_prob  # type: ignore[arg-type]
+    ).log_prob

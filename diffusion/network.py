@@ -11,6 +11,7 @@ their sum modulates every residual block. Tensors are (batch, dim) only.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +29,8 @@ class SinusoidalEmbedding(nn.Module):
         >>> SinusoidalEmbedding(16)(torch.rand(5)).shape
         torch.Size([5, 16])
     """
+
+    freqs: Tensor  # buffer (features // 2,)
 
     def __init__(self, features: int, min_freq: float = 0.1, max_freq: float = 10.0) -> None:
         super().__init__()
@@ -54,7 +57,8 @@ class ResidualBlock(nn.Module):
         self.act = nn.SiLU()
 
     def forward(self, h: Tensor, cond: Tensor) -> Tensor:
-        return h + self.outer(self.act(self.inner(self.act(self.norm(h))) + self.cond(cond)))
+        out: Tensor = h + self.outer(self.act(self.inner(self.act(self.norm(h))) + self.cond(cond)))
+        return out
 
 
 class ScoreNetwork(nn.Module):
@@ -96,8 +100,9 @@ class ScoreNetwork(nn.Module):
         self.inp = nn.Linear(features, width)
         self.blocks = nn.ModuleList(ResidualBlock(width) for _ in range(blocks))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, features))
-        nn.init.zeros_(self.out[2].weight)
-        nn.init.zeros_(self.out[2].bias)
+        last = cast(nn.Linear, self.out[2])
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, x: Tensor, noise_level: Tensor, context: Tensor | None = None) -> Tensor:
         cond = self.time(noise_level)
@@ -106,4 +111,5 @@ class ScoreNetwork(nn.Module):
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, cond)
-        return self.out(h)
+        out: Tensor = self.out(h)
+        return out

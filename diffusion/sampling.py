@@ -19,6 +19,7 @@ at 5-10 steps beta h reaches 2-4 near t = 1 and the explicit schemes lose stabil
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -125,17 +126,26 @@ def check_finite_score(score: ScoreFn, out: Tensor, t: Tensor, what: str = "scor
     )
 
 
-def solve_ode(score: ScoreFn, rhs: Callable, start: object, ts: Tensor, **kw: object) -> object:
+#: An ODE state: one tensor, or a pair (the probability flow's x and its log-density integral).
+_State = TypeVar("_State", Tensor, tuple[Tensor, Tensor])
+
+
+def solve_ode(
+    score: ScoreFn, rhs: Callable[[Tensor, _State], _State], start: _State, ts: Tensor, **kw: object
+) -> _State:
     """torchdiffeq's ``odeint`` whose solver failures (a step size underflow, a non-finite state) become a
-    DataError naming the score and the time the solver had reached, instead of a bare AssertionError."""
+    DataError naming the score and the time the solver had reached, instead of a bare AssertionError.
+
+    Returns the state at every time of ``ts``: each tensor of ``start`` gains a leading (len(ts),) dim."""
     reached = [float(ts[0])]
 
-    def tracked(t: Tensor, state: object) -> object:
+    def tracked(t: Tensor, state: _State) -> _State:
         reached[0] = float(t.detach())
         return rhs(t, state)
 
     try:
-        return odeint(tracked, start, ts, **kw)
+        path: _State = odeint(tracked, start, ts, **kw)
+        return path
     except AssertionError as err:
         raise DataError(
             f"the ODE solver failed at t = {reached[0]:.6g} with the score {score_name(score)} "

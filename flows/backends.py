@@ -27,6 +27,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 import zuko
@@ -110,7 +111,8 @@ class ZukoFlow(FlowModule):
         self.flow = flow
 
     def log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
-        return self.flow(context).log_prob(x)
+        log_p: Tensor = self.flow(context).log_prob(x)
+        return log_p
 
     def rsample(self, n: int, context: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
         dist = self.flow(context)
@@ -118,7 +120,8 @@ class ZukoFlow(FlowModule):
         with global_rng_from(
             generator, torch.device("cpu") if like is None else like.device
         ):  # zuko takes no generator
-            return dist.rsample((n,)) if context is None else dist.rsample()
+            draws: Tensor = dist.rsample((n,)) if context is None else dist.rsample()
+            return draws
 
 
 class NflowsFlow(FlowModule):
@@ -129,19 +132,21 @@ class NflowsFlow(FlowModule):
         self.flow = flow
 
     def log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
-        return self.flow.log_prob(x, context=context)
+        log_p: Tensor = self.flow.log_prob(x, context=context)
+        return log_p
 
     def rsample(self, n: int, context: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
         # nflows' StandardNormal draws float32 noise whatever the flow's dtype, so draw it here in the
         # parameters' dtype and push it through the inverse transform (what ``Flow.sample`` does).
         ref = next(self.flow.parameters())
         noise = torch.randn(n, self.spec.features, generator=generator, dtype=ref.dtype, device=ref.device)
+        x: Tensor
         x, _ = self.flow._transform.inverse(noise, context=context)
         return x
 
 
 # -- zuko ------------------------------------------------------------------------------------------
-def _zuko_kwargs(spec: FlowSpec) -> dict:
+def _zuko_kwargs(spec: FlowSpec) -> dict[str, Any]:
     return {"hidden_features": spec.hidden, "activation": ACTIVATIONS[spec.activation]}
 
 
@@ -192,7 +197,7 @@ def _zuko_cnf(spec: FlowSpec) -> FlowModule:
 
 
 # -- nflows ----------------------------------------------------------------------------------------
-def _nflows_made_kwargs(spec: FlowSpec) -> dict:
+def _nflows_made_kwargs(spec: FlowSpec) -> dict[str, Any]:
     if len(set(spec.hidden)) != 1:
         raise ConfigError(
             f"the nflows backend uses one hidden width (MADE / residual blocks), got hidden={list(spec.hidden)}; "
@@ -206,8 +211,8 @@ def _nflows_made_kwargs(spec: FlowSpec) -> dict:
     }
 
 
-def _nflows_stack(layers: list, spec: FlowSpec) -> FlowModule:
-    parts: list = []
+def _nflows_stack(layers: list[nn.Module], spec: FlowSpec) -> FlowModule:
+    parts: list[nn.Module] = []
     for i, layer in enumerate(layers):
         if i:
             parts.append(ReversePermutation(spec.features))
@@ -246,7 +251,7 @@ def _nflows_spline_coupling(spec: FlowSpec) -> FlowModule:
     made = _nflows_made_kwargs(spec)
 
     def net(in_features: int, out_features: int) -> nn.Module:
-        return ResidualNet(
+        residual: nn.Module = ResidualNet(
             in_features,
             out_features,
             made["hidden_features"],
@@ -254,6 +259,7 @@ def _nflows_spline_coupling(spec: FlowSpec) -> FlowModule:
             num_blocks=made["num_blocks"],
             activation=made["activation"],
         )
+        return residual
 
     layers = []
     for i in range(spec.transforms):

@@ -208,7 +208,7 @@ def load_module_state(
     expected_config: dict[str, Any],
     *,
     normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Load weights into ``module`` after checking the stored config equals ``expected_config``.
 
     ``normalize`` maps the stored config first (e.g. drops keys an older version kept that are no longer part of

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -86,7 +87,7 @@ class PairedData:
         return self.subset(perm[n_val:]), self.subset(perm[:n_val])
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> PairedData:
-        move = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
+        move: Callable[[Tensor | None], Any] = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
         return PairedData(move(self.c), move(self.x))
 
 

@@ -36,7 +36,8 @@ def broadcast_batch(name: str, value: Tensor, batch: torch.Size, features: int) 
     """The broadcast of value's batch dims (all but the last) with ``batch``; ShapeError naming both shapes."""
     check_tensor(name, value, last_dim=features)
     try:
-        return torch.broadcast_shapes(value.shape[:-1], batch)
+        shape: torch.Size = torch.broadcast_shapes(value.shape[:-1], batch)
+        return shape
     except RuntimeError as err:
         raise ShapeError(
             f"{name} of shape {tuple(value.shape)} does not broadcast with the batch shape {tuple(batch)} of the "
@@ -100,7 +101,7 @@ class BatchedConditional(Distribution):
     def rsample(
         self,
         sample_shape: Sequence[int] = torch.Size(),
-        *,  # type: ignore[override]
+        *,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """(*sample_shape, *batch_shape, d) draws that carry gradients to the parameters."""
@@ -111,7 +112,7 @@ class BatchedConditional(Distribution):
     def sample(
         self,
         sample_shape: Sequence[int] = torch.Size(),
-        *,  # type: ignore[override]
+        *,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """(*sample_shape, *batch_shape, d) draws without gradients."""

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol, cast
 
 from torch import Tensor, nn
 
 from .mlp import mlp
 from .validation import check_matches, check_tensor
 
-__all__ = ["Encoder", "FixedEmbedding"]
+__all__ = ["Embedding", "Encoder", "FixedEmbedding"]
+
+
+class Embedding(Protocol):
+    """What a model reads of its embedding h: c (n, in_features) -> (n, out_features).
+
+    An :class:`Encoder`, a :class:`FixedEmbedding`, an ``nn.Linear`` or a task's true h* all qualify; at run time
+    the embedding is also an ``nn.Module`` (the model registers it as a submodule).
+    """
+
+    in_features: int
+    out_features: int
+
+    def __call__(self, c: Tensor, /) -> Tensor: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
 
 
 class Encoder(nn.Module):
@@ -51,8 +66,9 @@ class Encoder(nn.Module):
 
     def forward(self, c: Tensor) -> Tensor:
         check_tensor("c", c, ndim=2, last_dim=self.in_features)
-        check_matches("c", c, self.net[0].weight, "the encoder")
-        return self.net(c)
+        check_matches("c", c, cast(nn.Linear, self.net[0]).weight, "the encoder")  # mlp() starts with a Linear
+        h: Tensor = self.net(c)
+        return h
 
     def freeze(self) -> Encoder:
         """Stop gradients to every parameter and switch to eval mode for good; returns self."""
@@ -87,7 +103,7 @@ class Encoder(nn.Module):
 class FixedEmbedding(nn.Module):
     """A known, frozen embedding (e.g. a task's true h*) wrapped as a module for the oracle variant."""
 
-    def __init__(self, fn: nn.Module, in_features: int, out_features: int) -> None:
+    def __init__(self, fn: Embedding, in_features: int, out_features: int) -> None:
         super().__init__()
         self.fn = fn
         self.in_features = in_features

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -31,14 +31,14 @@ from .distribution import BatchedConditional
 from .errors import ConfigError, ShapeError
 from .validation import check_context, check_matches, check_positive_int, check_tensor
 
-__all__ = ["HEADS", "Head", "build_head", "register_head"]
+__all__ = ["HEADS", "ExactFit", "Head", "build_head", "register_head"]
 
 
 class Head(nn.Module, ABC):
     """Base class of conditional generative heads (see the module docstring for the contract)."""
 
-    #: Registry name, set by :func:`register_head`.
-    kind: ClassVar[str] = ""
+    #: Registry name, set per class by :func:`register_head` (a wrapping head may report its inner head's).
+    kind: str = ""
     #: Whether :meth:`rsample` gives draws that carry gradients to the parameters.
     has_rsample: ClassVar[bool] = False
     #: Keyword options of :meth:`sample` and of :meth:`log_prob` chosen at call time (not saved with the weights).
@@ -63,18 +63,18 @@ class Head(nn.Module, ABC):
         """Scalar training loss on a batch x (n, features)."""
 
     @abstractmethod
-    def log_prob(self, x: Tensor, context: Tensor | None = None, **options: Any) -> Tensor:
-        """Log-density (n,) of x (n, features) given context (n, context_features) or None."""
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Log-density (n,) of x (n, features) given context (n, context_features) or None.
+
+        A subclass adds its ``LOG_PROB_OPTIONS`` as keyword-only arguments with defaults."""
 
     @abstractmethod
-    def sample(
-        self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None, **options: Any
-    ) -> Tensor:
-        """Draw (n, features); context is None, (context_features,) shared, or (n, context_features)."""
+    def sample(self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None) -> Tensor:
+        """Draw (n, features); context is None, (context_features,) shared, or (n, context_features).
 
-    def rsample(
-        self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None, **options: Any
-    ) -> Tensor:
+        A subclass adds its ``SAMPLE_OPTIONS`` as keyword-only arguments with defaults."""
+
+    def rsample(self, n: int, context: Tensor | None = None, *, generator: torch.Generator | None = None) -> Tensor:
         """Like :meth:`sample`, with gradients to the parameters (heads with ``has_rsample`` only)."""
         raise NotImplementedError(
             f"{type(self).__name__} has no reparameterised sampler (has_rsample is False); use sample()"
@@ -151,9 +151,16 @@ class Head(nn.Module, ABC):
     def device(self) -> torch.device:
         for t in self.parameters():
             return t.device
-        for t in self.buffers():
-            return t.device
+        for b in self.buffers():
+            return b.device
         return torch.device("cpu")
+
+
+class ExactFit(Protocol):
+    """A head with an exact maximum-likelihood fit (e.g. the linear-Gaussian head): the workflow calls it
+    instead of the training loop when the embedding is frozen."""
+
+    def fit_closed_form(self, x: Tensor, context: Tensor | None = None) -> None: ...
 
 
 HEADS: dict[str, type[Head]] = {}

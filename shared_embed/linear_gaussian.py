@@ -78,7 +78,8 @@ class LinearGaussianHead(Head):
         tril = self.scale_tril()
         resid = (x - self._loc(x.shape[0], context)).T  # (d, n)
         z = torch.linalg.solve_triangular(tril, resid, upper=False)
-        return -0.5 * z.square().sum(0) - self.log_diag.sum() - 0.5 * self.features * LOG_2PI
+        log_p: Tensor = -0.5 * z.square().sum(0) - self.log_diag.sum() - 0.5 * self.features * LOG_2PI
+        return log_p
 
     def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         return -self.log_prob(x, context).mean()

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from .checkpoint import load_checkpoint, load_module_state, save_checkpoint
 from .device import resolve_device
 from .distribution import BatchedConditional, broadcast_batch, flatten_rows
-from .encoder import Encoder
+from .encoder import Embedding, Encoder
 from .errors import CheckpointError, ConfigError, ShapeError
 from .head import Head, build_head
 from .rng import check_generator
@@ -50,7 +50,7 @@ class ConditionalModel(nn.Module):
     def __init__(
         self,
         head: Head,
-        encoder: nn.Module | None = None,
+        encoder: Embedding | None = None,
         x_scaler: Standardizer | None = None,
         c_scaler: Standardizer | None = None,
         h_scaler: Standardizer | None = None,
@@ -267,7 +267,7 @@ class ConditionalModel(nn.Module):
         except (NotImplementedError, RuntimeError):  # a head whose constructor needs real values (zuko's flows)
             _check_sizes(path, config, tensors)
         model = cls._build(path, config)
-        if model.encoder is not None:
+        if isinstance(model.encoder, Encoder):  # the only embedding _build makes
             model.encoder.freeze()
         return model.load_weights(path).to(target).eval()
 
@@ -278,7 +278,10 @@ class ConditionalModel(nn.Module):
         try:
             head = build_head(config["head_kind"], config["head"])
             encoder = None if enc_cfg is None else Encoder(**enc_cfg)
-            scaler = lambda key: None if config.get(key) is None else Standardizer(int(config[key]))  # noqa: E731
+
+            def scaler(key: str) -> Standardizer | None:
+                return None if config.get(key) is None else Standardizer(int(config[key]))
+
             return cls(head, encoder, Standardizer(head.features), scaler("c_scaler"), scaler("h_scaler"))
         except (ConfigError, KeyError, TypeError, ValueError, OverflowError) as err:
             raise CheckpointError(f"{path} has a malformed model config: {type(err).__name__}: {err}") from err

@@ -38,7 +38,8 @@ def inverse_sqrt(cov: Tensor) -> Tensor:
             "a covariance in the reduced-rank fit is singular: a column of c or x is constant "
             "or the rows are linearly dependent"
         )
-    return (vectors * values.rsqrt()) @ vectors.T
+    root: Tensor = (vectors * values.rsqrt()) @ vectors.T
+    return root
 
 
 def canonical_row_space(c: Tensor, x: Tensor, rank: int) -> Tensor:
@@ -70,4 +71,5 @@ def canonical_row_space(c: Tensor, x: Tensor, rank: int) -> Tensor:
     s_cc, s_xx, s_cx = cd.T @ cd / n, xd.T @ xd / n, cd.T @ xd / n
     root_c = inverse_sqrt(s_cc)
     u, _, _ = torch.linalg.svd(root_c @ s_cx @ inverse_sqrt(s_xx), full_matrices=False)
-    return u[:, :rank].T @ root_c
+    rows: Tensor = u[:, :rank].T @ root_c
+    return rows

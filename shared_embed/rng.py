@@ -26,7 +26,8 @@ def global_rng_from(generator: torch.Generator | None, device: torch.device) -> 
     For libraries whose samplers take no generator (zuko's flows): the same generator state gives the same
     draws, the generator advances, and the caller's global stream is untouched. ``None``: a plain block.
     """
-    if check_generator(generator) is None:
+    generator = check_generator(generator)
+    if generator is None:
         yield
         return
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))

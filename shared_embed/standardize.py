@@ -16,6 +16,9 @@ class Standardizer(nn.Module):
     Spline flows leave inputs outside [-5, 5] untransformed, so every head sees standardised data.
     """
 
+    mean: Tensor  # buffer (features,)
+    std: Tensor  # buffer (features,)
+
     def __init__(self, features: int) -> None:
         super().__init__()
         check_positive_int("features", features)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -150,14 +150,17 @@ def _grad_norm(params: list[nn.Parameter], clip: float | None) -> Tensor:
     apply to every gradient; ``benchmarks/training_overhead.py`` times the loop against a plain one.
     """
     if clip is not None:
-        return torch.nn.utils.clip_grad_norm_(params, clip)
+        clipped: Tensor = torch.nn.utils.clip_grad_norm_(params, clip)
+        return clipped
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
     total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6; the same norm as clip_grad_norm_
     if total_norm is not None:
-        return total_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        norm: Tensor = total_norm(grads)
+        return norm
+    stacked: Tensor = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    return stacked
 
 
 def _show_progress(config: TrainConfig, rank: int) -> bool:
@@ -185,10 +188,10 @@ def evaluate_loss(loss_fn: LossFn, data: Sequence[Tensor], batch_size: int = 409
 class _LoopState:
     """Where the loop stands: everything a checkpoint must hold to resume bit for bit."""
 
+    epoch_gen_state: Tensor  # the batch generator's state at the start of the current epoch
     history: TrainHistory = field(default_factory=TrainHistory)
     step: int = 0
     epoch_batch: int = 0
-    epoch_gen_state: Tensor | None = None
     best_state: dict[str, Tensor] | None = None
     evals_without_gain: int = 0
     last_ckpt: str = "none"
@@ -410,7 +413,9 @@ def fit(
     )
     # modules that keep running averages of their weights (a diffusion head's EMA) update after every step
     step_hooks = [
-        m.after_optimizer_step for m in module.modules() if callable(getattr(m, "after_optimizer_step", None))
+        cast(Callable[[], None], m.after_optimizer_step)
+        for m in module.modules()
+        if callable(getattr(m, "after_optimizer_step", None))
     ]
     module.train()
     history = state.history

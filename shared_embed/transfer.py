@@ -19,16 +19,16 @@ import copy
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from .data import PairedData
 from .device import resolve_device
-from .encoder import Encoder, FixedEmbedding
+from .encoder import Embedding, Encoder, FixedEmbedding
 from .errors import ConfigError, DataError, DTypeError, ShapeError
-from .head import Head
+from .head import ExactFit, Head
 from .model import ConditionalModel
 from .reduced_rank import canonical_row_space
 from .standardize import Standardizer
@@ -169,11 +169,11 @@ def _fit_joint_closed_form(model: ConditionalModel, data: PairedData) -> TrainHi
     with torch.no_grad():
         x = model.x_scaler(data.x)
         c = data.c if model.c_scaler is None else model.c_scaler(data.c)
-        layer = encoder.net[0]
+        layer = cast(nn.Linear, encoder.net[0])
         layer.weight.copy_(canonical_row_space(c, x, encoder.out_features).to(layer.weight))
         layer.bias.zero_()
         context = model.embed(data.c)
-        model.head.fit_closed_form(x, context)
+        cast(ExactFit, model.head).fit_closed_form(x, context)
         nll = float(model.head.loss(x, context))
     return TrainHistory(train_loss=[nll], best_val=nll, seconds=time.perf_counter() - start)
 
@@ -183,7 +183,7 @@ def _fit_closed_form(model: ConditionalModel, data: PairedData) -> TrainHistory:
     start = time.perf_counter()
     with torch.no_grad():
         x, context = model.x_scaler(data.x), model.embed(data.c if data.conditional else None)
-        model.head.fit_closed_form(x, context)
+        cast(ExactFit, model.head).fit_closed_form(x, context)
         nll = float(model.head.loss(x, context))
     return TrainHistory(train_loss=[nll], best_val=nll, seconds=time.perf_counter() - start)
 
@@ -275,7 +275,7 @@ def fit_source(
     if not source.conditional:
         raise DataError("source must hold conditions c: the shared embedding is a function of c")
     check_fit_data("source", source, encoder.out_features)
-    model = ConditionalModel(head, encoder, Standardizer.fit(source.x), Standardizer.fit(source.c))
+    model = ConditionalModel(head, encoder, Standardizer.fit(source.x), Standardizer.fit(cast(Tensor, source.c)))
     model.to(source.x.device)
     model.history = train_model(
         model, source, config or TrainConfig(description="source"), val_fraction, augment=augment
@@ -287,7 +287,7 @@ _UNSET: Any = object()
 
 
 def fit_target_head(
-    source: ConditionalModel | nn.Module,
+    source: ConditionalModel | Embedding,
     head: Head,
     target: PairedData,
     config: TrainConfig | None = None,
@@ -319,7 +319,7 @@ def fit_target_head(
             raise ConfigError("c_scaler must not be given with a source model: the model carries its own")
         if source.encoder is None:
             raise ConfigError("source model has no encoder to transfer (it reads c directly)")
-        embedding: nn.Module = copy.deepcopy(source.encoder)
+        embedding: Embedding = copy.deepcopy(source.encoder)
         c_scaler = copy.deepcopy(source.c_scaler)
     elif isinstance(source, nn.Module):
         embedding = source
@@ -341,7 +341,7 @@ def fit_target_head(
     elif any(p.requires_grad for p in embedding.parameters()):
         raise ConfigError("embedding must be frozen: it has parameters with requires_grad=True")
     with torch.no_grad():
-        h = embedding(target.c if c_scaler is None else c_scaler(target.c))
+        h = embedding(cast(Tensor, target.c) if c_scaler is None else c_scaler(target.c))
     check_fit_data("target", target, h.shape[-1])
     model = ConditionalModel(head, embedding, Standardizer.fit(target.x), c_scaler, Standardizer.fit(h))
     model.to(target.x.device)
@@ -377,7 +377,7 @@ def _check_factory(head_factory: object) -> HeadFactory:
         raise DTypeError(
             f"head_factory must be callable as factory(context_features) -> Head, got {type(head_factory).__name__}"
         )
-    return head_factory  # type: ignore[return-value]
+    return head_factory
 
 
 def fit_variants(
@@ -387,7 +387,7 @@ def fit_variants(
     config: TransferConfig | None = None,
     variants: Iterable[str] = ("transfer", "no_transfer", "fine_tune"),
     *,
-    oracle_embedding: nn.Module | None = None,
+    oracle_embedding: Embedding | None = None,
     source_model: ConditionalModel | None = None,
     augment: Augment | None = None,
 ) -> dict[str, FitResult]:
@@ -427,7 +427,7 @@ def fit_variants(
         if source_model is None:
             start = time.perf_counter()
             source_model = fit_source(
-                new_encoder(source.d_c, config),
+                new_encoder(cast(int, source.d_c), config),
                 head_factory(config.embed_dim).to(device),
                 source,
                 config.source_train,
@@ -435,7 +435,10 @@ def fit_variants(
                 augment=augment,
             )
             results["source"] = FitResult(
-                "source", source_model, {"source": source_model.history}, time.perf_counter() - start
+                "source",
+                source_model,
+                {"source": cast(TrainHistory, source_model.history)},
+                time.perf_counter() - start,
             )
         return source_model
 
@@ -452,7 +455,7 @@ def fit_variants(
             )
         elif variant == "no_transfer":
             model = fit_source(
-                new_encoder(target.d_c, config),
+                new_encoder(cast(int, target.d_c), config),
                 head_factory(config.embed_dim).to(device),
                 target,
                 config.target_train,
@@ -461,24 +464,26 @@ def fit_variants(
             )
         elif variant == "fine_tune":
             model = copy.deepcopy(needs_source())
-            model.encoder.unfreeze()
+            cast(Encoder, model.encoder).unfreeze()
             model.history = train_model(model, target, config.target_train, vf, augment=augment)
         elif variant == "direct":
             head = head_factory(target.d_c).to(device)
             # an exact (closed-form) head on c needs its d_c + 2 rows to be identified; a trained head on c is
             # early-stopped like any other and needs only rows to fit (few-shot on images: 20 rows, 32 pixels)
             check_fit_data("target", target, target.d_c if _exact_solver(head) else None)
-            model = ConditionalModel(head, None, Standardizer.fit(target.x), Standardizer.fit(target.c))
+            model = ConditionalModel(head, None, Standardizer.fit(target.x), Standardizer.fit(cast(Tensor, target.c)))
             model.history = train_model(model, target, config.target_train, vf, augment=augment)
         else:
             if oracle_embedding is None:
                 raise ConfigError("variant 'oracle' needs oracle_embedding (the task's true h*)")
             d_h = oracle_embedding.out_features
-            embedding = FixedEmbedding(oracle_embedding, target.d_c, d_h).to(device)
+            embedding = FixedEmbedding(oracle_embedding, cast(int, target.d_c), d_h).to(device)
             model = fit_target_head(
                 embedding, head_factory(d_h).to(device), target, config.target_train, val_fraction=vf, augment=augment
             )
         if isinstance(model.encoder, Encoder):
             model.encoder.freeze()  # every fitted model is evaluated as a fixed density
-        results[variant] = FitResult(variant, model, {"target": model.history}, time.perf_counter() - start)
+        results[variant] = FitResult(
+            variant, model, {"target": cast(TrainHistory, model.history)}, time.perf_counter() - start
+        )
     return results

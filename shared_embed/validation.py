@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
@@ -109,11 +109,24 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     valid = sorted(choices)
     if value not in valid:
         raise ConfigError(f"unknown {name} {value!r}; valid choices: {', '.join(map(repr, valid))}")
-    return value
+    choice: str = value
+    return choice
 
 
+@overload
 def check_context(
-    name: str, context: Any, expected: int | None, rows: int | None = None, *, batched: bool = False
+    name: str, context: None, expected: int | None, rows: int | None = None, *, batched: bool = False
+) -> None: ...
+@overload
+def check_context(
+    name: str, context: Tensor, expected: int | None, rows: int | None = None, *, batched: bool = False
+) -> Tensor: ...
+@overload
+def check_context(
+    name: str, context: object, expected: int | None, rows: int | None = None, *, batched: bool = False
+) -> Tensor | None: ...
+def check_context(
+    name: str, context: object, expected: int | None, rows: int | None = None, *, batched: bool = False
 ) -> Tensor | None:
     """Check a head's context: None for an unconditional head, else (rows, expected) finite floats.
 

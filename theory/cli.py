@@ -17,13 +17,17 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from shared_embed.errors import GentransferError
 from theory.engine.config_files import apply_override, read_toml, resolve_config
 from theory.engine.executors import EXECUTORS, make_executor, parse_options
 from theory.engine.folder_lock import run_in_progress
 from theory.engine.toml_writer import dumps as toml_dumps
+
+if TYPE_CHECKING:  # the engine's loop loads torch: the commands import it when they run
+    from theory.engine.loop import Executor
 
 # torch and the rest of theory load inside the commands that need them: --help, --version and a missing or
 # malformed config file answer without them (benchmarks/cli_startup.py).
@@ -202,7 +206,7 @@ def _raw_config(path: Path, overrides: list[str]) -> dict:
     return raw
 
 
-def _executor(args: argparse.Namespace, workers: int) -> Any:
+def _executor(args: argparse.Namespace, workers: int) -> Executor | None:
     """The executor the options ask for (None: this machine's pool); a GentransferError naming a bad option."""
     return make_executor(
         args.executor,
@@ -338,7 +342,7 @@ def _on_sigterm(handler: Any) -> Any:
     return signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
 
 
-def _terminate(signum: int, _frame: Any) -> None:
+def _terminate(signum: int, _frame: FrameType | None) -> None:
     raise Terminated(signum)
 
 

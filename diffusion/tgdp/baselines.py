@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 from torch import Tensor
 
@@ -45,7 +46,7 @@ def train_head(
         val = _tensors(val_x, val_context)
     conditional = head.context_features is not None
 
-    def loss_fn(batch: tuple[Tensor, ...]) -> Tensor:
+    def loss_fn(batch: Sequence[Tensor]) -> Tensor:
         return head.loss(batch[-1], batch[0] if conditional else None)
 
     return fit(head, loss_fn, _tensors(x, context), val, config or TrainConfig(description="diffusion head"))

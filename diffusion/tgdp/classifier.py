@@ -80,9 +80,10 @@ class DomainClassifier(nn.Module):
         parts = [x]
         if context is not None:
             parts.append(context)
-        if self.time is not None:
+        if self.time is not None and t is not None:  # a time-dependent classifier requires t
             parts.append(self.time(self.schedule.noise_level(t).to(t)))
-        return self.net(torch.cat(parts, dim=-1)).squeeze(-1)
+        logit: Tensor = self.net(torch.cat(parts, dim=-1)).squeeze(-1)
+        return logit
 
     def forward(self, x: Tensor, t: Tensor | float | None = None, context: Tensor | None = None) -> Tensor:
         return self.logit(x, t, context)

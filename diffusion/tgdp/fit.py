@@ -230,7 +230,7 @@ def _checked_samples(
     )
     if (source_context is None) != (target_context is None):
         raise ShapeError("give source_context and target_context together (both or neither)")
-    if source_context is None:
+    if source_context is None or target_context is None:  # both or neither (checked above)
         return source_x, target_x, None
     k = check_matrix("source_context", source_context).shape[1]
     check_context("source_context", source_context, k, rows=source_x.shape[0])

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -132,7 +132,7 @@ class GuidanceNetwork(nn.Module):
         self.schedule = schedule or VPSchedule()
         self.time = SinusoidalEmbedding(time_features)
         self.net = mlp(features + (context_features or 0) + time_features, 1, tuple(hidden), activation)
-        last = self.net[-1]
+        last = cast(nn.Linear, self.net[-1])  # mlp() ends with a Linear
         nn.init.zeros_(last.weight)
         nn.init.constant_(last.bias, 0.0 if positivity == "exp" else math.log(math.e - 1.0))  # h = 1
 
@@ -198,7 +198,7 @@ class SourcePosterior:
         a = self.schedule.alpha(t).to(x_t).unsqueeze(-1)
         var = self.schedule.sigma(t).to(x_t).square().unsqueeze(-1)
         logits = (a * (x_t @ self.x.T) - 0.5 * a.square() * self.sq_norm) / var
-        if context is not None:
+        if context is not None and self.context is not None:  # check_context: both or neither
             same = (context.unsqueeze(1) == self.context.unsqueeze(0)).all(-1)
             logits = logits.masked_fill(~same, float("-inf"))
         return (torch.softmax(logits, dim=-1) * self.w).sum(-1)
@@ -230,5 +230,7 @@ def guidance_loss(
         if w0 is None:
             raise ConfigError("guidance_loss needs the ratios w0 or a SourcePosterior (Rao-Blackwellised target)")
         check_tensor("w0", w0, ndim=1, rows=x0.shape[0])
-    target = w0.detach() if posterior is None else posterior.mean_ratio(x_t, t, context)
+        target = w0.detach()
+    else:
+        target = posterior.mean_ratio(x_t, t, context)
     return (guidance.h(x_t, t, context) - target).square().mean()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 from torch import Tensor
 
 from shared_embed.errors import ShapeError
@@ -13,6 +15,14 @@ from ..schedule import VPSchedule, stratified_times
 __all__ = ["check_points", "noised_rows"]
 
 
+@overload
+def check_points(
+    x: Tensor, features: int, t: Tensor | float | None, *, required: Literal[True], name_t: str = "t"
+) -> tuple[Tensor, Tensor]: ...
+@overload
+def check_points(
+    x: Tensor, features: int, t: Tensor | float | None, *, required: bool, name_t: str = "t"
+) -> tuple[Tensor, Tensor | None]: ...
 def check_points(
     x: Tensor, features: int, t: Tensor | float | None, *, required: bool, name_t: str = "t"
 ) -> tuple[Tensor, Tensor | None]:

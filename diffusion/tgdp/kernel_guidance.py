@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -61,7 +62,8 @@ LogRatioFn = Callable[..., Tensor]
 def scott_bandwidth(x: Tensor) -> float:
     """Scott's rule for a Gaussian KDE of x (n, d): mean per-axis std * n^(-1 / (d + 4))."""
     n, d = x.shape
-    return float(x.double().std(0).mean()) * n ** (-1.0 / (d + 4))
+    width: float = float(x.double().std(0).mean()) * n ** (-1.0 / (d + 4))
+    return width
 
 
 class KernelGuidance:
@@ -122,14 +124,14 @@ class KernelGuidance:
             raise ConfigError("bandwidth > 0 needs a QuadraticLogRatio (the closed-form integral of w)")
         if not 0 < max_curvature < 1:
             raise ConfigError(f"max_curvature must be in (0, 1), got {max_curvature!r}")
-        self.quadratic = ratio if quadratic else None
-        if quadratic and b > 0:
-            lam = float(torch.linalg.eigvalsh(ratio.quad).max())
+        self.quadratic = ratio if isinstance(ratio, QuadraticLogRatio) else None
+        if self.quadratic is not None and b > 0:
+            lam = float(torch.linalg.eigvalsh(self.quadratic.quad).max())
             if lam > 0:
                 b = min(b, math.sqrt(max_curvature / (2.0 * lam)))
         self.bandwidth = b
         with torch.no_grad():
-            log_w = getattr(ratio, "log_ratio", ratio)(source_x, None, source_context)
+            log_w = cast(LogRatioFn, getattr(ratio, "log_ratio", ratio))(source_x, None, source_context)
         self.log_w = check_tensor("log_ratio(source_x)", log_w, ndim=1, rows=self.x.shape[0]).detach().to(dtype)
         self.groups = self._groups()
 
@@ -172,7 +174,7 @@ class KernelGuidance:
         out = torch.zeros(x.shape[0], dtype=self.dtype, device=x.device)
         seen = torch.zeros(x.shape[0], dtype=torch.bool)
         for lab, rows, k in self.groups:
-            q = context[:, 0].to(self.dtype) == lab
+            q = context[:, 0].to(self.dtype) == cast(Tensor, lab)  # with source_context, every group has a label
             seen |= q
             if bool(q.any()):
                 out = out.index_put((q.nonzero().squeeze(-1),), fn(x[q].to(self.dtype), t[q].to(self.dtype), rows, k))
@@ -198,12 +200,14 @@ class KernelGuidance:
         if self.quadratic is None or b2 == 0:
             log_g = self.log_w[rows][None]
         else:
-            log_g = self._log_g(x, xs, a, s2, v, b2, k)
+            log_g = self._log_g(self.quadratic, x, xs, a, s2, v, b2, k)
         return torch.logsumexp(log_k + log_g, -1) - torch.logsumexp(log_k, -1)
 
-    def _log_g(self, x: Tensor, xs: Tensor, a: Tensor, s2: Tensor, v: Tensor, b2: float, k: int) -> Tensor:
+    @staticmethod
+    def _log_g(
+        quad: QuadraticLogRatio, x: Tensor, xs: Tensor, a: Tensor, s2: Tensor, v: Tensor, b2: float, k: int
+    ) -> Tensor:
         """log G_i(x) (n, rows): the closed-form integral of w against row i's posterior kernel."""
-        quad = self.quadratic
         big_a, beta = quad.quad[k].to(x), quad.linear[k].to(x)
         const = float(quad.const[k]) + math.log(quad.prior_factor)
         d = x.shape[1]
@@ -224,4 +228,5 @@ class KernelGuidance:
             + 0.5 * var * (rb * beta).sum(-1)
             + const
         )
-        return row_quad + cross + per_query[:, None]
+        log_g: Tensor = row_quad + cross + per_query[:, None]
+        return log_g

@@ -64,6 +64,9 @@ class QuadraticLogRatio:
         >>> ratio.log_ratio(x).shape    # (n,)
     """
 
+    #: the inverse L2 strength C that cross-validation chose (set by :func:`fit_quadratic_log_ratio` only)
+    strength: float
+
     def __init__(
         self, quad: Tensor, linear: Tensor, const: Tensor, prior_factor: float, labels: Tensor | None = None
     ) -> None:
@@ -150,7 +153,7 @@ def fit_quadratic_log_ratio(
     base = quadratic_features(x)
     labels = None
     blocks = [base]
-    if source_context is not None:
+    if source_context is not None and target_context is not None:  # both or neither (checked above)
         ctx = torch.cat([source_context, target_context]).double().numpy()[:, 0]
         labels = np.unique(ctx)
         for lab in labels:
@@ -168,13 +171,16 @@ def fit_quadratic_log_ratio(
     intercept = float(model.intercept_[0] - (coef * mean).sum())
     p = base.shape[1]
     quads, lins, consts = [], [], []
-    for k in range(1 if labels is None else len(labels)):
+    n_labels = 0 if labels is None else len(labels)
+    for k in range(max(n_labels, 1)):
         c_k, extra = coef[:p].copy(), 0.0
-        for j in range(0 if labels is None else len(labels)):
-            block = coef[p + j * (p + 1) : p + (j + 1) * (p + 1)] * ((j == k) - 1.0 / len(labels))
+        for j in range(n_labels):
+            block = coef[p + j * (p + 1) : p + (j + 1) * (p + 1)] * ((j == k) - 1.0 / n_labels)
             extra, c_k = extra + block[0], c_k + block[1:]
         a, b = _to_quadratic(c_k, d)
-        quads.append(a), lins.append(b), consts.append(intercept + extra)
+        quads.append(a)
+        lins.append(b)
+        consts.append(intercept + extra)
     ratio = QuadraticLogRatio(
         torch.tensor(np.stack(quads)),
         torch.tensor(np.stack(lins)),

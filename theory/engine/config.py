@@ -261,7 +261,7 @@ class HeadSpec:
 
     def check_options(self) -> None:
         """Every option must be a keyword of the head's constructor."""
-        params = inspect.signature(self.head_class().__init__).parameters
+        params = inspect.signature(self.head_class()).parameters  # the constructor's, without self
         valid = [p for p in params if p not in ("self", "features", "context_features")]
         if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
             check_keys(self.options, valid, f"heads.{self.name}.options")

@@ -18,7 +18,6 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
-from typing import Any
 
 import dask
 from distributed import Client, Future, LocalCluster, as_completed
@@ -139,5 +138,5 @@ class DaskExecutor:
             ) from err
 
 
-def _name(group: Any, index: int) -> str:
+def _name(group: object, index: int) -> str:
     return str(getattr(group, "stem", f"group {index}"))

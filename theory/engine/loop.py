@@ -32,7 +32,8 @@ Log = Callable[[str], None]
 class GroupLike(Protocol):
     """What the engine reads of a group: its cells (and a name for messages)."""
 
-    cells: Sequence[Any]
+    @property
+    def cells(self) -> Sequence[Any]: ...  # read-only: the groups are frozen dataclasses
 
 
 Runner = Callable[[dict[str, Any], Path | None, Any, Log | None, Callable[[], None]], list[Record]]
@@ -124,7 +125,7 @@ def _init_worker(threads: int, parent: int) -> None:
     threading.Thread(target=_die_with_parent, args=(parent,), daemon=True, name="die-with-parent").start()
 
 
-def _worker(runner: Runner, spec: dict[str, Any], out_dir: str | None, group: Any, verbose: bool) -> list[Record]:
+def _worker(runner: Runner, spec: dict[str, Any], out_dir: str | None, group: GroupLike, verbose: bool) -> list[Record]:
     """Worker entry point: run one group, return its records."""
     log = (lambda msg: print(msg, flush=True)) if verbose else None
     return runner(spec, None if out_dir is None else Path(out_dir), group, log, lambda: None)
@@ -147,7 +148,7 @@ class GroupJob:
     threads: int = 1
     verbose: bool = False
 
-    def __call__(self, group: Any) -> list[Record]:
+    def __call__(self, group: GroupLike) -> list[Record]:
         import torch
 
         with _ONE_GROUP_AT_A_TIME:

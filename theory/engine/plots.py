@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
 from theory.truth.rates import Rates
+from theory.truth.tasks import Task
 from theory.verdicts.checks import floors, level_stats, mean_se, series
 from theory.verdicts.known_answer_check import known_curves
 
@@ -216,7 +217,7 @@ def plot_samples(
     out_dir: str | os.PathLike[str],
     records: Sequence[Record],
     head: str,
-    task: Any,
+    task: Task,
     path: str | os.PathLike[str],
     max_columns: int = 3,
 ) -> Path | None:
@@ -226,7 +227,7 @@ def plot_samples(
 
 
 def samples_figure(
-    out_dir: str | os.PathLike[str], records: Sequence[Record], head: str, task: Any, max_columns: int = 3
+    out_dir: str | os.PathLike[str], records: Sequence[Record], head: str, task: Task, max_columns: int = 3
 ) -> Figure | None:
     """Rows: variants (transfer / fine-tune at the largest n_s); columns: the truth, then up to ``max_columns``
     n_t. Each panel scatters the first two coordinates of draws at the same fixed conditions (one colour each,

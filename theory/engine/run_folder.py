@@ -105,10 +105,11 @@ def read_record(path: Path) -> Record:
     """The cell record at ``path``; DataError when the file is truncated, binary, not a record, or holds a field
     of the wrong type (``"kl": "0.5"`` is refused, never read as 0.5)."""
     data = read_json(path)
-    missing = [k for k in RECORD_KEYS if data is None or k not in data]
+    if data is None:
+        raise DataError(f"{path} is not a readable cell record: not valid UTF-8 JSON (truncated or corrupted)")
+    missing = [k for k in RECORD_KEYS if k not in data]
     if missing:
-        what = "not valid UTF-8 JSON (truncated or corrupted)" if data is None else f"missing {missing}"
-        raise DataError(f"{path} is not a readable cell record: {what}")
+        raise DataError(f"{path} is not a readable cell record: missing {missing}")
     bad = _type_problems(data)
     if bad:
         raise DataError(f"{path} is not a readable cell record: {'; '.join(bad[:3])}")

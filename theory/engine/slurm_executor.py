@@ -34,7 +34,7 @@ class RequeueableJob(Checkpointable):
     def __init__(self, job: GroupJob) -> None:
         self.job = job
 
-    def __call__(self, group: Any) -> list[Record]:
+    def __call__(self, group: GroupLike) -> list[Record]:
         return self.job(group)
 
 

@@ -25,7 +25,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 from torch import Tensor
@@ -83,21 +83,22 @@ def girsanov_bound_for(
     head = _diffusion_head(model, "the Girsanov bound")
     check_positive_int("n", n, minimum=4)
     data = task.sample(n, domain, generator)
-    law = standardized_law(task.conditional(data.c.double(), domain), model.x_scaler)
+    c = cast(Tensor, data.c)  # a conditional task's pairs hold conditions
+    law = standardized_law(task.conditional(c.double(), domain), model.x_scaler)
     device = model.x_scaler.mean.device
     with torch.no_grad():
         z = model.x_scaler(data.x.to(device))
-        h = model.embed(data.c.to(device))
+        h = model.embed(c.to(device))
     # The bound shuffles and strata-splits its rows: a last context column carries each row's index, so the
     # true score finds that row's mixture; the learned score reads the embedding columns only.
     index = torch.arange(n, dtype=z.dtype, device=device)[:, None]
     context = index if h is None else torch.cat([h, index], dim=1)
 
     def learned(z_t: Tensor, t: Tensor, ctx: Tensor | None) -> Tensor:
-        return head.score(z_t, t, None if h is None else ctx[:, :-1])
+        return head.score(z_t, t, None if h is None else cast(Tensor, ctx)[:, :-1])
 
-    def law_at(t: Tensor, ctx: Tensor) -> GaussianMixture:
-        rows = _rows(law, ctx[:, -1].long().cpu())
+    def law_at(t: Tensor, ctx: Tensor | None) -> GaussianMixture:
+        rows = _rows(law, cast(Tensor, ctx)[:, -1].long().cpu())  # girsanov_bound passes the context it is given
         return rows.noised(head.schedule.alpha(t).double().cpu(), head.schedule.sigma(t).double().cpu())
 
     def true(z_t: Tensor, t: Tensor, ctx: Tensor | None) -> Tensor:
@@ -148,7 +149,7 @@ def sde_kl_for(
     per = check_positive_int("n", n, minimum=2 * contexts) // contexts
     if per <= k:
         raise ConfigError(f"n // contexts = {per} draws per context must exceed k = {k}: raise n or lower contexts")
-    c = task.sample(contexts, domain, generator).c
+    c = cast(Tensor, task.sample(contexts, domain, generator).c)  # a conditional task's pairs hold conditions
     law = standardized_law(task.conditional(c.double(), domain), model.x_scaler)
     t_eps = torch.tensor(head.t_eps, dtype=torch.float64)
     law = law.noised(head.schedule.alpha(t_eps).double(), head.schedule.sigma(t_eps).double())

@@ -23,7 +23,7 @@ import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -113,7 +113,7 @@ def gaussian_kl(m0: Tensor, s0: Tensor, m1: Tensor, s1: Tensor) -> Tensor:
     return 0.5 * (trace + z.square().sum(-1) - d + logdet1 - logdet0)
 
 
-def _dtype_device(model: Any) -> tuple[torch.dtype, torch.device]:
+def _dtype_device(model: object) -> tuple[torch.dtype, torch.device]:
     if isinstance(model, nn.Module):
         for t in (*model.parameters(), *model.buffers()):
             if t.is_floating_point():
@@ -149,7 +149,7 @@ def log_densities(
     """One fresh sample of n pairs from ``task``: the exact log p (n,) and each model's log p_hat (n,)."""
     check_positive_int("n", n, minimum=2)
     data = task.sample(n, domain, generator)
-    log_p = task.log_prob(data.x.double(), data.c, domain).double()
+    log_p = task.log_prob(data.x.double(), cast(Tensor, data.c), domain).double()
     return log_p, {name: model_log_prob(m, data.x, data.c, batch_size) for name, m in models.items()}
 
 
@@ -188,7 +188,7 @@ def fit_floor_model(
     if isinstance(embedding, Encoder):
         embedding.freeze()
     else:
-        embedding.requires_grad_(False)
+        cast(nn.Module, embedding).requires_grad_(False)  # every embedding is a module at run time
     data = task.sample(check_positive_int("n", n, minimum=2), domain, generator)
     dtype, device = _dtype_device(model)
     data = data.to(device, dtype)

@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -146,7 +147,7 @@ class LinearErrorCase:
         return (self.schedule.beta(t).double(), prec - self.error_matrix, prec @ mu + self.error_shift, mu, sigma)
 
     # -- the laws of the two samplers and the bound --------------------------------------------------------
-    def _solve(self, rhs: Any, extra: int, rtol: float, atol: float) -> Tensor:
+    def _solve(self, rhs: Callable[[Tensor, Tensor], Tensor], extra: int, rtol: float, atol: float) -> Tensor:
         d = self.dim
         start = torch.cat([torch.zeros(d), torch.eye(d).reshape(-1), torch.zeros(extra)]).double()
         ts = torch.tensor([1.0, self.t_eps], dtype=torch.float64)

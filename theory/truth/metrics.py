@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -120,6 +120,12 @@ class FidelityClassifier:
         self.model = LogisticRegression(C=self.C, max_iter=self.max_iter)
         self.fitted = False
 
+    @overload
+    @staticmethod
+    def _arrays(x: Tensor, labels: Tensor) -> tuple[np.ndarray, np.ndarray]: ...
+    @overload
+    @staticmethod
+    def _arrays(x: Tensor, labels: None) -> tuple[np.ndarray, None]: ...
     @staticmethod
     def _arrays(x: Tensor, labels: Tensor | None) -> tuple[np.ndarray, np.ndarray | None]:
         if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[0] < 1:

@@ -39,6 +39,8 @@ class Schedule(Protocol):
 class TrueEmbedding(nn.Module):
     """h*(c) = W c (linear) or tanh(W c) * 1.5 (nonlinear); W has orthonormal rows. (n, d_c) -> (n, d_h)."""
 
+    weight: Tensor  # buffer (d_h, d_c)
+
     def __init__(self, weight: Tensor, nonlinear: bool) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
@@ -63,6 +65,32 @@ def check_covariance(what: str, cov: Tensor) -> None:
             f"{what} is not positive definite (a task's noise must be a finite number > 0 whose "
             "square is a normal float64)"
         )
+
+
+class Task(Protocol):
+    """What the transfer study and its checks read of a conditional task (:data:`TASK_MEMBERS`; a
+    :class:`ConditionalTask`, or a user's own class: docs/bring_your_own_task.md).
+
+    Its dimensions (conditions c (d_c,), true embedding h*(c) (d_h,), outcomes x (d_x,)), seed and config, draws
+    of (c, x) per domain ('source' or 'target') and exact log-densities log p_domain(x | c) (n,). Optional members
+    are read with ``getattr``: ``embedding`` (h*, the oracle variant), ``conditional(c, domain)`` (the exact law
+    as a :class:`GaussianMixture`: diffusion bounds, sample plots), ``sample_x(c, domain, generator)``,
+    ``analytic`` and ``embedding_kind``.
+    """
+
+    seed: int
+    d_c: int
+    d_h: int
+    d_x: int
+
+    @property
+    def config(self) -> dict[str, Any]: ...
+
+    def sample_c(self, n: int, generator: torch.Generator | None = None) -> Tensor: ...
+
+    def sample(self, n: int, domain: str, generator: torch.Generator | None = None) -> PairedData: ...
+
+    def log_prob(self, x: Tensor, c: Tensor, domain: str) -> Tensor: ...
 
 
 class ConditionalTask(ABC):
@@ -322,7 +350,9 @@ class TwoGaussianTask:
         x = y[:, None] * self.mu[domain] + math.sqrt(self.variance) * e
         return PairedData(y[:, None].float(), x.float())
 
-    def _law(self, x: Tensor, domain: str, y: Tensor | None, alpha: Any = 1.0, sigma: Any = 0.0) -> GaussianMixture:
+    def _law(
+        self, x: Tensor, domain: str, y: Tensor | None, alpha: Tensor | float = 1.0, sigma: Tensor | float = 0.0
+    ) -> GaussianMixture:
         check_tensor("x", x, ndim=2, last_dim=self.d_x, min_rows=1)
         n = x.shape[0]
         law = self.mixture(domain, y)
@@ -336,10 +366,14 @@ class TwoGaussianTask:
         """Exact log p(x) (or log p(x | y)), (n,)."""
         return self._law(x, domain, y).log_prob(x.double()).to(x.dtype)
 
-    def noised_log_prob(self, x: Tensor, domain: str, alpha: Any, sigma: Any, y: Tensor | None = None) -> Tensor:
+    def noised_log_prob(
+        self, x: Tensor, domain: str, alpha: Tensor | float, sigma: Tensor | float, y: Tensor | None = None
+    ) -> Tensor:
         return self._law(x, domain, y, alpha, sigma).log_prob(x.double()).to(x.dtype)
 
-    def noised_score(self, x: Tensor, domain: str, alpha: Any, sigma: Any, y: Tensor | None = None) -> Tensor:
+    def noised_score(
+        self, x: Tensor, domain: str, alpha: Tensor | float, sigma: Tensor | float, y: Tensor | None = None
+    ) -> Tensor:
         """Exact grad_x log p_t(x) (or of p_t(x | y)), (n, d)."""
         return self._law(x, domain, y, alpha, sigma).score(x.double()).to(x.dtype)
 
@@ -355,7 +389,7 @@ class TwoGaussianTask:
         log_q, log_p = self.label_probs("target").log(), self.label_probs("source").log()
         return torch.where(plus, log_q[1] - log_p[1], log_q[0] - log_p[0]).to(x.dtype)
 
-    def log_guidance(self, x: Tensor, alpha: Any, sigma: Any, y: Tensor | None = None) -> Tensor:
+    def log_guidance(self, x: Tensor, alpha: Tensor | float, sigma: Tensor | float, y: Tensor | None = None) -> Tensor:
         """log h_t(x) = log q_t(x) / p_t(x), the exact TGDP guidance, (n,)."""
         return (
             self.noised_log_prob(x, "target", alpha, sigma, y)
@@ -363,7 +397,7 @@ class TwoGaussianTask:
             + self._log_label_ratio(y, x)
         )
 
-    def guidance_grad(self, x: Tensor, alpha: Any, sigma: Any, y: Tensor | None = None) -> Tensor:
+    def guidance_grad(self, x: Tensor, alpha: Tensor | float, sigma: Tensor | float, y: Tensor | None = None) -> Tensor:
         """grad_x log h_t(x) = target score - source score, (n, d)."""
         return self.noised_score(x, "target", alpha, sigma, y) - self.noised_score(x, "source", alpha, sigma, y)
 

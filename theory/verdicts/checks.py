@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from theory.truth.rates import Rates
 from theory.verdicts.bound_check import check_sde_bound, diagnose_ode_bound
@@ -105,9 +106,12 @@ def _head_checks(
     mine = [r for r in rs if r["head"] == head and (task is None or r.get("task", "") == task)]
     variants = {r["variant"] for r in mine}
     n_ss = sorted({int(r["n_s"]) for r in mine if r.get("n_s") is not None})
-    ci = {"confidence": confidence, "task": task}
-    label = {"rate_label": rate.label if rate else ""}
-    power = lambda variant: {"log_power": rate.log_power_for(variant) if rate else 0.0}  # noqa: E731
+    ci: dict[str, Any] = {"confidence": confidence, "task": task}
+    label: dict[str, Any] = {"rate_label": rate.label if rate else ""}
+
+    def power(variant: str) -> dict[str, Any]:
+        return {"log_power": rate.log_power_for(variant) if rate else 0.0}
+
     out: list[CheckResult] = []
     # variants held to an exact law: their exponent is checked two-sided against it, not against a template
     exact = {r["variant"] for r in mine if applies(r) or transfer_applies(r)}

@@ -32,15 +32,17 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from shared_embed.data import PairedData
 from shared_embed.errors import ConfigError
-from shared_embed.head import Head
+from shared_embed.head import ExactFit, Head
+from shared_embed.model import ConditionalModel
 from theory.truth.kl import model_log_prob
+from theory.truth.tasks import Task
 from theory.verdicts.verdict import KL_FIELDS, Record
 
 PIPELINE_CONTROLS = (
@@ -125,7 +127,7 @@ class ContextBlindExactHead(ContextBlindHead):
     """:class:`ContextBlindHead` for a head with an exact maximum-likelihood solver."""
 
     def fit_closed_form(self, x: Tensor, context: Tensor | None = None) -> None:
-        self.inner.fit_closed_form(x, self._blind(context))  # type: ignore[attr-defined]
+        cast(ExactFit, self.inner).fit_closed_form(x, self._blind(context))
 
 
 def blind_factory(factory: Callable[[int | None], Head]) -> Callable[[int | None], Head]:
@@ -140,7 +142,7 @@ def blind_factory(factory: Callable[[int | None], Head]) -> Callable[[int | None
     return make
 
 
-def wrong_variance_task(task: Any, factor: float = TRUTH_VARIANCE_FACTOR) -> Any:
+def wrong_variance_task(task: Task, factor: float = TRUTH_VARIANCE_FACTOR) -> Task:
     """A copy of a linear-Gaussian task whose TARGET noise covariance is scaled by ``factor``."""
     if not hasattr(task, "params") or "target" not in task.params or len(task.params["target"]) != 3:
         raise ConfigError("control 'wrong_truth_variance' needs the conditional_gaussian task")
@@ -153,7 +155,7 @@ def wrong_variance_task(task: Any, factor: float = TRUTH_VARIANCE_FACTOR) -> Any
 def broken_source(source: PairedData, control: str, generator: torch.Generator) -> PairedData:
     """The source pairs a broken pipeline fits on: a quarter of the rows, or x rows misaligned with c."""
     if control == "source_subsampled":
-        return source.head(max(int(len(source) * KEPT_SOURCE_ROWS), source.d_c + source.d_x + 2))
+        return source.head(max(int(len(source) * KEPT_SOURCE_ROWS), cast(int, source.d_c) + source.d_x + 2))
     if control == "shuffled_source":
         return PairedData(source.c, source.x[torch.randperm(len(source), generator=generator)])
     return source
@@ -181,9 +183,11 @@ def eval_domain(control: str) -> str:
     return "source" if control == "wrong_domain_truth" else "target"
 
 
-def in_sample_log_densities(task: Any, models: dict[str, Any], data: PairedData) -> tuple[Tensor, dict[str, Tensor]]:
+def in_sample_log_densities(
+    task: Task, models: dict[str, ConditionalModel], data: PairedData
+) -> tuple[Tensor, dict[str, Tensor]]:
     """``in_sample_kl``: exact and model log-densities on the fit's own training pairs (an optimistic KL)."""
-    log_p = task.log_prob(data.x.double(), data.c, "target").double()
+    log_p = task.log_prob(data.x.double(), cast(Tensor, data.c), "target").double()
     return log_p, {name: model_log_prob(m, data.x, data.c) for name, m in models.items()}
 
 
@@ -269,26 +273,26 @@ def distort_records(records: Sequence[Record], distortion: str) -> list[Record]:
         if first is not None:
             first["kl"] = math.nan
     elif distortion == "transfer and no-transfer swapped":
-        key = lambda r: (r["head"], r.get("task", ""), r["seed"], r["n_t"])  # noqa: E731
-        nt = {key(r): r["kl"] for r in out if r["variant"] == "no_transfer" and r.get("kl") is not None}
+        cell_key = lambda r: (r["head"], r.get("task", ""), r["seed"], r["n_t"])  # noqa: E731
+        nt = {cell_key(r): r["kl"] for r in out if r["variant"] == "no_transfer" and r.get("kl") is not None}
         tr = {
-            key(r): r["kl"]
+            cell_key(r): r["kl"]
             for r in sorted(
                 (r for r in out if r["variant"] == "transfer" and r.get("kl") is not None),
                 key=lambda r: r.get("n_s") or 0,
             )
         }  # the largest n_s last, so it wins
         for r in out:
-            if r["variant"] == "transfer" and key(r) in nt:
-                r["kl"] = nt[key(r)]
-            elif r["variant"] == "no_transfer" and key(r) in tr:
-                r["kl"] = tr[key(r)]
+            if r["variant"] == "transfer" and cell_key(r) in nt:
+                r["kl"] = nt[cell_key(r)]
+            elif r["variant"] == "no_transfer" and cell_key(r) in tr:
+                r["kl"] = tr[cell_key(r)]
     elif distortion == "oracle reads c":
-        key = lambda r: (r["head"], r.get("task", ""), r["seed"], r["n_t"])  # noqa: E731
-        direct = {key(r): r["kl"] for r in out if r["variant"] == "direct" and r.get("kl") is not None}
+        cell_key = lambda r: (r["head"], r.get("task", ""), r["seed"], r["n_t"])  # noqa: E731
+        direct = {cell_key(r): r["kl"] for r in out if r["variant"] == "direct" and r.get("kl") is not None}
         for r in out:
-            if r["variant"] == "oracle" and key(r) in direct:
-                r["kl"] = direct[key(r)]
+            if r["variant"] == "oracle" and cell_key(r) in direct:
+                r["kl"] = direct[cell_key(r)]
     elif distortion in ("floor x3", "floor x0.5"):
         factor = 3.0 if distortion == "floor x3" else 0.5
         for r in out:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats as sps
@@ -384,7 +385,7 @@ def run_dimension_checks(
     have it, else against ``no_transfer``."""
     rs = ok_records(records)
     variants = {r["variant"] for r in rs if r["head"] == head}
-    kw = {"margin": margin, "confidence": confidence}
+    kw: dict[str, Any] = {"margin": margin, "confidence": confidence}
     along_dc, along_dh = {"d_h": d_h_fixed}, {"d_c": d_c_fixed}
     out = []
     if "oracle" in variants:

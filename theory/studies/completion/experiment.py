@@ -21,14 +21,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from shared_embed.checkpoint import atomic_write_text
+from shared_embed.encoder import Encoder
 from shared_embed.errors import ConfigError, DataError
 from shared_embed.head import Head
-from shared_embed.train import TrainConfig
+from shared_embed.train import TrainConfig, TrainHistory
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
 from shared_embed.validation import check_choice, check_positive_int
 from theory.engine.loop import Executor, run_cells, run_groups
@@ -302,11 +303,11 @@ def run_completion_group(
         val_fraction=cfg.val_fraction,
         augment=redequantize,
     )
-    source_model.encoder.freeze()
+    cast(Encoder, source_model.encoder).freeze()
     src_seconds = time.perf_counter() - t0
     say(
-        f"seed {seed} {kind}: source fitted in {src_seconds:.0f}s ({source_model.history.steps_done} steps, "
-        f"best at {source_model.history.best_step})"
+        f"seed {seed} {kind}: source fitted in {src_seconds:.0f}s ({cast(TrainHistory, source_model.history).steps_done} steps, "
+        f"best at {cast(TrainHistory, source_model.history).best_step})"
     )
 
     def one(cell: CompletionCell) -> dict[str, Any]:
@@ -321,7 +322,11 @@ def run_completion_group(
             rec.update(real_fidelity=real_fidelity(task, clf, exp.gen_rows))
         else:
             if cell.variant == "source_only":
-                model, fit_seconds, steps = source_model, src_seconds, source_model.history.steps_done
+                model, fit_seconds, steps = (
+                    source_model,
+                    src_seconds,
+                    cast(TrainHistory, source_model.history).steps_done,
+                )
             else:
                 t1 = time.perf_counter()
                 own = cell_seed(seed, kind, cell.k, cell.variant)
@@ -335,7 +340,11 @@ def run_completion_group(
                     source_model=source_model,
                     augment=redequantize,
                 )[cell.variant]
-                model, fit_seconds, steps = fitted.model, time.perf_counter() - t1, fitted.model.history.steps_done
+                model, fit_seconds, steps = (
+                    fitted.model,
+                    time.perf_counter() - t1,
+                    cast(TrainHistory, fitted.model.history).steps_done,
+                )
             rec.update(
                 fit_seconds=fit_seconds,
                 steps=steps,

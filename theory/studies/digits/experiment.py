@@ -25,16 +25,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from shared_embed.checkpoint import atomic_write_text
+from shared_embed.encoder import Encoder
 from shared_embed.errors import ConfigError, DataError
 from shared_embed.gaussian import GaussianHead
 from shared_embed.head import Head
 from shared_embed.model import ConditionalModel
-from shared_embed.train import TrainConfig
+from shared_embed.train import TrainConfig, TrainHistory
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
 from shared_embed.validation import check_choice, check_positive_int
 from theory.engine.loop import Executor, run_cells, run_groups
@@ -45,6 +46,9 @@ from theory.studies.digits.image_grid import save_digit_grid
 from theory.studies.digits.report import format_table, summarize
 from theory.studies.digits.task import N_CLASSES, D, DigitsTask
 from theory.truth.metrics import FidelityClassifier
+
+if TYPE_CHECKING:
+    from theory.studies.digits.tgdp import GuidedDigitsModel  # imported lazily at run time
 
 HEADS = ("gaussian", "flow", "diffusion")
 VARIANTS = ("transfer", "no_transfer", "fine_tune")
@@ -351,16 +355,17 @@ def run_digits_group(
         val_fraction=cfg.val_fraction,
         augment=augment,
     )
-    source_model.encoder.freeze()
+    cast(Encoder, source_model.encoder).freeze()
     src_seconds = time.perf_counter() - t0
+    src_history = cast(TrainHistory, source_model.history)  # fit_source sets it
     say(
-        f"seed {seed} {kind}: source fitted in {src_seconds:.0f}s ({source_model.history.steps_done} steps, "
-        f"best at {source_model.history.best_step})"
+        f"seed {seed} {kind}: source fitted in {src_seconds:.0f}s ({src_history.steps_done} steps, "
+        f"best at {src_history.best_step})"
     )
 
-    def fit(cell: DigitsCell) -> tuple[ConditionalModel, float, int]:
+    def fit(cell: DigitsCell) -> tuple[ConditionalModel | GuidedDigitsModel, float, int]:
         if cell.variant == "source_only":
-            return source_model, src_seconds, source_model.history.steps_done
+            return source_model, src_seconds, src_history.steps_done
         target = pool.head(N_CLASSES * cell.k)
         t0 = time.perf_counter()
         if cell.variant == "tgdp":
@@ -373,7 +378,7 @@ def run_digits_group(
         fitted = fit_variants(factory, source, target, cfg, [cell.variant], source_model=source_model, augment=augment)[
             cell.variant
         ]
-        return fitted.model, time.perf_counter() - t0, fitted.model.history.steps_done
+        return fitted.model, time.perf_counter() - t0, cast(TrainHistory, fitted.model.history).steps_done
 
     def one(cell: DigitsCell) -> dict[str, Any]:
         if cell.variant == "reference":
@@ -418,7 +423,7 @@ def _score(
     test: TestSet,
     clf: FidelityClassifier,
     cell: DigitsCell,
-    model: ConditionalModel,
+    model: ConditionalModel | GuidedDigitsModel,
     fit_seconds: float,
     steps: int,
     say: Log,

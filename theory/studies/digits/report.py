@@ -129,7 +129,10 @@ def format_table(records: Sequence[dict[str, Any]], references: Mapping[Any, dic
             "|---:|---:|---:|---:|",
         ]
         for k in sorted(ratios[0], key=int):
-            mean = lambda key, k=k: sum(r[k][key] for r in ratios) / len(ratios)  # noqa: E731
+
+            def mean(key: str, k: str = k) -> float:
+                return sum(r[k][key] for r in ratios) / len(ratios)
+
             lines.append(f"| {k} | {mean('auc'):.3f} | {mean('mean_weight'):.3f} | {mean('ess_fraction'):.3f} |")
     checked = [r for r in records if "premise" in r]
     if checked:

@@ -21,7 +21,7 @@ shows what guidance can and cannot do under a style shift.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -76,7 +76,7 @@ class GuidedDigitsModel:
     def sample(self, n: int, c: Tensor) -> Tensor:
         check_positive_int("n", n)
         h = self.head
-        ctx = self.source.embed(c)
+        ctx = cast(Tensor, self.source.embed(c))  # the source model is conditional
         x1 = torch.randn(n, h.features, dtype=ctx.dtype, device=ctx.device)
         x0 = sample_ode(self.score, x1, h.schedule, context=ctx, rtol=h.rtol, atol=h.atol, t_eps=h.t_eps)
         return self.source.x_scaler.inverse(x0)

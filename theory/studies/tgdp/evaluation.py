@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -26,6 +26,7 @@ from diffusion.sampling import ScoreFn, sample_ode
 from diffusion.schedule import VPSchedule
 from diffusion.tgdp import DensityRatio, LabelMarginal, guidance_grad
 from diffusion.tgdp.guidance import Guidance
+from diffusion.tgdp.quadratic_ratio import QuadraticLogRatio
 from shared_embed.data import PairedData
 from theory.truth.kl import monte_carlo_kl
 from theory.truth.metrics import mmd2
@@ -68,7 +69,7 @@ class ScoreModel:
             atol=self.atol,
             t_eps=self.t_eps,
         ).detach()
-        return lp if self.labels is None else lp + self.labels.log_prob(y)
+        return lp if self.labels is None else lp + self.labels.log_prob(cast(Tensor, y))  # y given with labels
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
@@ -83,9 +84,8 @@ def true_log_prob(task: TwoGaussianTask, data: PairedData, conditional: bool) ->
     if not conditional:
         return task.log_prob(data.x.double(), "target").double()
     log_qy = task.label_probs("target").log()
-    return (
-        torch.where(data.c[:, 0] > 0, log_qy[1], log_qy[0]) + task.log_prob(data.x.double(), "target", data.c).double()
-    )
+    y = cast(Tensor, data.c)  # the task's pairs hold their labels
+    return torch.where(y[:, 0] > 0, log_qy[1], log_qy[0]) + task.log_prob(data.x.double(), "target", y).double()
 
 
 def score_model(
@@ -113,7 +113,7 @@ def score_model(
         "n_mmd": int(mmd_reference.shape[0]),
         "samples": samples[:keep].tolist(),
     }
-    if conditional:
+    if model.labels is not None:  # the conditional version
         out["label_kl"] = model.labels.kl_from(task.label_probs("target").float())
         out["label_probs"] = model.labels.probs.tolist()
     return out
@@ -126,7 +126,7 @@ def _noised(
     data = task.sample(n, domain, generator)
     tt = torch.full((n,), t)
     noise = torch.randn(n, 2, generator=generator)
-    return schedule.alpha(tt)[:, None] * data.x + schedule.sigma(tt)[:, None] * noise, data.c, tt
+    return schedule.alpha(tt)[:, None] * data.x + schedule.sigma(tt)[:, None] * noise, cast(Tensor, data.c), tt
 
 
 def guidance_errors(
@@ -182,7 +182,11 @@ def score_errors(
 
 
 def ratio_errors(
-    task: TwoGaussianTask, ratio: DensityRatio, n: int, conditional: bool, generator: torch.Generator
+    task: TwoGaussianTask,
+    ratio: DensityRatio | QuadraticLogRatio,
+    n: int,
+    conditional: bool,
+    generator: torch.Generator,
 ) -> dict[str, float]:
     """The classifier's mean (log w_hat - log w)^2 at t = 0 on n source (``ratio_mse``) and target
     (``ratio_mse_q``) draws; with labels, w = q(x, y) / p(x, y) (both label marginals are 1/2)."""

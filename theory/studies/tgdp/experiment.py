@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -42,7 +42,7 @@ from diffusion.tgdp import LabelMarginal, train_head
 from shared_embed.checkpoint import atomic_write_text
 from shared_embed.data import PairedData
 from shared_embed.errors import DataError
-from theory.engine.loop import Executor, run_cells, run_groups
+from theory.engine.loop import Executor, Log, run_cells, run_groups
 from theory.engine.run_folder import read_json, write_json
 from theory.engine.seeding import derived_seed
 from theory.engine.tables import plus_minus, row_se, summarize_seeds
@@ -161,7 +161,7 @@ def write_tgdp_outputs(out: Path, s: TGDPSettings, records: list[dict[str, Any]]
 
 
 def run_tgdp_group(
-    spec: dict[str, Any], out: Path | None, group: TGDPGroup, log: Any, on_cell: Any
+    spec: dict[str, Any], out: Path | None, group: TGDPGroup, log: Log | None, on_cell: Callable[[], None]
 ) -> list[dict[str, Any]]:
     """The engine's runner of this study: one seed and version, the source head, then its cells in order."""
     s = TGDPSettings.from_dict(spec)
@@ -241,7 +241,11 @@ def _fit_and_score(
     fit_seconds = time.perf_counter() - t0
     labels = None
     if conditional:
-        labels = true_labels(task) if method in REFERENCES else LabelMarginal.fit(target.c, LABELS.clone())
+        labels = (
+            true_labels(task)
+            if method in REFERENCES
+            else LabelMarginal.fit(cast(torch.Tensor, target.c), LABELS.clone())
+        )
     model = ScoreModel(fitted.score, schedule, labels, rtol=s.rtol, atol=s.rtol, t_eps=src.t_eps)
     t0 = time.perf_counter()
     gen = _stream(cell_seed, "score")

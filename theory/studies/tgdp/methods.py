@@ -32,7 +32,7 @@ from diffusion.tgdp.classifier import fit_domain_classifier
 from diffusion.tgdp.guidance import Guidance
 from diffusion.tgdp.kernel_guidance import KernelGuidance
 from diffusion.tgdp.noisy_guidance import ClassifierGuidance
-from diffusion.tgdp.quadratic_ratio import fit_quadratic_log_ratio
+from diffusion.tgdp.quadratic_ratio import QuadraticLogRatio, fit_quadratic_log_ratio
 from diffusion.tgdp.switch_time import select_switch
 from shared_embed.data import PairedData
 from shared_embed.train import TrainConfig
@@ -47,7 +47,7 @@ class Fitted:
 
     score: ScoreFn
     guidance: Guidance | None = None
-    ratio: DensityRatio | None = None
+    ratio: DensityRatio | QuadraticLogRatio | None = None
     steps: int = 0
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -86,7 +86,7 @@ def fit_exact_w_guidance(
 ) -> TGDPFit:
     """TGDP with the classifier replaced by the EXACT w = q / p at every source draw (``fit_tgdp`` with
     ``source_weights``): the same guidance network, targets and loop settings as the ``tgdp`` method."""
-    ctx = {"source_context": source.c, "target_context": target.c} if conditional else {}
+    ctx: dict[str, Any] = {"source_context": source.c, "target_context": target.c} if conditional else {}
     w0 = task.log_density_ratio(source.x, source.c if conditional else None).exp()
     return fit_tgdp(
         src.score,
@@ -157,7 +157,7 @@ class MethodCall:
     cache: dict[Any, Any]
     grid: tuple[int, int]
 
-    def context(self) -> dict[str, torch.Tensor]:
+    def context(self) -> dict[str, Any]:
         """The source and target labels as ``fit_tgdp``'s keywords (conditional version), else nothing."""
         return {"source_context": self.source.c, "target_context": self.target.c} if self.conditional else {}
 
@@ -278,7 +278,7 @@ def fit_learned_guidance(
     E_{p_hat}[w | x_t] (``s.kernel``: bandwidth, rows); ``tgdp_noisy_clf``: the time-dependent domain
     classifier's log-odds (plus log n_s / n_t) used as log h_t itself.
     """
-    ctx = {"source_context": source.c, "target_context": target.c} if conditional else {}
+    ctx: dict[str, Any] = {"source_context": source.c, "target_context": target.c} if conditional else {}
     if method == "tgdp_kernel":
         ratio = fit_quadratic_log_ratio(source.x, target.x, seed=seed, **ctx)
         guidance = KernelGuidance(
@@ -311,10 +311,10 @@ def fit_learned_guidance(
     time_ratio, history = fit_domain_classifier(
         source.x, target.x, time_dependent=True, schedule=schedule, config=train, **options, **ctx
     )
-    guidance = ClassifierGuidance(time_ratio)
+    clf_guidance = ClassifierGuidance(time_ratio)
     return Fitted(
-        GuidedScore(src.score, guidance),
-        guidance,
+        GuidedScore(src.score, clf_guidance),
+        clf_guidance,
         steps=history.steps_done,
         info={"prior_factor": time_ratio.prior_factor},
     )

@@ -34,6 +34,7 @@ from theory.studies.transfer.headline import headline
 from theory.studies.transfer.summary import format_split_table, format_table, sample_efficiency_ratio
 from theory.studies.transfer.sweep import write_csv
 from theory.truth.rates import Rates, check_rate_name, effective_smoothness, predicted_rates, rate_for_task
+from theory.truth.tasks import Task
 from theory.verdicts.checks import (
     CheckResult,
     fit_exponent,
@@ -84,12 +85,12 @@ def load_run_config(out_dir: str | os.PathLike[str], task: str | None = None) ->
 
 def head_kinds(config: ExperimentConfig, records: list[Record]) -> dict[str, str]:
     """Head name -> kind, for every head of the records (a folder may hold earlier runs' heads) and the config."""
-    kinds = {r["head"]: r.get("head_kind", r["head"]) for r in records}
+    kinds: dict[str, str] = {r["head"]: r["head_kind"] if "head_kind" in r else r["head"] for r in records}
     kinds.update({name: h.kind for name, h in config.heads.items()})
     return kinds
 
 
-def predictions(config: ExperimentConfig, task: Any, kinds: dict[str, str]) -> dict[str, Rates]:
+def predictions(config: ExperimentConfig, task: Task, kinds: dict[str, str]) -> dict[str, Rates]:
     """Head name -> the predicted exponents for the task's dimensions, beta and the config's rate function."""
     th = config.theory
     return {
@@ -105,7 +106,7 @@ def subset(records: list[Record], head: str, n_s: int | None) -> list[Record]:
 
 def _n_ss(records: list[Record], head: str) -> list[int | None]:
     found = sorted({int(r["n_s"]) for r in records if r["head"] == head and r.get("n_s") is not None})
-    return found or [None]
+    return [*found] if found else [None]
 
 
 def _prediction_table(config: ExperimentConfig, rates: dict[str, Rates], kinds: dict[str, str]) -> str:
@@ -236,7 +237,7 @@ def _coverage_line(records: list[Record], confidence: float) -> str:
     )
 
 
-def _plots(out: Path, ok: list[Record], task: Any, rates: dict[str, Rates]) -> list[Path]:
+def _plots(out: Path, ok: list[Record], task: Task, rates: dict[str, Rates]) -> list[Path]:
     plots: list[Path] = []
     multi = len({r.get("task", "") for r in ok}) > 1
     d_h_fixed, d_c_fixed = dimension_axes(ok)
@@ -264,7 +265,7 @@ def _plots(out: Path, ok: list[Record], task: Any, rates: dict[str, Rates]) -> l
     return plots
 
 
-def _setup_lines(config: ExperimentConfig, out: Path, records: list[Record], ok: list[Record], task: Any) -> list[str]:
+def _setup_lines(config: ExperimentConfig, out: Path, records: list[Record], ok: list[Record], task: Task) -> list[str]:
     g = config.grid
     axis = lambda key: sorted({r[key] for r in records if r.get(key) is not None})  # noqa: E731
     instance = (
@@ -303,18 +304,18 @@ def build_report(
     config: ExperimentConfig | None = None,
     *,
     rate: str | None = None,
-    task: str | None = None,
+    user_task: str | None = None,
 ) -> Report:
     """Rebuild ``out_dir/report.md`` (and checks.json, results.csv, plots) from the records on disk.
 
     ``config``: the config just run (its rate function may be called); None reads the folder's config.json and
     the predictions the run stored, importing nothing the folder names. ``rate`` ("module:function"): a rate
-    function the caller names, imported and used instead. ``task`` ("module:Class"): the user task the folder's
-    config names, which is imported only when given here (:func:`load_run_config`).
+    function the caller names, imported and used instead. ``user_task`` ("module:Class"): the user task the
+    folder's config names, which is imported only when given here (:func:`load_run_config`).
     """
     out = Path(out_dir)
     trusted = config is not None or rate is not None
-    config = config or load_run_config(out, task)
+    config = config or load_run_config(out, user_task)
     if rate is not None:
         config.theory.rate = check_rate_name(rate)
     check_no_links(out)
@@ -418,7 +419,7 @@ def build_report(
     return Report(path, checks, tables, plots, summary)
 
 
-def _what_ran(config: ExperimentConfig, records: list[Record], task: Any) -> dict[str, Any]:
+def _what_ran(config: ExperimentConfig, records: list[Record], task: Task) -> dict[str, Any]:
     axis = lambda key: sorted({r[key] for r in records if r.get(key) is not None})  # noqa: E731
     return {
         "task": f"`{config.task.name}` (d_c = {task.d_c}, d_h = {task.d_h}, d_x = {task.d_x})",

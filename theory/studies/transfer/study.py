@@ -113,7 +113,7 @@ def _sweep_and_report(
 
 def report(out: Path, options: ReportOptions) -> str:
     """Rebuild the report of a transfer folder from its records (see :func:`build_report`); returns what to print."""
-    return format_report(build_report(out, rate=options.rate, task=options.task), out)
+    return format_report(build_report(out, rate=options.rate, user_task=options.task), out)
 
 
 def records(out: Path) -> list[dict[str, Any]]:

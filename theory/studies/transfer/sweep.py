@@ -37,16 +37,19 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
+from torch import nn
 
 from shared_embed.checkpoint import atomic_write_text, config_diff
 from shared_embed.data import PairedData
 from shared_embed.device import resolve_device
+from shared_embed.encoder import Encoder
 from shared_embed.errors import CheckpointError, ConfigError, DataError, GentransferError
 from shared_embed.head import Head
 from shared_embed.model import ConditionalModel
+from shared_embed.train import TrainHistory
 from shared_embed.transfer import (
     TransferConfig,
     fit_source,
@@ -74,6 +77,7 @@ from theory.engine.run_folder import (
 from theory.engine.seeding import derived_seed
 from theory.studies.transfer.costs import deal_by_cost, group_cost
 from theory.truth.kl import fit_floor_model, kl_to_task, log_densities, monte_carlo_kl
+from theory.truth.tasks import Task
 from theory.verdicts.controls import (
     blind_factory,
     broken_source,
@@ -171,7 +175,7 @@ def plan_cells(config: ExperimentConfig) -> list[Cell]:
     """Every cell of the config's grid."""
     g = config.grid
     labels = [task_label(t) for t in g.tasks]
-    cells = []
+    cells: list[Cell] = []
     for task in labels:
         for head in g.heads:
             wanted = config.heads[head].variants
@@ -271,7 +275,7 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
 
 
 # -- deterministic data ----------------------------------------------------------------------------
-def nested_sample(task: Any, n: int, domain: str, seed: int, stream: str) -> PairedData:
+def nested_sample(task: Task, n: int, domain: str, seed: int, stream: str) -> PairedData:
     """The first n pairs of a stream drawn in blocks of ``BLOCK``: the same rows whatever n asks for.
 
     With ``instance = "per_seed"`` tasks, seed s draws its data from its own task instance (task seed s).
@@ -280,12 +284,12 @@ def nested_sample(task: Any, n: int, domain: str, seed: int, stream: str) -> Pai
     for b in range(math.ceil(n / BLOCK)):
         gen = torch.Generator().manual_seed(derived_seed(seed, stream, domain, b))
         parts.append(task.sample(BLOCK, domain, gen))
-    c = torch.cat([p.c for p in parts])[:n]
+    c = torch.cat([cast(torch.Tensor, p.c) for p in parts])[:n]  # a conditional task's pairs hold conditions
     x = torch.cat([p.x for p in parts])[:n]
     return PairedData(c, x)
 
 
-def sample_contexts(task: Any, k: int) -> torch.Tensor:
+def sample_contexts(task: Task, k: int) -> torch.Tensor:
     """The k fixed conditions (k, d_c) at which the plots compare samples of each model with the truth."""
     return task.sample_c(k, torch.Generator().manual_seed(derived_seed("contexts", k)))
 
@@ -313,7 +317,7 @@ def transfer_config(config: ExperimentConfig, head: str, seed: int, d_h: int | N
     if e["embed_dim"] == "d_h" and d_h is None:
         raise ConfigError("encoder.embed_dim = 'd_h' needs the task's d_h")
     return TransferConfig(
-        embed_dim=d_h if e["embed_dim"] == "d_h" else e["embed_dim"],
+        embed_dim=cast(int, d_h if e["embed_dim"] == "d_h" else e["embed_dim"]),
         encoder_hidden=tuple(e["hidden"]),
         encoder_activation=e["activation"],
         source_train=config.train_config(head, "source", seed),
@@ -406,30 +410,31 @@ class GroupRunner:
             torch.manual_seed(derived_seed(g.seed, g.n_s, "source-init"))
             start = time.perf_counter()
             shared.source = fit_source(
-                new_encoder(source.d_c, self.tcfg),
+                new_encoder(cast(int, source.d_c), self.tcfg),
                 self.factory(self.tcfg.embed_dim),
                 source.to(self.tcfg.device),
                 self.tcfg.source_train,
                 val_fraction=self.tcfg.val_fraction,
             )
             seconds = time.perf_counter() - start
+            history = cast(TrainHistory, shared.source.history)  # fit_source sets it
             shared.info = {
                 "head": g.head,
                 "n_s": g.n_s,
                 "seed": g.seed,
                 "settings_hash": self.hash,
                 "source_seconds": seconds,
-                "source_steps": shared.source.history.steps_done,
-                "source_best_val": shared.source.history.best_val,
+                "source_steps": history.steps_done,
+                "source_best_val": history.best_val,
                 "floor": None,
-                "source_improved": shared.source.history.improved,
+                "source_improved": history.improved,
             }
             if cfg.control == "random_encoder":  # negative control: transfer gets an untrained encoder
                 torch.manual_seed(derived_seed(g.seed, "random-encoder"))  # one encoder per seed, every n_s
-                shared.source.encoder = new_encoder(source.d_c, self.tcfg).to(self.device).freeze()
-            shared.info["source_encoder_digest"] = module_digest(shared.source.encoder)
+                shared.source.encoder = new_encoder(cast(int, source.d_c), self.tcfg).to(self.device).freeze()
+            shared.info["source_encoder_digest"] = module_digest(cast(nn.Module, shared.source.encoder))
             shared.source.save(inside(self.out, src_path), identity=self._identity("source"))
-            self.say(f"[{g.stem}] source fitted in {seconds:.1f}s ({shared.source.history.steps_done} steps)")
+            self.say(f"[{g.stem}] source fitted in {seconds:.1f}s ({history.steps_done} steps)")
         if want_floor and shared.floor is None:
             torch.manual_seed(derived_seed(g.seed, g.n_s, "floor-init"))
             start = time.perf_counter()
@@ -539,15 +544,17 @@ class GroupRunner:
                 source_model=shared.source,
             )[cell.variant]
             if cell.variant == "transfer" and self.config.control == "trainable_encoder":
-                fitted.model.encoder.unfreeze()  # negative control: the encoder keeps learning on the target
+                cast(
+                    Encoder, fitted.model.encoder
+                ).unfreeze()  # negative control: the encoder keeps learning on the target
                 train_model(fitted.model, target, tcfg.target_train, tcfg.val_fraction)
-                fitted.model.encoder.freeze()
+                cast(Encoder, fitted.model.encoder).freeze()
             fit_seconds = time.perf_counter() - start
             hist = fitted.histories["target"]
             record = {
                 **base,
                 **self._score(cell, fitted.model, shared.floor, shared.info, target),
-                "target_digest": tensor_digest(target.c),
+                "target_digest": tensor_digest(cast(torch.Tensor, target.c)),
             }
             if not math.isfinite(record["kl"]):
                 return self._failed(
@@ -557,7 +564,7 @@ class GroupRunner:
                 )
             if cell.variant == "transfer":
                 record.update(
-                    encoder_digest=module_digest(fitted.model.encoder),
+                    encoder_digest=module_digest(cast(nn.Module, fitted.model.encoder)),
                     source_encoder_digest=shared.info.get("source_encoder_digest"),
                 )
             record.update(
@@ -698,10 +705,10 @@ def min_target_pairs(d_h: int, d_x: int) -> int:
     return d_h + d_x + 2
 
 
-def _check_rows(config: ExperimentConfig, task: Any, where: str) -> None:
+def _check_rows(config: ExperimentConfig, task: Task, where: str) -> None:
     """ConfigError when a variant of the grid would fit fewer rows than its context needs
     (:func:`shared_embed.transfer.min_fit_rows`: context features + 2)."""
-    embed = task.d_h if config.encoder.embed_dim == "d_h" else config.encoder.embed_dim
+    embed = task.d_h if config.encoder.embed_dim == "d_h" else cast(int, config.encoder.embed_dim)
     context = {"transfer": embed, "no_transfer": embed, "fine_tune": embed, "oracle": task.d_h, "direct": task.d_c}
     for head in config.grid.heads:
         wanted = config.heads[head].variants
@@ -752,7 +759,7 @@ def check_study(config: ExperimentConfig) -> None:
             _check_exact_rank(config, head, tcfg, task)
 
 
-def _check_exact_rank(config: ExperimentConfig, head: str, tcfg: TransferConfig, task: Any) -> None:
+def _check_exact_rank(config: ExperimentConfig, head: str, tcfg: TransferConfig, task: Task) -> None:
     """A linear encoder under a linear-Gaussian head is fitted by reduced-rank regression, which identifies at
     most d_x directions of c: refuse a larger embedding before any cell runs."""
     cls = config.heads[head].head_class()
