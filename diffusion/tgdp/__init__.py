@@ -14,7 +14,8 @@ classifier's density ratio:
 - network-free guidance: :mod:`.quadratic_ratio` (a cross-validated quadratic log-ratio classifier for tiny
   n_t), :mod:`.kernel_guidance` (E_{p_hat}[w | x_t] from the source rows, KDE-smoothed in closed form),
   :mod:`.noisy_guidance` (a time-dependent classifier as log h_t; a switch to another score at small t),
-  :mod:`.switch_time` (the switch time chosen by a held-out denoising loss).
+  :mod:`.switch_time` (the switch time chosen by a held-out denoising loss); :mod:`.recipes` fits the first two
+  in one call each (``fit_kernel_guidance``, ``fit_classifier_guidance``).
 
 Example:
     >>> from diffusion.tgdp import TGDPConfig, fit_tgdp
@@ -35,6 +36,7 @@ from .labels import LabelMarginal
 from .noisy_guidance import ClassifierGuidance, SwitchedScore
 from .premise import PremiseReport, PremiseThresholds, check_premise
 from .quadratic_ratio import QuadraticLogRatio, fit_quadratic_log_ratio
+from .recipes import GuidanceFit, fit_classifier_guidance, fit_kernel_guidance
 from .regularizers import consistency_loss, cycle_loss
 from .switch_time import SwitchChoice, select_switch
 
@@ -47,6 +49,7 @@ __all__ = [
     "DomainGuidanceScore",
     "FunctionGuidance",
     "Guidance",
+    "GuidanceFit",
     "GuidanceNetwork",
     "GuidedScore",
     "KernelGuidance",
@@ -65,7 +68,9 @@ __all__ = [
     "cycle_loss",
     "domain_guidance_score",
     "fine_tune",
+    "fit_classifier_guidance",
     "fit_domain_classifier",
+    "fit_kernel_guidance",
     "fit_quadratic_log_ratio",
     "fit_tgdp",
     "guidance_grad",

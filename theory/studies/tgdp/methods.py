@@ -28,11 +28,9 @@ from diffusion.tgdp import (
     fit_tgdp,
     train_head,
 )
-from diffusion.tgdp.classifier import fit_domain_classifier
 from diffusion.tgdp.guidance import Guidance
-from diffusion.tgdp.kernel_guidance import KernelGuidance
-from diffusion.tgdp.noisy_guidance import ClassifierGuidance
-from diffusion.tgdp.quadratic_ratio import QuadraticLogRatio, fit_quadratic_log_ratio
+from diffusion.tgdp.quadratic_ratio import QuadraticLogRatio
+from diffusion.tgdp.recipes import fit_classifier_guidance, fit_kernel_guidance
 from diffusion.tgdp.switch_time import select_switch
 from shared_embed.data import PairedData
 from shared_embed.train import TrainConfig
@@ -280,44 +278,21 @@ def fit_learned_guidance(
     """
     ctx: dict[str, Any] = {"source_context": source.c, "target_context": target.c} if conditional else {}
     if method == "tgdp_kernel":
-        ratio = fit_quadratic_log_ratio(source.x, target.x, seed=seed, **ctx)
-        guidance = KernelGuidance(
+        fit = fit_kernel_guidance(
+            src.score,
             source.x,
-            ratio,
+            target.x,
             schedule,
             bandwidth=s.kernel.get("bandwidth", "scott"),
-            source_context=ctx.get("source_context"),
-            dtype=torch.float32,
             max_rows=s.kernel.get("max_rows"),
             seed=seed,
+            **ctx,
         )
-        return Fitted(
-            GuidedScore(src.score, guidance),
-            guidance,
-            ratio,
-            info={"C": ratio.strength, "bandwidth": guidance.bandwidth, "rows": int(guidance.x.shape[0])},
-        )
-    options = dict(s.noisy_classifier)
-    train = TrainConfig(
-        **{
-            "lr": 1e-3,
-            "optimizer": "adamw",
-            "weight_decay": 1e-4,
-            **options.pop("train", {}),
-            "seed": seed,
-            "description": "noisy classifier",
-        }
-    )
-    time_ratio, history = fit_domain_classifier(
-        source.x, target.x, time_dependent=True, schedule=schedule, config=train, **options, **ctx
-    )
-    clf_guidance = ClassifierGuidance(time_ratio)
-    return Fitted(
-        GuidedScore(src.score, clf_guidance),
-        clf_guidance,
-        steps=history.steps_done,
-        info={"prior_factor": time_ratio.prior_factor},
-    )
+    else:
+        options = dict(s.noisy_classifier)
+        train = options.pop("train", {})
+        fit = fit_classifier_guidance(src.score, source.x, target.x, schedule, train=train, seed=seed, **options, **ctx)
+    return Fitted(fit.score, fit.guidance, fit.ratio, fit.steps, fit.info)
 
 
 def fit_switched(
