@@ -12,7 +12,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .callbacks import Callback, TensorBoardCallback
     from .checkpoint import load_checkpoint, save_checkpoint
+    from .convert import as_paired_data
     from .data import PairedData
     from .device import resolve_device
     from .distribution import BatchedConditional
@@ -36,7 +38,9 @@ if TYPE_CHECKING:
 
 #: Public name -> the submodule that defines it.
 _EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("Callback", "TensorBoardCallback"), "callbacks"),
     **dict.fromkeys(("load_checkpoint", "save_checkpoint"), "checkpoint"),
+    "as_paired_data": "convert",
     "PairedData": "data",
     "resolve_device": "device",
     "BatchedConditional": "distribution",

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import DataError, ShapeError
+from .errors import DataError, DTypeError, ShapeError
 from .validation import check_fraction, check_matrix, check_positive_int
 
 __all__ = ["PairedData", "check_same_rows", "iterate_batches"]
@@ -20,7 +20,9 @@ class PairedData:
     """Paired samples of one task: conditions ``c`` (n, d_c) and outcomes ``x`` (n, d_x).
 
     ``c`` may be None for an unconditional task. Construction checks that both are finite 2-D float
-    tensors with the same number of rows (at least one).
+    tensors with the same number of rows (at least one). Numpy arrays, DataFrames, integer or float64 data,
+    TensorDatasets and DataLoaders: convert them with :func:`shared_embed.convert.as_paired_data`, which the fit
+    calls use too.
 
     Example:
         >>> data = PairedData(torch.randn(100, 16), torch.randn(100, 2))
@@ -33,6 +35,12 @@ class PairedData:
     x: Tensor
 
     def __post_init__(self) -> None:
+        for name, value in (("c", self.c), ("x", self.x)):
+            if value is not None and not isinstance(value, Tensor):
+                raise DTypeError(
+                    f"PairedData takes torch tensors; {name} is a {type(value).__name__}: convert numpy arrays, "
+                    "DataFrames and datasets with as_paired_data(c, x) (from shared_embed or gentransfer)"
+                )
         check_matrix("x", self.x)
         if self.c is not None:
             check_matrix("c", self.c)

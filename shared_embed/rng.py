@@ -9,7 +9,7 @@ import torch
 
 from .errors import DTypeError
 
-__all__ = ["check_generator", "global_rng_from"]
+__all__ = ["check_generator", "global_rng_from", "isolated_global_rng"]
 
 
 def check_generator(generator: object) -> torch.Generator | None:
@@ -31,9 +31,24 @@ def global_rng_from(generator: torch.Generator | None, device: torch.device) -> 
         yield
         return
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    with isolated_global_rng(seed, device):
+        yield
+
+
+@contextlib.contextmanager
+def isolated_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Inside the block, torch's global RNG (CPU, and ``device``'s when it is an accelerator) is seeded with
+    ``seed``; on leaving, even by an exception, it is restored to the state it had before the block."""
     accelerator = device.type != "cpu"
     with torch.random.fork_rng(
         devices=[device] if accelerator else [], device_type=device.type if accelerator else None
     ):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)  # this device's only: the fork restores no other
+        elif device.type == "mps":
+            torch.mps.manual_seed(seed)
+        elif accelerator:
+            torch.manual_seed(seed)
         yield

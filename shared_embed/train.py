@@ -2,9 +2,11 @@
 
 It minimises ``loss_fn(batch)`` over batches of a tuple of tensors and knows nothing of flows, scores or KL.
 Features: Adam/AdamW, warm-up + cosine/linear/constant learning rate, gradient clipping, early stopping on a
-validation loss (best weights restored), seeding, a tqdm bar (on a terminal or in a notebook;
-``GENTRANSFER_QUIET=1`` silences it), a clear error on a NaN/inf loss or gradient, periodic checkpoints with
-exact resume, and DistributedDataParallel when ``torch.distributed`` is initialised (launch with ``torchrun``).
+validation loss (on by default: ``patience`` evaluations without a new best; best weights restored), seeding that
+leaves the caller's global RNG as it was, a tqdm bar (on a terminal or in a notebook; ``GENTRANSFER_QUIET=1``
+silences it), per-step and per-evaluation callbacks (:mod:`shared_embed.callbacks`, e.g. TensorBoard), a clear
+error on a NaN/inf loss or gradient, periodic checkpoints with exact resume, and DistributedDataParallel when
+``torch.distributed`` is initialised (launch with ``torchrun``).
 
 Example:
     >>> model = nn.Linear(3, 1)
@@ -26,23 +28,41 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .callbacks import Callback, check_callbacks
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import check_same_rows, iterate_batches
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
 from .progress import progress_bar, watched
+from .rng import isolated_global_rng
 from .state import flatten_training_state, unflatten_training_state
 from .validation import check_choice, check_positive_float, check_positive_int
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "LossFn", "TrainConfig", "TrainHistory", "evaluate_loss", "fit"]
+__all__ = [
+    "DEFAULT_PATIENCE",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "LossFn",
+    "TrainConfig",
+    "TrainHistory",
+    "evaluate_loss",
+    "fit",
+]
 
 LossFn = Callable[[Sequence[Tensor]], Tensor]
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 SCHEDULES = ("constant", "cosine", "linear")
+#: evaluations without a new best validation loss before a fit stops (with ``eval_every = 100``: 500 steps)
+DEFAULT_PATIENCE = 5
 
 
 @dataclass
 class TrainConfig:
-    """Settings of :func:`fit`. ``steps`` counts optimiser steps; ``batch_size`` is the global batch."""
+    """Settings of :func:`fit`. ``steps`` counts optimiser steps; ``batch_size`` is the global batch.
+
+    Early stopping is on by default: with validation data, a fit stops after ``patience`` evaluations (one every
+    ``eval_every`` steps) without a new best validation loss (:data:`DEFAULT_PATIENCE` = 5), and the best
+    weights are restored (``restore_best``). ``patience=None`` or ``0`` turns it off: every step runs.
+    """
 
     steps: int = 2000
     batch_size: int = 256
@@ -53,7 +73,7 @@ class TrainConfig:
     warmup_steps: int = 0
     grad_clip: float | None = 5.0
     eval_every: int = 100
-    patience: int | None = None
+    patience: int | None = DEFAULT_PATIENCE
     restore_best: bool = True
     seed: int = 0
     progress: bool | None = None
@@ -74,7 +94,7 @@ class TrainConfig:
             check_positive_float("grad_clip", self.grad_clip)
         check_positive_int("eval_every", self.eval_every)
         if self.patience is not None:
-            check_positive_int("patience", self.patience)
+            check_positive_int("patience", self.patience, minimum=0)
         check_positive_int("checkpoint_every", self.checkpoint_every, minimum=0)
         if self.checkpoint_every and not self.checkpoint_path:
             raise ConfigError("checkpoint_every > 0 needs a checkpoint_path")
@@ -90,7 +110,8 @@ class TrainConfig:
 
 @dataclass
 class TrainHistory:
-    """What happened: train loss per step, validation loss per evaluation, where the best weights came from."""
+    """What happened: train loss per step, validation loss per evaluation, where the best weights came from, and
+    how many rows trained (``n_train``) and how many were held out for validation (``n_val``, 0: none)."""
 
     train_loss: list[float] = field(default_factory=list)
     val_steps: list[int] = field(default_factory=list)
@@ -104,9 +125,18 @@ class TrainHistory:
     initial_val: float | None = None
     #: what is doubtful about the fit (e.g. it never beat its initial model), one sentence each
     warnings: list[str] = field(default_factory=list)
+    n_train: int = 0
+    n_val: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def summary(self) -> str:
+        """One line: steps run (and why it stopped), the best validation loss, rows trained and held out."""
+        stop = " (stopped early: no gain)" if self.stopped_early else ""
+        val = f", best val {self.best_val:.4g} at step {self.best_step}" if self.n_val else ""
+        rows = f"{self.n_train} rows trained, {self.n_val} held out for validation"
+        return f"{self.steps_done} steps{stop}{val}; {rows}"
 
     @property
     def improved(self) -> bool:
@@ -286,7 +316,13 @@ class _Checkpointer:
 
 
 def _validate(
-    module: nn.Module, loss_fn: LossFn, val_data: Sequence[Tensor], config: TrainConfig, state: _LoopState, bar: Any
+    module: nn.Module,
+    loss_fn: LossFn,
+    val_data: Sequence[Tensor],
+    config: TrainConfig,
+    state: _LoopState,
+    bar: Any,
+    callbacks: Sequence[Callback],
 ) -> None:
     """Evaluate the validation loss; keep the best weights; count evaluations without gain (early stopping)."""
     history = state.history
@@ -295,14 +331,21 @@ def _validate(
     module.train()
     history.val_steps.append(state.step)
     history.val_loss.append(val)
-    bar.set_postfix(loss=f"{history.train_loss[-1]:.4g}", val=f"{val:.4g}")
+    bar.set_postfix(loss=f"{history.train_loss[-1]:.4g}", val=f"{val:.4g}", rows=_rows(history))
+    for callback in callbacks:
+        callback.on_eval(state.step, val)
     if val < history.best_val:
         history.best_val, history.best_step, state.evals_without_gain = val, state.step, 0
         state.best_state = copy.deepcopy(module.state_dict())
     else:
         state.evals_without_gain += 1
-        if config.patience is not None and state.evals_without_gain >= config.patience:
+        if config.patience and state.evals_without_gain >= config.patience:
             history.stopped_early = True
+
+
+def _rows(history: TrainHistory) -> str:
+    """``"train/val"`` row counts for the progress bar, e.g. ``"32/8"``."""
+    return f"{history.n_train}/{history.n_val}"
 
 
 def _step(
@@ -359,6 +402,8 @@ def fit(
     train_data: Sequence[Tensor],
     val_data: Sequence[Tensor] | None = None,
     config: TrainConfig | None = None,
+    *,
+    callbacks: Sequence[Callback] = (),
 ) -> TrainHistory:
     """Minimise ``loss_fn(batch)`` over the trainable parameters of ``module``.
 
@@ -371,6 +416,15 @@ def fit(
             initial model is evaluated too (``history.initial_val``): ``history.improved`` is False when no
             trained evaluation beat it.
         config: :class:`TrainConfig`.
+        callbacks: :class:`~shared_embed.callbacks.Callback` objects: ``on_start(description)`` first,
+            ``on_step(step, loss)`` after each optimiser step, ``on_eval(step, val_loss)`` after each evaluation,
+            ``on_end(history)`` once at the end (rank 0 only under DDP), e.g.
+            :class:`~shared_embed.callbacks.TensorBoardCallback`.
+
+    Randomness: the batches come from a ``torch.Generator`` seeded with ``config.seed``; draws inside
+    ``loss_fn`` (noise, dropout) read torch's global RNG, which the fit seeds with ``config.seed`` on a fork
+    (``torch.random.fork_rng``, CPU and the module's device) and gives back as it found it. A seeded fit is thus
+    reproducible whatever the caller drew before, and the caller's global RNG state is untouched by it.
 
     Every submodule of ``module`` with a method ``after_optimizer_step()`` has it called after each optimiser
     step (a diffusion head's EMA of its weights updates there).
@@ -389,9 +443,25 @@ def fit(
         True
     """
     config = config or TrainConfig()
+    callbacks = check_callbacks(callbacks)
     distributed, rank, world = _world()
     train_data, val_data, n, params = _check_inputs(module, train_data, val_data, world, config)
-    torch.manual_seed(config.seed)
+    with isolated_global_rng(config.seed, params[0].device):
+        return _train(module, loss_fn, train_data, val_data, n, params, config, callbacks if rank == 0 else ())
+
+
+def _train(
+    module: nn.Module,
+    loss_fn: LossFn,
+    train_data: tuple[Tensor, ...],
+    val_data: tuple[Tensor, ...] | None,
+    n: int,
+    params: list[nn.Parameter],
+    config: TrainConfig,
+    callbacks: Sequence[Callback],
+) -> TrainHistory:
+    """:func:`fit`'s loop, with its inputs checked and torch's global RNG seeded (on a fork)."""
+    distributed, rank, world = _world()
     batch_gen = torch.Generator().manual_seed(config.seed)
     runner: nn.Module = _LossModule(module, loss_fn)
     if distributed:
@@ -419,6 +489,10 @@ def fit(
     ]
     module.train()
     history = state.history
+    history.n_train, history.n_val = n, 0 if val_data is None else val_data[0].shape[0]
+    bar.set_postfix(rows=_rows(history))
+    for callback in callbacks:
+        callback.on_start(config.description)
     if val_data is not None and state.step == 0:  # a reference only: the restore picks among trained weights
         module.eval()
         history.initial_val = evaluate_loss(loss_fn, val_data)  # under its own RNG seed: training unchanged
@@ -438,8 +512,10 @@ def fit(
                 state.epoch_batch = i + 1
                 history.train_loss.append(_global_loss(loss, world) if distributed else loss_value)
                 bar.update(1)
+                for callback in callbacks:
+                    callback.on_step(state.step, history.train_loss[-1])
                 if val_data is not None and (state.step % config.eval_every == 0 or state.step == config.steps):
-                    _validate(module, loss_fn, val_data, config, state, bar)
+                    _validate(module, loss_fn, val_data, config, state, bar, callbacks)
                 if config.checkpoint_every and state.step % config.checkpoint_every == 0:
                     checkpoints.save(state)
                 if state.step >= config.steps or history.stopped_early:
@@ -449,7 +525,10 @@ def fit(
                 state.epoch_gen_state = batch_gen.get_state()
     finally:
         bar.close()
-    return _finish(module, config, val_data, state, checkpoints, time.perf_counter() - start_time)
+    history = _finish(module, config, val_data, state, checkpoints, time.perf_counter() - start_time)
+    for callback in callbacks:
+        callback.on_end(history)
+    return history
 
 
 def _finish(

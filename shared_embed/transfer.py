@@ -11,6 +11,11 @@ The variants of ``VARIANTS``, each returning a :class:`~shared_embed.model.Condi
 
 A head comes from a factory ``head_factory(context_features) -> Head``, which ``flows`` and
 ``diffusion`` provide; this module never asks what kind of head it holds.
+
+Data: every entry point takes what :func:`shared_embed.convert.as_paired_data` takes as one argument (a
+PairedData, a ``(c, x)`` pair of numpy arrays or tensors of any real dtype, a TensorDataset, a DataLoader) and
+converts it to the model's dtype up front. Each fit holds out ``val_fraction`` of its rows (default 0.2) for early
+stopping and says how many rows trained and how many were held out (``history.n_train`` / ``history.n_val``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from .callbacks import Callback, check_callbacks
+from .convert import as_paired_data
 from .data import PairedData
 from .device import resolve_device
 from .encoder import Embedding, Encoder, FixedEmbedding
@@ -65,7 +72,8 @@ class TransferConfig:
     """Settings of the workflow: encoder shape and the two training phases.
 
     ``val_fraction`` of each data set is held out for early stopping when that leaves at least
-    ``MIN_VAL_ROWS`` rows; smaller sets train on every row for the configured number of steps.
+    ``MIN_VAL_ROWS`` rows; smaller sets, and ``val_fraction = 0``, train on every row for the configured number
+    of steps. Each fit's history says how many rows trained and how many were held out.
     """
 
     embed_dim: int = 2
@@ -97,6 +105,7 @@ class FitResult:
             "seconds": self.seconds,
             "steps": {k: h.steps_done for k, h in self.histories.items()},
             "best_val": {k: h.best_val for k, h in self.histories.items()},
+            "rows": {k: {"train": h.n_train, "val": h.n_val} for k, h in self.histories.items()},
             "warnings": [f"{k}: {w}" for k, h in self.histories.items() for w in h.warnings],
         }
 
@@ -118,12 +127,15 @@ def train_model(
     val_fraction: float = 0.2,
     *,
     augment: Augment | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> TrainHistory:
     """Train every trainable parameter of ``model`` on ``data`` with the shared loop.
 
-    Holds out ``val_fraction`` of the rows for early stopping when that leaves ``MIN_VAL_ROWS`` rows.
-    ``augment`` (optional) redraws each training batch's x (see :data:`Augment`).
+    Holds out ``val_fraction`` (in [0, 0.9]) of the rows for early stopping when that leaves ``MIN_VAL_ROWS``
+    rows; ``history.n_train`` / ``history.n_val`` say how many trained and how many were held out. ``augment``
+    (optional) redraws each training batch's x (see :data:`Augment`); ``callbacks`` go to :func:`fit`.
     """
+    check_fraction("val_fraction", val_fraction, closed=True, high=0.9)
     if model.conditional != data.conditional:
         want = "paired (c, x)" if model.conditional else "unconditional (c=None)"
         raise ShapeError(f"data must be {want} for this model")
@@ -138,8 +150,8 @@ def train_model(
     n_val = int(round(len(data) * val_fraction))
     if val_fraction > 0 and n_val >= MIN_VAL_ROWS and len(data) - n_val >= 1:
         train, val = data.split(val_fraction, torch.Generator().manual_seed(config.seed))
-        return fit(model, _model_loss(model, augment), train.tensors(), val.tensors(), config)
-    return fit(model, _model_loss(model, augment), data.tensors(), None, config)
+        return fit(model, _model_loss(model, augment), train.tensors(), val.tensors(), config, callbacks=callbacks)
+    return fit(model, _model_loss(model, augment), data.tensors(), None, config, callbacks=callbacks)
 
 
 def _has_closed_form(model: ConditionalModel) -> bool:
@@ -175,7 +187,7 @@ def _fit_joint_closed_form(model: ConditionalModel, data: PairedData) -> TrainHi
         context = model.embed(data.c)
         cast(ExactFit, model.head).fit_closed_form(x, context)
         nll = float(model.head.loss(x, context))
-    return TrainHistory(train_loss=[nll], best_val=nll, seconds=time.perf_counter() - start)
+    return TrainHistory(train_loss=[nll], best_val=nll, seconds=time.perf_counter() - start, n_train=len(data), n_val=0)
 
 
 def _fit_closed_form(model: ConditionalModel, data: PairedData) -> TrainHistory:
@@ -185,7 +197,7 @@ def _fit_closed_form(model: ConditionalModel, data: PairedData) -> TrainHistory:
         x, context = model.x_scaler(data.x), model.embed(data.c if data.conditional else None)
         cast(ExactFit, model.head).fit_closed_form(x, context)
         nll = float(model.head.loss(x, context))
-    return TrainHistory(train_loss=[nll], best_val=nll, seconds=time.perf_counter() - start)
+    return TrainHistory(train_loss=[nll], best_val=nll, seconds=time.perf_counter() - start, n_train=len(data), n_val=0)
 
 
 def min_fit_rows(context_features: int) -> int:
@@ -242,11 +254,25 @@ def new_encoder(d_c: int, config: TransferConfig) -> Encoder:
     return Encoder(d_c, config.embed_dim, config.encoder_hidden, config.encoder_activation)
 
 
-def _check_paired(name: str, data: object) -> PairedData:
-    if not isinstance(data, PairedData):
-        hint = " (wrap a (c, x) pair: PairedData(c, x))" if isinstance(data, (tuple, list)) else ""
-        raise DataError(f"{name} must be a shared_embed.PairedData, got {type(data).__name__}{hint}")
-    return data
+def _as_data(name: str, data: object, dtype: torch.dtype) -> PairedData:
+    """``data`` through :func:`as_paired_data`, cast to ``dtype`` (the model's)."""
+    return as_paired_data(data, dtype=dtype, name=name)
+
+
+def _named(config: TrainConfig | None, phase: str) -> TrainConfig:
+    """``config`` (default: ``TrainConfig()``) with the description ``phase`` when it kept the default one, so
+    progress bars, warnings and callbacks name the phase."""
+    config = config or TrainConfig()
+    return config.replace(description=phase) if config.description == TrainConfig.description else config
+
+
+def _dtype_of(*modules: nn.Module) -> torch.dtype:
+    """The dtype of the first floating parameter of ``modules`` (torch's default dtype when they have none)."""
+    for module in modules:
+        for p in module.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return torch.get_default_dtype()
 
 
 def _check_head(name: str, head: object) -> Head:
@@ -258,27 +284,31 @@ def _check_head(name: str, head: object) -> Head:
 def fit_source(
     encoder: Encoder,
     head: Head,
-    source: PairedData,
+    source: PairedData | Any,
     config: TrainConfig | None = None,
     *,
     val_fraction: float = 0.2,
     augment: Augment | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> ConditionalModel:
     """Train ``encoder`` and a source ``head`` jointly on the source pairs; return the (unfrozen) model.
 
-    Scalers are fitted on the source data. Transfer with ``fit_target_head(model, new_head, target)``.
+    ``source``: a PairedData or anything :func:`as_paired_data` takes as one argument (e.g. a ``(c, x)`` pair of
+    float64 numpy arrays), cast to the model's dtype. ``val_fraction`` of the rows are held out for early
+    stopping (``model.history.n_train`` / ``n_val`` say how many). Scalers are fitted on the source data.
+    Transfer with ``fit_target_head(model, new_head, target)``.
     """
-    _check_paired("source", source)
     _check_head("head", head)
     if not isinstance(encoder, Encoder):
         raise DTypeError(f"encoder must be a shared_embed.Encoder, got {type(encoder).__name__}")
+    source = _as_data("source", source, _dtype_of(head, encoder))
     if not source.conditional:
         raise DataError("source must hold conditions c: the shared embedding is a function of c")
     check_fit_data("source", source, encoder.out_features)
     model = ConditionalModel(head, encoder, Standardizer.fit(source.x), Standardizer.fit(cast(Tensor, source.c)))
     model.to(source.x.device)
     model.history = train_model(
-        model, source, config or TrainConfig(description="source"), val_fraction, augment=augment
+        model, source, _named(config, "source"), val_fraction, augment=augment, callbacks=callbacks
     )
     return model
 
@@ -289,12 +319,13 @@ _UNSET: Any = object()
 def fit_target_head(
     source: ConditionalModel | Embedding,
     head: Head,
-    target: PairedData,
+    target: PairedData | Any,
     config: TrainConfig | None = None,
     *,
     c_scaler: Standardizer | None = _UNSET,
     val_fraction: float = 0.2,
     augment: Augment | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> ConditionalModel:
     """Train only a new target ``head`` on the target pairs, on the frozen embedding of a fitted source model.
 
@@ -304,7 +335,10 @@ def fit_target_head(
             did. Also accepted: a frozen embedding module (e.g. the task's true h*, which reads raw c); a bare
             learned ``Encoder`` needs ``c_scaler`` said explicitly (the source model's ``c_scaler``, or None
             if it was trained on raw c), since a forgotten scaler silently changes what the embedding sees.
-        head / target / config: the new head, the target pairs, the training settings.
+        head / target / config: the new head, the target pairs (anything :func:`as_paired_data` takes as one
+            argument, cast to the head's dtype), the training settings.
+        val_fraction: the share of target rows held out for early stopping (``model.history.n_val``).
+        callbacks: :class:`~shared_embed.callbacks.Callback` objects for the target fit.
 
     The embedding's outputs on the target conditions are standardised, so the new head sees unit-scale contexts.
 
@@ -313,7 +347,7 @@ def fit_target_head(
         >>> tgt = fit_target_head(src, FlowHead(2, 2), target)
     """
     _check_head("head", head)
-    _check_paired("target", target)
+    target = _as_data("target", target, _dtype_of(head))
     if isinstance(source, ConditionalModel):
         if c_scaler is not _UNSET:
             raise ConfigError("c_scaler must not be given with a source model: the model carries its own")
@@ -346,7 +380,7 @@ def fit_target_head(
     model = ConditionalModel(head, embedding, Standardizer.fit(target.x), c_scaler, Standardizer.fit(h))
     model.to(target.x.device)
     model.history = train_model(
-        model, target, config or TrainConfig(description="target"), val_fraction, augment=augment
+        model, target, _named(config, "target"), val_fraction, augment=augment, callbacks=callbacks
     )
     return model
 
@@ -382,30 +416,37 @@ def _check_factory(head_factory: object) -> HeadFactory:
 
 def fit_variants(
     head_factory: HeadFactory,
-    source: PairedData,
-    target: PairedData,
+    source: PairedData | Any,
+    target: PairedData | Any,
     config: TransferConfig | None = None,
     variants: Iterable[str] = ("transfer", "no_transfer", "fine_tune"),
     *,
     oracle_embedding: Embedding | None = None,
     source_model: ConditionalModel | None = None,
     augment: Augment | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, FitResult]:
     """Fit the requested variants on one (source, target) pair of data sets.
 
     Args:
         head_factory: ``head_factory(context_features)`` returns a new untrained head.
-        source / target: paired data with the same d_c and d_x.
+        source / target: paired data with the same d_c and d_x: PairedData or anything :func:`as_paired_data`
+            takes as one argument, cast to torch's default dtype (the heads'). Each fit holds out
+            ``config.val_fraction`` of its rows for early stopping (``TransferConfig(val_fraction=...)``; each
+            history's ``n_train`` / ``n_val`` and the :meth:`FitResult.summary` say how many).
         variants: any of ``VARIANTS``; ``oracle`` needs ``oracle_embedding`` (the task's true h*).
         source_model: reuse an already fitted source model (e.g. shared across n_t in a sweep).
         augment: optional redraw of each training batch's x, every phase (see :data:`Augment`).
+        callbacks: :class:`~shared_embed.callbacks.Callback` objects, called by every fit (``on_start`` names
+            each).
 
     Returns:
         variant name -> :class:`FitResult`, plus ``"source"`` when a source model was fitted here.
     """
     head_factory = _check_factory(head_factory)
-    _check_paired("source", source)
-    _check_paired("target", target)
+    source = _as_data("source", source, torch.get_default_dtype())
+    target = _as_data("target", target, torch.get_default_dtype())
+    callbacks = check_callbacks(callbacks)
     config = config or TransferConfig()
     variants = _check_variants(variants)
     if source.d_c != target.d_c or source.d_x != target.d_x:
@@ -421,6 +462,7 @@ def fit_variants(
     source, target = source.to(device), target.to(device)
     results: dict[str, FitResult] = {}
     vf = config.val_fraction
+    source_train, target_train = _named(config.source_train, "source"), _named(config.target_train, "target")
 
     def needs_source() -> ConditionalModel:
         nonlocal source_model
@@ -430,9 +472,10 @@ def fit_variants(
                 new_encoder(cast(int, source.d_c), config),
                 head_factory(config.embed_dim).to(device),
                 source,
-                config.source_train,
+                source_train,
                 val_fraction=vf,
                 augment=augment,
+                callbacks=callbacks,
             )
             results["source"] = FitResult(
                 "source",
@@ -449,37 +492,45 @@ def fit_variants(
                 needs_source(),
                 head_factory(config.embed_dim).to(device),
                 target,
-                config.target_train,
+                target_train,
                 val_fraction=vf,
                 augment=augment,
+                callbacks=callbacks,
             )
         elif variant == "no_transfer":
             model = fit_source(
                 new_encoder(cast(int, target.d_c), config),
                 head_factory(config.embed_dim).to(device),
                 target,
-                config.target_train,
+                target_train,
                 val_fraction=vf,
                 augment=augment,
+                callbacks=callbacks,
             )
         elif variant == "fine_tune":
             model = copy.deepcopy(needs_source())
             cast(Encoder, model.encoder).unfreeze()
-            model.history = train_model(model, target, config.target_train, vf, augment=augment)
+            model.history = train_model(model, target, target_train, vf, augment=augment, callbacks=callbacks)
         elif variant == "direct":
             head = head_factory(target.d_c).to(device)
             # an exact (closed-form) head on c needs its d_c + 2 rows to be identified; a trained head on c is
             # early-stopped like any other and needs only rows to fit (few-shot on images: 20 rows, 32 pixels)
             check_fit_data("target", target, target.d_c if _exact_solver(head) else None)
             model = ConditionalModel(head, None, Standardizer.fit(target.x), Standardizer.fit(cast(Tensor, target.c)))
-            model.history = train_model(model, target, config.target_train, vf, augment=augment)
+            model.history = train_model(model, target, target_train, vf, augment=augment, callbacks=callbacks)
         else:
             if oracle_embedding is None:
                 raise ConfigError("variant 'oracle' needs oracle_embedding (the task's true h*)")
             d_h = oracle_embedding.out_features
             embedding = FixedEmbedding(oracle_embedding, cast(int, target.d_c), d_h).to(device)
             model = fit_target_head(
-                embedding, head_factory(d_h).to(device), target, config.target_train, val_fraction=vf, augment=augment
+                embedding,
+                head_factory(d_h).to(device),
+                target,
+                target_train,
+                val_fraction=vf,
+                augment=augment,
+                callbacks=callbacks,
             )
         if isinstance(model.encoder, Encoder):
             model.encoder.freeze()  # every fitted model is evaluated as a fixed density

@@ -20,7 +20,7 @@ def test_valid_pairs_report_dimensions():
         (torch.randn(0, 16), torch.randn(0, 2), DataError, "at least 1 row"),
         (torch.randn(4, 3), torch.tensor([[0.0, float("nan")]] * 4), DataError, "NaN or inf"),
         (torch.randn(4, 3), torch.ones(4, 2, dtype=torch.long), DTypeError, "floating-point"),
-        ([[1.0]], torch.randn(1, 2), DTypeError, "torch.Tensor"),
+        ([[1.0]], torch.randn(1, 2), DTypeError, "takes torch tensors.*as_paired_data"),
     ],
 )
 def test_bad_pairs_get_clear_errors(c, x, error, words):

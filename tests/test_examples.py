@@ -117,7 +117,7 @@ def test_flow_transfer_2d(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     check_pngs(tmp_path, ["flow_transfer_2d.png"])
     assert run["images"] == 1
     check_figures_are_labelled(run["figures"], 1)
-    assert re.search(r"train: +\d+%\|.*it/s", run["stderr"]), run["stderr"][:500]
+    assert re.search(r"source: +\d+%\|.*it/s.*rows=800/200", run["stderr"]), run["stderr"][:500]  # the fit, its rows
     assert "IProgress" not in run["stderr"] and "Warning" not in run["stderr"], run["stderr"][:500]
 
 

@@ -6,7 +6,6 @@ import torch
 from shared_embed import (
     ConditionalModel,
     ConfigError,
-    DataError,
     DTypeError,
     Encoder,
     GaussianHead,
@@ -115,8 +114,8 @@ def test_errors_name_what_was_expected():
     src = PairedData(torch.randn(20, 4), torch.randn(20, 2))
     with pytest.raises(DTypeError, match="head_factory must build a new head.*GaussianHead instance"):
         fit_variants(GaussianHead(2, 2), src, src)
-    with pytest.raises(DataError, match=r"source must be a shared_embed.PairedData, got tuple.*PairedData\(c, x\)"):
-        fit_source(Encoder(4, 2), GaussianHead(2, 2), (src.c, src.x))
+    with pytest.raises(DTypeError, match=r"source must be \(c, x\) data: as_paired_data\(c, x\).*got dict"):
+        fit_source(Encoder(4, 2), GaussianHead(2, 2), {"c": src.c, "x": src.x})
     with pytest.raises(ConfigError, match=r"variants must be a sequence.*\('transfer',\), got the string"):
         fit_variants(lambda k: GaussianHead(2, k), src, src, variants="transfer")
     with pytest.raises(DTypeError, match="head must be a Head"):

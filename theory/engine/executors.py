@@ -4,6 +4,8 @@ dask.distributed cluster, :mod:`theory.engine.dask_executor`) or ``slurm`` (a SL
 
 dask and submitit are optional: ``pip install gentransfer[dask]`` / ``gentransfer[slurm]``. Asking for an
 executor whose package is missing is a GentransferError that names the extra to install.
+A dask LocalCluster's workers import the main script again, like the local pool's
+(:func:`shared_embed.main_guard.check_main_guard`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from shared_embed.errors import ConfigError, GentransferError
+from shared_embed.main_guard import check_main_guard
 
 if TYPE_CHECKING:  # an annotation only: choosing an executor needs no torch
     from theory.engine.loop import Executor
@@ -125,6 +128,8 @@ def make_executor(
         return None
     module = executor_module(name)
     if name == "dask":
+        if scheduler is None:
+            check_main_guard("a dask LocalCluster's worker processes (--executor dask)")
         return module.DaskExecutor(scheduler=scheduler, workers=workers, retries=retries)
     if slurm_folder is None:
         raise ConfigError("--executor slurm needs a folder for the job logs")

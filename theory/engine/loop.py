@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from shared_embed.main_guard import check_main_guard
+
 Record = dict[str, Any]
 Log = Callable[[str], None]
 
@@ -230,6 +232,7 @@ def _run_groups(
             return [r for g in groups for r in runner(spec, out_dir, g, log, _per_cell(progress, g))]
         finally:
             torch.set_num_threads(before)
+    check_main_guard(f"{workers} worker processes (workers > 1)")
     ctx = multiprocessing.get_context("spawn")
     out = None if out_dir is None else str(out_dir)
     results: dict[int, list[Record]] = {}

@@ -45,8 +45,8 @@ class TGDPSettings:
     conditional: Sequence[bool] = (False, True)
     methods: Sequence[str] = METHODS
     head: dict[str, Any] = field(default_factory=lambda: {"width": 64, "blocks": 2, "time_features": 32})
-    source_train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(steps=3000, batch_size=256, lr=2e-3, description="source")
+    source_train: TrainConfig = field(  # no validation rows: patience is moot; None keeps the study fingerprint
+        default_factory=lambda: TrainConfig(steps=3000, batch_size=256, lr=2e-3, patience=None, description="source")
     )
     target_train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
