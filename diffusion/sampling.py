@@ -12,7 +12,7 @@ Why Heun: the noise of the VP SDE is additive (g depends on t only), so the impr
 with a shared Brownian increment is consistent, and it integrates the drift to second order where
 Euler-Maruyama is first order; at equal step counts its samples are markedly closer to the target law, for
 two score calls per step (1-D data N(1, 0.05) with its exact score, 50 steps: mean error 8e-4 against 7.4e-3,
-variance error 3.6% against 13%; ``tests/test_diffusion_sampling.py``). Both need a few hundred uniform steps:
+variance error 3.6% against 13%; ``tests/diffusion/test_diffusion_sampling.py``). Both need a few hundred uniform steps:
 at 5-10 steps beta h reaches 2-4 near t = 1 and the explicit schemes lose stability.
 """
 

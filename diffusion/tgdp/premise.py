@@ -41,7 +41,7 @@ class PremiseThresholds:
     two-Gaussian demos, where TGDP works, read E_p[w] of 6 to 27 (w close to the prior factor n_s / n_t).
 
     The defaults catch gross failures only: the paper's two-Gaussian simulation, where TGDP works, reads
-    AUC 0.965 and ESS / n_s 0.033 in-sample (tests/test_tgdp.py's fit), so stricter limits would flag it; the
+    AUC 0.965 and ESS / n_s 0.033 in-sample (tests/diffusion/tgdp/test_tgdp.py's fit), so stricter limits would flag it; the
     mirrored digits (out of the source's support, where TGDP collapsed) read AUC 1.000 and E_p[w] 0.000 and are
     flagged. These diagnostics cannot by themselves tell every hard reweighting inside the support from a target
     outside it."""

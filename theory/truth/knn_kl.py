@@ -13,7 +13,7 @@
   estimated, so the bias and variance are smaller than the two-sample estimator's.
 
 Both are consistent for fixed k as n, m -> infinity but biased at finite size; measured on Gaussians in
-``tests/test_knn_kl.py`` and stated in the project docs. The standard error comes from B disjoint batches
+``tests/theory/truth/test_knn_kl.py`` and stated in the project docs. The standard error comes from B disjoint batches
 (each of n/B x-rows and m/B y-rows): SE = sd(batch estimates) / sqrt(B) estimates the spread of the full
 estimate if its variance falls like 1/n, which holds for these estimators (checked by repetition in the tests).
 Neighbour search: scipy's cKDTree.

@@ -22,7 +22,7 @@ the bracket being E_{p_t} |A x + b|^2 in closed form. The integral rides along t
 adaptive solve (torchdiffeq dopri5, float64, rtol = atol = 1e-10 by default) gives the SDE law and the bound,
 a second gives the ODE law. Nothing bounds the ODE law's KL by the same number: with S = I and A = a I the ODE's
 log-variance drifts by a int beta = 10.05 a, a KL of about 25 a^2 per dimension, five times the bound's 5 a^2
-(:func:`LinearErrorCase.kls`; ``tests/test_linear_score.py``).
+(:func:`LinearErrorCase.kls`; ``tests/theory/truth/test_linear_score.py``).
 
 Example:
     >>> case = LinearErrorCase.isotropic(d=2, error_scale=0.1)

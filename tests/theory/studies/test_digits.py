@@ -1,0 +1,354 @@
+"""The 8x8 digits transfer task, its pixel transforms, the sample metrics and the experiment.
+
+Known answers: the logit Jacobian against autograd; bits/dim of a model uniform on the dequantised pixel
+space (log2 17) and of the dequantised image of a known categorical law (its entropy); MMD^2 between two
+Gaussians in closed form; W1 of a translated cloud (the shift's length).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from shared_embed import ConditionalModel, Encoder, GaussianHead, PairedData, Standardizer, TrainConfig
+from shared_embed.errors import ConfigError, DataError, DTypeError, ShapeError
+from shared_embed.transfer import train_model
+from theory.studies.digits.pixels import LogitPixels
+from theory.studies.digits.task import STYLES, D, DigitsTask, apply_style, load_digit_levels
+from theory.truth.kl import kl_to_task
+from theory.truth.metrics import FidelityClassifier, bits_per_dim, median_bandwidth, mmd2, nll_summary, wasserstein
+
+PX = LogitPixels(levels=17, alpha=0.05)
+
+
+@pytest.fixture(scope="module")
+def task() -> DigitsTask:
+    return DigitsTask(style="reflect", test_per_class=30, pool_per_class=50, seed=0)
+
+
+# -- pixels: dequantisation, logit transform, Jacobian ----------------------------------------------
+def test_logit_log_det_matches_autograd_jacobian():
+    y = torch.rand(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 17
+    log_det = PX.log_abs_det_dz_dy(y)
+    for i in range(y.shape[0]):
+        jac = torch.autograd.functional.jacobian(lambda r: PX.to_logit(r.unsqueeze(0))[0].squeeze(0), y[i])
+        assert torch.allclose(torch.linalg.slogdet(jac)[1], log_det[i], atol=1e-10)
+    z, log_det2 = PX.to_logit(y)
+    assert torch.equal(log_det, log_det2)
+    assert torch.allclose(PX.from_logit(z), y, atol=1e-10)
+    lo, hi = PX.z_bounds
+    assert float(z.min()) >= lo and float(z.max()) <= hi
+
+
+def _pushforward_log_prob_z(z: torch.Tensor, log_p_y) -> torch.Tensor:
+    """log p_z(z) = log p_y(y(z)) + log|dy/dz|, the Jacobian by autograd (independent of LogitPixels' formula)."""
+    z = z.detach().requires_grad_(True)
+    y = PX.from_logit(z)
+    dy_dz = torch.autograd.grad(y.sum(), z)[0]  # elementwise map: the Jacobian is diagonal
+    return log_p_y(y.detach()) + dy_dz.abs().log().sum(-1)
+
+
+def test_uniform_model_on_pixel_space_scores_log2_levels_bits_per_dim():
+    v = torch.randint(0, 17, (500, 8), generator=torch.Generator().manual_seed(1))
+    y = PX.dequantize(v, torch.Generator().manual_seed(2), dtype=torch.float64)
+    z, _ = PX.to_logit(y)
+    log_pz = _pushforward_log_prob_z(z, lambda yy: torch.full((yy.shape[0],), -8 * math.log(17), dtype=yy.dtype))
+    nll = -PX.pixel_log_prob(log_pz, y)
+    assert torch.allclose(nll, torch.full_like(nll, 8 * math.log(17)), atol=1e-8)
+    assert nll_summary(-nll, 8)["bpd"] == pytest.approx(math.log2(17), abs=1e-10)
+
+
+def test_dequantised_categorical_bits_per_dim_equal_its_entropy():
+    gen = torch.Generator().manual_seed(3)
+    d, n = 4, 20_000
+    probs = torch.distributions.Dirichlet(torch.ones(17, dtype=torch.float64)).sample((d,))  # (d, 17)
+    v = torch.stack([torch.multinomial(probs[j], n, replacement=True, generator=gen) for j in range(d)], 1)
+    y = PX.dequantize(v, gen, dtype=torch.float64)
+    z, _ = PX.to_logit(y)
+
+    def log_p_y(yy: torch.Tensor) -> torch.Tensor:  # the dequantised density: P(floor y), unit-width bins
+        lev = PX.quantize(yy)
+        return torch.log(probs.gather(1, lev.T)).T.sum(-1)
+
+    log_py = PX.pixel_log_prob(_pushforward_log_prob_z(z, log_p_y), y)
+    exact = torch.log(probs.gather(1, v.T)).T.sum(-1)  # log P(v) per image
+    assert torch.allclose(log_py, exact, atol=1e-8)
+    entropy_bits = float(-(probs * probs.log()).sum() / math.log(2)) / d
+    summary = nll_summary(log_py, d)
+    assert summary["bpd"] == pytest.approx(entropy_bits, abs=4 * summary["bpd_se"])
+
+
+def test_dequantize_quantize_and_redequantize_recover_levels():
+    v = torch.randint(0, 17, (400, 64), generator=torch.Generator().manual_seed(4))
+    y = PX.dequantize(v, torch.Generator().manual_seed(5), margin=1e-4)
+    assert torch.equal(PX.quantize(y), v)
+    z, _ = PX.to_logit(y)
+    assert torch.equal(PX.levels_from_logit(z), v)
+    z2 = PX.redequantize(z)
+    assert torch.equal(PX.levels_from_logit(z2), v) and not torch.equal(z2, z)
+
+
+def test_pixel_inputs_are_checked():
+    with pytest.raises(DataError, match="levels in 0..16"):
+        PX.dequantize(torch.tensor([[17]]))
+    with pytest.raises(DataError, match="integer pixel levels"):
+        PX.dequantize(torch.tensor([[0.5]]))
+    with pytest.raises(DTypeError, match="integer"):
+        PX.dequantize(torch.tensor([[True]]))
+    with pytest.raises(DataError, match=r"y must lie in \[0, 17\]"):
+        PX.to_logit(torch.tensor([[-0.5]]))
+    with pytest.raises(DataError, match="alpha"):
+        LogitPixels(alpha=0.5)
+    with pytest.raises(DataError, match="margin"):
+        PX.dequantize(torch.tensor([[1]]), margin=0.5)
+
+
+# -- the task: data contract, styles, splits -------------------------------------------------------
+def test_data_contract(task):
+    data = task.paired(task.target_train(5), torch.Generator().manual_seed(0))
+    assert isinstance(data, PairedData) and data.c.shape == (50, 10) and data.x.shape == (50, D)
+    assert torch.equal(data.c.sum(1), torch.ones(50)) and torch.equal(data.c.argmax(1), task.target_train(5).labels)
+    assert torch.equal(PX.levels_from_logit(data.x), task.target_train(5).levels)
+    assert task.sample(30, "source", torch.Generator().manual_seed(0)).x.shape == (30, D)
+    with pytest.raises(ConfigError, match="domain"):
+        task.sample(3, "test")
+    with pytest.raises(DataError, match="pool_per_class"):
+        task.target_train(51)
+
+
+def test_styles_are_recognisable_transforms():
+    levels, _ = load_digit_levels()
+    for style in STYLES:
+        out = apply_style(levels[:20], style)
+        assert out.shape == (20, D) and int(out.min()) >= 0 and int(out.max()) <= 16
+    assert torch.equal(apply_style(apply_style(levels, "invert"), "invert"), levels)
+    assert torch.equal(apply_style(levels, "invert"), 16 - levels)
+    assert torch.equal(apply_style(levels, "reflect").reshape(-1, 8, 8), levels.reshape(-1, 8, 8).flip(-1))
+    thick = apply_style(levels, "thicken")
+    assert bool((thick >= levels).all()) and float(thick.float().mean()) > float(levels.float().mean())
+    with pytest.raises(ConfigError, match="style"):
+        apply_style(levels, "blur")
+
+
+def test_splits_are_disjoint_seeded_and_the_test_set_is_held_out(task):
+    ids = task.splits.ids
+    all_ids = torch.cat([ids["source"], ids["target_pool"], ids["target_test"]])
+    assert len(all_ids) == 1797 and len(set(all_ids.tolist())) == 1797  # a partition of load_digits
+    for name, per in (("target_test", 30), ("target_pool", 50)):
+        labels = load_digit_levels()[1][ids[name]]
+        assert torch.equal(torch.bincount(labels, minlength=10), torch.full((10,), per))
+    small, big = task.target_train(5), task.target_train(20)
+    assert torch.equal(big.levels[:50], small.levels) and torch.equal(
+        torch.bincount(small.labels), torch.full((10,), 5)
+    )
+    pool_rows = {tuple(r) for r in task.splits.target_pool.levels.tolist()}
+    sampled = task.sample(len(task.splits.target_pool), "target", torch.Generator().manual_seed(0))
+    assert {tuple(r) for r in PX.levels_from_logit(sampled.x).tolist()} == pool_rows
+    again = DigitsTask(style="reflect", test_per_class=30, pool_per_class=50, seed=0)
+    other = DigitsTask(style="reflect", test_per_class=30, pool_per_class=50, seed=1)
+    assert all(torch.equal(again.splits.ids[k], ids[k]) for k in ids)
+    assert not torch.equal(other.splits.ids["target_test"], ids["target_test"])
+    # the classifier's images are the source split's digits in the target style
+    assert torch.equal(task.splits.classifier.levels, apply_style(task.splits.source.levels, "reflect"))
+
+
+def test_real_data_has_no_true_density(task):
+    model = ConditionalModel(GaussianHead(D, 2), Encoder(10, 2), Standardizer(D), Standardizer(10))
+    with pytest.raises(ConfigError, match="real data"):
+        task.log_prob(torch.zeros(1, D), torch.zeros(1, 10), "target")
+    with pytest.raises(ConfigError, match="real data"):
+        kl_to_task(task, model, n=10)
+    with pytest.raises(ConfigError, match="oracle"):
+        task.embedding  # noqa: B018
+
+
+# -- the training-batch augment hook (additive change to shared_embed.transfer) ------------------------
+def test_augment_redraws_training_batches_only(task):
+    data = task.paired(task.target_train(5), torch.Generator().manual_seed(0))
+    model = ConditionalModel(GaussianHead(D, 10, hidden=(8,)), None, Standardizer.fit(data.x), Standardizer.fit(data.c))
+    calls = []
+
+    def augment(x: torch.Tensor) -> torch.Tensor:
+        calls.append(model.training)
+        return PX.redequantize(x)
+
+    history = train_model(model, data, TrainConfig(steps=6, batch_size=16, eval_every=3), 0.2, augment=augment)
+    assert history.steps_done == 6 and len(calls) == 6 and all(calls)
+
+
+# -- metrics --------------------------------------------------------------------------------------------
+def test_mmd_matches_the_gaussian_closed_form():
+    gen = torch.Generator().manual_seed(6)
+    d, s, bw = 3, 1.0, 1.5
+    shift = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    x = torch.randn(1000, d, generator=gen, dtype=torch.float64) * s
+    y = torch.randn(1000, d, generator=gen, dtype=torch.float64) * s + shift
+    r = bw**2 / (bw**2 + 2 * s**2)
+    exact = 2 * r ** (d / 2) * (1 - math.exp(-float(shift.square().sum()) / (2 * (bw**2 + 2 * s**2))))
+    value, used = mmd2(x, y, bandwidth=bw)
+    assert used == bw and value == pytest.approx(exact, abs=0.03)  # exact = 0.0855, estimator sd ~ 0.008
+    same, _ = mmd2(x[:500], x[500:], bandwidth=bw)
+    assert abs(same) < 0.02
+    assert median_bandwidth(x, y) > 0
+
+
+def test_wasserstein_known_answers():
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(60, 4, generator=gen, dtype=torch.float64)
+    shift = torch.tensor([3.0, 0.0, 4.0, 0.0], dtype=torch.float64)
+    assert wasserstein(x, x + shift) == pytest.approx(5.0, abs=1e-9)
+    assert wasserstein(x, x + shift, p=2) == pytest.approx(5.0, abs=1e-9)
+    a, b = torch.randn(50, 1, generator=gen), torch.randn(50, 1, generator=gen) * 2
+    one_d = float((a.sort(0).values - b.sort(0).values).abs().mean())
+    assert wasserstein(a, b) == pytest.approx(one_d, rel=1e-6)
+    with pytest.raises(ShapeError, match="last dimension"):
+        wasserstein(x, x[:, :2])
+
+
+def test_fidelity_classifier_is_accurate_on_real_target_images(task):
+    clf = FidelityClassifier().fit(task.splits.classifier.levels.double() / 16, task.splits.classifier.labels)
+    test = task.splits.target_test
+    assert clf.accuracy(test.levels.double() / 16, test.labels) > 0.93
+    per = clf.per_class_accuracy(test.levels.double() / 16, test.labels)
+    assert sorted(per) == list(range(10))
+    with pytest.raises(DataError, match="not fitted"):
+        FidelityClassifier().predict(torch.zeros(2, 3))
+    assert bits_per_dim(64 * math.log(2), 64) == pytest.approx(1.0)
+
+
+# -- the experiment end to end --------------------------------------------------------------------------
+def test_tiny_experiment_end_to_end_writes_table_records_and_grid(tmp_path):
+    from theory.studies.digits.experiment import DigitsExperiment, run_digits_experiment
+
+    heads = ("gaussian", "flow", "diffusion")
+    exp = DigitsExperiment.tiny(heads, tgdp=True)
+    result = run_digits_experiment(exp, tmp_path)
+    records = result["records"]
+    assert {(r["head"], r["variant"]) for r in records} == {
+        (h, v) for h in heads for v in ("source_only", "transfer", "no_transfer", "fine_tune")
+    } | {("diffusion", "tgdp")}
+    for r in records:
+        assert math.isfinite(r["nll"]) and r["bpd"] == pytest.approx(r["nll"] / (64 * math.log(2)))
+        assert 0 <= r["fidelity"] <= 1 and r["w1"] > 0 and r["nonfinite_samples"] == 0
+        assert len(r["nll_per_image"]) == (8 if r["head"] == "diffusion" else 40) and r["n_generated"] == 40
+    assert "| flow | 5 | 50 | transfer |" in result["table"] and "reference" in result["table"]
+    assert "| diffusion | 5 | 50 | tgdp |" in result["table"]
+    (tgdp,) = [r for r in records if r["variant"] == "tgdp"]
+    assert set(tgdp["premise"]) >= {"auc", "ess_fraction", "mean_weight", "ok", "failures"}  # checked before sampling
+    assert "TGDP premise: classifier AUC" in result["table"]
+    assert "NLL transfer − no_transfer" in result["table"]
+    for name in ("records.json", "table.md", "digits_gaussian_k5.png", "digits_flow_k5.png", "digits_diffusion_k5.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "digits_flow_k5.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pixel_nll_of_an_untrained_diffusion_model_is_the_gaussian_closed_form(task):
+    """An untrained residual DiffusionHead has score -x at every t (its last layer starts at zero), so p_t = N(0, I)
+    and the probability-flow likelihood (Hutchinson: v^T (-I) v = -d for Rademacher v, exact) is log N(0, I) of the
+    standardised logits; the pixel-space NLL must then equal the closed form through both Jacobians."""
+    from diffusion import DiffusionHead
+    from theory.studies.digits.evaluation import TestSet, pixel_log_prob
+
+    test = TestSet.build(task, torch.Generator().manual_seed(0), dtype=torch.float64)
+    head = DiffusionHead(D, 10, width=16, blocks=1, divergence="hutchinson", probes=1, rtol=1e-7, atol=1e-7).double()
+    scaler = Standardizer.fit(test.z)
+    model = ConditionalModel(head, None, scaler, Standardizer.fit(test.c))
+    got = pixel_log_prob(model, task, test, rows=20)
+    zs = scaler(test.z[:20])
+    closed = (
+        -0.5 * zs.square().sum(-1)
+        - 0.5 * D * math.log(2 * math.pi)
+        - scaler.std.log().sum()
+        + PX.log_abs_det_dz_dy(test.y[:20])
+    )
+    assert torch.allclose(got, closed, atol=1e-4)
+
+
+def test_tgdp_model_with_unit_guidance_is_the_source_model(task):
+    """With h = 1 (grad log h = 0) the composed score is the source score: GuidedDigitsModel must give the source
+    model's log-density and, from the same seed, its samples."""
+    from diffusion import DiffusionHead
+    from diffusion.tgdp import FunctionGuidance, GuidedScore
+    from theory.studies.digits.tgdp import GuidedDigitsModel
+
+    data = task.paired(task.target_train(5), torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.manual_seed(0)
+    head = DiffusionHead(D, 3, width=16, blocks=1, divergence="hutchinson", probes=2, rtol=1e-6, atol=1e-6).double()
+    torch.nn.init.normal_(head.net.out[-1].weight, std=0.05)  # a non-trivial score
+    model = ConditionalModel(head, Encoder(10, 3).double().freeze(), Standardizer.fit(data.x), Standardizer.fit(data.c))
+    unit = FunctionGuidance(lambda x, t, c: (x * 0).sum(-1))
+    guided = GuidedDigitsModel(GuidedScore(head.score, unit), model).eval()
+    with torch.no_grad():
+        assert torch.allclose(
+            guided.log_prob(data.x[:6], data.c[:6]), model.log_prob(data.x[:6], data.c[:6]), atol=1e-6
+        )
+        torch.manual_seed(1)
+        a = guided.sample(4, data.c[:4])
+        torch.manual_seed(1)
+        b = model.sample(4, data.c[:4])
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_config_loading_names_bad_settings():
+    from theory.studies.digits.study import experiment_from_config
+
+    exp = experiment_from_config({"digits": {"style": "invert", "per_class": [15, 5], "heads": ["flow"]}})
+    assert exp.per_class == (5, 15) and exp.style == "invert"
+    with pytest.raises(ConfigError, match="unknown key .digits.styel."):
+        experiment_from_config({"digits": {"styel": "invert"}})
+    with pytest.raises(ConfigError, match="head"):
+        experiment_from_config({"digits": {"heads": ["vae"]}})
+    with pytest.raises(ConfigError, match="pool_per_class"):
+        experiment_from_config({"digits": {"per_class": [60]}})
+
+
+@pytest.mark.slow
+def test_full_digits_experiment_prints_the_table(tmp_path):
+    """The full experiment of configs/digits.toml (tens of minutes on one core); prints the table."""
+    import pathlib
+
+    from theory.engine.config import read_toml
+    from theory.studies.digits.experiment import run_digits_experiment
+    from theory.studies.digits.study import parse
+
+    config = pathlib.Path(__file__).resolve().parents[3] / "configs" / "digits.toml"
+    result = run_digits_experiment(parse(read_toml(config))[1], tmp_path, log=print)
+    print(result["table"])
+    assert result["grids"] and all(pathlib.Path(p).is_file() for p in result["grids"])
+
+
+def test_density_ratio_diagnostic_separates_a_style_shift_from_no_shift():
+    from theory.studies.digits.domain_ratio import density_ratio_diagnostic
+    from theory.studies.digits.task import LabelledImages
+
+    inverted = DigitsTask(style="invert", seed=0)
+    shifted = density_ratio_diagnostic(inverted.splits.source, inverted.target_train(5))
+    assert shifted["auc"] > 0.99 and shifted["mean_weight"] < 0.1  # target mass outside the source's support
+    same = inverted.target_train(5)
+    unshifted = LabelledImages(apply_style(same.levels, "invert"), same.labels)  # back to the source style
+    control = density_ratio_diagnostic(inverted.splits.source, unshifted)
+    assert control["auc"] < 0.7 and 0.7 < control["mean_weight"] < 1.4
+
+
+def test_the_digits_study_runs_and_reports_through_gentransfer(tmp_path, capsys):
+    from theory.cli import main
+    from theory.studies.digits.experiment import DigitsExperiment, run_digits_experiment
+
+    out = tmp_path / "run"
+    assert main(["run", "digits_smoke", "--out", str(out), "--quiet"]) == 0
+    records = json.loads((out / "records.json").read_text())["records"]
+    assert {r["variant"] for r in records} == {"source_only", "transfer", "no_transfer", "fine_tune"}
+    assert "| gaussian |" in (out / "report.md").read_text() and list(out.glob("digits_gaussian_k5.png"))
+    library = run_digits_experiment(DigitsExperiment.tiny())["records"]  # the same numbers through the library
+    assert [(r["variant"], r["nll"]) for r in library] == [(r["variant"], r["nll"]) for r in records]
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0 and "| gaussian |" in capsys.readouterr().out
+    (out / "cells" / "gaussian" / "seed0_k5_transfer.json").unlink()
+    assert main(["run", "digits_smoke", "--out", str(out), "--quiet", "--no-report"]) == 0  # reruns that cell
+    from theory.engine.run_folder import untimed
+
+    rerun = json.loads((out / "records.json").read_text())["records"]
+    assert [untimed(r) for r in rerun] == [untimed(r) for r in records]
