@@ -170,7 +170,7 @@ def test_report_reads_no_link_in_any_run_subfolder_nor_a_linked_config(run: Path
 
 
 @pytest.mark.parametrize(
-    "config, sub", [("tgdp_smoke", "records"), ("digits_smoke", "cells"), ("completion_smoke", "cells")]
+    "config, sub", [("tgdp_smoke", "cells"), ("digits_smoke", "cells"), ("completion_smoke", "cells")]
 )
 def test_every_study_refuses_a_linked_record_folder_for_run_and_report(
     config: str, sub: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

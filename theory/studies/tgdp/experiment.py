@@ -18,7 +18,7 @@ labels (Laplace smoothing; the references use the exact q(y) = (1/2, 1/2)), and 
 Scores (:mod:`theory.studies.tgdp.evaluation`): KL(q || q_hat) +- SE by the probability-flow likelihood on fresh exact
 target draws (the same draws for every method of a seed: paired), MMD^2 of ODE samples, and for the TGDP rows
 the log-h and grad-log-h errors over t and the classifier's log-w error. One JSON record per
-(seed, n_t, conditional, method) under ``out_dir/records/``, ``table.md`` and PNG plots (:mod:`theory.studies.tgdp.plots`).
+(seed, n_t, conditional, method) under ``out_dir/cells/VERSION/``, ``table.md`` and PNG plots (:mod:`theory.studies.tgdp.plots`).
 
 Example:
     >>> result = run_tgdp_experiment(TGDPSettings.quick(), out_dir="runs/tgdp_quick", progress=True)
@@ -79,7 +79,7 @@ class TGDPCell:
 
     @property
     def path(self) -> str:
-        return f"records/{self.version}_n{self.n_t}_seed{self.seed}_{self.method}.json"
+        return f"cells/{self.version}/n{self.n_t}_seed{self.seed}_{self.method}.json"
 
 
 @dataclass(frozen=True)
@@ -266,9 +266,9 @@ def _fit_and_score(
 
 
 def load_records(out_dir: str | Path) -> list[dict[str, Any]]:
-    """Every record JSON under ``out_dir/records``; DataError naming one that cannot be read."""
+    """Every record JSON under ``out_dir/cells``; DataError naming one that cannot be read."""
     records = []
-    for path in sorted(Path(out_dir, "records").glob("*.json")):
+    for path in sorted(Path(out_dir, "cells").glob("*/*.json")):
         record = read_json(path)
         if record is None or "method" not in record:
             raise DataError(

@@ -2,7 +2,7 @@
 
 A config with ``[experiment] kind = "tgdp"`` and a ``[tgdp]`` table of :class:`~theory.studies.tgdp.experiment.TGDPSettings`
 fields (``configs/tgdp_simulation.toml``) runs through the study engine into ``--out DIR``: ``DIR/config.json``,
-``DIR/study.json`` (the folder holds this study only), ``DIR/records/`` (one record per cell; a rerun runs the
+``DIR/study.json`` (the folder holds this study only), ``DIR/cells/`` (one record per cell, the layout of every study; a rerun runs the
 missing ones), ``DIR/table.md``, the PNG plots and ``DIR/report.md``, which ``gentransfer report DIR`` rebuilds.
 """
 
@@ -57,15 +57,15 @@ def run_study(
     exp, settings = parse(raw)
     out.mkdir(parents=True, exist_ok=True)
     with hold_folder(out):
-        check_no_links(out, ("records",))
-        claim(out, settings.study(), any(out.glob("records/*.json")))
+        check_no_links(out, ("cells",))
+        claim(out, settings.study(), any(out.glob("cells/*/*.json")))
         write_json(out / "config.json", {"experiment": exp, "tgdp": settings.to_dict()})
         return run_tgdp_experiment(settings, out, progress=log is not None, workers=workers, executor=executor)
 
 
 def build_study_report(out: Path) -> tuple[Path, str]:
     """Rebuild ``out/report.md``, ``table.md`` and the plots from the records; returns (path, table)."""
-    check_no_links(out, ("records",))
+    check_no_links(out, ("cells",))
     raw = read_json(out / "config.json")
     if raw is None or not is_tgdp(raw):
         raise DataError(f"{out} holds no TGDP config.json: is it a folder written by 'gentransfer run'?")
@@ -138,7 +138,7 @@ def report(out: Path, options: ReportOptions) -> str:
 
 def records(out: Path) -> list[dict[str, Any]]:
     """The folder's cell records as written (see :func:`theory.engine.results.read_results`)."""
-    check_no_links(out, ("records",))
+    check_no_links(out, ("cells",))
     raw = read_json(out / "config.json")
     if raw is None or raw.get("experiment", {}).get("kind") != KIND:
         raise DataError(f"{out} holds no tgdp config.json: is it a folder written by 'gentransfer run'?")
