@@ -172,25 +172,14 @@ def _lr_factor(config: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
-def _grad_norm(params: list[nn.Parameter], clip: float | None) -> Tensor:
-    """Total 2-norm of the gradients (a 0-dim tensor), after clipping them to ``clip`` in place when given.
-
-    With ``clip`` this is ``clip_grad_norm_``. Without it the gradients are left untouched and only their norm
-    is computed (for the NaN/inf check), without the rescaling by 1 that ``clip_grad_norm_(params, inf)`` would
-    apply to every gradient; ``benchmarks/training_overhead.py`` times the loop against a plain one.
-    """
-    if clip is not None:
-        clipped: Tensor = torch.nn.utils.clip_grad_norm_(params, clip)
-        return clipped
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.tensor(0.0)
-    total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6; the same norm as clip_grad_norm_
-    if total_norm is not None:
-        norm: Tensor = total_norm(grads)
-        return norm
-    stacked: Tensor = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    return stacked
+def _check_finite_weights(params: list[nn.Parameter], config: TrainConfig, state: _LoopState) -> None:
+    """TrainingDivergedError when a weight is NaN or inf: unclipped steps skip the per-step gradient check (a
+    non-finite gradient shows in the next step's loss), so this runs before every checkpoint and at the end."""
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise TrainingDivergedError(
+            f"{config.description}: a weight is NaN or inf after step {state.step} (a non-finite gradient); last "
+            f"good checkpoint: {state.last_ckpt}. Lower the learning rate (lr={config.lr}) or set grad_clip."
+        )
 
 
 def _show_progress(config: TrainConfig, rank: int) -> bool:
@@ -357,8 +346,9 @@ def _step(
     config: TrainConfig,
     state: _LoopState,
 ) -> tuple[Tensor, float]:
-    """One optimiser step on ``batch``: (the loss, its value); TrainingDivergedError on a NaN/inf loss or
-    gradient norm."""
+    """One optimiser step on ``batch``: (the loss, its value); TrainingDivergedError on a NaN/inf loss, or on a
+    NaN/inf gradient norm when clipping (unclipped, a non-finite gradient shows in the next loss, and
+    :func:`_check_finite_weights` guards checkpoints and the end)."""
     loss = runner(*batch)
     loss_value = float(loss.detach())  # one host sync per step: checked here, logged by the caller
     if not math.isfinite(loss_value):
@@ -368,12 +358,13 @@ def _step(
         )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    norm = float(_grad_norm(params, config.grad_clip))
-    if not math.isfinite(norm):
-        raise TrainingDivergedError(
-            f"{config.description}: gradient norm is {norm} at step {state.step}; last good "
-            f"checkpoint: {state.last_ckpt}. Lower the learning rate (lr={config.lr})."
-        )
+    if config.grad_clip is not None:  # clipping computes the norm anyway: a non-finite one stops here
+        norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
+        if not math.isfinite(norm):
+            raise TrainingDivergedError(
+                f"{config.description}: gradient norm is {norm} at step {state.step}; last good "
+                f"checkpoint: {state.last_ckpt}. Lower the learning rate (lr={config.lr})."
+            )
     optimizer.step()
     scheduler.step()
     return loss, loss_value
@@ -517,6 +508,7 @@ def _train(
                 if val_data is not None and (state.step % config.eval_every == 0 or state.step == config.steps):
                     _validate(module, loss_fn, val_data, config, state, bar, callbacks)
                 if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                    _check_finite_weights(params, config, state)
                     checkpoints.save(state)
                 if state.step >= config.steps or history.stopped_early:
                     break
@@ -525,6 +517,7 @@ def _train(
                 state.epoch_gen_state = batch_gen.get_state()
     finally:
         bar.close()
+    _check_finite_weights(params, config, state)
     history = _finish(module, config, val_data, state, checkpoints, time.perf_counter() - start_time)
     for callback in callbacks:
         callback.on_end(history)

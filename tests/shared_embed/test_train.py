@@ -55,6 +55,27 @@ def test_nan_loss_stops_with_the_step_named():
         fit(model, mse(model), (x, y * 1e30), config=TrainConfig(steps=200, lr=1e6, grad_clip=None))
 
 
+@pytest.mark.parametrize("steps, said", [(5, "loss is nan at step 1"), (1, "a weight is NaN or inf after step 1")])
+def test_a_non_finite_gradient_under_a_finite_loss_stops_unclipped_training(steps: int, said: str) -> None:
+    """Unclipped steps skip the gradient-norm check: the non-finite gradient shows in the next loss, and the
+    weights are checked after the last step (and before any checkpoint), so it never passes silently."""
+
+    def run(grad_clip: float | None) -> None:
+        module = nn.Module()
+        module.weight = nn.Parameter(torch.ones(1))
+
+        def loss(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:  # sqrt at 0: value 0, gradient inf
+            return torch.sqrt(module.weight - module.weight.detach()).sum() + 0 * batch[0].sum()
+
+        config = TrainConfig(steps=steps, batch_size=8, grad_clip=grad_clip, progress=False)
+        fit(module, loss, (torch.zeros(8, 1),), config=config)
+
+    with pytest.raises(TrainingDivergedError, match=said):
+        run(None)
+    with pytest.raises(TrainingDivergedError, match="gradient norm is inf at step 0"):  # clipped: at the step itself
+        run(1.0)
+
+
 def test_schedule_warmup_and_cosine_decay():
     x, y = regression(32)
     model = nn.Linear(3, 1)
