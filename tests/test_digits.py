@@ -268,11 +268,11 @@ def test_pixel_nll_of_an_untrained_diffusion_model_is_the_gaussian_closed_form(t
 
 
 def test_tgdp_model_with_unit_guidance_is_the_source_model(task):
-    """With h = 1 (grad log h = 0) the composed score is the source score: GuidedDigitsModel must give the source
-    model's log-density and, from the same seed, its samples."""
+    """With h = 1 (grad log h = 0) the composed score is the source score: the library's GuidedDiffusionModel
+    (what the digits study's TGDP builds) must give the source model's log-density and, from the same seed, its
+    samples."""
     from diffusion import DiffusionHead
-    from diffusion.tgdp import FunctionGuidance, GuidedScore
-    from theory.studies.digits.tgdp import GuidedDigitsModel
+    from diffusion.tgdp import FunctionGuidance, GuidedDiffusionModel
 
     data = task.paired(task.target_train(5), torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.manual_seed(0)
@@ -280,16 +280,41 @@ def test_tgdp_model_with_unit_guidance_is_the_source_model(task):
     torch.nn.init.normal_(head.net.out[-1].weight, std=0.05)  # a non-trivial score
     model = ConditionalModel(head, Encoder(10, 3).double().freeze(), Standardizer.fit(data.x), Standardizer.fit(data.c))
     unit = FunctionGuidance(lambda x, t, c: (x * 0).sum(-1))
-    guided = GuidedDigitsModel(GuidedScore(head.score, unit), model).eval()
+    guided = GuidedDiffusionModel(model, unit).eval()
     with torch.no_grad():
         assert torch.allclose(
             guided.log_prob(data.x[:6], data.c[:6]), model.log_prob(data.x[:6], data.c[:6]), atol=1e-6
         )
-        torch.manual_seed(1)
-        a = guided.sample(4, data.c[:4])
-        torch.manual_seed(1)
-        b = model.sample(4, data.c[:4])
+        a = guided.sample(4, data.c[:4], generator=torch.Generator().manual_seed(1))
+        b = model.sample(4, data.c[:4], generator=torch.Generator().manual_seed(1))
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_heavy_ink_target_is_a_disjoint_heavier_label_shifted_subpopulation():
+    """heavy_ink: test, pool and source partition the data; every target image is among its class's heaviest
+    ``heavy_fraction`` and the source still holds heavy images of every class (inside the support); the test
+    split's label counts follow 0.5 + y / 9, the pool is balanced; no image is redrawn."""
+    from theory.studies.digits.task import heavy_ink_rows, ink_mass, label_shift_weights, load_digit_levels
+
+    t = DigitsTask("heavy_ink", test_per_class=20, pool_per_class=10, seed=3, heavy_fraction=0.35)
+    ids = {k: set(v.tolist()) for k, v in t.splits.ids.items()}
+    assert not (ids["source"] & ids["target_pool"]) and not (ids["source"] & ids["target_test"])
+    assert not (ids["target_pool"] & ids["target_test"])
+    assert len(ids["source"] | ids["target_pool"] | ids["target_test"]) == 1797
+    levels, labels = load_digit_levels()
+    counts = torch.bincount(t.splits.target_test.labels, minlength=10).tolist()
+    assert counts == t.test_counts() == [round(20 * w) for w in label_shift_weights()] and counts[0] < counts[9]
+    assert torch.bincount(t.splits.target_pool.labels).tolist() == [10] * 10
+    for k in range(10):
+        rows = torch.nonzero(labels == k).squeeze(1)
+        heavy, _ = heavy_ink_rows(levels[rows], 0.35)
+        heavy_ids = set(rows[heavy].tolist())
+        target = {i for i in ids["target_pool"] | ids["target_test"] if int(labels[i]) == k}
+        assert target <= heavy_ids and len(heavy_ids & ids["source"]) >= 10  # the source keeps look-alikes
+    assert torch.equal(t.splits.target_test.levels, levels[t.splits.ids["target_test"]])  # not redrawn
+    assert ink_mass(t.splits.target_test.levels).double().mean() > ink_mass(t.splits.source.levels).double().mean()
+    with pytest.raises(DataError, match="heavy-ink images"):
+        DigitsTask("heavy_ink", test_per_class=40, pool_per_class=10)
 
 
 def test_config_loading_names_bad_settings():
