@@ -245,6 +245,34 @@ def test_tiny_experiment_end_to_end_writes_table_records_and_grid(tmp_path):
     assert (tmp_path / "digits_flow_k5.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_tiny_heavy_ink_tgdp_run_records_what_its_guard_did(tmp_path):
+    """The inside-support target end to end with the kernel estimator and a switch time chosen on held-out target
+    rows: the TGDP record says its status (one of STATUSES) and the premise, the table shows the guard and the
+    paired per-seed differences; ``tune`` scores on the held-out pool rows, not the test split."""
+    from diffusion.tgdp.guided_model import STATUSES
+    from theory.studies.digits.experiment import DigitsExperiment, run_digits_experiment
+
+    exp = DigitsExperiment.tiny(("diffusion",), tgdp=True)
+    exp.style, exp.pool_per_class, exp.variants = "heavy_ink", 6, ("no_transfer", "fine_tune")
+    exp.tgdp_options = {
+        "estimator": "kernel",
+        "classifier_hidden": [],
+        "classifier_train": {"steps": 10},
+        "switch": "select",
+        "max_rows": 200,
+    }
+    exp.variant_train = {"fine_tune": {"lr": 1e-4}}
+    result = run_digits_experiment(exp, tmp_path)
+    (tgdp,) = [r for r in result["records"] if r["variant"] == "tgdp"]
+    assert tgdp["tgdp"]["status"] in STATUSES and set(tgdp["premise"]) >= {"auc", "ok"}
+    assert "TGDP status" in result["table"] and "tgdp − fine_tune" in result["table"]
+    exp.tune = True
+    tuned = run_digits_experiment(exp, tmp_path / "tune")
+    assert {len(r["nll_per_image"]) for r in tuned["records"]} == {8}  # 8 scored of the 10 held-out pool rows
+    with pytest.raises(ConfigError, match="tune needs pool_per_class"):
+        DigitsExperiment(style="heavy_ink", per_class=(5,), test_per_class=4, pool_per_class=5, tune=True)
+
+
 def test_pixel_nll_of_an_untrained_diffusion_model_is_the_gaussian_closed_form(task):
     """An untrained residual DiffusionHead has score -x at every t (its last layer starts at zero), so p_t = N(0, I)
     and the probability-flow likelihood (Hutchinson: v^T (-I) v = -d for Rademacher v, exact) is log N(0, I) of the

@@ -97,6 +97,15 @@ def test_the_guard_clips_drops_or_raises_on_exploding_rows(source):
     loud = GuardedScore(source.head.score, _constant(1e4), GuidanceLimit(max_ratio=2.0, action="raise"))
     with pytest.raises(GuidanceExplosionError, match="exceeded 2.0 x"):
         loud(xs, t, ctx)
+    # float32, one row clipped and the others with exactly zero guidance: the derivative that the likelihood's
+    # divergence takes of the clipped score must stay finite (a 1 / |g| at |g| = 0 would overflow to NaN)
+    half = FunctionGuidance(lambda x, t, c: 1e4 * (x[:, 0] - 5.0).clamp_min(0.0) + 1e-22 * x.sum(-1))
+    xg = torch.cat([xs[:1] * 0 + 6.0, xs[1:4]]).float().requires_grad_(True)
+    score32 = lambda x, t, c: -x  # noqa: E731
+    out = GuardedScore(score32, half, GuidanceLimit(2.0))(xg, t[:4].float(), None)
+    for i in range(D):
+        (grad,) = torch.autograd.grad(out[:, i].sum(), xg, retain_graph=True)
+        assert torch.isfinite(grad).all()
     calm = GuardedScore(source.head.score, _constant(1e-3), GuidanceLimit(max_ratio=2.0, action="raise"))
     assert torch.allclose(calm(xs, t, ctx), s + 1e-3)
 

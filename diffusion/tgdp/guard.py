@@ -104,6 +104,11 @@ class GuardCounts:
         return {**asdict(self), "fraction": self.fraction}
 
 
+def _norm(v: Tensor) -> Tensor:
+    """Row norms (n,) of v (n, d) whose gradient is finite at a zero row (torch's norm gives NaN there)."""
+    return (v.square().sum(-1) + torch.finfo(v.dtype).tiny).sqrt()
+
+
 def guidance_ratio(source: Tensor, guidance: Tensor) -> Tensor:
     """|guidance| / max(|source|, SCORE_FLOOR) per row, (n,), for two (n, d) vectors."""
     return guidance.norm(dim=-1) / source.norm(dim=-1).clamp_min(SCORE_FLOOR)
@@ -169,7 +174,11 @@ class GuardedScore:
             )
         if self.limit.action == "source":
             return s + g * (~bad).to(g.dtype)[:, None]
-        scale = (self.limit.max_ratio * s.norm(dim=-1).clamp_min(1e-6) / g.norm(dim=-1).clamp_min(1e-30)).clamp(max=1.0)
+        # the scale only on exploding rows (|g| > 0 there): elsewhere a 1 / |g| with |g| ~ 0 would overflow in the
+        # derivative that the likelihood's divergence takes, and 0 * inf is NaN even where the scale is unused
+        one = torch.ones_like(ratio)
+        denom = torch.where(bad, _norm(g), one)
+        scale = torch.where(bad, self.limit.max_ratio * _norm(s).clamp_min(SCORE_FLOOR) / denom, one)
         return s + g * scale[:, None]
 
 
