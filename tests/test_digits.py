@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -246,22 +247,15 @@ def test_tiny_experiment_end_to_end_writes_table_records_and_grid(tmp_path):
 
 
 def test_tiny_heavy_ink_tgdp_run_records_what_its_guard_did(tmp_path):
-    """The inside-support target end to end with the kernel estimator and a switch time chosen on held-out target
-    rows: the TGDP record says its status (one of STATUSES) and the premise, the table shows the guard and the
-    paired per-seed differences; ``tune`` scores on the held-out pool rows, not the test split."""
+    """configs/digits_tgdp_smoke.toml: the inside-support target end to end with the kernel estimator and a switch
+    time chosen on held-out target rows: the TGDP record says its status (one of STATUSES) and the premise, the
+    table shows the guard and the paired per-seed differences; ``tune`` scores on the held-out pool rows, not the test split."""
     from diffusion.tgdp.guided_model import STATUSES
+    from theory.engine.config_files import read_toml, resolve_config
     from theory.studies.digits.experiment import DigitsExperiment, run_digits_experiment
+    from theory.studies.digits.study import experiment_from_config
 
-    exp = DigitsExperiment.tiny(("diffusion",), tgdp=True)
-    exp.style, exp.pool_per_class, exp.variants = "heavy_ink", 6, ("no_transfer", "fine_tune")
-    exp.tgdp_options = {
-        "estimator": "kernel",
-        "classifier_hidden": [],
-        "classifier_train": {"steps": 10},
-        "switch": "select",
-        "max_rows": 200,
-    }
-    exp.variant_train = {"fine_tune": {"lr": 1e-4}}
+    exp = experiment_from_config(read_toml(resolve_config(Path("digits_tgdp_smoke"))))
     result = run_digits_experiment(exp, tmp_path)
     (tgdp,) = [r for r in result["records"] if r["variant"] == "tgdp"]
     assert tgdp["tgdp"]["status"] in STATUSES and set(tgdp["premise"]) >= {"auc", "ok"}

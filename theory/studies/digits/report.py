@@ -98,12 +98,12 @@ def paired_differences(
 
 def paired_by_seed(records: Sequence[dict[str, Any]], a: str, b: str) -> list[dict[str, Any]]:
     """Per (head, per_class): the mean over seeds of each seed's mean per-image NLL difference a - b (nats, the
-    same test images), its SE across seeds (None with one seed), the per-seed means, and whether a is lower by
-    more than 2 SE."""
+    same test images; b = ``source_only`` pairs with the one source-only record of the seed), its SE across seeds
+    (None with one seed), the per-seed means, and whether a is lower by more than 2 SE."""
     index = {(r["seed"], r["head"], int(r["per_class"]), r["variant"]): r for r in records}
     per: dict[tuple[str, int], list[float]] = {}
     for (seed, head, k, variant), ra in sorted(index.items()):
-        rb = index.get((seed, head, k, b))
+        rb = index.get((seed, head, 0 if b == "source_only" else k, b))  # source_only: one record for every k
         if variant != a or rb is None:
             continue
         diffs = [x - y for x, y in zip(ra["nll_per_image"], rb["nll_per_image"])]

@@ -8,10 +8,14 @@ target images are standardised with the SOURCE scaler. Two estimators of the gui
 - ``"network"``: ``diffusion.tgdp.fit_tgdp`` with contexts h(c): the domain classifier c(x, h(y)), the ratio
   w = ((1 - c) / c) (n_s / n_t) at every source pair, the guidance network h_psi(x_t, t, h(y)) regressed onto w
   (its options: the fields of ``TGDPConfig``);
-- ``"kernel"``: the same domain classifier (on x and the one-hot label), then no network at all:
-  ``diffusion.tgdp.KernelGuidance`` (plain, bandwidth 0) computes h_t(x, y) = E[w(x_0) | x_t = x] over the
-  source rows of label y in closed form (options ``classifier_hidden``, ``classifier_train``, ``balanced``,
-  ``max_rows``).
+- ``"kernel"``: no guidance network: ``diffusion.tgdp.KernelGuidance`` computes h_t(x, y) = E[w(x_0) | x_t = x]
+  over the source rows of label y in closed form. Option ``ratio``: ``"classifier"`` (default) trains the same
+  domain classifier (on x and the one-hot label; ``classifier_hidden``, ``classifier_train``, ``balanced``) and
+  uses the plain estimate (bandwidth 0); ``"linear"`` / ``"quadratic"`` fit log w by cross-validated logistic
+  regression on x (or its degree-2 features) with per-label deviations
+  (``diffusion.tgdp.fit_quadratic_log_ratio``), and the kernel density estimate of the source rows with
+  ``bandwidth`` (default ``"scott"``) integrates it in closed form, so h_0 = w exactly. ``max_rows`` caps the
+  source rows the sums run over.
 
 Either way the premise check (``diffusion.tgdp.premise``: classifier AUC, ESS / n_s, E_p[w] against the stated
 ``PremiseThresholds``) runs before any guidance is used, and warns naming what fails; with ``refuse_on_premise``
@@ -42,6 +46,7 @@ from diffusion.tgdp import (
     TGDPConfig,
     check_premise,
     fit_domain_classifier,
+    fit_quadratic_log_ratio,
     fit_tgdp,
     select_switch,
 )
@@ -54,7 +59,8 @@ from shared_embed.validation import check_choice
 ESTIMATORS = ("network", "kernel")
 #: options read here; the rest go to TGDPConfig (network) or are rejected (kernel)
 _OWN = ("estimator", "max_ratio", "guard_action", "refuse_fraction", "refuse_on_premise", "switch", "max_rows")
-_KERNEL = ("classifier_hidden", "classifier_train", "balanced")
+_KERNEL = ("classifier_hidden", "classifier_train", "balanced", "ratio", "bandwidth")
+RATIOS = ("classifier", "linear", "quadratic")
 N_LABELS = 10
 
 
@@ -75,6 +81,23 @@ def _kernel_guidance(
     unknown = sorted(set(options) - set(_KERNEL) - set(_OWN))
     if unknown:
         raise ConfigError(f"unknown tgdp option(s) {unknown} for estimator 'kernel'; valid: {sorted(_KERNEL + _OWN)}")
+    kind = check_choice("ratio", options.get("ratio", "classifier"), RATIOS)
+    if kind != "classifier":
+        ls, lt = _labels(cs), _labels(ct)
+        fitted = fit_quadratic_log_ratio(
+            xs, xt, source_context=ls, target_context=lt, seed=seed, degree=1 if kind == "linear" else 2
+        )
+        with torch.no_grad():
+            premise = check_premise(fitted.ratio(xs, None, ls), fitted.ratio(xt, None, lt))
+        smooth = KernelGuidance(
+            xs,
+            fitted,
+            head.schedule,
+            bandwidth=options.get("bandwidth", "scott"),
+            source_context=ls,
+            max_rows=options.get("max_rows"),
+        )
+        return smooth, premise, 0
     base = TGDPConfig()
     train = base.classifier_train.replace(**{**options.get("classifier_train", {}), "seed": seed})
     ratio, history = fit_domain_classifier(
