@@ -18,6 +18,10 @@ a solve how many rows were clipped. :func:`probe_guidance` measures the same rat
 times, before anything is sampled or scored (``GuidedDiffusionModel.check_guidance`` refuses the guidance when
 more than ``refuse_fraction`` of the probed rows explode).
 
+The limit catches blow-ups, not every wrong guidance: a guidance of the score's own size that points the wrong way
+(a target outside the source's support) passes it. The premise check (:mod:`.premise`) and a switch time chosen on
+held-out target rows (:mod:`.switch_time`, which refuses when the source score alone is better) catch that case.
+
 Example:
     >>> guarded = GuardedScore(source_head.score, guidance, GuidanceLimit(max_ratio=10.0, action="clip"))
     >>> x0 = sample_ode(guarded, torch.randn(100, 2), VPSchedule())

@@ -15,7 +15,7 @@ encoder into the head's context, and its score s_src(x_s, t, h(c)) lives in that
 - ``sample(n, c) -> (n, d)``: the probability-flow ODE sampler with the head's tolerances;
 - below ``switch`` (a switch time in [0, 1), see :mod:`diffusion.tgdp.switch_time`) the source score alone.
 
-It never collapses silently. Before anything is scored: a failed premise (a
+It does not collapse silently. Before anything is scored: a failed premise (a
 :class:`~diffusion.tgdp.premise.PremiseReport` given with ``premise``, its warning already emitted by
 ``check_premise``) refuses the guidance when ``refuse_on_premise`` is on, and :meth:`check_guidance` probes the
 guidance on noised rows and refuses it when more than ``limit.refuse_fraction`` of them explode (a

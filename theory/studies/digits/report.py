@@ -164,8 +164,9 @@ def format_tgdp_tables(records: Sequence[dict[str, Any]]) -> list[str]:
         ]
         for d in rows:
             per = ", ".join(f"{m:+.2f}" for m in d["per_seed"])
+            se = math.nan if d["nll_diff_se"] is None else d["nll_diff_se"]
             lines.append(
-                f"| {d['head']} | {d['per_class']} | tgdp − {d['b']} | {plus_minus(d['nll_diff'], d['nll_diff_se'] or math.nan, 2)} "
+                f"| {d['head']} | {d['per_class']} | tgdp − {d['b']} | {plus_minus(d['nll_diff'], se, 2)} "
                 f"| {per} | {'yes' if d['a_wins'] else 'no'} |"
             )
     return lines
