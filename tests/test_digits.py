@@ -399,3 +399,25 @@ def test_the_digits_study_runs_and_reports_through_gentransfer(tmp_path, capsys)
 
     rerun = json.loads((out / "records.json").read_text())["records"]
     assert [untimed(r) for r in rerun] == [untimed(r) for r in records]
+
+
+def test_the_kernel_guidance_options_build_a_per_label_or_shared_linear_ratio():
+    """The digits TGDP's kernel estimator with a linear log ratio: per-label deviations by default, one ratio
+    shared by every label with ``per_label = false``; both give a guidance over the rows of the query's label."""
+    from diffusion import DiffusionHead
+    from theory.studies.digits.tgdp import _kernel_guidance, _labels
+
+    task = DigitsTask("heavy_ink", test_per_class=4, pool_per_class=5, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    src, tgt = task.paired(task.splits.source, gen), task.paired(task.target_train(5), gen)
+    scaler = Standardizer.fit(src.x)
+    xs, xt = scaler(src.x)[:300], scaler(tgt.x)
+    head = DiffusionHead(D, 4, width=8, blocks=1)
+    for per_label in (True, False):
+        options = {"ratio": "linear", "per_label": per_label, "max_rows": 200}
+        guidance, premise, steps = _kernel_guidance(xs, src.c[:300], xt, tgt.c, head, options, seed=0)
+        ratio = guidance.quadratic
+        assert steps == 0 and premise.auc > 0.5 and ratio is not None and ratio.linear.shape == (10, D)
+        shared = bool((ratio.linear == ratio.linear[:1]).all())
+        assert shared is not per_label
+        assert guidance.log_h(xt[:6], torch.full((6,), 0.3), _labels(tgt.c[:6])).shape == (6,)

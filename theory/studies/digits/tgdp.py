@@ -12,10 +12,10 @@ target images are standardised with the SOURCE scaler. Two estimators of the gui
   over the source rows of label y in closed form. Option ``ratio``: ``"classifier"`` (default) trains the same
   domain classifier (on x and the one-hot label; ``classifier_hidden``, ``classifier_train``, ``balanced``) and
   uses the plain estimate (bandwidth 0); ``"linear"`` / ``"quadratic"`` fit log w by cross-validated logistic
-  regression on x (or its degree-2 features) with per-label deviations
-  (``diffusion.tgdp.fit_quadratic_log_ratio``), and the kernel density estimate of the source rows with
-  ``bandwidth`` (default ``"scott"``) integrates it in closed form, so h_0 = w exactly. ``max_rows`` caps the
-  source rows the sums run over.
+  regression on x (or its degree-2 features) with per-label deviations (``diffusion.tgdp.fit_quadratic_log_ratio``;
+  ``per_label = false``: one ratio shared by every label), and the kernel density estimate of the source rows
+  with ``bandwidth`` (default ``"scott"``) integrates it in closed form, so h_0 = w exactly. ``max_rows`` caps
+  the source rows the sums run over.
 
 Either way the premise check (``diffusion.tgdp.premise``: classifier AUC, ESS / n_s, E_p[w] against the stated
 ``PremiseThresholds``) runs before any guidance is used, and warns naming what fails; with ``refuse_on_premise``
@@ -43,6 +43,7 @@ from diffusion.tgdp import (
     GuidanceLimit,
     GuidedDiffusionModel,
     KernelGuidance,
+    QuadraticLogRatio,
     TGDPConfig,
     check_premise,
     fit_domain_classifier,
@@ -59,7 +60,7 @@ from shared_embed.validation import check_choice
 ESTIMATORS = ("network", "kernel")
 #: options read here; the rest go to TGDPConfig (network) or are rejected (kernel)
 _OWN = ("estimator", "max_ratio", "guard_action", "refuse_fraction", "refuse_on_premise", "switch", "max_rows")
-_KERNEL = ("classifier_hidden", "classifier_train", "balanced", "ratio", "bandwidth")
+_KERNEL = ("classifier_hidden", "classifier_train", "balanced", "ratio", "bandwidth", "per_label")
 RATIOS = ("classifier", "linear", "quadratic")
 N_LABELS = 10
 
@@ -84,9 +85,18 @@ def _kernel_guidance(
     kind = check_choice("ratio", options.get("ratio", "classifier"), RATIOS)
     if kind != "classifier":
         ls, lt = _labels(cs), _labels(ct)
-        fitted = fit_quadratic_log_ratio(
-            xs, xt, source_context=ls, target_context=lt, seed=seed, degree=1 if kind == "linear" else 2
-        )
+        degree = 1 if kind == "linear" else 2
+        if bool(options.get("per_label", True)):
+            fitted = fit_quadratic_log_ratio(xs, xt, source_context=ls, target_context=lt, seed=seed, degree=degree)
+        else:  # one log ratio for every label (fewer parameters), repeated per label for the per-label kernel sums
+            shared = fit_quadratic_log_ratio(xs, xt, seed=seed, degree=degree)
+            fitted = QuadraticLogRatio(
+                shared.quad.expand(N_LABELS, -1, -1),
+                shared.linear.expand(N_LABELS, -1),
+                shared.const.expand(N_LABELS),
+                shared.prior_factor,
+                labels=torch.arange(N_LABELS, dtype=torch.float64),
+            )
         with torch.no_grad():
             premise = check_premise(fitted.ratio(xs, None, ls), fitted.ratio(xt, None, lt))
         smooth = KernelGuidance(
