@@ -14,6 +14,7 @@ __all__ = [
     "DataError",
     "FolderBusyError",
     "GentransferError",
+    "GuidanceWarning",
     "PremiseWarning",
     "ShapeError",
     "TrainingDivergedError",
