@@ -43,6 +43,7 @@ from diffusion.tgdp import (
     GuidanceLimit,
     GuidedDiffusionModel,
     KernelGuidance,
+    PremiseReport,
     QuadraticLogRatio,
     TGDPConfig,
     check_premise,
@@ -77,7 +78,7 @@ def _one_hot(labels: Tensor) -> Tensor:
 
 def _kernel_guidance(
     xs: Tensor, cs: Tensor, xt: Tensor, ct: Tensor, head: DiffusionHead, options: dict[str, Any], seed: int
-) -> tuple[KernelGuidance, Any, int]:
+) -> tuple[KernelGuidance, PremiseReport, int]:
     """(the kernel guidance, the premise report, classifier steps) from standardised source / target rows."""
     unknown = sorted(set(options) - set(_KERNEL) - set(_OWN))
     if unknown:
