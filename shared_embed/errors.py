@@ -14,6 +14,7 @@ __all__ = [
     "DataError",
     "FolderBusyError",
     "GentransferError",
+    "GuidanceWarning",
     "PremiseWarning",
     "ShapeError",
     "TrainingDivergedError",
@@ -55,3 +56,8 @@ class FolderBusyError(GentransferError, RuntimeError):
 class PremiseWarning(UserWarning):
     """A method's premise fails on the data given (e.g. TGDP's target outside the source's support); the message
     names each failed check, its value and its threshold. A warning, not an error: the fit still runs."""
+
+
+class GuidanceWarning(UserWarning):
+    """A guidance was found unusable before it was used (e.g. TGDP's grad log h_t far larger than the source
+    score on many probed rows) and was refused: the message names the check, its value and its limit."""

@@ -15,7 +15,10 @@ classifier's density ratio:
   n_t), :mod:`.kernel_guidance` (E_{p_hat}[w | x_t] from the source rows, KDE-smoothed in closed form),
   :mod:`.noisy_guidance` (a time-dependent classifier as log h_t; a switch to another score at small t),
   :mod:`.switch_time` (the switch time chosen by a held-out denoising loss); :mod:`.recipes` fits the first two
-  in one call each (``fit_kernel_guidance``, ``fit_classifier_guidance``).
+  in one call each (``fit_kernel_guidance``, ``fit_classifier_guidance``);
+- :mod:`.guard`: guidance that explodes (|grad log h_t| far above |s_src|) detected, clipped or refused;
+  :mod:`.guided_model`: ``GuidedDiffusionModel``, a frozen conditional source model plus a guidance with
+  ``log_prob(x, c)`` / ``sample(n, c)``, which refuses a failed premise or an exploding guidance out loud.
 
 Example:
     >>> from diffusion.tgdp import TGDPConfig, fit_tgdp
@@ -30,7 +33,18 @@ from .baselines import fine_tune, train_head
 from .classifier import DensityRatio, DomainClassifier, class_weights, fit_domain_classifier
 from .compose import DomainGuidanceScore, GuidedScore, domain_guidance_score, guidance_grad
 from .fit import TGDPConfig, TGDPFit, fit_tgdp
+from .guard import (
+    GUARD_ACTIONS,
+    GuardCounts,
+    GuardedScore,
+    GuidanceExplosionError,
+    GuidanceLimit,
+    GuidanceProbe,
+    guidance_ratio,
+    probe_guidance,
+)
 from .guidance import DAMPING, POSITIVITY, FunctionGuidance, Guidance, GuidanceNetwork, SourcePosterior, guidance_loss
+from .guided_model import GuidedDiffusionModel
 from .kernel_guidance import KernelGuidance
 from .labels import LabelMarginal
 from .noisy_guidance import ClassifierGuidance, SwitchedScore
@@ -42,15 +56,22 @@ from .switch_time import SwitchChoice, select_switch
 
 __all__ = [
     "DAMPING",
+    "GUARD_ACTIONS",
     "POSITIVITY",
     "ClassifierGuidance",
     "DensityRatio",
     "DomainClassifier",
     "DomainGuidanceScore",
     "FunctionGuidance",
+    "GuardCounts",
+    "GuardedScore",
     "Guidance",
+    "GuidanceExplosionError",
     "GuidanceFit",
+    "GuidanceLimit",
     "GuidanceNetwork",
+    "GuidanceProbe",
+    "GuidedDiffusionModel",
     "GuidedScore",
     "KernelGuidance",
     "LabelMarginal",
@@ -75,6 +96,8 @@ __all__ = [
     "fit_tgdp",
     "guidance_grad",
     "guidance_loss",
+    "guidance_ratio",
+    "probe_guidance",
     "select_switch",
     "train_head",
 ]

@@ -212,6 +212,9 @@ class KernelGuidance:
         const = float(quad.const[k]) + math.log(quad.prior_factor)
         d = x.shape[1]
         alpha, gamma, var = s2 / v, a * b2 / v, b2 * s2 / v  # mu_i = alpha x_i + gamma x
+        if not bool(big_a.any()):  # a linear log w (A = 0): R = I, log det = 0, log G_i = c + b^T mu_i + V/2 |b|^2
+            per_query = gamma * (x @ beta) + 0.5 * var * beta.square().sum() + const
+            return alpha[:, None] * (xs @ beta)[None] + per_query[:, None]
         eye = torch.eye(d, dtype=x.dtype)
         m = eye - 2 * var[:, None, None] * big_a  # (n, d, d)
         r = torch.linalg.inv(m)

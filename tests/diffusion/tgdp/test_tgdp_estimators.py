@@ -244,3 +244,20 @@ def test_effective_rows_counts_the_rows_the_kernel_averages():
     assert torch.allclose(kernel.effective_rows(at_row, 1e-4), torch.ones(2), atol=1e-3)  # one row at t -> 0
     same = KernelGuidance(torch.zeros(30, 2), lambda x, t, c: torch.zeros(x.shape[0]), SCH, bandwidth=0.0)
     assert torch.allclose(same.effective_rows(torch.randn(5, 2), 0.3), torch.full((5,), 30.0), rtol=1e-5)
+
+
+def test_a_linear_log_ratio_recovers_a_mean_shift_and_the_smoothed_kernel_guidance_ends_at_it():
+    """Source N(0, I), target N(0.5 * 1, I) in d = 5: log w = 0.5 * 1^T x + const, linear. ``degree=1`` fits
+    A = 0 and b near 0.5; the smoothed kernel guidance's closed form (the linear fast path) gives h_0 = w."""
+    gen = torch.Generator().manual_seed(0)
+    src = torch.randn(2000, 5, generator=gen, dtype=torch.float64)
+    tgt = torch.randn(400, 5, generator=gen, dtype=torch.float64) + 0.5
+    ratio = fit_quadratic_log_ratio(src, tgt, degree=1)
+    assert float(ratio.quad.abs().max()) == 0.0 and torch.allclose(
+        ratio.linear, torch.full((1, 5), 0.5, dtype=torch.float64), atol=0.15
+    )
+    guidance = KernelGuidance(src[:300], ratio, VPSchedule(), bandwidth=0.5)
+    x = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    assert torch.allclose(guidance.log_h(x, torch.full((7,), 1e-7)), ratio.log_ratio(x), atol=1e-6)
+    with pytest.raises(ShapeError, match="degree"):
+        fit_quadratic_log_ratio(src, tgt, degree=3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -245,6 +246,27 @@ def test_tiny_experiment_end_to_end_writes_table_records_and_grid(tmp_path):
     assert (tmp_path / "digits_flow_k5.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_tiny_heavy_ink_tgdp_run_records_what_its_guard_did(tmp_path):
+    """configs/digits_tgdp_smoke.toml: the inside-support target end to end with the kernel estimator and a switch
+    time chosen on held-out target rows: the TGDP record says its status (one of STATUSES) and the premise, the
+    table shows the guard and the paired per-seed differences; ``tune`` scores on the held-out pool rows, not the test split."""
+    from diffusion.tgdp.guided_model import STATUSES
+    from theory.engine.config_files import read_toml, resolve_config
+    from theory.studies.digits.experiment import DigitsExperiment, run_digits_experiment
+    from theory.studies.digits.study import experiment_from_config
+
+    exp = experiment_from_config(read_toml(resolve_config(Path("digits_tgdp_smoke"))))
+    result = run_digits_experiment(exp, tmp_path)
+    (tgdp,) = [r for r in result["records"] if r["variant"] == "tgdp"]
+    assert tgdp["tgdp"]["status"] in STATUSES and set(tgdp["premise"]) >= {"auc", "ok"}
+    assert "TGDP status" in result["table"] and "tgdp − fine_tune" in result["table"]
+    exp.tune = True
+    tuned = run_digits_experiment(exp, tmp_path / "tune")
+    assert {len(r["nll_per_image"]) for r in tuned["records"]} == {8}  # 8 scored of the 10 held-out pool rows
+    with pytest.raises(ConfigError, match="tune needs pool_per_class"):
+        DigitsExperiment(style="heavy_ink", per_class=(5,), test_per_class=4, pool_per_class=5, tune=True)
+
+
 def test_pixel_nll_of_an_untrained_diffusion_model_is_the_gaussian_closed_form(task):
     """An untrained residual DiffusionHead has score -x at every t (its last layer starts at zero), so p_t = N(0, I)
     and the probability-flow likelihood (Hutchinson: v^T (-I) v = -d for Rademacher v, exact) is log N(0, I) of the
@@ -268,11 +290,11 @@ def test_pixel_nll_of_an_untrained_diffusion_model_is_the_gaussian_closed_form(t
 
 
 def test_tgdp_model_with_unit_guidance_is_the_source_model(task):
-    """With h = 1 (grad log h = 0) the composed score is the source score: GuidedDigitsModel must give the source
-    model's log-density and, from the same seed, its samples."""
+    """With h = 1 (grad log h = 0) the composed score is the source score: the library's GuidedDiffusionModel
+    (what the digits study's TGDP builds) must give the source model's log-density and, from the same seed, its
+    samples."""
     from diffusion import DiffusionHead
-    from diffusion.tgdp import FunctionGuidance, GuidedScore
-    from theory.studies.digits.tgdp import GuidedDigitsModel
+    from diffusion.tgdp import FunctionGuidance, GuidedDiffusionModel
 
     data = task.paired(task.target_train(5), torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.manual_seed(0)
@@ -280,16 +302,41 @@ def test_tgdp_model_with_unit_guidance_is_the_source_model(task):
     torch.nn.init.normal_(head.net.out[-1].weight, std=0.05)  # a non-trivial score
     model = ConditionalModel(head, Encoder(10, 3).double().freeze(), Standardizer.fit(data.x), Standardizer.fit(data.c))
     unit = FunctionGuidance(lambda x, t, c: (x * 0).sum(-1))
-    guided = GuidedDigitsModel(GuidedScore(head.score, unit), model).eval()
+    guided = GuidedDiffusionModel(model, unit).eval()
     with torch.no_grad():
         assert torch.allclose(
             guided.log_prob(data.x[:6], data.c[:6]), model.log_prob(data.x[:6], data.c[:6]), atol=1e-6
         )
-        torch.manual_seed(1)
-        a = guided.sample(4, data.c[:4])
-        torch.manual_seed(1)
-        b = model.sample(4, data.c[:4])
+        a = guided.sample(4, data.c[:4], generator=torch.Generator().manual_seed(1))
+        b = model.sample(4, data.c[:4], generator=torch.Generator().manual_seed(1))
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_heavy_ink_target_is_a_disjoint_heavier_label_shifted_subpopulation():
+    """heavy_ink: test, pool and source partition the data; every target image is among its class's heaviest
+    ``heavy_fraction`` and the source still holds heavy images of every class (inside the support); the test
+    split's label counts follow 0.5 + y / 9, the pool is balanced; no image is redrawn."""
+    from theory.studies.digits.task import heavy_ink_rows, ink_mass, label_shift_weights, load_digit_levels
+
+    t = DigitsTask("heavy_ink", test_per_class=20, pool_per_class=10, seed=3, heavy_fraction=0.35)
+    ids = {k: set(v.tolist()) for k, v in t.splits.ids.items()}
+    assert not (ids["source"] & ids["target_pool"]) and not (ids["source"] & ids["target_test"])
+    assert not (ids["target_pool"] & ids["target_test"])
+    assert len(ids["source"] | ids["target_pool"] | ids["target_test"]) == 1797
+    levels, labels = load_digit_levels()
+    counts = torch.bincount(t.splits.target_test.labels, minlength=10).tolist()
+    assert counts == t.test_counts() == [round(20 * w) for w in label_shift_weights()] and counts[0] < counts[9]
+    assert torch.bincount(t.splits.target_pool.labels).tolist() == [10] * 10
+    for k in range(10):
+        rows = torch.nonzero(labels == k).squeeze(1)
+        heavy, _ = heavy_ink_rows(levels[rows], 0.35)
+        heavy_ids = set(rows[heavy].tolist())
+        target = {i for i in ids["target_pool"] | ids["target_test"] if int(labels[i]) == k}
+        assert target <= heavy_ids and len(heavy_ids & ids["source"]) >= 10  # the source keeps look-alikes
+    assert torch.equal(t.splits.target_test.levels, levels[t.splits.ids["target_test"]])  # not redrawn
+    assert ink_mass(t.splits.target_test.levels).double().mean() > ink_mass(t.splits.source.levels).double().mean()
+    with pytest.raises(DataError, match="heavy-ink images"):
+        DigitsTask("heavy_ink", test_per_class=40, pool_per_class=10)
 
 
 def test_config_loading_names_bad_settings():
@@ -352,3 +399,25 @@ def test_the_digits_study_runs_and_reports_through_gentransfer(tmp_path, capsys)
 
     rerun = json.loads((out / "records.json").read_text())["records"]
     assert [untimed(r) for r in rerun] == [untimed(r) for r in records]
+
+
+def test_the_kernel_guidance_options_build_a_per_label_or_shared_linear_ratio():
+    """The digits TGDP's kernel estimator with a linear log ratio: per-label deviations by default, one ratio
+    shared by every label with ``per_label = false``; both give a guidance over the rows of the query's label."""
+    from diffusion import DiffusionHead
+    from theory.studies.digits.tgdp import _kernel_guidance, _labels
+
+    task = DigitsTask("heavy_ink", test_per_class=4, pool_per_class=5, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    src, tgt = task.paired(task.splits.source, gen), task.paired(task.target_train(5), gen)
+    scaler = Standardizer.fit(src.x)
+    xs, xt = scaler(src.x)[:300], scaler(tgt.x)
+    head = DiffusionHead(D, 4, width=8, blocks=1)
+    for per_label in (True, False):
+        options = {"ratio": "linear", "per_label": per_label, "max_rows": 200}
+        guidance, premise, steps = _kernel_guidance(xs, src.c[:300], xt, tgt.c, head, options, seed=0)
+        ratio = guidance.quadratic
+        assert steps == 0 and premise.auc > 0.5 and ratio is not None and ratio.linear.shape == (10, D)
+        shared = bool((ratio.linear == ratio.linear[:1]).all())
+        assert shared is not per_label
+        assert guidance.log_h(xt[:6], torch.full((6,), 0.3), _labels(tgt.c[:6])).shape == (6,)

@@ -23,7 +23,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -34,21 +34,20 @@ from shared_embed.encoder import Encoder
 from shared_embed.errors import ConfigError, DataError
 from shared_embed.gaussian import GaussianHead
 from shared_embed.head import Head
-from shared_embed.model import ConditionalModel
 from shared_embed.train import TrainConfig, TrainHistory
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
 from shared_embed.validation import check_choice, check_positive_int
 from theory.engine.loop import Executor, run_cells, run_groups
 from theory.engine.run_folder import read_json
 from theory.studies.digits.domain_ratio import density_ratio_diagnostic
-from theory.studies.digits.evaluation import TestSet, evaluate_model, sample_metrics
+from theory.studies.digits.evaluation import DigitsModel, TestSet, evaluate_model, sample_metrics
 from theory.studies.digits.image_grid import save_digit_grid
 from theory.studies.digits.report import format_table, summarize
 from theory.studies.digits.task import N_CLASSES, D, DigitsTask
 from theory.truth.metrics import FidelityClassifier
 
 if TYPE_CHECKING:
-    from theory.studies.digits.tgdp import GuidedDigitsModel  # imported lazily at run time
+    pass  # imported lazily at run time
 
 HEADS = ("gaussian", "flow", "diffusion")
 VARIANTS = ("transfer", "no_transfer", "fine_tune")
@@ -93,9 +92,16 @@ class DigitsExperiment:
     probability-flow likelihood of a diffusion head is the slow part (its divergence, probes and tolerances
     are head options: default Hutchinson with 4 Rademacher probes, dopri5 at rtol = atol = 1e-5). ``tgdp``: run the conditional TGDP
     variant for diffusion heads. ``grid_per_class``: images per class in the PNG grids.
+
+    ``variant_train``: per variant (``transfer``, ``no_transfer``, ``fine_tune``), TrainConfig fields that
+    override the head's target phase for that variant only (each baseline tuned on its own). ``tune``: score
+    every model on the target pool images beyond ``max(per_class)`` per class (training never sees them) instead
+    of the test split, so settings can be chosen without touching the test images; needs
+    ``pool_per_class > max(per_class)``.
     """
 
     style: str = "reflect"
+    heavy_fraction: float = 0.35
     per_class: Sequence[int] = (5, 15, 50)
     seeds: Sequence[int] = (0,)
     heads: Sequence[str] = ("flow", "diffusion")
@@ -113,6 +119,8 @@ class DigitsExperiment:
     nll_rows: dict[str, int | None] = field(default_factory=dict)
     tgdp_options: dict[str, Any] = field(default_factory=dict)
     grid_per_class: int = 4
+    variant_train: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tune: bool = False
 
     def __post_init__(self) -> None:
         self.per_class = tuple(sorted({check_positive_int("per_class", int(k)) for k in self.per_class}))
@@ -128,7 +136,15 @@ class DigitsExperiment:
         for phases in self.train.values():
             for phase in ("source", "target"):
                 TrainConfig(**phases.get(phase, {}))  # fail now on a bad field, not mid-run
-        DigitsTask(self.style, self.test_per_class, self.pool_per_class)
+        DigitsTask(self.style, self.test_per_class, self.pool_per_class, heavy_fraction=self.heavy_fraction)
+        for variant, fields_ in self.variant_train.items():
+            check_choice("variant_train variant", variant, VARIANTS)
+            TrainConfig(**fields_)
+        if self.tune and self.pool_per_class <= max(self.per_class):
+            raise ConfigError(
+                f"tune needs pool_per_class > max(per_class) = {max(self.per_class)} (the held-out pool rows score "
+                f"the models), got {self.pool_per_class}"
+            )
 
     @classmethod
     def tiny(cls, heads: Sequence[str] = ("gaussian",), tgdp: bool = False) -> DigitsExperiment:
@@ -335,11 +351,15 @@ def run_digits_group(
 ) -> list[dict[str, Any]]:
     """The engine's runner of this study: the seed's data and classifier, the head's source model, its cells."""
     exp, seed, kind, say = DigitsExperiment(**spec), group.seed, group.head, log or (lambda _m: None)
-    task = DigitsTask(exp.style, exp.test_per_class, exp.pool_per_class, seed)
+    task = DigitsTask(exp.style, exp.test_per_class, exp.pool_per_class, seed, heavy_fraction=exp.heavy_fraction)
     gen = torch.Generator().manual_seed(seed)
     source = task.paired(task.splits.source, gen)
     pool = task.paired(task.splits.target_pool, gen)  # rows ranked within class: head(10 k) = k per class
-    test = TestSet.build(task, torch.Generator().manual_seed(10_000 + seed))
+    test = (
+        _tuning_set(task, max(exp.per_class), torch.Generator().manual_seed(10_000 + seed))
+        if exp.tune
+        else TestSet.build(task, torch.Generator().manual_seed(10_000 + seed))
+    )
     clf = FidelityClassifier().fit(task.splits.classifier.levels.double() / 16, task.splits.classifier.labels)
     factory = head_factory(kind, exp.head_options.get(kind, DEFAULT_HEAD_OPTIONS[kind]))
     cfg = _transfer_config(exp, kind, seed)
@@ -363,7 +383,7 @@ def run_digits_group(
         f"best at {src_history.best_step})"
     )
 
-    def fit(cell: DigitsCell) -> tuple[ConditionalModel | GuidedDigitsModel, float, int]:
+    def fit(cell: DigitsCell) -> tuple[DigitsModel, float, int]:
         if cell.variant == "source_only":
             return source_model, src_seconds, src_history.steps_done
         target = pool.head(N_CLASSES * cell.k)
@@ -375,9 +395,11 @@ def run_digits_group(
             model, steps = fit_digits_tgdp(source_model, source, target, cfg, exp.tgdp_options, augment)
             return model, time.perf_counter() - t0, steps
         torch.manual_seed(1_000_003 * seed + 101 * cell.k + VARIANTS.index(cell.variant))
-        fitted = fit_variants(factory, source, target, cfg, [cell.variant], source_model=source_model, augment=augment)[
-            cell.variant
-        ]
+        override = exp.variant_train.get(cell.variant, {})
+        cfg_v = replace(cfg, target_train=cfg.target_train.replace(**override)) if override else cfg
+        fitted = fit_variants(
+            factory, source, target, cfg_v, [cell.variant], source_model=source_model, augment=augment
+        )[cell.variant]
         return fitted.model, time.perf_counter() - t0, cast(TrainHistory, fitted.model.history).steps_done
 
     def one(cell: DigitsCell) -> dict[str, Any]:
@@ -392,9 +414,15 @@ def run_digits_group(
         else:
             model, fit_seconds, steps = fit(cell)
             rec, gen_draws = _score(exp, task, test, clf, cell, model, fit_seconds, steps, say)
-            premise = getattr(getattr(model, "fitted", None), "premise", None)
-            if premise is not None:  # TGDP's premise check (diffusion.tgdp.premise), made before sampling
-                rec["premise"] = premise.to_dict()
+            if cell.variant == "tgdp":  # TGDP's GuidedDiffusionModel: its premise check and probe (made before
+                from diffusion.tgdp import GuidedDiffusionModel  # sampling) and what its guard did in the solves
+
+                if not isinstance(model, GuidedDiffusionModel):
+                    raise ConfigError(f"the tgdp cell fitted a {type(model).__name__}, not a GuidedDiffusionModel")
+                guard = model.report()
+                rec["tgdp"] = guard
+                if guard["premise"] is not None:
+                    rec["premise"] = guard["premise"]
             generated.setdefault(cell.k, {})[cell.variant] = gen_draws
         if out is not None:
             atomic_write_text(out / cell.path, json.dumps(rec, indent=1, default=_jsonable))
@@ -404,6 +432,15 @@ def run_digits_group(
     if out is not None and seed == exp.seeds[0]:
         _grids(exp, kind, test, generated, out)
     return records
+
+
+def _tuning_set(task: DigitsTask, skip: int, generator: torch.Generator) -> TestSet:
+    """The target pool images beyond the first ``skip`` per class (no model trains on them), dequantised once,
+    as a stand-in test set for tuning."""
+    pool = task.splits.target_pool
+    images = pool.subset(torch.arange(N_CLASSES * skip, len(pool)))
+    y = task.pixels.dequantize(images.levels, generator, dtype=torch.float32)
+    return TestSet(images, images.one_hot(torch.float32), y, task.pixels.to_logit(y)[0])
 
 
 def _seed_reference(
@@ -423,7 +460,7 @@ def _score(
     test: TestSet,
     clf: FidelityClassifier,
     cell: DigitsCell,
-    model: ConditionalModel | GuidedDigitsModel,
+    model: DigitsModel,
     fit_seconds: float,
     steps: int,
     say: Log,

@@ -96,6 +96,82 @@ def paired_differences(
     return rows
 
 
+def paired_by_seed(records: Sequence[dict[str, Any]], a: str, b: str) -> list[dict[str, Any]]:
+    """Per (head, per_class): the mean over seeds of each seed's mean per-image NLL difference a - b (nats, the
+    same test images; b = ``source_only`` pairs with the one source-only record of the seed), its SE across seeds
+    (None with one seed), the per-seed means, and whether a is lower by more than 2 SE."""
+    index = {(r["seed"], r["head"], int(r["per_class"]), r["variant"]): r for r in records}
+    per: dict[tuple[str, int], list[float]] = {}
+    for (seed, head, k, variant), ra in sorted(index.items()):
+        rb = index.get((seed, head, 0 if b == "source_only" else k, b))  # source_only: one record for every k
+        if variant != a or rb is None:
+            continue
+        diffs = [x - y for x, y in zip(ra["nll_per_image"], rb["nll_per_image"])]
+        per.setdefault((head, k), []).append(sum(diffs) / len(diffs))
+    rows = []
+    for (head, k), means in sorted(per.items()):
+        mean, se = mean_se(means)
+        se_value = se if len(means) > 1 else None
+        rows.append(
+            {
+                "head": head,
+                "per_class": k,
+                "a": a,
+                "b": b,
+                "seeds": len(means),
+                "nll_diff": mean,
+                "nll_diff_se": se_value,
+                "per_seed": means,
+                "a_wins": se_value is not None and mean < -2 * se_value,
+            }
+        )
+    return rows
+
+
+def format_tgdp_tables(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown lines: what TGDP's guard did per cell (status, refusal reason, probe, clipped rows, switch) and the
+    paired per-seed NLL differences of TGDP against every other variant; [] without TGDP records."""
+    guarded = [r for r in records if "tgdp" in r]
+    if not guarded:
+        return []
+    lines = [
+        "",
+        "| k / class | seed | TGDP status | probe: rows with ‖∇log h‖ > limit × ‖s_src‖ (max ratio) | "
+        "rows clipped in the solves | switch | refusal reason |",
+        "|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for r in sorted(guarded, key=lambda r: (r["per_class"], r["seed"])):
+        g = r["tgdp"]
+        probe = g.get("probe")
+        probe_txt = (
+            "-" if probe is None else f"{probe['fraction']:.1%} ({probe['max_ratio']:.3g}; limit {probe['limit']:g})"
+        )
+        guard = g.get("guard")
+        clip_txt = "-" if guard is None else f"{guard['exploded']}/{guard['rows']} ({g['limit']['action']})"
+        lines.append(
+            f"| {r['per_class']} | {r['seed']} | {g['status']} | {probe_txt} | {clip_txt} | {g['switch']:g} | "
+            f"{g.get('refused') or '-'} |"
+        )
+    variants = sorted(
+        {r["variant"] for r in records} - {"tgdp", "reference"}, key=lambda v: ORDER.index(v) if v in ORDER else 99
+    )
+    rows = [d for v in variants for d in paired_by_seed(records, "tgdp", v)]
+    if rows:
+        lines += [
+            "",
+            "| head | k / class | paired NLL difference (nats) | mean over seeds ± SE | per seed | TGDP lower by > 2 SE |",
+            "|---|---:|---|---:|---|---|",
+        ]
+        for d in rows:
+            per = ", ".join(f"{m:+.2f}" for m in d["per_seed"])
+            se = math.nan if d["nll_diff_se"] is None else d["nll_diff_se"]
+            lines.append(
+                f"| {d['head']} | {d['per_class']} | tgdp − {d['b']} | {plus_minus(d['nll_diff'], se, 2)} "
+                f"| {per} | {'yes' if d['a_wins'] else 'no'} |"
+            )
+    return lines
+
+
 def format_table(records: Sequence[dict[str, Any]], references: Mapping[Any, dict[str, Any]] | None = None) -> str:
     """Markdown: the main table with the real-image reference, the density-ratio diagnostic (TGDP's premise,
     ``theory.studies.digits.domain_ratio``) and the paired transfer - no_transfer differences."""
@@ -149,6 +225,7 @@ def format_table(records: Sequence[dict[str, Any]], references: Mapping[Any, dic
                 f"| {r['per_class']} | {r['seed']} | {p['auc']:.3f} | {p['ess_fraction']:.3f} | "
                 f"{p['mean_weight']:.3f} | {verdict} |"
             )
+    lines += format_tgdp_tables(records)
     diffs = paired_differences(records)
     if diffs:
         lines += [

@@ -7,9 +7,23 @@ dequantised and logit-transformed by :class:`~theory.studies.digits.pixels.Logit
 Domains: the source holds digits in the original style; the target holds *other* digits drawn in a new style
 (``STYLES``: ``invert`` = 16 - v, white strokes become dark on a light page; ``reflect`` = mirror left-right;
 ``thicken`` = grey dilation by a 2x2 square, bolder strokes). Class structure is shared, the appearance is not.
+These three put the target (largely) OUTSIDE the source's support.
+
+``heavy_ink`` is the one target INSIDE the source's support (``SUBPOPULATIONS``): a reweighting of the source,
+the case TGDP's premise q = w p describes. No image is redrawn. Within each class the images are ranked by ink
+mass (the sum of the 64 levels, a visible feature: stroke thickness and size), and the top ``heavy_fraction``
+(default 0.35, ties broken by row order) form the heavy-ink sub-population; the target test and pool images are
+drawn from it, and the source keeps everything else: every light image and the heavy ones not drawn. So each
+target image has look-alikes in the source (the source's own heavy images: about a fifth of each class at the
+defaults), and q(x | y) = p(x | y) w(x | y) with w large on heavy strokes and near 0 on light ones. The target
+also shifts the labels: the test split holds ``round(test_per_class * (0.5 + y / 9))`` images of digit y
+(``label_shift_weights``: 0.5 for 0 up to 1.5 for 9, mean 1), so q(y) rises linearly with the digit while the
+source's label proportions stay those of the data (near uniform); the test mean NLL weighs the digits by q(y).
+The training pool stays balanced (``target_train(k)``: k images of every digit, the few-shot convention).
 
 Splits (per class, from one seeded permutation; every image belongs to exactly one split):
-``target_test`` (``test_per_class`` images, the held-out target test set no model sees), ``target_pool``
+``target_test`` (``test_per_class`` images, or the label-shifted counts of ``heavy_ink``; the held-out target
+test set no model sees; for ``heavy_ink`` drawn from the heavy-ink sub-population like the pool), ``target_pool``
 (``pool_per_class`` images; ``target_train(k)`` = the first k per class, nested in k), ``source`` (the rest).
 ``classifier`` holds the source split's images redrawn in the target style: real target-style digits for the
 fidelity classifier (no generative model sees them in that style).
@@ -26,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NoReturn
@@ -36,14 +51,16 @@ from torch import Tensor
 
 from shared_embed.data import PairedData
 from shared_embed.errors import ConfigError, DataError, ShapeError
-from shared_embed.validation import check_choice, check_positive_int
+from shared_embed.validation import check_choice, check_fraction, check_positive_int
 from theory.studies.digits.pixels import LogitPixels
 
 N_CLASSES = 10
 SIDE = 8
 D = SIDE * SIDE
 LEVELS = 17
-STYLES = ("invert", "reflect", "thicken")
+STYLES = ("invert", "reflect", "thicken", "heavy_ink")
+#: styles whose target is a sub-population of the original digits (a reweighting, inside the source's support)
+SUBPOPULATIONS = ("heavy_ink",)
 DOMAINS = ("source", "target")
 #: training draws keep u in [1e-4, 1 - 1e-4) so ``LogitPixels.redequantize`` recovers levels exactly
 DEQUANT_MARGIN = 1e-4
@@ -64,12 +81,16 @@ def load_digit_levels() -> tuple[Tensor, Tensor]:
 
 
 def apply_style(levels: Tensor, style: str) -> Tensor:
-    """Redraw images (n, 64) of levels 0..16 in ``style`` (see ``STYLES``); returns int64 levels (n, 64)."""
+    """Redraw images (n, 64) of levels 0..16 in ``style`` (see ``STYLES``); returns int64 levels (n, 64).
+
+    ``heavy_ink`` selects images and redraws none: it returns the levels unchanged."""
     check_choice("style", style, STYLES)
     if levels.dim() != 2 or levels.shape[1] != D:
         raise ShapeError(f"levels must be (n, {D}), got shape {tuple(levels.shape)}")
     img = levels.to(torch.int64).reshape(-1, SIDE, SIDE)
-    if style == "invert":
+    if style == "heavy_ink":
+        out = img
+    elif style == "invert":
         out = (LEVELS - 1) - img
     elif style == "reflect":
         out = img.flip(-1)
@@ -79,6 +100,25 @@ def apply_style(levels: Tensor, style: str) -> Tensor:
             torch.maximum(pad[:, :-1, :-1], pad[:, :-1, 1:]), torch.maximum(pad[:, 1:, :-1], pad[:, 1:, 1:])
         )
     return out.reshape(-1, D)
+
+
+def ink_mass(levels: Tensor) -> Tensor:
+    """The ink of each image (n, 64) of levels: the sum of its levels, (n,) int64."""
+    return levels.to(torch.int64).sum(-1)
+
+
+def heavy_ink_rows(levels: Tensor, fraction: float) -> tuple[Tensor, Tensor]:
+    """(heavy, light) row indices of images (n, 64): the ``ceil(fraction * n)`` with the most ink (ties by row
+    order, a stable ranking) and the rest, each in ascending row order."""
+    n = levels.shape[0]
+    order = torch.sort(-ink_mass(levels), stable=True).indices
+    top = math.ceil(fraction * n)
+    return order[:top].sort().values, order[top:].sort().values
+
+
+def label_shift_weights() -> list[float]:
+    """q(y) / (1 / 10) of the ``heavy_ink`` target: 0.5 + y / 9 for y = 0..9 (mean 1)."""
+    return [0.5 + k / 9 for k in range(N_CLASSES)]
 
 
 @dataclass(frozen=True)
@@ -125,6 +165,8 @@ class DigitsTask:
         pool_per_class: target training images per class available to :meth:`target_train`.
         seed: the split's seed.
         pixels: the dequantisation / logit map (levels must be 17).
+        heavy_fraction: for ``heavy_ink``, the share of each class (by ink mass, from the top) that forms the
+            target sub-population; unused by the other styles.
     """
 
     def __init__(
@@ -134,10 +176,12 @@ class DigitsTask:
         pool_per_class: int = 50,
         seed: int = 0,
         pixels: LogitPixels | None = None,
+        heavy_fraction: float = 0.35,
     ) -> None:
         self.style = check_choice("style", style, STYLES)
         self.test_per_class = check_positive_int("test_per_class", test_per_class)
         self.pool_per_class = check_positive_int("pool_per_class", pool_per_class)
+        self.heavy_fraction = check_fraction("heavy_fraction", heavy_fraction)
         self.seed = int(seed)
         self.pixels = pixels or LogitPixels(levels=LEVELS, alpha=0.05)
         if self.pixels.levels != LEVELS:
@@ -152,6 +196,7 @@ class DigitsTask:
             "test_per_class": self.test_per_class,
             "pool_per_class": self.pool_per_class,
             "seed": self.seed,
+            **({"heavy_fraction": self.heavy_fraction} if self.style in SUBPOPULATIONS else {}),
             "levels": self.pixels.levels,
             "alpha": self.pixels.alpha,
             "d_c": N_CLASSES,
@@ -161,21 +206,40 @@ class DigitsTask:
     d_c = N_CLASSES
     d_x = D
 
+    def test_counts(self) -> list[int]:
+        """Held-out test images per digit 0..9: ``test_per_class`` each, or the label-shifted counts of
+        ``heavy_ink`` (module docstring)."""
+        if self.style not in SUBPOPULATIONS:
+            return [self.test_per_class] * N_CLASSES
+        return [max(1, round(self.test_per_class * w)) for w in label_shift_weights()]
+
     def _split(self) -> DigitSplits:
         levels, labels = load_digit_levels()
         gen = torch.Generator().manual_seed(self.seed)
         parts: dict[str, list[Tensor]] = {"test": [], "pool": [], "source": []}
-        need = self.test_per_class + self.pool_per_class
-        for k in range(N_CLASSES):
+        for k, n_test in enumerate(self.test_counts()):
+            need = n_test + self.pool_per_class
             idx = torch.nonzero(labels == k).squeeze(1)
+            if self.style in SUBPOPULATIONS:
+                heavy, light = heavy_ink_rows(levels[idx], self.heavy_fraction)
+                if len(heavy) < need:
+                    raise DataError(
+                        f"class {k} has {len(heavy)} heavy-ink images (heavy_fraction {self.heavy_fraction}): "
+                        f"its {n_test} test + pool_per_class {self.pool_per_class} = {need} do not fit; lower them"
+                    )
+                heavy = idx[heavy][torch.randperm(len(heavy), generator=gen)]
+                parts["test"].append(heavy[:n_test])
+                parts["pool"].append(heavy[n_test:need])
+                parts["source"].append(torch.cat([heavy[need:], idx[light]]))
+                continue
             if len(idx) <= need:
                 raise DataError(
                     f"class {k} has {len(idx)} images: test_per_class + pool_per_class = {need} "
                     "leaves no source images; lower them"
                 )
             idx = idx[torch.randperm(len(idx), generator=gen)]
-            parts["test"].append(idx[: self.test_per_class])
-            parts["pool"].append(idx[self.test_per_class : need])
+            parts["test"].append(idx[:n_test])
+            parts["pool"].append(idx[n_test:need])
             parts["source"].append(idx[need:])
         # Pool rows ordered by rank within class, so the first 10k rows hold k images of every class.
         pool = torch.stack(parts["pool"], 1).reshape(-1)

@@ -1,85 +1,139 @@
-"""Conditional TGDP on the digits: the frozen source diffusion model plus a learned guidance on (x, y).
+"""Conditional TGDP on the digits: the frozen source diffusion model plus a guidance, through the library's
+:class:`~diffusion.tgdp.guided_model.GuidedDiffusionModel`.
 
-TGDP (``diffusion.tgdp``, docs/theory.md, 'TGDP') needs every piece in ONE space: the source score was
-learned on source-standardised logits x_s = (z - m_src) / s_src with context h(c), the frozen embedding of
-the label. So the target images are standardised with the SOURCE scaler, and the label enters the domain
-classifier and the guidance as the same embedding h(c) (an injective code of the 10 labels): the classifier
-c(x, y), the ratio w = ((1 - c) / c) (n_s / n_t) on every source pair, the guidance h_psi(x_t, t, y) regressed
-onto w on source pairs, and the target score s_src(x, t, y) + grad_x log h_psi(x, t, y)
-(``diffusion.tgdp.fit_tgdp`` with source and target contexts). Each image keeps the one dequantisation draw of
-its data set here (``fit_tgdp`` batches fixed tensors).
+TGDP (``diffusion.tgdp``, docs/theory.md, 'TGDP') needs every piece in ONE space: the source score was learned on
+source-standardised logits x_s = (z - m_src) / s_src with context h(c), the frozen embedding of the label. So the
+target images are standardised with the SOURCE scaler. Two estimators of the guidance (option ``estimator``):
 
-:class:`GuidedDigitsModel` gives that composed score the ``log_prob`` / ``sample`` of a fitted model in the
-logit units of the task (probability-flow likelihood and ODE sampler with the source head's settings), so
-``theory.studies.digits.evaluation`` scores it like every other variant. q(y) is not needed: every metric conditions on
-the label.
+- ``"network"``: ``diffusion.tgdp.fit_tgdp`` with contexts h(c): the domain classifier c(x, h(y)), the ratio
+  w = ((1 - c) / c) (n_s / n_t) at every source pair, the guidance network h_psi(x_t, t, h(y)) regressed onto w
+  (its options: the fields of ``TGDPConfig``);
+- ``"kernel"``: no guidance network: ``diffusion.tgdp.KernelGuidance`` computes h_t(x, y) = E[w(x_0) | x_t = x]
+  over the source rows of label y in closed form. Option ``ratio``: ``"classifier"`` (default) trains the same
+  domain classifier (on x and the one-hot label; ``classifier_hidden``, ``classifier_train``, ``balanced``) and
+  uses the plain estimate (bandwidth 0); ``"linear"`` / ``"quadratic"`` fit log w by cross-validated logistic
+  regression on x (or its degree-2 features) with per-label deviations (``diffusion.tgdp.fit_quadratic_log_ratio``;
+  ``per_label = false``: one ratio shared by every label), and the kernel density estimate of the source rows
+  with ``bandwidth`` (default ``"scott"``) integrates it in closed form, so h_0 = w exactly. ``max_rows`` caps
+  the source rows the sums run over.
 
-TGDP reweights the source law: it can only reach target images that the source already covers. The digits
-styles put the target largely outside the source's support (``theory.studies.digits.domain_ratio``), so this variant
-shows what guidance can and cannot do under a style shift.
+Either way the premise check (``diffusion.tgdp.premise``: classifier AUC, ESS / n_s, E_p[w] against the stated
+``PremiseThresholds``) runs before any guidance is used, and warns naming what fails; with ``refuse_on_premise``
+(default on) a failed premise refuses the guidance, so the model is the source model. Then
+``GuidedDiffusionModel.check_guidance`` probes |grad log h_t| / |s_src| on the noised target rows and refuses a
+guidance that explodes (``GuidanceLimit``: ``max_ratio``, ``refuse_fraction``; ``action`` clips or drops exploding
+rows during the solves). ``switch``: a switch time tau (the source score alone below it), a number in [0, 1) or
+``"select"``: chosen by ``diffusion.tgdp.select_switch`` on the held-out part of the target rows (the
+``val_fraction`` of the transfer config, the rows the baselines use for early stopping); tau = 1 (the source
+alone is better on them) refuses the guidance. The record's ``tgdp`` entry says which of these happened.
+
+q(y) is not needed: every metric conditions on the label.
 """
 
 from __future__ import annotations
 
-from typing import Any, cast
+import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from diffusion.head import DiffusionHead
-from diffusion.likelihood import probability_flow_log_prob
-from diffusion.sampling import ScoreFn, sample_ode
-from diffusion.tgdp import TGDPConfig, TGDPFit, fit_tgdp
+from diffusion.tgdp import (
+    GuidanceLimit,
+    GuidedDiffusionModel,
+    KernelGuidance,
+    PremiseReport,
+    QuadraticLogRatio,
+    TGDPConfig,
+    check_premise,
+    fit_domain_classifier,
+    fit_quadratic_log_ratio,
+    fit_tgdp,
+    select_switch,
+)
 from shared_embed.data import PairedData
 from shared_embed.errors import ConfigError
 from shared_embed.model import ConditionalModel
 from shared_embed.transfer import Augment, TransferConfig
-from shared_embed.validation import check_positive_int
+from shared_embed.validation import check_choice
+
+ESTIMATORS = ("network", "kernel")
+#: options read here; the rest go to TGDPConfig (network) or are rejected (kernel)
+_OWN = ("estimator", "max_ratio", "guard_action", "refuse_fraction", "refuse_on_premise", "switch", "max_rows")
+_KERNEL = ("classifier_hidden", "classifier_train", "balanced", "ratio", "bandwidth", "per_label")
+RATIOS = ("classifier", "linear", "quadratic")
+N_LABELS = 10
 
 
-class GuidedDigitsModel:
-    """A composed score in a source model's standardised space, read as a model of the logits z given labels c.
+def _labels(c: Tensor) -> Tensor:
+    """The label column (n, 1) float of one-hot conditions c (n, 10): the kernel guidance's context."""
+    return c.argmax(-1, keepdim=True).to(c.dtype)
 
-    ``log_prob(z (n, 64), c (n, 10)) -> (n,)`` through the probability-flow ODE (divergence, probes, tolerances
-    and t_eps of the source head) plus the scaler's log-Jacobian; ``sample(n, c) -> (n, 64)`` by the ODE sampler.
-    """
 
-    def __init__(self, score: ScoreFn, source_model: ConditionalModel, fitted: TGDPFit | None = None) -> None:
-        if not isinstance(source_model.head, DiffusionHead):
-            raise ConfigError(f"TGDP needs a diffusion source head, got {type(source_model.head).__name__}")
-        self.score = score
-        self.source = source_model
-        self.head: DiffusionHead = source_model.head
-        self.fitted = fitted
+def _one_hot(labels: Tensor) -> Tensor:
+    """One-hot (n, 10) of a label column (n, 1)."""
+    return torch.nn.functional.one_hot(labels[:, 0].round().long(), N_LABELS).to(labels.dtype)
 
-    def eval(self) -> GuidedDigitsModel:
-        self.source.eval()
-        if self.fitted is not None:
-            self.fitted.guidance.eval()
-        return self
 
-    def log_prob(self, z: Tensor, c: Tensor) -> Tensor:
-        h = self.head
-        lp = probability_flow_log_prob(
-            self.score,
-            self.source.x_scaler(z),
-            h.schedule,
-            context=self.source.embed(c),
-            divergence=h.divergence_method,
-            probes=h.probes,
-            rtol=h.rtol,
-            atol=h.atol,
-            t_eps=h.t_eps,
+def _kernel_guidance(
+    xs: Tensor, cs: Tensor, xt: Tensor, ct: Tensor, head: DiffusionHead, options: dict[str, Any], seed: int
+) -> tuple[KernelGuidance, PremiseReport, int]:
+    """(the kernel guidance, the premise report, classifier steps) from standardised source / target rows."""
+    unknown = sorted(set(options) - set(_KERNEL) - set(_OWN))
+    if unknown:
+        raise ConfigError(f"unknown tgdp option(s) {unknown} for estimator 'kernel'; valid: {sorted(_KERNEL + _OWN)}")
+    kind = check_choice("ratio", options.get("ratio", "classifier"), RATIOS)
+    if kind != "classifier":
+        ls, lt = _labels(cs), _labels(ct)
+        degree = 1 if kind == "linear" else 2
+        if bool(options.get("per_label", True)):
+            fitted = fit_quadratic_log_ratio(xs, xt, source_context=ls, target_context=lt, seed=seed, degree=degree)
+        else:  # one log ratio for every label (fewer parameters), repeated per label for the per-label kernel sums
+            shared = fit_quadratic_log_ratio(xs, xt, seed=seed, degree=degree)
+            fitted = QuadraticLogRatio(
+                shared.quad.expand(N_LABELS, -1, -1),
+                shared.linear.expand(N_LABELS, -1),
+                shared.const.expand(N_LABELS),
+                shared.prior_factor,
+                labels=torch.arange(N_LABELS, dtype=torch.float64),
+            )
+        with torch.no_grad():
+            premise = check_premise(fitted.ratio(xs, None, ls), fitted.ratio(xt, None, lt))
+        smooth = KernelGuidance(
+            xs,
+            fitted,
+            head.schedule,
+            bandwidth=options.get("bandwidth", "scott"),
+            source_context=ls,
+            max_rows=options.get("max_rows"),
         )
-        return lp + self.source.x_scaler.log_abs_det()
+        return smooth, premise, 0
+    base = TGDPConfig()
+    train = base.classifier_train.replace(**{**options.get("classifier_train", {}), "seed": seed})
+    ratio, history = fit_domain_classifier(
+        xs,
+        xt,
+        source_context=cs,
+        target_context=ct,
+        hidden=tuple(options.get("classifier_hidden", base.classifier_hidden)),
+        balanced=bool(options.get("balanced", False)),
+        config=train,
+    )
+    ratio.requires_grad_(False)
+    with torch.no_grad():
+        premise = check_premise(ratio.ratio(xs, None, cs), ratio.ratio(xt, None, ct))
 
-    def sample(self, n: int, c: Tensor) -> Tensor:
-        check_positive_int("n", n)
-        h = self.head
-        ctx = cast(Tensor, self.source.embed(c))  # the source model is conditional
-        x1 = torch.randn(n, h.features, dtype=ctx.dtype, device=ctx.device)
-        x0 = sample_ode(self.score, x1, h.schedule, context=ctx, rtol=h.rtol, atol=h.atol, t_eps=h.t_eps)
-        return self.source.x_scaler.inverse(x0)
+    def log_ratio(x: Tensor, t: Tensor | None = None, labels: Tensor | None = None) -> Tensor:
+        del t
+        if labels is None:
+            raise ConfigError("the digits kernel guidance needs the label column as context")
+        return ratio.log_ratio(x, None, _one_hot(labels))
+
+    guidance = KernelGuidance(
+        xs, log_ratio, head.schedule, bandwidth=0.0, source_context=_labels(cs), max_rows=options.get("max_rows")
+    )
+    return guidance, premise, history.steps_done
 
 
 def fit_digits_tgdp(
@@ -89,21 +143,77 @@ def fit_digits_tgdp(
     cfg: TransferConfig,
     options: dict[str, Any],
     augment: Augment | None = None,
-) -> tuple[GuidedDigitsModel, int]:
+) -> tuple[GuidedDiffusionModel, int]:
     """Conditional TGDP from a fitted (frozen-encoder) diffusion source model; returns the model and its steps.
 
-    ``augment`` is not used (``fit_tgdp`` trains on fixed tensors); ``cfg`` gives the seed.
+    ``options``: the module docstring's; ``augment`` is not used (the guidance is fitted on fixed tensors);
+    ``cfg`` gives the seed and the held-out share of the target rows (for ``switch = "select"``).
     """
     del augment
     if source_model.encoder is None:
         raise ConfigError("TGDP on the digits needs the source model's label embedding (encoder=None given)")
-    with torch.no_grad():
-        xs, xt = source_model.x_scaler(source.x), source_model.x_scaler(target.x)
-        hs, ht = source_model.embed(source.c), source_model.embed(target.c)
-    config = TGDPConfig.from_options(options, cfg.target_train.seed)
     head = source_model.head
     if not isinstance(head, DiffusionHead):
         raise ConfigError(f"TGDP needs a diffusion source head, got {type(head).__name__}")
-    fitted = fit_tgdp(head.score, xs, xt, source_context=hs, target_context=ht, schedule=head.schedule, config=config)
-    steps = sum(h.steps_done for h in fitted.histories.values())
-    return GuidedDigitsModel(fitted.score, source_model, fitted), steps
+    options = dict(options)
+    estimator = check_choice("estimator", options.get("estimator", "network"), ESTIMATORS)
+    seed = cfg.target_train.seed
+    switch = options.get("switch", 0.0)
+    if target.c is None or source.c is None:
+        raise ConfigError("TGDP on the digits needs the labels of the source and target images (c = None given)")
+    fit_x, fit_c = target.x, target.c
+    val_x: Tensor | None = None
+    val_c: Tensor | None = None
+    if switch == "select":
+        n_val = max(1, math.floor(cfg.val_fraction * target.x.shape[0]))
+        perm = torch.randperm(target.x.shape[0], generator=torch.Generator().manual_seed(seed))
+        val, keep = perm[:n_val], perm[n_val:]
+        fit_x, fit_c, val_x, val_c = target.x[keep], target.c[keep], target.x[val], target.c[val]
+    with torch.no_grad():
+        xs, xt = source_model.x_scaler(source.x), source_model.x_scaler(fit_x)
+    limit = GuidanceLimit(
+        max_ratio=float(options.get("max_ratio", 10.0)),
+        action=str(options.get("guard_action", "clip")),
+        refuse_fraction=float(options.get("refuse_fraction", 0.05)),
+    )
+    refuse_on_premise = bool(options.get("refuse_on_premise", True))
+    if estimator == "kernel":
+        guidance, premise, steps = _kernel_guidance(xs, source.c, xt, fit_c, head, options, seed)
+        model = GuidedDiffusionModel(
+            source_model,
+            guidance,
+            guidance_context=_labels,
+            limit=limit,
+            premise=premise,
+            refuse_on_premise=refuse_on_premise,
+        )
+    else:
+        tgdp_options = {k: v for k, v in options.items() if k not in _OWN}
+        config = TGDPConfig.from_options(tgdp_options, seed)
+        with torch.no_grad():
+            hs, ht = source_model.embed(source.c), source_model.embed(fit_c)
+        fitted = fit_tgdp(
+            head.score, xs, xt, source_context=hs, target_context=ht, schedule=head.schedule, config=config
+        )
+        steps = sum(h.steps_done for h in fitted.histories.values())
+        model = GuidedDiffusionModel(
+            source_model, fitted.guidance, limit=limit, premise=fitted.premise, refuse_on_premise=refuse_on_premise
+        )
+    model.eval()
+    model.check_guidance(fit_x, fit_c, seed=seed)
+    if switch == "select" and model.status != "refused" and val_x is not None and val_c is not None:
+        with torch.no_grad():
+            xv, ctx = source_model.x_scaler(val_x), model.context(val_c)
+        low_width = head.context_features or 0
+        choice = select_switch(
+            model.score,
+            lambda x, t, c: head.score(x, t, None if c is None else c[:, :low_width]),
+            xv,
+            ctx,
+            head.schedule,
+            seed=seed,
+        )
+        model.choose_switch(choice.switch, f"select_switch on {xv.shape[0]} held-out target rows: {choice.losses}")
+    elif switch != "select":
+        model.choose_switch(float(switch), "fixed in the config")
+    return model, steps
