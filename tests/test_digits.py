@@ -352,3 +352,26 @@ def test_the_digits_study_runs_and_reports_through_gentransfer(tmp_path, capsys)
 
     rerun = json.loads((out / "records.json").read_text())["records"]
     assert [untimed(r) for r in rerun] == [untimed(r) for r in records]
+
+
+def test_flow_temperature_records_both_samplings_and_bad_options_fail_early():
+    from theory.studies.digits.experiment import DigitsExperiment, run_digits_experiment
+
+    exp = DigitsExperiment.tiny(("flow",))
+    exp.variants, exp.source_only = ("transfer",), False
+    plain = run_digits_experiment(exp)["records"]
+    exp.sample_options = {"flow": {"temperature": 0.5}}
+    result = run_digits_experiment(exp)
+    (rec,), (before,) = result["records"], plain
+    assert rec["sample_options"] == {"temperature": 0.5}
+    # default sampling is the run without options, drawn from the same seed; NLL does not depend on sampling
+    assert rec["default_sampling"]["fidelity"] == before["fidelity"]
+    assert rec["default_sampling"]["mmd2"] == before["mmd2"] and rec["nll"] == before["nll"]
+    assert "default_sampling" not in before and rec["mmd2"] != before["mmd2"]
+    assert "| flow | 5 | transfer | temperature = 0.5 |" in result["table"]
+    with pytest.raises(DataError, match="sample_options.flow.temperature must be a finite number > 0"):
+        DigitsExperiment(sample_options={"flow": {"temperature": 0}})
+    with pytest.raises(ConfigError, match="unknown option.*FlowHead"):
+        DigitsExperiment(sample_options={"flow": {"temprature": 0.5}})
+    with pytest.raises(ConfigError, match="sample_options head"):
+        DigitsExperiment(sample_options={"glow": {}})

@@ -36,7 +36,7 @@ from shared_embed.head import Head
 from shared_embed.model import ConditionalModel
 from shared_embed.train import TrainConfig
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
-from shared_embed.validation import check_choice, check_positive_int
+from shared_embed.validation import check_choice, check_positive_float, check_positive_int
 from theory.engine.loop import Executor, run_cells, run_groups
 from theory.engine.run_folder import read_json
 from theory.studies.digits.domain_ratio import density_ratio_diagnostic
@@ -88,7 +88,10 @@ class DigitsExperiment:
     ``nll_rows``: test images scored for NLL per head kind (absent / None: all ``10 * test_per_class``); the
     probability-flow likelihood of a diffusion head is the slow part (its divergence, probes and tolerances
     are head options: default Hutchinson with 4 Rademacher probes, dopri5 at rtol = atol = 1e-5). ``tgdp``: run the conditional TGDP
-    variant for diffusion heads. ``grid_per_class``: images per class in the PNG grids.
+    variant for diffusion heads. ``grid_per_class``: images per class in the PNG grids. ``sample_options``: per
+    head kind, call-time sampling settings of its ``sample`` (e.g. ``{"flow": {"temperature": 0.7}}``); the
+    generated images and sample metrics use them, and each record also keeps the metrics of default sampling
+    (``theory.studies.digits.evaluation``). TGDP cells sample with their own defaults.
     """
 
     style: str = "reflect"
@@ -109,6 +112,7 @@ class DigitsExperiment:
     nll_rows: dict[str, int | None] = field(default_factory=dict)
     tgdp_options: dict[str, Any] = field(default_factory=dict)
     grid_per_class: int = 4
+    sample_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.per_class = tuple(sorted({check_positive_int("per_class", int(k)) for k in self.per_class}))
@@ -124,6 +128,8 @@ class DigitsExperiment:
         for phases in self.train.values():
             for phase in ("source", "target"):
                 TrainConfig(**phases.get(phase, {}))  # fail now on a bad field, not mid-run
+        for kind, options in self.sample_options.items():
+            _check_sample_options(kind, options)  # a bad option fails now, not mid-run
         DigitsTask(self.style, self.test_per_class, self.pool_per_class)
 
     @classmethod
@@ -173,6 +179,26 @@ class DigitsExperiment:
         )
         d["encoder_hidden"] = list(self.encoder_hidden)
         return d
+
+
+def _check_sample_options(kind: str, options: Any) -> None:
+    """ConfigError for a head kind outside ``HEADS``, options that are not a table or name an unknown option;
+    DataError for a flow temperature that is not a finite number > 0."""
+    check_choice("sample_options head", kind, HEADS)
+    if not isinstance(options, dict):
+        raise ConfigError(f"sample_options.{kind} must be a table of sampling options, got {options!r}")
+    if kind == "flow":
+        from flows import FlowHead
+
+        FlowHead.split_options(options)
+        if "temperature" in options:
+            check_positive_float("sample_options.flow.temperature", options["temperature"])
+    elif kind == "diffusion":
+        from diffusion.head import DiffusionHead
+
+        DiffusionHead.split_options(options)
+    else:
+        GaussianHead.split_options(options)
 
 
 def head_factory(kind: str, options: dict[str, Any]) -> Callable[[int | None], Head]:
@@ -433,6 +459,7 @@ def _score(
         gen_per_class=exp.gen_per_class,
         seed=7919 * seed + 13 * k,
         nll_rows=exp.nll_rows.get(kind),
+        sample_options=None if cell.variant == "tgdp" else exp.sample_options.get(kind),
     )
     generated = ev.pop("generated")
     rec = {
