@@ -121,7 +121,8 @@ def evaluate_model(
     nll_rows: int | None = None,
     sample_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every metric of one fitted model; keeps per-image NLLs (for paired comparisons) and the generated levels.
+    """Every metric of one fitted model; keeps per-image NLLs (for paired comparisons) and the generated levels
+    (``generated``; with ``sample_options`` also ``generated_default``, the default-sampling draws).
 
     With ``sample_options`` the sample metrics are of draws with those options, and ``default_sampling`` holds
     fidelity, MMD^2 and W1 of draws with the head's defaults (same seed), as the module docstring says."""
@@ -153,4 +154,6 @@ def evaluate_model(
         "eval_seconds": time.perf_counter() - start,
     }
     out["generated"] = (levels, labels)
+    if sample_options:
+        out["generated_default"] = (plain, labels)
     return out

@@ -416,7 +416,7 @@ def run_digits_group(
             premise = getattr(getattr(model, "fitted", None), "premise", None)
             if premise is not None:  # TGDP's premise check (diffusion.tgdp.premise), made before sampling
                 rec["premise"] = premise.to_dict()
-            generated.setdefault(cell.k, {})[cell.variant] = gen_draws
+            generated.setdefault(cell.k, {}).update(gen_draws)
         if out is not None:
             atomic_write_text(out / cell.path, json.dumps(rec, indent=1, default=_jsonable))
         return rec
@@ -449,7 +449,8 @@ def _score(
     steps: int,
     say: Log,
 ) -> tuple[dict[str, Any], dict]:
-    """A cell's record (held-out NLL, fidelity, MMD^2, W1, timings) and its generated images."""
+    """A cell's record (held-out NLL, fidelity, MMD^2, W1, timings) and its generated images by band name (the
+    variant; with sampling options also "<variant>, default sampling")."""
     seed, kind, k = cell.seed, cell.head, cell.k
     ev = evaluate_model(
         model,
@@ -462,6 +463,7 @@ def _score(
         sample_options=None if cell.variant == "tgdp" else exp.sample_options.get(kind),
     )
     generated = ev.pop("generated")
+    default = ev.pop("generated_default", None)
     rec = {
         "seed": seed,
         "head": kind,
@@ -477,19 +479,20 @@ def _score(
         f"fid {rec['fidelity']:.3f} MMD2 {rec['mmd2']:.4f} W1 {rec['w1']:.3f} "
         f"[fit {fit_seconds:.0f}s, {steps} steps; eval {rec['eval_seconds']:.0f}s]"
     )
-    return rec, {"levels": generated[0], "labels": generated[1]}
+    draws = {cell.variant: {"levels": generated[0], "labels": generated[1]}}
+    if default is not None:
+        draws[f"{cell.variant}, default sampling"] = {"levels": default[0], "labels": default[1]}
+    return rec, draws
 
 
 def _grids(
     exp: DigitsExperiment, kind: str, test: TestSet, generated: dict[int, dict[str, dict[str, Any]]], out: Path
 ) -> None:
-    """One PNG grid per k: real test images beside every variant generated in this run (source_only too)."""
+    """One PNG grid per k: real test images beside every variant generated in this run (source_only too), and
+    with sampling options each variant's default-sampling draws as well."""
     real = test.images
     for k in exp.per_class:
-        draws = {
-            **generated.get(k, {}),
-            **({"source_only": generated[0]["source_only"]} if "source_only" in generated.get(0, {}) else {}),
-        }
+        draws = {**generated.get(k, {}), **generated.get(0, {})}  # k = 0: source_only (and its default sampling)
         if not draws:
             continue
         bands = {"real target (test)": real.levels, **{v: g["levels"] for v, g in draws.items()}}
