@@ -34,7 +34,7 @@ class DigitsModel(Protocol):
 
     def eval(self) -> Any: ...
     def log_prob(self, x: Tensor, c: Tensor) -> Tensor: ...
-    def sample(self, n: int, c: Tensor, **options: Any) -> Tensor: ...
+    def sample(self, n: int, c: Tensor) -> Tensor: ...
 
 
 @dataclass
@@ -83,8 +83,9 @@ def generate_levels(
     dtype: torch.dtype = torch.float32,
     sample_options: dict[str, Any] | None = None,
 ) -> tuple[Tensor, int]:
-    """Integer images (n, 64) drawn for ``labels`` (n,) with the head's ``sample_options`` (None: its defaults),
-    and the number of non-finite generated values."""
+    """Integer images (n, 64) drawn for ``labels`` (n,) with the head's ``sample_options`` (None: its defaults;
+    a model whose ``sample`` takes no options, such as TGDP's, must get None), and the number of non-finite
+    generated values."""
     c = torch.nn.functional.one_hot(labels, N_CLASSES).to(dtype)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
