@@ -99,8 +99,14 @@ class FlowModule(nn.Module, ABC):
         """log-density (n,) of x (n, features) given context (n, k) or None."""
 
     @abstractmethod
-    def rsample(self, n: int, context: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
-        """(n, features) reparameterised draws; context is (n, k) or None; ``generator`` seeds them."""
+    def rsample(
+        self, n: int, context: Tensor | None, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        """(n, features) reparameterised draws; context is (n, k) or None; ``generator`` seeds them.
+
+        ``temperature`` scales the standard normal base noise before the inverse transform (1: the flow's own
+        distribution, unchanged; below 1: draws nearer the flow's mode).
+        """
 
 
 class ZukoFlow(FlowModule):
@@ -114,13 +120,20 @@ class ZukoFlow(FlowModule):
         log_p: Tensor = self.flow(context).log_prob(x)
         return log_p
 
-    def rsample(self, n: int, context: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
+    def rsample(
+        self, n: int, context: Tensor | None, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> Tensor:
         dist = self.flow(context)
         like = next(self.flow.parameters(), None)
         with global_rng_from(
             generator, torch.device("cpu") if like is None else like.device
         ):  # zuko takes no generator
-            draws: Tensor = dist.rsample((n,)) if context is None else dist.rsample()
+            draws: Tensor
+            if temperature == 1.0:
+                draws = dist.rsample((n,)) if context is None else dist.rsample()
+                return draws
+            z = dist.base.rsample((n,) if context is None else ())  # every builder's base is a standard normal
+            draws = dist.transform.inv(z * temperature)
             return draws
 
 
@@ -135,11 +148,15 @@ class NflowsFlow(FlowModule):
         log_p: Tensor = self.flow.log_prob(x, context=context)
         return log_p
 
-    def rsample(self, n: int, context: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
+    def rsample(
+        self, n: int, context: Tensor | None, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> Tensor:
         # nflows' StandardNormal draws float32 noise whatever the flow's dtype, so draw it here in the
         # parameters' dtype and push it through the inverse transform (what ``Flow.sample`` does).
         ref = next(self.flow.parameters())
         noise = torch.randn(n, self.spec.features, generator=generator, dtype=ref.dtype, device=ref.device)
+        if temperature != 1.0:
+            noise = noise * temperature
         x: Tensor
         x, _ = self.flow._transform.inverse(noise, context=context)
         return x

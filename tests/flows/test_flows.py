@@ -12,6 +12,8 @@ from shared_embed import (
     CheckpointError,
     ConditionalModel,
     ConfigError,
+    DataError,
+    DTypeError,
     Encoder,
     FixedEmbedding,
     ShapeError,
@@ -234,3 +236,50 @@ def test_flow_head_fits_conditional_gaussian(backend: str, transform: str) -> No
     est = kl_to_task(task, model, "target", n=20_000, generator=gen)
     assert est.value < 0.03, est
     assert est.se < 0.005
+
+
+# -- sampling temperature -----------------------------------------------------------------------------
+def _to_base(head: FlowHead, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """The base-space point of x: the flow's forward transform (library internals, test only)."""
+    flow = head.flow
+    if head.backend == "zuko":
+        return flow.flow(c).transform(x)
+    return flow.flow._transform(x, context=c)[0]
+
+
+@pytest.mark.parametrize("backend,transform", [p for p in ALL if p[1] != "cnf"], ids=[i for i in IDS if "cnf" not in i])
+def test_temperature_scales_the_base_noise(backend: str, transform: str) -> None:
+    """The same seed at temperature 0.5 lands on half the base point of the temperature-1 draw; temperature 1
+    is the default draw exactly."""
+    head = randomise(small_head(backend, transform), 0.2).double().eval()
+    c = torch.randn(50, 3, dtype=torch.float64)
+    plain = head.sample(50, c, generator=torch.Generator().manual_seed(3))
+    one = head.sample(50, c, generator=torch.Generator().manual_seed(3), temperature=1.0)
+    cold = head.sample(50, c, generator=torch.Generator().manual_seed(3), temperature=0.5)
+    assert torch.equal(plain, one)
+    assert not torch.allclose(plain, cold)
+    with torch.no_grad():
+        torch.testing.assert_close(_to_base(head, cold, c), 0.5 * _to_base(head, plain, c), atol=1e-6, rtol=1e-6)
+
+
+def test_temperature_reaches_the_head_through_the_model_and_its_distribution() -> None:
+    head = randomise(small_head("zuko", "nsf"), 0.2).eval()
+    model = ConditionalModel(head, Encoder(3, 3, hidden=(8,)), Standardizer(2), Standardizer(3)).eval()
+    c = torch.randn(20, 3)
+    torch.manual_seed(0)
+    cold = model.sample(20, c, temperature=0.1)
+    torch.manual_seed(0)
+    plain = model.sample(20, c)
+    assert cold.std(0).sum() < plain.std(0).sum()  # draws pulled together towards the flow's centre
+    assert head(c[:4], temperature=0.1).sample((2,)).shape == (2, 4, 2)
+    with pytest.raises(ConfigError, match="unknown option.*valid options: temperature"):
+        model.sample(5, c[:5], temprature=0.5)
+
+
+@pytest.mark.parametrize("bad", [0, -0.5, float("nan"), float("inf")])
+def test_invalid_temperature_is_rejected_naming_it(bad: float) -> None:
+    head = small_head("zuko", "nsf")
+    with pytest.raises(DataError, match="temperature must be a finite number > 0"):
+        head.sample(3, torch.randn(3, 3), temperature=bad)
+    with pytest.raises(DTypeError, match="temperature must be a number"):
+        head.rsample(3, torch.randn(3, 3), temperature="cold")

@@ -155,6 +155,8 @@ def test_head_options_are_checked_by_name() -> None:
     with pytest.raises(ConfigError, match="unknown option.*valid options: atol, divergence"):
         HEADS["diffusion"](3)(torch.randn(2, 3), solver="euler")
     with pytest.raises(ConfigError, match="valid options: none"):
+        HEADS["gaussian"](3)(torch.randn(2, 3), steps=3)
+    with pytest.raises(ConfigError, match="valid options: temperature"):
         HEADS["zuko"](3)(torch.randn(2, 3), steps=3)
 
 

@@ -421,3 +421,26 @@ def test_the_kernel_guidance_options_build_a_per_label_or_shared_linear_ratio():
         shared = bool((ratio.linear == ratio.linear[:1]).all())
         assert shared is not per_label
         assert guidance.log_h(xt[:6], torch.full((6,), 0.3), _labels(tgt.c[:6])).shape == (6,)
+
+
+def test_flow_temperature_records_both_samplings_and_bad_options_fail_early():
+    from theory.studies.digits.experiment import DigitsExperiment, run_digits_experiment
+
+    exp = DigitsExperiment.tiny(("flow",))
+    exp.variants, exp.source_only = ("transfer",), False
+    plain = run_digits_experiment(exp)["records"]
+    exp.sample_options = {"flow": {"temperature": 0.5}}
+    result = run_digits_experiment(exp)
+    (rec,), (before,) = result["records"], plain
+    assert rec["sample_options"] == {"temperature": 0.5}
+    # default sampling is the run without options, drawn from the same seed; NLL does not depend on sampling
+    assert rec["default_sampling"]["fidelity"] == before["fidelity"]
+    assert rec["default_sampling"]["mmd2"] == before["mmd2"] and rec["nll"] == before["nll"]
+    assert "default_sampling" not in before and rec["mmd2"] != before["mmd2"]
+    assert "| flow | 5 | transfer | temperature = 0.5 |" in result["table"]
+    with pytest.raises(DataError, match="sample_options.flow.temperature must be a finite number > 0"):
+        DigitsExperiment(sample_options={"flow": {"temperature": 0}})
+    with pytest.raises(ConfigError, match="unknown option.*FlowHead"):
+        DigitsExperiment(sample_options={"flow": {"temprature": 0.5}})
+    with pytest.raises(ConfigError, match="sample_options head"):
+        DigitsExperiment(sample_options={"glow": {}})

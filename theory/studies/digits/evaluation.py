@@ -8,6 +8,10 @@
 - MMD^2 and W1 between the generated images and the held-out test images, both as levels / 16 in [0, 1]^64:
   unbiased MMD^2 with a Gaussian kernel at the median-heuristic bandwidth, exact W1 (Euclidean cost, POT).
 
+With ``sample_options`` (a head's call-time sampling settings, e.g. a flow's ``temperature``) the samples are
+drawn with them and scored as above, and the same metrics of samples drawn with the head's default settings
+(the fitted density itself) are kept beside them under ``default_sampling``, so neither hides the other.
+
 Generated logits are decoded to integer levels by :meth:`LogitPixels.levels_from_logit` (floor, clamped to
 0..16); non-finite draws (none expected) are counted and decoded as 0.
 """
@@ -72,14 +76,21 @@ def pixel_log_prob(
 
 
 def generate_levels(
-    model: DigitsModel, task: DigitsTask, labels: Tensor, seed: int, dtype: torch.dtype = torch.float32
+    model: DigitsModel,
+    task: DigitsTask,
+    labels: Tensor,
+    seed: int,
+    dtype: torch.dtype = torch.float32,
+    sample_options: dict[str, Any] | None = None,
 ) -> tuple[Tensor, int]:
-    """Integer images (n, 64) drawn for ``labels`` (n,), and the number of non-finite generated values."""
+    """Integer images (n, 64) drawn for ``labels`` (n,) with the head's ``sample_options`` (None: its defaults;
+    a model whose ``sample`` takes no options, such as TGDP's, must get None), and the number of non-finite
+    generated values."""
     c = torch.nn.functional.one_hot(labels, N_CLASSES).to(dtype)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with torch.no_grad():
-            z = model.sample(len(labels), c)
+            z = model.sample(len(labels), c, **(sample_options or {}))
     bad = int((~torch.isfinite(z)).sum())
     z = torch.nan_to_num(
         z, nan=task.pixels.z_bounds[0], posinf=task.pixels.z_bounds[1] * 10, neginf=task.pixels.z_bounds[0] * 10
@@ -109,14 +120,30 @@ def evaluate_model(
     gen_per_class: int,
     seed: int,
     nll_rows: int | None = None,
+    sample_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every metric of one fitted model; keeps per-image NLLs (for paired comparisons) and the generated levels."""
+    """Every metric of one fitted model; keeps per-image NLLs (for paired comparisons) and the generated levels
+    (``generated``; with ``sample_options`` also ``generated_default``, the default-sampling draws).
+
+    With ``sample_options`` the sample metrics are of draws with those options, and ``default_sampling`` holds
+    fidelity, MMD^2 and W1 of draws with the head's defaults (same seed), as the module docstring says."""
     start = time.perf_counter()
     model.eval()
     log_py = pixel_log_prob(model, task, test, nll_rows)
     nll_seconds = time.perf_counter() - start
     labels = torch.arange(N_CLASSES).repeat_interleave(gen_per_class)
-    levels, bad = generate_levels(model, task, labels, seed, test.z.dtype)
+    levels, bad = generate_levels(model, task, labels, seed, test.z.dtype, sample_options)
+    default: dict[str, Any] = {}
+    if sample_options:
+        plain, plain_bad = generate_levels(model, task, labels, seed, test.z.dtype)
+        metrics = sample_metrics(plain, labels, test, clf)
+        default = {
+            "sample_options": dict(sample_options),
+            "default_sampling": {
+                **{key: metrics[key] for key in ("fidelity", "fidelity_per_class", "mmd2", "w1")},
+                "nonfinite_samples": plain_bad,
+            },
+        }
     out = {
         **nll_summary(log_py, D),
         "nll_per_image": (-log_py).tolist(),
@@ -124,7 +151,10 @@ def evaluate_model(
         **sample_metrics(levels, labels, test, clf),
         "n_generated": len(labels),
         "nonfinite_samples": bad,
+        **default,
         "eval_seconds": time.perf_counter() - start,
     }
     out["generated"] = (levels, labels)
+    if sample_options:
+        out["generated_default"] = (plain, labels)
     return out

@@ -36,7 +36,7 @@ from shared_embed.gaussian import GaussianHead
 from shared_embed.head import Head
 from shared_embed.train import TrainConfig, TrainHistory
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
-from shared_embed.validation import check_choice, check_positive_int
+from shared_embed.validation import check_choice, check_positive_float, check_positive_int
 from theory.engine.loop import Executor, run_cells, run_groups
 from theory.engine.run_folder import read_json
 from theory.studies.digits.domain_ratio import density_ratio_diagnostic
@@ -91,7 +91,10 @@ class DigitsExperiment:
     ``nll_rows``: test images scored for NLL per head kind (absent / None: all ``10 * test_per_class``); the
     probability-flow likelihood of a diffusion head is the slow part (its divergence, probes and tolerances
     are head options: default Hutchinson with 4 Rademacher probes, dopri5 at rtol = atol = 1e-5). ``tgdp``: run the conditional TGDP
-    variant for diffusion heads. ``grid_per_class``: images per class in the PNG grids.
+    variant for diffusion heads. ``grid_per_class``: images per class in the PNG grids. ``sample_options``: per
+    head kind, call-time sampling settings of its ``sample`` (e.g. ``{"flow": {"temperature": 0.7}}``); the
+    generated images and sample metrics use them, and each record also keeps the metrics of default sampling
+    (``theory.studies.digits.evaluation``). TGDP cells sample with their own defaults.
 
     ``variant_train``: per variant (``transfer``, ``no_transfer``, ``fine_tune``), TrainConfig fields that
     override the head's target phase for that variant only (each baseline tuned on its own). ``tune``: score
@@ -121,6 +124,7 @@ class DigitsExperiment:
     grid_per_class: int = 4
     variant_train: dict[str, dict[str, Any]] = field(default_factory=dict)
     tune: bool = False
+    sample_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.per_class = tuple(sorted({check_positive_int("per_class", int(k)) for k in self.per_class}))
@@ -136,6 +140,8 @@ class DigitsExperiment:
         for phases in self.train.values():
             for phase in ("source", "target"):
                 TrainConfig(**phases.get(phase, {}))  # fail now on a bad field, not mid-run
+        for kind, options in self.sample_options.items():
+            _check_sample_options(kind, options)  # a bad option fails now, not mid-run
         DigitsTask(self.style, self.test_per_class, self.pool_per_class, heavy_fraction=self.heavy_fraction)
         for variant, fields_ in self.variant_train.items():
             check_choice("variant_train variant", variant, VARIANTS)
@@ -193,6 +199,26 @@ class DigitsExperiment:
         )
         d["encoder_hidden"] = list(self.encoder_hidden)
         return d
+
+
+def _check_sample_options(kind: str, options: Any) -> None:
+    """ConfigError for a head kind outside ``HEADS``, options that are not a table or name an unknown option;
+    DataError for a flow temperature that is not a finite number > 0."""
+    check_choice("sample_options head", kind, HEADS)
+    if not isinstance(options, dict):
+        raise ConfigError(f"sample_options.{kind} must be a table of sampling options, got {options!r}")
+    if kind == "flow":
+        from flows import FlowHead
+
+        FlowHead.split_options(options)
+        if "temperature" in options:
+            check_positive_float("sample_options.flow.temperature", options["temperature"])
+    elif kind == "diffusion":
+        from diffusion.head import DiffusionHead
+
+        DiffusionHead.split_options(options)
+    else:
+        GaussianHead.split_options(options)
 
 
 def head_factory(kind: str, options: dict[str, Any]) -> Callable[[int | None], Head]:
@@ -423,7 +449,7 @@ def run_digits_group(
                 rec["tgdp"] = guard
                 if guard["premise"] is not None:
                     rec["premise"] = guard["premise"]
-            generated.setdefault(cell.k, {})[cell.variant] = gen_draws
+            generated.setdefault(cell.k, {}).update(gen_draws)
         if out is not None:
             atomic_write_text(out / cell.path, json.dumps(rec, indent=1, default=_jsonable))
         return rec
@@ -465,7 +491,8 @@ def _score(
     steps: int,
     say: Log,
 ) -> tuple[dict[str, Any], dict]:
-    """A cell's record (held-out NLL, fidelity, MMD^2, W1, timings) and its generated images."""
+    """A cell's record (held-out NLL, fidelity, MMD^2, W1, timings) and its generated images by band name (the
+    variant; with sampling options also "<variant>, default sampling")."""
     seed, kind, k = cell.seed, cell.head, cell.k
     ev = evaluate_model(
         model,
@@ -475,8 +502,10 @@ def _score(
         gen_per_class=exp.gen_per_class,
         seed=7919 * seed + 13 * k,
         nll_rows=exp.nll_rows.get(kind),
+        sample_options=None if cell.variant == "tgdp" else exp.sample_options.get(kind),
     )
     generated = ev.pop("generated")
+    default = ev.pop("generated_default", None)
     rec = {
         "seed": seed,
         "head": kind,
@@ -492,19 +521,20 @@ def _score(
         f"fid {rec['fidelity']:.3f} MMD2 {rec['mmd2']:.4f} W1 {rec['w1']:.3f} "
         f"[fit {fit_seconds:.0f}s, {steps} steps; eval {rec['eval_seconds']:.0f}s]"
     )
-    return rec, {"levels": generated[0], "labels": generated[1]}
+    draws = {cell.variant: {"levels": generated[0], "labels": generated[1]}}
+    if default is not None:
+        draws[f"{cell.variant}, default sampling"] = {"levels": default[0], "labels": default[1]}
+    return rec, draws
 
 
 def _grids(
     exp: DigitsExperiment, kind: str, test: TestSet, generated: dict[int, dict[str, dict[str, Any]]], out: Path
 ) -> None:
-    """One PNG grid per k: real test images beside every variant generated in this run (source_only too)."""
+    """One PNG grid per k: real test images beside every variant generated in this run (source_only too), and
+    with sampling options each variant's default-sampling draws as well."""
     real = test.images
     for k in exp.per_class:
-        draws = {
-            **generated.get(k, {}),
-            **({"source_only": generated[0]["source_only"]} if "source_only" in generated.get(0, {}) else {}),
-        }
+        draws = {**generated.get(k, {}), **generated.get(0, {})}  # k = 0: source_only (and its default sampling)
         if not draws:
             continue
         bands = {"real target (test)": real.levels, **{v: g["levels"] for v, g in draws.items()}}

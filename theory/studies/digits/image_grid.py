@@ -76,6 +76,6 @@ def save_digit_grid(
     fig.subplots_adjust(left=0.2)  # room for the horizontal band names
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # keeps long band names and the title inside the image
     plt.close(fig)
     return path

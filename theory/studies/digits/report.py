@@ -2,8 +2,9 @@
 
 Per (head, k, variant), means over seeds of: test NLL (nats per image) and bits/dim, fidelity, MMD^2 and W1.
 Standard errors: across seeds when there are several; with one seed, the NLL's SE over test images and the
-fidelity's binomial SE sqrt(p (1 - p) / n). The paired comparison transfer - no_transfer uses per-image NLL
-differences on the same test images (SE over images, pooled over seeds).
+fidelity's binomial SE sqrt(p (1 - p) / n). Records drawn with sampling options (e.g. a flow's temperature) also
+carry the metrics of default sampling; their rows get a second table that sets the two side by side. The paired
+comparison transfer - no_transfer uses per-image NLL differences on the same test images (SE over images, pooled over seeds).
 
 Held-out NLLs of few-shot models are heavy-tailed: a test image with a pixel level that the few training
 images never show at that position can get an astronomically low density (a diffusion model's
@@ -51,10 +52,16 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         row["nll_median"] = sum(_median(r["nll_per_image"]) for r in rs) / len(rs)
         row["outliers"] = sum(sum(v > OUTLIER_NATS for v in r["nll_per_image"]) for r in rs)
         row["images"] = sum(len(r["nll_per_image"]) for r in rs)
+        if all("default_sampling" in r for r in rs):
+            row["sample_options"] = rs[0]["sample_options"]
+            for key in ("fidelity", "mmd2", "w1"):
+                row[f"default_{key}"], row[f"default_{key}_se"] = mean_se([r["default_sampling"][key] for r in rs])
         if len(rs) == 1:
             row["nll_se"], row["bpd_se"] = rs[0]["nll_se"], rs[0]["bpd_se"]
-            p = rs[0]["fidelity"]
-            row["fidelity_se"] = math.sqrt(p * (1 - p) / rs[0]["n_generated"])
+            for key in ("fidelity", "default_fidelity"):
+                if key in row:
+                    p = row[key]
+                    row[f"{key}_se"] = math.sqrt(p * (1 - p) / rs[0]["n_generated"])
         rows.append(row)
     rows.sort(key=lambda r: (r["head"], r["per_class"], ORDER.index(r["variant"]) if r["variant"] in ORDER else 99))
     return rows
@@ -197,6 +204,22 @@ def format_table(records: Sequence[dict[str, Any]], references: Mapping[Any, dic
             f"| real target-style digits | - | - | reference | - | - | - | - | "
             f"{mean('classifier_test_accuracy'):.3f} | {mean('mmd2'):.4f} | {mean('w1'):.3f} |"
         )
+    optioned = [r for r in summarize(records) if "sample_options" in r]
+    if optioned:
+        lines += [
+            "",
+            "| head | k / class | variant | sampling options | fidelity | fidelity, default sampling | MMD² | "
+            "MMD², default sampling |",
+            "|---|---:|---|---|---:|---:|---:|---:|",
+        ]
+        for r in optioned:
+            k = "-" if r["variant"] == "source_only" else str(r["per_class"])
+            options = ", ".join(f"{name} = {value}" for name, value in sorted(r["sample_options"].items()))
+            lines.append(
+                f"| {r['head']} | {k} | {r['variant']} | {options} | {plus_minus(r['fidelity'], r['fidelity_se'], 3)} | "
+                f"{plus_minus(r['default_fidelity'], r['default_fidelity_se'], 3)} | {r['mmd2']:.4f} | "
+                f"{r['default_mmd2']:.4f} |"
+            )
     ratios = [r["domain_ratio"] for r in (references or {}).values() if "domain_ratio" in r]
     if ratios:
         lines += [
