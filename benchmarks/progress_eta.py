@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "default.toml")
     p.add_argument("--out", type=Path, help="JSON-lines file (default benchmarks/results/progress_eta.jsonl)")
+    p.add_argument("--timeline", type=Path, help="also write every progress line with its arrival time (CSV)")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="gentransfer_eta_"))
     script = Path(sys.executable).with_name("gentransfer")
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                 done, total = int(m.group(1)), int(m.group(2))
                 lines.append((time.perf_counter() - start, done, total, seconds(m.group(3)), seconds(m.group(4))))
     shutil.rmtree(tmp, ignore_errors=True)
+    if args.timeline is not None:
+        rows = ["arrival_s,done,total,printed_left_s"] + [f"{t:.2f},{d},{n},{left:g}" for t, d, n, _e, left in lines]
+        args.timeline.write_text("\n".join(rows) + "\n")
     if proc.returncode or not lines:
         print(f"the run failed (exit {proc.returncode}) or printed no progress line")
         return 1

@@ -55,18 +55,32 @@ class Progress:
 
     The time left is weighted by work: each cell counts for its share of ``work`` (estimated cost of each group,
     e.g. CPU-seconds, spread evenly over the group's cells; default one unit per cell), so cells that take no
-    time (an exact linear fit) do not count as much as a flow's. Left = elapsed / work done x work left.
+    time (an exact linear fit) do not count as much as a flow's.
+
+    - One group at a time (this process): left = elapsed / work done x work left.
+    - Groups on ``workers`` in parallel (:meth:`start_group` / :meth:`finish_group`): the seconds per unit of work
+      k are learned from the finished groups' own durations; each running group is credited with the share of its
+      work its running time stands for (at most 95%); left = the larger of (work left x k / the workers the
+      unfinished groups keep busy) and the longest running group's own remainder. Without it a group that
+      finishes first would be charged for the time every other worker spent on work not yet counted.
 
     With a ``heartbeat`` (seconds), a line also comes when no cell has finished for that long (the first after
     ``heartbeat`` seconds, then every ``4 x heartbeat``): a huge first cell or a cluster with no free worker is
     never silence. Call :meth:`stop` when the run ends."""
 
-    def __init__(self, total: int, say: Log, heartbeat: float | None = None, work: float | None = None) -> None:
+    def __init__(
+        self, total: int, say: Log, heartbeat: float | None = None, work: float | None = None, workers: int = 1
+    ) -> None:
         self.total, self.done, self.say, self.start = total, 0, say, time.perf_counter()
         self.work = float(total) if work is None else float(work)
         self.work_done = 0.0
+        self.workers = max(int(workers), 1)
         #: id(group) -> its work, set by :func:`run_groups` (groups not listed count one unit per cell)
         self.group_work: dict[int, float] = {}
+        self._running: dict[int, tuple[float, float]] = {}  # id(group) -> (start time, work)
+        self._finished_seconds = 0.0
+        self._finished_work = 0.0
+        self._groups_finished = 0
         self.last = self.start
         self._stopped = threading.Event()
         if heartbeat is not None and total > 0:
@@ -78,16 +92,40 @@ class Progress:
         self.work_done += float(cells) if work is None else work
         self.last = time.perf_counter()
         elapsed = self.last - self.start
-        share = self.work_done / self.work if self.work > 0 else self.done / max(self.total, 1)
-        left = elapsed / share * (1.0 - share) if share > 0 else float("nan")
+        left = self._parallel_left(self.last) if self._finished_work > 0 else self._serial_left(elapsed)
         self.say(
             f"progress: {self.done}/{self.total} cells done, {duration(elapsed)} elapsed"
             + (f", about {duration(max(left, 0.0))} left" if left == left else "")
         )
 
+    def _serial_left(self, elapsed: float) -> float:
+        share = self.work_done / self.work if self.work > 0 else self.done / max(self.total, 1)
+        return elapsed / share * (1.0 - share) if share > 0 else float("nan")
+
+    def _parallel_left(self, now: float) -> float:
+        per_work = self._finished_seconds / self._finished_work  # seconds of one worker per unit of work
+        credit, longest = 0.0, 0.0
+        for started, work in self._running.values():
+            share = min(0.95, (now - started) / (work * per_work)) if work > 0 else 0.95
+            credit += share * work
+            longest = max(longest, (1.0 - share) * work * per_work)
+        unfinished = max(len(self.group_work) - self._groups_finished, len(self._running), 1)
+        return max((self.work - self.work_done - credit) * per_work / min(self.workers, unfinished), longest)
+
+    def start_group(self, group: GroupLike) -> None:
+        """A worker starts ``group`` now (the parallel estimate of the time left)."""
+        work = self.group_work.get(id(group), float(len(group.cells)))
+        self._running[id(group)] = (time.perf_counter(), work)
+
     def finish_group(self, group: GroupLike) -> None:
         """A whole group is done (an executor's or a worker's): its cells and its work."""
-        self.advance(len(group.cells), self.group_work.get(id(group), float(len(group.cells))))
+        work = self.group_work.get(id(group), float(len(group.cells)))
+        started = self._running.pop(id(group), None)
+        self._groups_finished += 1
+        if started is not None and self.workers > 1:
+            self._finished_seconds += time.perf_counter() - started[0]
+            self._finished_work += work
+        self.advance(len(group.cells), work)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -191,8 +229,13 @@ def run_groups(
     if not groups:
         return []
     costs = [float(cost(g)) if cost is not None else float(len(g.cells)) for g in groups]
+    parallel = executor is None and workers > 1 and len(groups) > 1
     progress = Progress(
-        sum(len(g.cells) for g in groups), say, HEARTBEAT_SECONDS if log is not None else None, work=sum(costs)
+        sum(len(g.cells) for g in groups),
+        say,
+        HEARTBEAT_SECONDS if log is not None else None,
+        work=sum(costs),
+        workers=min(workers, len(groups)) if parallel else 1,
     )
     progress.group_work = {id(g): c for g, c in zip(groups, costs)}
     try:
@@ -246,12 +289,18 @@ def _run_groups(
             pool.submit(_worker, runner, spec, out, g, log is not None): i for i, g in enumerate(groups)
         }
         pending = set(futures)
+        started = min(workers, len(groups))  # the pool takes groups in submission order, one per free worker
+        for g in groups[:started]:
+            progress.start_group(g)
         try:
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     results[futures[fut]] = fut.result()  # re-raises a worker's error here
                     progress.finish_group(groups[futures[fut]])
+                    if started < len(groups):
+                        progress.start_group(groups[started])
+                        started += 1
         except BaseException as err:
             for fut in pending:
                 fut.cancel()

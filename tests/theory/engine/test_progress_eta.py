@@ -66,3 +66,26 @@ def test_an_exact_heads_cells_cost_no_training_steps() -> None:
     flow = ExperimentConfig.from_dict({**raw, "heads": {"linear": {"kind": "flow"}}})
     [flow_group] = [g for g in plan_groups(plan_cells(flow)) if g.n_s is not None]
     assert group_cost(flow, flow_group) > 100 * group_cost(config, group)
+
+
+def test_parallel_groups_credit_the_work_still_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers, four groups of equal work, each 10 s: when the first ends at 10 s (the second nearly done
+    too), the time left is the two groups still queued on two workers, 10 s, not the 30 s that counting the
+    finished work alone would give."""
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    said: list[str] = []
+    groups = [_Group(3, 5.0) for _ in range(4)]
+    progress = Progress(12, said.append, work=20.0, workers=2)
+    progress.group_work = {id(g): 5.0 for g in groups}
+    progress.start_group(groups[0])
+    now[0] = 0.5
+    progress.start_group(groups[1])
+    now[0] = 10.0
+    progress.finish_group(groups[0])
+    progress.start_group(groups[2])
+    assert _left(said[-1]) == 10  # 5 units running at 95% (0.95 x 5 credited), 10 left, 2 s per unit, 2 workers
+    now[0] = 10.5
+    progress.finish_group(groups[1])
+    progress.start_group(groups[3])
+    assert 9 <= _left(said[-1]) <= 10
