@@ -42,7 +42,7 @@ no_transfer (everything learned on the target alone), fine_tune, oracle (the tru
 report sets the measured KL curves beside the theory's predicted rates and checks its claims.
 
 Quick start:
-  gentransfer run configs/default.toml --out runs/default     (about 3 minutes on 2 cores)
+  gentransfer run configs/default.toml --out runs/default     (about 2 minutes on 2 cores)
   then read runs/default/report.md.
 
 What a run writes into its --out folder:
