@@ -1,23 +1,29 @@
-"""What ``run`` does the same way for every study that takes no ``--shard`` / ``--device``: worker and thread
-counts from the options or the config's ``run`` table, the executor, the first progress line, the report, timing.
+"""What every study that takes no ``--shard`` / ``--device`` does the same way: worker and thread counts from the
+options or the config's ``run`` table, the executor, the first progress line, the report, timing
+(:func:`run_study_cells`), and the ``run`` / ``report`` / ``records`` calls of :class:`theory.engine.study.Study`
+built from a study's own pieces (:class:`CellStudy`).
 
-A study's ``run(raw, out, options)`` is ``run_study_cells(raw, out, options, name=..., run_cells=..., report=...)``
-with its own ``run_cells(raw, out, workers=, log=, executor=)`` and ``report(out) -> (path, table)``.
+Example (a study module)::
+
+    _CELLS = CellStudy("digits", parse, run_study, build_study_report, lambda exp, out: load(exp, out))
+    run, report, records = _CELLS.run, _CELLS.report, _CELLS.records
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared_embed.errors import ConfigError
+from shared_embed.errors import ConfigError, DataError
 from theory.engine.executors import check_threads
 from theory.engine.folder_lock import hold_folder
-from theory.engine.study import RunOptions
+from theory.engine.run_folder import check_no_links, read_json
+from theory.engine.study import ReportOptions, RunOptions
 
-__all__ = ["refuse_options", "run_study_cells"]
+__all__ = ["CellStudy", "refuse_options", "run_study_cells"]
 
 
 def refuse_options(kind: str, accepted: frozenset[str], options: RunOptions) -> None:
@@ -65,3 +71,35 @@ def run_study_cells(
             print(f"\n{table}\n\nReport: {path}")
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0
+
+
+@dataclass(frozen=True)
+class CellStudy:
+    """The ``run`` / ``report`` / ``records`` of a study whose cells live under ``DIR/cells/``, from its pieces:
+    ``parse(raw) -> (experiment table, settings)`` (ConfigError naming a bad key), ``run_cells(raw, out, workers=,
+    log=, executor=)``, ``build_report(out) -> (path, table)`` and ``load(settings, out) -> records``."""
+
+    kind: str
+    parse: Callable[[dict[str, Any]], tuple[dict[str, Any], Any]]
+    run_cells: Callable[..., Any]
+    build_report: Callable[[Path], tuple[Path, str]]
+    load: Callable[[Any, Path], list[dict[str, Any]]]
+
+    def run(self, raw: dict[str, Any], out: Path, options: RunOptions) -> int:
+        """``gentransfer run``: every setting checked before the folder is touched, the cells, then the report."""
+        self.parse(raw)
+        return run_study_cells(raw, out, options, kind=self.kind, run_cells=self.run_cells, report=self.build_report)
+
+    def report(self, out: Path, options: ReportOptions) -> str:
+        """``gentransfer report``: rebuilds the report; returns the table and where the report is."""
+        del options
+        path, table = self.build_report(out)
+        return f"{table}\n\nReport: {path}"
+
+    def records(self, out: Path) -> list[dict[str, Any]]:
+        """The folder's cell records as written (see :func:`theory.engine.results.read_results`)."""
+        check_no_links(out, ("cells",))
+        raw = read_json(out / "config.json")
+        if raw is None or raw.get("experiment", {}).get("kind") != self.kind:
+            raise DataError(f"{out} holds no {self.kind} config.json: is it a folder written by 'gentransfer run'?")
+        return self.load(self.parse(raw)[1], out)

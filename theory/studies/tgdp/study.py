@@ -18,8 +18,7 @@ from theory.engine.config import study_tables
 from theory.engine.folder_lock import hold_folder
 from theory.engine.loop import Executor, Log
 from theory.engine.run_folder import check_no_links, claim, read_json, write_json
-from theory.engine.study import ReportOptions, RunOptions
-from theory.engine.study_runs import run_study_cells
+from theory.engine.study_runs import CellStudy
 from theory.studies.tgdp.experiment import (
     TGDPSettings,
     compare,
@@ -121,26 +120,6 @@ def _comparisons(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
 #: the ``[experiment] kind`` this study answers to, and the ``run`` options it takes besides the common ones
 KIND = "tgdp"
 OPTIONS: frozenset[str] = frozenset()
-
-
-def run(raw: dict[str, Any], out: Path, options: RunOptions) -> int:
-    """``gentransfer run`` of a tgdp config (:class:`theory.engine.study.Study`): cells, then the report."""
-    parse(raw)  # every setting checked before the folder is touched
-    return run_study_cells(raw, out, options, kind=KIND, run_cells=run_study, report=build_study_report)
-
-
-def report(out: Path, options: ReportOptions) -> str:
-    """``gentransfer report`` of a tgdp folder: rebuilds the report; returns the table and where it is."""
-    del options
-    path, table = build_study_report(out)
-    return f"{table}\n\nReport: {path}"
-
-
-def records(out: Path) -> list[dict[str, Any]]:
-    """The folder's cell records as written (see :func:`theory.engine.results.read_results`)."""
-    check_no_links(out, ("cells",))
-    raw = read_json(out / "config.json")
-    if raw is None or raw.get("experiment", {}).get("kind") != KIND:
-        raise DataError(f"{out} holds no tgdp config.json: is it a folder written by 'gentransfer run'?")
-    parse(raw)
-    return load_records(out)
+_CELLS = CellStudy(KIND, parse, run_study, build_study_report, lambda _settings, out: load_records(out))
+#: :class:`theory.engine.study.Study`'s calls: ``gentransfer run``, ``gentransfer report``, ``read_results``
+run, report, records = _CELLS.run, _CELLS.report, _CELLS.records
