@@ -5,8 +5,8 @@ built from a study's own pieces (:class:`CellStudy`).
 
 Example (a study module)::
 
-    _CELLS = CellStudy("digits", parse, run_study, build_study_report, lambda exp, out: load(exp, out))
-    run, report, records = _CELLS.run, _CELLS.report, _CELLS.records
+    _CELLS = CellStudy("digits", "digits", parse, fingerprint, run_digits_experiment, build_study_report, load)
+    resolved, run, report, records = _CELLS.resolved, _CELLS.run, _CELLS.report, _CELLS.records
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any
 from shared_embed.errors import ConfigError, DataError
 from theory.engine.executors import check_threads
 from theory.engine.folder_lock import hold_folder
-from theory.engine.run_folder import check_no_links, read_json
+from theory.engine.loop import Log
+from theory.engine.run_folder import check_no_links, claim, read_json, write_json
 from theory.engine.study import ReportOptions, RunOptions
 
 __all__ = ["CellStudy", "refuse_options", "run_study_cells"]
@@ -75,15 +76,37 @@ def run_study_cells(
 
 @dataclass(frozen=True)
 class CellStudy:
-    """The ``run`` / ``report`` / ``records`` of a study whose cells live under ``DIR/cells/``, from its pieces:
-    ``parse(raw) -> (experiment table, settings)`` (ConfigError naming a bad key), ``run_cells(raw, out, workers=,
-    log=, executor=)``, ``build_report(out) -> (path, table)`` and ``load(settings, out) -> records``."""
+    """The :class:`theory.engine.study.Study` calls of a study whose cells live under ``DIR/cells/``, from its own
+    pieces: ``parse(raw) -> (experiment table, settings)`` (ConfigError naming a bad key) of its ``[table]``;
+    ``fingerprint(settings)``, what makes two runs one study (the grid axes a rerun may extend left out);
+    ``experiment(settings, out, workers=, log=, executor=)``, its cells; ``build_report(out) -> (path, table)``;
+    ``load(settings, out) -> records``. The engine's part is the same for every such study: the folder's lock, its
+    links, its claim by the fingerprint and its ``config.json``."""
 
     kind: str
+    table: str
     parse: Callable[[dict[str, Any]], tuple[dict[str, Any], Any]]
-    run_cells: Callable[..., Any]
+    fingerprint: Callable[[Any], dict[str, Any]]
+    experiment: Callable[..., Any]
     build_report: Callable[[Path], tuple[Path, str]]
     load: Callable[[Any, Path], list[dict[str, Any]]]
+
+    def resolved(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """The config with every default filled in (what ``gentransfer show`` prints)."""
+        exp, settings = self.parse(raw)
+        return {"experiment": exp, self.table: settings.to_dict(), **({"run": raw["run"]} if "run" in raw else {})}
+
+    def run_cells(
+        self, raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | None = None, executor: Any = None
+    ) -> Any:
+        """Run (or resume) the config's cells into ``out``; refuses a folder that holds another study's results."""
+        exp, settings = self.parse(raw)
+        out.mkdir(parents=True, exist_ok=True)
+        with hold_folder(out):
+            check_no_links(out, ("cells",))
+            claim(out, self.fingerprint(settings), any(out.glob("cells/*/*.json")))
+            write_json(out / "config.json", {"experiment": exp, self.table: settings.to_dict()})
+            return self.experiment(settings, out, log=log, workers=workers, executor=executor)
 
     def run(self, raw: dict[str, Any], out: Path, options: RunOptions) -> int:
         """``gentransfer run``: every setting checked before the folder is touched, the cells, then the report."""

@@ -15,9 +15,7 @@ from typing import Any
 from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import ConfigError, DataError
 from theory.engine.config import study_tables
-from theory.engine.folder_lock import hold_folder
-from theory.engine.loop import Executor, Log
-from theory.engine.run_folder import check_no_links, claim, read_json, write_json
+from theory.engine.run_folder import check_no_links, read_json
 from theory.engine.schema import dataclass_from_table
 from theory.engine.study_runs import CellStudy
 from theory.studies.digits.experiment import DigitsExperiment, load_digits_records, run_digits_experiment
@@ -38,31 +36,12 @@ def parse(raw: dict[str, Any]) -> tuple[dict[str, Any], DigitsExperiment]:
     return exp, experiment_from_config({"digits": digits})
 
 
-def resolved(raw: dict[str, Any]) -> dict[str, Any]:
-    """The config with every default filled in (what ``gentransfer show`` prints)."""
-    exp, experiment = parse(raw)
-    return {"experiment": exp, "digits": experiment.to_dict(), **({"run": raw["run"]} if "run" in raw else {})}
-
-
 def study(experiment: DigitsExperiment) -> dict[str, Any]:
     """What makes two runs one study (the grid axes a rerun may extend left out)."""
     d = experiment.to_dict()
     for key in ("seeds", "per_class", "heads", "variants", "source_only", "tgdp"):
         d.pop(key)
     return {"experiment": {"kind": "digits"}, "digits": d}
-
-
-def run_study(
-    raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | None = None, executor: Executor | None = None
-) -> dict[str, Any]:
-    """Run (or resume) a digits config into ``out``; refuses a folder that holds another study's results."""
-    exp, experiment = parse(raw)
-    out.mkdir(parents=True, exist_ok=True)
-    with hold_folder(out):
-        check_no_links(out, ("cells",))
-        claim(out, study(experiment), any(out.glob("cells/*/*.json")))
-        write_json(out / "config.json", {"experiment": exp, "digits": experiment.to_dict()})
-        return run_digits_experiment(experiment, out, log=log, workers=workers, executor=executor)
 
 
 def build_study_report(out: Path) -> tuple[Path, str]:
@@ -105,7 +84,13 @@ def build_study_report(out: Path) -> tuple[Path, str]:
 KIND = "digits"
 OPTIONS: frozenset[str] = frozenset()
 _CELLS = CellStudy(
-    KIND, parse, run_study, build_study_report, lambda experiment, out: load_digits_records(experiment, out)[0]
+    KIND,
+    "digits",
+    parse,
+    study,
+    run_digits_experiment,
+    build_study_report,
+    lambda experiment, out: load_digits_records(experiment, out)[0],
 )
-#: :class:`theory.engine.study.Study`'s calls: ``gentransfer run``, ``gentransfer report``, ``read_results``
-run, report, records = _CELLS.run, _CELLS.report, _CELLS.records
+#: :class:`theory.engine.study.Study`'s calls: ``gentransfer show``, ``run`` and ``report``, ``read_results``
+resolved, run, report, records = _CELLS.resolved, _CELLS.run, _CELLS.report, _CELLS.records

@@ -15,9 +15,8 @@ from typing import Any
 from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import DataError
 from theory.engine.config import study_tables
-from theory.engine.folder_lock import hold_folder
 from theory.engine.loop import Executor, Log
-from theory.engine.run_folder import check_no_links, claim, read_json, write_json
+from theory.engine.run_folder import check_no_links, read_json
 from theory.engine.study_runs import CellStudy
 from theory.studies.tgdp.experiment import (
     TGDPSettings,
@@ -37,29 +36,10 @@ def is_tgdp(raw: dict[str, Any]) -> bool:
     return isinstance(exp, dict) and exp.get("kind") == "tgdp"
 
 
-def resolved(raw: dict[str, Any]) -> dict[str, Any]:
-    """The config with every default filled in (what ``gentransfer show`` prints)."""
-    exp, settings = parse(raw)
-    return {"experiment": exp, "tgdp": settings.to_dict(), **({"run": raw["run"]} if "run" in raw else {})}
-
-
 def parse(raw: dict[str, Any]) -> tuple[dict[str, Any], TGDPSettings]:
     """(the [experiment] table, the settings) of a TGDP config; ConfigError naming a bad key."""
     exp, tgdp = study_tables(raw, "tgdp", "TGDP")
     return exp, TGDPSettings.from_dict(tgdp)
-
-
-def run_study(
-    raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | None = None, executor: Executor | None = None
-) -> dict[str, Any]:
-    """Run (or resume) a TGDP config into ``out``; refuses a folder that holds another study's results."""
-    exp, settings = parse(raw)
-    out.mkdir(parents=True, exist_ok=True)
-    with hold_folder(out):
-        check_no_links(out, ("cells",))
-        claim(out, settings.study(), any(out.glob("cells/*/*.json")))
-        write_json(out / "config.json", {"experiment": exp, "tgdp": settings.to_dict()})
-        return run_tgdp_experiment(settings, out, progress=log is not None, workers=workers, executor=executor)
 
 
 def build_study_report(out: Path) -> tuple[Path, str]:
@@ -117,9 +97,18 @@ def _comparisons(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def _run_tgdp(
+    settings: TGDPSettings, out: Path, *, log: Log | None, workers: int, executor: Executor | None
+) -> dict[str, Any]:
+    """The TGDP experiment as the engine runs a cell study (progress lines when there is a log)."""
+    return run_tgdp_experiment(settings, out, progress=log is not None, workers=workers, executor=executor)
+
+
 #: the ``[experiment] kind`` this study answers to, and the ``run`` options it takes besides the common ones
 KIND = "tgdp"
 OPTIONS: frozenset[str] = frozenset()
-_CELLS = CellStudy(KIND, parse, run_study, build_study_report, lambda _settings, out: load_records(out))
-#: :class:`theory.engine.study.Study`'s calls: ``gentransfer run``, ``gentransfer report``, ``read_results``
-run, report, records = _CELLS.run, _CELLS.report, _CELLS.records
+_CELLS = CellStudy(
+    KIND, "tgdp", parse, TGDPSettings.study, _run_tgdp, build_study_report, lambda _settings, out: load_records(out)
+)
+#: :class:`theory.engine.study.Study`'s calls: ``gentransfer show``, ``run`` and ``report``, ``read_results``
+resolved, run, report, records = _CELLS.resolved, _CELLS.run, _CELLS.report, _CELLS.records
