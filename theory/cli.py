@@ -221,11 +221,13 @@ def _executor(args: argparse.Namespace, workers: int) -> Executor | None:
 
 def _run(args: argparse.Namespace) -> int:
     """``gentransfer run``: the config checked by its study before the folder is touched, then the study's run."""
+    raw = _raw_config(args.config, args.overrides)  # a missing or malformed file: one line before torch loads
     from theory.engine.study import RunOptions, get_study, kind_of
-    from theory.engine.study_runs import refuse_options
 
-    raw = _raw_config(args.config, args.overrides)
-    study = get_study(kind_of(raw))
+    kind = kind_of(raw)  # an unknown kind: one line, still before torch loads
+    from theory.engine.study_runs import refuse_options  # loads the engine (and torch)
+
+    study = get_study(kind)
     resolved = study.resolved(raw)  # every setting checked before the folder is touched
     if args.workers is not None and args.workers < 1:
         raise GentransferError(f"--workers must be >= 1, got {args.workers}")

@@ -49,10 +49,12 @@ def test_version_and_help_load_no_heavy_module(argv: list[str], tmp_path) -> Non
         (["run", "no_such_config.toml", "--out", "out"], "no config file no_such_config.toml"),
         (["show", "smoke", "--set", "grid.n_t"], "must look like key.sub=value"),
         (["show", "bad.toml"], "is not valid TOML"),
+        (["run", "kind.toml", "--out", "out"], "experiment.kind = 'nope' is not a study"),
     ],
 )
 def test_a_broken_config_is_reported_before_torch_loads(argv: list[str], message: str, tmp_path) -> None:
     (tmp_path / "bad.toml").write_text("[grid\n")
+    (tmp_path / "kind.toml").write_text('[experiment]\nkind = "nope"\n')
     report, printed = _probe(*argv, tmp_path=tmp_path)
     assert report == {"code": 2, "loaded": []}, printed
     assert message in printed and "Traceback" not in printed
