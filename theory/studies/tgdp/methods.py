@@ -9,7 +9,7 @@ settings. All training goes through ``shared_embed.train.fit`` (``train_head`` /
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -206,20 +206,52 @@ def _tgdp(m: MethodCall) -> Fitted:
 
 
 def _kernel(m: MethodCall) -> Fitted:
+    """The cross-validated quadratic log-ratio classifier and the KDE-smoothed kernel guidance E_{p_hat}[w | x_t]
+    (``s.kernel``: bandwidth, rows), fitted once per n_t and shared with the switched methods."""
     key = ("_kernel", len(m.target))
     if key not in m.cache:
-        m.cache[key] = fit_learned_guidance(m.method, m.s, m.seed, m.conditional, m.src, m.source, m.target, m.schedule)
+        fit = fit_kernel_guidance(
+            m.src.score,
+            m.source.x,
+            m.target.x,
+            m.schedule,
+            bandwidth=m.s.kernel.get("bandwidth", "scott"),
+            max_rows=m.s.kernel.get("max_rows"),
+            seed=m.seed,
+            **m.context(),
+        )
+        m.cache[key] = Fitted(fit.score, fit.guidance, fit.ratio, fit.steps, fit.info)
     return m.cache[key]
 
 
 def _noisy_classifier(m: MethodCall) -> Fitted:
-    return fit_learned_guidance(m.method, m.s, m.seed, m.conditional, m.src, m.source, m.target, m.schedule)
+    """The time-dependent domain classifier's log-odds (plus log n_s / n_t) used as log h_t itself."""
+    options = dict(m.s.noisy_classifier)
+    train = options.pop("train", {})
+    fit = fit_classifier_guidance(
+        m.src.score, m.source.x, m.target.x, m.schedule, train=train, seed=m.seed, **options, **m.context()
+    )
+    return Fitted(fit.score, fit.guidance, fit.ratio, fit.steps, fit.info)
 
 
 def _switched(m: MethodCall) -> Fitted:
-    return fit_switched(
-        m.method, m.task, m.s, m.seed, m.conditional, m.src, m.source, m.target, m.schedule, m.cache, grid=m.grid
-    )
+    """The kernel guidance above a switch time, the target-only (``tgdp_kernel_switch``) or fine-tuned
+    (``tgdp_kernel_switch_ft``) head below it. The switch time is chosen by ``select_switch`` on the rows the
+    low head held out (its validation rows: they stopped its training but it never fitted them), among
+    ``s.switch["candidates"]``; no exact w or h is used."""
+    kernel = _kernel(replace(m, method="tgdp_kernel", seed=_sibling_seed(m.grid, "tgdp_kernel")))
+    low = SWITCH_LOW[m.method]
+    head, steps, val = _baseline_head(low, m.s, _sibling_seed(m.grid, low), m.conditional, m.src, m.target, m.cache)
+    options = {"candidates": (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0), **m.s.switch}
+    context = val.c if m.conditional else None
+    choice = select_switch(kernel.score, head.score, val.x, context, m.schedule, seed=m.seed, **options)
+    info = {
+        **kernel.info,
+        "low": low,
+        "switch": choice.switch,
+        "switch_losses": dict(zip(map(str, choice.candidates), choice.losses)),
+    }
+    return Fitted(choice.score(kernel.score, head.score), kernel.guidance, kernel.ratio, steps, info)
 
 
 #: method -> its fit; :data:`~theory.studies.tgdp.settings.METHODS` lists them in table order
@@ -258,84 +290,3 @@ def fit_method(
     if method not in FITTERS:
         raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
     return FITTERS[method](MethodCall(method, task, s, seed, conditional, src, source, target, schedule, cache, grid))
-
-
-def fit_learned_guidance(
-    method: str,
-    s: TGDPSettings,
-    seed: int,
-    conditional: bool,
-    src: DiffusionHead,
-    source: PairedData,
-    target: PairedData,
-    schedule: VPSchedule,
-) -> Fitted:
-    """The network-free guidance estimators of ``diffusion.tgdp``, on the frozen source head.
-
-    ``tgdp_kernel``: the cross-validated quadratic log-ratio classifier and the KDE-smoothed kernel guidance
-    E_{p_hat}[w | x_t] (``s.kernel``: bandwidth, rows); ``tgdp_noisy_clf``: the time-dependent domain
-    classifier's log-odds (plus log n_s / n_t) used as log h_t itself.
-    """
-    ctx: dict[str, Any] = {"source_context": source.c, "target_context": target.c} if conditional else {}
-    if method == "tgdp_kernel":
-        fit = fit_kernel_guidance(
-            src.score,
-            source.x,
-            target.x,
-            schedule,
-            bandwidth=s.kernel.get("bandwidth", "scott"),
-            max_rows=s.kernel.get("max_rows"),
-            seed=seed,
-            **ctx,
-        )
-    else:
-        options = dict(s.noisy_classifier)
-        train = options.pop("train", {})
-        fit = fit_classifier_guidance(src.score, source.x, target.x, schedule, train=train, seed=seed, **options, **ctx)
-    return Fitted(fit.score, fit.guidance, fit.ratio, fit.steps, fit.info)
-
-
-def fit_switched(
-    method: str,
-    task: TwoGaussianTask,
-    s: TGDPSettings,
-    seed: int,
-    conditional: bool,
-    src: DiffusionHead,
-    source: PairedData,
-    target: PairedData,
-    schedule: VPSchedule,
-    cache: dict[Any, Any],
-    *,
-    grid: tuple[int, int],
-) -> Fitted:
-    """The kernel guidance above a switch time, the target-only (``tgdp_kernel_switch``) or fine-tuned
-    (``tgdp_kernel_switch_ft``) head below it. The switch time is chosen by ``select_switch`` on the rows the
-    low head held out (its validation rows: they stopped its training but it never fitted them), among
-    ``s.switch["candidates"]``; no exact w or h is used."""
-    kernel = fit_method(
-        "tgdp_kernel",
-        task,
-        s,
-        _sibling_seed(grid, "tgdp_kernel"),
-        conditional,
-        src,
-        source,
-        target,
-        schedule,
-        cache,
-        grid=grid,
-    )
-    low = SWITCH_LOW[method]
-    head, steps, val = _baseline_head(low, s, _sibling_seed(grid, low), conditional, src, target, cache)
-    options = {"candidates": (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0), **s.switch}
-    choice = select_switch(
-        kernel.score, head.score, val.x, val.c if conditional else None, schedule, seed=seed, **options
-    )
-    info = {
-        **kernel.info,
-        "low": low,
-        "switch": choice.switch,
-        "switch_losses": dict(zip(map(str, choice.candidates), choice.losses)),
-    }
-    return Fitted(choice.score(kernel.score, head.score), kernel.guidance, kernel.ratio, steps, info)
