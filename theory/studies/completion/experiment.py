@@ -34,7 +34,7 @@ from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_
 from shared_embed.validation import check_choice, check_positive_int
 from theory.engine.loop import Executor, run_cells, run_groups
 from theory.engine.run_folder import read_json
-from theory.engine.seeding import derived_seed
+from theory.engine.seeding import derived_seed, stream_seed
 from theory.studies.completion.evaluation import evaluate, fit_classifier, real_fidelity, test_rows
 from theory.studies.completion.task import HALF, CompletionTask, redequantize
 
@@ -188,7 +188,7 @@ def cell_seed(seed: int, head: str, k: int, stream: str) -> int:
     """The 31-bit seed of one stream (a variant's fit, ``sample``, ``source``, ...) of the cell (seed, head, k):
     a digest of its coordinates (:func:`theory.engine.seeding.derived_seed`), so adding a variant or a head
     changes no other cell's records."""
-    return derived_seed("completion", seed, head, k, stream) % 2**31
+    return stream_seed("completion", seed, head, k, stream)
 
 
 @dataclass(frozen=True)
