@@ -5,7 +5,7 @@ built from a study's own pieces (:class:`CellStudy`).
 
 Example (a study module)::
 
-    _CELLS = CellStudy("digits", "digits", parse, fingerprint, run_digits_experiment, build_study_report, load)
+    _CELLS = CellStudy("digits", VOCABULARY, parse, fingerprint, run_digits_experiment, build_study_report, load)
     resolved, run, report, records = _CELLS.resolved, _CELLS.run, _CELLS.report, _CELLS.records
 """
 
@@ -23,6 +23,7 @@ from theory.engine.folder_lock import hold_folder
 from theory.engine.loop import Log
 from theory.engine.run_folder import check_no_links, claim, read_json, write_json
 from theory.engine.study import ReportOptions, RunOptions
+from theory.engine.vocabulary import Vocabulary
 
 __all__ = ["CellStudy", "refuse_options", "run_study_cells"]
 
@@ -77,14 +78,16 @@ def run_study_cells(
 @dataclass(frozen=True)
 class CellStudy:
     """The :class:`theory.engine.study.Study` calls of a study whose cells live under ``DIR/cells/``, from its own
-    pieces: ``parse(raw) -> (experiment table, settings)`` (ConfigError naming a bad key) of its ``[table]``;
+    pieces: its ``vocabulary`` (where the shared config words live in its settings table,
+    :class:`theory.engine.vocabulary.Vocabulary`); ``parse(raw) -> (experiment table, settings)`` (ConfigError
+    naming a bad key);
     ``fingerprint(settings)``, what makes two runs one study (the grid axes a rerun may extend left out);
     ``experiment(settings, out, workers=, log=, executor=)``, its cells; ``build_report(out) -> (path, table)``;
     ``load(settings, out) -> records``. The engine's part is the same for every such study: the folder's lock, its
     links, its claim by the fingerprint and its ``config.json``."""
 
     kind: str
-    table: str
+    vocabulary: Vocabulary
     parse: Callable[[dict[str, Any]], tuple[dict[str, Any], Any]]
     fingerprint: Callable[[Any], dict[str, Any]]
     experiment: Callable[..., Any]
@@ -94,7 +97,8 @@ class CellStudy:
     def resolved(self, raw: dict[str, Any]) -> dict[str, Any]:
         """The config with every default filled in (what ``gentransfer show`` prints)."""
         exp, settings = self.parse(raw)
-        return {"experiment": exp, self.table: settings.to_dict(), **({"run": raw["run"]} if "run" in raw else {})}
+        run = {"run": raw["run"]} if "run" in raw else {}
+        return {"experiment": exp, **self.vocabulary.unfold(settings.to_dict()), **run}
 
     def run_cells(
         self, raw: dict[str, Any], out: Path, *, workers: int = 1, log: Log | None = None, executor: Any = None
@@ -105,7 +109,7 @@ class CellStudy:
         with hold_folder(out):
             check_no_links(out, ("cells",))
             claim(out, self.fingerprint(settings), any(out.glob("cells/*/*.json")))
-            write_json(out / "config.json", {"experiment": exp, self.table: settings.to_dict()})
+            write_json(out / "config.json", {"experiment": exp, **self.vocabulary.unfold(settings.to_dict())})
             return self.experiment(settings, out, log=log, workers=workers, executor=executor)
 
     def run(self, raw: dict[str, Any], out: Path, options: RunOptions) -> int:

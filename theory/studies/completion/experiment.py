@@ -36,6 +36,7 @@ from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_
 from shared_embed.validation import check_choice, check_positive_int
 from theory.engine.loop import Executor, run_cells, run_groups
 from theory.engine.run_folder import read_json
+from theory.engine.schema import check_keys, table, train_table
 from theory.engine.seeding import derived_seed, stream_seed
 from theory.studies.completion.evaluation import evaluate, fit_classifier, real_fidelity, test_rows
 from theory.studies.completion.task import HALF, CompletionTask, redequantize
@@ -104,10 +105,11 @@ class CompletionExperiment:
         check_positive_int("grid_draws", self.grid_draws)
         if self.grid_per_class > self.test_per_class:
             raise ConfigError(f"grid_per_class {self.grid_per_class} exceeds test_per_class {self.test_per_class}")
-        for kind in self.train:
+        for kind, phases in self.train.items():  # a bad field fails now, named by its path, not mid-run
             check_choice("train head", kind, HEADS)
-            for phase in ("source", "target"):
-                TrainConfig(**self.train[kind].get(phase, {}))  # fail now on a bad field, not mid-run
+            check_keys(table(phases, f"completion.train.{kind}"), ("source", "target"), f"completion.train.{kind}")
+            for phase, fields_ in phases.items():
+                train_table(fields_, f"completion.train.{kind}.{phase}")
         for kind, share in self.target_val_fraction.items():
             check_choice("target_val_fraction head", kind, HEADS)
             TransferConfig(val_fraction=share)

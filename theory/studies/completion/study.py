@@ -22,6 +22,7 @@ from theory.engine.config import study_tables
 from theory.engine.run_folder import check_no_links, read_json
 from theory.engine.schema import dataclass_from_table
 from theory.engine.study_runs import CellStudy
+from theory.engine.vocabulary import Vocabulary
 from theory.studies.completion.evaluation import test_rows
 from theory.studies.completion.experiment import (
     CompletionExperiment,
@@ -33,11 +34,30 @@ from theory.studies.completion.image_grid import save_completion_grid
 from theory.studies.completion.report import MARGIN_SE, format_table
 from theory.studies.completion.task import HALF, CompletionTask
 
+#: where the shared config words (theory.engine.vocabulary) live in :class:`CompletionExperiment`
+VOCABULARY = Vocabulary(
+    "completion",
+    (
+        ("grid.seeds", "seeds"),
+        ("grid.per_class", "per_class"),
+        ("grid.heads", "heads"),
+        ("grid.variants", "variants"),
+        ("heads.*.options", "head_options.*"),
+        ("heads.*.train", "train.*"),
+        ("heads.*.nll_rows", "nll_rows.*"),
+        ("encoder.embed_dim", "embed_dim"),
+        ("encoder.hidden", "encoder_hidden"),
+        ("encoder.val_fraction", "val_fraction"),
+        ("heads.*.target_val_fraction", "target_val_fraction.*"),
+    ),
+)
+
 
 def parse(raw: dict[str, Any]) -> tuple[dict[str, Any], CompletionExperiment]:
     """(the [experiment] table, the experiment) of a completion config; ConfigError naming a bad key."""
-    exp, table = study_tables(raw, "completion", "completion")
-    return exp, dataclass_from_table(CompletionExperiment, table, "completion")
+    exp, table = study_tables(raw, VOCABULARY, "completion")
+    with VOCABULARY.shared_names():
+        return exp, dataclass_from_table(CompletionExperiment, table, "completion")
 
 
 def study(experiment: CompletionExperiment) -> dict[str, Any]:
@@ -124,6 +144,6 @@ def build_study_report(out: Path) -> tuple[Path, str]:
 #: the ``[experiment] kind`` this study answers to, and the ``run`` options it takes besides the common ones
 KIND = "completion"
 OPTIONS: frozenset[str] = frozenset()
-_CELLS = CellStudy(KIND, "completion", parse, study, run_completion_experiment, build_study_report, load_records)
+_CELLS = CellStudy(KIND, VOCABULARY, parse, study, run_completion_experiment, build_study_report, load_records)
 #: :class:`theory.engine.study.Study`'s calls: ``gentransfer show``, ``run`` and ``report``, ``read_results``
 resolved, run, report, records = _CELLS.resolved, _CELLS.run, _CELLS.report, _CELLS.records

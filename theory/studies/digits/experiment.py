@@ -41,6 +41,7 @@ from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_
 from shared_embed.validation import check_choice, check_positive_float, check_positive_int
 from theory.engine.loop import Executor, run_cells, run_groups
 from theory.engine.run_folder import read_json
+from theory.engine.schema import check_keys, table, train_table
 from theory.engine.seeding import stream_seed
 from theory.studies.digits.domain_ratio import density_ratio_diagnostic
 from theory.studies.digits.evaluation import DigitsModel, TestSet, evaluate_model, sample_metrics
@@ -140,15 +141,16 @@ class DigitsExperiment:
         self.seeds = tuple(int(s) for s in self.seeds)
         check_positive_int("gen_per_class", self.gen_per_class, minimum=1)
         check_positive_int("embed_dim", self.embed_dim)
-        for phases in self.train.values():
-            for phase in ("source", "target"):
-                TrainConfig(**phases.get(phase, {}))  # fail now on a bad field, not mid-run
+        for kind, phases in self.train.items():  # a bad field fails now, named by its path, not mid-run
+            check_keys(table(phases, f"digits.train.{kind}"), ("source", "target"), f"digits.train.{kind}")
+            for phase, fields_ in phases.items():
+                train_table(fields_, f"digits.train.{kind}.{phase}")
         for kind, options in self.sample_options.items():
             _check_sample_options(kind, options)  # a bad option fails now, not mid-run
         DigitsTask(self.style, self.test_per_class, self.pool_per_class, heavy_fraction=self.heavy_fraction)
         for variant, fields_ in self.variant_train.items():
             check_choice("variant_train variant", variant, VARIANTS)
-            TrainConfig(**fields_)
+            train_table(fields_, f"digits.variant_train.{variant}")
         if self.tune and self.pool_per_class <= max(self.per_class):
             raise ConfigError(
                 f"tune needs pool_per_class > max(per_class) = {max(self.per_class)} (the held-out pool rows score "

@@ -13,27 +13,39 @@ from pathlib import Path
 from typing import Any
 
 from shared_embed.checkpoint import atomic_write_text
-from shared_embed.errors import ConfigError, DataError
+from shared_embed.errors import DataError
 from theory.engine.config import study_tables
 from theory.engine.run_folder import check_no_links, read_json
 from theory.engine.schema import dataclass_from_table
 from theory.engine.study_runs import CellStudy
+from theory.engine.vocabulary import Vocabulary
 from theory.studies.digits.experiment import DigitsExperiment, load_digits_records, run_digits_experiment
 from theory.studies.digits.report import format_table
 
-
-def experiment_from_config(config: dict[str, Any]) -> DigitsExperiment:
-    """A :class:`DigitsExperiment` from a parsed TOML document (its ``digits`` table, or the document itself)."""
-    table = config.get("digits", config)
-    if not isinstance(table, dict):
-        raise ConfigError(f"the 'digits' entry must be a table, got {type(table).__name__}")
-    return dataclass_from_table(DigitsExperiment, table, "digits")
+#: where the shared config words (theory.engine.vocabulary) live in :class:`DigitsExperiment`
+VOCABULARY = Vocabulary(
+    "digits",
+    (
+        ("grid.seeds", "seeds"),
+        ("grid.per_class", "per_class"),
+        ("grid.heads", "heads"),
+        ("grid.variants", "variants"),
+        ("heads.*.options", "head_options.*"),
+        ("heads.*.train", "train.*"),
+        ("heads.*.nll_rows", "nll_rows.*"),
+        ("encoder.embed_dim", "embed_dim"),
+        ("encoder.hidden", "encoder_hidden"),
+        ("encoder.val_fraction", "val_fraction"),
+        ("heads.*.sample_options", "sample_options.*"),
+    ),
+)
 
 
 def parse(raw: dict[str, Any]) -> tuple[dict[str, Any], DigitsExperiment]:
     """(the [experiment] table, the experiment) of a digits config; ConfigError naming a bad key."""
-    exp, digits = study_tables(raw, "digits", "digits")
-    return exp, experiment_from_config({"digits": digits})
+    exp, digits = study_tables(raw, VOCABULARY, "digits")
+    with VOCABULARY.shared_names():
+        return exp, dataclass_from_table(DigitsExperiment, digits, "digits")
 
 
 def study(experiment: DigitsExperiment) -> dict[str, Any]:
@@ -85,7 +97,7 @@ KIND = "digits"
 OPTIONS: frozenset[str] = frozenset()
 _CELLS = CellStudy(
     KIND,
-    "digits",
+    VOCABULARY,
     parse,
     study,
     run_digits_experiment,

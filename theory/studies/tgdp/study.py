@@ -18,6 +18,7 @@ from theory.engine.config import study_tables
 from theory.engine.loop import Executor, Log
 from theory.engine.run_folder import check_no_links, read_json
 from theory.engine.study_runs import CellStudy
+from theory.engine.vocabulary import Vocabulary
 from theory.studies.tgdp.experiment import (
     TGDPSettings,
     compare,
@@ -36,10 +37,29 @@ def is_tgdp(raw: dict[str, Any]) -> bool:
     return isinstance(exp, dict) and exp.get("kind") == "tgdp"
 
 
+#: where the shared config words (theory.engine.vocabulary) live in :class:`TGDPSettings`: one diffusion head,
+#: its three training phases, and the methods as the grid's variants
+VOCABULARY = Vocabulary(
+    "tgdp",
+    (
+        ("grid.seeds", "seeds"),
+        ("grid.n_s", "n_source"),
+        ("grid.n_t", "n_targets"),
+        ("grid.conditional", "conditional"),
+        ("grid.variants", "methods"),
+        ("heads.diffusion.options", "head"),
+        ("heads.diffusion.train.source", "source_train"),
+        ("heads.diffusion.train.target", "target_train"),
+        ("heads.diffusion.train.fine_tune", "fine_tune_train"),
+    ),
+)
+
+
 def parse(raw: dict[str, Any]) -> tuple[dict[str, Any], TGDPSettings]:
     """(the [experiment] table, the settings) of a TGDP config; ConfigError naming a bad key."""
-    exp, tgdp = study_tables(raw, "tgdp", "TGDP")
-    return exp, TGDPSettings.from_dict(tgdp)
+    exp, tgdp = study_tables(raw, VOCABULARY, "TGDP")
+    with VOCABULARY.shared_names():
+        return exp, TGDPSettings.from_dict(tgdp)
 
 
 def build_study_report(out: Path) -> tuple[Path, str]:
@@ -108,7 +128,7 @@ def _run_tgdp(
 KIND = "tgdp"
 OPTIONS: frozenset[str] = frozenset()
 _CELLS = CellStudy(
-    KIND, "tgdp", parse, TGDPSettings.study, _run_tgdp, build_study_report, lambda _settings, out: load_records(out)
+    KIND, VOCABULARY, parse, TGDPSettings.study, _run_tgdp, build_study_report, lambda _settings, out: load_records(out)
 )
 #: :class:`theory.engine.study.Study`'s calls: ``gentransfer show``, ``run`` and ``report``, ``read_results``
 resolved, run, report, records = _CELLS.resolved, _CELLS.run, _CELLS.report, _CELLS.records
