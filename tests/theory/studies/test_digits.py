@@ -247,7 +247,6 @@ def test_tiny_experiment_end_to_end_writes_table_records_and_grid(tmp_path):
     assert (tmp_path / "digits_flow_k5.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-
 def test_adding_a_variant_a_head_or_a_target_size_changes_no_other_cells_records():
     """Each cell draws from a digest of its own coordinates: the Gaussian head's transfer cell at k = 5 is the
     same, bit for bit, alone and in a grid with more variants, another head and another target size."""
@@ -261,6 +260,7 @@ def test_adding_a_variant_a_head_or_a_target_size_changes_no_other_cells_records
     key = ("gaussian", 5, "transfer")
     picked = [[untimed(r) for r in rs if (r["head"], r["per_class"], r["variant"]) == key] for rs in cells]
     assert len(picked[0]) == 1 and picked[0] == picked[1]
+
 
 def test_tiny_heavy_ink_tgdp_run_records_what_its_guard_did(tmp_path):
     """configs/digits_tgdp_smoke.toml: the inside-support target end to end with the kernel estimator and a switch
