@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from shared_embed.errors import ConfigError, DataError
+from tests.presets import preset_args
 from theory.cli import main
 from theory.engine.records import (
     COMMON_FIELDS,
@@ -26,8 +27,13 @@ from theory.engine.records import (
 from theory.engine.results import read_results
 from theory.engine.run_folder import untimed
 
-ROOT = Path(__file__).resolve().parents[3]
-SMOKE = ("smoke", "tgdp_smoke", "digits_smoke", "completion_smoke")
+#: every study at its seconds-long size: the transfer smoke config and the others' smoke presets
+SMOKE = {
+    "transfer": ["smoke"],
+    "tgdp": preset_args("tgdp_simulation"),
+    "digits": preset_args("digits"),
+    "completion": preset_args("completion"),
+}
 
 
 @pytest.fixture(autouse=True)
@@ -85,9 +91,9 @@ def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     root = tmp_path_factory.mktemp("smoke_runs")
     outs = {}
-    for name in SMOKE:
+    for name, args in SMOKE.items():
         outs[name] = root / name
-        assert main(["run", str(ROOT / "configs" / f"{name}.toml"), "--out", str(outs[name]), "--quiet"]) == 0
+        assert main(["run", *args, "--out", str(outs[name]), "--quiet"]) == 0
     return outs
 
 
@@ -107,29 +113,24 @@ def test_every_record_has_the_common_fields_in_strict_json(smoke_runs: dict[str,
     assert rows and all(r["status"] == "ok" for r in rows)
 
 
-def _config(tmp_path: Path, name: str) -> Path:
-    config = tmp_path / f"{name}.toml"
-    config.write_text((ROOT / "configs" / f"{name}.toml").read_text())
-    return config
-
-
 def test_a_cell_study_reruns_failed_records_and_refuses_other_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config, out = _config(tmp_path, "digits_smoke"), tmp_path / "run"
-    assert main(["run", str(config), "--out", str(out), "--quiet", "--no-report"]) == 0
+    run = ["run", *SMOKE["digits"], "--out", str(tmp_path / "run"), "--quiet", "--no-report"]
+    out = tmp_path / "run"
+    assert main(run) == 0
     cells = sorted(out.glob("cells/*/*.json"))
     failed, kept = cells[0], cells[1]
     good = read_cell(failed)
     coordinates = {k: v for k, v in good.items() if k in ("seed", "head", "k", "per_class", "n_t", "variant")}
     write_cell(failed, failed_record(coordinates, good["settings_hash"], "RuntimeError: diverged"))
     kept_text = kept.read_text()
-    assert main(["run", str(config), "--out", str(out), "--quiet", "--no-report"]) == 0
+    assert main(run) == 0
     assert untimed(read_cell(failed)) == untimed(good)  # run again, the same numbers
     assert kept.read_text() == kept_text  # a finished record is never rerun
     kept.write_text(kept_text.replace(good["settings_hash"], "0" * 12))
     capsys.readouterr()
-    assert main(["run", str(config), "--out", str(out), "--quiet", "--no-report"]) != 0
+    assert main(run) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(kept.name) in err[0] and "computed with other settings" in err[0]
 
@@ -150,14 +151,15 @@ def test_a_cell_that_raises_is_a_failed_record_the_report_lists(
 
     broken.calls = 0  # type: ignore[attr-defined]
     monkeypatch.setattr(experiment, "evaluate_model", broken)
-    config, out = _config(tmp_path, "digits_smoke"), tmp_path / "run"
-    assert main(["run", str(config), "--out", str(out), "--quiet"]) == 1
+    out = tmp_path / "run"
+    run = ["run", *SMOKE["digits"], "--out", str(out), "--quiet"]
+    assert main(run) == 1
     assert "1 cell(s) failed" in capsys.readouterr().err
     records = read_results(out, frame=False)
     failed = [r for r in records if r["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["error"] == "RuntimeError: the fit diverged"
     assert "## Failed cells" in (out / "report.md").read_text()
-    assert main(["run", str(config), "--out", str(out), "--quiet"]) == 0  # the rerun retries it
+    assert main(run) == 0  # the rerun retries it
     assert all(r["status"] == "ok" for r in read_results(out, frame=False))
 
 

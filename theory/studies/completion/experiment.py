@@ -8,7 +8,9 @@ The encoder maps the observed top half c (32) to d_h = ``embed_dim``; ``direct``
 (``augment=redequantize``). Cells of one (seed, head) form a group: they share the data and the source model.
 
 Example:
-    >>> result = run_completion_experiment(CompletionExperiment.tiny(), out_dir="out")
+    >>> from theory.studies.completion.study import parse   # the shipped config with its seconds-long preset
+    >>> experiment = parse(read_config(resolve_config(Path("completion")), "smoke"))[1]
+    >>> result = run_completion_experiment(experiment, out_dir="out")
     >>> print(result["table"])
 """
 
@@ -117,32 +119,6 @@ class CompletionExperiment:
     def options(self, kind: str) -> dict[str, Any]:
         """The head constructor options of head kind ``kind`` (the config's, else ``DEFAULT_HEAD_OPTIONS``)."""
         return self.head_options.get(kind, DEFAULT_HEAD_OPTIONS[kind])
-
-    @classmethod
-    def tiny(cls, heads: Sequence[str] = ("flow",)) -> CompletionExperiment:
-        """A seconds-long end-to-end run (tests): one k, one seed, few steps, small heads."""
-        fast = {
-            "source": {"steps": 30, "batch_size": 64, "eval_every": 10},
-            "target": {"steps": 10, "batch_size": 32, "eval_every": 5},
-        }
-        return cls(
-            per_class=(2,),
-            seeds=(0,),
-            heads=tuple(heads),
-            test_per_class=3,
-            pool_per_class=2,
-            embed_dim=2,
-            encoder_hidden=(16,),
-            head_options={
-                "flow": {"transform": "maf", "transforms": 1, "hidden": [16]},
-                "diffusion": {"width": 16, "blocks": 1, "rtol": 1e-2, "atol": 1e-2, "divergence": "hutchinson"},
-            },
-            train={h: copy.deepcopy(fast) for h in HEADS},
-            gen_rows=10,
-            nll_rows={"diffusion": 4},
-            target_val_fraction={"diffusion": 0.0},
-            grid_draws=1,
-        )
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON-able data (lists for the sequences): config.json and the study fingerprint."""

@@ -11,7 +11,9 @@ space), conditional fidelity, MMD^2 and W1. Training redraws the dequantisation 
 The encoder maps the one-hot label (10) to d_h = ``embed_dim``; the heads model the 64 logit pixels given it.
 
 Example:
-    >>> result = run_digits_experiment(DigitsExperiment.tiny(), out_dir="out")
+    >>> from theory.studies.digits.study import parse   # the shipped config with its seconds-long preset
+    >>> experiment = parse(read_config(resolve_config(Path("digits")), "smoke"))[1]
+    >>> result = run_digits_experiment(experiment, out_dir="out")
     >>> print(result["table"])
 """
 
@@ -158,43 +160,6 @@ class DigitsExperiment:
                 f"tune needs pool_per_class > max(per_class) = {max(self.per_class)} (the held-out pool rows score "
                 f"the models), got {self.pool_per_class}"
             )
-
-    @classmethod
-    def tiny(cls, heads: Sequence[str] = ("gaussian",), tgdp: bool = False) -> DigitsExperiment:
-        """A seconds-long end-to-end run (tests): one k, few steps, small heads, 4 images per class evaluated."""
-        fast = {
-            "source": {"steps": 40, "batch_size": 128, "eval_every": 20},
-            "target": {"steps": 20, "batch_size": 64, "eval_every": 10},
-        }
-        return cls(
-            per_class=(5,),
-            heads=tuple(heads),
-            test_per_class=4,
-            pool_per_class=5,
-            gen_per_class=4,
-            head_options={
-                "gaussian": {"hidden": [16]},
-                "flow": {"transform": "maf", "transforms": 1, "hidden": [16, 16]},
-                "diffusion": {
-                    "width": 32,
-                    "blocks": 1,
-                    "divergence": "hutchinson",
-                    "probes": 1,
-                    "rtol": 1e-3,
-                    "atol": 1e-3,
-                },
-            },
-            train={h: copy.deepcopy(fast) for h in HEADS},
-            nll_rows={"diffusion": 8},
-            grid_per_class=2,
-            tgdp=tgdp,
-            tgdp_options={
-                "classifier_hidden": [16],
-                "guidance_hidden": [16],
-                "classifier_train": {"steps": 10},
-                "guidance_train": {"steps": 10},
-            },
-        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -21,7 +21,9 @@ the log-h and grad-log-h errors over t and the classifier's log-w error. One JSO
 (seed, n_t, conditional, method) under ``out_dir/cells/VERSION/``, ``table.md`` and PNG plots (:mod:`theory.studies.tgdp.plots`).
 
 Example:
-    >>> result = run_tgdp_experiment(TGDPSettings.quick(), out_dir="runs/tgdp_quick", progress=True)
+    >>> from theory.studies.tgdp.study import parse   # the shipped config with its quick preset
+    >>> settings = parse(read_config(resolve_config(Path("tgdp_simulation")), "quick"))[1]
+    >>> result = run_tgdp_experiment(settings, out_dir="runs/tgdp_quick", progress=True)
     >>> print(result["table"])
 """
 
