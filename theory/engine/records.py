@@ -177,9 +177,11 @@ def write_cell(path: str | Path, record: Record) -> Record:
     return record
 
 
-def read_cell(path: str | Path, what: str = "cell record") -> Record:
+def read_cell(path: str | Path, what: str = "cell record", *, older: bool = False) -> Record:
     """The record at ``path`` as written (nulls for non-finite values); DataError when it is a link, is not
-    UTF-8 JSON, or lacks a common field (``what`` names it in the message)."""
+    UTF-8 JSON, or lacks a common field (``what`` names it in the message). ``older``: also accept, as written, a
+    record of the layout before the common fields (it has none of them), for a report of an older folder; a
+    rerun refuses such a record (:func:`cell_state`)."""
     p = Path(path)
     try:
         if p.is_symlink():
@@ -187,6 +189,8 @@ def read_cell(path: str | Path, what: str = "cell record") -> Record:
         record = json.loads(p.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise DataError(f"{p} is not a readable {what} ({err})") from err
+    if older and isinstance(record, dict) and not any(k in record for k in COMMON_FIELDS):
+        return record
     bad = _problems(record)
     if bad:
         raise DataError(f"{p} is not a readable {what}: {'; '.join(bad[:3])}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,21 @@ def test_transfer_best_val_is_null_without_a_validation_split(tmp_path: Path) ->
     ok = [r for r in rows if r["status"] == "ok"]
     assert ok and all(r["best_val"] is None and r["nonfinite"]["best_val"] == "inf" for r in ok)
     assert (out / "report.md").is_file()
+
+
+def test_an_older_cell_study_folder_still_reports_and_a_rerun_refuses_its_records(
+    smoke_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Records written before the common fields: read as written by the report and read_results; a rerun stops
+    with one line (their settings are unknown) rather than keep or overwrite them."""
+    out = tmp_path / "older"
+    shutil.copytree(smoke_runs["completion"], out)
+    for path in out.glob("cells/*/*.json"):
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({k: v for k, v in record.items() if k not in (*COMMON_FIELDS, "error")}))
+    assert main(["report", str(out)]) == 0
+    assert all("status" not in r for r in read_results(out, frame=False))
+    capsys.readouterr()
+    assert main(["run", *SMOKE["completion"], "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "carries no settings_hash" in err[0]

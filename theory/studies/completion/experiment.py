@@ -259,7 +259,7 @@ def load_records(exp: CompletionExperiment, out: Path) -> list[dict[str, Any]]:
         path = out / cell.path
         if path.is_file() or path.is_symlink():
             try:
-                ran.append(read_cell(path, "completion record"))
+                ran.append(read_cell(path, "completion record", older=True))
             except DataError as err:
                 raise DataError(f"{err}: run the same command again to recompute it") from err
     return ran

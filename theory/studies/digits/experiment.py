@@ -348,7 +348,7 @@ COORDINATES = ("seed", "head", "k", "per_class", "n_t", "variant")
 
 def _split(ran: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
     """(every record but the finished reference cells, the real-image metrics of those by seed)."""
-    done = [r["variant"] == "reference" and r["status"] == "ok" for r in ran]
+    done = [r["variant"] == "reference" and r.get("status", "ok") == "ok" for r in ran]
     references = {int(r["seed"]): r["reference"] for r, d in zip(ran, done) if d}
     return [r for r, d in zip(ran, done) if not d], references
 
@@ -374,7 +374,7 @@ def load_digits_records(exp: DigitsExperiment, out: Path) -> tuple[list[dict[str
         path = out / cell.path
         if path.is_file() or path.is_symlink():
             try:
-                ran.append(read_cell(path, "digits record"))
+                ran.append(read_cell(path, "digits record", older=True))
             except DataError as err:
                 raise DataError(f"{err}: run the same command again to recompute it") from err
     return _split(ran)

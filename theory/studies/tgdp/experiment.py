@@ -317,7 +317,7 @@ def load_records(out_dir: str | Path) -> list[dict[str, Any]]:
     records = []
     for path in sorted(Path(out_dir, "cells").glob("*/*.json")):
         try:
-            record = read_cell(path, "TGDP record")
+            record = read_cell(path, "TGDP record", older=True)
             if "method" not in record:
                 raise DataError(f"{path} is not a readable TGDP record: missing 'method'")
         except DataError as err:
