@@ -8,7 +8,6 @@ missing ones), ``DIR/table.md``, the PNG plots and ``DIR/report.md``, which ``ge
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,18 @@ from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import DataError
 from theory.engine.config import study_tables
 from theory.engine.loop import Executor, Log
+from theory.engine.records import dumps, failed_section, split_failed
 from theory.engine.run_folder import check_no_links, read_json
 from theory.engine.study_runs import CellStudy
 from theory.engine.vocabulary import Vocabulary
 from theory.studies.tgdp.experiment import (
+    COORDINATES,
     TGDPSettings,
     compare,
     format_tgdp_table,
     load_records,
     run_tgdp_experiment,
+    sort_records,
     summarize_tgdp,
     write_tgdp_outputs,
 )
@@ -69,8 +71,8 @@ def build_study_report(out: Path) -> tuple[Path, str]:
     if raw is None or not is_tgdp(raw):
         raise DataError(f"{out} holds no TGDP config.json: is it a folder written by 'gentransfer run'?")
     exp, settings = parse(raw)
-    records = load_records(out)
-    if not records:
+    records, failed = split_failed(sort_records(load_records(out)))
+    if not records and not failed:
         raise DataError(f"{out} holds no TGDP records yet (run 'gentransfer run' first)")
     summary = summarize_tgdp(records)
     table = format_tgdp_table(summary)
@@ -87,6 +89,7 @@ def build_study_report(out: Path) -> tuple[Path, str]:
         "",
         table,
         "",
+        *failed_section(failed, COORDINATES),
         "## TGDP against the baselines",
         "",
         "| version | n_t | method | baseline | KL gap (baseline - method) | beats (gap > SE) | verdict at 2 SE |",
@@ -101,7 +104,7 @@ def build_study_report(out: Path) -> tuple[Path, str]:
     lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(out / "summary.json", dumps(summary))
     return path, table
 
 
@@ -128,7 +131,14 @@ def _run_tgdp(
 KIND = "tgdp"
 OPTIONS: frozenset[str] = frozenset()
 _CELLS = CellStudy(
-    KIND, VOCABULARY, parse, TGDPSettings.study, _run_tgdp, build_study_report, lambda _settings, out: load_records(out)
+    KIND,
+    VOCABULARY,
+    parse,
+    TGDPSettings.study,
+    _run_tgdp,
+    build_study_report,
+    lambda _settings, out: load_records(out),
+    COORDINATES,
 )
 #: :class:`theory.engine.study.Study`'s calls: ``gentransfer show``, ``run`` and ``report``, ``read_results``
 resolved, run, report, records = _CELLS.resolved, _CELLS.run, _CELLS.report, _CELLS.records
