@@ -39,7 +39,7 @@ import inspect
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from shared_embed.errors import ConfigError
 from shared_embed.train import TrainConfig
@@ -73,6 +73,7 @@ from theory.engine.schema import (
 )
 from theory.engine.vocabulary import Vocabulary
 
+T = TypeVar("T")
 HEAD_KINDS = ("flow", "diffusion", "gaussian", "linear_gaussian")
 CONDITIONAL_TASKS = ("conditional_gaussian", "conditional_mixture")
 PHASES = ("source", "target", "floor")
@@ -530,6 +531,14 @@ def study_tables(raw: dict[str, Any], vocabulary: Vocabulary, label: str) -> tup
     if bad:
         raise ConfigError(f"unknown key(s) {bad} in [experiment]; valid: {list(STUDY_EXPERIMENT_KEYS)}")
     return exp, vocabulary.fold(raw)
+
+
+def read_study(raw: dict[str, Any], vocabulary: Vocabulary, cls: type[T], label: str) -> tuple[dict[str, Any], T]:
+    """(the [experiment] table, the settings dataclass ``cls``) of a cell study's config: its tables checked
+    (:func:`study_tables`), then the one typed reader, with errors in the shared words."""
+    exp, table = study_tables(raw, vocabulary, label)
+    with vocabulary.shared_names():
+        return exp, dataclass_from_table(cls, table, vocabulary.section)
 
 
 def fingerprint(study: dict[str, Any]) -> str:

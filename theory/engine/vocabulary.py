@@ -36,11 +36,25 @@ from typing import Any
 from shared_embed.errors import ConfigError
 from theory.engine.schema import table as as_table
 
-__all__ = ["SHARED_TABLES", "Vocabulary"]
+__all__ = ["PER_CLASS_PATHS", "SHARED_TABLES", "Vocabulary"]
 
 #: the tables whose keys mean the same in every study
 SHARED_TABLES = ("grid", "heads", "encoder")
 Path_ = tuple[str, ...]
+#: the shared keys of a study whose grid counts target images per class and whose heads sit on a learned
+#: encoder (digits, completion): where they live in its settings dataclass
+PER_CLASS_PATHS: tuple[tuple[str, str], ...] = (
+    ("grid.seeds", "seeds"),
+    ("grid.per_class", "per_class"),
+    ("grid.heads", "heads"),
+    ("grid.variants", "variants"),
+    ("heads.*.options", "head_options.*"),
+    ("heads.*.train", "train.*"),
+    ("heads.*.nll_rows", "nll_rows.*"),
+    ("encoder.embed_dim", "embed_dim"),
+    ("encoder.hidden", "encoder_hidden"),
+    ("encoder.val_fraction", "val_fraction"),
+)
 
 
 def _split(path: str) -> Path_:

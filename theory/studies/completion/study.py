@@ -17,12 +17,11 @@ import torch
 
 from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import DataError
-from theory.engine.config import study_tables
+from theory.engine.config import read_study
 from theory.engine.records import dumps, failed_section
 from theory.engine.run_folder import check_no_links, read_json
-from theory.engine.schema import dataclass_from_table
 from theory.engine.study_runs import CellStudy
-from theory.engine.vocabulary import Vocabulary
+from theory.engine.vocabulary import PER_CLASS_PATHS, Vocabulary
 from theory.studies.completion.evaluation import test_rows
 from theory.studies.completion.experiment import (
     COORDINATES,
@@ -37,29 +36,12 @@ from theory.studies.completion.report import MARGIN_SE, format_table
 from theory.studies.completion.task import HALF, CompletionTask
 
 #: where the shared config words (theory.engine.vocabulary) live in :class:`CompletionExperiment`
-VOCABULARY = Vocabulary(
-    "completion",
-    (
-        ("grid.seeds", "seeds"),
-        ("grid.per_class", "per_class"),
-        ("grid.heads", "heads"),
-        ("grid.variants", "variants"),
-        ("heads.*.options", "head_options.*"),
-        ("heads.*.train", "train.*"),
-        ("heads.*.nll_rows", "nll_rows.*"),
-        ("encoder.embed_dim", "embed_dim"),
-        ("encoder.hidden", "encoder_hidden"),
-        ("encoder.val_fraction", "val_fraction"),
-        ("heads.*.target_val_fraction", "target_val_fraction.*"),
-    ),
-)
+VOCABULARY = Vocabulary("completion", (*PER_CLASS_PATHS, ("heads.*.target_val_fraction", "target_val_fraction.*")))
 
 
 def parse(raw: dict[str, Any]) -> tuple[dict[str, Any], CompletionExperiment]:
     """(the [experiment] table, the experiment) of a completion config; ConfigError naming a bad key."""
-    exp, table = study_tables(raw, VOCABULARY, "completion")
-    with VOCABULARY.shared_names():
-        return exp, dataclass_from_table(CompletionExperiment, table, "completion")
+    return read_study(raw, VOCABULARY, CompletionExperiment, "completion")
 
 
 #: What makes two runs one study (the grid axes a rerun may extend left out).

@@ -14,12 +14,11 @@ from typing import Any
 
 from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import DataError
-from theory.engine.config import study_tables
+from theory.engine.config import read_study
 from theory.engine.records import failed_section, split_failed
 from theory.engine.run_folder import check_no_links, read_json
-from theory.engine.schema import dataclass_from_table
 from theory.engine.study_runs import CellStudy
-from theory.engine.vocabulary import Vocabulary
+from theory.engine.vocabulary import PER_CLASS_PATHS, Vocabulary
 from theory.studies.digits.experiment import (
     COORDINATES,
     DigitsExperiment,
@@ -30,29 +29,12 @@ from theory.studies.digits.experiment import (
 from theory.studies.digits.report import format_table
 
 #: where the shared config words (theory.engine.vocabulary) live in :class:`DigitsExperiment`
-VOCABULARY = Vocabulary(
-    "digits",
-    (
-        ("grid.seeds", "seeds"),
-        ("grid.per_class", "per_class"),
-        ("grid.heads", "heads"),
-        ("grid.variants", "variants"),
-        ("heads.*.options", "head_options.*"),
-        ("heads.*.train", "train.*"),
-        ("heads.*.nll_rows", "nll_rows.*"),
-        ("encoder.embed_dim", "embed_dim"),
-        ("encoder.hidden", "encoder_hidden"),
-        ("encoder.val_fraction", "val_fraction"),
-        ("heads.*.sample_options", "sample_options.*"),
-    ),
-)
+VOCABULARY = Vocabulary("digits", (*PER_CLASS_PATHS, ("heads.*.sample_options", "sample_options.*")))
 
 
 def parse(raw: dict[str, Any]) -> tuple[dict[str, Any], DigitsExperiment]:
     """(the [experiment] table, the experiment) of a digits config; ConfigError naming a bad key."""
-    exp, digits = study_tables(raw, VOCABULARY, "digits")
-    with VOCABULARY.shared_names():
-        return exp, dataclass_from_table(DigitsExperiment, digits, "digits")
+    return read_study(raw, VOCABULARY, DigitsExperiment, "digits")
 
 
 #: What makes two runs one study (the grid axes a rerun may extend left out).
