@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -122,6 +123,21 @@ def train_table(value: Any, where: str, valid: Sequence[str] | None = None) -> d
         TrainConfig(**out)
     except (ConfigError, ValueError, TypeError) as err:
         raise ConfigError(f"[{where}]: {err}") from err
+    return out
+
+
+def fill_tables(given: dict[str, Any], defaults: dict[str, Any], levels: int = 1) -> dict[str, Any]:
+    """``given`` with the entries of ``defaults`` it lacks, ``levels`` tables deep; a table given at the last level
+    replaces its default whole (``fill_tables({"flow": {"source": s}}, DEFAULT_TRAIN, 2)`` keeps ``s`` as it is and
+    adds flow's default target phase and every other head's phases). So a config that states a default and one
+    that leaves it out give the same settings, and the same study fingerprint."""
+    out = copy.deepcopy(defaults)
+    for key, value in given.items():
+        default = out.get(key)
+        if levels > 1 and isinstance(value, dict) and isinstance(default, dict):
+            out[key] = fill_tables(value, default, levels - 1)
+        else:
+            out[key] = copy.deepcopy(value)
     return out
 
 

@@ -3,6 +3,8 @@ the encoder with the same tables and keys, and errors name the key as the config
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,41 @@ def test_every_shipped_config_names_its_seeds_heads_and_phases_with_the_shared_t
     assert set(raw) <= shared | transfer_only | {kind}, sorted(set(raw) - shared - transfer_only)
     own = raw.get(kind, {})
     assert not {"seeds", "heads", "variants", "per_class", "n_source", "n_targets", "head_options", "train"} & set(own)
+
+
+@pytest.mark.parametrize("name", CELL_STUDIES)
+def test_a_shipped_study_config_states_only_what_differs_from_the_defaults(name: str) -> None:
+    """Leaving out any one stated key or table of a shipped cell-study config (presets aside) changes its settings:
+    nothing in it restates a default (``gentransfer show`` prints the defaults)."""
+    raw = read_config(shipped_configs() / f"{name}.toml")
+    study = get_study(kind_of(raw))
+
+    def settings(config: dict) -> str:
+        return json.dumps(study.parse(config)[1].to_dict(), sort_keys=True, default=list)
+
+    want = settings(raw)
+    restated = []
+    for path in _paths(raw):
+        trial = copy.deepcopy(raw)
+        node = trial
+        for key in path[:-1]:
+            node = node[key]
+        del node[path[-1]]
+        try:
+            same = settings(trial) == want
+        except ConfigError:
+            same = False
+        restated += [".".join(path)] if same else []
+    assert not restated, f"{name}.toml restates defaults: {restated}"
+
+
+def _paths(node: dict, at: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every key path of a raw config below its grid, heads, encoder and study tables (tables and their keys)."""
+    out = []
+    for key, value in node.items():
+        if not at and key in ("experiment", "run", "presets"):
+            continue
+        out.append((*at, key))
+        if isinstance(value, dict):
+            out += _paths(value, (*at, key))
+    return out

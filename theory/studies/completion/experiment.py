@@ -34,7 +34,7 @@ from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_
 from shared_embed.validation import check_choice, check_positive_int
 from theory.engine.loop import Executor, run_groups
 from theory.engine.records import read_cell, record_cells, settings_digest, split_failed, to_run
-from theory.engine.schema import check_keys, table, train_table
+from theory.engine.schema import check_keys, fill_tables, table, train_table
 from theory.engine.seeding import derived_seed, stream_seed
 from theory.studies.completion.evaluation import evaluate, fit_classifier, real_fidelity, test_rows
 from theory.studies.completion.task import HALF, CompletionTask, redequantize
@@ -87,6 +87,9 @@ class CompletionExperiment:
     grid_draws: int = 2
 
     def __post_init__(self) -> None:
+        # every head kind's options and phases, the defaults where the config is silent (one fingerprint either way)
+        self.head_options = fill_tables(self.head_options, DEFAULT_HEAD_OPTIONS)
+        self.train = fill_tables(self.train, DEFAULT_TRAIN, levels=2)
         self.per_class = tuple(sorted({check_positive_int("per_class", int(k)) for k in self.per_class}))
         if not self.per_class:
             raise ConfigError("per_class must list at least one target size (images per class)")

@@ -47,7 +47,7 @@ from theory.engine.records import (
     split_failed,
     to_run,
 )
-from theory.engine.schema import check_keys, table, train_table
+from theory.engine.schema import check_keys, fill_tables, table, train_table
 from theory.engine.seeding import stream_seed
 from theory.studies.digits.domain_ratio import density_ratio_diagnostic
 from theory.studies.digits.evaluation import DigitsModel, TestSet, evaluate_model, sample_metrics
@@ -137,6 +137,9 @@ class DigitsExperiment:
     sample_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # every head kind's options and phases, the defaults where the config is silent (one fingerprint either way)
+        self.head_options = fill_tables(self.head_options, DEFAULT_HEAD_OPTIONS)
+        self.train = fill_tables(self.train, DEFAULT_TRAIN, levels=2)
         self.per_class = tuple(sorted({check_positive_int("per_class", int(k)) for k in self.per_class}))
         if not self.per_class:
             raise ConfigError("per_class must list at least one target size (images per class)")
