@@ -105,6 +105,7 @@ class DigitsExperiment:
 
     style: str = "reflect"
     heavy_fraction: float = 0.35
+    ink_tilt: float = 2.0
     per_class: Sequence[int] = (5, 15, 50)
     seeds: Sequence[int] = (0,)
     heads: Sequence[str] = ("flow", "diffusion")
@@ -142,7 +143,13 @@ class DigitsExperiment:
                 TrainConfig(**phases.get(phase, {}))  # fail now on a bad field, not mid-run
         for kind, options in self.sample_options.items():
             _check_sample_options(kind, options)  # a bad option fails now, not mid-run
-        DigitsTask(self.style, self.test_per_class, self.pool_per_class, heavy_fraction=self.heavy_fraction)
+        DigitsTask(
+            self.style,
+            self.test_per_class,
+            self.pool_per_class,
+            heavy_fraction=self.heavy_fraction,
+            ink_tilt=self.ink_tilt,
+        )
         for variant, fields_ in self.variant_train.items():
             check_choice("variant_train variant", variant, VARIANTS)
             TrainConfig(**fields_)
@@ -377,7 +384,14 @@ def run_digits_group(
 ) -> list[dict[str, Any]]:
     """The engine's runner of this study: the seed's data and classifier, the head's source model, its cells."""
     exp, seed, kind, say = DigitsExperiment(**spec), group.seed, group.head, log or (lambda _m: None)
-    task = DigitsTask(exp.style, exp.test_per_class, exp.pool_per_class, seed, heavy_fraction=exp.heavy_fraction)
+    task = DigitsTask(
+        exp.style,
+        exp.test_per_class,
+        exp.pool_per_class,
+        seed,
+        heavy_fraction=exp.heavy_fraction,
+        ink_tilt=exp.ink_tilt,
+    )
     gen = torch.Generator().manual_seed(seed)
     source = task.paired(task.splits.source, gen)
     pool = task.paired(task.splits.target_pool, gen)  # rows ranked within class: head(10 k) = k per class
