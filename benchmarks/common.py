@@ -166,7 +166,9 @@ def make_data(n: int) -> tuple[Tensor, Tensor]:
 # -- the transfer-grid benchmarks (flow_transfer.py, diffusion_transfer.py) --------------------------------
 def add_grid_arguments(p: argparse.ArgumentParser, results: Path) -> None:
     """The arguments every transfer-grid benchmark takes (its head's own options are added by the script)."""
-    p.add_argument("--quick", action="store_true", help="small grid: n_t in {50, 100, 1000}, one seed")
+    p.add_argument(
+        "--quick", action="store_true", help="the config's [presets.quick] overlay: n_t in {50, 100, 1000}, one seed"
+    )
     p.add_argument("--n-s", type=int, help="source sample size (default 10000)")
     p.add_argument("--n-t", type=int, nargs="+", help="target sample sizes")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds")

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"evaluation.n_eval={args.n_eval}")
     if args.rtol:
         overrides += [f"heads.diffusion.options.rtol={args.rtol}", f"heads.diffusion.options.atol={args.rtol}"]
-    config = experiment_config("diffusion_transfer", overrides, quick=args.quick)
+    config = experiment_config("diffusion_transfer", overrides, preset="quick" if args.quick else None)
     log = None if args.quiet else (lambda msg: print(time.strftime("%H:%M:%S"), msg, flush=True))
     result = run_transfer_experiment(config, log=log)
     print_grid_result(

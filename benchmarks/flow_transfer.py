@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append("heads.flow.options.transform=spline_ar")
     if args.transform:
         overrides.append(f"heads.flow.options.transform={args.transform}")
-    config = experiment_config("flow_transfer", overrides, quick=args.quick)
+    config = experiment_config("flow_transfer", overrides, preset="quick" if args.quick else None)
     log = None if args.quiet else (lambda msg: print(msg, flush=True))
     result = run_transfer_experiment(config, log=log)
     head = config.heads["flow"].options

@@ -23,8 +23,10 @@ import torch
 from common import RESULTS as RESULTS_DIR  # noqa: E402  (also puts the repository root on sys.path)
 from common import append_record  # noqa: E402
 
-from theory.studies.tgdp.experiment import TGDPSettings, compare, run_tgdp_experiment  # noqa: E402
+from theory.engine.config_files import read_config, resolve_config  # noqa: E402
+from theory.studies.tgdp.experiment import compare, run_tgdp_experiment  # noqa: E402
 from theory.studies.tgdp.settings import LEARNED  # noqa: E402
+from theory.studies.tgdp.study import parse  # noqa: E402
 from theory.truth.tasks import inside_support_task  # noqa: E402
 
 RESULTS = RESULTS_DIR / "tgdp_simulation.jsonl"
@@ -32,7 +34,9 @@ RESULTS = RESULTS_DIR / "tgdp_simulation.jsonl"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small grid: n_t in {10, 100}, one seed")
+    p.add_argument(
+        "--quick", action="store_true", help="the config's [presets.quick] overlay: n_t in {10, 100}, one seed"
+    )
     p.add_argument("--n-s", type=int, help="source sample size (default 10000)")
     p.add_argument("--n-t", type=int, nargs="+", help="target sample sizes")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds")
@@ -55,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    settings = TGDPSettings.quick() if args.quick else TGDPSettings()
+    # the shipped study (configs/tgdp_simulation.toml), with its quick overlay when asked
+    settings = parse(read_config(resolve_config(Path("tgdp_simulation")), "quick" if args.quick else None))[1]
     changes: dict = {}
     if args.n_s:
         changes["n_source"] = args.n_s

@@ -21,7 +21,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from shared_embed.errors import GentransferError
-from theory.engine.config_files import apply_override, read_toml, resolve_config
+from theory.engine.config_files import read_config, resolve_config
 from theory.engine.executors import EXECUTORS, make_executor, parse_options
 from theory.engine.folder_lock import run_in_progress
 from theory.engine.toml_writer import dumps as toml_dumps
@@ -58,13 +58,16 @@ line; GENTRANSFER_TRACEBACK=1 shows the traceback of an unexpected one); 130 Ctr
 cells are kept: the same command resumes).
 """
 
+PRESET_HELP = "merge the config's [presets.NAME] overlay, e.g. --preset smoke (before any --set)"
+
 EPILOG = """\
 Configs live in configs/ and ship with the package: default.toml (the main job), full.toml (the whole
 study, flows and diffusion), dimension_laws.toml, tgdp_simulation.toml (the TGDP paper's simulation),
-smoke.toml and tgdp_smoke.toml (seconds, for tests). Give a path, or a shipped config's name
-(e.g. 'default'), which also works where gentransfer was installed with pip. Any key can be overridden with
---set section.key=value (TOML values: numbers, [lists], "strings"; bare words are strings), e.g.
---set grid.n_t=[50,100,200] --set run.workers=2.
+smoke.toml (seconds, for tests), digits.toml, digits_tgdp.toml and completion.toml (real 8x8 digits). Give a
+path, or a shipped config's name (e.g. 'default'), which also works where gentransfer was installed with pip.
+--preset NAME merges the config's [presets.NAME] overlay (e.g. 'digits --preset smoke', seconds; 'flow_transfer
+--preset quick'). Any key can be overridden with --set section.key=value (TOML values: numbers, [lists],
+"strings"; bare words are strings), e.g. --set grid.n_t=[50,100,200] --set run.workers=2.
 An interrupted run resumes: run the same command again and finished cells are skipped.
 Across hosts (one --out folder on a shared disk): --executor dask (a LocalCluster, or --scheduler
 tcp://HOST:PORT) or --executor slurm (a job array through submitit), which retry a lost worker's groups; or,
@@ -100,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("config", type=Path, help="experiment config (TOML), e.g. configs/default.toml or 'default'")
     run.add_argument("--out", type=Path, required=True, help="output folder (created; reused to resume)")
+    run.add_argument("--preset", help=PRESET_HELP)
     run.add_argument(
         "--set",
         dest="overrides",
@@ -183,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument("config", type=Path, help="a config path, or a shipped config's name, e.g. 'default'")
     show.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+    show.add_argument("--preset", help=PRESET_HELP)
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return p
 
@@ -199,11 +204,8 @@ def _check_out(out: Path) -> None:
         raise GentransferError(f"--out {os.fspath(out)!r} is not writable")
 
 
-def _raw_config(path: Path, overrides: list[str]) -> dict:
-    raw = read_toml(resolve_config(path))
-    for assignment in overrides:
-        apply_override(raw, assignment)
-    return raw
+def _raw_config(path: Path, preset: str | None, overrides: list[str]) -> dict:
+    return read_config(resolve_config(path), preset, overrides)
 
 
 def _executor(args: argparse.Namespace, workers: int) -> Executor | None:
@@ -221,7 +223,9 @@ def _executor(args: argparse.Namespace, workers: int) -> Executor | None:
 
 def _run(args: argparse.Namespace) -> int:
     """``gentransfer run``: the config checked by its study before the folder is touched, then the study's run."""
-    raw = _raw_config(args.config, args.overrides)  # a missing or malformed file: one line before torch loads
+    raw = _raw_config(
+        args.config, args.preset, args.overrides
+    )  # a missing or malformed file: one line before torch loads
     from theory.engine.study import RunOptions, get_study, kind_of
 
     kind = kind_of(raw)  # an unknown kind: one line, still before torch loads
@@ -245,6 +249,7 @@ def _run(args: argparse.Namespace) -> int:
         report=not args.no_report,
         log=None if args.quiet else (lambda m: print(m, flush=True)),
         config_file=os.fspath(args.config),
+        preset=args.preset,
         overrides=tuple(args.overrides),
     )
     refuse_options(study.KIND, study.OPTIONS, options)
@@ -288,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         from theory.engine.study import get_study, kind_of
 
-        raw = _raw_config(args.config, args.overrides)
+        raw = _raw_config(args.config, args.preset, args.overrides)
         resolved = get_study(kind_of(raw)).resolved(raw)
         print(json.dumps(resolved, indent=2) if args.json else toml_dumps(resolved), end="\n" if args.json else "")
         sys.stdout.flush()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.presets import preset_args
 from theory.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +58,9 @@ def test_degenerate_task_values_are_refused_before_any_cell(
 def test_threads_beyond_the_machine_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = _fails(["run", str(SMOKE), "--out", str(tmp_path / "o"), "--set", "run.threads=100000"], capsys)
     assert f"run.threads = 100000: this machine has {os.cpu_count()} core(s)" in err
-    err = _fails(["run", "tgdp_smoke", "--out", str(tmp_path / "t"), "--set", "run.threads=100000"], capsys)
+    err = _fails(
+        ["run", *preset_args("tgdp_simulation"), "--out", str(tmp_path / "t"), "--set", "run.threads=100000"], capsys
+    )
     assert "run.threads = 100000" in err
 
 

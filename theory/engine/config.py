@@ -46,8 +46,11 @@ from shared_embed.train import TrainConfig
 from shared_embed.transfer import VARIANTS
 from shared_embed.validation import check_choice, check_positive_float
 from theory.engine.config_files import (  # noqa: F401  (re-exported: read here, validated below)
+    PRESETS,
     apply_override,
+    apply_preset,
     parse_value,
+    read_config,
     read_toml,
     resolve_config,
     shipped_configs,
@@ -408,7 +411,7 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ExperimentConfig:
         """Validate a raw (TOML-shaped) dict; raises ConfigError naming the first bad key."""
-        raw = as_table(raw, "config")
+        raw = apply_preset(as_table(raw, "config"), None)  # a file's [presets] are overlays, not settings
         check_keys(raw, SECTIONS, "")
         if "grid" not in raw:
             raise ConfigError("the config needs a [grid] table with n_s and n_t")
@@ -545,12 +548,12 @@ class ExperimentConfig:
 
 
 # -- loading and overrides -----------------------------------------------------------------------
-def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Read a TOML config, apply ``key=value`` overrides in order, validate."""
-    raw = read_toml(path)
-    for assignment in overrides:
-        apply_override(raw, assignment)
-    return ExperimentConfig.from_dict(raw)
+def load_config(
+    path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = (), *, preset: str | None = None
+) -> ExperimentConfig:
+    """Read a TOML config, merge its ``preset`` overlay (``[presets.NAME]``), apply ``key=value`` overrides in
+    order, validate."""
+    return ExperimentConfig.from_dict(read_config(path, preset, overrides))
 
 
 #: Keys of the [experiment] table of a study that is not a transfer grid (TGDP, digits).
@@ -562,9 +565,11 @@ def study_tables(raw: dict[str, Any], section: str, label: str) -> tuple[dict[st
 
     ``label`` names the study in messages (e.g. "TGDP"). Valid top-level tables: experiment, ``section``, run.
     """
-    unknown = sorted(set(raw) - {"experiment", section, "run"})
+    unknown = sorted(set(raw) - {"experiment", section, "run", PRESETS})
     if unknown:
-        raise ConfigError(f"unknown as_table(s) {unknown} in a {label} config; valid: experiment, {section}, run")
+        raise ConfigError(
+            f"unknown table(s) {unknown} in a {label} config; valid: experiment, {section}, run, {PRESETS}"
+        )
     exp = raw["experiment"]
     bad = sorted(set(exp) - set(STUDY_EXPERIMENT_KEYS))
     if bad:

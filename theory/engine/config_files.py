@@ -1,19 +1,27 @@
-"""Config files without torch: TOML reading, ``--set`` overrides and the shipped configs' folder.
+"""Config files without torch: TOML reading, presets, ``--set`` overrides and the shipped configs' folder.
+
+A config may carry named presets: ``[presets.NAME]`` tables, each an overlay of the file's own tables (a table
+merges key by key, recursively; any other value, a list included, replaces). ``read_config(path, "smoke")`` is the
+file with its ``smoke`` overlay; without a preset the ``[presets]`` table is dropped, so a preset never changes
+the plain config or its fingerprint. This is the one preset mechanism of every study (``gentransfer run CONFIG
+--preset smoke``): a shipped study config states its small ``smoke`` grid (seconds, for the tests) and, where it
+has one, its ``quick`` grid beside its full settings.
 
 Everything here imports only the standard library and :mod:`shared_embed.errors`, so the command line
 reports a missing or malformed config file before it loads torch. :mod:`theory.engine.config` re-exports
 these names and validates what they read.
 
 Example:
-    >>> raw = apply_override(read_toml(resolve_config(Path("smoke"))), "grid.seeds=[0]")
-    >>> raw["grid"]["seeds"]
-    [0]
+    >>> raw = read_config(resolve_config(Path("digits")), "smoke", ["digits.seeds=[1]"])
+    >>> raw["digits"]["seeds"], "presets" in raw
+    ([1], False)
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +35,21 @@ else:  # pragma: no cover - Python 3.10
     except ModuleNotFoundError as err:
         raise ImportError("reading TOML configs on Python 3.10 needs the 'tomli' package: pip install tomli") from err
 
-__all__ = ["apply_override", "parse_value", "read_toml", "resolve_config", "shipped_configs"]
+__all__ = [
+    "PRESETS",
+    "apply_override",
+    "apply_preset",
+    "merge_tables",
+    "presets_of",
+    "parse_value",
+    "read_config",
+    "read_toml",
+    "resolve_config",
+    "shipped_configs",
+]
+
+#: the top-level table of a config file that holds its named overlays
+PRESETS = "presets"
 
 
 def parse_value(text: str) -> Any:
@@ -97,3 +119,45 @@ def resolve_config(config: Path) -> Path:
         return candidate
     names = ", ".join(sorted(p.stem for p in folder.glob("*.toml"))) or "none found"
     raise GentransferError(f"no config file {config}; shipped configs (give the name or a path): {names}")
+
+
+def merge_tables(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """A new dict: ``base`` with ``overlay`` merged over it (tables merge recursively; any other value, a list
+    included, replaces the base's). Neither argument is changed."""
+    out = dict(base)
+    for key, value in overlay.items():
+        old = out.get(key)
+        out[key] = merge_tables(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+    return out
+
+
+def presets_of(raw: dict[str, Any], source: str = "the config") -> dict[str, dict[str, Any]]:
+    """The named overlays of a raw config (its ``[presets]`` table; empty when it has none), checked to be tables."""
+    presets = raw.get(PRESETS, {})
+    if not isinstance(presets, dict) or not all(isinstance(v, dict) for v in presets.values()):
+        raise ConfigError(f"[{PRESETS}] of {source} must hold tables [{PRESETS}.NAME], got {presets!r}")
+    return presets
+
+
+def apply_preset(raw: dict[str, Any], preset: str | None, source: str = "the config") -> dict[str, Any]:
+    """``raw`` without its ``[presets]`` table, with the overlay ``[presets.PRESET]`` merged over it when
+    ``preset`` is given; ConfigError naming the presets ``source`` has when it has no such preset."""
+    presets = presets_of(raw, source)
+    plain = {k: v for k, v in raw.items() if k != PRESETS}
+    if preset is None:
+        return plain
+    if preset not in presets:
+        have = ", ".join(sorted(presets)) or "none"
+        raise ConfigError(f"{source} has no preset {preset!r}; its presets: {have}")
+    return merge_tables(plain, presets[preset])
+
+
+def read_config(
+    path: str | os.PathLike[str], preset: str | None = None, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The raw dict of a config file as a run uses it: the file, its ``preset`` overlay (None: none), then the
+    ``key=value`` ``overrides`` in order. ConfigError for a missing or malformed file or an unknown preset."""
+    raw = apply_preset(read_toml(path), preset, f"config file {os.fspath(path)!r}")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return raw

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-__all__ = ["derived_seed"]
+__all__ = ["derived_seed", "stream_seed"]
 
 
 def derived_seed(*parts: Any) -> int:
@@ -19,3 +19,9 @@ def derived_seed(*parts: Any) -> int:
     versions; ``% 2**31`` where a consumer wants a 32-bit seed)."""
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()
     return int(digest[:15], 16)
+
+
+def stream_seed(*parts: Any) -> int:
+    """The 31-bit form of :func:`derived_seed` (``% 2**31``): what ``torch.manual_seed``, a ``torch.Generator``
+    and scikit-learn's ``random_state`` take."""
+    return derived_seed(*parts) % 2**31

@@ -50,7 +50,7 @@ class RunOptions:
     ``workers`` / ``device``: None takes the config's ``run`` table; ``shard``: ``"I/N"``; ``executor``: the
     executor built from the options (:func:`theory.engine.executors.make_executor`; None: this machine's pool);
     ``max_hours``: a grid estimated above it stops before it starts (None: no limit); ``log``: progress lines
-    (None: quiet); ``config_file`` and ``overrides`` are recorded in the folder's ``run.json``."""
+    (None: quiet); ``config_file``, ``preset`` and ``overrides`` are recorded in the folder's ``run.json``."""
 
     workers: int | None = None
     device: str | None = None
@@ -62,6 +62,7 @@ class RunOptions:
     report: bool = True
     log: Callable[[str], None] | None = None
     config_file: str = ""
+    preset: str | None = None
     overrides: tuple[str, ...] = ()
 
 

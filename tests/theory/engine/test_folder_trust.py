@@ -169,9 +169,7 @@ def test_report_reads_no_link_in_any_run_subfolder_nor_a_linked_config(run: Path
         build_report(run)
 
 
-@pytest.mark.parametrize(
-    "config, sub", [("tgdp_smoke", "cells"), ("digits_smoke", "cells"), ("completion_smoke", "cells")]
-)
+@pytest.mark.parametrize("config, sub", [("tgdp_simulation", "cells"), ("digits", "cells"), ("completion", "cells")])
 def test_every_study_refuses_a_linked_record_folder_for_run_and_report(
     config: str, sub: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

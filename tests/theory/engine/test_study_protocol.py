@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from shared_embed.errors import ConfigError, DataError
+from tests.presets import preset_args
 from theory.cli import main
 from theory.engine.results import flatten_record, read_results
 from theory.engine.study import SHIPPED, ReportOptions, RunOptions, Study, get_study, kind_of, register_study
@@ -36,7 +37,7 @@ def test_a_study_refuses_options_it_does_not_take(tmp_path: Path, capsys: pytest
     with pytest.raises(ConfigError, match="--shard is not an option of a digits study"):
         refuse_options("digits", frozenset(), RunOptions(shard="0/2"))
     refuse_options("transfer", frozenset({"shard", "device"}), RunOptions(shard="0/2", device="cpu"))
-    code = main(["run", "digits_smoke", "--out", str(tmp_path / "d"), "--shard", "1/2"])
+    code = main(["run", *preset_args("digits"), "--out", str(tmp_path / "d"), "--shard", "1/2"])
     assert code == 2 and "--shard is not an option of a digits study" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 

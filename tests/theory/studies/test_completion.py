@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from shared_embed.errors import ConfigError, DataError
+from tests.presets import preset_args, preset_settings
 from theory.studies.completion.task import (
     HALF,
     LEVELS,
@@ -124,15 +125,11 @@ def test_comparisons_know_the_combined_se_and_the_verdict():
     assert one["paired_se"] == 0.0 and math.isnan(one["combined_se"]) and not one["wins"]  # per-image: -10, -10
 
 
-def test_the_smoke_config_is_the_tiny_experiment():
-    import pathlib
-
-    from theory.engine.config import read_toml
-    from theory.studies.completion.experiment import CompletionExperiment
-    from theory.studies.completion.study import parse
-
-    smoke = pathlib.Path(__file__).resolve().parents[3] / "configs" / "completion_smoke.toml"
-    assert parse(read_toml(smoke))[1].to_dict() == CompletionExperiment.tiny(("flow", "diffusion")).to_dict()
+def test_the_smoke_preset_overlays_the_shipped_settings():
+    """The smoke preset changes sizes and steps only: the style, variants and head kinds are the shipped study's."""
+    full, smoke = preset_settings("completion", None), preset_settings("completion")
+    assert (smoke.style, smoke.variants, smoke.heads) == (full.style, full.variants, full.heads)
+    assert smoke.per_class == (2,) and smoke.seeds == (0,) and smoke.head_options["flow"]["transform"] == "nsf"
 
 
 def test_bad_settings_name_themselves():
@@ -151,10 +148,10 @@ def test_bad_settings_name_themselves():
 def test_the_completion_study_runs_and_reports_through_gentransfer(tmp_path, capsys):
     from theory.cli import main
     from theory.engine.run_folder import untimed
-    from theory.studies.completion.experiment import CompletionExperiment, run_completion_experiment
+    from theory.studies.completion.experiment import run_completion_experiment
 
     out = tmp_path / "run"
-    assert main(["run", "completion_smoke", "--out", str(out), "--quiet"]) == 0
+    assert main(["run", *preset_args("completion"), "--out", str(out), "--quiet"]) == 0
     records = json.loads((out / "records.json").read_text())["records"]
     assert {(r["head"], r["variant"]) for r in records} == {
         (h, v) for h in ("flow", "diffusion") for v in ("source_only", "transfer", "no_transfer", "fine_tune", "direct")
@@ -163,14 +160,16 @@ def test_the_completion_study_runs_and_reports_through_gentransfer(tmp_path, cap
     report = (out / "report.md").read_text()
     assert "transfer − no_transfer" in report and (out / "completion_flow_k2.png").is_file()
     assert (out / "completion_diffusion_k2.png").is_file()
-    library = run_completion_experiment(CompletionExperiment.tiny(("flow", "diffusion")))["records"]
+    library = run_completion_experiment(preset_settings("completion"))["records"]
     assert [(r["head"], r["variant"], r["nll"]) for r in library] == [
         (r["head"], r["variant"], r["nll"]) for r in records
     ]
     capsys.readouterr()
     assert main(["report", str(out)]) == 0 and "| flow |" in capsys.readouterr().out
     (out / "cells" / "flow" / "seed0_k2_transfer.json").unlink()
-    assert main(["run", "completion_smoke", "--out", str(out), "--quiet", "--no-report"]) == 0  # reruns that cell
+    assert (
+        main(["run", *preset_args("completion"), "--out", str(out), "--quiet", "--no-report"]) == 0
+    )  # reruns that cell
     rerun = json.loads((out / "records.json").read_text())["records"]
     assert [untimed(r) for r in rerun] == [untimed(r) for r in records]
 
@@ -181,9 +180,9 @@ def test_adding_a_variant_or_a_head_changes_no_other_cells_records():
     import dataclasses
 
     from theory.engine.run_folder import untimed
-    from theory.studies.completion.experiment import CompletionExperiment, run_completion_experiment
+    from theory.studies.completion.experiment import run_completion_experiment
 
-    tiny = CompletionExperiment.tiny(("flow",))
+    tiny = dataclasses.replace(preset_settings("completion"), heads=("flow",))
     alone = dataclasses.replace(tiny, variants=("transfer",), source_only=False)
     more = dataclasses.replace(tiny, heads=("diffusion", "flow"), variants=("no_transfer", "transfer"))
     cells = [run_completion_experiment(exp)["records"] for exp in (alone, more)]

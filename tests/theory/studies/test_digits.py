@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,6 +17,7 @@ import torch
 from shared_embed import ConditionalModel, Encoder, GaussianHead, PairedData, Standardizer, TrainConfig
 from shared_embed.errors import ConfigError, DataError, DTypeError, ShapeError
 from shared_embed.transfer import train_model
+from tests.presets import preset_args, preset_settings
 from theory.studies.digits.pixels import LogitPixels
 from theory.studies.digits.task import STYLES, D, DigitsTask, apply_style, load_digit_levels
 from theory.truth.kl import kl_to_task
@@ -222,10 +223,10 @@ def test_fidelity_classifier_is_accurate_on_real_target_images(task):
 
 # -- the experiment end to end --------------------------------------------------------------------------
 def test_tiny_experiment_end_to_end_writes_table_records_and_grid(tmp_path):
-    from theory.studies.digits.experiment import DigitsExperiment, run_digits_experiment
+    from theory.studies.digits.experiment import run_digits_experiment
 
     heads = ("gaussian", "flow", "diffusion")
-    exp = DigitsExperiment.tiny(heads, tgdp=True)
+    exp = replace(preset_settings("digits"), heads=heads, tgdp=True)
     result = run_digits_experiment(exp, tmp_path)
     records = result["records"]
     assert {(r["head"], r["variant"]) for r in records} == {
@@ -246,16 +247,29 @@ def test_tiny_experiment_end_to_end_writes_table_records_and_grid(tmp_path):
     assert (tmp_path / "digits_flow_k5.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_adding_a_variant_a_head_or_a_target_size_changes_no_other_cells_records():
+    """Each cell draws from a digest of its own coordinates: the Gaussian head's transfer cell at k = 5 is the
+    same, bit for bit, alone and in a grid with more variants, another head and another target size."""
+    from theory.engine.run_folder import untimed
+    from theory.studies.digits.experiment import run_digits_experiment
+
+    tiny = preset_settings("digits")
+    alone = replace(tiny, variants=("transfer",), source_only=False)
+    more = replace(tiny, heads=("flow", "gaussian"), per_class=(2, 5), variants=("no_transfer", "transfer"))
+    cells = [run_digits_experiment(exp)["records"] for exp in (alone, more)]
+    key = ("gaussian", 5, "transfer")
+    picked = [[untimed(r) for r in rs if (r["head"], r["per_class"], r["variant"]) == key] for rs in cells]
+    assert len(picked[0]) == 1 and picked[0] == picked[1]
+
+
 def test_tiny_heavy_ink_tgdp_run_records_what_its_guard_did(tmp_path):
     """configs/digits_tgdp_smoke.toml: the inside-support target end to end with the kernel estimator and a switch
     time chosen on held-out target rows: the TGDP record says its status (one of STATUSES) and the premise, the
     table shows the guard and the paired per-seed differences; ``tune`` scores on the held-out pool rows, not the test split."""
     from diffusion.tgdp.guided_model import STATUSES
-    from theory.engine.config_files import read_toml, resolve_config
     from theory.studies.digits.experiment import DigitsExperiment, run_digits_experiment
-    from theory.studies.digits.study import experiment_from_config
 
-    exp = experiment_from_config(read_toml(resolve_config(Path("digits_tgdp_smoke"))))
+    exp = preset_settings("digits_tgdp")
     result = run_digits_experiment(exp, tmp_path)
     (tgdp,) = [r for r in result["records"] if r["variant"] == "tgdp"]
     assert tgdp["tgdp"]["status"] in STATUSES and set(tgdp["premise"]) >= {"auc", "ok"}
@@ -439,19 +453,19 @@ def test_density_ratio_diagnostic_separates_a_style_shift_from_no_shift():
 
 def test_the_digits_study_runs_and_reports_through_gentransfer(tmp_path, capsys):
     from theory.cli import main
-    from theory.studies.digits.experiment import DigitsExperiment, run_digits_experiment
+    from theory.studies.digits.experiment import run_digits_experiment
 
     out = tmp_path / "run"
-    assert main(["run", "digits_smoke", "--out", str(out), "--quiet"]) == 0
+    assert main(["run", *preset_args("digits"), "--out", str(out), "--quiet"]) == 0
     records = json.loads((out / "records.json").read_text())["records"]
     assert {r["variant"] for r in records} == {"source_only", "transfer", "no_transfer", "fine_tune"}
     assert "| gaussian |" in (out / "report.md").read_text() and list(out.glob("digits_gaussian_k5.png"))
-    library = run_digits_experiment(DigitsExperiment.tiny())["records"]  # the same numbers through the library
+    library = run_digits_experiment(preset_settings("digits"))["records"]  # the same numbers through the library
     assert [(r["variant"], r["nll"]) for r in library] == [(r["variant"], r["nll"]) for r in records]
     capsys.readouterr()
     assert main(["report", str(out)]) == 0 and "| gaussian |" in capsys.readouterr().out
     (out / "cells" / "gaussian" / "seed0_k5_transfer.json").unlink()
-    assert main(["run", "digits_smoke", "--out", str(out), "--quiet", "--no-report"]) == 0  # reruns that cell
+    assert main(["run", *preset_args("digits"), "--out", str(out), "--quiet", "--no-report"]) == 0  # reruns that cell
     from theory.engine.run_folder import untimed
 
     rerun = json.loads((out / "records.json").read_text())["records"]
@@ -483,8 +497,8 @@ def test_the_kernel_guidance_options_build_a_per_label_or_shared_linear_ratio():
 def test_flow_temperature_records_both_samplings_and_bad_options_fail_early():
     from theory.studies.digits.experiment import DigitsExperiment, run_digits_experiment
 
-    exp = DigitsExperiment.tiny(("flow",))
-    exp.variants, exp.source_only = ("transfer",), False
+    exp = replace(preset_settings("digits"), heads=("flow",))
+    exp.variants, exp.source_only, exp.sample_options = ("transfer",), False, {}  # the shipped T = 0.25 off
     plain = run_digits_experiment(exp)["records"]
     exp.sample_options = {"flow": {"temperature": 0.5}}
     result = run_digits_experiment(exp)

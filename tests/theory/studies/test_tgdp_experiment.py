@@ -9,39 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared_embed.train import TrainConfig
+from tests.presets import preset_args, preset_settings
 from theory.studies.tgdp.experiment import TGDPSettings, compare, load_records, run_tgdp_experiment
 from theory.studies.tgdp.settings import LEARNED, METHODS, SWITCH_LOW
 
 
-def tiny_settings() -> TGDPSettings:
-    quick = TrainConfig(steps=20, batch_size=64, eval_every=10)
-    return TGDPSettings(
-        n_source=400,
-        n_targets=(10,),
-        seeds=(0,),
-        source_train=quick,
-        target_train=quick,
-        fine_tune_train=quick,
-        head={"width": 16, "blocks": 1, "time_features": 8},
-        tgdp={
-            "classifier_train": {"steps": 20},
-            "guidance_train": {"steps": 20, "batch_size": 64},
-            "time_classifier_train": {"steps": 20},
-        },
-        noisy_classifier={"hidden": (16,), "train": {"steps": 20, "batch_size": 64}},
-        rtol=1e-3,
-        n_eval=200,
-        n_mmd=100,
-        n_errors=200,
-        times=(0.1, 0.5),
-        plot_times=(0.1, 0.5),
-        keep_samples=50,
-    )
-
-
 def test_tiny_tgdp_experiment_end_to_end(tmp_path: Path) -> None:
-    result = run_tgdp_experiment(tiny_settings(), out_dir=tmp_path)
+    result = run_tgdp_experiment(preset_settings("tgdp_simulation"), out_dir=tmp_path)
     records = result["records"]
     assert len(records) == 2 * len(METHODS)  # one seed, one n_t, two versions
     assert {(r["conditional"], r["method"]) for r in records} == {(c, m) for c in (False, True) for m in METHODS}
@@ -186,23 +160,24 @@ def test_the_tgdp_study_runs_and_reports_through_gentransfer(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from theory.cli import main
-    from theory.engine.config import read_toml
 
     out = tmp_path / "run"
-    assert main(["run", "tgdp_smoke", "--out", str(out), "--quiet"]) == 0
+    assert main(["run", *preset_args("tgdp_simulation"), "--out", str(out), "--quiet"]) == 0
     records = load_records(out)
     assert len(records) == 2 * len(METHODS)
     assert "TGDP against the baselines" in (out / "report.md").read_text()
     # the same config through the library gives the same numbers (one seeding scheme, whoever calls)
-    settings = TGDPSettings.from_dict(read_toml(Path(__file__).parents[3] / "configs" / "tgdp_smoke.toml")["tgdp"])
+    settings = preset_settings("tgdp_simulation")
     library = run_tgdp_experiment(settings)["records"]
     key = lambda r: (r["seed"], r["conditional"], r["n_t"], r["method"])  # noqa: E731
     assert {key(r): r["kl"] for r in library} == {key(r): r["kl"] for r in records}
     capsys.readouterr()
     assert main(["report", str(out)]) == 0 and "| uncond | 10 |" in capsys.readouterr().out
-    assert main(["run", "tgdp_smoke", "--out", str(out), "--quiet", "--no-report"]) == 0  # nothing left to run
+    assert (
+        main(["run", *preset_args("tgdp_simulation"), "--out", str(out), "--quiet", "--no-report"]) == 0
+    )  # nothing left to run
     assert "0/0" not in capsys.readouterr().out and load_records(out) == records
-    other = ["run", "tgdp_smoke", "--out", str(out), "--set", "tgdp.n_source=300"]
+    other = ["run", *preset_args("tgdp_simulation"), "--out", str(out), "--set", "tgdp.n_source=300"]
     assert main(other) == 2 and "another study" in capsys.readouterr().err
 
 
@@ -211,7 +186,7 @@ def test_adding_a_method_changes_no_other_methods_records(tmp_path: Path) -> Non
     with a smaller grid the same records, bit for bit."""
     from dataclasses import replace
 
-    small = replace(tiny_settings(), methods=("target_only", "fine_tune"), conditional=(False,))
+    small = replace(preset_settings("tgdp_simulation"), methods=("target_only", "fine_tune"), conditional=(False,))
     large = replace(small, methods=("source_only", "target_only", "tgdp_kernel", "fine_tune"))
 
     def numbers(settings: TGDPSettings, out: Path) -> dict[str, tuple[float, float]]:

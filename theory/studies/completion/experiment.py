@@ -8,7 +8,9 @@ The encoder maps the observed top half c (32) to d_h = ``embed_dim``; ``direct``
 (``augment=redequantize``). Cells of one (seed, head) form a group: they share the data and the source model.
 
 Example:
-    >>> result = run_completion_experiment(CompletionExperiment.tiny(), out_dir="out")
+    >>> from theory.studies.completion.study import parse   # the shipped config with its seconds-long preset
+    >>> experiment = parse(read_config(resolve_config(Path("completion")), "smoke"))[1]
+    >>> result = run_completion_experiment(experiment, out_dir="out")
     >>> print(result["table"])
 """
 
@@ -34,7 +36,7 @@ from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_
 from shared_embed.validation import check_choice, check_positive_int
 from theory.engine.loop import Executor, run_cells, run_groups
 from theory.engine.run_folder import read_json
-from theory.engine.seeding import derived_seed
+from theory.engine.seeding import derived_seed, stream_seed
 from theory.studies.completion.evaluation import evaluate, fit_classifier, real_fidelity, test_rows
 from theory.studies.completion.task import HALF, CompletionTask, redequantize
 
@@ -120,32 +122,6 @@ class CompletionExperiment:
         """The head constructor options of head kind ``kind`` (the config's, else ``DEFAULT_HEAD_OPTIONS``)."""
         return self.head_options.get(kind, DEFAULT_HEAD_OPTIONS[kind])
 
-    @classmethod
-    def tiny(cls, heads: Sequence[str] = ("flow",)) -> CompletionExperiment:
-        """A seconds-long end-to-end run (tests): one k, one seed, few steps, small heads."""
-        fast = {
-            "source": {"steps": 30, "batch_size": 64, "eval_every": 10},
-            "target": {"steps": 10, "batch_size": 32, "eval_every": 5},
-        }
-        return cls(
-            per_class=(2,),
-            seeds=(0,),
-            heads=tuple(heads),
-            test_per_class=3,
-            pool_per_class=2,
-            embed_dim=2,
-            encoder_hidden=(16,),
-            head_options={
-                "flow": {"transform": "maf", "transforms": 1, "hidden": [16]},
-                "diffusion": {"width": 16, "blocks": 1, "rtol": 1e-2, "atol": 1e-2, "divergence": "hutchinson"},
-            },
-            train={h: copy.deepcopy(fast) for h in HEADS},
-            gen_rows=10,
-            nll_rows={"diffusion": 4},
-            target_val_fraction={"diffusion": 0.0},
-            grid_draws=1,
-        )
-
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON-able data (lists for the sequences): config.json and the study fingerprint."""
         d = asdict(self)
@@ -188,7 +164,7 @@ def cell_seed(seed: int, head: str, k: int, stream: str) -> int:
     """The 31-bit seed of one stream (a variant's fit, ``sample``, ``source``, ...) of the cell (seed, head, k):
     a digest of its coordinates (:func:`theory.engine.seeding.derived_seed`), so adding a variant or a head
     changes no other cell's records."""
-    return derived_seed("completion", seed, head, k, stream) % 2**31
+    return stream_seed("completion", seed, head, k, stream)
 
 
 @dataclass(frozen=True)

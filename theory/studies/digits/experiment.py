@@ -11,7 +11,9 @@ space), conditional fidelity, MMD^2 and W1. Training redraws the dequantisation 
 The encoder maps the one-hot label (10) to d_h = ``embed_dim``; the heads model the 64 logit pixels given it.
 
 Example:
-    >>> result = run_digits_experiment(DigitsExperiment.tiny(), out_dir="out")
+    >>> from theory.studies.digits.study import parse   # the shipped config with its seconds-long preset
+    >>> experiment = parse(read_config(resolve_config(Path("digits")), "smoke"))[1]
+    >>> result = run_digits_experiment(experiment, out_dir="out")
     >>> print(result["table"])
 """
 
@@ -39,6 +41,7 @@ from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_
 from shared_embed.validation import check_choice, check_positive_float, check_positive_int
 from theory.engine.loop import Executor, run_cells, run_groups
 from theory.engine.run_folder import read_json
+from theory.engine.seeding import stream_seed
 from theory.studies.digits.domain_ratio import density_ratio_diagnostic
 from theory.studies.digits.evaluation import DigitsModel, TestSet, evaluate_model, sample_metrics
 from theory.studies.digits.image_grid import save_digit_grid
@@ -159,43 +162,6 @@ class DigitsExperiment:
                 f"the models), got {self.pool_per_class}"
             )
 
-    @classmethod
-    def tiny(cls, heads: Sequence[str] = ("gaussian",), tgdp: bool = False) -> DigitsExperiment:
-        """A seconds-long end-to-end run (tests): one k, few steps, small heads, 4 images per class evaluated."""
-        fast = {
-            "source": {"steps": 40, "batch_size": 128, "eval_every": 20},
-            "target": {"steps": 20, "batch_size": 64, "eval_every": 10},
-        }
-        return cls(
-            per_class=(5,),
-            heads=tuple(heads),
-            test_per_class=4,
-            pool_per_class=5,
-            gen_per_class=4,
-            head_options={
-                "gaussian": {"hidden": [16]},
-                "flow": {"transform": "maf", "transforms": 1, "hidden": [16, 16]},
-                "diffusion": {
-                    "width": 32,
-                    "blocks": 1,
-                    "divergence": "hutchinson",
-                    "probes": 1,
-                    "rtol": 1e-3,
-                    "atol": 1e-3,
-                },
-            },
-            train={h: copy.deepcopy(fast) for h in HEADS},
-            nll_rows={"diffusion": 8},
-            grid_per_class=2,
-            tgdp=tgdp,
-            tgdp_options={
-                "classifier_hidden": [16],
-                "guidance_hidden": [16],
-                "classifier_train": {"steps": 10},
-                "guidance_train": {"steps": 10},
-            },
-        )
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["per_class"], d["seeds"], d["heads"], d["variants"] = (
@@ -252,9 +218,19 @@ def _transfer_config(exp: DigitsExperiment, kind: str, seed: int) -> TransferCon
         embed_dim=exp.embed_dim,
         encoder_hidden=tuple(exp.encoder_hidden),
         val_fraction=exp.val_fraction,
-        source_train=TrainConfig(**{**phases["source"], "seed": seed, "description": f"{kind} source"}),
-        target_train=TrainConfig(**{**phases["target"], "seed": seed, "description": f"{kind} target"}),
+        source_train=TrainConfig(
+            **{**phases["source"], "seed": cell_seed(seed, kind, 0, "source"), "description": f"{kind} source"}
+        ),
+        target_train=TrainConfig(
+            **{**phases["target"], "seed": cell_seed(seed, kind, 0, "target"), "description": f"{kind} target"}
+        ),
     )
+
+
+def cell_seed(seed: int, head: str, k: int, stream: str) -> int:
+    """The 31-bit seed of one stream (a variant's fit, ``sample``, ``source``, ...) of the cell (seed, head, k):
+    a digest of its coordinates, so adding a variant, a head or a target size changes no other cell's records."""
+    return stream_seed("digits", seed, head, k, stream)
 
 
 def _reference(
@@ -262,7 +238,7 @@ def _reference(
 ) -> dict[str, Any]:
     """Real target-style digits (the classifier split, ``gen_per_class`` per class) scored like a generator."""
     pool = task.splits.classifier
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(stream_seed("digits", seed, "reference"))
     rows = torch.cat(
         [
             torch.nonzero(pool.labels == k).squeeze(1)[
@@ -392,20 +368,20 @@ def run_digits_group(
         heavy_fraction=exp.heavy_fraction,
         ink_tilt=exp.ink_tilt,
     )
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(stream_seed("digits", seed, "dequantise"))
     source = task.paired(task.splits.source, gen)
     pool = task.paired(task.splits.target_pool, gen)  # rows ranked within class: head(10 k) = k per class
     test = (
-        _tuning_set(task, max(exp.per_class), torch.Generator().manual_seed(10_000 + seed))
+        _tuning_set(task, max(exp.per_class), torch.Generator().manual_seed(stream_seed("digits", seed, "test")))
         if exp.tune
-        else TestSet.build(task, torch.Generator().manual_seed(10_000 + seed))
+        else TestSet.build(task, torch.Generator().manual_seed(stream_seed("digits", seed, "test")))
     )
     clf = FidelityClassifier().fit(task.splits.classifier.levels.double() / 16, task.splits.classifier.labels)
     factory = head_factory(kind, exp.head_options.get(kind, DEFAULT_HEAD_OPTIONS[kind]))
     cfg = _transfer_config(exp, kind, seed)
     augment = task.pixels.redequantize
     generated: dict[int, dict[str, dict[str, Any]]] = {}
-    torch.manual_seed(seed)
+    torch.manual_seed(cell_seed(seed, kind, 0, "source-init"))
     t0 = time.perf_counter()
     source_model = fit_source(
         new_encoder(N_CLASSES, cfg),
@@ -428,15 +404,15 @@ def run_digits_group(
             return source_model, src_seconds, src_history.steps_done
         target = pool.head(N_CLASSES * cell.k)
         t0 = time.perf_counter()
+        own = cell_seed(seed, kind, cell.k, cell.variant)
+        torch.manual_seed(own)
+        override = {**exp.variant_train.get(cell.variant, {}), "seed": own}
+        cfg_v = replace(cfg, target_train=cfg.target_train.replace(**override))
         if cell.variant == "tgdp":
             from theory.studies.digits.tgdp import fit_digits_tgdp
 
-            torch.manual_seed(1_000_003 * seed + 101 * cell.k + 7)
-            model, steps = fit_digits_tgdp(source_model, source, target, cfg, exp.tgdp_options, augment)
+            model, steps = fit_digits_tgdp(source_model, source, target, cfg_v, exp.tgdp_options, augment)
             return model, time.perf_counter() - t0, steps
-        torch.manual_seed(1_000_003 * seed + 101 * cell.k + VARIANTS.index(cell.variant))
-        override = exp.variant_train.get(cell.variant, {})
-        cfg_v = replace(cfg, target_train=cfg.target_train.replace(**override)) if override else cfg
         fitted = fit_variants(
             factory, source, target, cfg_v, [cell.variant], source_model=source_model, augment=augment
         )[cell.variant]
@@ -489,7 +465,10 @@ def _seed_reference(
     ref = _reference(task, test, clf, exp.gen_per_class, seed)
     ref["classifier_test_accuracy"] = clf.accuracy(test.features, test.images.labels)
     ref["domain_ratio"] = {
-        str(k): density_ratio_diagnostic(task.splits.source, task.target_train(k), seed=seed) for k in exp.per_class
+        str(k): density_ratio_diagnostic(
+            task.splits.source, task.target_train(k), seed=stream_seed("digits", seed, k, "domain-ratio")
+        )
+        for k in exp.per_class
     }
     return ref
 
@@ -514,7 +493,7 @@ def _score(
         test,
         clf,
         gen_per_class=exp.gen_per_class,
-        seed=7919 * seed + 13 * k,
+        seed=cell_seed(seed, kind, k, "sample"),  # every variant of (seed, head, k) alike: paired
         nll_rows=exp.nll_rows.get(kind),
         sample_options=None if cell.variant == "tgdp" else exp.sample_options.get(kind),
     )

@@ -61,6 +61,7 @@ from torch import Tensor
 from shared_embed.data import PairedData
 from shared_embed.errors import ConfigError, DataError, ShapeError
 from shared_embed.validation import check_choice, check_fraction, check_positive_int
+from theory.engine.seeding import stream_seed
 from theory.studies.digits.pixels import LogitPixels
 
 N_CLASSES = 10
@@ -204,7 +205,7 @@ class DigitsTask:
         style: the target's style transform, one of ``STYLES``.
         test_per_class: held-out target test images per class.
         pool_per_class: target training images per class available to :meth:`target_train`.
-        seed: the split's seed.
+        seed: the split's seed (the permutation is drawn from its digest, :func:`theory.engine.seeding.stream_seed`).
         pixels: the dequantisation / logit map (levels must be 17).
         heavy_fraction: for ``heavy_ink``, the share of each class (by ink mass, from the top) that forms the
             target sub-population; unused by the other styles.
@@ -263,7 +264,7 @@ class DigitsTask:
 
     def _split(self) -> DigitSplits:
         levels, labels = load_digit_levels()
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(stream_seed("digits", self.seed, "split"))
         parts: dict[str, list[Tensor]] = {"test": [], "pool": [], "source": []}
         for k, n_test in enumerate(self.test_counts()):
             need = n_test + self.pool_per_class

@@ -21,7 +21,9 @@ the log-h and grad-log-h errors over t and the classifier's log-w error. One JSO
 (seed, n_t, conditional, method) under ``out_dir/cells/VERSION/``, ``table.md`` and PNG plots (:mod:`theory.studies.tgdp.plots`).
 
 Example:
-    >>> result = run_tgdp_experiment(TGDPSettings.quick(), out_dir="runs/tgdp_quick", progress=True)
+    >>> from theory.studies.tgdp.study import parse   # the shipped config with its quick preset
+    >>> settings = parse(read_config(resolve_config(Path("tgdp_simulation")), "quick"))[1]
+    >>> result = run_tgdp_experiment(settings, out_dir="runs/tgdp_quick", progress=True)
     >>> print(result["table"])
 """
 
@@ -44,7 +46,7 @@ from shared_embed.data import PairedData
 from shared_embed.errors import DataError
 from theory.engine.loop import Executor, Log, run_cells, run_groups
 from theory.engine.run_folder import read_json, write_json
-from theory.engine.seeding import derived_seed
+from theory.engine.seeding import derived_seed, stream_seed
 from theory.engine.tables import plus_minus, row_se, summarize_seeds
 from theory.studies.tgdp.evaluation import (
     LABELS,
@@ -174,7 +176,7 @@ def run_tgdp_group(
     schedule = VPSchedule()
     version = "conditional" if conditional else "unconditional"
     t0 = time.perf_counter()
-    torch.manual_seed(derived_seed("tgdp", seed, version, "source-init") % 2**31)  # the source head's initial weights
+    torch.manual_seed(stream_seed("tgdp", seed, version, "source-init"))  # the source head's initial weights
     src = DiffusionHead(2, 1 if conditional else None, **s.head)
     train_head(src, source.x, source.c if conditional else None, config=s.source_train.replace(seed=seed))
     src.requires_grad_(False)

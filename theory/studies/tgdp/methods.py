@@ -34,7 +34,7 @@ from diffusion.tgdp.recipes import fit_classifier_guidance, fit_kernel_guidance
 from diffusion.tgdp.switch_time import select_switch
 from shared_embed.data import PairedData
 from shared_embed.train import TrainConfig
-from theory.engine.seeding import derived_seed
+from theory.engine.seeding import stream_seed
 from theory.studies.tgdp.settings import METHODS, REFERENCES, SWITCH_LOW, TGDPSettings
 from theory.truth.tasks import TwoGaussianTask
 
@@ -105,7 +105,7 @@ def exact_guidance(task: TwoGaussianTask, schedule: VPSchedule) -> FunctionGuida
 def cell_seed(seed: int, n_t: int, method: str) -> int:
     """The seed of one cell of the grid: a digest of its coordinates (the references' do not depend on n_t), so
     adding a method to the grid changes no other method's records."""
-    return derived_seed("tgdp", seed, 0 if method in REFERENCES else n_t, method) % 2**31
+    return stream_seed("tgdp", seed, 0 if method in REFERENCES else n_t, method)
 
 
 def _sibling_seed(grid: tuple[int, int], other: str) -> int:

@@ -87,11 +87,6 @@ class TGDPSettings:
     plot_times: Sequence[float] = (0.01, 0.1, 0.5)
     keep_samples: int = 400
 
-    @classmethod
-    def quick(cls) -> TGDPSettings:
-        """One seed, n_t in {10, 100}, half the evaluation (about a quarter of the full grid's time)."""
-        return cls(n_targets=(10, 100), seeds=(0,), n_eval=1000, n_mmd=500, n_errors=1000)
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -3,11 +3,11 @@
 ``run_flow_experiment()`` runs ``configs/flow_transfer.toml`` and ``run_diffusion_experiment()`` runs
 ``configs/diffusion_transfer.toml`` through :func:`theory.studies.transfer.sweep.run_sweep`, exactly what
 ``gentransfer run CONFIG --out DIR`` does: the same cells, seeds, data and records, whichever way it is called.
-``overrides`` are ``--set`` assignments (``"grid.seeds=[0, 1]"``); ``quick=True`` adds the minute-long grid of
-:data:`QUICK`.
+``overrides`` are ``--set`` assignments (``"grid.seeds=[0, 1]"``); ``preset="quick"`` merges the config's
+``[presets.quick]`` overlay, its minute-long grid (one seed, three target sizes).
 
 Example:
-    >>> result = run_flow_experiment(quick=True)
+    >>> result = run_flow_experiment(preset="quick")
     >>> print(result["table"]); print(result["ratio"]["text"])
 """
 
@@ -29,30 +29,13 @@ from theory.engine.run_folder import collect_records
 from theory.studies.transfer.summary import grid_result
 from theory.studies.transfer.sweep import run_sweep, transfer_config
 
-#: the small grid of each shipped experiment (one seed, three target sizes)
-QUICK: dict[str, tuple[str, ...]] = {
-    "flow_transfer": (
-        "grid.n_t=[50, 100, 1000]",
-        "grid.seeds=[0]",
-        "evaluation.n_eval=10000",
-        "evaluation.floor_n=20000",
-    ),
-    "diffusion_transfer": (
-        "grid.n_t=[50, 100, 1000]",
-        "grid.seeds=[0]",
-        "evaluation.n_eval=2000",
-        "evaluation.floor_n=0",
-    ),
-}
-
 
 def experiment_config(
-    name: str | os.PathLike[str], overrides: Sequence[str] = (), *, quick: bool = False
+    name: str | os.PathLike[str], overrides: Sequence[str] = (), *, preset: str | None = None
 ) -> ExperimentConfig:
-    """The config of a shipped experiment (``"flow_transfer"``) or a TOML path, with ``overrides`` applied
-    after the quick grid's."""
-    path = resolve_config(Path(name))
-    return load_config(path, [*(QUICK.get(path.stem, ()) if quick else ()), *overrides])
+    """The config of a shipped experiment (``"flow_transfer"``) or a TOML path, with its ``preset`` overlay
+    (``[presets.NAME]``, e.g. ``"quick"``) and then ``overrides`` applied."""
+    return load_config(resolve_config(Path(name)), list(overrides), preset=preset)
 
 
 def run_transfer_experiment(
@@ -79,25 +62,25 @@ def run_transfer_experiment(
 def run_flow_experiment(
     overrides: Sequence[str] = (),
     *,
-    quick: bool = False,
+    preset: str | None = None,
     out: str | os.PathLike[str] | None = None,
     log: Log | None = None,
 ) -> dict[str, Any]:
     """``configs/flow_transfer.toml`` (zuko spline flows, n_s = 10,000, n_t 50..1000, 3 seeds, the four
-    variants, the KL split of transfer): about 5 min on one core, a minute with ``quick``."""
-    return run_transfer_experiment(experiment_config("flow_transfer", overrides, quick=quick), out, log=log)
+    variants, the KL split of transfer): about 5 min on one core, a minute with ``preset="quick"``."""
+    return run_transfer_experiment(experiment_config("flow_transfer", overrides, preset=preset), out, log=log)
 
 
 def run_diffusion_experiment(
     overrides: Sequence[str] = (),
     *,
-    quick: bool = False,
+    preset: str | None = None,
     out: str | os.PathLike[str] | None = None,
     log: Log | None = None,
 ) -> dict[str, Any]:
     """``configs/diffusion_transfer.toml`` (score heads, KL by the probability-flow ODE): about 18 min on one
-    core, about 4 with ``quick``."""
-    return run_transfer_experiment(experiment_config("diffusion_transfer", overrides, quick=quick), out, log=log)
+    core, about 4 with ``preset="quick"``."""
+    return run_transfer_experiment(experiment_config("diffusion_transfer", overrides, preset=preset), out, log=log)
 
 
 def tuned_transfer_config(name: str | os.PathLike[str] = "flow_transfer", seed: int = 0) -> TransferConfig:

@@ -74,6 +74,7 @@ def _sweep_and_report(
         json.dumps(
             {
                 "config_file": options.config_file,
+                "preset": options.preset,
                 "overrides": list(options.overrides),
                 "workers": config.run.workers,
                 "executor": options.executor_name,

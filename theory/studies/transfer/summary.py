@@ -6,7 +6,7 @@ n_t, :func:`format_split_table` the KL split of transfer (embedding floor + head
 reference n_t. Records are those of the transfer sweep (:mod:`theory.studies.transfer.sweep`).
 
 Example:
-    >>> result = run_flow_experiment(quick=True)        # theory.studies.transfer.experiments
+    >>> result = run_flow_experiment(preset="quick")        # theory.studies.transfer.experiments
     >>> print(format_table(result["records"]))
 """
 

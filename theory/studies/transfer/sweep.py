@@ -74,7 +74,7 @@ from theory.engine.run_folder import (
     write_json,
     write_predictions,
 )
-from theory.engine.seeding import derived_seed
+from theory.engine.seeding import derived_seed, stream_seed
 from theory.studies.transfer.costs import deal_by_cost, group_cost
 from theory.truth.kl import fit_floor_model, kl_to_task, log_densities, monte_carlo_kl
 from theory.truth.tasks import Task
@@ -443,7 +443,7 @@ class GroupRunner:
                 shared.source,
                 self.factory,
                 n=floor_n,
-                train=cfg.train_config(g.head, "floor", derived_seed(g.seed, g.n_s, "floor") % 2**31),
+                train=cfg.train_config(g.head, "floor", stream_seed(g.seed, g.n_s, "floor")),
                 generator=torch.Generator().manual_seed(derived_seed(g.seed, g.n_s, "floor-data")),
                 val_fraction=0.1,
             )
@@ -528,7 +528,7 @@ class GroupRunner:
             **self._base(cell),
             "source_seconds": shared.info.get("source_seconds", 0.0) if cell.variant in SOURCE_VARIANTS else 0.0,
         }
-        cell_seed = derived_seed(cell.head, cell.n_s, cell.n_t, cell.seed, cell.variant) % 2**31
+        cell_seed = stream_seed(cell.head, cell.n_s, cell.n_t, cell.seed, cell.variant)
         target = broken_target(target, self.config.control)
         tcfg = replace(self.tcfg, target_train=self.tcfg.target_train.replace(seed=cell_seed))
         try:
