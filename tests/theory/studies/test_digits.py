@@ -389,7 +389,7 @@ def test_the_tilt_estimator_guides_through_the_source_score_with_a_shared_or_per
     frozen source score; the model's context carries [h(c), h(c), label] and the composed score has the data's shape."""
     from diffusion import DiffusionHead
     from shared_embed.transfer import TransferConfig, fit_source, new_encoder
-    from theory.studies.digits.tgdp import fit_digits_tgdp
+    from theory.studies.digits.tgdp import dct_basis, fit_digits_tgdp
 
     task = DigitsTask("tilted_ink", test_per_class=4, pool_per_class=5, seed=0)
     gen = torch.Generator().manual_seed(0)
@@ -408,6 +408,25 @@ def test_the_tilt_estimator_guides_through_the_source_score_with_a_shared_or_per
         assert model.score(source_model.x_scaler(tgt.x[:3]), torch.full((3,), 0.3), ctx).shape == (3, D)
     with pytest.raises(ConfigError, match="unknown tgdp option"):
         fit_digits_tgdp(source_model, src, tgt, cfg, {"estimator": "tilt", "bandwidth": "scott"})
+    low, _ = fit_digits_tgdp(
+        source_model, src, tgt, cfg, {"estimator": "tilt", "per_label": False, "basis": "dct", "components": [1, 3]}
+    )
+    assert low.guidance.ratio.components in (1, 3)
+    # the slope lies in the span of the chosen DCT columns mapped into the standardised space
+    cols = dct_basis(source_model.x_scaler.std)[:, : low.guidance.ratio.components]
+    beta = low.guidance.ratio.linear[0]
+    resid = beta - cols @ torch.linalg.lstsq(cols, beta[:, None]).solution[:, 0]
+    assert float(resid.norm()) < 1e-8 * max(1.0, float(beta.norm()))
+
+
+def test_dct_basis_is_orthonormal_lowest_frequency_first():
+    from theory.studies.digits.tgdp import dct_basis
+
+    b = dct_basis()
+    torch.testing.assert_close(b.T @ b, torch.eye(64, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(b[:, 0], torch.full((64,), 1 / 8, dtype=torch.float64))
+    img = b[:, 1].reshape(8, 8)  # (u, v) = (0, 1): constant down each column, varying along a row
+    assert torch.allclose(img, img[:1].expand(8, 8))
 
 
 def test_config_loading_names_bad_settings():
