@@ -263,7 +263,7 @@ def test_adding_a_variant_a_head_or_a_target_size_changes_no_other_cells_records
 
 
 def test_tiny_heavy_ink_tgdp_run_records_what_its_guard_did(tmp_path):
-    """configs/digits_tgdp_smoke.toml: the inside-support target end to end with the kernel estimator and a switch
+    """configs/digits_tgdp_smoke.toml: the inside-support target end to end with the tilt estimator and a switch
     time chosen on held-out target rows: the TGDP record says its status (one of STATUSES) and the premise, the
     table shows the guard and the paired per-seed differences; ``tune`` scores on the held-out pool rows, not the test split."""
     from diffusion.tgdp.guided_model import STATUSES
