@@ -39,7 +39,7 @@ import inspect
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 from shared_embed.errors import ConfigError
 from shared_embed.train import TrainConfig
@@ -57,10 +57,12 @@ from theory.engine.config_files import (  # noqa: F401  (re-exported: read here,
 )
 from theory.engine.schema import (
     MAX_PAIRS,
+    Range,
+    Reader,
     check_keys,
+    dataclass_from_table,
     int_list,
     integer,
-    number,
     str_list,
     string,
     train_table,
@@ -69,7 +71,9 @@ from theory.engine.schema import (
 from theory.engine.schema import (
     table as as_table,
 )
+from theory.engine.vocabulary import Vocabulary
 
+T = TypeVar("T")
 HEAD_KINDS = ("flow", "diffusion", "gaussian", "linear_gaussian")
 CONDITIONAL_TASKS = ("conditional_gaussian", "conditional_mixture")
 PHASES = ("source", "target", "floor")
@@ -147,7 +151,7 @@ def task_label(overrides: dict[str, Any]) -> str:
     return ",".join(f"{k}={overrides[k]}" for k in sorted(overrides))
 
 
-def _task_list(value: Any) -> list[dict[str, Any]]:
+def _task_list(value: Any, where: str = "grid.tasks") -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value or not all(isinstance(t, dict) for t in value):
         raise ConfigError("'grid.tasks' must be a non-empty list of tables of task options, e.g. [{d_c = 4}]")
     labels = [task_label(t) for t in value]
@@ -160,34 +164,24 @@ def _task_list(value: Any) -> list[dict[str, Any]]:
     return [dict(t) for t in value]
 
 
+def _variant_list(value: Any, where: str) -> list[str]:
+    """Variants of the grid, each one of VARIANTS, in VARIANTS' order."""
+    given = str_list(value, where)
+    for i, v in enumerate(given):
+        check_choice(f"{where}[{i}]", v, VARIANTS)
+    return [v for v in VARIANTS if v in given]
+
+
 @dataclass
 class GridSpec:
     """The sweep's axes; cells are (head, n_s, n_t, seed, variant)."""
 
-    n_s: list[int]
-    n_t: list[int]
-    seeds: list[int] = field(default_factory=lambda: [0])
-    heads: list[str] = field(default_factory=lambda: ["flow"])
-    variants: list[str] = field(default_factory=lambda: ["transfer", "no_transfer"])
-    tasks: list[dict[str, Any]] = field(default_factory=lambda: [{}])
-
-    @classmethod
-    def parse(cls, table: dict[str, Any]) -> GridSpec:
-        check_keys(table, [f.name for f in fields(cls)], "grid")
-        for key in ("n_s", "n_t"):
-            if key not in table:
-                raise ConfigError(f"[grid] needs {key!r} (a list of sample sizes)")
-        variants = str_list(table.get("variants", ["transfer", "no_transfer"]), "grid.variants")
-        for i, v in enumerate(variants):
-            check_choice(f"grid.variants[{i}]", v, VARIANTS)
-        return cls(
-            n_s=int_list(table["n_s"], "grid.n_s", maximum=MAX_PAIRS),
-            n_t=int_list(table["n_t"], "grid.n_t", minimum=2, maximum=MAX_PAIRS),
-            seeds=int_list(table.get("seeds", [0]), "grid.seeds", minimum=0),
-            heads=str_list(table.get("heads", ["flow"]), "grid.heads"),
-            variants=[v for v in VARIANTS if v in variants],
-            tasks=_task_list(table.get("tasks", [{}])),
-        )
+    n_s: Annotated[list[int], Reader(int_list, maximum=MAX_PAIRS)]
+    n_t: Annotated[list[int], Reader(int_list, minimum=2, maximum=MAX_PAIRS)]
+    seeds: Annotated[list[int], Reader(int_list, minimum=0)] = field(default_factory=lambda: [0])
+    heads: Annotated[list[str], Reader(str_list)] = field(default_factory=lambda: ["flow"])
+    variants: Annotated[list[str], Reader(_variant_list)] = field(default_factory=lambda: ["transfer", "no_transfer"])
+    tasks: Annotated[list[dict[str, Any]], Reader(_task_list)] = field(default_factory=lambda: [{}])
 
     def task_overrides(self, label: str) -> dict[str, Any]:
         """The task options of the grid task named ``label`` (see :func:`task_label`)."""
@@ -280,31 +274,21 @@ def _head_encoder(table: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
+def _embed_dim(value: Any, where: str) -> int | str:
+    """An embedding size, or "d_h": each task's own true embedding dimension."""
+    return "d_h" if value == "d_h" else integer(value, where)
+
+
 @dataclass
 class EncoderSpec:
     """The shared encoder h: R^{d_c} -> R^{embed_dim} and the validation fraction of every fit.
 
     ``embed_dim = "d_h"`` sizes the encoder to each task's true embedding dimension (a study over d_h)."""
 
-    embed_dim: int | str = 2
-    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    embed_dim: Annotated[int | str, Reader(_embed_dim)] = 2
+    hidden: Annotated[list[int], Reader(widths, allow_empty=True)] = field(default_factory=lambda: [64, 64])
     activation: str = "silu"
-    val_fraction: float = 0.2
-
-    @classmethod
-    def parse(cls, table: dict[str, Any]) -> EncoderSpec:
-        check_keys(table, [f.name for f in fields(cls)], "encoder")
-        out = cls(
-            embed_dim="d_h"
-            if table.get("embed_dim") == "d_h"
-            else integer(table.get("embed_dim", 2), "encoder.embed_dim"),
-            hidden=widths(table.get("hidden", [64, 64]), "encoder.hidden", allow_empty=True),
-            activation=string(table.get("activation", "silu"), "encoder.activation"),
-            val_fraction=number(table.get("val_fraction", 0.2), "encoder.val_fraction"),
-        )
-        if not 0.0 <= out.val_fraction <= 0.9:
-            raise ConfigError(f"'encoder.val_fraction' must be in [0, 0.9], got {out.val_fraction}")
-        return out
+    val_fraction: Annotated[float, Range(0.0, 0.9)] = 0.2
 
 
 @dataclass
@@ -312,23 +296,11 @@ class EvaluationSpec:
     """Monte Carlo sizes: KL evaluation pairs, the floor head's training pairs (0: no floor), the Girsanov
     bound's pairs (diffusion heads; 0: none), and the samples drawn per context for the plots."""
 
-    n_eval: int = 20_000
-    floor_n: int = 20_000
-    bound_n: int = 2_000
-    sample_n: int = 300
-    sample_contexts: int = 3
-
-    @classmethod
-    def parse(cls, table: dict[str, Any]) -> EvaluationSpec:
-        check_keys(table, [f.name for f in fields(cls)], "evaluation")
-        d = cls()
-        return cls(
-            n_eval=integer(table.get("n_eval", d.n_eval), "evaluation.n_eval", 2, MAX_PAIRS),
-            floor_n=integer(table.get("floor_n", d.floor_n), "evaluation.floor_n", 0, MAX_PAIRS),
-            bound_n=integer(table.get("bound_n", d.bound_n), "evaluation.bound_n", 0, MAX_PAIRS),
-            sample_n=integer(table.get("sample_n", d.sample_n), "evaluation.sample_n", 0, MAX_PAIRS),
-            sample_contexts=integer(table.get("sample_contexts", d.sample_contexts), "evaluation.sample_contexts"),
-        )
+    n_eval: Annotated[int, Range(2, MAX_PAIRS)] = 20_000
+    floor_n: Annotated[int, Range(0, MAX_PAIRS)] = 20_000
+    bound_n: Annotated[int, Range(0, MAX_PAIRS)] = 2_000
+    sample_n: Annotated[int, Range(0, MAX_PAIRS)] = 300
+    sample_contexts: Annotated[int, Range(1)] = 3
 
 
 @dataclass
@@ -344,49 +316,30 @@ class TheorySpec:
     margin: float = 2.0
     flat_margin: float = 1.5
 
-    @classmethod
-    def parse(cls, table: dict[str, Any]) -> TheorySpec:
-        check_keys(table, [f.name for f in fields(cls)], "theory")
-        d = cls()
-        out = cls(
-            beta=check_positive_float("theory.beta", number(table.get("beta", d.beta), "theory.beta")),
-            rate=string(table.get("rate", d.rate), "theory.rate"),
-            log_power=number(table.get("log_power", d.log_power), "theory.log_power"),
-            confidence=number(table.get("confidence", d.confidence), "theory.confidence"),
-            margin=number(table.get("margin", d.margin), "theory.margin"),
-            flat_margin=number(table.get("flat_margin", d.flat_margin), "theory.flat_margin"),
-        )
-        if not 0.5 <= out.confidence < 1.0:
-            raise ConfigError(f"'theory.confidence' must be in [0.5, 1), got {out.confidence}")
+    def __post_init__(self) -> None:
+        check_positive_float("theory.beta", self.beta)
+        if not 0.5 <= self.confidence < 1.0:
+            raise ConfigError(f"'theory.confidence' must be in [0.5, 1), got {self.confidence}")
         for key in ("margin", "flat_margin"):
-            if not getattr(out, key) > 1.0:
-                raise ConfigError(f"'theory.{key}' must be a factor > 1, got {getattr(out, key)}")
+            if not getattr(self, key) > 1.0:
+                raise ConfigError(f"'theory.{key}' must be a factor > 1, got {getattr(self, key)}")
         from theory.truth.rates import check_rate_name
 
-        check_rate_name(out.rate)  # imports nothing: a config read from a run folder never runs code
-        return out
+        check_rate_name(self.rate)  # imports nothing: a config read from a run folder never runs code
 
 
 @dataclass
 class RunSpec:
     """Worker processes, torch threads per process, device."""
 
-    workers: int = 1
-    threads: int = 1
+    workers: Annotated[int, Range(1)] = 1
+    threads: Annotated[int, Range(1)] = 1
     device: str = "cpu"
 
-    @classmethod
-    def parse(cls, table: dict[str, Any]) -> RunSpec:
-        check_keys(table, [f.name for f in fields(cls)], "run")
+    def __post_init__(self) -> None:
         from shared_embed.device import resolve_device
 
-        out = cls(
-            workers=integer(table.get("workers", 1), "run.workers"),
-            threads=integer(table.get("threads", 1), "run.threads"),
-            device=string(table.get("device", "cpu"), "run.device"),
-        )
-        resolve_device(out.device)
-        return out
+        resolve_device(self.device)
 
 
 SECTIONS = ("experiment", "task", "grid", "heads", "encoder", "train", "evaluation", "theory", "run")
@@ -424,7 +377,7 @@ class ExperimentConfig:
             )
         from theory.verdicts.controls import check_control
 
-        grid = GridSpec.parse(as_table(raw["grid"], "grid"))
+        grid = dataclass_from_table(GridSpec, raw["grid"], "grid")
         heads_raw = as_table(raw.get("heads", {}), "heads")
         for name, t in heads_raw.items():  # heads outside the grid: structure only (their package may be absent)
             check_keys(as_table(t, f"heads.{name}"), HEAD_KEYS, f"heads.{name}")
@@ -449,11 +402,11 @@ class ExperimentConfig:
             control=check_control(string(exp.get("control", ""), "experiment.control")),
             task=task,
             heads=heads,
-            encoder=EncoderSpec.parse(as_table(raw.get("encoder", {}), "encoder")),
+            encoder=dataclass_from_table(EncoderSpec, raw.get("encoder", {}), "encoder"),
             train=train,
-            evaluation=EvaluationSpec.parse(as_table(raw.get("evaluation", {}), "evaluation")),
-            theory=TheorySpec.parse(as_table(raw.get("theory", {}), "theory")),
-            run=RunSpec.parse(as_table(raw.get("run", {}), "run")),
+            evaluation=dataclass_from_table(EvaluationSpec, raw.get("evaluation", {}), "evaluation"),
+            theory=dataclass_from_table(TheorySpec, raw.get("theory", {}), "theory"),
+            run=dataclass_from_table(RunSpec, raw.get("run", {}), "run"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -560,24 +513,32 @@ def load_config(
 STUDY_EXPERIMENT_KEYS = ("kind", "name", "description")
 
 
-def study_tables(raw: dict[str, Any], section: str, label: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the [experiment] table, the [``section``] table) of a TGDP or digits config; ConfigError naming a bad key.
+def study_tables(raw: dict[str, Any], vocabulary: Vocabulary, label: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the [experiment] table, the study's settings table with the shared tables folded in) of a cell study's
+    config (:class:`theory.engine.vocabulary.Vocabulary`); ConfigError naming a bad key.
 
-    ``label`` names the study in messages (e.g. "TGDP"). Valid top-level tables: experiment, ``section``, run.
+    ``label`` names the study in messages (e.g. "TGDP"). Valid top-level tables: experiment, the shared tables the
+    study uses (grid, heads, encoder), its own table, run and presets.
     """
-    unknown = sorted(set(raw) - {"experiment", section, "run", PRESETS})
+    section = vocabulary.section
+    shared = sorted({path.split(".")[0] for path, _ in vocabulary.paths})
+    valid = ["experiment", *shared, section, "run", PRESETS]
+    unknown = sorted(set(raw) - set(valid))
     if unknown:
-        raise ConfigError(
-            f"unknown table(s) {unknown} in a {label} config; valid: experiment, {section}, run, {PRESETS}"
-        )
-    exp = raw["experiment"]
+        raise ConfigError(f"unknown table(s) {unknown} in a {label} config; valid: {', '.join(valid)}")
+    exp = as_table(raw.get("experiment", {}), "experiment")
     bad = sorted(set(exp) - set(STUDY_EXPERIMENT_KEYS))
     if bad:
         raise ConfigError(f"unknown key(s) {bad} in [experiment]; valid: {list(STUDY_EXPERIMENT_KEYS)}")
-    table = raw.get(section, {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"[{section}] must be a table, got {type(table).__name__}")
-    return exp, table
+    return exp, vocabulary.fold(raw)
+
+
+def read_study(raw: dict[str, Any], vocabulary: Vocabulary, cls: type[T], label: str) -> tuple[dict[str, Any], T]:
+    """(the [experiment] table, the settings dataclass ``cls``) of a cell study's config: its tables checked
+    (:func:`study_tables`), then the one typed reader, with errors in the shared words."""
+    exp, table = study_tables(raw, vocabulary, label)
+    with vocabulary.shared_names():
+        return exp, dataclass_from_table(cls, table, vocabulary.section)
 
 
 def fingerprint(study: dict[str, Any]) -> str:

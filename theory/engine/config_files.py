@@ -12,8 +12,8 @@ reports a missing or malformed config file before it loads torch. :mod:`theory.e
 these names and validates what they read.
 
 Example:
-    >>> raw = read_config(resolve_config(Path("digits")), "smoke", ["digits.seeds=[1]"])
-    >>> raw["digits"]["seeds"], "presets" in raw
+    >>> raw = read_config(resolve_config(Path("digits")), "smoke", ["grid.seeds=[1]"])
+    >>> raw["grid"]["seeds"], "presets" in raw
     ([1], False)
 """
 

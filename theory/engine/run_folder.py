@@ -22,6 +22,7 @@ from shared_embed.checkpoint import atomic_write_text, config_diff
 from shared_embed.errors import ConfigError, DataError
 from theory.engine.config import ExperimentConfig, fingerprint, task_label
 from theory.engine.folder_lock import claim_lock
+from theory.engine.records import dumps, read_cell, restore_nonfinite, strict_json
 from theory.truth.rates import Rates, predicted_rates, rate_for_task
 
 STUDY_FILE = "study.json"
@@ -45,7 +46,10 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=True) + "\n")
+    """Write ``data`` to ``path`` atomically as strict JSON: a non-finite float becomes null
+    (:func:`theory.engine.records.dumps`); every JSON file of a run folder is written here or by
+    :func:`theory.engine.records.write_cell`."""
+    atomic_write_text(path, dumps(data))
 
 
 #: Record fields -> the JSON types their values may have (``bool`` is never a number here).
@@ -104,9 +108,7 @@ def _type_problems(data: Record) -> list[str]:
 def read_record(path: Path) -> Record:
     """The cell record at ``path``; DataError when the file is truncated, binary, not a record, or holds a field
     of the wrong type (``"kl": "0.5"`` is refused, never read as 0.5)."""
-    data = read_json(path)
-    if data is None:
-        raise DataError(f"{path} is not a readable cell record: not valid UTF-8 JSON (truncated or corrupted)")
+    data = read_cell(path)
     missing = [k for k in RECORD_KEYS if k not in data]
     if missing:
         raise DataError(f"{path} is not a readable cell record: missing {missing}")
@@ -178,8 +180,13 @@ def untimed_cells(out_dir: str | os.PathLike[str]) -> dict[str, Record]:
     return {str(p.relative_to(out)): untimed(json.loads(p.read_text())) for p in sorted(out.glob("cells/**/*.json"))}
 
 
-def collect_records(out_dir: str | os.PathLike[str], config: ExperimentConfig | None = None) -> list[Record]:
+def collect_records(
+    out_dir: str | os.PathLike[str], config: ExperimentConfig | None = None, *, restore: bool = True
+) -> list[Record]:
     """Every cell record under ``out_dir/cells``, sorted by (task, head, variant, n_s, n_t, seed).
+
+    ``restore``: the non-finite floats a record lists in ``nonfinite`` put back in place of their nulls, for
+    arithmetic (:func:`theory.engine.records.restore_nonfinite`); False: the records as written (strict JSON).
 
     A record that cannot be read (or, given the folder's ``config``, was computed with other settings than the
     config's) is an error naming it, never a silently smaller or mixed report.
@@ -190,7 +197,7 @@ def collect_records(out_dir: str | os.PathLike[str], config: ExperimentConfig | 
             record = read_record(path)
             if config is not None:
                 check_settings(config, record, path)
-            records.append(record)
+            records.append(restore_nonfinite(record) if restore else record)
         except DataError as err:
             bad.append(str(err))
     if bad:
@@ -325,7 +332,7 @@ def study_predictions(config: ExperimentConfig, kinds: dict[str, str] | None = N
 def _predictions_digest(config: ExperimentConfig, body: dict[str, Any]) -> str:
     """SHA-256 of the stored predictions ``body`` together with the study's fingerprint: a hand edit of either
     (or predictions copied from another study) no longer matches."""
-    blob = json.dumps({"fingerprint": config.fingerprint(), **body}, sort_keys=True, allow_nan=True)
+    blob = json.dumps(strict_json({"fingerprint": config.fingerprint(), **body})[0], sort_keys=True, allow_nan=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

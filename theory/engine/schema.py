@@ -1,7 +1,10 @@
 """The one config validator: typed readers of TOML values, and a dataclass read from a table by its annotations.
 
-Every study's config goes through here: the transfer config's sections (:mod:`theory.engine.config`) use the
-readers; the TGDP and digits settings are dataclasses read by :func:`dataclass_from_table`. Each error is a
+Every study's config goes through here: its settings are dataclasses read by :func:`dataclass_from_table`, each
+field checked by its annotation. A range or a special reader is stated once, in the annotation:
+``n_eval: Annotated[int, Range(2, MAX_PAIRS)] = 20_000`` or ``n_t: Annotated[list[int], Reader(int_list,
+minimum=2)]``; checks across fields live in the dataclass's ``__post_init__``. (The transfer study's ``[task]``
+and ``[heads.NAME]`` tables, whose valid keys are a class's constructor arguments, use the same readers.) Each error is a
 :class:`~shared_embed.errors.ConfigError` that names the key by its full path (``tgdp.n_targets[1]``), what
 was expected and what was given.
 
@@ -15,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Sequence
-from typing import Any, TypeVar, Union
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar, Union
 
 from shared_embed.errors import ConfigError
 from shared_embed.train import TrainConfig
@@ -121,6 +125,35 @@ def train_table(value: Any, where: str, valid: Sequence[str] | None = None) -> d
     return out
 
 
+# -- checks stated in a field's annotation ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Range:
+    """``Annotated`` metadata: an int or float field within [minimum, maximum] (None: unbounded)."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def check(self, value: float, where: str) -> None:
+        low = "" if self.minimum is None else f"{self.minimum:g}"
+        high = "" if self.maximum is None else f"{self.maximum:g}"
+        if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
+            bound = (
+                f">= {low}" if self.maximum is None else f"<= {high}" if self.minimum is None else f"in [{low}, {high}]"
+            )
+            raise ConfigError(f"{where!r} must be {bound}, got {value}")
+
+
+class Reader:
+    """``Annotated`` metadata: read a field's value with ``function(value, where, **options)`` (one of the readers
+    above, e.g. :func:`int_list`) instead of by its type."""
+
+    def __init__(self, function: Callable[..., Any], **options: Any) -> None:
+        self.function, self.options = function, options
+
+    def __call__(self, value: Any, where: str) -> Any:
+        return self.function(value, where, **self.options)
+
+
 # -- a dataclass from its annotations -------------------------------------------------------------------
 def dataclass_from_table(cls: type[T], raw: Any, where: str) -> T:
     """An instance of the dataclass ``cls`` from a TOML table: unknown keys refused, every value checked
@@ -128,9 +161,13 @@ def dataclass_from_table(cls: type[T], raw: Any, where: str) -> T:
     :class:`TrainConfig`, whose table overrides the field's default), then ``cls(**values)``, so the class's
     own ``__post_init__`` checks run last. Keys left out keep their defaults."""
     raw = table(raw, where)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    names = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
     check_keys(raw, names, where)
-    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        required = f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in raw:
+            raise ConfigError(f"[{where}] needs {f.name!r}")
+    hints = typing.get_type_hints(cls, include_extras=True)
     default = _defaults(cls)
     values = {key: _read(hints[key], value, where_of(where, key), default.get(key)) for key, value in raw.items()}
     try:
@@ -151,6 +188,13 @@ def _defaults(cls: type) -> dict[str, Any]:
 
 def _read(hint: Any, value: Any, where: str, default: Any) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        readers = [m for m in hint.__metadata__ if isinstance(m, Reader)]
+        out = readers[0](value, where) if readers else _read(args[0], value, where, default)
+        for meta in hint.__metadata__:
+            if isinstance(meta, Range):
+                meta.check(out, where)
+        return out
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None

@@ -57,8 +57,8 @@ def test_an_unknown_preset_names_the_ones_the_file_has(tmp_path: Path) -> None:
 
 
 def test_overrides_apply_after_the_preset() -> None:
-    raw = read_config(resolve_config(Path("digits")), "smoke", ["digits.seeds=[3]"])
-    assert raw["digits"]["seeds"] == [3] and raw["digits"]["per_class"] == [5]
+    raw = read_config(resolve_config(Path("digits")), "smoke", ["grid.seeds=[3]"])
+    assert raw["grid"]["seeds"] == [3] and raw["grid"]["per_class"] == [5]
 
 
 @pytest.mark.parametrize("path", sorted(shipped_configs().glob("*.toml")), ids=lambda p: p.stem)

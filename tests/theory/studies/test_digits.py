@@ -430,16 +430,19 @@ def test_dct_basis_is_orthonormal_lowest_frequency_first():
 
 
 def test_config_loading_names_bad_settings():
-    from theory.studies.digits.study import experiment_from_config
+    from theory.studies.digits.study import parse
 
-    exp = experiment_from_config({"digits": {"style": "invert", "per_class": [15, 5], "heads": ["flow"]}})
+    def read(**tables: dict) -> object:
+        return parse({"experiment": {"kind": "digits"}, **tables})[1]
+
+    exp = read(digits={"style": "invert"}, grid={"per_class": [15, 5], "heads": ["flow"]})
     assert exp.per_class == (5, 15) and exp.style == "invert"
     with pytest.raises(ConfigError, match="unknown key .digits.styel."):
-        experiment_from_config({"digits": {"styel": "invert"}})
+        read(digits={"styel": "invert"})
     with pytest.raises(ConfigError, match="head"):
-        experiment_from_config({"digits": {"heads": ["vae"]}})
+        read(grid={"heads": ["vae"]})
     with pytest.raises(ConfigError, match="pool_per_class"):
-        experiment_from_config({"digits": {"per_class": [60]}})
+        read(grid={"per_class": [60]})
 
 
 @pytest.mark.slow

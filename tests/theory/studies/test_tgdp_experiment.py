@@ -177,7 +177,7 @@ def test_the_tgdp_study_runs_and_reports_through_gentransfer(
         main(["run", *preset_args("tgdp_simulation"), "--out", str(out), "--quiet", "--no-report"]) == 0
     )  # nothing left to run
     assert "0/0" not in capsys.readouterr().out and load_records(out) == records
-    other = ["run", *preset_args("tgdp_simulation"), "--out", str(out), "--set", "tgdp.n_source=300"]
+    other = ["run", *preset_args("tgdp_simulation"), "--out", str(out), "--set", "grid.n_s=300"]
     assert main(other) == 2 and "another study" in capsys.readouterr().err
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,15 +26,15 @@ from typing import Any, cast
 
 import torch
 
-from shared_embed.checkpoint import atomic_write_text
 from shared_embed.encoder import Encoder
 from shared_embed.errors import ConfigError, DataError
 from shared_embed.head import Head
 from shared_embed.train import TrainConfig, TrainHistory
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
 from shared_embed.validation import check_choice, check_positive_int
-from theory.engine.loop import Executor, run_cells, run_groups
-from theory.engine.run_folder import read_json
+from theory.engine.loop import Executor, run_groups
+from theory.engine.records import read_cell, record_cells, settings_digest, split_failed, to_run
+from theory.engine.schema import check_keys, table, train_table
 from theory.engine.seeding import derived_seed, stream_seed
 from theory.studies.completion.evaluation import evaluate, fit_classifier, real_fidelity, test_rows
 from theory.studies.completion.task import HALF, CompletionTask, redequantize
@@ -104,10 +103,11 @@ class CompletionExperiment:
         check_positive_int("grid_draws", self.grid_draws)
         if self.grid_per_class > self.test_per_class:
             raise ConfigError(f"grid_per_class {self.grid_per_class} exceeds test_per_class {self.test_per_class}")
-        for kind in self.train:
+        for kind, phases in self.train.items():  # a bad field fails now, named by its path, not mid-run
             check_choice("train head", kind, HEADS)
-            for phase in ("source", "target"):
-                TrainConfig(**self.train[kind].get(phase, {}))  # fail now on a bad field, not mid-run
+            check_keys(table(phases, f"completion.train.{kind}"), ("source", "target"), f"completion.train.{kind}")
+            for phase, fields_ in phases.items():
+                train_table(fields_, f"completion.train.{kind}.{phase}")
         for kind, share in self.target_val_fraction.items():
             check_choice("target_val_fraction head", kind, HEADS)
             TransferConfig(val_fraction=share)
@@ -211,7 +211,7 @@ def run_completion_experiment(
     workers: int = 1,
     executor: Executor | None = None,
 ) -> dict[str, Any]:
-    """Run the grid through the study engine; with ``out_dir``, one record per cell (a rerun runs the missing ones).
+    """Run the grid through the study engine; with ``out_dir``, one record per cell (a rerun runs the missing and failed ones).
 
     Returns: dict with records (reference cells apart), references (per seed), seconds.
     """
@@ -219,25 +219,38 @@ def run_completion_experiment(
     out = Path(out_dir) if out_dir is not None else None
     start = time.perf_counter()
     groups = plan(exp)
-    if out is not None:
-        groups = [
-            g
-            for g in (
-                CompletionGroup(g.seed, g.head, tuple(c for c in g.cells if read_json(out / c.path) is None))
-                for g in groups
-            )
-            if g.cells
-        ]
+    settings_hash = settings_digest(study_settings(exp))
+    groups = [
+        g
+        for g in (CompletionGroup(g.seed, g.head, tuple(to_run(g.cells, out, settings_hash))) for g in groups)
+        if g.cells
+    ]
     ran = run_groups(run_completion_group, exp.to_dict(), out, groups, workers=workers, log=log, executor=executor)
     records = load_records(exp, out) if out is not None else ran
     return {**split_references(records), "seconds": time.perf_counter() - start}
 
 
+#: a completion record's coordinates
+COORDINATES = ("seed", "head", "per_class", "n_t", "variant")
+
+
+def study_settings(exp: CompletionExperiment) -> dict[str, Any]:
+    """What makes two runs one study (the grid axes a rerun may extend left out): the folder's fingerprint, and
+    what every cell's ``settings_hash`` digests."""
+    d = exp.to_dict()
+    for key in ("seeds", "per_class", "heads", "variants", "source_only"):
+        d.pop(key)
+    return {"experiment": {"kind": "completion"}, "completion": d}
+
+
 def split_references(ran: list[dict[str, Any]]) -> dict[str, Any]:
-    """{"records": the model cells, "references": real-image fidelity per seed}."""
+    """{"records": the finished model cells (non-finite floats restored), "failed": the failed cells,
+    "references": real-image fidelity per seed}."""
+    ok, failed = split_failed(ran)
     return {
-        "records": [r for r in ran if r["variant"] != "reference"],
-        "references": {int(r["seed"]): r["real_fidelity"] for r in ran if r["variant"] == "reference"},
+        "records": [r for r in ok if r["variant"] != "reference"],
+        "failed": failed,
+        "references": {int(r["seed"]): r["real_fidelity"] for r in ok if r["variant"] == "reference"},
     }
 
 
@@ -246,21 +259,39 @@ def load_records(exp: CompletionExperiment, out: Path) -> list[dict[str, Any]]:
     ran = []
     for cell in (c for g in plan(exp) for c in g.cells):
         path = out / cell.path
-        if path.is_file():
+        if path.is_file() or path.is_symlink():
             try:
-                ran.append(json.loads(path.read_text()))
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise DataError(
-                    f"{path} is not a readable completion record ({err}): run the same command again to recompute it"
-                ) from err
+                ran.append(read_cell(path, "completion record", older=True))
+            except DataError as err:
+                raise DataError(f"{err}: run the same command again to recompute it") from err
     return ran
 
 
 def run_completion_group(
     spec: dict[str, Any], out: Path | None, group: CompletionGroup, log: Log | None, on_cell: Callable[[], None]
 ) -> list[dict[str, Any]]:
-    """The engine's runner of this study: the seed's data and classifier, the head's source model, its cells."""
-    exp, seed, kind, say = CompletionExperiment(**spec), group.seed, group.head, log or (lambda _m: None)
+    """The engine's runner of this study: the group's shared fits, then its cells, each record sealed and
+    written as soon as it is scored (a cell that raises: a failed record; :func:`theory.engine.records.record_cells`)."""
+    exp, say = CompletionExperiment(**spec), log or (lambda _m: None)
+    return record_cells(
+        group.cells,
+        lambda: _prepare(exp, group, say),
+        coordinates=_coordinates,
+        settings_hash=settings_digest(study_settings(exp)),
+        path=lambda cell: None if out is None else out / cell.path,
+        on_cell=on_cell,
+        say=say,
+    )
+
+
+def _coordinates(cell: CompletionCell) -> dict[str, Any]:
+    """A cell's coordinates as its record names them (a failed record holds these and its error)."""
+    return {"seed": cell.seed, "head": cell.head, "per_class": cell.k, "n_t": 10 * cell.k, "variant": cell.variant}
+
+
+def _prepare(exp: CompletionExperiment, group: CompletionGroup, say: Log) -> Callable[[CompletionCell], dict[str, Any]]:
+    """The seed's data and classifier and the head's source model; returns ``one(cell) -> its record``."""
+    seed, kind = group.seed, group.head
     task = CompletionTask(exp.style, exp.test_per_class, exp.pool_per_class, seed)
     gen = torch.Generator().manual_seed(derived_seed("completion", seed, "dequantise"))
     source, pool = task.paired(task.source, gen), task.paired(task.pool, gen)
@@ -340,8 +371,6 @@ def run_completion_group(
                 f"({rec['bpd']:.3f} bpd) fid {rec['fidelity']:.2f} mse {rec['completion_mse']:.4f} "
                 f"[fit {fit_seconds:.0f}s, {steps} steps; eval {rec['eval_seconds']:.0f}s]"
             )
-        if out is not None:
-            atomic_write_text(out / cell.path, json.dumps(rec, indent=1))
         return rec
 
-    return run_cells(group.cells, one, on_cell)
+    return one

@@ -3,14 +3,13 @@
 A config with ``[experiment] kind = "completion"`` and a ``[completion]`` table of
 :class:`~theory.studies.completion.experiment.CompletionExperiment` fields (``configs/completion.toml``) runs
 through the study engine into ``--out DIR``: ``config.json``, ``study.json`` (the folder holds this study only),
-``cells/`` (one record per cell; a rerun runs the missing ones), then ``table.md``, ``records.json``, one
+``cells/`` (one record per cell; a rerun runs the missing and failed ones), then ``table.md``, ``records.json``, one
 completion grid per (head, k) of the first seed (``completion_HEAD_kK.png``) and ``report.md``, all of which
 ``gentransfer report DIR`` rebuilds from the cells.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,34 +17,35 @@ import torch
 
 from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import DataError
-from theory.engine.config import study_tables
+from theory.engine.config import read_study
+from theory.engine.records import dumps, failed_section
 from theory.engine.run_folder import check_no_links, read_json
-from theory.engine.schema import dataclass_from_table
 from theory.engine.study_runs import CellStudy
+from theory.engine.vocabulary import PER_CLASS_PATHS, Vocabulary
 from theory.studies.completion.evaluation import test_rows
 from theory.studies.completion.experiment import (
+    COORDINATES,
     CompletionExperiment,
     load_records,
     run_completion_experiment,
     split_references,
+    study_settings,
 )
 from theory.studies.completion.image_grid import save_completion_grid
 from theory.studies.completion.report import MARGIN_SE, format_table
 from theory.studies.completion.task import HALF, CompletionTask
 
+#: where the shared config words (theory.engine.vocabulary) live in :class:`CompletionExperiment`
+VOCABULARY = Vocabulary("completion", (*PER_CLASS_PATHS, ("heads.*.target_val_fraction", "target_val_fraction.*")))
+
 
 def parse(raw: dict[str, Any]) -> tuple[dict[str, Any], CompletionExperiment]:
     """(the [experiment] table, the experiment) of a completion config; ConfigError naming a bad key."""
-    exp, table = study_tables(raw, "completion", "completion")
-    return exp, dataclass_from_table(CompletionExperiment, table, "completion")
+    return read_study(raw, VOCABULARY, CompletionExperiment, "completion")
 
 
-def study(experiment: CompletionExperiment) -> dict[str, Any]:
-    """What makes two runs one study (the grid axes a rerun may extend left out)."""
-    d = experiment.to_dict()
-    for key in ("seeds", "per_class", "heads", "variants", "source_only"):
-        d.pop(key)
-    return {"experiment": {"kind": "completion"}, "completion": d}
+#: What makes two runs one study (the grid axes a rerun may extend left out).
+study = study_settings
 
 
 def draw_grids(experiment: CompletionExperiment, records: list[dict[str, Any]], out: Path) -> list[Path]:
@@ -87,7 +87,7 @@ def build_study_report(out: Path) -> tuple[Path, str]:
     exp, experiment = parse(raw)
     parts = split_references(load_records(experiment, out))
     records = parts["records"]
-    if not records:
+    if not records and not parts["failed"]:
         raise DataError(f"{out} holds no completion records yet (run 'gentransfer run' first)")
     table = format_table(records, parts["references"])
     grids = draw_grids(experiment, records, out)
@@ -108,6 +108,7 @@ def build_study_report(out: Path) -> tuple[Path, str]:
             "",
             table,
             "",
+            *failed_section(parts["failed"], COORDINATES),
             "## Completions (first seed)",
             "",
         ]
@@ -115,7 +116,7 @@ def build_study_report(out: Path) -> tuple[Path, str]:
         + [""]
     )
     atomic_write_text(out / "table.md", table + "\n")
-    atomic_write_text(out / "records.json", json.dumps({"experiment": experiment.to_dict(), **parts}, indent=1))
+    atomic_write_text(out / "records.json", dumps({"experiment": experiment.to_dict(), **parts}))
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path, table
@@ -124,6 +125,8 @@ def build_study_report(out: Path) -> tuple[Path, str]:
 #: the ``[experiment] kind`` this study answers to, and the ``run`` options it takes besides the common ones
 KIND = "completion"
 OPTIONS: frozenset[str] = frozenset()
-_CELLS = CellStudy(KIND, "completion", parse, study, run_completion_experiment, build_study_report, load_records)
+_CELLS = CellStudy(
+    KIND, VOCABULARY, parse, study, run_completion_experiment, build_study_report, load_records, COORDINATES
+)
 #: :class:`theory.engine.study.Study`'s calls: ``gentransfer show``, ``run`` and ``report``, ``read_results``
 resolved, run, report, records = _CELLS.resolved, _CELLS.run, _CELLS.report, _CELLS.records

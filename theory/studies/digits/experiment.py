@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -39,8 +37,17 @@ from shared_embed.head import Head
 from shared_embed.train import TrainConfig, TrainHistory
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
 from shared_embed.validation import check_choice, check_positive_float, check_positive_int
-from theory.engine.loop import Executor, run_cells, run_groups
-from theory.engine.run_folder import read_json
+from theory.engine.loop import Executor, run_groups
+from theory.engine.records import (
+    dumps,
+    failed_lines,
+    read_cell,
+    record_cells,
+    settings_digest,
+    split_failed,
+    to_run,
+)
+from theory.engine.schema import check_keys, table, train_table
 from theory.engine.seeding import stream_seed
 from theory.studies.digits.domain_ratio import density_ratio_diagnostic
 from theory.studies.digits.evaluation import DigitsModel, TestSet, evaluate_model, sample_metrics
@@ -141,9 +148,10 @@ class DigitsExperiment:
         self.seeds = tuple(int(s) for s in self.seeds)
         check_positive_int("gen_per_class", self.gen_per_class, minimum=1)
         check_positive_int("embed_dim", self.embed_dim)
-        for phases in self.train.values():
-            for phase in ("source", "target"):
-                TrainConfig(**phases.get(phase, {}))  # fail now on a bad field, not mid-run
+        for kind, phases in self.train.items():  # a bad field fails now, named by its path, not mid-run
+            check_keys(table(phases, f"digits.train.{kind}"), ("source", "target"), f"digits.train.{kind}")
+            for phase, fields_ in phases.items():
+                train_table(fields_, f"digits.train.{kind}.{phase}")
         for kind, options in self.sample_options.items():
             _check_sample_options(kind, options)  # a bad option fails now, not mid-run
         DigitsTask(
@@ -155,7 +163,7 @@ class DigitsExperiment:
         )
         for variant, fields_ in self.variant_train.items():
             check_choice("variant_train variant", variant, VARIANTS)
-            TrainConfig(**fields_)
+            train_table(fields_, f"digits.variant_train.{variant}")
         if self.tune and self.pool_per_class <= max(self.per_class):
             raise ConfigError(
                 f"tune needs pool_per_class > max(per_class) = {max(self.per_class)} (the held-out pool rows score "
@@ -289,10 +297,18 @@ def plan_digits(exp: DigitsExperiment) -> list[DigitsGroup]:
     return groups
 
 
-def _pending(groups: list[DigitsGroup], out: Path | None) -> list[DigitsGroup]:
-    if out is None:
-        return groups
-    todo = [DigitsGroup(g.seed, g.head, tuple(c for c in g.cells if read_json(out / c.path) is None)) for g in groups]
+def study_settings(exp: DigitsExperiment) -> dict[str, Any]:
+    """What makes two runs one study (the grid axes a rerun may extend left out): the folder's fingerprint, and
+    what every cell's ``settings_hash`` digests."""
+    d = exp.to_dict()
+    for key in ("seeds", "per_class", "heads", "variants", "source_only", "tgdp"):
+        d.pop(key)
+    return {"experiment": {"kind": "digits"}, "digits": d}
+
+
+def _pending(groups: list[DigitsGroup], out: Path | None, settings_hash: str) -> list[DigitsGroup]:
+    """The groups with the cells to run: missing or failed records (:func:`theory.engine.records.to_run`)."""
+    todo = [DigitsGroup(g.seed, g.head, tuple(to_run(g.cells, out, settings_hash))) for g in groups]
     return [g for g in todo if g.cells]
 
 
@@ -305,7 +321,7 @@ def run_digits_experiment(
     executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Run the grid through the study engine (:mod:`theory.engine.loop`); with ``out_dir``, write one record per
-    cell (a rerun runs the missing ones), records.json, table.md and one PNG grid per (head, k) of the first seed.
+    cell (a rerun runs the missing and failed ones), records.json, table.md and one PNG grid per (head, k) of the first seed.
 
     Returns:
         dict with records (one per seed, head, k, variant), summary, table (Markdown), grids (PNG paths),
@@ -316,13 +332,14 @@ def run_digits_experiment(
     out = Path(out_dir) if out_dir is not None else None
     start = time.perf_counter()
     groups = plan_digits(exp)
-    ran = run_groups(
-        run_digits_group, exp.to_dict(), out, _pending(groups, out), workers=workers, log=log, executor=executor
-    )
-    records, references = load_digits_records(exp, out) if out is not None else _split(ran)
+    todo = _pending(groups, out, settings_digest(study_settings(exp)))
+    ran = run_groups(run_digits_group, exp.to_dict(), out, todo, workers=workers, log=log, executor=executor)
+    written, references = load_digits_records(exp, out) if out is not None else _split(ran)
+    records, failed = split_failed(written)
     grids = sorted(str(p) for p in out.glob("digits_*_k*.png")) if out is not None else []
     result = {
         "records": records,
+        "failed": failed_lines(failed, COORDINATES),
         "summary": summarize(records),
         "table": format_table(records, references),
         "grids": grids,
@@ -330,13 +347,32 @@ def run_digits_experiment(
         "seconds": time.perf_counter() - start,
     }
     if out is not None:
-        _write(out, exp, records, references, grids, code)
+        _write(out, exp, written, references, grids, code)
     return result
 
 
+#: a digits record's coordinates (a reference cell has ``k`` instead of ``per_class`` and ``n_t``)
+COORDINATES = ("seed", "head", "k", "per_class", "n_t", "variant")
+
+
 def _split(ran: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
-    references = {int(r["seed"]): r["reference"] for r in ran if r["variant"] == "reference"}
-    return [r for r in ran if r["variant"] != "reference"], references
+    """(every record but the finished reference cells, the real-image metrics of those by seed)."""
+    done = [r["variant"] == "reference" and r.get("status", "ok") == "ok" for r in ran]
+    references = {int(r["seed"]): r["reference"] for r, d in zip(ran, done) if d}
+    return [r for r, d in zip(ran, done) if not d], references
+
+
+def _coordinates(cell: DigitsCell) -> dict[str, Any]:
+    """A cell's coordinates as its record names them (a failed record holds these and its error)."""
+    if cell.variant == "reference":
+        return {"seed": cell.seed, "head": cell.head, "k": 0, "variant": "reference"}
+    return {
+        "seed": cell.seed,
+        "head": cell.head,
+        "per_class": cell.k,
+        "n_t": N_CLASSES * cell.k,
+        "variant": cell.variant,
+    }
 
 
 def load_digits_records(exp: DigitsExperiment, out: Path) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
@@ -345,21 +381,41 @@ def load_digits_records(exp: DigitsExperiment, out: Path) -> tuple[list[dict[str
     ran = []
     for cell in (c for g in plan_digits(exp) for c in g.cells):
         path = out / cell.path
-        if path.is_file():
+        if path.is_file() or path.is_symlink():
             try:
-                ran.append(json.loads(path.read_bytes().decode("utf-8")))
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise DataError(
-                    f"{path} is not a readable digits record ({err}): run the same command again to recompute it"
-                ) from err
+                ran.append(read_cell(path, "digits record", older=True))
+            except DataError as err:
+                raise DataError(f"{err}: run the same command again to recompute it") from err
     return _split(ran)
 
 
 def run_digits_group(
     spec: dict[str, Any], out: Path | None, group: DigitsGroup, log: Log | None, on_cell: Callable[[], None]
 ) -> list[dict[str, Any]]:
-    """The engine's runner of this study: the seed's data and classifier, the head's source model, its cells."""
-    exp, seed, kind, say = DigitsExperiment(**spec), group.seed, group.head, log or (lambda _m: None)
+    """The engine's runner of this study: the group's shared fits, then its cells, each record sealed and
+    written as soon as it is scored (a cell that raises: a failed record; :func:`theory.engine.records.record_cells`)."""
+    exp, say = DigitsExperiment(**spec), log or (lambda _m: None)
+    shared: dict[str, Any] = {}
+    records = record_cells(
+        group.cells,
+        lambda: _prepare(exp, group, say, shared),
+        coordinates=_coordinates,
+        settings_hash=settings_digest(study_settings(exp)),
+        path=lambda cell: None if out is None else out / cell.path,
+        on_cell=on_cell,
+        say=say,
+    )
+    if out is not None and group.seed == exp.seeds[0] and "test" in shared:
+        _grids(exp, group.head, shared["test"], shared["generated"], out)
+    return records
+
+
+def _prepare(
+    exp: DigitsExperiment, group: DigitsGroup, say: Log, shared: dict[str, Any]
+) -> Callable[[DigitsCell], dict[str, Any]]:
+    """The seed's data and classifier and the head's source model; returns ``one(cell) -> its record``. ``shared``
+    receives the test set and the generated images (``test``, ``generated``) for the grids."""
+    seed, kind = group.seed, group.head
     task = DigitsTask(
         exp.style,
         exp.test_per_class,
@@ -381,6 +437,7 @@ def run_digits_group(
     cfg = _transfer_config(exp, kind, seed)
     augment = task.pixels.redequantize
     generated: dict[int, dict[str, dict[str, Any]]] = {}
+    shared.update(test=test, generated=generated)
     torch.manual_seed(cell_seed(seed, kind, 0, "source-init"))
     t0 = time.perf_counter()
     source_model = fit_source(
@@ -440,14 +497,9 @@ def run_digits_group(
                 if guard["premise"] is not None:
                     rec["premise"] = guard["premise"]
             generated.setdefault(cell.k, {}).update(gen_draws)
-        if out is not None:
-            atomic_write_text(out / cell.path, json.dumps(rec, indent=1, default=_jsonable))
         return rec
 
-    records = run_cells(group.cells, one, on_cell)
-    if out is not None and seed == exp.seeds[0]:
-        _grids(exp, kind, test, generated, out)
-    return records
+    return one
 
 
 def _tuning_set(task: DigitsTask, skip: int, generator: torch.Generator) -> TestSet:
@@ -567,15 +619,5 @@ def _write(
         "grids": grids,
         "code": code,
     }
-    tmp = out / "records.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=1, default=_jsonable))
-    tmp.replace(out / "records.json")
-    (out / "table.md").write_text(format_table(records, references) + "\n")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+    atomic_write_text(out / "records.json", dumps(payload))
+    atomic_write_text(out / "table.md", format_table(split_failed(records)[0], references) + "\n")

@@ -3,7 +3,7 @@
 A config with ``[experiment] kind = "digits"`` and a ``[digits]`` table of
 :class:`~theory.studies.digits.experiment.DigitsExperiment` fields (``configs/digits.toml``) runs through the study
 engine into ``--out DIR``: ``DIR/config.json``, ``DIR/study.json`` (the folder holds this study only),
-``DIR/cells/`` (one record per cell; a rerun runs the missing ones), ``records.json``, ``table.md``, the PNG
+``DIR/cells/`` (one record per cell; a rerun runs the missing and failed ones), ``records.json``, ``table.md``, the PNG
 grids and ``DIR/report.md``, which ``gentransfer report DIR`` rebuilds from the cells.
 """
 
@@ -13,35 +13,32 @@ from pathlib import Path
 from typing import Any
 
 from shared_embed.checkpoint import atomic_write_text
-from shared_embed.errors import ConfigError, DataError
-from theory.engine.config import study_tables
+from shared_embed.errors import DataError
+from theory.engine.config import read_study
+from theory.engine.records import failed_section, split_failed
 from theory.engine.run_folder import check_no_links, read_json
-from theory.engine.schema import dataclass_from_table
 from theory.engine.study_runs import CellStudy
-from theory.studies.digits.experiment import DigitsExperiment, load_digits_records, run_digits_experiment
+from theory.engine.vocabulary import PER_CLASS_PATHS, Vocabulary
+from theory.studies.digits.experiment import (
+    COORDINATES,
+    DigitsExperiment,
+    load_digits_records,
+    run_digits_experiment,
+    study_settings,
+)
 from theory.studies.digits.report import format_table
 
-
-def experiment_from_config(config: dict[str, Any]) -> DigitsExperiment:
-    """A :class:`DigitsExperiment` from a parsed TOML document (its ``digits`` table, or the document itself)."""
-    table = config.get("digits", config)
-    if not isinstance(table, dict):
-        raise ConfigError(f"the 'digits' entry must be a table, got {type(table).__name__}")
-    return dataclass_from_table(DigitsExperiment, table, "digits")
+#: where the shared config words (theory.engine.vocabulary) live in :class:`DigitsExperiment`
+VOCABULARY = Vocabulary("digits", (*PER_CLASS_PATHS, ("heads.*.sample_options", "sample_options.*")))
 
 
 def parse(raw: dict[str, Any]) -> tuple[dict[str, Any], DigitsExperiment]:
     """(the [experiment] table, the experiment) of a digits config; ConfigError naming a bad key."""
-    exp, digits = study_tables(raw, "digits", "digits")
-    return exp, experiment_from_config({"digits": digits})
+    return read_study(raw, VOCABULARY, DigitsExperiment, "digits")
 
 
-def study(experiment: DigitsExperiment) -> dict[str, Any]:
-    """What makes two runs one study (the grid axes a rerun may extend left out)."""
-    d = experiment.to_dict()
-    for key in ("seeds", "per_class", "heads", "variants", "source_only", "tgdp"):
-        d.pop(key)
-    return {"experiment": {"kind": "digits"}, "digits": d}
+#: What makes two runs one study (the grid axes a rerun may extend left out).
+study = study_settings
 
 
 def build_study_report(out: Path) -> tuple[Path, str]:
@@ -51,8 +48,9 @@ def build_study_report(out: Path) -> tuple[Path, str]:
     if raw is None or raw.get("experiment", {}).get("kind") != "digits":
         raise DataError(f"{out} holds no digits config.json: is it a folder written by 'gentransfer run'?")
     exp, experiment = parse(raw)
-    records, references = load_digits_records(experiment, out)
-    if not records:
+    written, references = load_digits_records(experiment, out)
+    records, failed = split_failed(written)
+    if not records and not failed:
         raise DataError(f"{out} holds no digits records yet (run 'gentransfer run' first)")
     table = format_table(records, references)
     grids = sorted(out.glob("digits_*_k*.png"))
@@ -68,6 +66,7 @@ def build_study_report(out: Path) -> tuple[Path, str]:
             "",
             table,
             "",
+            *failed_section(failed, COORDINATES),
             "## Generated digits",
             "",
         ]
@@ -85,12 +84,13 @@ KIND = "digits"
 OPTIONS: frozenset[str] = frozenset()
 _CELLS = CellStudy(
     KIND,
-    "digits",
+    VOCABULARY,
     parse,
     study,
     run_digits_experiment,
     build_study_report,
     lambda experiment, out: load_digits_records(experiment, out)[0],
+    COORDINATES,
 )
 #: :class:`theory.engine.study.Study`'s calls: ``gentransfer show``, ``run`` and ``report``, ``read_results``
 resolved, run, report, records = _CELLS.resolved, _CELLS.run, _CELLS.report, _CELLS.records

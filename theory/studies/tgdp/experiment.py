@@ -44,8 +44,9 @@ from diffusion.tgdp import LabelMarginal, train_head
 from shared_embed.checkpoint import atomic_write_text
 from shared_embed.data import PairedData
 from shared_embed.errors import DataError
-from theory.engine.loop import Executor, Log, run_cells, run_groups
-from theory.engine.run_folder import read_json, write_json
+from theory.engine.loop import Executor, Log, run_groups
+from theory.engine.records import failed_lines, read_cell, record_cells, settings_digest, split_failed, to_run
+from theory.engine.run_folder import write_json
 from theory.engine.seeding import derived_seed, stream_seed
 from theory.engine.tables import plus_minus, row_se, summarize_seeds
 from theory.studies.tgdp.evaluation import (
@@ -94,7 +95,8 @@ class TGDPGroup:
 
 
 def plan_tgdp(s: TGDPSettings, out_dir: Path | None = None) -> list[TGDPGroup]:
-    """The groups of the grid, each with the cells whose record ``out_dir`` does not hold yet."""
+    """The groups of the grid, each with the cells whose record ``out_dir`` does not hold yet, or holds as failed
+    (ConfigError naming a record of other settings: :func:`theory.engine.records.cell_state`)."""
     groups = []
     for seed in s.seeds:
         for conditional in s.conditional:
@@ -104,7 +106,7 @@ def plan_tgdp(s: TGDPSettings, out_dir: Path | None = None) -> list[TGDPGroup]:
                 for m in METHODS
                 if m in s.methods
             ]
-            todo = tuple(c for c in cells if out_dir is None or read_json(out_dir / c.path) is None)
+            todo = tuple(to_run(cells, out_dir, settings_digest(s.study())))
             if todo:
                 groups.append(TGDPGroup(int(seed), bool(conditional), todo))
     return groups
@@ -122,7 +124,7 @@ def run_tgdp_experiment(
     executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Run the grid through the study engine (:mod:`theory.engine.loop`); return records, summary, the Markdown
-    table, the PNG paths and the wall time (s). With ``out_dir``, cells whose record is there are not run again."""
+    table, the PNG paths and the wall time (s). With ``out_dir``, cells with a finished record there are not run again."""
     s = settings or TGDPSettings()
     unknown = sorted(set(s.methods) - set(METHODS))
     if unknown:
@@ -138,11 +140,23 @@ def run_tgdp_experiment(
     seconds = time.perf_counter() - start
     if out is not None:
         records = load_records(out)
-    records = sorted(records, key=lambda r: (r["seed"], r["conditional"], r["n_t"], METHODS.index(r["method"])))
+    records, failed = split_failed(sort_records(records))
     summary = summarize_tgdp(records)
     table = format_tgdp_table(summary)
     plots = write_tgdp_outputs(out, s, records, table) if out is not None else []
-    return {"records": records, "summary": summary, "table": table, "plots": plots, "seconds": seconds}
+    return {
+        "records": records,
+        "failed": failed_lines(failed, COORDINATES),
+        "summary": summary,
+        "table": table,
+        "plots": plots,
+        "seconds": seconds,
+    }
+
+
+def sort_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` in grid order: (seed, version, n_t, method as :data:`METHODS` lists them)."""
+    return sorted(records, key=lambda r: (r["seed"], r["conditional"], r["n_t"], METHODS.index(r["method"])))
 
 
 def write_tgdp_outputs(out: Path, s: TGDPSettings, records: list[dict[str, Any]], table: str) -> list[str]:
@@ -165,9 +179,41 @@ def write_tgdp_outputs(out: Path, s: TGDPSettings, records: list[dict[str, Any]]
 def run_tgdp_group(
     spec: dict[str, Any], out: Path | None, group: TGDPGroup, log: Log | None, on_cell: Callable[[], None]
 ) -> list[dict[str, Any]]:
-    """The engine's runner of this study: one seed and version, the source head, then its cells in order."""
+    """The engine's runner of this study: one seed and version, the source head, then its cells in order, each
+    record sealed and written as soon as it is scored (a cell that raises: a failed record;
+    :func:`theory.engine.records.record_cells`)."""
     s = TGDPSettings.from_dict(spec)
-    task, say = TwoGaussianTask(**s.task), log or (lambda _m: None)
+    say = log or (lambda _m: None)
+    return record_cells(
+        group.cells,
+        lambda: _prepare(s, group, say),
+        coordinates=lambda cell: _coordinates(s, cell),
+        settings_hash=settings_digest(s.study()),
+        path=lambda cell: None if out is None else out / cell.path,
+        on_cell=on_cell,
+        say=say,
+    )
+
+
+#: a TGDP record's coordinates
+COORDINATES = ("seed", "conditional", "n_t", "method")
+
+
+def _coordinates(s: TGDPSettings, cell: TGDPCell) -> dict[str, Any]:
+    """A cell's coordinates as its record names them (a failed record holds these and its error)."""
+    return {
+        "seed": cell.seed,
+        "n_source": s.n_source,
+        "n_t": cell.n_t,
+        "conditional": cell.conditional,
+        "method": cell.method,
+        "reference": cell.method in REFERENCES,
+    }
+
+
+def _prepare(s: TGDPSettings, group: TGDPGroup, say: Log) -> Callable[[TGDPCell], dict[str, Any]]:
+    """The seed's draws and the version's source head; returns ``one(cell) -> its record``."""
+    task = TwoGaussianTask(**s.task)
     seed, conditional = group.seed, group.conditional
     source = task.sample(s.n_source, "source", _stream(seed, "source"))
     pool = task.sample(max(s.n_targets), "target", _stream(seed, "target-pool"))
@@ -208,11 +254,9 @@ def run_tgdp_group(
             + (f" log-h MSE {rec['log_h_mse_mean']:.3f}" if "log_h_mse_mean" in rec else "")
             + f" [fit {rec['fit_seconds']:.0f}s]"
         )
-        if out is not None:
-            write_json(out / cell.path, rec)
         return rec
 
-    return run_cells(group.cells, one, on_cell)
+    return one
 
 
 def _stream(seed: int, stream: str) -> torch.Generator:
@@ -268,15 +312,16 @@ def _fit_and_score(
 
 
 def load_records(out_dir: str | Path) -> list[dict[str, Any]]:
-    """Every record JSON under ``out_dir/cells``; DataError naming one that cannot be read."""
+    """Every record under ``out_dir/cells``, as written (failed ones too); DataError naming one that cannot be
+    read."""
     records = []
     for path in sorted(Path(out_dir, "cells").glob("*/*.json")):
-        record = read_json(path)
-        if record is None or "method" not in record:
-            raise DataError(
-                f"{path} is not a readable TGDP record (truncated or corrupted): run the same "
-                "command again to recompute it"
-            )
+        try:
+            record = read_cell(path, "TGDP record", older=True)
+            if "method" not in record:
+                raise DataError(f"{path} is not a readable TGDP record: missing 'method'")
+        except DataError as err:
+            raise DataError(f"{err}: run the same command again to recompute it") from err
         records.append(record)
     return records
 

@@ -8,7 +8,6 @@ missing ones), ``DIR/table.md``, the PNG plots and ``DIR/report.md``, which ``ge
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,18 @@ from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import DataError
 from theory.engine.config import study_tables
 from theory.engine.loop import Executor, Log
+from theory.engine.records import dumps, failed_section, split_failed
 from theory.engine.run_folder import check_no_links, read_json
 from theory.engine.study_runs import CellStudy
+from theory.engine.vocabulary import Vocabulary
 from theory.studies.tgdp.experiment import (
+    COORDINATES,
     TGDPSettings,
     compare,
     format_tgdp_table,
     load_records,
     run_tgdp_experiment,
+    sort_records,
     summarize_tgdp,
     write_tgdp_outputs,
 )
@@ -36,10 +39,29 @@ def is_tgdp(raw: dict[str, Any]) -> bool:
     return isinstance(exp, dict) and exp.get("kind") == "tgdp"
 
 
+#: where the shared config words (theory.engine.vocabulary) live in :class:`TGDPSettings`: one diffusion head,
+#: its three training phases, and the methods as the grid's variants
+VOCABULARY = Vocabulary(
+    "tgdp",
+    (
+        ("grid.seeds", "seeds"),
+        ("grid.n_s", "n_source"),
+        ("grid.n_t", "n_targets"),
+        ("grid.conditional", "conditional"),
+        ("grid.variants", "methods"),
+        ("heads.diffusion.options", "head"),
+        ("heads.diffusion.train.source", "source_train"),
+        ("heads.diffusion.train.target", "target_train"),
+        ("heads.diffusion.train.fine_tune", "fine_tune_train"),
+    ),
+)
+
+
 def parse(raw: dict[str, Any]) -> tuple[dict[str, Any], TGDPSettings]:
     """(the [experiment] table, the settings) of a TGDP config; ConfigError naming a bad key."""
-    exp, tgdp = study_tables(raw, "tgdp", "TGDP")
-    return exp, TGDPSettings.from_dict(tgdp)
+    exp, tgdp = study_tables(raw, VOCABULARY, "TGDP")
+    with VOCABULARY.shared_names():
+        return exp, TGDPSettings.from_dict(tgdp)
 
 
 def build_study_report(out: Path) -> tuple[Path, str]:
@@ -49,8 +71,8 @@ def build_study_report(out: Path) -> tuple[Path, str]:
     if raw is None or not is_tgdp(raw):
         raise DataError(f"{out} holds no TGDP config.json: is it a folder written by 'gentransfer run'?")
     exp, settings = parse(raw)
-    records = load_records(out)
-    if not records:
+    records, failed = split_failed(sort_records(load_records(out)))
+    if not records and not failed:
         raise DataError(f"{out} holds no TGDP records yet (run 'gentransfer run' first)")
     summary = summarize_tgdp(records)
     table = format_tgdp_table(summary)
@@ -67,6 +89,7 @@ def build_study_report(out: Path) -> tuple[Path, str]:
         "",
         table,
         "",
+        *failed_section(failed, COORDINATES),
         "## TGDP against the baselines",
         "",
         "| version | n_t | method | baseline | KL gap (baseline - method) | beats (gap > SE) | verdict at 2 SE |",
@@ -81,7 +104,7 @@ def build_study_report(out: Path) -> tuple[Path, str]:
     lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(out / "summary.json", dumps(summary))
     return path, table
 
 
@@ -108,7 +131,14 @@ def _run_tgdp(
 KIND = "tgdp"
 OPTIONS: frozenset[str] = frozenset()
 _CELLS = CellStudy(
-    KIND, "tgdp", parse, TGDPSettings.study, _run_tgdp, build_study_report, lambda _settings, out: load_records(out)
+    KIND,
+    VOCABULARY,
+    parse,
+    TGDPSettings.study,
+    _run_tgdp,
+    build_study_report,
+    lambda _settings, out: load_records(out),
+    COORDINATES,
 )
 #: :class:`theory.engine.study.Study`'s calls: ``gentransfer show``, ``run`` and ``report``, ``read_results``
 resolved, run, report, records = _CELLS.resolved, _CELLS.run, _CELLS.report, _CELLS.records

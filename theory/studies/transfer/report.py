@@ -20,6 +20,7 @@ from shared_embed.errors import ConfigError, DataError
 from shared_embed.transfer import VARIANTS
 from theory.engine.config import ExperimentConfig, task_label
 from theory.engine.plots import plot_floor, plot_kl_curves, plot_samples
+from theory.engine.records import dumps
 from theory.engine.run_folder import (
     check_no_links,
     collect_records,
@@ -409,12 +410,10 @@ def build_report(
     atomic_write_text(path, "\n".join(lines))
     atomic_write_text(
         out / "checks.json",
-        json.dumps(
+        dumps(
             {"checks": [c.to_dict() for c in checks], "predictions": {k: v.to_dict() for k, v in rates.items()}},
-            indent=1,
             default=str,
-        )
-        + "\n",
+        ),
     )
     return Report(path, checks, tables, plots, summary)
 

@@ -8,19 +8,17 @@ was run in ``run.json`` and writes the report with its checks (:func:`~theory.st
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import ConfigError
 from theory.engine.config import ExperimentConfig
 from theory.engine.executors import check_threads
 from theory.engine.folder_lock import hold_folder
-from theory.engine.run_folder import collect_records
+from theory.engine.run_folder import collect_records, write_json
 from theory.engine.study import ReportOptions, RunOptions
 from theory.studies.transfer import sweep
 from theory.studies.transfer.report import Report, build_report
@@ -69,22 +67,19 @@ def _sweep_and_report(
 ) -> int:
     """The sweep and its report, in a folder this process holds: 0, or 1 when some cells failed."""
     result = sweep.run_sweep(config, out, log=options.log, shard=shard, executor=executor, max_hours=options.max_hours)
-    atomic_write_text(
+    write_json(
         out / "run.json",
-        json.dumps(
-            {
-                "config_file": options.config_file,
-                "preset": options.preset,
-                "overrides": list(options.overrides),
-                "workers": config.run.workers,
-                "executor": options.executor_name,
-                "ran": result.ran,
-                "skipped": result.skipped,
-                "failed": result.failed,
-                "seconds": result.seconds,
-            }
-        )
-        + "\n",
+        {
+            "config_file": options.config_file,
+            "preset": options.preset,
+            "overrides": list(options.overrides),
+            "workers": config.run.workers,
+            "executor": options.executor_name,
+            "ran": result.ran,
+            "skipped": result.skipped,
+            "failed": result.failed,
+            "seconds": result.seconds,
+        },
     )
     print(
         f"sweep: {result.ran} cells run, {result.skipped} found on disk, {result.failed} failed, "
@@ -118,8 +113,8 @@ def report(out: Path, options: ReportOptions) -> str:
 
 
 def records(out: Path) -> list[dict[str, Any]]:
-    """The folder's cell records (every status), checked against the folder's config."""
-    return collect_records(out)
+    """The folder's cell records (every status) as written: strict JSON values, null for a non-finite float."""
+    return collect_records(out, restore=False)
 
 
 def format_report(report: Report, out: Path) -> str:

@@ -14,7 +14,8 @@ Layout of a run folder ``DIR``:
 Work is split into groups that share a source model: (head, n_s, seed) for the variants that use the source
 (transfer, fine_tune), and (head, seed) for those that do not (no_transfer, oracle: their cells have
 n_s = None and serve every n_s). Groups run in worker processes (``spawn``); a cell whose record is on
-disk is skipped, so a killed sweep resumes where it stopped.
+disk and finished is skipped, so a killed sweep resumes where it stopped (the resume rule of every study:
+:func:`theory.engine.records.cell_state`).
 
 Data are drawn in fixed blocks from seeds derived from (seed, stream, block), so the n_t target pairs of a
 cell are the first n_t of one stream whatever the grid holds (nested samples, n_s likewise), and every
@@ -28,7 +29,6 @@ grid this module splits into persisted cells.
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import hashlib
 import io
 import math
@@ -46,7 +46,7 @@ from shared_embed.checkpoint import atomic_write_text, config_diff
 from shared_embed.data import PairedData
 from shared_embed.device import resolve_device
 from shared_embed.encoder import Encoder
-from shared_embed.errors import CheckpointError, ConfigError, DataError, GentransferError
+from shared_embed.errors import CheckpointError, ConfigError, GentransferError
 from shared_embed.head import Head
 from shared_embed.model import ConditionalModel
 from shared_embed.train import TrainHistory
@@ -61,6 +61,7 @@ from shared_embed.transfer import (
 from theory.engine.config import PHASES, ExperimentConfig, task_label
 from theory.engine.folder_lock import hold_folder
 from theory.engine.loop import Executor, duration, run_cells, run_groups
+from theory.engine.records import cell_state, failed_record, seal, write_cell
 from theory.engine.run_folder import (
     check_no_links,
     claim_folder,
@@ -228,23 +229,18 @@ def shard_cells(config: ExperimentConfig, cells: Iterable[Cell], shard: tuple[in
 def pending_cells(config: ExperimentConfig, out_dir: Path) -> tuple[list[Cell], list[Cell]]:
     """(cells to run, cells already on disk). A failed or unreadable record is run again; a finished record
     from other settings is an error, not a skip."""
-    todo, done = [], []
+    todo: list[Cell] = []
+    done: list[Cell] = []
     for cell in plan_cells(config):
-        try:
-            record: dict[str, Any] | None = read_record(out_dir / cell.path)
-        except DataError:  # missing, truncated or of wrong field types: computed again
-            record = None
-        if record is None or record.get("status") != "ok":
-            todo.append(cell)
-            continue
         task = config.grid.task_overrides(cell.task)
-        if record.get("settings_hash") != config.settings_hash(cell.head, task):
-            diff = config_diff(config.settings(cell.head, task), record.get("settings", {}))
-            raise ConfigError(
-                f"{out_dir / cell.path} was computed with other settings ({'; '.join(diff[:5]) or 'unknown'}); "
-                "use a new --out folder, or delete the old cells to recompute them"
-            )
-        done.append(cell)
+
+        def differences(record: dict[str, Any], head: str = cell.head, task: dict[str, Any] = task) -> list[str]:
+            return config_diff(config.settings(head, task), record.get("settings", {}))
+
+        state = cell_state(
+            out_dir / cell.path, config.settings_hash(cell.head, task), read=read_record, differences=differences
+        )
+        (todo if state == "run" else done).append(cell)
     return todo, done
 
 
@@ -336,10 +332,6 @@ def _flag(hist: Any) -> dict[str, str]:
         "flag": f"the target fit never beat its initial model on the validation pairs (best loss "
         f"{hist.best_val:.4g} vs {hist.initial_val:.4g} at step 0): lower train.target.lr or raise n_t"
     }
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -511,15 +503,8 @@ class GroupRunner:
         }
 
     def _failed(self, cell: Cell, error: str) -> dict[str, Any]:
-        record = {
-            **self._base(cell),
-            "status": "failed",
-            "error": error,
-            "finished_at": _now(),
-            "torch": torch.__version__,
-            "settings": self.settings,
-        }
-        write_json(inside(self.out, self.out / cell.path), record)
+        coordinates = {**self._base(cell), "torch": torch.__version__, "settings": self.settings}
+        record = write_cell(inside(self.out, self.out / cell.path), failed_record(coordinates, self.hash, error))
         self.say(f"[{cell}] FAILED: {error}")
         return record
 
@@ -568,7 +553,6 @@ class GroupRunner:
                     source_encoder_digest=shared.info.get("source_encoder_digest"),
                 )
             record.update(
-                status="ok",
                 fit_seconds=fit_seconds,
                 steps=hist.steps_done,
                 best_val=hist.best_val,
@@ -578,8 +562,8 @@ class GroupRunner:
             self._samples(cell, fitted.model, cell_seed)
         except GentransferError as err:  # a diverged fit: recorded, reported, retried by the next run
             return self._failed(cell, f"{type(err).__name__}: {err}")
-        record.update(finished_at=_now(), torch=torch.__version__, settings=self.settings)
-        write_json(inside(self.out, self.out / cell.path), record)
+        record.update(torch=torch.__version__, settings=self.settings)
+        record = write_cell(inside(self.out, self.out / cell.path), seal(record, settings_hash=self.hash))
         extra = (
             f" = floor {record['floor_paired']:.4f} + head {record['head_term']:.4f}" if "head_term" in record else ""
         )
