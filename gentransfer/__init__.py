@@ -147,6 +147,7 @@ _TGDP = (
     "SwitchedScore",
     "TGDPConfig",
     "TGDPFit",
+    "TiltGuidance",
     "check_premise",
     "class_weights",
     "consistency_loss",

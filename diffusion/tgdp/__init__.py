@@ -53,6 +53,7 @@ from .quadratic_ratio import QuadraticLogRatio, fit_quadratic_log_ratio
 from .recipes import GuidanceFit, fit_classifier_guidance, fit_kernel_guidance
 from .regularizers import consistency_loss, cycle_loss
 from .switch_time import SwitchChoice, select_switch
+from .tilt_guidance import TiltGuidance
 
 __all__ = [
     "DAMPING",
@@ -83,6 +84,7 @@ __all__ = [
     "SwitchedScore",
     "TGDPConfig",
     "TGDPFit",
+    "TiltGuidance",
     "class_weights",
     "consistency_loss",
     "check_premise",

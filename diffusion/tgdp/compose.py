@@ -32,7 +32,16 @@ __all__ = ["DomainGuidanceScore", "GuidedScore", "domain_guidance_score", "guida
 
 
 def guidance_grad(guidance: Guidance, x: Tensor, t: Tensor, context: Tensor | None = None) -> Tensor:
-    """grad_x log h(x, t, context), (n, d), by autograd (with a graph when grad mode is on; see module doc)."""
+    """grad_x log h(x, t, context), (n, d), by autograd (with a graph when grad mode is on; see module doc).
+
+    A guidance with its own ``grad_log_h(x, t, context)`` (e.g. :class:`~diffusion.tgdp.tilt_guidance.TiltGuidance`,
+    whose log h is only known up to quadrature) gives the gradient itself."""
+    own = getattr(guidance, "grad_log_h", None)
+    if callable(own):
+        grad: Tensor = own(x, t, context)
+        if grad.shape != x.shape:
+            raise ShapeError(f"grad_log_h must return {tuple(x.shape)}, got {tuple(grad.shape)}")
+        return grad
     create = torch.is_grad_enabled()
     with torch.enable_grad():
         xg = x if x.requires_grad else x.detach().requires_grad_(True)

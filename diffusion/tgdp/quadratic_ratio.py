@@ -66,6 +66,8 @@ class QuadraticLogRatio:
 
     #: the inverse L2 strength C that cross-validation chose (set by :func:`fit_quadratic_log_ratio` only)
     strength: float
+    #: the number of basis columns cross-validation chose (None: no basis; set by :func:`fit_quadratic_log_ratio`)
+    components: int | None = None
 
     def __init__(
         self, quad: Tensor, linear: Tensor, const: Tensor, prior_factor: float, labels: Tensor | None = None
@@ -127,6 +129,8 @@ def fit_quadratic_log_ratio(
     folds: int = 5,
     seed: int = 0,
     degree: int = 2,
+    basis: Tensor | None = None,
+    components: Sequence[int] | None = None,
 ) -> QuadraticLogRatio:
     """Logistic regression on quadratic features, its inverse L2 strength C chosen by ``folds``-fold CV.
 
@@ -138,10 +142,12 @@ def fit_quadratic_log_ratio(
     centred indicator 1{y = k} - 1/K times [1, quadratic features]: each label gets its own quadratic,
     shrunk towards the shared one (symmetrically: no label is the reference). The intercept is not penalised; no
     class weights, so the prior factor is n_s / n_t.
-    """
-    from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.model_selection import StratifiedKFold
 
+    ``basis`` (d, m), with ``degree = 1`` only: the log ratio is linear in the projection x @ basis[:, :k] (k + 1
+    parameters per label instead of d + 1; b = basis[:, :k] theta), k chosen among ``components`` (default: m
+    alone) by the same cross-validated log-loss as C, so a low-dimensional ratio is only used where it predicts
+    the held-out rows better. The chosen k is kept as ``ratio.components``.
+    """
     source_x = check_matrix("source_x", source_x)
     target_x = check_matrix("target_x", target_x, source_x.shape[1])
     if (source_context is None) != (target_context is None):
@@ -154,13 +160,74 @@ def fit_quadratic_log_ratio(
         raise ShapeError(f"cross-validation needs n_t >= 2 target rows, got {n_t}")
     if degree not in (1, 2):
         raise ShapeError(f"degree must be 1 (linear log ratio) or 2 (quadratic), got {degree!r}")
+    if basis is not None:
+        if degree != 1:
+            raise ShapeError("basis needs degree = 1 (a log ratio linear in the projection)")
+        check_matrix("basis", basis)
+        if basis.shape[0] != d:
+            raise ShapeError(f"basis must be ({d}, m), got {tuple(basis.shape)}")
+    m = d if basis is None else basis.shape[1]
+    ks = [m] if components is None else sorted({int(k) for k in components})
+    if not ks or ks[0] < 1 or ks[-1] > m or (basis is None and ks != [d]):
+        raise ShapeError(f"components must lie in 1..{m} (and need a basis), got {components!r}")
     x = torch.cat([source_x, target_x]).double().numpy()
     y = np.concatenate([np.zeros(n_s), np.ones(n_t)])
+    ctx = None
+    if source_context is not None and target_context is not None:  # both or neither (checked above)
+        ctx = torch.cat([source_context, target_context]).double().numpy()[:, 0]
+    best: tuple[float, int, np.ndarray, float, float, np.ndarray | None] | None = None
+    for k in ks:
+        proj = x if basis is None else x @ basis[:, :k].double().numpy()
+        score, coef, intercept, strength, labels = _fit_logistic(proj, y, ctx, degree, strengths, folds, seed)
+        if best is None or score > best[0]:
+            best = (score, k, coef, intercept, strength, labels)
+    assert best is not None
+    _, k, coef, intercept, strength, labels = best
+    p = k if basis is not None else (d if degree == 1 else d + d * (d + 1) // 2)
+    lift = None if basis is None else basis[:, :k].double().numpy()
+    quads, lins, consts = [], [], []
+    n_labels = 0 if labels is None else len(labels)
+    for j_label in range(max(n_labels, 1)):
+        c_k, extra = coef[:p].copy(), 0.0
+        for j in range(n_labels):
+            block = coef[p + j * (p + 1) : p + (j + 1) * (p + 1)] * ((j == j_label) - 1.0 / n_labels)
+            extra, c_k = extra + block[0], c_k + block[1:]
+        if lift is not None:
+            c_k = lift @ c_k
+        a, b = _to_quadratic(c_k, d) if degree == 2 else (np.zeros((d, d)), c_k)
+        quads.append(a)
+        lins.append(b)
+        consts.append(intercept + extra)
+    ratio = QuadraticLogRatio(
+        torch.tensor(np.stack(quads)),
+        torch.tensor(np.stack(lins)),
+        torch.tensor(consts),
+        prior_factor=n_s / n_t,
+        labels=None if labels is None else torch.tensor(labels),
+    )
+    ratio.strength = strength
+    ratio.components = k if basis is not None else None
+    return ratio
+
+
+def _fit_logistic(
+    x: np.ndarray,
+    y: np.ndarray,
+    ctx: np.ndarray | None,
+    degree: int,
+    strengths: Sequence[float],
+    folds: int,
+    seed: int,
+) -> tuple[float, np.ndarray, float, float, np.ndarray | None]:
+    """(best mean CV score, coefficients on the unstandardised design, intercept, C, labels) of the CV logistic
+    regression on the features of x (degree 1 or 2) with per-label deviations when ``ctx`` is given."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
     base = quadratic_features(x) if degree == 2 else x
     labels = None
     blocks = [base]
-    if source_context is not None and target_context is not None:  # both or neither (checked above)
-        ctx = torch.cat([source_context, target_context]).double().numpy()[:, 0]
+    if ctx is not None:
         labels = np.unique(ctx)
         for lab in labels:
             contrast = ((ctx == lab) - 1.0 / len(labels))[:, None]
@@ -175,24 +242,5 @@ def fit_quadratic_log_ratio(
         model.fit((design - mean) / scale, y)
     coef = model.coef_[0] / scale
     intercept = float(model.intercept_[0] - (coef * mean).sum())
-    p = base.shape[1]
-    quads, lins, consts = [], [], []
-    n_labels = 0 if labels is None else len(labels)
-    for k in range(max(n_labels, 1)):
-        c_k, extra = coef[:p].copy(), 0.0
-        for j in range(n_labels):
-            block = coef[p + j * (p + 1) : p + (j + 1) * (p + 1)] * ((j == k) - 1.0 / n_labels)
-            extra, c_k = extra + block[0], c_k + block[1:]
-        a, b = _to_quadratic(c_k, d) if degree == 2 else (np.zeros((d, d)), c_k)
-        quads.append(a)
-        lins.append(b)
-        consts.append(intercept + extra)
-    ratio = QuadraticLogRatio(
-        torch.tensor(np.stack(quads)),
-        torch.tensor(np.stack(lins)),
-        torch.tensor(consts),
-        prior_factor=n_s / n_t,
-        labels=None if labels is None else torch.tensor(labels),
-    )
-    ratio.strength = float(model.C_[0])
-    return ratio
+    score = float(np.asarray(next(iter(model.scores_.values()))).mean(0).max())
+    return score, coef, intercept, float(model.C_[0]), labels

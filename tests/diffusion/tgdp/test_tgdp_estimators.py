@@ -261,3 +261,28 @@ def test_a_linear_log_ratio_recovers_a_mean_shift_and_the_smoothed_kernel_guidan
     assert torch.allclose(guidance.log_h(x, torch.full((7,), 1e-7)), ratio.log_ratio(x), atol=1e-6)
     with pytest.raises(ShapeError, match="degree"):
         fit_quadratic_log_ratio(src, tgt, degree=3)
+
+
+def test_a_linear_log_ratio_on_a_basis_recovers_a_few_shot_tilt_and_picks_its_dimension_by_cv():
+    """p = N(0, I_20), q = N(delta v, I_20): log w = delta v^T x - delta^2 / 2, linear along v. With a basis whose
+    first column is v (the rest orthonormal noise directions) and n_t = 60, cross-validation keeps few columns and
+    the slope is close to delta v; the full 20-dimensional fit on the same rows is further from it. Degree 2 and a
+    basis of the wrong height are refused."""
+    from diffusion.tgdp import fit_quadratic_log_ratio
+
+    d, delta = 20, 1.0
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
+    v = basis[:, 0]
+    xs = torch.randn(4000, d, generator=g, dtype=torch.float64)
+    xt = torch.randn(60, d, generator=g, dtype=torch.float64) + delta * v
+    low = fit_quadratic_log_ratio(xs, xt, degree=1, basis=basis, components=[1, 2, 5, 20])
+    full = fit_quadratic_log_ratio(xs, xt, degree=1)
+    err_low = float((low.linear[0] - delta * v).norm())
+    err_full = float((full.linear[0] - delta * v).norm())
+    assert low.components is not None and low.components <= 5 and full.components is None
+    assert err_low < 0.35 and err_low < err_full
+    with pytest.raises(ShapeError, match="basis needs degree = 1"):
+        fit_quadratic_log_ratio(xs, xt, degree=2, basis=basis)
+    with pytest.raises(ShapeError, match="basis must be"):
+        fit_quadratic_log_ratio(xs, xt, degree=1, basis=basis[:5])

@@ -263,7 +263,7 @@ def test_adding_a_variant_a_head_or_a_target_size_changes_no_other_cells_records
 
 
 def test_tiny_heavy_ink_tgdp_run_records_what_its_guard_did(tmp_path):
-    """configs/digits_tgdp_smoke.toml: the inside-support target end to end with the kernel estimator and a switch
+    """configs/digits_tgdp_smoke.toml: the inside-support target end to end with the tilt estimator and a switch
     time chosen on held-out target rows: the TGDP record says its status (one of STATUSES) and the premise, the
     table shows the guard and the paired per-seed differences; ``tune`` scores on the held-out pool rows, not the test split."""
     from diffusion.tgdp.guided_model import STATUSES
@@ -351,6 +351,82 @@ def test_heavy_ink_target_is_a_disjoint_heavier_label_shifted_subpopulation():
     assert ink_mass(t.splits.target_test.levels).double().mean() > ink_mass(t.splits.source.levels).double().mean()
     with pytest.raises(DataError, match="heavy-ink images"):
         DigitsTask("heavy_ink", test_per_class=40, pool_per_class=10)
+
+
+def test_tilted_ink_target_is_a_soft_ink_tilt_of_the_data_with_the_heavy_ink_splits():
+    """tilted_ink: test, pool and source partition the data with the heavy_ink label shift; the target is heavier
+    than the source on average but holds light images too (a soft draw, not a cut); tilt 0 draws without regard
+    to ink; the stated E_q[log w] of the population tilt grows with the tilt from 0."""
+    from theory.studies.digits.task import ink_mass, tilted_ink_divergence
+
+    t = DigitsTask("tilted_ink", test_per_class=20, pool_per_class=10, seed=3, ink_tilt=2.0)
+    ids = {k: set(v.tolist()) for k, v in t.splits.ids.items()}
+    assert not (ids["source"] & (ids["target_pool"] | ids["target_test"])) and not (
+        ids["target_pool"] & ids["target_test"]
+    )
+    assert len(ids["source"] | ids["target_pool"] | ids["target_test"]) == 1797
+    assert torch.bincount(t.splits.target_test.labels, minlength=10).tolist() == t.test_counts()
+    assert torch.bincount(t.splits.target_pool.labels).tolist() == [10] * 10
+    ink = {k: ink_mass(getattr(t.splits, k).levels).double().mean() for k in ("source", "target_test", "target_pool")}
+    assert ink["target_test"] > ink["source"] + 20 and ink["target_pool"] > ink["source"] + 20
+    flat = DigitsTask("tilted_ink", test_per_class=20, pool_per_class=10, seed=3, ink_tilt=0.0)
+    assert (
+        abs(
+            ink_mass(flat.splits.target_test.levels).double().mean()
+            - ink_mass(flat.splits.source.levels).double().mean()
+        )
+        < 15
+    )
+    kl = [tilted_ink_divergence(b)["kl_label_shift_weighted"] for b in (0.0, 1.0, 2.0)]
+    assert abs(kl[0]) < 1e-12 and 0 < kl[1] < kl[2]
+    assert t.config["ink_tilt"] == 2.0 and "heavy_fraction" not in t.config
+    with pytest.raises(ConfigError, match="ink_tilt"):
+        DigitsTask("tilted_ink", ink_tilt=-1.0)
+
+
+def test_the_tilt_estimator_guides_through_the_source_score_with_a_shared_or_per_label_ratio():
+    """The digits TGDP's tilt estimator: a linear log ratio (shared or per label) whose guidance goes through the
+    frozen source score; the model's context carries [h(c), h(c), label] and the composed score has the data's shape."""
+    from diffusion import DiffusionHead
+    from shared_embed.transfer import TransferConfig, fit_source, new_encoder
+    from theory.studies.digits.tgdp import dct_basis, fit_digits_tgdp
+
+    task = DigitsTask("tilted_ink", test_per_class=4, pool_per_class=5, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    src, tgt = task.paired(task.splits.source, gen), task.paired(task.target_train(5), gen)
+    cfg = TransferConfig(embed_dim=4, encoder_hidden=(8,))
+    source_model = fit_source(
+        new_encoder(10, cfg), DiffusionHead(D, 4, width=8, blocks=1), src, TrainConfig(steps=5, eval_every=5)
+    )
+    for per_label in (True, False):
+        model, steps = fit_digits_tgdp(source_model, src, tgt, cfg, {"estimator": "tilt", "per_label": per_label})
+        assert steps == 0 and model.status in ("guided", "clipped") and model.premise is not None
+        linear = model.guidance.ratio.linear
+        assert bool((linear == linear[:1]).all()) is not per_label
+        ctx = model.context(tgt.c[:3])
+        assert ctx.shape == (3, 4 + 4 + 1)
+        assert model.score(source_model.x_scaler(tgt.x[:3]), torch.full((3,), 0.3), ctx).shape == (3, D)
+    with pytest.raises(ConfigError, match="unknown tgdp option"):
+        fit_digits_tgdp(source_model, src, tgt, cfg, {"estimator": "tilt", "bandwidth": "scott"})
+    low, _ = fit_digits_tgdp(
+        source_model, src, tgt, cfg, {"estimator": "tilt", "per_label": False, "basis": "dct", "components": [1, 3]}
+    )
+    assert low.guidance.ratio.components in (1, 3)
+    # the slope lies in the span of the chosen DCT columns mapped into the standardised space
+    cols = dct_basis(source_model.x_scaler.std)[:, : low.guidance.ratio.components]
+    beta = low.guidance.ratio.linear[0]
+    resid = beta - cols @ torch.linalg.lstsq(cols, beta[:, None]).solution[:, 0]
+    assert float(resid.norm()) < 1e-8 * max(1.0, float(beta.norm()))
+
+
+def test_dct_basis_is_orthonormal_lowest_frequency_first():
+    from theory.studies.digits.tgdp import dct_basis
+
+    b = dct_basis()
+    torch.testing.assert_close(b.T @ b, torch.eye(64, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(b[:, 0], torch.full((64,), 1 / 8, dtype=torch.float64))
+    img = b[:, 1].reshape(8, 8)  # (u, v) = (0, 1): constant down each column, varying along a row
+    assert torch.allclose(img, img[:1].expand(8, 8))
 
 
 def test_config_loading_names_bad_settings():

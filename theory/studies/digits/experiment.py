@@ -115,6 +115,7 @@ class DigitsExperiment:
 
     style: str = "reflect"
     heavy_fraction: float = 0.35
+    ink_tilt: float = 2.0
     per_class: Sequence[int] = (5, 15, 50)
     seeds: Sequence[int] = (0,)
     heads: Sequence[str] = ("flow", "diffusion")
@@ -156,7 +157,13 @@ class DigitsExperiment:
                 train_table(fields_, f"digits.train.{kind}.{phase}")
         for kind, options in self.sample_options.items():
             _check_sample_options(kind, options)  # a bad option fails now, not mid-run
-        DigitsTask(self.style, self.test_per_class, self.pool_per_class, heavy_fraction=self.heavy_fraction)
+        DigitsTask(
+            self.style,
+            self.test_per_class,
+            self.pool_per_class,
+            heavy_fraction=self.heavy_fraction,
+            ink_tilt=self.ink_tilt,
+        )
         for variant, fields_ in self.variant_train.items():
             check_choice("variant_train variant", variant, VARIANTS)
             train_table(fields_, f"digits.variant_train.{variant}")
@@ -412,7 +419,14 @@ def _prepare(
     """The seed's data and classifier and the head's source model; returns ``one(cell) -> its record``. ``shared``
     receives the test set and the generated images (``test``, ``generated``) for the grids."""
     seed, kind = group.seed, group.head
-    task = DigitsTask(exp.style, exp.test_per_class, exp.pool_per_class, seed, heavy_fraction=exp.heavy_fraction)
+    task = DigitsTask(
+        exp.style,
+        exp.test_per_class,
+        exp.pool_per_class,
+        seed,
+        heavy_fraction=exp.heavy_fraction,
+        ink_tilt=exp.ink_tilt,
+    )
     gen = torch.Generator().manual_seed(stream_seed("digits", seed, "dequantise"))
     source = task.paired(task.splits.source, gen)
     pool = task.paired(task.splits.target_pool, gen)  # rows ranked within class: head(10 k) = k per class

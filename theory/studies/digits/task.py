@@ -21,6 +21,15 @@ also shifts the labels: the test split holds ``round(test_per_class * (0.5 + y /
 source's label proportions stay those of the data (near uniform); the test mean NLL weighs the digits by q(y).
 The training pool stays balanced (``target_train(k)``: k images of every digit, the few-shot convention).
 
+``tilted_ink`` is the soft version of ``heavy_ink`` (same label shift, same splits): within each class every
+image's ink mass is standardised (z = (ink - mean) / std over the class) and the test and pool images are drawn
+without replacement with probability proportional to exp(``ink_tilt`` * z) (Gumbel top-k: the images with the
+largest ``ink_tilt`` z + Gumbel noise, then shuffled so the test and pool draws are exchangeable); the source keeps
+the rest. So q(x | y) is close to p(x | y) exp(ink_tilt z(x)) / E_p[exp(ink_tilt z)]: the true log ratio is a
+smooth, increasing function of one visible feature (with ink a sum of pixel levels: close to linear in the
+pixels), not a hard cut at a quantile of ink as in ``heavy_ink``, and every image, light ones included, has
+some chance to be drawn. ``tilted_ink_divergence`` states E_q[log w] of that population tilt.
+
 Splits (per class, from one seeded permutation; every image belongs to exactly one split):
 ``target_test`` (``test_per_class`` images, or the label-shifted counts of ``heavy_ink``; the held-out target
 test set no model sees; for ``heavy_ink`` drawn from the heavy-ink sub-population like the pool), ``target_pool``
@@ -59,9 +68,9 @@ N_CLASSES = 10
 SIDE = 8
 D = SIDE * SIDE
 LEVELS = 17
-STYLES = ("invert", "reflect", "thicken", "heavy_ink")
+STYLES = ("invert", "reflect", "thicken", "heavy_ink", "tilted_ink")
 #: styles whose target is a sub-population of the original digits (a reweighting, inside the source's support)
-SUBPOPULATIONS = ("heavy_ink",)
+SUBPOPULATIONS = ("heavy_ink", "tilted_ink")
 DOMAINS = ("source", "target")
 #: training draws keep u in [1e-4, 1 - 1e-4) so ``LogitPixels.redequantize`` recovers levels exactly
 DEQUANT_MARGIN = 1e-4
@@ -84,12 +93,12 @@ def load_digit_levels() -> tuple[Tensor, Tensor]:
 def apply_style(levels: Tensor, style: str) -> Tensor:
     """Redraw images (n, 64) of levels 0..16 in ``style`` (see ``STYLES``); returns int64 levels (n, 64).
 
-    ``heavy_ink`` selects images and redraws none: it returns the levels unchanged."""
+    ``heavy_ink`` and ``tilted_ink`` select images and redraw none: they return the levels unchanged."""
     check_choice("style", style, STYLES)
     if levels.dim() != 2 or levels.shape[1] != D:
         raise ShapeError(f"levels must be (n, {D}), got shape {tuple(levels.shape)}")
     img = levels.to(torch.int64).reshape(-1, SIDE, SIDE)
-    if style == "heavy_ink":
+    if style in SUBPOPULATIONS:
         out = img
     elif style == "invert":
         out = (LEVELS - 1) - img
@@ -120,6 +129,38 @@ def heavy_ink_rows(levels: Tensor, fraction: float) -> tuple[Tensor, Tensor]:
 def label_shift_weights() -> list[float]:
     """q(y) / (1 / 10) of the ``heavy_ink`` target: 0.5 + y / 9 for y = 0..9 (mean 1)."""
     return [0.5 + k / 9 for k in range(N_CLASSES)]
+
+
+def tilted_ink_rows(levels: Tensor, tilt: float, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(drawn, rest) row indices of images (n_rows, 64): ``n`` rows drawn without replacement with probability
+    proportional to exp(tilt * z), z the standardised ink (Gumbel top-k), the drawn ones in random order, the rest
+    in ascending row order."""
+    ink = ink_mass(levels).double()
+    z = (ink - ink.mean()) / ink.std().clamp_min(1e-12)
+    u = torch.rand(len(z), generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    keys = tilt * z - torch.log(-torch.log(u))
+    order = torch.sort(-keys, stable=True).indices
+    drawn = order[:n]
+    drawn = drawn[torch.randperm(n, generator=generator)]
+    return drawn, order[n:].sort().values
+
+
+def tilted_ink_divergence(tilt: float) -> dict[str, float]:
+    """E_q[log w] = KL(q || p) of the population tilt q(x | y) = p(x | y) exp(tilt z) / E_p[exp(tilt z)] over all
+    1,797 digits (z the within-class standardised ink, p the class's empirical distribution), averaged over the
+    classes with the label-shift weights; and the same for the ``heavy_ink``-style hard cut is log(1 / fraction).
+    The drawn target also depletes the source of heavy images, so the ratio to the actual source is larger."""
+    levels, labels = load_digit_levels()
+    weights = label_shift_weights()
+    kl = []
+    for k in range(N_CLASSES):
+        ink = ink_mass(levels[labels == k]).double()
+        z = (ink - ink.mean()) / ink.std()
+        log_w = tilt * z - torch.logsumexp(tilt * z, 0) + math.log(len(z))
+        q = torch.softmax(tilt * z, 0)
+        kl.append(float((q * log_w).sum()))
+    mean = sum(w * v for w, v in zip(weights, kl, strict=True)) / sum(weights)
+    return {"kl_label_shift_weighted": mean, "kl_min": min(kl), "kl_max": max(kl)}
 
 
 @dataclass(frozen=True)
@@ -168,6 +209,8 @@ class DigitsTask:
         pixels: the dequantisation / logit map (levels must be 17).
         heavy_fraction: for ``heavy_ink``, the share of each class (by ink mass, from the top) that forms the
             target sub-population; unused by the other styles.
+        ink_tilt: for ``tilted_ink``, the tilt beta of the draw probabilities exp(beta z) (module docstring);
+            unused by the other styles.
     """
 
     def __init__(
@@ -178,11 +221,15 @@ class DigitsTask:
         seed: int = 0,
         pixels: LogitPixels | None = None,
         heavy_fraction: float = 0.35,
+        ink_tilt: float = 2.0,
     ) -> None:
         self.style = check_choice("style", style, STYLES)
         self.test_per_class = check_positive_int("test_per_class", test_per_class)
         self.pool_per_class = check_positive_int("pool_per_class", pool_per_class)
         self.heavy_fraction = check_fraction("heavy_fraction", heavy_fraction)
+        self.ink_tilt = float(ink_tilt)
+        if not (math.isfinite(self.ink_tilt) and self.ink_tilt >= 0):
+            raise ConfigError(f"ink_tilt must be a finite number >= 0, got {ink_tilt!r}")
         self.seed = int(seed)
         self.pixels = pixels or LogitPixels(levels=LEVELS, alpha=0.05)
         if self.pixels.levels != LEVELS:
@@ -197,7 +244,8 @@ class DigitsTask:
             "test_per_class": self.test_per_class,
             "pool_per_class": self.pool_per_class,
             "seed": self.seed,
-            **({"heavy_fraction": self.heavy_fraction} if self.style in SUBPOPULATIONS else {}),
+            **({"heavy_fraction": self.heavy_fraction} if self.style == "heavy_ink" else {}),
+            **({"ink_tilt": self.ink_tilt} if self.style == "tilted_ink" else {}),
             "levels": self.pixels.levels,
             "alpha": self.pixels.alpha,
             "d_c": N_CLASSES,
@@ -221,6 +269,14 @@ class DigitsTask:
         for k, n_test in enumerate(self.test_counts()):
             need = n_test + self.pool_per_class
             idx = torch.nonzero(labels == k).squeeze(1)
+            if self.style == "tilted_ink":
+                if len(idx) <= need:
+                    raise DataError(f"class {k} has {len(idx)} images: {n_test} test + {self.pool_per_class} pool")
+                drawn, rest = tilted_ink_rows(levels[idx], self.ink_tilt, need, gen)
+                parts["test"].append(idx[drawn[:n_test]])
+                parts["pool"].append(idx[drawn[n_test:]])
+                parts["source"].append(idx[rest])
+                continue
             if self.style in SUBPOPULATIONS:
                 heavy, light = heavy_ink_rows(levels[idx], self.heavy_fraction)
                 if len(heavy) < need:

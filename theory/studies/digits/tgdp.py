@@ -15,7 +15,12 @@ target images are standardised with the SOURCE scaler. Two estimators of the gui
   regression on x (or its degree-2 features) with per-label deviations (``diffusion.tgdp.fit_quadratic_log_ratio``;
   ``per_label = false``: one ratio shared by every label), and the kernel density estimate of the source rows
   with ``bandwidth`` (default ``"scott"``) integrates it in closed form, so h_0 = w exactly. ``max_rows`` caps
-  the source rows the sums run over.
+  the source rows the sums run over;
+- ``"tilt"``: the same cross-validated LINEAR log ratio (``per_label`` as above), and the exact guidance of that
+  exponential tilt through the frozen source score itself (``diffusion.tgdp.TiltGuidance``: grad log h_t(x) =
+  s_src(x + (s_t^2 / a_t) beta, t) - s_src(x, t) + beta / a_t; the Gaussian form where the shift exceeds
+  ``max_shift``, default 1): the target model is the tilt of the source MODEL, not of a kernel density estimate
+  of its rows, and there is no bandwidth to choose. Its guidance context is [h(c), label].
 
 Either way the premise check (``diffusion.tgdp.premise``: classifier AUC, ESS / n_s, E_p[w] against the stated
 ``PremiseThresholds``) runs before any guidance is used, and warns naming what fails; with ``refuse_on_premise``
@@ -46,6 +51,7 @@ from diffusion.tgdp import (
     PremiseReport,
     QuadraticLogRatio,
     TGDPConfig,
+    TiltGuidance,
     check_premise,
     fit_domain_classifier,
     fit_quadratic_log_ratio,
@@ -58,11 +64,21 @@ from shared_embed.model import ConditionalModel
 from shared_embed.transfer import Augment, TransferConfig
 from shared_embed.validation import check_choice
 
-ESTIMATORS = ("network", "kernel")
+ESTIMATORS = ("network", "kernel", "tilt")
 #: options read here; the rest go to TGDPConfig (network) or are rejected (kernel)
 _OWN = ("estimator", "max_ratio", "guard_action", "refuse_fraction", "refuse_on_premise", "switch", "max_rows")
-_KERNEL = ("classifier_hidden", "classifier_train", "balanced", "ratio", "bandwidth", "per_label")
+_KERNEL = (
+    "classifier_hidden",
+    "classifier_train",
+    "balanced",
+    "ratio",
+    "bandwidth",
+    "per_label",
+    "basis",
+    "components",
+)
 RATIOS = ("classifier", "linear", "quadratic")
+_TILT = ("per_label", "max_shift", "basis", "components")
 N_LABELS = 10
 
 
@@ -76,8 +92,94 @@ def _one_hot(labels: Tensor) -> Tensor:
     return torch.nn.functional.one_hot(labels[:, 0].round().long(), N_LABELS).to(labels.dtype)
 
 
+def dct_basis(x_std: Tensor | None = None) -> Tensor:
+    """The 64 orthonormal 2-D DCT-II images of 8x8 pixels as columns (64, 64), lowest frequency first (by u + v,
+    then u): column 0 is the constant image. With ``x_std`` (64,), the per-pixel scale of the source scaler, the
+    columns are mapped into the standardised space (diag(x_std) B), where a log ratio linear in the logits' DCT
+    coefficients is linear in the standardised x with these slopes."""
+    side = 8
+    k = torch.arange(side, dtype=torch.float64)
+    rows = torch.stack([torch.cos(math.pi * (k + 0.5) * u / side) for u in range(side)])
+    rows = rows / rows.norm(dim=1, keepdim=True)
+    order = sorted(((u, v) for u in range(side) for v in range(side)), key=lambda uv: (uv[0] + uv[1], uv[0]))
+    basis = torch.stack([torch.outer(rows[u], rows[v]).reshape(-1) for u, v in order], dim=1)
+    return basis if x_std is None else x_std.double()[:, None] * basis
+
+
+#: the number of DCT columns of the first frequency bands u + v < m, m = 1..8, and all 64
+DCT_BANDS = (1, 3, 6, 10, 15, 21, 28, 36, 64)
+
+
+def _fit_ratio(
+    xs: Tensor,
+    cs: Tensor,
+    xt: Tensor,
+    ct: Tensor,
+    degree: int,
+    options: dict[str, Any],
+    seed: int,
+    x_std: Tensor | None = None,
+) -> tuple[QuadraticLogRatio, PremiseReport]:
+    """The cross-validated linear (degree 1) or quadratic log ratio, per label or shared (``per_label``), with
+    one set of parameters per label either way, and its premise check. ``basis = "dct"``: linear in the lowest
+    ``components`` DCT coefficients of the logit image (the number chosen by cross-validation among
+    ``components``, default ``DCT_BANDS``)."""
+    ls, lt = _labels(cs), _labels(ct)
+    extra: dict[str, Any] = {}
+    if options.get("basis") is not None:
+        check_choice("basis", options["basis"], ("dct",))
+        if degree != 1 or x_std is None:
+            raise ConfigError("basis = 'dct' needs a linear ratio (ratio = 'linear' or estimator = 'tilt')")
+        extra = {"basis": dct_basis(x_std), "components": list(options.get("components", DCT_BANDS))}
+    if bool(options.get("per_label", True)):
+        fitted = fit_quadratic_log_ratio(
+            xs, xt, source_context=ls, target_context=lt, seed=seed, degree=degree, **extra
+        )
+    else:  # one log ratio for every label (fewer parameters), repeated per label for the per-label sums
+        shared = fit_quadratic_log_ratio(xs, xt, seed=seed, degree=degree, **extra)
+        fitted = QuadraticLogRatio(
+            shared.quad.expand(N_LABELS, -1, -1),
+            shared.linear.expand(N_LABELS, -1),
+            shared.const.expand(N_LABELS),
+            shared.prior_factor,
+            labels=torch.arange(N_LABELS, dtype=torch.float64),
+        )
+        fitted.strength, fitted.components = shared.strength, shared.components
+    with torch.no_grad():
+        premise = check_premise(fitted.ratio(xs, None, ls), fitted.ratio(xt, None, lt))
+    return fitted, premise
+
+
+def _tilt_guidance(
+    head: DiffusionHead,
+    xs: Tensor,
+    cs: Tensor,
+    xt: Tensor,
+    ct: Tensor,
+    options: dict[str, Any],
+    seed: int,
+    x_std: Tensor | None = None,
+) -> tuple[TiltGuidance, PremiseReport]:
+    """The exact guidance of a cross-validated linear log ratio through the source score (``TiltGuidance``)."""
+    unknown = sorted(set(options) - set(_TILT) - set(_OWN))
+    if unknown:
+        raise ConfigError(f"unknown tgdp option(s) {unknown} for estimator 'tilt'; valid: {sorted(_TILT + _OWN)}")
+    fitted, premise = _fit_ratio(xs, cs, xt, ct, 1, options, seed, x_std)
+    guidance = TiltGuidance(
+        head.score, fitted, head.schedule, xs, _labels(cs), max_shift=float(options.get("max_shift", 1.0))
+    )
+    return guidance, premise
+
+
 def _kernel_guidance(
-    xs: Tensor, cs: Tensor, xt: Tensor, ct: Tensor, head: DiffusionHead, options: dict[str, Any], seed: int
+    xs: Tensor,
+    cs: Tensor,
+    xt: Tensor,
+    ct: Tensor,
+    head: DiffusionHead,
+    options: dict[str, Any],
+    seed: int,
+    x_std: Tensor | None = None,
 ) -> tuple[KernelGuidance, PremiseReport, int]:
     """(the kernel guidance, the premise report, classifier steps) from standardised source / target rows."""
     unknown = sorted(set(options) - set(_KERNEL) - set(_OWN))
@@ -85,21 +187,8 @@ def _kernel_guidance(
         raise ConfigError(f"unknown tgdp option(s) {unknown} for estimator 'kernel'; valid: {sorted(_KERNEL + _OWN)}")
     kind = check_choice("ratio", options.get("ratio", "classifier"), RATIOS)
     if kind != "classifier":
-        ls, lt = _labels(cs), _labels(ct)
-        degree = 1 if kind == "linear" else 2
-        if bool(options.get("per_label", True)):
-            fitted = fit_quadratic_log_ratio(xs, xt, source_context=ls, target_context=lt, seed=seed, degree=degree)
-        else:  # one log ratio for every label (fewer parameters), repeated per label for the per-label kernel sums
-            shared = fit_quadratic_log_ratio(xs, xt, seed=seed, degree=degree)
-            fitted = QuadraticLogRatio(
-                shared.quad.expand(N_LABELS, -1, -1),
-                shared.linear.expand(N_LABELS, -1),
-                shared.const.expand(N_LABELS),
-                shared.prior_factor,
-                labels=torch.arange(N_LABELS, dtype=torch.float64),
-            )
-        with torch.no_grad():
-            premise = check_premise(fitted.ratio(xs, None, ls), fitted.ratio(xt, None, lt))
+        ls = _labels(cs)
+        fitted, premise = _fit_ratio(xs, cs, xt, ct, 1 if kind == "linear" else 2, options, seed, x_std)
         smooth = KernelGuidance(
             xs,
             fitted,
@@ -178,7 +267,9 @@ def fit_digits_tgdp(
     )
     refuse_on_premise = bool(options.get("refuse_on_premise", True))
     if estimator == "kernel":
-        guidance, premise, steps = _kernel_guidance(xs, source.c, xt, fit_c, head, options, seed)
+        guidance, premise, steps = _kernel_guidance(
+            xs, source.c, xt, fit_c, head, options, seed, source_model.x_scaler.std
+        )
         model = GuidedDiffusionModel(
             source_model,
             guidance,
@@ -187,6 +278,22 @@ def fit_digits_tgdp(
             premise=premise,
             refuse_on_premise=refuse_on_premise,
         )
+    elif estimator == "tilt":
+        tilt, premise = _tilt_guidance(head, xs, source.c, xt, fit_c, options, seed, source_model.x_scaler.std)
+
+        def tilt_context(c: Tensor) -> Tensor:
+            h = source_model.embed(c)
+            return _labels(c) if h is None else torch.cat([h, _labels(c).to(h)], dim=1)
+
+        model = GuidedDiffusionModel(
+            source_model,
+            tilt,
+            guidance_context=tilt_context,
+            limit=limit,
+            premise=premise,
+            refuse_on_premise=refuse_on_premise,
+        )
+        steps = 0
     else:
         tgdp_options = {k: v for k, v in options.items() if k not in _OWN}
         config = TGDPConfig.from_options(tgdp_options, seed)
