@@ -28,7 +28,7 @@ from shared_embed.validation import check_positive_float, check_tensor
 from ..sampling import ScoreFn, check_times
 from .guidance import Guidance
 
-__all__ = ["DomainGuidanceScore", "GuidedScore", "domain_guidance_score", "guidance_grad"]
+__all__ = ["DomainGuidanceScore", "GuidedScore", "check_score_and_guidance", "domain_guidance_score", "guidance_grad"]
 
 
 def guidance_grad(guidance: Guidance, x: Tensor, t: Tensor, context: Tensor | None = None) -> Tensor:
@@ -52,6 +52,14 @@ def guidance_grad(guidance: Guidance, x: Tensor, t: Tensor, context: Tensor | No
     return grad
 
 
+def check_score_and_guidance(source_score: object, guidance: object) -> None:
+    """DTypeError unless ``source_score`` is callable as score(x, t, context) and ``guidance`` has a log_h method."""
+    if not callable(source_score):
+        raise DTypeError(f"source_score must be callable as score(x, t, context), got {type(source_score).__name__}")
+    if not callable(getattr(guidance, "log_h", None)):
+        raise DTypeError(f"guidance must have a log_h(x, t, context) method, got {type(guidance).__name__}")
+
+
 class GuidedScore:
     """TGDP's target score s_src(x, t, ctx) + grad_x log h(x, t, ctx), (n, d): a ScoreFn.
 
@@ -68,12 +76,7 @@ class GuidedScore:
     """
 
     def __init__(self, source_score: ScoreFn, guidance: Guidance) -> None:
-        if not callable(source_score):
-            raise DTypeError(
-                f"source_score must be callable as score(x, t, context), got {type(source_score).__name__}"
-            )
-        if not callable(getattr(guidance, "log_h", None)):
-            raise DTypeError(f"guidance must have a log_h(x, t, context) method, got {type(guidance).__name__}")
+        check_score_and_guidance(source_score, guidance)
         self.source_score = source_score
         self.guidance = guidance
 

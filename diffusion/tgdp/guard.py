@@ -37,12 +37,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from shared_embed.errors import ConfigError, DTypeError, GentransferError
+from shared_embed.errors import ConfigError, GentransferError
 from shared_embed.validation import check_tensor
 
 from ..sampling import ScoreFn, check_times
 from ..schedule import VPSchedule
-from .compose import guidance_grad
+from .compose import check_score_and_guidance, guidance_grad
 from .guidance import Guidance
 
 __all__ = [
@@ -137,12 +137,7 @@ class GuardedScore:
     def __init__(
         self, source_score: ScoreFn, guidance: Guidance, limit: GuidanceLimit | None = None, split: int | None = None
     ) -> None:
-        if not callable(source_score):
-            raise DTypeError(
-                f"source_score must be callable as score(x, t, context), got {type(source_score).__name__}"
-            )
-        if not callable(getattr(guidance, "log_h", None)):
-            raise DTypeError(f"guidance must have a log_h(x, t, context) method, got {type(guidance).__name__}")
+        check_score_and_guidance(source_score, guidance)
         self.source_score = source_score
         self.guidance = guidance
         self.limit = limit or GuidanceLimit()
