@@ -51,6 +51,7 @@ PER_CLASS_PATHS: tuple[tuple[str, str], ...] = (
     ("heads.*.options", "head_options.*"),
     ("heads.*.train", "train.*"),
     ("heads.*.nll_rows", "nll_rows.*"),
+    ("heads.*.target_val_fraction", "target_val_fraction.*"),
     ("encoder.embed_dim", "embed_dim"),
     ("encoder.hidden", "encoder_hidden"),
     ("encoder.val_fraction", "val_fraction"),

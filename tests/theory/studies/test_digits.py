@@ -537,3 +537,28 @@ def test_flow_temperature_records_both_samplings_and_bad_options_fail_early():
         DigitsExperiment(sample_options={"flow": {"temprature": 0.5}})
     with pytest.raises(ConfigError, match="sample_options head"):
         DigitsExperiment(sample_options={"glow": {}})
+
+
+def test_target_val_fraction_trains_every_target_row_for_the_configured_steps():
+    """``heads.flow.target_val_fraction = 0``: every variant's target fit trains on all 10 k rows for the target
+    phase's steps (no early stopping); the source fit and other heads keep ``val_fraction``; a head kind outside
+    the study's heads or a share outside [0, 0.9] is refused by name."""
+    from theory.studies.digits.experiment import DigitsExperiment, run_digits_experiment
+    from theory.studies.digits.study import parse
+
+    tiny = replace(preset_settings("digits"), heads=("flow",), variants=("transfer", "no_transfer", "fine_tune"))
+    records = run_digits_experiment(replace(tiny, target_val_fraction={"flow": 0.0}))["records"]
+    steps = tiny.train["flow"]["target"]["steps"]
+    for r in records:
+        if r["variant"] == "source_only":
+            assert r["rows"]["val"] > 0
+        else:
+            assert r["rows"] == {"train": 50, "val": 0} and r["steps"] == steps
+    held = run_digits_experiment(tiny)["records"]
+    assert all(r["rows"]["val"] == 10 for r in held if r["variant"] == "transfer")
+    exp = parse({"experiment": {"kind": "digits"}, "heads": {"flow": {"target_val_fraction": 0.0}}})[1]
+    assert exp.target_val_fraction == {"flow": 0.0}
+    with pytest.raises(ConfigError, match="target_val_fraction head"):
+        DigitsExperiment(target_val_fraction={"vae": 0.0})
+    with pytest.raises(DataError, match=r"heads\.flow\.target_val_fraction must lie in \[0.0, 0.9\]"):
+        DigitsExperiment(target_val_fraction={"flow": 0.95})

@@ -36,7 +36,7 @@ from theory.studies.completion.report import MARGIN_SE, format_table
 from theory.studies.completion.task import HALF, CompletionTask
 
 #: where the shared config words (theory.engine.vocabulary) live in :class:`CompletionExperiment`
-VOCABULARY = Vocabulary("completion", (*PER_CLASS_PATHS, ("heads.*.target_val_fraction", "target_val_fraction.*")))
+VOCABULARY = Vocabulary("completion", PER_CLASS_PATHS)
 
 
 def parse(raw: dict[str, Any]) -> tuple[dict[str, Any], CompletionExperiment]:

@@ -36,7 +36,7 @@ from shared_embed.gaussian import GaussianHead
 from shared_embed.head import Head
 from shared_embed.train import TrainConfig, TrainHistory
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
-from shared_embed.validation import check_choice, check_positive_float, check_positive_int
+from shared_embed.validation import check_choice, check_fraction, check_positive_float, check_positive_int
 from theory.engine.loop import Executor, run_groups
 from theory.engine.records import (
     dumps,
@@ -106,6 +106,10 @@ class DigitsExperiment:
     generated images and sample metrics use them, and each record also keeps the metrics of default sampling
     (``theory.studies.digits.evaluation``). TGDP cells sample with their own defaults.
 
+    ``target_val_fraction``: per head kind, the share of the target rows held out for early stopping in the
+    target phase (absent: ``val_fraction``; 0: every target row trains for the configured steps, the same budget
+    for every variant).
+
     ``variant_train``: per variant (``transfer``, ``no_transfer``, ``fine_tune``), TrainConfig fields that
     override the head's target phase for that variant only (each baseline tuned on its own). ``tune``: score
     every model on the target pool images beyond ``max(per_class)`` per class (training never sees them) instead
@@ -128,6 +132,7 @@ class DigitsExperiment:
     embed_dim: int = 4
     encoder_hidden: Sequence[int] = (64, 64)
     val_fraction: float = 0.2
+    target_val_fraction: dict[str, float] = field(default_factory=dict)
     head_options: dict[str, dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_HEAD_OPTIONS))
     train: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_TRAIN))
     nll_rows: dict[str, int | None] = field(default_factory=dict)
@@ -157,6 +162,9 @@ class DigitsExperiment:
                 train_table(fields_, f"digits.train.{kind}.{phase}")
         for kind, options in self.sample_options.items():
             _check_sample_options(kind, options)  # a bad option fails now, not mid-run
+        for kind, share in self.target_val_fraction.items():
+            check_choice("target_val_fraction head", kind, HEADS)
+            check_fraction(f"heads.{kind}.target_val_fraction", share, closed=True, high=0.9)
         DigitsTask(
             self.style,
             self.test_per_class,
@@ -467,7 +475,11 @@ def _prepare(
         own = cell_seed(seed, kind, cell.k, cell.variant)
         torch.manual_seed(own)
         override = {**exp.variant_train.get(cell.variant, {}), "seed": own}
-        cfg_v = replace(cfg, target_train=cfg.target_train.replace(**override))
+        cfg_v = replace(
+            cfg,
+            val_fraction=exp.target_val_fraction.get(kind, exp.val_fraction),
+            target_train=cfg.target_train.replace(**override),
+        )
         if cell.variant == "tgdp":
             from theory.studies.digits.tgdp import fit_digits_tgdp
 
@@ -490,6 +502,9 @@ def _prepare(
         else:
             model, fit_seconds, steps = fit(cell)
             rec, gen_draws = _score(exp, task, test, clf, cell, model, fit_seconds, steps, say)
+            history = getattr(model, "history", None)
+            if isinstance(history, TrainHistory):  # how many rows the fit trained on and held out for stopping
+                rec["rows"] = {"train": history.n_train, "val": history.n_val}
             if cell.variant == "tgdp":  # TGDP's GuidedDiffusionModel: its premise check and probe (made before
                 from diffusion.tgdp import GuidedDiffusionModel  # sampling) and what its guard did in the solves
 
