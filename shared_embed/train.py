@@ -62,6 +62,12 @@ class TrainConfig:
     Early stopping is on by default: with validation data, a fit stops after ``patience`` evaluations (one every
     ``eval_every`` steps) without a new best validation loss (:data:`DEFAULT_PATIENCE` = 5), and the best
     weights are restored (``restore_best``). ``patience=None`` or ``0`` turns it off: every step runs.
+
+    ``epochs`` (None: off) states the budget in passes over the training rows instead: the fit runs
+    ``min(steps, epochs * batches per epoch)`` steps (a batch per ``batch_size`` rows, the last partial one
+    kept), and the learning-rate schedule spans those steps. A budget in epochs scales with the data: one
+    setting trains 50 rows (one batch an epoch at ``batch_size = 128``) and 500 rows (four) for the same
+    number of passes, where a step count would train the larger set four times less.
     """
 
     steps: int = 2000
@@ -81,9 +87,12 @@ class TrainConfig:
     checkpoint_path: str | None = None
     checkpoint_every: int = 0
     resume: bool = True
+    epochs: int | None = None
 
     def __post_init__(self) -> None:
         check_positive_int("steps", self.steps)
+        if self.epochs is not None:
+            check_positive_int("epochs", self.epochs)
         check_positive_int("batch_size", self.batch_size)
         check_positive_float("lr", self.lr)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -98,6 +107,15 @@ class TrainConfig:
         check_positive_int("checkpoint_every", self.checkpoint_every, minimum=0)
         if self.checkpoint_every and not self.checkpoint_path:
             raise ConfigError("checkpoint_every > 0 needs a checkpoint_path")
+
+    def for_rows(self, n_train: int, world: int = 1) -> TrainConfig:
+        """This config with ``steps`` the budget :func:`fit` runs on ``n_train`` rows over ``world`` processes:
+        ``min(steps, epochs * batches per epoch)`` with ``epochs``, else ``steps`` unchanged (``epochs`` None)."""
+        if self.epochs is None:
+            return self
+        local_rows = math.ceil(check_positive_int("n_train", n_train) / world)
+        per_epoch = math.ceil(local_rows / (self.batch_size // world))
+        return self.replace(steps=min(self.steps, self.epochs * per_epoch), epochs=None)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""
@@ -437,6 +455,7 @@ def fit(
     callbacks = check_callbacks(callbacks)
     distributed, rank, world = _world()
     train_data, val_data, n, params = _check_inputs(module, train_data, val_data, world, config)
+    config = config.for_rows(n, world)  # a budget in epochs becomes this data's step count
     with isolated_global_rng(config.seed, params[0].device):
         return _train(module, loss_fn, train_data, val_data, n, params, config, callbacks if rank == 0 else ())
 

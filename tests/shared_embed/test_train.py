@@ -3,6 +3,8 @@ import torch
 from torch import nn
 
 from shared_embed import ConfigError, TrainConfig, TrainingDivergedError, fit
+from shared_embed.errors import DataError, DTypeError
+from shared_embed.train import _lr_factor
 
 
 def regression(n=512, seed=0):
@@ -143,3 +145,27 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
     for a, b in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
     assert h_res.train_loss == h_full.train_loss and h_res.val_loss == h_full.val_loss
+
+
+def test_a_budget_in_epochs_is_passes_over_the_training_rows_capped_by_steps():
+    """``epochs``: 40 rows at batch 16 are 3 batches an epoch (the last partial one kept), so 4 epochs run 12
+    steps, ``steps`` caps the budget, the cosine schedule spans the resolved steps, and bad values are named."""
+    x = torch.randn(40, 2)
+    model = nn.Linear(2, 1)
+
+    def loss(batch):
+        return model(batch[0]).square().mean()
+
+    history = fit(model, loss, (x,), config=TrainConfig(steps=1000, batch_size=16, epochs=4, patience=None))
+    assert history.steps_done == 12
+    assert fit(model, loss, (x,), config=TrainConfig(steps=5, batch_size=16, epochs=4)).steps_done == 5
+    assert TrainConfig(steps=1000, batch_size=128, epochs=40).for_rows(50).steps == 40  # one batch an epoch
+    assert TrainConfig(steps=1000, batch_size=128, epochs=40).for_rows(500).steps == 160
+    assert TrainConfig(steps=1000, batch_size=128, epochs=40).for_rows(500, world=2).steps == 160
+    assert TrainConfig(steps=7).for_rows(500).steps == 7
+    resolved = TrainConfig(steps=1000, batch_size=16, epochs=4).for_rows(40)
+    factor = _lr_factor(resolved)
+    assert factor(0) == 1.0 and factor(12) == pytest.approx(0.0)  # the schedule ends with the budget
+    for bad, error in ((0, DataError), (2.5, DTypeError), (True, DTypeError)):
+        with pytest.raises(error, match="epochs"):
+            TrainConfig(epochs=bad)
