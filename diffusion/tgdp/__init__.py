@@ -47,6 +47,7 @@ from .guidance import DAMPING, POSITIVITY, FunctionGuidance, Guidance, GuidanceN
 from .guided_model import GuidedDiffusionModel
 from .kernel_guidance import KernelGuidance
 from .labels import LabelMarginal
+from .narrow_tilt import NARROW_FITS, Narrowing, NarrowTiltGuidance, fit_narrowing
 from .noisy_guidance import ClassifierGuidance, SwitchedScore
 from .premise import PremiseReport, PremiseThresholds, check_premise
 from .quadratic_ratio import QuadraticLogRatio, fit_quadratic_log_ratio
@@ -58,6 +59,7 @@ from .tilt_guidance import TiltGuidance
 __all__ = [
     "DAMPING",
     "GUARD_ACTIONS",
+    "NARROW_FITS",
     "POSITIVITY",
     "ClassifierGuidance",
     "DensityRatio",
@@ -76,6 +78,8 @@ __all__ = [
     "GuidedScore",
     "KernelGuidance",
     "LabelMarginal",
+    "NarrowTiltGuidance",
+    "Narrowing",
     "PremiseReport",
     "PremiseThresholds",
     "QuadraticLogRatio",
@@ -94,6 +98,7 @@ __all__ = [
     "fit_classifier_guidance",
     "fit_domain_classifier",
     "fit_kernel_guidance",
+    "fit_narrowing",
     "fit_quadratic_log_ratio",
     "fit_tgdp",
     "guidance_grad",

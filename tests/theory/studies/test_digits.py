@@ -384,6 +384,39 @@ def test_tilted_ink_target_is_a_soft_ink_tilt_of_the_data_with_the_heavy_ink_spl
         DigitsTask("tilted_ink", ink_tilt=-1.0)
 
 
+def test_the_narrow_estimator_adds_a_gaussian_factor_along_the_tilt_direction():
+    """The digits TGDP's narrow estimator: the tilt's linear ratio (exact part) times a Gaussian factor along its
+    unit direction, fitted by moments or CV; context and score shapes as the tilt's; bad options are refused."""
+    from diffusion import DiffusionHead
+    from diffusion.tgdp import NarrowTiltGuidance
+    from shared_embed.transfer import TransferConfig, fit_source, new_encoder
+    from theory.studies.digits.tgdp import fit_digits_tgdp
+
+    task = DigitsTask("heavy_ink", test_per_class=4, pool_per_class=5, seed=0, heavy_fraction=0.2)
+    gen = torch.Generator().manual_seed(0)
+    src, tgt = task.paired(task.splits.source, gen), task.paired(task.target_train(5), gen)
+    cfg = TransferConfig(embed_dim=4, encoder_hidden=(8,))
+    source_model = fit_source(
+        new_encoder(10, cfg), DiffusionHead(D, 4, width=8, blocks=1), src, TrainConfig(steps=5, eval_every=5)
+    )
+    for fit in ("moments", "cv"):
+        options = {"estimator": "narrow", "per_label": False, "basis": "dct", "components": [1], "narrow_fit": fit}
+        model, steps = fit_digits_tgdp(source_model, src, tgt, cfg, options)
+        guidance = model.guidance
+        assert isinstance(guidance, NarrowTiltGuidance) and steps == 0 and model.premise is not None
+        assert guidance.gamma.shape == (10,) and bool((guidance.gamma >= 0).all())
+        assert abs(float(guidance.direction.norm()) - 1.0) < 1e-12
+        ctx = model.context(tgt.c[:3])
+        assert ctx.shape == (3, 4 + 4 + 1)
+        assert model.score(source_model.x_scaler(tgt.x[:3]), torch.full((3,), 0.3), ctx).shape == (3, D)
+    with pytest.raises(ConfigError, match="split"):
+        fit_digits_tgdp(source_model, src, tgt, cfg, {"estimator": "narrow", "split": "half"})
+    with pytest.raises(ConfigError, match="unknown tgdp option"):
+        fit_digits_tgdp(source_model, src, tgt, cfg, {"estimator": "narrow", "bandwidth": "scott"})
+    with pytest.raises(ConfigError, match="method"):
+        fit_digits_tgdp(source_model, src, tgt, cfg, {"estimator": "narrow", "narrow_fit": "kde"})
+
+
 def test_the_tilt_estimator_guides_through_the_source_score_with_a_shared_or_per_label_ratio():
     """The digits TGDP's tilt estimator: a linear log ratio (shared or per label) whose guidance goes through the
     frozen source score; the model's context carries [h(c), h(c), label] and the composed score has the data's shape."""

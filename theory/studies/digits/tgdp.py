@@ -21,6 +21,14 @@ target images are standardised with the SOURCE scaler. Two estimators of the gui
   s_src(x + (s_t^2 / a_t) beta, t) - s_src(x, t) + beta / a_t; the Gaussian form where the shift exceeds
   ``max_shift``, default 1): the target model is the tilt of the source MODEL, not of a kernel density estimate
   of its rows, and there is no bandwidth to choose. Its guidance context is [h(c), label].
+- ``"narrow"``: the tilt's linear log ratio fixes the direction u = beta / |beta| (the label-average beta with
+  ``per_label``); along f = u^T x a log ratio QUADRATIC in f, fitted after standardising f within each label by the
+  source rows' mean and sd (``diffusion.tgdp.fit_narrowing``; ``narrow_fit``: ``"cv"`` (default), logistic
+  regression on [z, z^2] with CV, or ``"moments"``), so the target can be narrower along f than the source, not
+  only shifted; guided by ``diffusion.tgdp.NarrowTiltGuidance`` (the linear part exactly as the tilt, the Gaussian
+  factor through a Gaussian posterior of f). ``split``: the linear part kept exact, ``"tilt"`` (default: the
+  tilt's own slope along u) or ``"none"`` (the whole quadratic as the Gaussian factor). The premise check is the
+  tilt's (its classifier is the calibrated one).
 
 Either way the premise check (``diffusion.tgdp.premise``: classifier AUC, ESS / n_s, E_p[w] against the stated
 ``PremiseThresholds``) runs before any guidance is used, and warns naming what fails; with ``refuse_on_premise``
@@ -48,12 +56,14 @@ from diffusion.tgdp import (
     GuidanceLimit,
     GuidedDiffusionModel,
     KernelGuidance,
+    NarrowTiltGuidance,
     PremiseReport,
     QuadraticLogRatio,
     TGDPConfig,
     TiltGuidance,
     check_premise,
     fit_domain_classifier,
+    fit_narrowing,
     fit_quadratic_log_ratio,
     fit_tgdp,
     select_switch,
@@ -64,7 +74,7 @@ from shared_embed.model import ConditionalModel
 from shared_embed.transfer import Augment, TransferConfig
 from shared_embed.validation import check_choice
 
-ESTIMATORS = ("network", "kernel", "tilt")
+ESTIMATORS = ("network", "kernel", "tilt", "narrow")
 #: options read here; the rest go to TGDPConfig (network) or are rejected (kernel)
 _OWN = ("estimator", "max_ratio", "guard_action", "refuse_fraction", "refuse_on_premise", "switch", "max_rows")
 _KERNEL = (
@@ -79,6 +89,8 @@ _KERNEL = (
 )
 RATIOS = ("classifier", "linear", "quadratic")
 _TILT = ("per_label", "max_shift", "basis", "components")
+_NARROW = (*_TILT, "narrow_fit", "split")
+SPLITS = ("tilt", "none")
 N_LABELS = 10
 
 
@@ -167,6 +179,54 @@ def _tilt_guidance(
     fitted, premise = _fit_ratio(xs, cs, xt, ct, 1, options, seed, x_std)
     guidance = TiltGuidance(
         head.score, fitted, head.schedule, xs, _labels(cs), max_shift=float(options.get("max_shift", 1.0))
+    )
+    return guidance, premise
+
+
+def _narrow_guidance(
+    head: DiffusionHead,
+    xs: Tensor,
+    cs: Tensor,
+    xt: Tensor,
+    ct: Tensor,
+    options: dict[str, Any],
+    seed: int,
+    x_std: Tensor | None = None,
+) -> tuple[NarrowTiltGuidance, PremiseReport]:
+    """The tilt's linear log ratio times a Gaussian factor along its direction (``NarrowTiltGuidance``)."""
+    unknown = sorted(set(options) - set(_NARROW) - set(_OWN))
+    if unknown:
+        raise ConfigError(f"unknown tgdp option(s) {unknown} for estimator 'narrow'; valid: {sorted(_NARROW + _OWN)}")
+    split = check_choice("split", options.get("split", "tilt"), SPLITS)
+    fitted, premise = _fit_ratio(xs, cs, xt, ct, 1, options, seed, x_std)
+    direction = fitted.linear.mean(0)
+    if float(direction.norm()) == 0:
+        raise ConfigError("the linear log ratio is 0 (cross-validation found no shift): no direction to narrow along")
+    u = direction / direction.norm()
+    labels = fitted.labels if fitted.labels is not None else torch.zeros(1, dtype=torch.float64)
+    narrowing = fit_narrowing(
+        xs.double() @ u,
+        xt.double() @ u,
+        _labels(cs)[:, 0],
+        _labels(ct)[:, 0],
+        labels,
+        method=str(options.get("narrow_fit", "cv")),
+        seed=seed,
+    )
+    along = fitted.linear @ u  # the tilt's slope along u, per label
+    b1, gamma, centre = narrowing.split(along if split == "tilt" else 0.0)
+    linear = fitted.linear + (b1 - along)[:, None] * u[None]
+    ratio = QuadraticLogRatio(fitted.quad, linear, fitted.const, fitted.prior_factor, labels=fitted.labels)
+    guidance = NarrowTiltGuidance(
+        head.score,
+        ratio,
+        head.schedule,
+        xs,
+        _labels(cs),
+        direction=u,
+        gamma=gamma,
+        centre=centre,
+        max_shift=float(options.get("max_shift", 1.0)),
     )
     return guidance, premise
 
@@ -278,8 +338,9 @@ def fit_digits_tgdp(
             premise=premise,
             refuse_on_premise=refuse_on_premise,
         )
-    elif estimator == "tilt":
-        tilt, premise = _tilt_guidance(head, xs, source.c, xt, fit_c, options, seed, source_model.x_scaler.std)
+    elif estimator in ("tilt", "narrow"):
+        build = _tilt_guidance if estimator == "tilt" else _narrow_guidance
+        tilt, premise = build(head, xs, source.c, xt, fit_c, options, seed, source_model.x_scaler.std)
 
         def tilt_context(c: Tensor) -> Tensor:
             h = source_model.embed(c)
