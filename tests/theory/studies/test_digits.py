@@ -580,14 +580,15 @@ def test_target_val_fraction_trains_every_target_row_for_the_configured_steps():
     from theory.studies.digits.study import parse
 
     tiny = replace(preset_settings("digits"), heads=("flow",), variants=("transfer", "no_transfer", "fine_tune"))
-    records = run_digits_experiment(replace(tiny, target_val_fraction={"flow": 0.0}))["records"]
+    assert tiny.target_val_fraction == {"flow": 0.0}  # the shipped config's, kept by its smoke preset
+    records = run_digits_experiment(tiny)["records"]
     steps = tiny.train["flow"]["target"]["steps"]
     for r in records:
         if r["variant"] == "source_only":
             assert r["rows"]["val"] > 0
         else:
             assert r["rows"] == {"train": 50, "val": 0} and r["steps"] == steps
-    held = run_digits_experiment(tiny)["records"]
+    held = run_digits_experiment(replace(tiny, target_val_fraction={}))["records"]
     assert all(r["rows"]["val"] == 10 for r in held if r["variant"] == "transfer")
     exp = parse({"experiment": {"kind": "digits"}, "heads": {"flow": {"target_val_fraction": 0.0}}})[1]
     assert exp.target_val_fraction == {"flow": 0.0}
