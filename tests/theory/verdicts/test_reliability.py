@@ -78,7 +78,8 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         "40",
     ]
     (tmp_path / "two").mkdir()
-    subprocess.run(cmd, check=True, env=run_env(), cwd=ROOT, timeout=100, capture_output=True)
+    done = subprocess.run(cmd, env=run_env(), cwd=ROOT, timeout=100, capture_output=True, text=True)
+    assert done.returncode == 0, f"torchrun exited {done.returncode}: {(done.stdout + done.stderr)[-3000:]}"
     one, h_one = result(tmp_path / "one")
     two, h_two = result(tmp_path / "two")
     losses_one, losses_two = torch.tensor(h_one["train_loss"]), torch.tensor(h_two["train_loss"])
