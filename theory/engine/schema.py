@@ -25,6 +25,7 @@ from typing import Annotated, Any, TypeVar, Union
 
 from shared_embed.errors import ConfigError
 from shared_embed.train import TrainConfig
+from shared_embed.validation import check_choice, check_fraction
 
 T = TypeVar("T")
 
@@ -124,6 +125,14 @@ def train_table(value: Any, where: str, valid: Sequence[str] | None = None) -> d
     except (ConfigError, ValueError, TypeError) as err:
         raise ConfigError(f"[{where}]: {err}") from err
     return out
+
+
+def target_val_fractions(shares: dict[str, Any], heads: Sequence[str]) -> None:
+    """Check a study's ``heads.NAME.target_val_fraction`` entries: ConfigError for a head kind outside ``heads``,
+    DataError naming ``heads.NAME.target_val_fraction`` for a share outside [0, 0.9]."""
+    for kind, share in shares.items():
+        check_choice("target_val_fraction head", kind, heads)
+        check_fraction(f"heads.{kind}.target_val_fraction", share, closed=True, high=0.9)
 
 
 def fill_tables(given: dict[str, Any], defaults: dict[str, Any], levels: int = 1) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_
 from shared_embed.validation import check_choice, check_positive_int
 from theory.engine.loop import Executor, run_groups
 from theory.engine.records import read_cell, record_cells, settings_digest, split_failed, to_run
-from theory.engine.schema import check_keys, fill_tables, table, train_table
+from theory.engine.schema import check_keys, fill_tables, table, target_val_fractions, train_table
 from theory.engine.seeding import derived_seed, stream_seed
 from theory.studies.completion.evaluation import evaluate, fit_classifier, real_fidelity, test_rows
 from theory.studies.completion.task import HALF, CompletionTask, redequantize
@@ -111,9 +111,7 @@ class CompletionExperiment:
             check_keys(table(phases, f"completion.train.{kind}"), ("source", "target"), f"completion.train.{kind}")
             for phase, fields_ in phases.items():
                 train_table(fields_, f"completion.train.{kind}.{phase}")
-        for kind, share in self.target_val_fraction.items():
-            check_choice("target_val_fraction head", kind, HEADS)
-            TransferConfig(val_fraction=share)
+        target_val_fractions(self.target_val_fraction, HEADS)
         for kind, rows in self.nll_rows.items():
             check_choice("nll_rows head", kind, HEADS)
             check_positive_int(f"nll_rows.{kind}", rows, minimum=2)

@@ -36,7 +36,7 @@ from shared_embed.gaussian import GaussianHead
 from shared_embed.head import Head
 from shared_embed.train import TrainConfig, TrainHistory
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
-from shared_embed.validation import check_choice, check_fraction, check_positive_float, check_positive_int
+from shared_embed.validation import check_choice, check_positive_float, check_positive_int
 from theory.engine.loop import Executor, run_groups
 from theory.engine.records import (
     dumps,
@@ -47,7 +47,7 @@ from theory.engine.records import (
     split_failed,
     to_run,
 )
-from theory.engine.schema import check_keys, fill_tables, table, train_table
+from theory.engine.schema import check_keys, fill_tables, table, target_val_fractions, train_table
 from theory.engine.seeding import stream_seed
 from theory.studies.digits.domain_ratio import density_ratio_diagnostic
 from theory.studies.digits.evaluation import DigitsModel, TestSet, evaluate_model, sample_metrics
@@ -162,9 +162,7 @@ class DigitsExperiment:
                 train_table(fields_, f"digits.train.{kind}.{phase}")
         for kind, options in self.sample_options.items():
             _check_sample_options(kind, options)  # a bad option fails now, not mid-run
-        for kind, share in self.target_val_fraction.items():
-            check_choice("target_val_fraction head", kind, HEADS)
-            check_fraction(f"heads.{kind}.target_val_fraction", share, closed=True, high=0.9)
+        target_val_fractions(self.target_val_fraction, HEADS)
         DigitsTask(
             self.style,
             self.test_per_class,

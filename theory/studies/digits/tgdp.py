@@ -162,6 +162,15 @@ def _fit_ratio(
     return fitted, premise
 
 
+def _check_options(options: dict[str, Any], valid: tuple[str, ...], estimator: str) -> None:
+    """ConfigError naming the tgdp options that neither ``estimator`` nor the study itself takes."""
+    unknown = sorted(set(options) - set(valid) - set(_OWN))
+    if unknown:
+        raise ConfigError(
+            f"unknown tgdp option(s) {unknown} for estimator '{estimator}'; valid: {sorted(valid + _OWN)}"
+        )
+
+
 def _tilt_guidance(
     head: DiffusionHead,
     xs: Tensor,
@@ -173,9 +182,7 @@ def _tilt_guidance(
     x_std: Tensor | None = None,
 ) -> tuple[TiltGuidance, PremiseReport]:
     """The exact guidance of a cross-validated linear log ratio through the source score (``TiltGuidance``)."""
-    unknown = sorted(set(options) - set(_TILT) - set(_OWN))
-    if unknown:
-        raise ConfigError(f"unknown tgdp option(s) {unknown} for estimator 'tilt'; valid: {sorted(_TILT + _OWN)}")
+    _check_options(options, _TILT, "tilt")
     fitted, premise = _fit_ratio(xs, cs, xt, ct, 1, options, seed, x_std)
     guidance = TiltGuidance(
         head.score, fitted, head.schedule, xs, _labels(cs), max_shift=float(options.get("max_shift", 1.0))
@@ -194,9 +201,7 @@ def _narrow_guidance(
     x_std: Tensor | None = None,
 ) -> tuple[NarrowTiltGuidance, PremiseReport]:
     """The tilt's linear log ratio times a Gaussian factor along its direction (``NarrowTiltGuidance``)."""
-    unknown = sorted(set(options) - set(_NARROW) - set(_OWN))
-    if unknown:
-        raise ConfigError(f"unknown tgdp option(s) {unknown} for estimator 'narrow'; valid: {sorted(_NARROW + _OWN)}")
+    _check_options(options, _NARROW, "narrow")
     split = check_choice("split", options.get("split", "tilt"), SPLITS)
     fitted, premise = _fit_ratio(xs, cs, xt, ct, 1, options, seed, x_std)
     direction = fitted.linear.mean(0)
@@ -242,9 +247,7 @@ def _kernel_guidance(
     x_std: Tensor | None = None,
 ) -> tuple[KernelGuidance, PremiseReport, int]:
     """(the kernel guidance, the premise report, classifier steps) from standardised source / target rows."""
-    unknown = sorted(set(options) - set(_KERNEL) - set(_OWN))
-    if unknown:
-        raise ConfigError(f"unknown tgdp option(s) {unknown} for estimator 'kernel'; valid: {sorted(_KERNEL + _OWN)}")
+    _check_options(options, _KERNEL, "kernel")
     kind = check_choice("ratio", options.get("ratio", "classifier"), RATIOS)
     if kind != "classifier":
         ls = _labels(cs)
