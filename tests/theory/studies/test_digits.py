@@ -415,6 +415,9 @@ def test_the_narrow_estimator_adds_a_gaussian_factor_along_the_tilt_direction():
         fit_digits_tgdp(source_model, src, tgt, cfg, {"estimator": "narrow", "bandwidth": "scott"})
     with pytest.raises(ConfigError, match="method"):
         fit_digits_tgdp(source_model, src, tgt, cfg, {"estimator": "narrow", "narrow_fit": "kde"})
+    no_held_out = replace(cfg, val_fraction=0.0)  # every target row trains: no rows to choose a switch time on
+    with pytest.raises(ConfigError, match=r"heads.diffusion.target_val_fraction > 0"):
+        fit_digits_tgdp(source_model, src, tgt, no_held_out, {"estimator": "narrow", "switch": "select"})
 
 
 def test_the_tilt_estimator_guides_through_the_source_score_with_a_shared_or_per_label_ratio():

@@ -317,6 +317,11 @@ def fit_digits_tgdp(
     val_x: Tensor | None = None
     val_c: Tensor | None = None
     if switch == "select":
+        if cfg.val_fraction <= 0:
+            raise ConfigError(
+                "tgdp option switch = 'select' chooses the switch time on held-out target rows: it needs "
+                f"heads.diffusion.target_val_fraction > 0, got {cfg.val_fraction}"
+            )
         n_val = max(1, math.floor(cfg.val_fraction * target.x.shape[0]))
         perm = torch.randperm(target.x.shape[0], generator=torch.Generator().manual_seed(seed))
         val, keep = perm[:n_val], perm[n_val:]
