@@ -274,11 +274,50 @@ def test_tiny_heavy_ink_tgdp_run_records_what_its_guard_did(tmp_path):
     (tgdp,) = [r for r in result["records"] if r["variant"] == "tgdp"]
     assert tgdp["tgdp"]["status"] in STATUSES and set(tgdp["premise"]) >= {"auc", "ok"}
     assert "TGDP status" in result["table"] and "tgdp − fine_tune" in result["table"]
+    assert "paired MMD² difference" in result["table"] and "paired W1 difference" in result["table"]
+    # heavy ink keeps the pixels: the reference row is the source split's real digits, not the target's
+    assert "| real source-split digits |" in result["table"] and "real target-style" not in result["table"]
     exp.tune = True
     tuned = run_digits_experiment(exp, tmp_path / "tune")
     assert {len(r["nll_per_image"]) for r in tuned["records"]} == {8}  # 8 scored of the 10 held-out pool rows
     with pytest.raises(ConfigError, match="tune needs pool_per_class"):
         DigitsExperiment(style="heavy_ink", per_class=(5,), test_per_class=4, pool_per_class=5, tune=True)
+
+
+def test_paired_by_seed_pairs_the_same_seed_and_test_images_and_uses_the_combined_se():
+    """Known answer: three seeds, tgdp lower than fine_tune by 1, 2, 3 nats on both test images of each seed
+    and by 0.01 in MMD² on every seed. NLL: mean -2, paired SE 1/sqrt(3); combined SE from each variant's own
+    per-seed means (tgdp 10, 10, 10: SE 0; fine_tune 11, 12, 13: SE 1/sqrt(3)), so a win: 2 > 2/sqrt(3). A pairing
+    across seeds, an unpaired per-image SE or a mixed-up metric would miss these numbers; a tie is no win."""
+    from theory.studies.digits.report import paired_by_seed
+
+    def rec(seed, variant, nlls, mmd):
+        return {
+            "seed": seed,
+            "head": "diffusion",
+            "per_class": 5,
+            "variant": variant,
+            "nll_per_image": nlls,
+            "mmd2": mmd,
+            "w1": 1.0,
+        }
+
+    records = []
+    for seed, gap in zip((0, 1, 2), (1.0, 2.0, 3.0), strict=True):
+        records.append(rec(seed, "tgdp", [9.0, 11.0], 0.02))
+        records.append(rec(seed, "fine_tune", [9.0 + gap, 11.0 + gap], 0.03))
+    (nll,) = paired_by_seed(records, "tgdp", "fine_tune")
+    assert nll["per_seed"] == [-1.0, -2.0, -3.0] and nll["diff"] == pytest.approx(-2.0)
+    assert nll["paired_se"] == pytest.approx(1 / math.sqrt(3))
+    assert nll["combined_se"] == pytest.approx(1 / math.sqrt(3)) and nll["a_wins"]
+    (mmd,) = paired_by_seed(records, "tgdp", "fine_tune", "mmd2")
+    assert mmd["diff"] == pytest.approx(-0.01) and mmd["combined_se"] == pytest.approx(0.0, abs=1e-12)
+    (w1,) = paired_by_seed(records, "tgdp", "fine_tune", "w1")
+    assert w1["diff"] == 0.0 and not w1["a_wins"]  # a tie is no win
+    (one,) = paired_by_seed(records[:2], "tgdp", "fine_tune")
+    assert one["paired_se"] is None and one["combined_se"] is None and not one["a_wins"]
+    with pytest.raises(ValueError, match="metric must be one of"):
+        paired_by_seed(records, "tgdp", "fine_tune", "fidelity")  # higher is better: not a paired-win metric
 
 
 def test_pixel_nll_of_an_untrained_diffusion_model_is_the_gaussian_closed_form(task):

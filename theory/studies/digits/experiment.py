@@ -52,8 +52,8 @@ from theory.engine.seeding import stream_seed
 from theory.studies.digits.domain_ratio import density_ratio_diagnostic
 from theory.studies.digits.evaluation import DigitsModel, TestSet, evaluate_model, sample_metrics
 from theory.studies.digits.image_grid import save_digit_grid
-from theory.studies.digits.report import format_table, summarize
-from theory.studies.digits.task import N_CLASSES, D, DigitsTask
+from theory.studies.digits.report import REFERENCE_LABEL, format_table, summarize
+from theory.studies.digits.task import N_CLASSES, SUBPOPULATIONS, D, DigitsTask
 from theory.truth.metrics import FidelityClassifier
 
 if TYPE_CHECKING:
@@ -532,6 +532,9 @@ def _seed_reference(
 ) -> dict[str, Any]:
     ref = _reference(task, test, clf, exp.gen_per_class, seed)
     ref["classifier_test_accuracy"] = clf.accuracy(test.features, test.images.labels)
+    # a sub-population style leaves the pixels as they are: its classifier split is the source split's own
+    # images, real digits but not the sub-population the test set is drawn from
+    ref["label"] = "real source-split digits" if task.style in SUBPOPULATIONS else REFERENCE_LABEL
     ref["domain_ratio"] = {
         str(k): density_ratio_diagnostic(
             task.splits.source, task.target_train(k), seed=stream_seed("digits", seed, k, "domain-ratio")

@@ -23,6 +23,8 @@ from theory.engine.tables import plus_minus
 from theory.verdicts.stats import mean_se
 
 ORDER = ("source_only", "transfer", "no_transfer", "fine_tune", "tgdp")
+#: the reference row's name when its records do not say what the real images are
+REFERENCE_LABEL = "real target-style digits"
 #: a test image whose NLL exceeds this many nats (about 22.5 bits/dim) counts as an outlier in the tables
 OUTLIER_NATS = 1000.0
 
@@ -103,33 +105,52 @@ def paired_differences(
     return rows
 
 
-def paired_by_seed(records: Sequence[dict[str, Any]], a: str, b: str) -> list[dict[str, Any]]:
-    """Per (head, per_class): the mean over seeds of each seed's mean per-image NLL difference a - b (nats, the
-    same test images; b = ``source_only`` pairs with the one source-only record of the seed), its SE across seeds
-    (None with one seed), the per-seed means, and whether a is lower by more than 2 SE."""
+#: the record metrics :func:`paired_by_seed` compares (every one lower-is-better)
+PAIRED_METRICS = ("nll", "mmd2", "w1")
+
+
+def paired_by_seed(records: Sequence[dict[str, Any]], a: str, b: str, metric: str = "nll") -> list[dict[str, Any]]:
+    """Per (head, per_class): the per-seed differences a - b of one lower-is-better metric, their mean over seeds,
+    the paired SE (the SE of the per-seed differences) and the combined SE sqrt(SE_a^2 + SE_b^2) of the two
+    variants' per-seed values (both None with one seed), and whether a is lower by more than 2 combined SE.
+
+    ``metric``: ``"nll"`` (each seed's mean per-image difference on the same test images, nats) or a sample
+    metric of the records, ``"mmd2"`` or ``"w1"`` (drawn from the same seeds' noise). b = ``source_only`` pairs
+    with the one source-only record of the seed.
+    """
+    if metric not in PAIRED_METRICS:
+        raise ValueError(f"metric must be one of {PAIRED_METRICS}, got {metric!r}")
     index = {(r["seed"], r["head"], int(r["per_class"]), r["variant"]): r for r in records}
-    per: dict[tuple[str, int], list[float]] = {}
+    per: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     for (seed, head, k, variant), ra in sorted(index.items()):
         rb = index.get((seed, head, 0 if b == "source_only" else k, b))  # source_only: one record for every k
         if variant != a or rb is None:
             continue
-        diffs = [x - y for x, y in zip(ra["nll_per_image"], rb["nll_per_image"])]
-        per.setdefault((head, k), []).append(sum(diffs) / len(diffs))
+        if metric == "nll":
+            diffs = [x - y for x, y in zip(ra["nll_per_image"], rb["nll_per_image"], strict=True)]
+            va, vb = (sum(r["nll_per_image"]) / len(r["nll_per_image"]) for r in (ra, rb))
+            per.setdefault((head, k), []).append((sum(diffs) / len(diffs), va, vb))
+        else:
+            per.setdefault((head, k), []).append((ra[metric] - rb[metric], ra[metric], rb[metric]))
     rows = []
-    for (head, k), means in sorted(per.items()):
-        mean, se = mean_se(means)
-        se_value = se if len(means) > 1 else None
+    for (head, k), triples in sorted(per.items()):
+        diffs, a_values, b_values = (list(v) for v in zip(*triples, strict=True))
+        mean, se = mean_se(diffs)
+        several = len(diffs) > 1
+        combined = math.hypot(mean_se(a_values)[1], mean_se(b_values)[1]) if several else None
         rows.append(
             {
                 "head": head,
                 "per_class": k,
                 "a": a,
                 "b": b,
-                "seeds": len(means),
-                "nll_diff": mean,
-                "nll_diff_se": se_value,
-                "per_seed": means,
-                "a_wins": se_value is not None and mean < -2 * se_value,
+                "metric": metric,
+                "seeds": len(diffs),
+                "diff": mean,
+                "paired_se": se if several else None,
+                "combined_se": combined,
+                "per_seed": diffs,
+                "a_wins": combined is not None and mean < -2 * combined,
             }
         )
     return rows
@@ -137,7 +158,8 @@ def paired_by_seed(records: Sequence[dict[str, Any]], a: str, b: str) -> list[di
 
 def format_tgdp_tables(records: Sequence[dict[str, Any]]) -> list[str]:
     """Markdown lines: what TGDP's guard did per cell (status, refusal reason, probe, clipped rows, switch) and the
-    paired per-seed NLL differences of TGDP against every other variant; [] without TGDP records."""
+    paired per-seed differences of TGDP against every other variant in NLL, MMD² and W1 (:func:`paired_by_seed`:
+    a win is lower by more than 2 combined SE); [] without TGDP records."""
     guarded = [r for r in records if "tgdp" in r]
     if not guarded:
         return []
@@ -162,19 +184,27 @@ def format_tgdp_tables(records: Sequence[dict[str, Any]]) -> list[str]:
     variants = sorted(
         {r["variant"] for r in records} - {"tgdp", "reference"}, key=lambda v: ORDER.index(v) if v in ORDER else 99
     )
-    rows = [d for v in variants for d in paired_by_seed(records, "tgdp", v)]
-    if rows:
+    for metric, title, digits in (
+        ("nll", "paired NLL difference (nats)", 2),
+        ("mmd2", "paired MMD² difference (samples vs the test images)", 4),
+        ("w1", "paired W1 difference (samples vs the test images)", 3),
+    ):
+        rows = [d for v in variants for d in paired_by_seed(records, "tgdp", v, metric)]
+        if not rows:
+            continue
         lines += [
             "",
-            "| head | k / class | paired NLL difference (nats) | mean over seeds ± SE | per seed | TGDP lower by > 2 SE |",
-            "|---|---:|---|---:|---|---|",
+            f"| head | k / class | {title} | mean over seeds ± paired SE | combined SE | per seed "
+            "| TGDP lower by > 2 combined SE |",
+            "|---|---:|---|---:|---:|---|---|",
         ]
         for d in rows:
-            per = ", ".join(f"{m:+.2f}" for m in d["per_seed"])
-            se = math.nan if d["nll_diff_se"] is None else d["nll_diff_se"]
+            per = ", ".join(f"{m:+.{digits}f}" for m in d["per_seed"])
+            se = math.nan if d["paired_se"] is None else d["paired_se"]
+            combined = "-" if d["combined_se"] is None else f"{d['combined_se']:.{digits}f}"
             lines.append(
-                f"| {d['head']} | {d['per_class']} | tgdp − {d['b']} | {plus_minus(d['nll_diff'], se, 2)} "
-                f"| {per} | {'yes' if d['a_wins'] else 'no'} |"
+                f"| {d['head']} | {d['per_class']} | tgdp − {d['b']} | {plus_minus(d['diff'], se, digits)} "
+                f"| {combined} | {per} | {'yes' if d['a_wins'] else 'no'} |"
             )
     return lines
 
@@ -200,8 +230,9 @@ def format_table(records: Sequence[dict[str, Any]], references: Mapping[Any, dic
     if references:
         refs = list(references.values())
         mean = lambda key: sum(r[key] for r in refs) / len(refs)  # noqa: E731
+        label = refs[0].get("label", REFERENCE_LABEL)
         lines.append(
-            f"| real target-style digits | - | - | reference | - | - | - | - | "
+            f"| {label} | - | - | reference | - | - | - | - | "
             f"{mean('classifier_test_accuracy'):.3f} | {mean('mmd2'):.4f} | {mean('w1'):.3f} |"
         )
     optioned = [r for r in summarize(records) if "sample_options" in r]
