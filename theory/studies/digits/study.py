@@ -62,7 +62,8 @@ def build_study_report(out: Path) -> tuple[Path, str]:
             "",
             f"Target style '{experiment.style}', images per class {list(experiment.per_class)}, seeds "
             f"{list(experiment.seeds)}; held-out NLL in nats and bits/dim, conditional fidelity, MMD^2 and W1 of "
-            "generated digits, against real target-style digits scored the same way.",
+            "generated digits, against real digits scored the same way (the reference row: target-style digits, "
+            "or for a sub-population style the source split's own digits).",
             "",
             table,
             "",
