@@ -520,6 +520,29 @@ def test_config_loading_names_bad_settings():
         read(grid={"per_class": [60]})
 
 
+def test_variant_train_overrides_one_head_on_top_of_the_variant_and_names_bad_fields():
+    """digits.variant_train.VARIANT.HEAD: fields for that head alone, over the variant's own; the other heads keep
+    the variant's fields; a misspelt or bad field names its table."""
+    from theory.studies.digits.experiment import variant_overrides
+    from theory.studies.digits.study import parse
+
+    def read(variant_train: dict) -> object:
+        return parse({"experiment": {"kind": "digits"}, "digits": {"variant_train": variant_train}})[1]
+
+    exp = read({"fine_tune": {"lr": 3e-6, "steps": 50, "diffusion": {"lr": 1e-3, "epochs": 100}}})
+    assert variant_overrides(exp.variant_train, "fine_tune", "diffusion") == {"lr": 1e-3, "steps": 50, "epochs": 100}
+    assert variant_overrides(exp.variant_train, "fine_tune", "flow") == {"lr": 3e-6, "steps": 50}
+    assert variant_overrides(exp.variant_train, "transfer", "diffusion") == {}
+    with pytest.raises(ConfigError, match=r"digits\.variant_train\.fine_tune\.diffusion\.epoch"):
+        read({"fine_tune": {"diffusion": {"epoch": 100}}})
+    with pytest.raises(ConfigError, match=r"\[digits\.variant_train\.fine_tune\.flow\]: lr"):
+        read({"fine_tune": {"flow": {"lr": -1.0}}})
+    with pytest.raises(ConfigError, match="must be a table"):
+        read({"fine_tune": {"diffusion": 3}})
+    with pytest.raises(ConfigError, match="variant_train variant"):
+        read({"finetune": {"lr": 1e-3}})
+
+
 @pytest.mark.slow
 def test_full_digits_experiment_prints_the_table(tmp_path):
     """The full experiment of configs/digits.toml (tens of minutes on one core); prints the table."""

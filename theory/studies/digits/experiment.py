@@ -111,7 +111,10 @@ class DigitsExperiment:
     for every variant).
 
     ``variant_train``: per variant (``transfer``, ``no_transfer``, ``fine_tune``), TrainConfig fields that
-    override the head's target phase for that variant only (each baseline tuned on its own). ``tune``: score
+    override the head's target phase for that variant only (each baseline tuned on its own); a sub-table named
+    after a head kind holds fields for that head alone, on top of the variant's own
+    (``{"fine_tune": {"lr": 3e-6, "diffusion": {"epochs": 100}}}``: every head's fine_tune at lr 3e-6, the
+    diffusion head's for 100 epochs as well). ``tune``: score
     every model on the target pool images beyond ``max(per_class)`` per class (training never sees them) instead
     of the test split, so settings can be chosen without touching the test images; needs
     ``pool_per_class > max(per_class)``.
@@ -170,9 +173,10 @@ class DigitsExperiment:
             heavy_fraction=self.heavy_fraction,
             ink_tilt=self.ink_tilt,
         )
-        for variant, fields_ in self.variant_train.items():
+        for variant in self.variant_train:
             check_choice("variant_train variant", variant, VARIANTS)
-            train_table(fields_, f"digits.variant_train.{variant}")
+            for head in HEADS:
+                variant_overrides(self.variant_train, variant, head)  # checks both levels of the table
         if self.tune and self.pool_per_class <= max(self.per_class):
             raise ConfigError(
                 f"tune needs pool_per_class > max(per_class) = {max(self.per_class)} (the held-out pool rows score "
@@ -242,6 +246,15 @@ def _transfer_config(exp: DigitsExperiment, kind: str, seed: int) -> TransferCon
             **{**phases["target"], "seed": cell_seed(seed, kind, 0, "target"), "description": f"{kind} target"}
         ),
     )
+
+
+def variant_overrides(variant_train: dict[str, dict[str, Any]], variant: str, head: str) -> dict[str, Any]:
+    """The TrainConfig fields that override ``head``'s target phase for ``variant``: the variant's own fields,
+    then those of its sub-table named ``head`` (ConfigError naming the table for an unknown or bad field)."""
+    given = dict(table(variant_train.get(variant, {}), f"digits.variant_train.{variant}"))
+    shared = train_table({k: v for k, v in given.items() if k not in HEADS}, f"digits.variant_train.{variant}")
+    own = train_table(given.get(head, {}), f"digits.variant_train.{variant}.{head}")
+    return {**shared, **own}
 
 
 def cell_seed(seed: int, head: str, k: int, stream: str) -> int:
@@ -472,7 +485,7 @@ def _prepare(
         t0 = time.perf_counter()
         own = cell_seed(seed, kind, cell.k, cell.variant)
         torch.manual_seed(own)
-        override = {**exp.variant_train.get(cell.variant, {}), "seed": own}
+        override = {**variant_overrides(exp.variant_train, cell.variant, kind), "seed": own}
         cfg_v = replace(
             cfg,
             val_fraction=exp.target_val_fraction.get(kind, exp.val_fraction),
