@@ -541,6 +541,20 @@ def test_variant_train_overrides_one_head_on_top_of_the_variant_and_names_bad_fi
         read({"fine_tune": {"diffusion": 3}})
     with pytest.raises(ConfigError, match="variant_train variant"):
         read({"finetune": {"lr": 1e-3}})
+    # end to end: the diffusion head's fine_tune runs its own budget, its transfer and the flow's fine_tune do not
+    from theory.studies.digits.experiment import run_digits_experiment
+
+    tiny = replace(
+        preset_settings("digits"),
+        heads=("flow", "diffusion"),
+        variants=("transfer", "fine_tune"),
+        variant_train={"fine_tune": {"diffusion": {"steps": 7}}},
+        nll_rows={"flow": 4, "diffusion": 4},
+    )
+    steps = {(r["head"], r["variant"]): r["steps"] for r in run_digits_experiment(tiny)["records"]}
+    target_steps = {kind: tiny.train[kind]["target"]["steps"] for kind in ("flow", "diffusion")}
+    assert steps[("diffusion", "fine_tune")] == 7 and steps[("diffusion", "transfer")] == target_steps["diffusion"]
+    assert steps[("flow", "fine_tune")] == target_steps["flow"] != 7
 
 
 @pytest.mark.slow
@@ -645,7 +659,7 @@ def test_target_val_fraction_trains_every_target_row_for_the_configured_steps():
     from theory.studies.digits.study import parse
 
     tiny = replace(preset_settings("digits"), heads=("flow",), variants=("transfer", "no_transfer", "fine_tune"))
-    assert tiny.target_val_fraction == {"flow": 0.0}  # the shipped config's, kept by its smoke preset
+    assert tiny.target_val_fraction == {"flow": 0.0, "diffusion": 0.0}  # the shipped config's, kept by its preset
     records = run_digits_experiment(tiny)["records"]
     steps = tiny.train["flow"]["target"]["steps"]
     for r in records:
