@@ -19,6 +19,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from shared_embed.validation import check_choice
 from theory.engine.tables import plus_minus
 from theory.verdicts.stats import mean_se
 
@@ -118,8 +119,7 @@ def paired_by_seed(records: Sequence[dict[str, Any]], a: str, b: str, metric: st
     metric of the records, ``"mmd2"`` or ``"w1"`` (drawn from the same seeds' noise). b = ``source_only`` pairs
     with the one source-only record of the seed.
     """
-    if metric not in PAIRED_METRICS:
-        raise ValueError(f"metric must be one of {PAIRED_METRICS}, got {metric!r}")
+    check_choice("paired metric", metric, PAIRED_METRICS)  # lower-is-better only: a win means lower
     index = {(r["seed"], r["head"], int(r["per_class"]), r["variant"]): r for r in records}
     per: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     for (seed, head, k, variant), ra in sorted(index.items()):
