@@ -179,3 +179,13 @@ def mean_se(values: Sequence[float], mc_ses: Sequence[float] = ()) -> tuple[floa
         return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size))
     mc = np.asarray(mc_ses, dtype=float)
     return float(v.mean()), float(math.sqrt((mc**2).sum()) / v.size) if mc.size else float("nan")
+
+
+def paired_seed_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """Two variants' per-seed values on the same seeds (a[i], b[i] from seed i): the mean of a - b, its SE across
+    seeds (the paired SE) and the combined SE sqrt(SE_a^2 + SE_b^2) of the two means (the unpaired one, the
+    stricter yardstick of the studies' "wins by more than 2 combined SE"). Both SEs are NaN with one seed."""
+    if len(a) != len(b):
+        raise DataError(f"a and b must hold one value per seed each, got {len(a)} and {len(b)}")
+    mean, paired = mean_se([x - y for x, y in zip(a, b, strict=True)])
+    return mean, paired, math.hypot(mean_se(a)[1], mean_se(b)[1])

@@ -316,6 +316,9 @@ def test_paired_by_seed_pairs_the_same_seed_and_test_images_and_uses_the_combine
     assert w1["diff"] == 0.0 and not w1["a_wins"]  # a tie is no win
     (one,) = paired_by_seed(records[:2], "tgdp", "fine_tune")
     assert one["paired_se"] is None and one["combined_se"] is None and not one["a_wins"]
+    records[1] = rec(0, "fine_tune", [10.0], 0.03)  # one test image fewer than tgdp's on seed 0: not paired
+    with pytest.raises(DataError, match="scored 2 and 1 test images"):
+        paired_by_seed(records, "tgdp", "fine_tune")
     with pytest.raises(ConfigError, match="unknown paired metric 'fidelity'"):
         paired_by_seed(records, "tgdp", "fine_tune", "fidelity")  # higher is better: not a paired-win metric
 

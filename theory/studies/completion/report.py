@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from theory.engine.tables import plus_minus
-from theory.verdicts.stats import mean_se
+from theory.verdicts.stats import mean_se, paired_seed_difference
 
 ORDER = ("source_only", "transfer", "no_transfer", "fine_tune", "direct")
 MARGIN_SE = 2.0
@@ -62,13 +62,10 @@ def comparisons(records: Sequence[dict[str, Any]], a: str = "transfer") -> list[
                 continue
             rb = [index[(s, head, k if b != "source_only" else 0, b)] for s in both]
             ra = [index[(s, head, k, a)] for s in both]
-            diffs = [x["nll"] - y["nll"] for x, y in zip(ra, rb)]
-            diff, diff_se = mean_se(diffs)
+            diff, diff_se, combined = paired_seed_difference([r["nll"] for r in ra], [r["nll"] for r in rb])
             if len(both) < 2:  # one seed: the SE of the per-image paired differences (evaluation noise only)
                 per_image = [x - y for r1, r2 in zip(ra, rb) for x, y in zip(r1["nll_per_image"], r2["nll_per_image"])]
                 diff_se = mean_se(per_image)[1]
-            (_, se_a), (_, se_b) = mean_se([r["nll"] for r in ra]), mean_se([r["nll"] for r in rb])
-            combined = math.sqrt(se_a**2 + se_b**2) if len(both) >= 2 else math.nan
             out.append(
                 {
                     "head": head,

@@ -19,9 +19,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from shared_embed.errors import DataError
 from shared_embed.validation import check_choice
 from theory.engine.tables import plus_minus
-from theory.verdicts.stats import mean_se
+from theory.verdicts.stats import mean_se, paired_seed_difference
 
 ORDER = ("source_only", "transfer", "no_transfer", "fine_tune", "tgdp")
 #: the reference row's name when its records do not say what the real images are
@@ -121,23 +122,18 @@ def paired_by_seed(records: Sequence[dict[str, Any]], a: str, b: str, metric: st
     """
     check_choice("paired metric", metric, PAIRED_METRICS)  # lower-is-better only: a win means lower
     index = {(r["seed"], r["head"], int(r["per_class"]), r["variant"]): r for r in records}
-    per: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+    per: dict[tuple[str, int], tuple[list[float], list[float]]] = {}
     for (seed, head, k, variant), ra in sorted(index.items()):
         rb = index.get((seed, head, 0 if b == "source_only" else k, b))  # source_only: one record for every k
         if variant != a or rb is None:
             continue
-        if metric == "nll":
-            diffs = [x - y for x, y in zip(ra["nll_per_image"], rb["nll_per_image"], strict=True)]
-            va, vb = (sum(r["nll_per_image"]) / len(r["nll_per_image"]) for r in (ra, rb))
-            per.setdefault((head, k), []).append((sum(diffs) / len(diffs), va, vb))
-        else:
-            per.setdefault((head, k), []).append((ra[metric] - rb[metric], ra[metric], rb[metric]))
+        a_values, b_values = per.setdefault((head, k), ([], []))
+        a_values.append(_seed_value(ra, rb, metric))
+        b_values.append(_seed_value(rb, ra, metric))
     rows = []
-    for (head, k), triples in sorted(per.items()):
-        diffs, a_values, b_values = (list(v) for v in zip(*triples, strict=True))
-        mean, se = mean_se(diffs)
-        several = len(diffs) > 1
-        combined = math.hypot(mean_se(a_values)[1], mean_se(b_values)[1]) if several else None
+    for (head, k), (a_values, b_values) in sorted(per.items()):
+        mean, se, combined = paired_seed_difference(a_values, b_values)
+        one_seed = len(a_values) == 1  # no SE across seeds
         rows.append(
             {
                 "head": head,
@@ -145,15 +141,29 @@ def paired_by_seed(records: Sequence[dict[str, Any]], a: str, b: str, metric: st
                 "a": a,
                 "b": b,
                 "metric": metric,
-                "seeds": len(diffs),
+                "seeds": len(a_values),
                 "diff": mean,
-                "paired_se": se if several else None,
-                "combined_se": combined,
-                "per_seed": diffs,
-                "a_wins": combined is not None and mean < -2 * combined,
+                "paired_se": None if one_seed else se,
+                "combined_se": None if one_seed else combined,
+                "per_seed": [x - y for x, y in zip(a_values, b_values, strict=True)],
+                "a_wins": not one_seed and mean < -2 * combined,
             }
         )
     return rows
+
+
+def _seed_value(record: dict[str, Any], other: dict[str, Any], metric: str) -> float:
+    """One seed's value of ``metric`` in ``record``; NLL as the mean over its test images, which must be as many
+    as ``other``'s (the same test split of the seed)."""
+    if metric != "nll":
+        return float(record[metric])
+    nlls, paired = record["nll_per_image"], other["nll_per_image"]
+    if len(nlls) != len(paired):
+        raise DataError(
+            f"seed {record['seed']}: {record['variant']} and {other['variant']} scored {len(nlls)} and "
+            f"{len(paired)} test images; a paired NLL difference needs the same images"
+        )
+    return sum(nlls) / len(nlls)
 
 
 def format_tgdp_tables(records: Sequence[dict[str, Any]]) -> list[str]:
