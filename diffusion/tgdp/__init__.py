@@ -33,6 +33,15 @@ from .baselines import fine_tune, train_head
 from .classifier import DensityRatio, DomainClassifier, class_weights, fit_domain_classifier
 from .compose import DomainGuidanceScore, GuidedScore, domain_guidance_score, guidance_grad
 from .fit import TGDPConfig, TGDPFit, fit_tgdp
+from .gain_prediction import (
+    REALISED_REL,
+    REALISED_Z,
+    GainPrediction,
+    group_conditions,
+    predict_gain,
+    realised,
+    reweighting_gain,
+)
 from .guard import (
     GUARD_ACTIONS,
     GuardCounts,
@@ -61,11 +70,14 @@ __all__ = [
     "GUARD_ACTIONS",
     "NARROW_FITS",
     "POSITIVITY",
+    "REALISED_REL",
+    "REALISED_Z",
     "ClassifierGuidance",
     "DensityRatio",
     "DomainClassifier",
     "DomainGuidanceScore",
     "FunctionGuidance",
+    "GainPrediction",
     "GuardCounts",
     "GuardedScore",
     "Guidance",
@@ -101,10 +113,14 @@ __all__ = [
     "fit_narrowing",
     "fit_quadratic_log_ratio",
     "fit_tgdp",
+    "group_conditions",
     "guidance_grad",
     "guidance_loss",
     "guidance_ratio",
+    "predict_gain",
     "probe_guidance",
+    "realised",
+    "reweighting_gain",
     "select_switch",
     "train_head",
 ]

@@ -140,6 +140,21 @@ class GuidedDiffusionModel:
             return SwitchedScore(self._guarded, low, self.switch)(x, t, context)
         return self._guarded(x, t, context)
 
+    def log_ratio(self, x: Tensor, c: Tensor) -> Tensor:
+        """log w(x | c) (n,) up to a constant per condition, for x (n, d) and c (n, d_c) in raw units: the
+        guidance's log h_t at the head's t_eps, where h_t -> w as t -> 0. Zeros when the guidance is refused (the
+        model is the source model: w = 1). Use :func:`~diffusion.tgdp.gain_prediction.predict_gain` to turn it
+        into the likelihood gain the composed model should show."""
+        check_tensor("x", x, ndim=2, last_dim=self.head.features, min_rows=1)
+        check_tensor("c", c, ndim=2, rows=x.shape[0])
+        if self._guarded is None or self.guidance is None:
+            return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        with torch.no_grad():
+            xs = self.source.x_scaler(x)
+            ctx = self.context(c)[:, self._score_width() :]
+            t = torch.full((x.shape[0],), self.head.t_eps, dtype=xs.dtype, device=xs.device)
+            return self.guidance.log_h(xs, t, ctx)
+
     # -- the checks ----------------------------------------------------------------------------------
     def check_guidance(
         self, x: Tensor, c: Tensor, times: Sequence[float] = (0.01, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0), seed: int = 0
