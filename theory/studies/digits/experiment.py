@@ -508,7 +508,7 @@ def _prepare(
                 "head": kind,
                 "k": 0,
                 "variant": "reference",
-                "reference": _seed_reference(exp, task, test, clf, seed),
+                "reference": _seed_reference(exp, task, test, clf, seed, exp.nll_rows.get(kind)),
             }
         else:
             model, fit_seconds, steps = fit(cell)
@@ -517,11 +517,20 @@ def _prepare(
             if isinstance(history, TrainHistory):  # how many rows the fit trained on and held out for stopping
                 rec["rows"] = {"train": history.n_train, "val": history.n_val}
             if cell.variant == "tgdp":  # TGDP's GuidedDiffusionModel: its premise check and probe (made before
-                from diffusion.tgdp import GuidedDiffusionModel  # sampling) and what its guard did in the solves
+                from diffusion.tgdp import GuidedDiffusionModel, predict_gain  # sampling), what its guard did in
+                # the solves and the gain its ratio predicts over the source model (diffusion.tgdp.gain_prediction)
 
                 if not isinstance(model, GuidedDiffusionModel):
                     raise ConfigError(f"the tgdp cell fitted a {type(model).__name__}, not a GuidedDiffusionModel")
                 guard = model.report()
+                rows = len(cast(list, rec["nll_per_image"]))  # the scored test images: the gain is compared on them
+                guard["predicted_gain"] = (
+                    None
+                    if model.switch > 0  # below the switch time the model is not the reweighted source
+                    else predict_gain(
+                        model, test.z[:rows], test.c[:rows], source.x, task.splits.source.one_hot()
+                    ).to_dict()
+                )
                 rec["tgdp"] = guard
                 if guard["premise"] is not None:
                     rec["premise"] = guard["premise"]
@@ -541,13 +550,21 @@ def _tuning_set(task: DigitsTask, skip: int, generator: torch.Generator) -> Test
 
 
 def _seed_reference(
-    exp: DigitsExperiment, task: DigitsTask, test: TestSet, clf: FidelityClassifier, seed: int
+    exp: DigitsExperiment, task: DigitsTask, test: TestSet, clf: FidelityClassifier, seed: int, nll_rows: int | None
 ) -> dict[str, Any]:
     ref = _reference(task, test, clf, exp.gen_per_class, seed)
     ref["classifier_test_accuracy"] = clf.accuracy(test.features, test.images.labels)
     # a sub-population style leaves the pixels as they are: its classifier split is the source split's own
     # images, real digits but not the sub-population the test set is drawn from
     ref["label"] = "real source-split digits" if task.style in SUBPOPULATIONS else REFERENCE_LABEL
+    if task.style in SUBPOPULATIONS:  # the gain over the source of the rule that drew the target, on the NLL rows
+        from diffusion.tgdp import reweighting_gain
+
+        scored = test.images.subset(torch.arange(len(test.images))[:nll_rows])
+        source = task.splits.source
+        ref["selection_gain"] = reweighting_gain(
+            task.selection_log_ratio(scored), scored.labels, task.selection_log_ratio(source), source.labels
+        ).to_dict()
     ref["domain_ratio"] = {
         str(k): density_ratio_diagnostic(
             task.splits.source, task.target_train(k), seed=stream_seed("digits", seed, k, "domain-ratio")

@@ -219,6 +219,122 @@ def format_tgdp_tables(records: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def gains_over_source(
+    records: Sequence[dict[str, Any]], references: Mapping[Any, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Per TGDP record (head, k, seed): the gain over the source model on the scored test images that TGDP's
+    ratio predicts (``tgdp.predicted_gain``: :func:`diffusion.tgdp.predict_gain`) and the one it achieved (the
+    source-only record's mean NLL minus TGDP's, same images), whether it realised the prediction
+    (:func:`diffusion.tgdp.realised`), the achieved gain of every other variant of the cell, and the selection
+    rule's gain (``selection_gain`` of the seed's reference,
+    :meth:`~theory.studies.digits.task.DigitsTask.selection_log_ratio`: in expectation the most any reweighting of
+    the source gains; None when absent or scored on other rows)."""
+    from diffusion.tgdp import realised
+
+    index = {(r["seed"], r["head"], int(r["per_class"]), r["variant"]): r for r in records}
+    rows = []
+    for (seed, head, k, variant), rec in sorted(index.items()):
+        source = index.get((seed, head, 0, "source_only"))
+        if variant != "tgdp" or source is None:
+            continue
+        pred = rec.get("tgdp", {}).get("predicted_gain")
+
+        def gain(other: dict[str, Any], source: dict[str, Any] = source) -> float:
+            return _seed_value(source, other, "nll") - _seed_value(other, source, "nll")
+
+        achieved = gain(rec)
+        others = {v: gain(r) for (s, h, kk, v), r in index.items() if (s, h, kk) == (seed, head, k) and v != "tgdp"}
+        selection = (references or {}).get(seed, {}).get("selection_gain")
+        if selection is not None and selection["rows"] != len(rec["nll_per_image"]):
+            selection = None
+        rows.append(
+            {
+                "head": head,
+                "per_class": k,
+                "seed": seed,
+                "predicted": None if pred is None else pred["mean"],
+                "predicted_se": None if pred is None else pred["se"],
+                "achieved": achieved,
+                "realised": None if pred is None else realised(achieved, pred["mean"], pred["se"]),
+                "others": others,
+                "selection": None if selection is None else selection["mean"],
+            }
+        )
+    return rows
+
+
+def _row(cells: Sequence[str]) -> str:
+    """One Markdown table row of the given cells."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def format_gain_table(
+    records: Sequence[dict[str, Any]], references: Mapping[Any, dict[str, Any]] | None = None
+) -> list[str]:
+    """Markdown lines of :func:`gains_over_source`, one row per seed and a mean row per (head, k); [] without
+    TGDP records."""
+    from diffusion.tgdp import REALISED_REL, REALISED_Z
+
+    rows = gains_over_source(records, references)
+    if not rows:
+        return []
+    variants = sorted({v for r in rows for v in r["others"]}, key=lambda v: ORDER.index(v) if v in ORDER else 99)
+    lines = [
+        "",
+        "Gain over the source model on the scored test images (nats per image, source_only NLL minus the variant's, "
+        f"same images). TGDP's is predicted by its ratio alone (reweighting the source rows); realised: within "
+        f"{REALISED_Z:g} SE + {REALISED_REL:.0%} of the prediction. Selection rule: the rule that drew the target, "
+        "reweighting the source rows (in expectation the most any reweighting gains: E_q[log w] − log E_p[w] <= "
+        "KL(q ‖ p), equal at the true ratio).",
+        "",
+        _row(
+            ["head", "k / class", "seed", "tgdp predicted ± SE", "tgdp achieved", "realised"]
+            + [f"{v} achieved" for v in variants]
+            + ["selection rule"]
+        ),
+        "|---|---:|---:|---:|---:|---|" + "---:|" * (len(variants) + 1),
+    ]
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    def mean(values: list[float | None]) -> str:
+        kept = [v for v in values if v is not None]
+        if len(kept) < len(values) or not kept:
+            return "-"
+        m, se = mean_se(kept)
+        return plus_minus(m, se, 2)
+
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["head"], r["per_class"]), []).append(r)
+    for (head, k), rs in sorted(groups.items()):
+        for r in rs:
+            pred = "-" if r["predicted"] is None else plus_minus(r["predicted"], r["predicted_se"], 2)
+            ok = "-" if r["realised"] is None else ("yes" if r["realised"] else "**NO**")
+            others = [cell(r["others"].get(v)) for v in variants]
+            lines.append(
+                _row([head, str(k), str(r["seed"]), pred, f"{r['achieved']:.2f}", ok, *others, cell(r["selection"])])
+            )
+        realised_count = f"{sum(bool(r['realised']) for r in rs)}/{len(rs)}"
+        others = [mean([r["others"].get(v) for r in rs]) for v in variants]
+        lines.append(
+            _row(
+                [
+                    head,
+                    str(k),
+                    "mean ± SE",
+                    mean([r["predicted"] for r in rs]),
+                    mean([r["achieved"] for r in rs]),
+                    realised_count,
+                    *others,
+                    mean([r["selection"] for r in rs]),
+                ]
+            )
+        )
+    return lines
+
+
 def format_table(records: Sequence[dict[str, Any]], references: Mapping[Any, dict[str, Any]] | None = None) -> str:
     """Markdown: the main table with the real-image reference, the density-ratio diagnostic (TGDP's premise,
     ``theory.studies.digits.domain_ratio``) and the paired transfer - no_transfer differences."""
@@ -290,6 +406,7 @@ def format_table(records: Sequence[dict[str, Any]], references: Mapping[Any, dic
                 f"{p['mean_weight']:.3f} | {verdict} |"
             )
     lines += format_tgdp_tables(records)
+    lines += format_gain_table(records, references)
     diffs = paired_differences(records)
     if diffs:
         lines += [

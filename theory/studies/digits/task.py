@@ -312,6 +312,35 @@ class DigitsTask:
             ids={"source": source, "target_pool": pool, "target_test": test},
         )
 
+    def selection_log_ratio(self, images: LabelledImages) -> Tensor:
+        """log w(x | y) (n,), float64, of the rule that drew a sub-population target from the whole class, up to a
+        constant per class: ``heavy_ink``: 0 at or above the class's heavy-ink threshold (the least ink among its
+        ``heavy_fraction`` heaviest images; ties at it count as heavy), -inf below; ``tilted_ink``: ``ink_tilt``
+        times the ink standardised over the class (the population tilt; the draw is without replacement, so this
+        is the rule, not the exact ratio of the drawn images). Its gain over the source on target rows,
+        E_q[log w] - log E_p[w] (:func:`diffusion.tgdp.reweighting_gain` with the source rows), is in expectation
+        the most any reweighting of the source gains: E_q[log w] - log E_p[w] <= KL(q || p), equal at w = q / p.
+
+        Raises:
+            ConfigError: a style that redraws images (no reweighting gives it).
+        """
+        if self.style not in SUBPOPULATIONS:
+            raise ConfigError(f"style '{self.style}' redraws the images: only {SUBPOPULATIONS} are reweightings")
+        levels, labels = load_digit_levels()
+        ink = ink_mass(images.levels).double()
+        out = torch.empty(len(images), dtype=torch.float64)
+        for k in range(N_CLASSES):
+            rows = images.labels == k
+            everyone = levels[labels == k]
+            if self.style == "heavy_ink":
+                heavy, _ = heavy_ink_rows(everyone, self.heavy_fraction)
+                threshold = float(ink_mass(everyone[heavy]).min())
+                out[rows] = torch.zeros_like(ink[rows]).masked_fill(ink[rows] < threshold, -math.inf)
+            else:
+                population = ink_mass(everyone).double()
+                out[rows] = self.ink_tilt * (ink[rows] - population.mean()) / population.std()
+        return out
+
     def target_train(self, per_class: int) -> LabelledImages:
         """The first ``per_class`` pool images of every class (nested in ``per_class``), 10 * per_class rows."""
         check_positive_int("per_class", per_class)
