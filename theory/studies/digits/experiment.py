@@ -8,6 +8,12 @@ model is scored by :func:`theory.studies.digits.evaluation.evaluate_model`: held
 space), conditional fidelity, MMD^2 and W1. Training redraws the dequantisation noise of every batch
 (``augment=task.pixels.redequantize``), as the flow literature does.
 
+A TGDP record's ``tgdp`` entry says what its guard did and, unless a switch time > 0 was chosen,
+``predicted_gain``: the log-likelihood gain over the source model its ratio predicts on the scored test images
+(:func:`diffusion.tgdp.predict_gain`), which the report sets against the gain achieved. For a sub-population
+target (``heavy_ink``, ``tilted_ink``) each seed's reference holds ``selection_gain``: the same quantity for the
+rule that drew the target (:meth:`~theory.studies.digits.task.DigitsTask.selection_log_ratio`).
+
 The encoder maps the one-hot label (10) to d_h = ``embed_dim``; the heads model the 64 logit pixels given it.
 
 Example:
