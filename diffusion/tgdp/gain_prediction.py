@@ -18,6 +18,10 @@ or scale, a context read from the wrong columns) misses it by far more: on the h
 kernel guidance realised 0.03 of a predicted 0.74 nats, the exact tilt guidance 0.79. Conversely a large
 predicted gain with a small achieved one says the guidance, not the ratio, is what to fix.
 
+It holds for a guidance fitted to a ratio (h_t = E_p[w(x_0) | x_t]). A guidance also fitted to the target rows
+(TGDP's consistency regulariser) makes the composed model more than a reweighting, so it may gain more than
+predicted; so may a model with a switch time, which :func:`predict_gain` refuses.
+
 Delta-method SE: the prediction's random part is the per-condition normaliser, log of a mean of n_g weights;
 its variance is about var(w) / (n_g mean(w)^2) = (1 / ESS_g - 1 / n_g), so
 

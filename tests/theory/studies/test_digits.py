@@ -278,7 +278,9 @@ def test_tiny_heavy_ink_tgdp_run_records_what_its_guard_did(tmp_path):
     # heavy ink keeps the pixels: the reference row is the source split's real digits, not the target's
     assert "| real source-split digits |" in result["table"] and "real target-style" not in result["table"]
     # a switch time > 0 (chosen here) leaves the source score alone below it: no gain prediction holds
-    assert tgdp["tgdp"]["switch"] == 0 or tgdp["tgdp"]["predicted_gain"] is None
+    assert tgdp["tgdp"]["switch"] == 0 or (
+        tgdp["tgdp"]["predicted_gain"] is None and "switch time" in tgdp["tgdp"]["no_prediction"]
+    )
     exp.tune = True
     exp.tgdp_options = {**exp.tgdp_options, "switch": 0.0}  # guided at every t: the ratio predicts the gain
     tuned = run_digits_experiment(exp, tmp_path / "tune")
@@ -433,6 +435,17 @@ def test_the_selection_rule_of_a_subpopulation_target_is_its_known_reweighting()
     assert torch.allclose(tilted.selection_log_ratio(ones), 2.0 * z)
     with pytest.raises(ConfigError, match="redraws the images"):
         DigitsTask("reflect", test_per_class=4, pool_per_class=5).selection_log_ratio(test)
+
+
+def test_a_tgdp_that_is_no_reweighting_gets_no_gain_prediction():
+    """A switch time > 0 or the consistency regulariser makes the composed model more than p w / E_p[w]: the
+    record says why instead of predicting a gain the model need not show."""
+    from theory.studies.digits.experiment import no_gain_prediction
+
+    assert no_gain_prediction(0.0, {"estimator": "narrow"}) is None
+    assert no_gain_prediction(0.0, {"estimator": "network", "eta_consistency": 0.0}) is None
+    assert "switch time 0.05" in str(no_gain_prediction(0.05, {}))
+    assert "eta_consistency" in str(no_gain_prediction(0.0, {"estimator": "network", "eta_consistency": 1.0}))
 
 
 def test_gain_table_pairs_tgdp_with_its_source_and_flags_an_unrealised_prediction():

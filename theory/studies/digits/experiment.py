@@ -8,9 +8,10 @@ model is scored by :func:`theory.studies.digits.evaluation.evaluate_model`: held
 space), conditional fidelity, MMD^2 and W1. Training redraws the dequantisation noise of every batch
 (``augment=task.pixels.redequantize``), as the flow literature does.
 
-A TGDP record's ``tgdp`` entry says what its guard did and, unless a switch time > 0 was chosen,
-``predicted_gain``: the log-likelihood gain over the source model its ratio predicts on the scored test images
-(:func:`diffusion.tgdp.predict_gain`), which the report sets against the gain achieved. For a sub-population
+A TGDP record's ``tgdp`` entry says what its guard did and ``predicted_gain``: the log-likelihood gain over the
+source model its ratio predicts on the scored test images (:func:`diffusion.tgdp.predict_gain`), which the report
+sets against the gain achieved; None, with the reason in ``no_prediction`` (:func:`no_gain_prediction`), when the
+model is not a reweighting of the source. For a sub-population
 target (``heavy_ink``, ``tilted_ink``) each seed's reference holds ``selection_gain``: the same quantity for the
 rule that drew the target (:meth:`~theory.studies.digits.task.DigitsTask.selection_log_ratio`).
 
@@ -530,13 +531,15 @@ def _prepare(
                     raise ConfigError(f"the tgdp cell fitted a {type(model).__name__}, not a GuidedDiffusionModel")
                 guard = model.report()
                 rows = len(cast(list, rec["nll_per_image"]))  # the scored test images: the gain is compared on them
+                why_not = no_gain_prediction(model.switch, exp.tgdp_options)
                 guard["predicted_gain"] = (
                     None
-                    if model.switch > 0  # below the switch time the model is not the reweighted source
+                    if why_not
                     else predict_gain(
                         model, test.z[:rows], test.c[:rows], source.x, task.splits.source.one_hot()
                     ).to_dict()
                 )
+                guard["no_prediction"] = why_not
                 rec["tgdp"] = guard
                 if guard["premise"] is not None:
                     rec["premise"] = guard["premise"]
@@ -544,6 +547,17 @@ def _prepare(
         return rec
 
     return one
+
+
+def no_gain_prediction(switch: float, tgdp_options: dict[str, Any]) -> str | None:
+    """Why a fitted TGDP is not the reweighted source model p w / E_p[w], so no gain prediction holds for it
+    (None: it is): a switch time > 0 (the source score alone below it), or the consistency regulariser (its
+    guidance is fitted to the target rows' denoising loss, a correction beyond any reweighting)."""
+    if switch > 0:
+        return f"switch time {switch:g} > 0: the source score alone below it"
+    if float(tgdp_options.get("eta_consistency", 0.0)) > 0:
+        return "eta_consistency > 0: the guidance is fitted to the target rows, not only to a ratio"
+    return None
 
 
 def _tuning_set(task: DigitsTask, skip: int, generator: torch.Generator) -> TestSet:
