@@ -316,10 +316,12 @@ class DigitsTask:
         """log w(x | y) (n,), float64, of the rule that drew a sub-population target from the whole class, up to a
         constant per class: ``heavy_ink``: 0 at or above the class's heavy-ink threshold (the least ink among its
         ``heavy_fraction`` heaviest images; ties at it count as heavy), -inf below; ``tilted_ink``: ``ink_tilt``
-        times the ink standardised over the class (the population tilt; the draw is without replacement, so this
-        is the rule, not the exact ratio of the drawn images). Its gain over the source on target rows,
-        E_q[log w] - log E_p[w] (:func:`diffusion.tgdp.reweighting_gain` with the source rows), is in expectation
-        the most any reweighting of the source gains: E_q[log w] - log E_p[w] <= KL(q || p), equal at w = q / p.
+        times the ink standardised over the class (the population tilt). For ``heavy_ink`` the rule is the exact
+        ratio of the target to the source (both hold the class's heavy images uniformly), so its gain over the
+        source on target rows, E_q[log w] - log E_p[w] (:func:`diffusion.tgdp.reweighting_gain` with the source
+        rows), is in expectation the most any reweighting gains: E_q[log w] - log E_p[w] <= KL(q || p), equal at
+        w = q / p. The tilted draw is without replacement from a finite class (close to a hard cut at strong
+        tilts), so its rule is not the drawn images' ratio and a ratio fitted to them can gain more.
 
         Raises:
             ConfigError: a style that redraws images (no reweighting gives it).
