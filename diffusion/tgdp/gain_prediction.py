@@ -152,9 +152,10 @@ def realised(achieved: float, predicted: float, se: float, z: float = REALISED_Z
 
     The SE covers the source rows' sampling error (module docstring); ``rel`` the source MODEL's E[w | c] differing
     from its rows', which no SE measures (on the heavy-ink digits 0.06-0.25 nats of predicted gains near 2). A
-    refused guidance (prediction 0, SE 0) is realised only when the model's likelihood is the source's exactly.
+    refused guidance (prediction 0, SE 0) is realised only when the model's likelihood is the source's, to
+    floating-point rounding (1e-9 nats).
     """
-    return abs(achieved - predicted) <= z * se + rel * abs(predicted)
+    return abs(achieved - predicted) <= z * se + rel * abs(predicted) + 1e-9
 
 
 def predict_gain(

@@ -21,6 +21,7 @@ from diffusion.tgdp import (
     TiltGuidance,
     group_conditions,
     predict_gain,
+    realised,
     reweighting_gain,
 )
 from shared_embed import ConditionalModel, Encoder, Standardizer
@@ -147,7 +148,11 @@ def test_conditions_must_repeat_in_the_source(source, draws):
 def test_a_refused_model_predicts_no_gain_and_a_switched_one_no_prediction(source, draws):
     x, c = _rows(source)
     refused = GuidedDiffusionModel(source, None)
-    assert torch.equal(predict_gain(refused, x, c, *draws).per_row, torch.zeros(16, dtype=torch.float64))
+    pred = predict_gain(refused, x, c, *draws)
+    assert torch.equal(pred.per_row, torch.zeros(16, dtype=torch.float64)) and pred.se == 0.0
+    # realised only when the refused model IS the source model: any gain, however small, is not rounding
+    assert realised(0.0, pred.mean, pred.se) and not realised(1e-3, pred.mean, pred.se)
+    assert realised(2.0, 2.2, 0.05) and not realised(1.0, 2.2, 0.05)  # allowance 3 * 0.05 + 0.2 * 2.2 = 0.59
     switched = GuidedDiffusionModel(source, _tilt(source, draws[0]), switch=0.3)
     with pytest.raises(ConfigError, match="below t = 0.3"):
         predict_gain(switched, x, c, *draws)
