@@ -452,7 +452,7 @@ def test_gain_table_pairs_tgdp_with_its_source_and_flags_an_unrealised_predictio
     """Known answer: source NLL 100 on both images of each seed; tgdp 98 (gain 2) on seed 0, 99.5 (gain 0.5) on
     seed 1, both predicted 2.0 ± 0.1: seed 0 is realised, seed 1 is not (|0.5 - 2| > 3 * 0.1 + 0.2 * 2);
     fine_tune 99 (gain 1); the selection rule 2.6 on seed 0, scored on other rows on seed 1 (not shown)."""
-    from theory.studies.digits.report import format_gain_table, gains_over_source
+    from theory.studies.digits.report import format_gain_table, gains_over_source, unrealised_lines
 
     def rec(seed, variant, nll, k=5, pred=None):
         r = {"seed": seed, "head": "diffusion", "per_class": k, "variant": variant, "nll_per_image": [nll, nll]}
@@ -474,6 +474,8 @@ def test_gain_table_pairs_tgdp_with_its_source_and_flags_an_unrealised_predictio
     table = "\n".join(format_gain_table(records, references))
     assert "| diffusion | 5 | 1 | 2.00 ± 0.10 | 0.50 | **NO** | 1.00 | - |" in table
     assert "| diffusion | 5 | mean ± SE | 2.00 ± 0.00 | 1.25 ± 0.75 | 1/2 | 1.00 ± 0.00 | - |" in table
+    (line,) = unrealised_lines(records, references)  # seed 1 only, one line naming the cell and the numbers
+    assert line.startswith("diffusion k=5 seed=1 tgdp: achieved +0.50") and "predicted +2.00 ± 0.10" in line
     records[2]["tgdp"]["predicted_gain"] = None  # a switched model: no prediction, nothing claimed
     assert gains_over_source(records, references)[0]["realised"] is None
 

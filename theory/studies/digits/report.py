@@ -263,6 +263,19 @@ def gains_over_source(
     return rows
 
 
+def unrealised_lines(
+    records: Sequence[dict[str, Any]], references: Mapping[Any, dict[str, Any]] | None = None
+) -> list[str]:
+    """One line per TGDP cell whose achieved gain missed its ratio's prediction (:func:`gains_over_source`): the
+    guidance does not do what its ratio says, whatever its premise check and probe said."""
+    return [
+        f"{r['head']} k={r['per_class']} seed={r['seed']} tgdp: achieved {r['achieved']:+.2f} nats over the source "
+        f"model, its ratio predicted {r['predicted']:+.2f} ± {r['predicted_se']:.2f}: the guidance does not realise it"
+        for r in gains_over_source(records, references)
+        if r["realised"] is False
+    ]
+
+
 def _row(cells: Sequence[str]) -> str:
     """One Markdown table row of the given cells."""
     return "| " + " | ".join(cells) + " |"

@@ -9,6 +9,7 @@ grids and ``DIR/report.md``, which ``gentransfer report DIR`` rebuilds from the 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from theory.studies.digits.experiment import (
     run_digits_experiment,
     study_settings,
 )
-from theory.studies.digits.report import format_table
+from theory.studies.digits.report import format_table, unrealised_lines
 
 #: where the shared config words (theory.engine.vocabulary) live in :class:`DigitsExperiment`
 VOCABULARY = Vocabulary("digits", (*PER_CLASS_PATHS, ("heads.*.sample_options", "sample_options.*")))
@@ -53,6 +54,16 @@ def build_study_report(out: Path) -> tuple[Path, str]:
     if not records and not failed:
         raise DataError(f"{out} holds no digits records yet (run 'gentransfer run' first)")
     table = format_table(records, references)
+    unrealised = unrealised_lines(records, references)
+    for line in unrealised:  # one line each, like the flagged cells of the transfer study
+        print(f"gentransfer: warning: {line}", file=sys.stderr)
+    flagged = (
+        ["## Flagged cells", "", "Finished, but TGDP did not realise its predicted gain:", ""]
+        + [f"- {line}" for line in unrealised]
+        + [""]
+        if unrealised
+        else []
+    )
     grids = sorted(out.glob("digits_*_k*.png"))
     lines = (
         [
@@ -67,6 +78,7 @@ def build_study_report(out: Path) -> tuple[Path, str]:
             "",
             table,
             "",
+            *flagged,
             *failed_section(failed, COORDINATES),
             "## Generated digits",
             "",
