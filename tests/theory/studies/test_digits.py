@@ -478,6 +478,7 @@ def test_gain_table_pairs_tgdp_with_its_source_and_flags_an_unrealised_predictio
     assert line.startswith("diffusion k=5 seed=1 tgdp: achieved +0.50") and "predicted +2.00 ± 0.10" in line
     records[2]["tgdp"]["predicted_gain"] = None  # a switched model: no prediction, nothing claimed
     assert gains_over_source(records, references)[0]["realised"] is None
+    assert "| mean ± SE | - | 1.25 ± 0.75 | 0/1 |" in "\n".join(format_gain_table(records, references))
 
 
 def test_tilted_ink_target_is_a_soft_ink_tilt_of_the_data_with_the_heavy_ink_splits():

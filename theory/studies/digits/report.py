@@ -329,7 +329,8 @@ def format_gain_table(
             lines.append(
                 _row([head, str(k), str(r["seed"]), pred, f"{r['achieved']:.2f}", ok, *others, cell(r["selection"])])
             )
-        realised_count = f"{sum(bool(r['realised']) for r in rs)}/{len(rs)}"
+        judged = [r["realised"] for r in rs if r["realised"] is not None]  # cells without a prediction: not counted
+        realised_count = f"{sum(judged)}/{len(judged)}" if judged else "-"
         others = [mean([r["others"].get(v) for r in rs]) for v in variants]
         lines.append(
             _row(
