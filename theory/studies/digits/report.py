@@ -31,6 +31,16 @@ REFERENCE_LABEL = "real target-style digits"
 OUTLIER_NATS = 1000.0
 
 
+def _rank(variant: str) -> int:
+    """A variant's place in the tables: ``ORDER``, then any other name."""
+    return ORDER.index(variant) if variant in ORDER else len(ORDER)
+
+
+def _by_cell(records: Sequence[dict[str, Any]]) -> dict[tuple[Any, str, int, str], dict[str, Any]]:
+    """The records by (seed, head, per_class, variant)."""
+    return {(r["seed"], r["head"], int(r["per_class"]), r["variant"]): r for r in records}
+
+
 def _median(values: Sequence[float]) -> float:
     v = sorted(values)
     n = len(v)
@@ -67,7 +77,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     p = row[key]
                     row[f"{key}_se"] = math.sqrt(p * (1 - p) / rs[0]["n_generated"])
         rows.append(row)
-    rows.sort(key=lambda r: (r["head"], r["per_class"], ORDER.index(r["variant"]) if r["variant"] in ORDER else 99))
+    rows.sort(key=lambda r: (r["head"], r["per_class"], _rank(r["variant"])))
     return rows
 
 
@@ -76,7 +86,7 @@ def paired_differences(
 ) -> list[dict[str, Any]]:
     """Per (head, per_class): mean and median per-image NLL difference a - b (nats), the mean's SE, the fraction
     of test images where a has the lower NLL, and the mean fidelity difference (pooled over seeds)."""
-    index = {(r["seed"], r["head"], int(r["per_class"]), r["variant"]): r for r in records}
+    index = _by_cell(records)
     out: dict[tuple[str, int], dict[str, list[float]]] = {}
     for (seed, head, k, variant), ra in index.items():
         rb = index.get((seed, head, k, b))
@@ -121,7 +131,7 @@ def paired_by_seed(records: Sequence[dict[str, Any]], a: str, b: str, metric: st
     with the one source-only record of the seed.
     """
     check_choice("paired metric", metric, PAIRED_METRICS)  # lower-is-better only: a win means lower
-    index = {(r["seed"], r["head"], int(r["per_class"]), r["variant"]): r for r in records}
+    index = _by_cell(records)
     per: dict[tuple[str, int], tuple[list[float], list[float]]] = {}
     for (seed, head, k, variant), ra in sorted(index.items()):
         rb = index.get((seed, head, 0 if b == "source_only" else k, b))  # source_only: one record for every k
@@ -191,9 +201,7 @@ def format_tgdp_tables(records: Sequence[dict[str, Any]]) -> list[str]:
             f"| {r['per_class']} | {r['seed']} | {g['status']} | {probe_txt} | {clip_txt} | {g['switch']:g} | "
             f"{g.get('refused') or '-'} |"
         )
-    variants = sorted(
-        {r["variant"] for r in records} - {"tgdp", "reference"}, key=lambda v: ORDER.index(v) if v in ORDER else 99
-    )
+    variants = sorted({r["variant"] for r in records} - {"tgdp", "reference"}, key=_rank)
     for metric, title, digits in (
         ("nll", "paired NLL difference (nats)", 2),
         ("mmd2", "paired MMD² difference (samples vs the test images)", 4),
@@ -231,7 +239,7 @@ def gains_over_source(
     the source gains; None when absent or scored on other rows)."""
     from diffusion.tgdp import realised
 
-    index = {(r["seed"], r["head"], int(r["per_class"]), r["variant"]): r for r in records}
+    index = _by_cell(records)
     rows = []
     for (seed, head, k, variant), rec in sorted(index.items()):
         source = index.get((seed, head, 0, "source_only"))
@@ -291,7 +299,7 @@ def format_gain_table(
     rows = gains_over_source(records, references)
     if not rows:
         return []
-    variants = sorted({v for r in rows for v in r["others"]}, key=lambda v: ORDER.index(v) if v in ORDER else 99)
+    variants = sorted({v for r in rows for v in r["others"]}, key=_rank)
     lines = [
         "",
         "Gain over the source model on the scored test images (nats per image, source_only NLL minus the variant's, "
