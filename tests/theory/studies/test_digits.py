@@ -408,9 +408,11 @@ def test_heavy_ink_target_is_a_disjoint_heavier_label_shifted_subpopulation():
 def test_the_selection_rule_of_a_subpopulation_target_is_its_known_reweighting():
     """heavy_ink: log w = 0 on every target image and on the source's remaining heavy images, -inf on the light
     ones, so its gain over the source on a target image of class y is log(n_source(y) / n_heavy_source(y)), as
-    counted here from the splits; tilted_ink: ink_tilt times the class-standardised ink; redrawn styles refuse."""
+    counted here from the splits; tilted_ink: the odds that the draw takes an image of that ink (tested against
+    simulated draws in test_inclusion.py); redrawn styles refuse."""
     from diffusion.tgdp import reweighting_gain
-    from theory.studies.digits.task import heavy_ink_rows, ink_mass, load_digit_levels
+    from theory.studies.digits.inclusion import inclusion_log_odds
+    from theory.studies.digits.task import LabelledImages, heavy_ink_rows, ink_mass, load_digit_levels
 
     t = DigitsTask("heavy_ink", test_per_class=14, pool_per_class=10, seed=1, heavy_fraction=0.2)
     test, source = t.splits.target_test, t.splits.source
@@ -431,8 +433,21 @@ def test_the_selection_rule_of_a_subpopulation_target_is_its_known_reweighting()
     tilted = DigitsTask("tilted_ink", test_per_class=14, pool_per_class=10, seed=1, ink_tilt=2.0)
     ones = tilted.splits.target_test.subset(torch.nonzero(tilted.splits.target_test.labels == 1).squeeze(1))
     everyone = ink_mass(levels[labels == 1]).double()
-    z = (ink_mass(ones.levels).double() - everyone.mean()) / everyone.std()
-    assert torch.allclose(tilted.selection_log_ratio(ones), 2.0 * z)
+    z = (everyone - everyone.mean()) / everyone.std()
+    odds = inclusion_log_odds(2.0 * z, tilted.test_counts()[1] + 10)  # per image of the class, in row order
+    at = [int(torch.nonzero(everyone == ink).squeeze(1)[0]) for ink in ink_mass(ones.levels).double()]
+    assert torch.allclose(tilted.selection_log_ratio(ones), odds[at])
+    src = tilted.splits.source
+    tilted_gain = reweighting_gain(
+        tilted.selection_log_ratio(tilted.splits.target_test),
+        tilted.splits.target_test.labels,
+        tilted.selection_log_ratio(src),
+        src.labels,
+    )
+    assert tilted_gain.mean > 1.0  # the exact ratio gains over the source (1.71 on seed 1)
+    strange = LabelledImages(torch.full((1, 64), 16, dtype=torch.int64), torch.tensor([1]))
+    with pytest.raises(DataError, match="ink mass no bundled digit 1 has"):
+        tilted.selection_log_ratio(strange)
     with pytest.raises(ConfigError, match="redraws the images"):
         DigitsTask("reflect", test_per_class=4, pool_per_class=5).selection_log_ratio(test)
 

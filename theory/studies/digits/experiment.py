@@ -11,10 +11,10 @@ space), conditional fidelity, MMD^2 and W1. Training redraws the dequantisation 
 A TGDP record's ``tgdp`` entry says what its guard did and ``predicted_gain``: the log-likelihood gain over the
 source model its ratio predicts on the scored test images (:func:`diffusion.tgdp.predict_gain`), which the report
 sets against the gain achieved; None, with the reason in ``no_prediction`` (:func:`no_gain_prediction`), when the
-model is not a reweighting of the source. For the ``heavy_ink`` target each seed's reference holds
-``selection_gain``: the same quantity for the rule that drew the target
-(:meth:`~theory.studies.digits.task.DigitsTask.selection_log_ratio`), there the target's exact ratio to the
-source, so in expectation the most any reweighting gains.
+model is not a reweighting of the source. For a sub-population target (``heavy_ink``, ``tilted_ink``) each seed's
+reference holds ``selection_gain``: the same quantity for the target's exact ratio to the source, from the rule
+that drew it (:meth:`~theory.studies.digits.task.DigitsTask.selection_log_ratio`), so in expectation the most any
+reweighting gains.
 
 The encoder maps the one-hot label (10) to d_h = ``embed_dim``; the heads model the 64 logit pixels given it.
 
@@ -578,10 +578,9 @@ def _seed_reference(
     # a sub-population style leaves the pixels as they are: its classifier split is the source split's own
     # images, real digits but not the sub-population the test set is drawn from
     ref["label"] = "real source-split digits" if task.style in SUBPOPULATIONS else REFERENCE_LABEL
-    # the gain over the source of the rule that drew the target, on the NLL rows: for heavy_ink that rule IS the
-    # ratio of the target to the source (both share the class's heavy images uniformly); tilted_ink draws without
-    # replacement, so its tilt is not the drawn images' ratio and bounds nothing
-    if task.style == "heavy_ink":
+    # the gain over the source of the target's exact ratio to it, on the NLL rows: in expectation the most any
+    # reweighting of the source gains (DigitsTask.selection_log_ratio)
+    if task.style in SUBPOPULATIONS:
         from diffusion.tgdp import reweighting_gain
 
         scored = test.images.subset(torch.arange(len(test.images))[:nll_rows])

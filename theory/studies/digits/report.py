@@ -304,9 +304,9 @@ def format_gain_table(
         "",
         "Gain over the source model on the scored test images (nats per image, source_only NLL minus the variant's, "
         f"same images). TGDP's is predicted by its ratio alone (reweighting the source rows); realised: within "
-        f"{REALISED_Z:g} SE + {REALISED_REL:.0%} of the prediction. Selection rule: the rule that drew the target, "
-        "reweighting the source rows (in expectation the most any reweighting gains: E_q[log w] − log E_p[w] <= "
-        "KL(q ‖ p), equal at the true ratio).",
+        f"{REALISED_Z:g} SE + {REALISED_REL:.0%} of the prediction. Selection rule: the target's exact ratio to the "
+        "source, from the rule that drew it, reweighting the source rows (in expectation the most any reweighting "
+        "gains: E_q[log w] − log E_p[w] <= KL(q ‖ p), equal at the true ratio).",
         "",
         _row(
             ["head", "k / class", "seed", "tgdp predicted ± SE", "tgdp achieved", "realised"]

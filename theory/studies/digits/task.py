@@ -28,7 +28,8 @@ largest ``ink_tilt`` z + Gumbel noise, then shuffled so the test and pool draws 
 the rest. So q(x | y) is close to p(x | y) exp(ink_tilt z(x)) / E_p[exp(ink_tilt z)]: the true log ratio is a
 smooth, increasing function of one visible feature (with ink a sum of pixel levels: close to linear in the
 pixels), not a hard cut at a quantile of ink as in ``heavy_ink``, and every image, light ones included, has
-some chance to be drawn. ``tilted_ink_divergence`` states E_q[log w] of that population tilt.
+some chance to be drawn. ``tilted_ink_divergence`` states E_q[log w] of that population tilt; the drawn target's
+exact ratio to the source it leaves is steeper (the odds that an image is drawn, :meth:`DigitsTask.selection_log_ratio`).
 
 Splits (per class, from one seeded permutation; every image belongs to exactly one split):
 ``target_test`` (``test_per_class`` images, or the label-shifted counts of ``heavy_ink``; the held-out target
@@ -62,6 +63,7 @@ from shared_embed.data import PairedData
 from shared_embed.errors import ConfigError, DataError, ShapeError
 from shared_embed.validation import check_choice, check_fraction, check_positive_int
 from theory.engine.seeding import stream_seed
+from theory.studies.digits.inclusion import inclusion_log_odds
 from theory.studies.digits.pixels import LogitPixels
 
 N_CLASSES = 10
@@ -161,6 +163,27 @@ def tilted_ink_divergence(tilt: float) -> dict[str, float]:
         kl.append(float((q * log_w).sum()))
     mean = sum(w * v for w, v in zip(weights, kl, strict=True)) / sum(weights)
     return {"kl_label_shift_weighted": mean, "kl_min": min(kl), "kl_max": max(kl)}
+
+
+@lru_cache(maxsize=64)
+def tilted_ink_log_odds(tilt: float, label: int, drawn: int) -> tuple[Tensor, Tensor]:
+    """(ink, log_odds): the distinct ink masses of the bundled digits ``label`` (ascending, float64) and the log
+    odds log pi - log(1 - pi) that an image with that ink is among the ``drawn`` images of the class that
+    ``tilted_ink_rows`` draws at ``tilt`` (:func:`~theory.studies.digits.inclusion.inclusion_log_odds`; images of
+    equal ink have equal odds). Cached: about a second per class."""
+    levels, labels = load_digit_levels()
+    ink = ink_mass(levels[labels == label]).double()
+    z = (ink - ink.mean()) / ink.std().clamp_min(1e-12)
+    log_odds = inclusion_log_odds(tilt * z, drawn)
+    values, first = _first_of_each(ink)
+    return values, log_odds[first]
+
+
+def _first_of_each(values: Tensor) -> tuple[Tensor, Tensor]:
+    """(unique ascending values, the index of one occurrence of each)."""
+    unique, inverse = torch.unique(values, sorted=True, return_inverse=True)
+    first = torch.empty(len(unique), dtype=torch.int64).scatter_(0, inverse, torch.arange(len(values)))
+    return unique, first
 
 
 @dataclass(frozen=True)
@@ -313,34 +336,40 @@ class DigitsTask:
         )
 
     def selection_log_ratio(self, images: LabelledImages) -> Tensor:
-        """log w(x | y) (n,), float64, of the rule that drew a sub-population target from the whole class, up to a
-        constant per class: ``heavy_ink``: 0 at or above the class's heavy-ink threshold (the least ink among its
-        ``heavy_fraction`` heaviest images; ties at it count as heavy), -inf below; ``tilted_ink``: ``ink_tilt``
-        times the ink standardised over the class (the population tilt). For ``heavy_ink`` the rule is the exact
-        ratio of the target to the source (both hold the class's heavy images uniformly), so its gain over the
-        source on target rows, E_q[log w] - log E_p[w] (:func:`diffusion.tgdp.reweighting_gain` with the source
-        rows), is in expectation the most any reweighting gains: E_q[log w] - log E_p[w] <= KL(q || p), equal at
-        w = q / p. The tilted draw is without replacement from a finite class (close to a hard cut at strong
-        tilts), so its rule is not the drawn images' ratio and a ratio fitted to them can gain more.
+        """log w(x | y) (n,), float64, of the target to the source, up to a constant per class: the exact ratio of
+        the rule that drew the sub-population target from the whole class to the images it left in the source.
+        ``heavy_ink``: 0 at or above the class's heavy-ink threshold (the least ink among its ``heavy_fraction``
+        heaviest images; ties at it count as heavy), -inf below (the target and the source hold the class's
+        heavy images uniformly). ``tilted_ink``: the log odds log pi - log(1 - pi) that the image is among the
+        class's drawn ones (:func:`~theory.studies.digits.inclusion.inclusion_log_odds`: the draw is without
+        replacement, so the heaviest images are almost always drawn and almost never left in the source, a
+        steeper ratio than the tilt ``ink_tilt`` z it starts from). Its gain over the source on target rows,
+        E_q[log w] - log E_p[w] (:func:`diffusion.tgdp.reweighting_gain` with the source rows), is in
+        expectation the most any reweighting of the source gains: E_q[log w] - log E_p[w] <= KL(q || p), equal
+        at w = q / p.
 
         Raises:
-            ConfigError: a style that redraws images (no reweighting gives it).
+            ConfigError: a style that redraws images (no reweighting gives it). DataError: an image whose ink
+                no digit of its class has (not one of the bundled digits).
         """
         if self.style not in SUBPOPULATIONS:
             raise ConfigError(f"style '{self.style}' redraws the images: only {SUBPOPULATIONS} are reweightings")
         levels, labels = load_digit_levels()
         ink = ink_mass(images.levels).double()
         out = torch.empty(len(images), dtype=torch.float64)
-        for k in range(N_CLASSES):
+        for k, n_test in enumerate(self.test_counts()):
             rows = images.labels == k
             everyone = levels[labels == k]
             if self.style == "heavy_ink":
                 heavy, _ = heavy_ink_rows(everyone, self.heavy_fraction)
                 threshold = float(ink_mass(everyone[heavy]).min())
                 out[rows] = torch.zeros_like(ink[rows]).masked_fill(ink[rows] < threshold, -math.inf)
-            else:
-                population = ink_mass(everyone).double()
-                out[rows] = self.ink_tilt * (ink[rows] - population.mean()) / population.std()
+                continue
+            values, log_odds = tilted_ink_log_odds(self.ink_tilt, k, n_test + self.pool_per_class)
+            at = torch.searchsorted(values, ink[rows]).clamp_max(len(values) - 1)
+            if not bool((values[at] == ink[rows]).all()):
+                raise DataError(f"an image of digit {k} has an ink mass no bundled digit {k} has")
+            out[rows] = log_odds[at]
         return out
 
     def target_train(self, per_class: int) -> LabelledImages:
