@@ -30,3 +30,35 @@ def test_unavailable_devices_are_refused_before_any_process_group() -> None:
         init_distributed("cuda")
     with pytest.raises(ConfigError, match="unknown device"):
         init_distributed("gpu0")
+
+
+def test_shutdown_collects_a_ddp_wrapper_left_in_a_cycle_before_destroying_its_group(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """A DDP wrapper that outlives its training loop (it sits in reference cycles) must be gone when the process
+    group is destroyed: a reducer freed after its group made gloo abort two-process runs now and then."""
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+
+    from shared_embed.distributed import shutdown_distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapper = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))
+        wrapper(torch.ones(3, 2)).sum().backward()
+        cycle: list[object] = [wrapper]
+        cycle.append(cycle)  # only the garbage collector frees it
+        alive = weakref.ref(wrapper)
+        del wrapper, cycle
+        gc.disable()  # as if no automatic collection happened to run before shutdown
+        seen = []
+        destroy = dist.destroy_process_group
+        monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: (seen.append(alive()), destroy(*a, **k)))
+        shutdown_distributed()
+    finally:
+        gc.enable()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert seen == [None]
