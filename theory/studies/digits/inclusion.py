@@ -10,8 +10,8 @@ g(x) = exp(-x - exp(-x)) the Gumbel density. Given t, the events k_j > t are ind
 q_j(t) = 1 - exp(-exp(a_j - t)), so N_{-i}(t) is Poisson-binomial; its distribution up to n - 1 comes from the
 usual recursion over the items, run for every i at once with item i left out, on a uniform grid of t (the trapezoid
 rule, spectrally accurate for this smooth, fast-decaying integrand). The probabilities sum to n exactly in theory
-and to within ``grid_step``-sized rounding in practice (checked by the tests, and against brute-force enumeration
-of the draw orders on small populations).
+and within 1e-6 at the default step in practice (the tests check that, and brute-force enumeration of the draw
+orders on a small population).
 
 The ``tilted_ink`` digits target is such a draw within each class (a_i = tilt * z_i, z the standardised ink), so
 pi_i / (1 - pi_i) is, up to a constant per class, the exact ratio of that target to the source that keeps the
@@ -27,7 +27,7 @@ from shared_embed.errors import ConfigError, ShapeError
 
 # the Gumbel density is below 1e-15 of its peak beyond these offsets from its location
 _LEFT, _RIGHT = 4.0, 36.0
-# the quadrature's default spacing in t: log odds within 1e-6 of a 10x finer grid on the digits classes (tilts 2-8)
+# the quadrature's default spacing in t: log odds within 1e-6 of a 10x finer grid on digit 9's class (tilts 2, 4, 8)
 GRID_STEP = 0.2
 
 

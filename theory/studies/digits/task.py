@@ -133,12 +133,18 @@ def label_shift_weights() -> list[float]:
     return [0.5 + k / 9 for k in range(N_CLASSES)]
 
 
+def standardised_ink(levels: Tensor) -> Tensor:
+    """z (n,) float64 of images (n, 64): their ink standardised over the given images, (ink - mean) / sd; the
+    feature ``tilted_ink`` draws on (one class at a time)."""
+    ink = ink_mass(levels).double()
+    return (ink - ink.mean()) / ink.std().clamp_min(1e-12)
+
+
 def tilted_ink_rows(levels: Tensor, tilt: float, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """(drawn, rest) row indices of images (n_rows, 64): ``n`` rows drawn without replacement with probability
     proportional to exp(tilt * z), z the standardised ink (Gumbel top-k), the drawn ones in random order, the rest
     in ascending row order."""
-    ink = ink_mass(levels).double()
-    z = (ink - ink.mean()) / ink.std().clamp_min(1e-12)
+    z = standardised_ink(levels)
     u = torch.rand(len(z), generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
     keys = tilt * z - torch.log(-torch.log(u))
     order = torch.sort(-keys, stable=True).indices
@@ -156,8 +162,7 @@ def tilted_ink_divergence(tilt: float) -> dict[str, float]:
     weights = label_shift_weights()
     kl = []
     for k in range(N_CLASSES):
-        ink = ink_mass(levels[labels == k]).double()
-        z = (ink - ink.mean()) / ink.std()
+        z = standardised_ink(levels[labels == k])
         log_w = tilt * z - torch.logsumexp(tilt * z, 0) + math.log(len(z))
         q = torch.softmax(tilt * z, 0)
         kl.append(float((q * log_w).sum()))
@@ -167,23 +172,15 @@ def tilted_ink_divergence(tilt: float) -> dict[str, float]:
 
 @lru_cache(maxsize=64)
 def tilted_ink_log_odds(tilt: float, label: int, drawn: int) -> tuple[Tensor, Tensor]:
-    """(ink, log_odds): the distinct ink masses of the bundled digits ``label`` (ascending, float64) and the log
-    odds log pi - log(1 - pi) that an image with that ink is among the ``drawn`` images of the class that
+    """(ink, log_odds): the ink masses of the bundled digits ``label`` in ascending order (float64) and, for each,
+    the log odds log pi - log(1 - pi) that the image is among the ``drawn`` images of the class that
     ``tilted_ink_rows`` draws at ``tilt`` (:func:`~theory.studies.digits.inclusion.inclusion_log_odds`; images of
-    equal ink have equal odds). Cached: about a second per class."""
+    equal ink have equal odds, so any image's odds are found by its ink). Cached: under a second per class."""
     levels, labels = load_digit_levels()
-    ink = ink_mass(levels[labels == label]).double()
-    z = (ink - ink.mean()) / ink.std().clamp_min(1e-12)
-    log_odds = inclusion_log_odds(tilt * z, drawn)
-    values, first = _first_of_each(ink)
-    return values, log_odds[first]
-
-
-def _first_of_each(values: Tensor) -> tuple[Tensor, Tensor]:
-    """(unique ascending values, the index of one occurrence of each)."""
-    unique, inverse = torch.unique(values, sorted=True, return_inverse=True)
-    first = torch.empty(len(unique), dtype=torch.int64).scatter_(0, inverse, torch.arange(len(values)))
-    return unique, first
+    everyone = levels[labels == label]
+    ink = ink_mass(everyone).double()
+    order = ink.argsort()
+    return ink[order], inclusion_log_odds(tilt * standardised_ink(everyone), drawn)[order]
 
 
 @dataclass(frozen=True)
@@ -359,8 +356,8 @@ class DigitsTask:
         out = torch.empty(len(images), dtype=torch.float64)
         for k, n_test in enumerate(self.test_counts()):
             rows = images.labels == k
-            everyone = levels[labels == k]
             if self.style == "heavy_ink":
+                everyone = levels[labels == k]
                 heavy, _ = heavy_ink_rows(everyone, self.heavy_fraction)
                 threshold = float(ink_mass(everyone[heavy]).min())
                 out[rows] = torch.zeros_like(ink[rows]).masked_fill(ink[rows] < threshold, -math.inf)
