@@ -6,6 +6,10 @@
   distance between distinct points of the pooled sample) unless given.
 - :func:`wasserstein`: the exact Wasserstein-p distance between two empirical measures with uniform
   weights and Euclidean ground cost, by POT's network simplex (``ot.emd2``).
+- :func:`copying`: how near generated points sit to the training points, against held-out real points: the
+  share of draws nearer their nearest training point than the median held-out point is to its own (1/2 in
+  expectation for a generator that draws fresh points of the data's law, 1 for one that replays its training
+  points), the check that a sample metric's win is not bought by copying (docs/theory.md, "Metrics").
 - :class:`FidelityClassifier`: a multinomial logistic regression (scikit-learn ``LogisticRegression``) on
   real labelled data; its accuracy on generated samples of each class is the conditional fidelity.
 
@@ -99,6 +103,34 @@ def wasserstein(x: Tensor, y: Tensor, p: int = 1) -> float:
     b = np.full(y.shape[0], 1.0 / y.shape[0])
     value = float(ot.emd2(a, b, cost, numItermax=1_000_000))
     return max(value, 0.0) ** (1.0 / p)
+
+
+def copying(samples: Tensor, train: Tensor, held_out: Tensor) -> dict[str, float]:
+    """How near draws (n, d) sit to a model's training points (m, d), measured against held-out real points (r, d).
+
+    d(z) = min_j |z - train_j| (Euclidean). Returns ``closer_fraction``: the share of draws with d below the median
+    of d over the held-out points, and ``distance_ratio``: the median d of the draws over that median.
+
+    A held-out point is a fresh draw of the data's law, independent of the training points, so a generator that
+    draws fresh points of that law gives ``closer_fraction`` 1/2 in expectation (exactly, for an odd number of
+    held-out points: F(median) is Beta((r + 1) / 2, (r + 1) / 2)); one that replays its training points gives 1;
+    one blurrier than the data gives less than 1/2. MMD and W1 against a few held-out points cannot tell a
+    replay of the training points from fresh draws (both are draws of the data's law), this can.
+
+    Raises:
+        DTypeError: not a floating-point tensor. ShapeError: not 2-D, or mismatched widths. DataError: no rows,
+            or NaN or inf.
+    """
+    check_tensor("samples", samples, ndim=2, min_rows=1)
+    check_tensor("train", train, ndim=2, min_rows=1, last_dim=samples.shape[1])
+    check_tensor("held_out", held_out, ndim=2, min_rows=1, last_dim=samples.shape[1])
+    train = train.detach().double()
+    near = torch.cdist(samples.detach().double(), train).min(1).values
+    ref = torch.cdist(held_out.detach().double(), train).min(1).values.median()
+    return {
+        "closer_fraction": float((near < ref).double().mean()),
+        "distance_ratio": float(near.median() / ref) if ref > 0 else math.inf,
+    }
 
 
 class FidelityClassifier:

@@ -242,6 +242,10 @@ def test_tiny_experiment_end_to_end_writes_table_records_and_grid(tmp_path):
     assert set(tgdp["premise"]) >= {"auc", "ess_fraction", "mean_weight", "ok", "failures"}  # checked before sampling
     assert "TGDP premise: classifier AUC" in result["table"]
     assert "NLL transfer − no_transfer" in result["table"]
+    for r in records:  # the copying check: every model fitted to target images, none for source_only
+        assert ("copying" in r) == (r["variant"] != "source_only")
+        assert r["variant"] == "source_only" or 0 <= r["copying"]["closer_fraction"] <= 1
+    assert "draws nearer a training image (fresh: 0.5)" in result["table"]
     for name in ("records.json", "table.md", "digits_gaussian_k5.png", "digits_flow_k5.png", "digits_diffusion_k5.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert (tmp_path / "digits_flow_k5.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -494,6 +498,54 @@ def test_gain_table_pairs_tgdp_with_its_source_and_flags_an_unrealised_predictio
     records[2]["tgdp"]["predicted_gain"] = None  # a switched model: no prediction, nothing claimed
     assert gains_over_source(records, references)[0]["realised"] is None
     assert "| mean ± SE | - | 1.25 ± 0.75 | 0/1 |" in "\n".join(format_gain_table(records, references))
+
+
+class _ShowImages:
+    """A stand-in generator that draws given target images of the requested labels (in order per label)."""
+
+    def __init__(self, task: DigitsTask, images) -> None:
+        self.z, self.labels = task.paired(images, torch.Generator().manual_seed(0)).x, images.labels
+
+    def eval(self):
+        return self
+
+    def log_prob(self, x, c):
+        return torch.zeros(x.shape[0])
+
+    def sample(self, n, c):
+        wanted = c.argmax(-1)
+        rows = [torch.nonzero(self.labels == y).squeeze(1) for y in range(10)]
+        used = [0] * 10
+        out = []
+        for y in wanted.tolist():
+            out.append(self.z[rows[y][used[y] % len(rows[y])]])
+            used[y] += 1
+        return torch.stack(out)
+
+
+def test_the_copying_check_tells_replayed_training_images_from_fresh_target_images(task):
+    """Known answers through the study's own scoring: a generator replaying the 50 training images has every draw
+    nearer a training image than the median test image is; one drawing 100 other target images (fresh draws of
+    the target's law) about half; only the replay is flagged, and both get MMD² near zero and the same W1 scale."""
+    from theory.studies.digits.evaluation import TestSet, evaluate_model
+    from theory.studies.digits.report import COPYING_LIMIT, copying_lines
+
+    train = task.target_train(5)
+    fresh = task.splits.target_pool.subset(torch.arange(50, 150))  # pool ranks 5-14 of every class, unseen
+    test = TestSet.build(task, torch.Generator().manual_seed(1))
+    clf = FidelityClassifier().fit(task.splits.classifier.levels.double() / 16, task.splits.classifier.labels)
+    records = []
+    for name, shown in (("replay", train), ("fresh", fresh)):
+        ev = evaluate_model(
+            _ShowImages(task, shown), task, test, clf, gen_per_class=10, seed=0, nll_rows=4, train=train
+        )
+        records.append({"seed": 0, "head": "flow", "per_class": 5, "n_t": 50, "variant": name, **ev})
+    replay, fresh_rec = (r["copying"] for r in records)
+    assert replay["closer_fraction"] == 1.0 and replay["distance_ratio"] == 0.0  # the draws are the images
+    assert 0.35 < fresh_rec["closer_fraction"] < 0.65 < COPYING_LIMIT  # 1/2 in expectation, sd about 0.065
+    assert abs(records[0]["mmd2"]) < 0.01 and abs(records[1]["mmd2"]) < 0.01  # MMD² cannot tell them apart
+    (line,) = copying_lines(records)
+    assert line.startswith("flow k=5 seed=0 replay: 100% of its draws are nearer one of its 50 training images")
 
 
 def test_tilted_ink_target_is_a_soft_ink_tilt_of_the_data_with_the_heavy_ink_splits():

@@ -7,6 +7,10 @@
   target-style digits) must recognise the requested label; accuracy overall and per class.
 - MMD^2 and W1 between the generated images and the held-out test images, both as levels / 16 in [0, 1]^64:
   unbiased MMD^2 with a Gaussian kernel at the median-heuristic bandwidth, exact W1 (Euclidean cost, POT).
+- Copying (given the model's target training images): :func:`theory.truth.metrics.copying` of the generated
+  images against those training images, measured by the test images, in the same features. MMD^2 and W1 against
+  a hundred-odd test images reward a model that replays its few training images (they are target images too);
+  ``closer_fraction`` near 1 says the draws are replays, 1/2 is what fresh draws of the target give.
 
 With ``sample_options`` (a head's call-time sampling settings, e.g. a flow's ``temperature``) the samples are
 drawn with them and scored as above, and the same metrics of samples drawn with the head's default settings
@@ -26,7 +30,7 @@ import torch
 from torch import Tensor
 
 from theory.studies.digits.task import N_CLASSES, D, DigitsTask, LabelledImages
-from theory.truth.metrics import FidelityClassifier, mmd2, nll_summary, wasserstein
+from theory.truth.metrics import FidelityClassifier, copying, mmd2, nll_summary, wasserstein
 
 
 class DigitsModel(Protocol):
@@ -98,17 +102,23 @@ def generate_levels(
     return task.pixels.levels_from_logit(z), bad
 
 
-def sample_metrics(levels: Tensor, labels: Tensor, test: TestSet, clf: FidelityClassifier) -> dict[str, Any]:
-    """Fidelity (overall, per class), MMD^2 (median-heuristic bandwidth) and W1 of images (n, 64) vs the test set."""
+def sample_metrics(
+    levels: Tensor, labels: Tensor, test: TestSet, clf: FidelityClassifier, train: LabelledImages | None = None
+) -> dict[str, Any]:
+    """Fidelity (overall, per class), MMD^2 (median-heuristic bandwidth) and W1 of images (n, 64) vs the test set;
+    with the model's target training images ``train`` also ``copying`` (module docstring)."""
     feats = levels.double() / 16.0
     value, bandwidth = mmd2(feats, test.features)
-    return {
+    out = {
         "fidelity": clf.accuracy(feats, labels),
         "fidelity_per_class": {str(k): v for k, v in clf.per_class_accuracy(feats, labels).items()},
         "mmd2": value,
         "mmd_bandwidth": bandwidth,
         "w1": wasserstein(feats, test.features, p=1),
     }
+    if train is not None:
+        out["copying"] = copying(feats, train.levels.double() / 16.0, test.features)
+    return out
 
 
 def evaluate_model(
@@ -121,9 +131,11 @@ def evaluate_model(
     seed: int,
     nll_rows: int | None = None,
     sample_options: dict[str, Any] | None = None,
+    train: LabelledImages | None = None,
 ) -> dict[str, Any]:
     """Every metric of one fitted model; keeps per-image NLLs (for paired comparisons) and the generated levels
-    (``generated``; with ``sample_options`` also ``generated_default``, the default-sampling draws).
+    (``generated``; with ``sample_options`` also ``generated_default``, the default-sampling draws). ``train``:
+    the target images the model was fitted to (None for a model that saw none), for the copying check.
 
     With ``sample_options`` the sample metrics are of draws with those options, and ``default_sampling`` holds
     fidelity, MMD^2 and W1 of draws with the head's defaults (same seed), as the module docstring says."""
@@ -136,11 +148,15 @@ def evaluate_model(
     default: dict[str, Any] = {}
     if sample_options:
         plain, plain_bad = generate_levels(model, task, labels, seed, test.z.dtype)
-        metrics = sample_metrics(plain, labels, test, clf)
+        metrics = sample_metrics(plain, labels, test, clf, train)
         default = {
             "sample_options": dict(sample_options),
             "default_sampling": {
-                **{key: metrics[key] for key in ("fidelity", "fidelity_per_class", "mmd2", "w1")},
+                **{
+                    key: metrics[key]
+                    for key in ("fidelity", "fidelity_per_class", "mmd2", "w1", "copying")
+                    if key in metrics
+                },
                 "nonfinite_samples": plain_bad,
             },
         }
@@ -148,7 +164,7 @@ def evaluate_model(
         **nll_summary(log_py, D),
         "nll_per_image": (-log_py).tolist(),
         "nll_seconds": nll_seconds,
-        **sample_metrics(levels, labels, test, clf),
+        **sample_metrics(levels, labels, test, clf, train),
         "n_generated": len(labels),
         "nonfinite_samples": bad,
         **default,

@@ -5,7 +5,8 @@ For every seed, head and target size k (images per class): the shared-embedding 
 no true embedding), plus ``source_only`` (the source model applied to the target, no target data), and for
 diffusion heads the conditional TGDP of :mod:`theory.studies.digits.tgdp` when ``tgdp`` is on. Each fitted
 model is scored by :func:`theory.studies.digits.evaluation.evaluate_model`: held-out NLL (nats, bits/dim, pixel
-space), conditional fidelity, MMD^2 and W1. Training redraws the dequantisation noise of every batch
+space), conditional fidelity, MMD^2 and W1, and for every model fitted to target images the copying check of its
+draws against those images (``copying``). Training redraws the dequantisation noise of every batch
 (``augment=task.pixels.redequantize``), as the flow literature does.
 
 A TGDP record's ``tgdp`` entry says what its guard did and ``predicted_gain``: the log-likelihood gain over the
@@ -620,6 +621,7 @@ def _score(
         seed=cell_seed(seed, kind, k, "sample"),  # every variant of (seed, head, k) alike: paired
         nll_rows=exp.nll_rows.get(kind),
         sample_options=None if cell.variant == "tgdp" else exp.sample_options.get(kind),
+        train=task.target_train(k) if k > 0 else None,  # source_only saw no target image
     )
     generated = ev.pop("generated")
     default = ev.pop("generated_default", None)

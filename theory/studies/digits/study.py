@@ -27,7 +27,7 @@ from theory.studies.digits.experiment import (
     run_digits_experiment,
     study_settings,
 )
-from theory.studies.digits.report import format_table, unrealised_lines
+from theory.studies.digits.report import COPYING_LIMIT, copying_lines, format_table, unrealised_lines
 
 #: where the shared config words (theory.engine.vocabulary) live in :class:`DigitsExperiment`
 VOCABULARY = Vocabulary("digits", (*PER_CLASS_PATHS, ("heads.*.sample_options", "sample_options.*")))
@@ -40,6 +40,11 @@ def parse(raw: dict[str, Any]) -> tuple[dict[str, Any], DigitsExperiment]:
 
 #: What makes two runs one study (the grid axes a rerun may extend left out).
 study = study_settings
+
+
+def _listed(intro: str, lines: list[str]) -> list[str]:
+    """A Markdown paragraph ``intro`` over a bullet list of ``lines``; nothing when there are none."""
+    return [intro, "", *(f"- {line}" for line in lines), ""] if lines else []
 
 
 def build_study_report(out: Path) -> tuple[Path, str]:
@@ -55,15 +60,14 @@ def build_study_report(out: Path) -> tuple[Path, str]:
         raise DataError(f"{out} holds no digits records yet (run 'gentransfer run' first)")
     table = format_table(records, references)
     unrealised = unrealised_lines(records, references)
-    for line in unrealised:  # one line each, like the flagged cells of the transfer study
+    copies = copying_lines(records)
+    for line in unrealised + copies:  # one line each, like the flagged cells of the transfer study
         print(f"gentransfer: warning: {line}", file=sys.stderr)
-    flagged = (
-        ["## Flagged cells", "", "Finished, but TGDP did not realise its predicted gain:", ""]
-        + [f"- {line}" for line in unrealised]
-        + [""]
-        if unrealised
-        else []
-    )
+    flagged = [
+        *_listed("Finished, but TGDP did not realise its predicted gain:", unrealised),
+        *_listed("Finished, but the draws crowd the training images (their sample metrics may measure that):", copies),
+    ]
+    flagged = ["## Flagged cells", "", *flagged] if flagged else []
     grids = sorted(out.glob("digits_*_k*.png"))
     lines = (
         [
@@ -74,7 +78,11 @@ def build_study_report(out: Path) -> tuple[Path, str]:
             f"Target style '{experiment.style}', images per class {list(experiment.per_class)}, seeds "
             f"{list(experiment.seeds)}; held-out NLL in nats and bits/dim, conditional fidelity, MMD^2 and W1 of "
             "generated digits, against real digits scored the same way (the reference row: target-style digits, "
-            "or for a sub-population style the source split's own digits).",
+            "or for a sub-population style the source split's own digits). MMD^2 and W1 against the test images "
+            "also reward a model that replays its few training images, so the last column is the share of draws "
+            "nearer one of the cell's training images than the median test image is: fresh draws of the target "
+            "give 0.5, replays 1, draws concentrated toward the training images (a low sampling temperature) "
+            f"more than 0.5; cells above {COPYING_LIMIT:g} are flagged.",
             "",
             table,
             "",
