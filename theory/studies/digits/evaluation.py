@@ -10,7 +10,8 @@
 - Copying (given the model's target training images): :func:`theory.truth.metrics.copying` of the generated
   images against those training images, measured by the test images, in the same features. MMD^2 and W1 against
   a hundred-odd test images reward a model that replays its few training images (they are target images too);
-  ``closer_fraction`` near 1 says the draws are replays, 1/2 is what fresh draws of the target give.
+  ``closer_fraction`` is 1/2 for fresh draws of the target, above it for draws crowding the training images
+  (1 for replays; ``distance_ratio`` near 0 for replays, near 1 for draws merely concentrated toward them).
 
 With ``sample_options`` (a head's call-time sampling settings, e.g. a flow's ``temperature``) the samples are
 drawn with them and scored as above, and the same metrics of samples drawn with the head's default settings
