@@ -244,10 +244,13 @@ def _refuse_unmarked(path: Path) -> None:
         )
 
 
-def to_run(cells: Sequence[Any], out: Path | None, settings_hash: str) -> list[Any]:
-    """The ``cells`` (each with a ``path`` inside the run folder) whose record in ``out`` is missing or failed
+def to_run(
+    cells: Sequence[Any], out: Path | None, settings_hash: str, *, read: Callable[[Path], Record] = read_cell
+) -> list[Any]:
+    """The ``cells`` (each with a ``path`` inside the run folder) whose record in ``out`` is missing, unreadable
+    (``read`` raises DataError: a study passes its own reader to refuse ill-typed fields too) or failed
     (:func:`cell_state`; ConfigError for a record of other settings); all of them when ``out`` is None."""
-    return [c for c in cells if out is None or cell_state(out / c.path, settings_hash) == "run"]
+    return [c for c in cells if out is None or cell_state(out / c.path, settings_hash, read=read) == "run"]
 
 
 # -- running cells into records --------------------------------------------------------------------

@@ -186,3 +186,36 @@ def test_every_study_refuses_a_linked_record_folder_for_run_and_report(
     assert err.count("\n") == 1 and "is a symbolic link" in err, err
     assert list(away.iterdir()) == []  # nothing written outside the folder
     assert main(["report", str(out)]) == 2
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("digits_trust") / "run"
+    assert (
+        main(["run", "digits", "--preset", "smoke", "--set", 'grid.heads=["gaussian"]', "--out", str(out), "--quiet"])
+        == 0
+    )
+    return out
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("mmd2", "0.1"), ("nll", True), ("nll_per_image", []), ("copying", {"closer_fraction": 7}), ("copying", "x")],
+)
+def test_a_digits_record_with_an_ill_typed_field_is_refused_by_report_and_recomputed_by_run(
+    digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str, value: object
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(digits_run, out, symlinks=True)
+    for lock in out.glob(".*lock*"):
+        lock.unlink()
+    record = out / "cells" / "gaussian" / "seed0_k5_transfer.json"
+    good = json.loads(record.read_text())
+    record.write_text(json.dumps({**good, field: value}))
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"is not a readable digits record: {field} = " in err, err
+    args = ["run", "digits", "--preset", "smoke", "--set", 'grid.heads=["gaussian"]', "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    assert json.loads(record.read_text())[field] == good[field]  # recomputed, the seeded cell as before

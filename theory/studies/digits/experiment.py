@@ -338,8 +338,11 @@ def study_settings(exp: DigitsExperiment) -> dict[str, Any]:
 
 
 def _pending(groups: list[DigitsGroup], out: Path | None, settings_hash: str) -> list[DigitsGroup]:
-    """The groups with the cells to run: missing or failed records (:func:`theory.engine.records.to_run`)."""
-    todo = [DigitsGroup(g.seed, g.head, tuple(to_run(g.cells, out, settings_hash))) for g in groups]
+    """The groups with the cells to run: missing, unreadable (:func:`read_digits_record`) or failed records
+    (:func:`theory.engine.records.to_run`)."""
+    todo = [
+        DigitsGroup(g.seed, g.head, tuple(to_run(g.cells, out, settings_hash, read=read_digits_record))) for g in groups
+    ]
     return [g for g in todo if g.cells]
 
 
@@ -406,6 +409,42 @@ def _coordinates(cell: DigitsCell) -> dict[str, Any]:
     }
 
 
+#: the numbers a finished model record holds for the report (null stands for a non-finite value)
+RECORD_NUMBERS = ("nll", "nll_se", "bpd", "bpd_se", "fidelity", "mmd2", "w1")
+
+
+def _number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _record_problems(record: dict[str, Any]) -> list[str]:
+    """What keeps a finished model record from being what the report reads: an ill-typed number, per-image NLLs
+    that are not a non-empty list of numbers, a copying check outside [0, 1]. Failed and reference records pass."""
+    if record.get("status", "ok") != "ok" or record.get("variant") == "reference":
+        return []
+    bad = [f"{key} = {record.get(key)!r} (expected a number)" for key in RECORD_NUMBERS if not _number(record.get(key))]
+    per_image = record.get("nll_per_image")
+    if not (isinstance(per_image, list) and per_image and all(_number(v) for v in per_image)):
+        bad.append(f"nll_per_image = {repr(per_image)[:40]} (expected a non-empty list of numbers)")
+    if "copying" in record:
+        check = record["copying"]
+        share = check.get("closer_fraction") if isinstance(check, dict) else None
+        if not (isinstance(share, (int, float)) and 0 <= share <= 1 and _number(check.get("distance_ratio"))):
+            bad.append(f"copying = {check!r} (expected closer_fraction in [0, 1] and a distance_ratio)")
+    return bad
+
+
+def read_digits_record(path: Path, *, older: bool = False) -> dict[str, Any]:
+    """A digits cell record (:func:`theory.engine.records.read_cell`), with the fields the report reads checked:
+    DataError naming the file and the fields (:func:`_record_problems`), so a rerun recomputes the cell and a
+    report never tabulates it."""
+    record = read_cell(path, "digits record", older=older)
+    bad = _record_problems(record)
+    if bad:
+        raise DataError(f"{path} is not a readable digits record: {'; '.join(bad[:3])}")
+    return record
+
+
 def load_digits_records(exp: DigitsExperiment, out: Path) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
     """(records, references per seed) of the cells of ``exp`` that ``out`` holds, in grid order; DataError
     naming a record that cannot be read."""
@@ -414,7 +453,7 @@ def load_digits_records(exp: DigitsExperiment, out: Path) -> tuple[list[dict[str
         path = out / cell.path
         if path.is_file() or path.is_symlink():
             try:
-                ran.append(read_cell(path, "digits record", older=True))
+                ran.append(read_digits_record(path, older=True))
             except DataError as err:
                 raise DataError(f"{err}: run the same command again to recompute it") from err
     return _split(ran)
