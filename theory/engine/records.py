@@ -46,6 +46,7 @@ __all__ = [
     "failed_lines",
     "failed_record",
     "failed_section",
+    "json_number",
     "loads_strict",
     "now",
     "read_cell",
@@ -148,6 +149,11 @@ def failed_record(coordinates: Mapping[str, Any], settings_hash: str, err: BaseE
     return seal(coordinates, settings_hash=settings_hash, status=FAILED, error=error)
 
 
+def json_number(value: Any, *, whole: bool = False) -> bool:
+    """Whether a value read from JSON is a number (a whole one with ``whole``): an int or float, never a bool."""
+    return isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
+
+
 def _problems(record: Any) -> list[str]:
     """What keeps ``record`` from being a cell record: a missing or ill-typed common field."""
     if not isinstance(record, dict):
@@ -162,7 +168,7 @@ def _problems(record: Any) -> list[str]:
     bad += [
         f"{k} = {v!r} (expected a number or null)"
         for k, v in record.items()
-        if k.endswith("_seconds") and v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))
+        if k.endswith("_seconds") and v is not None and not json_number(v)
     ]
     return bad
 

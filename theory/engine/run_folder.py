@@ -22,7 +22,7 @@ from shared_embed.checkpoint import atomic_write_text, config_diff
 from shared_embed.errors import ConfigError, DataError
 from theory.engine.config import ExperimentConfig, fingerprint, task_label
 from theory.engine.folder_lock import claim_lock
-from theory.engine.records import dumps, read_cell, restore_nonfinite, strict_json
+from theory.engine.records import dumps, json_number, read_cell, restore_nonfinite, strict_json
 from theory.truth.rates import Rates, predicted_rates, rate_for_task
 
 STUDY_FILE = "study.json"
@@ -81,24 +81,20 @@ NUMBER_FIELDS = (
 def _type_problems(data: Record) -> list[str]:
     """What in ``data`` has the wrong JSON type for a cell record (e.g. ``kl = '0.5'`` where a number belongs)."""
 
-    def number(v: Any, whole: bool = False) -> bool:
-        kinds = (int,) if whole else (int, float)
-        return isinstance(v, kinds) and not isinstance(v, bool)
-
     bad = [f"{k} = {data[k]!r} (expected text)" for k in TEXT_FIELDS if k in data and not isinstance(data[k], str)]
     bad += [
         f"{k} = {data[k]!r} (expected a whole number)"
         for k in INT_FIELDS
-        if (k in ("n_t", "seed") or data.get(k) is not None) and not number(data.get(k), whole=True)
+        if (k in ("n_t", "seed") or data.get(k) is not None) and not json_number(data.get(k), whole=True)
     ]
-    if data.get("n_s") is not None and not number(data["n_s"], whole=True):
+    if data.get("n_s") is not None and not json_number(data["n_s"], whole=True):
         bad.append(f"n_s = {data['n_s']!r} (expected a whole number or null)")
     bad += [
         f"{k} = {data[k]!r} (expected a number)"
         for k in NUMBER_FIELDS
-        if data.get(k) is not None and not number(data[k])
+        if data.get(k) is not None and not json_number(data[k])
     ]
-    if data.get("status") == "ok" and not number(data.get("kl")):
+    if data.get("status") == "ok" and not json_number(data.get("kl")):
         bad.append("kl missing from a finished record")
     if data.get("status") not in (None, "ok", "failed"):
         bad.append(f"status = {data['status']!r} (expected 'ok' or 'failed')")

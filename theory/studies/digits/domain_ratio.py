@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from shared_embed.errors import DataError
-from theory.studies.digits.task import LabelledImages
+from theory.studies.digits.task import LabelledImages, level_features
 
 
 def _features(images: LabelledImages) -> np.ndarray:
-    return torch.cat([images.levels.double() / 16.0, images.one_hot(torch.float64)], 1).numpy()
+    return torch.cat([level_features(images.levels), images.one_hot(torch.float64)], 1).numpy()
 
 
 def density_ratio_diagnostic(

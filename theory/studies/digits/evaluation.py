@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from theory.studies.digits.task import N_CLASSES, D, DigitsTask, LabelledImages
+from theory.studies.digits.task import N_CLASSES, D, DigitsTask, LabelledImages, level_features
 from theory.truth.metrics import FidelityClassifier, copying, mmd2, nll_summary, wasserstein
 
 
@@ -59,7 +59,7 @@ class TestSet:
 
     @property
     def features(self) -> Tensor:
-        return self.images.levels.double() / 16.0
+        return level_features(self.images.levels)
 
 
 def pixel_log_prob(
@@ -108,7 +108,7 @@ def sample_metrics(
 ) -> dict[str, Any]:
     """Fidelity (overall, per class), MMD^2 (median-heuristic bandwidth) and W1 of images (n, 64) vs the test set;
     with the model's target training images ``train`` also ``copying`` (module docstring)."""
-    feats = levels.double() / 16.0
+    feats = level_features(levels)
     value, bandwidth = mmd2(feats, test.features)
     out = {
         "fidelity": clf.accuracy(feats, labels),
@@ -118,7 +118,7 @@ def sample_metrics(
         "w1": wasserstein(feats, test.features, p=1),
     }
     if train is not None:
-        out["copying"] = copying(feats, train.levels.double() / 16.0, test.features)
+        out["copying"] = copying(feats, level_features(train.levels), test.features)
     return out
 
 

@@ -50,6 +50,7 @@ from theory.engine.loop import Executor, run_groups
 from theory.engine.records import (
     dumps,
     failed_lines,
+    json_number,
     read_cell,
     record_cells,
     settings_digest,
@@ -62,7 +63,7 @@ from theory.studies.digits.domain_ratio import density_ratio_diagnostic
 from theory.studies.digits.evaluation import DigitsModel, TestSet, evaluate_model, sample_metrics
 from theory.studies.digits.image_grid import save_digit_grid
 from theory.studies.digits.report import REFERENCE_LABEL, format_table, summarize
-from theory.studies.digits.task import N_CLASSES, SUBPOPULATIONS, D, DigitsTask
+from theory.studies.digits.task import N_CLASSES, SUBPOPULATIONS, D, DigitsTask, level_features
 from theory.truth.metrics import FidelityClassifier
 
 if TYPE_CHECKING:
@@ -414,7 +415,8 @@ RECORD_NUMBERS = ("nll", "nll_se", "bpd", "bpd_se", "fidelity", "mmd2", "w1")
 
 
 def _number(value: Any) -> bool:
-    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    """A number, or null (a non-finite value as written)."""
+    return value is None or json_number(value)
 
 
 def _record_problems(record: dict[str, Any]) -> list[str]:
@@ -502,7 +504,7 @@ def _prepare(
         if exp.tune
         else TestSet.build(task, torch.Generator().manual_seed(stream_seed("digits", seed, "test")))
     )
-    clf = FidelityClassifier().fit(task.splits.classifier.levels.double() / 16, task.splits.classifier.labels)
+    clf = FidelityClassifier().fit(level_features(task.splits.classifier.levels), task.splits.classifier.labels)
     factory = head_factory(kind, exp.head_options.get(kind, DEFAULT_HEAD_OPTIONS[kind]))
     cfg = _transfer_config(exp, kind, seed)
     augment = task.pixels.redequantize

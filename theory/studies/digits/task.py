@@ -114,6 +114,12 @@ def apply_style(levels: Tensor, style: str) -> Tensor:
     return out.reshape(-1, D)
 
 
+def level_features(levels: Tensor) -> Tensor:
+    """Images (n, 64) of levels 0..16 as features in [0, 1]^64, float64: levels / 16 (the sample metrics', the
+    fidelity classifier's and the domain classifier's features)."""
+    return levels.double() / (LEVELS - 1)
+
+
 def ink_mass(levels: Tensor) -> Tensor:
     """The ink of each image (n, 64) of levels: the sum of its levels, (n,) int64."""
     return levels.to(torch.int64).sum(-1)
