@@ -31,7 +31,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from shared_embed.checkpoint import atomic_write_text
 from shared_embed.errors import ConfigError, DataError
@@ -149,7 +149,7 @@ def failed_record(coordinates: Mapping[str, Any], settings_hash: str, err: BaseE
     return seal(coordinates, settings_hash=settings_hash, status=FAILED, error=error)
 
 
-def json_number(value: Any, *, whole: bool = False) -> bool:
+def json_number(value: Any, *, whole: bool = False) -> TypeGuard[int | float]:
     """Whether a value read from JSON is a number (a whole one with ``whole``): an int or float, never a bool."""
     return isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
 

@@ -200,7 +200,15 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(
     "field, value",
-    [("mmd2", "0.1"), ("nll", True), ("nll_per_image", []), ("copying", {"closer_fraction": 7}), ("copying", "x")],
+    [
+        ("mmd2", "0.1"),
+        ("nll", True),
+        ("nll_per_image", []),
+        ("copying", {"closer_fraction": 7}),
+        ("copying", {"closer_fraction": True, "distance_ratio": 1.0}),
+        ("copying", "x"),
+        ("w1", None),  # deleted below: a missing number is refused, not read as null
+    ],
 )
 def test_a_digits_record_with_an_ill_typed_field_is_refused_by_report_and_recomputed_by_run(
     digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str, value: object
@@ -211,11 +219,15 @@ def test_a_digits_record_with_an_ill_typed_field_is_refused_by_report_and_recomp
         lock.unlink()
     record = out / "cells" / "gaussian" / "seed0_k5_transfer.json"
     good = json.loads(record.read_text())
-    record.write_text(json.dumps({**good, field: value}))
+    edited = {**good, field: value}
+    if value is None:
+        del edited[field]
+    record.write_text(json.dumps(edited))
     capsys.readouterr()
     assert main(["report", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"is not a readable digits record: {field} = " in err, err
+    said = f"missing {field!r}" if value is None else f"{field} = "
+    assert err.count("\n") == 1 and f"is not a readable digits record: {said}" in err, err
     args = ["run", "digits", "--preset", "smoke", "--set", 'grid.heads=["gaussian"]', "--out", str(out), "--quiet"]
     assert main(args) == 0
     assert json.loads(record.read_text())[field] == good[field]  # recomputed, the seeded cell as before

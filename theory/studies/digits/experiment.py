@@ -420,18 +420,19 @@ def _number(value: Any) -> bool:
 
 
 def _record_problems(record: dict[str, Any]) -> list[str]:
-    """What keeps a finished model record from being what the report reads: an ill-typed number, per-image NLLs
+    """What keeps a finished model record from being what the report reads: a missing or ill-typed number, per-image NLLs
     that are not a non-empty list of numbers, a copying check outside [0, 1]. Failed and reference records pass."""
     if record.get("status", "ok") != "ok" or record.get("variant") == "reference":
         return []
-    bad = [f"{key} = {record.get(key)!r} (expected a number)" for key in RECORD_NUMBERS if not _number(record.get(key))]
+    bad = [f"missing {key!r}" for key in RECORD_NUMBERS if key not in record]
+    bad += [f"{key} = {record[key]!r} (expected a number)" for key in RECORD_NUMBERS if not _number(record.get(key))]
     per_image = record.get("nll_per_image")
     if not (isinstance(per_image, list) and per_image and all(_number(v) for v in per_image)):
         bad.append(f"nll_per_image = {repr(per_image)[:40]} (expected a non-empty list of numbers)")
     if "copying" in record:
         check = record["copying"]
         share = check.get("closer_fraction") if isinstance(check, dict) else None
-        if not (isinstance(share, (int, float)) and 0 <= share <= 1 and _number(check.get("distance_ratio"))):
+        if not (json_number(share) and 0 <= share <= 1 and _number(check.get("distance_ratio"))):
             bad.append(f"copying = {check!r} (expected closer_fraction in [0, 1] and a distance_ratio)")
     return bad
 
