@@ -33,7 +33,8 @@ from shared_embed.train import TrainConfig, TrainHistory
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
 from shared_embed.validation import check_choice, check_positive_int
 from theory.engine.loop import Executor, run_groups
-from theory.engine.records import read_cell, record_cells, settings_digest, split_failed, to_run
+from theory.engine.record_shape import NUMBER, TEXT, WHOLE, Shape, list_of, read_shaped
+from theory.engine.records import record_cells, settings_digest, split_failed, to_run
 from theory.engine.schema import check_keys, fill_tables, table, target_val_fractions, train_table
 from theory.engine.seeding import derived_seed, stream_seed
 from theory.studies.completion.evaluation import evaluate, fit_classifier, real_fidelity, test_rows
@@ -223,7 +224,10 @@ def run_completion_experiment(
     settings_hash = settings_digest(study_settings(exp))
     groups = [
         g
-        for g in (CompletionGroup(g.seed, g.head, tuple(to_run(g.cells, out, settings_hash))) for g in groups)
+        for g in (
+            CompletionGroup(g.seed, g.head, tuple(to_run(g.cells, out, settings_hash, read=read_completion_record)))
+            for g in groups
+        )
         if g.cells
     ]
     ran = run_groups(run_completion_group, exp.to_dict(), out, groups, workers=workers, log=log, executor=executor)
@@ -255,6 +259,33 @@ def split_references(ran: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+#: what the report reads of a fitted model's record (the table, the paired differences, the completion grids)
+MODEL_SHAPE: Shape = {
+    "seed": WHOLE,
+    "head": TEXT,
+    "per_class": WHOLE,
+    "variant": TEXT,
+    **{key: NUMBER for key in ("nll", "nll_se", "bpd", "bpd_se", "fidelity", "completion_mse")},
+    "nll_per_image": list_of(NUMBER),
+    "grid_bottoms": list_of(list_of(WHOLE, length=HALF)),
+}
+#: what the report reads of a seed's real-image reference record
+REFERENCE_SHAPE: Shape = {"seed": WHOLE, "head": TEXT, "variant": TEXT, "real_fidelity": NUMBER}
+
+
+def _shape_of(record: dict[str, Any]) -> Shape | None:
+    """The shape a completion record must have: none beyond the common fields for a failed one."""
+    if record.get("status", "ok") != "ok":
+        return None
+    return REFERENCE_SHAPE if record.get("variant") == "reference" else MODEL_SHAPE
+
+
+def read_completion_record(path: Path, *, older: bool = False) -> dict[str, Any]:
+    """A completion cell record with every field the report reads checked (:data:`MODEL_SHAPE`,
+    :data:`REFERENCE_SHAPE`); DataError naming the file and the fields otherwise, so a rerun recomputes it."""
+    return read_shaped(path, "completion record", _shape_of, older=older)
+
+
 def load_records(exp: CompletionExperiment, out: Path) -> list[dict[str, Any]]:
     """The records of ``exp``'s cells that ``out`` holds, in grid order; DataError naming an unreadable one."""
     ran = []
@@ -262,7 +293,7 @@ def load_records(exp: CompletionExperiment, out: Path) -> list[dict[str, Any]]:
         path = out / cell.path
         if path.is_file() or path.is_symlink():
             try:
-                ran.append(read_cell(path, "completion record", older=True))
+                ran.append(read_completion_record(path, older=True))
             except DataError as err:
                 raise DataError(f"{err}: run the same command again to recompute it") from err
     return ran

@@ -47,16 +47,8 @@ from shared_embed.train import TrainConfig, TrainHistory
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
 from shared_embed.validation import check_choice, check_positive_float, check_positive_int
 from theory.engine.loop import Executor, run_groups
-from theory.engine.records import (
-    dumps,
-    failed_lines,
-    json_number,
-    read_cell,
-    record_cells,
-    settings_digest,
-    split_failed,
-    to_run,
-)
+from theory.engine.record_shape import FLAG, FRACTION, NUMBER, TEXT, WHOLE, Shape, list_of, optional, read_shaped
+from theory.engine.records import dumps, failed_lines, record_cells, settings_digest, split_failed, to_run
 from theory.engine.schema import check_keys, fill_tables, table, target_val_fractions, train_table
 from theory.engine.seeding import stream_seed
 from theory.studies.digits.domain_ratio import density_ratio_diagnostic
@@ -411,41 +403,60 @@ def _coordinates(cell: DigitsCell) -> dict[str, Any]:
 
 
 #: the numbers a finished model record holds for the report (null stands for a non-finite value)
-RECORD_NUMBERS = ("nll", "nll_se", "bpd", "bpd_se", "fidelity", "mmd2", "w1")
+_PREMISE_SHAPE: Shape = {
+    "auc": NUMBER,
+    "ess_fraction": NUMBER,
+    "mean_weight": NUMBER,
+    "failures": list_of(TEXT, nonempty=False),
+    "ok": FLAG,
+}
+#: what the report reads of TGDP's guard (diffusion.tgdp.GuidedDiffusionModel.report) and gain prediction
+_TGDP_SHAPE: Shape = {
+    "status": TEXT,
+    "refused": optional(TEXT),
+    "limit": {"max_ratio": NUMBER, "action": TEXT, "refuse_fraction": NUMBER},
+    "switch": NUMBER,
+    "guard": optional({"rows": WHOLE, "exploded": WHOLE}),
+    "probe": optional({"fraction": FRACTION, "max_ratio": NUMBER, "limit": NUMBER}),
+    "premise": optional(_PREMISE_SHAPE),
+    "predicted_gain": optional({"mean": NUMBER, "se": NUMBER, "rows": WHOLE}),
+}
+#: what the report reads of a fitted model's record (the main table, the copying flag, the TGDP tables)
+MODEL_SHAPE: Shape = {
+    "seed": WHOLE,
+    "head": TEXT,
+    "per_class": WHOLE,
+    "variant": TEXT,
+    **{key: NUMBER for key in ("nll", "nll_se", "bpd", "bpd_se", "fidelity", "mmd2", "w1")},
+    "nll_per_image": list_of(NUMBER),
+    "copying": optional({"closer_fraction": FRACTION, "distance_ratio": NUMBER}),
+    "tgdp": optional(_TGDP_SHAPE),
+    "premise": optional(_PREMISE_SHAPE),
+}
+#: what the report reads of a seed's real-image reference record
+REFERENCE_SHAPE: Shape = {
+    "seed": WHOLE,
+    "reference": {
+        **{key: NUMBER for key in ("fidelity", "classifier_test_accuracy", "mmd2", "w1")},
+        "label": optional(TEXT),
+        "selection_gain": optional({"mean": NUMBER, "se": NUMBER, "rows": WHOLE}),
+        "domain_ratio": optional({"*": {"auc": NUMBER, "mean_weight": NUMBER, "ess_fraction": NUMBER}}),
+    },
+}
 
 
-def _number(value: Any) -> bool:
-    """A number, or null (a non-finite value as written)."""
-    return value is None or json_number(value)
-
-
-def _record_problems(record: dict[str, Any]) -> list[str]:
-    """What keeps a finished model record from being what the report reads: a missing or ill-typed number, per-image NLLs
-    that are not a non-empty list of numbers, a copying check outside [0, 1]. Failed and reference records pass."""
-    if record.get("status", "ok") != "ok" or record.get("variant") == "reference":
-        return []
-    bad = [f"missing {key!r}" for key in RECORD_NUMBERS if key not in record]
-    bad += [f"{key} = {record[key]!r} (expected a number)" for key in RECORD_NUMBERS if not _number(record.get(key))]
-    per_image = record.get("nll_per_image")
-    if not (isinstance(per_image, list) and per_image and all(_number(v) for v in per_image)):
-        bad.append(f"nll_per_image = {repr(per_image)[:40]} (expected a non-empty list of numbers)")
-    if "copying" in record:
-        check = record["copying"]
-        share = check.get("closer_fraction") if isinstance(check, dict) else None
-        if not (json_number(share) and 0 <= share <= 1 and _number(check.get("distance_ratio"))):
-            bad.append(f"copying = {check!r} (expected closer_fraction in [0, 1] and a distance_ratio)")
-    return bad
+def _shape_of(record: dict[str, Any]) -> Shape | None:
+    """The shape a digits record must have: none beyond the common fields for a failed one."""
+    if record.get("status", "ok") != "ok":
+        return None
+    return REFERENCE_SHAPE if record.get("variant") == "reference" else MODEL_SHAPE
 
 
 def read_digits_record(path: Path, *, older: bool = False) -> dict[str, Any]:
-    """A digits cell record (:func:`theory.engine.records.read_cell`), with the fields the report reads checked:
-    DataError naming the file and the fields (:func:`_record_problems`), so a rerun recomputes the cell and a
-    report never tabulates it."""
-    record = read_cell(path, "digits record", older=older)
-    bad = _record_problems(record)
-    if bad:
-        raise DataError(f"{path} is not a readable digits record: {'; '.join(bad[:3])}")
-    return record
+    """A digits cell record (:func:`theory.engine.records.read_cell`) with every field the report reads checked
+    (:data:`MODEL_SHAPE`, :data:`REFERENCE_SHAPE`): DataError naming the file and the fields otherwise, so a
+    rerun recomputes the cell and a report never tabulates it."""
+    return read_shaped(path, "digits record", _shape_of, older=older)
 
 
 def load_digits_records(exp: DigitsExperiment, out: Path) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:

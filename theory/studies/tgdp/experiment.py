@@ -45,7 +45,8 @@ from shared_embed.checkpoint import atomic_write_text
 from shared_embed.data import PairedData
 from shared_embed.errors import DataError
 from theory.engine.loop import Executor, Log, run_groups
-from theory.engine.records import failed_lines, read_cell, record_cells, settings_digest, split_failed, to_run
+from theory.engine.record_shape import FLAG, NUMBER, TEXT, WHOLE, Shape, list_of, optional, read_shaped
+from theory.engine.records import failed_lines, record_cells, settings_digest, split_failed, to_run
 from theory.engine.run_folder import write_json
 from theory.engine.seeding import derived_seed, stream_seed
 from theory.engine.tables import plus_minus, row_se, summarize_seeds
@@ -106,7 +107,7 @@ def plan_tgdp(s: TGDPSettings, out_dir: Path | None = None) -> list[TGDPGroup]:
                 for m in METHODS
                 if m in s.methods
             ]
-            todo = tuple(to_run(cells, out_dir, settings_digest(s.study())))
+            todo = tuple(to_run(cells, out_dir, settings_digest(s.study()), read=read_tgdp_record))
             if todo:
                 groups.append(TGDPGroup(int(seed), bool(conditional), todo))
     return groups
@@ -311,18 +312,46 @@ def _fit_and_score(
     return rec
 
 
+_LINE = list_of(NUMBER)
+#: what the report and the plots read of a finished record (the guidance and ratio errors where the method has them)
+RECORD_SHAPE: Shape = {
+    "seed": WHOLE,
+    "n_t": WHOLE,
+    "conditional": FLAG,
+    "method": TEXT,
+    "reference": FLAG,
+    "kl": NUMBER,
+    "kl_se": NUMBER,
+    "mmd2": NUMBER,
+    "samples": list_of(list_of(NUMBER, length=2), nonempty=False),  # points of the two-Gaussian task
+    **{key: optional(NUMBER) for key in ERROR_KEYS},
+    "log_h_line": optional({"s": _LINE, "exact": {"*": _LINE}, "learned": {"*": _LINE}}),
+}
+
+
+def _shape_of(record: dict[str, Any]) -> Shape | None:
+    """The shape a TGDP record must have: none beyond the common fields for a failed one (its coordinates
+    included: a failed record's method names its row in the failures section)."""
+    if record.get("status", "ok") != "ok":
+        return {"method": TEXT}
+    return RECORD_SHAPE
+
+
+def read_tgdp_record(path: Path, *, older: bool = False) -> dict[str, Any]:
+    """A TGDP cell record with every field the report and plots read checked (:data:`RECORD_SHAPE`); DataError
+    naming the file and the fields otherwise, so a rerun recomputes it."""
+    return read_shaped(path, "TGDP record", _shape_of, older=older)
+
+
 def load_records(out_dir: str | Path) -> list[dict[str, Any]]:
     """Every record under ``out_dir/cells``, as written (failed ones too); DataError naming one that cannot be
-    read."""
+    read (:func:`read_tgdp_record`)."""
     records = []
     for path in sorted(Path(out_dir, "cells").glob("*/*.json")):
         try:
-            record = read_cell(path, "TGDP record", older=True)
-            if "method" not in record:
-                raise DataError(f"{path} is not a readable TGDP record: missing 'method'")
+            records.append(read_tgdp_record(path, older=True))
         except DataError as err:
             raise DataError(f"{err}: run the same command again to recompute it") from err
-        records.append(record)
     return records
 
 
