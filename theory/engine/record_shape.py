@@ -67,7 +67,7 @@ class OptionalField:
     inner: Expect | Mapping[str, Any]
 
 
-#: field name -> Expect, nested Shape or Optional (the key "*": every field of the object)
+#: field name -> Expect, nested Shape or OptionalField (the key "*": every field of the object)
 Shape = Mapping[str, Union[Expect, OptionalField, "Shape"]]
 
 NUMBER = Expect("a number", lambda v: v is None or json_number(v), "numbers")

@@ -109,13 +109,16 @@ def copying(samples: Tensor, train: Tensor, held_out: Tensor) -> dict[str, float
     """How near draws (n, d) sit to a model's training points (m, d), measured against held-out real points (r, d).
 
     d(z) = min_j |z - train_j| (Euclidean). Returns ``closer_fraction``: the share of draws with d below the median
-    of d over the held-out points, and ``distance_ratio``: the median d of the draws over that median.
+    of d over the held-out points; ``distance_ratio``: the median d of the draws over that median; ``null_sd``:
+    the sd of ``closer_fraction`` for fresh draws (below), to judge a share by the sample sizes that gave it.
 
     A held-out point is a fresh draw of the data's law, independent of the training points, so a generator that
     draws fresh points of that law gives ``closer_fraction`` 1/2 in expectation (exactly, for an odd number of
-    held-out points: F(median) is Beta((r + 1) / 2, (r + 1) / 2)); one that replays its training points gives 1;
-    one blurrier than the data gives less than 1/2. MMD and W1 against a few held-out points cannot tell a
-    replay of the training points from fresh draws (both are draws of the data's law), this can.
+    held-out points: U = F(median) is Beta((r + 1) / 2, (r + 1) / 2)); one that replays its training points gives 1;
+    one blurrier than the data gives less than 1/2. Given U the n fresh draws fall below the median independently
+    with probability U, so the null variance is E[U (1 - U)] / n + Var(U) = (r + 1) / (4 n (r + 2)) + 1 / (4 (r + 2)).
+    MMD and W1 against a few held-out points cannot tell a replay of the training points from fresh draws (both are
+    draws of the data's law), this can.
 
     Raises:
         DTypeError: not a floating-point tensor. ShapeError: not 2-D, or mismatched widths. DataError: no rows,
@@ -127,9 +130,11 @@ def copying(samples: Tensor, train: Tensor, held_out: Tensor) -> dict[str, float
     train = train.detach().double()
     near = torch.cdist(samples.detach().double(), train).min(1).values
     ref = torch.cdist(held_out.detach().double(), train).min(1).values.median()
+    n, r = samples.shape[0], held_out.shape[0]
     return {
         "closer_fraction": float((near < ref).double().mean()),
         "distance_ratio": float(near.median() / ref) if ref > 0 else math.inf,
+        "null_sd": math.sqrt((r + 1) / (4 * n * (r + 2)) + 1 / (4 * (r + 2))),
     }
 
 

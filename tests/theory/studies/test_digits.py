@@ -528,7 +528,7 @@ def test_the_copying_check_tells_replayed_training_images_from_fresh_target_imag
     nearer a training image than the median test image is; one drawing 100 other target images (fresh draws of
     the target's law) about half; only the replay is flagged, and both get MMD² near zero and the same W1 scale."""
     from theory.studies.digits.evaluation import TestSet, evaluate_model
-    from theory.studies.digits.report import COPYING_LIMIT, copying_lines
+    from theory.studies.digits.report import COPYING_LIMIT, copying_limit, copying_lines
 
     train = task.target_train(5)
     fresh = task.splits.target_pool.subset(torch.arange(50, 150))  # pool ranks 5-14 of every class, unseen
@@ -546,6 +546,25 @@ def test_the_copying_check_tells_replayed_training_images_from_fresh_target_imag
     assert abs(records[0]["mmd2"]) < 0.01 and abs(records[1]["mmd2"]) < 0.01  # MMD² cannot tell them apart
     (line,) = copying_lines(records)
     assert line.startswith("flow k=5 seed=0 replay: 100% of its draws are nearer one of its 50 training images")
+    assert copying_limit(fresh_rec) == COPYING_LIMIT  # 100 draws, the test images: 1/2 + 3 null sd is below it
+
+
+def test_a_cell_of_few_draws_needs_a_higher_share_to_be_flagged():
+    """20 draws against 40 test images: the null sd is sqrt(41 / (4 * 20 * 42) + 1 / 168) = 0.135, so the limit is
+    1/2 + 3 sd = 0.905; a share of 0.80 (2.2 null sd) is not flagged there, one of 0.95 is; a record written before
+    the null sd was recorded keeps the fixed limit."""
+    from theory.studies.digits.report import COPYING_LIMIT, copying_limit, copying_lines
+
+    sd = (41 / (4 * 20 * 42) + 1 / 168) ** 0.5
+    assert copying_limit({"null_sd": sd}) == pytest.approx(0.5 + 3 * sd) and 0.90 < 0.5 + 3 * sd < 0.91
+
+    def rec(share, null_sd):
+        check = {"closer_fraction": share, "distance_ratio": 0.5, **({} if null_sd is None else {"null_sd": null_sd})}
+        return {"seed": 0, "head": "flow", "per_class": 2, "n_t": 20, "variant": f"v{share}", "copying": check}
+
+    flagged = copying_lines([rec(0.80, sd), rec(0.95, sd), rec(0.80, None), rec(0.70, None)])
+    assert [line.split(":")[0] for line in flagged] == ["flow k=2 seed=0 v0.95", "flow k=2 seed=0 v0.8"]
+    assert "95%" in flagged[0] and "80%" in flagged[1] and COPYING_LIMIT < 0.8  # the second: no null sd recorded
 
 
 def test_tilted_ink_target_is_a_soft_ink_tilt_of_the_data_with_the_heavy_ink_splits():

@@ -22,6 +22,24 @@ def test_fresh_draws_of_the_datas_law_sit_as_near_the_training_points_as_held_ou
     assert copying(_draws(1000, 20), train, held_out)["distance_ratio"] == pytest.approx(1.0, abs=0.05)
 
 
+def test_null_sd_is_the_spread_of_fresh_draws_shares_over_repeated_experiments():
+    """Known answer: 2,000 experiments of 20 fresh draws, 10 training and 21 held-out points each (a fresh set of
+    every kind per experiment); their shares' sd matches sqrt(22 / (4 * 20 * 23) + 1 / (4 * 23)) = 0.151 within its
+    own sampling error (about 1.6 % at 2,000 experiments); the binomial part alone (0.112) would be far too small."""
+    gen = torch.Generator().manual_seed(0)
+    shares, sds = [], set()
+    for _ in range(2000):
+        train, held_out, draws = (torch.randn(k, 2, generator=gen, dtype=torch.float64) for k in (10, 21, 20))
+        check = copying(draws, train, held_out)
+        shares.append(check["closer_fraction"])
+        sds.add(check["null_sd"])
+    (sd,) = sds
+    assert sd == pytest.approx((22 / (4 * 20 * 23) + 1 / (4 * 23)) ** 0.5)
+    spread = torch.tensor(shares, dtype=torch.float64)
+    assert spread.mean().item() == pytest.approx(0.5, abs=3 * sd / 2000**0.5)
+    assert spread.std().item() == pytest.approx(sd, rel=0.06)
+
+
 def test_replayed_training_points_count_as_copies_and_blurrier_draws_as_less_than_half():
     train, held_out = _draws(200, 0), _draws(501, 1)
     replay = train[torch.randint(0, 200, (400,), generator=torch.Generator().manual_seed(2))]

@@ -429,7 +429,7 @@ MODEL_SHAPE: Shape = {
     "variant": TEXT,
     **{key: NUMBER for key in ("nll", "nll_se", "bpd", "bpd_se", "fidelity", "mmd2", "w1")},
     "nll_per_image": list_of(NUMBER),
-    "copying": optional({"closer_fraction": FRACTION, "distance_ratio": NUMBER}),
+    "copying": optional({"closer_fraction": FRACTION, "distance_ratio": NUMBER, "null_sd": optional(NUMBER)}),
     "tgdp": optional(_TGDP_SHAPE),
     "premise": optional(_PREMISE_SHAPE),
 }

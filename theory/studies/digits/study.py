@@ -27,7 +27,7 @@ from theory.studies.digits.experiment import (
     run_digits_experiment,
     study_settings,
 )
-from theory.studies.digits.report import COPYING_LIMIT, copying_lines, format_table, unrealised_lines
+from theory.studies.digits.report import COPYING_LIMIT, COPYING_Z, copying_lines, format_table, unrealised_lines
 
 #: where the shared config words (theory.engine.vocabulary) live in :class:`DigitsExperiment`
 VOCABULARY = Vocabulary("digits", (*PER_CLASS_PATHS, ("heads.*.sample_options", "sample_options.*")))
@@ -82,7 +82,8 @@ def build_study_report(out: Path) -> tuple[Path, str]:
             "also reward a model that replays its few training images, so the last column is the share of draws "
             "nearer one of the cell's training images than the median test image is: fresh draws of the target "
             "give 0.5, replays 1, draws concentrated toward the training images (a low sampling temperature) "
-            f"more than 0.5; cells above {COPYING_LIMIT:g} are flagged.",
+            f"more than 0.5; cells above {COPYING_LIMIT:g} (or 0.5 + {COPYING_Z:g} null sd where that is higher, "
+            "for few draws) are flagged.",
             "",
             table,
             "",
