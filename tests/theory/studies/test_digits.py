@@ -500,6 +500,42 @@ def test_gain_table_pairs_tgdp_with_its_source_and_flags_an_unrealised_predictio
     assert "| mean ± SE | - | 1.25 ± 0.75 | 0/1 |" in "\n".join(format_gain_table(records, references))
 
 
+def test_room_table_says_when_no_reweighting_can_clear_the_margin():
+    """Known answer: source NLL 100, 101, 102 on seeds 0-2; fine_tune gains 1.0, 1.2, 0.8; tgdp 1.5 on every seed.
+    A win needs a TGDP gain above fine_tune's 1.0 + 2 combined SE (SE of the per-seed NLLs: 1 / sqrt(3) for tgdp's
+    98.5, 99.5, 100.5 and sd(99, 99.8, 101.2) / sqrt(3) for fine_tune's) = 2.73: a selection rule gaining 2.6
+    leaves no room, one gaining 3.0 does."""
+    import statistics
+
+    from theory.studies.digits.report import format_room_table, reweighting_room
+
+    def rec(seed, variant, nll, k=5):
+        return {"seed": seed, "head": "diffusion", "per_class": k, "variant": variant, "nll_per_image": [nll, nll]}
+
+    records = []
+    for seed, ft_gain in ((0, 1.0), (1, 1.2), (2, 0.8)):
+        source = 100.0 + seed
+        records += [rec(seed, "source_only", source, k=0), rec(seed, "fine_tune", source - ft_gain)]
+        records.append(rec(seed, "tgdp", source - 1.5))
+    se = lambda values: statistics.stdev(values) / math.sqrt(len(values))  # noqa: E731
+    needed = 1.0 + 2 * math.hypot(se([98.5, 99.5, 100.5]), se([99.0, 99.8, 101.2]))
+
+    def references(gain):
+        return {seed: {"selection_gain": {"mean": gain, "se": 0.1, "rows": 2}} for seed in range(3)}
+
+    (row,) = reweighting_room(records, references(2.6))
+    assert row["baseline"] == "fine_tune" and row["baseline_gain"] == pytest.approx(1.0)
+    assert row["needed"] == pytest.approx(needed) and row["room"] is False
+    assert reweighting_room(records, references(3.0))[0]["room"] is True
+    table = "\n".join(format_room_table(records, references(2.6)))
+    row_text = (
+        f"| diffusion | 5 | fine_tune | 1.00 | {needed - 1.0:.2f} | {needed:.2f} | 2.60 | no ({2.6 - needed:+.3f}) |"
+    )
+    assert row_text in table
+    assert reweighting_room(records, {0: references(2.6)[0]}) == []  # the rule missing on a seed: no claim
+    assert reweighting_room(records[:3], references(2.6)) == []  # one seed: no combined SE, no claim
+
+
 class _ShowImages:
     """A stand-in generator that draws given target images of the requested labels (in order per label)."""
 

@@ -394,6 +394,70 @@ def format_gain_table(
     return lines
 
 
+def reweighting_room(
+    records: Sequence[dict[str, Any]], references: Mapping[Any, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Per (head, k, baseline): whether the target leaves room for ANY reweighting of the source to beat the
+    baseline by the verdict's margin. TGDP's NLL is lower than the baseline's by more than 2 combined SE exactly when
+    its mean gain over the source model exceeds ``needed`` = the baseline's mean gain + 2 combined SE (same seeds,
+    same test images); the selection rule's mean gain (``exact``) is, in expectation, the most any reweighting of
+    the source gains (:func:`gains_over_source`). ``room``: exact > needed; False says that a TGDP win on this
+    target would be chance, not a better ratio. Only baselines other than source_only, with >= 2 seeds and the
+    selection rule on every seed."""
+    gains = gains_over_source(records, references)
+    rows = []
+    baselines = sorted({v for r in gains for v in r["others"]} - {"source_only"}, key=_rank)
+    for b in baselines:
+        for d in paired_by_seed(records, "tgdp", b, "nll"):
+            rs = [r for r in gains if (r["head"], r["per_class"]) == (d["head"], d["per_class"])]
+            selection = [r["selection"] for r in rs]
+            if d["combined_se"] is None or not rs or None in selection or any(b not in r["others"] for r in rs):
+                continue
+            gain = sum(r["others"][b] for r in rs) / len(rs)
+            exact = sum(selection) / len(selection)
+            needed = gain + 2 * d["combined_se"]
+            rows.append(
+                {
+                    "head": d["head"],
+                    "per_class": d["per_class"],
+                    "baseline": b,
+                    "baseline_gain": gain,
+                    "combined_se": d["combined_se"],
+                    "needed": needed,
+                    "exact": exact,
+                    "room": exact > needed,
+                }
+            )
+    return rows
+
+
+def format_room_table(
+    records: Sequence[dict[str, Any]], references: Mapping[Any, dict[str, Any]] | None = None
+) -> list[str]:
+    """Markdown lines of :func:`reweighting_room`; [] when it has no row."""
+    rows = reweighting_room(records, references)
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Room for a reweighting to win: TGDP beats a baseline by more than 2 combined SE in NLL exactly when its gain "
+        "over the source model exceeds the baseline's gain + 2 combined SE; the selection rule's gain is, in "
+        "expectation, the most any reweighting of the source gains. Where it is not above the gain needed, no ratio, "
+        "however good, wins on this target except by chance.",
+        "",
+        "| head | k / class | baseline | its gain | 2 × combined SE | TGDP gain needed | selection rule's gain "
+        "| room (rule − needed) |",
+        "|---|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['head']} | {r['per_class']} | {r['baseline']} | {r['baseline_gain']:.2f} | "
+            f"{2 * r['combined_se']:.2f} | {r['needed']:.2f} | {r['exact']:.2f} | "
+            f"{'yes' if r['room'] else 'no'} ({r['exact'] - r['needed']:+.3f}) |"
+        )
+    return lines
+
+
 def format_table(records: Sequence[dict[str, Any]], references: Mapping[Any, dict[str, Any]] | None = None) -> str:
     """Markdown: the main table with the real-image reference, the density-ratio diagnostic (TGDP's premise,
     ``theory.studies.digits.domain_ratio``) and the paired transfer - no_transfer differences."""
@@ -467,6 +531,7 @@ def format_table(records: Sequence[dict[str, Any]], references: Mapping[Any, dic
             )
     lines += format_tgdp_tables(records)
     lines += format_gain_table(records, references)
+    lines += format_room_table(records, references)
     diffs = paired_differences(records)
     if diffs:
         lines += [
