@@ -34,8 +34,8 @@ STUDIES = {
 }
 DELETE = object()
 
-#: (study, record under cells/, the field's path, the value written there (DELETE: the field removed), whether
-#: this case also checks that a rerun recomputes the cell)
+#: (study, record under cells/, the field's path (list entries by index), the value written there (DELETE: the
+#: field removed; None: a null its record does not list as non-finite), whether a rerun is checked to recompute it)
 CASES = [
     ("digits", "gaussian/seed0_k5_transfer.json", ("mmd2",), "0.1", True),
     ("digits", "gaussian/seed0_k5_transfer.json", ("nll",), True, True),
@@ -44,21 +44,27 @@ CASES = [
     ("digits", "gaussian/seed0_k5_transfer.json", ("copying", "closer_fraction"), True, False),
     ("digits", "gaussian/seed0_k5_transfer.json", ("copying",), "x", False),
     ("digits", "gaussian/seed0_k5_transfer.json", ("w1",), DELETE, True),
+    ("digits", "gaussian/seed0_k5_transfer.json", ("nll",), None, False),  # null: not listed as non-finite
+    ("digits", "gaussian/seed0_k5_transfer.json", ("nll_per_image", 3), None, False),
     ("digits_tgdp", "diffusion/seed0_k5_tgdp.json", ("tgdp", "probe", "max_ratio"), "big", True),
     ("digits_tgdp", "diffusion/seed0_k5_tgdp.json", ("tgdp", "switch"), DELETE, False),
     ("digits_tgdp", "diffusion/seed0_k5_tgdp.json", ("tgdp", "guard", "rows"), "n", False),
     ("digits_tgdp", "diffusion/seed0_k5_tgdp.json", ("premise", "ok"), "yes", False),
+    ("digits_tgdp", "diffusion/seed0_k5_tgdp.json", ("tgdp",), None, False),
+    ("digits_tgdp", "diffusion/seed0_k5_tgdp.json", ("copying",), None, False),
     ("digits_tgdp", "diffusion/seed0_k0_reference.json", ("reference", "domain_ratio", "5", "auc"), "x", True),
     ("digits_tgdp", "diffusion/seed0_k0_reference.json", ("reference", "selection_gain"), [], False),
     ("completion", "diffusion/seed0_k2_transfer.json", ("nll",), "1", True),
     ("completion", "diffusion/seed0_k2_transfer.json", ("completion_mse",), DELETE, False),
-    ("completion", "diffusion/seed0_k2_transfer.json", ("grid_bottoms",), [[1, 2]], False),
+    ("completion", "diffusion/seed0_k2_transfer.json", ("grid_bottoms", 0), [1, 2], False),
     ("completion", "flow/seed0_k0_reference.json", ("real_fidelity",), "x", True),
+    ("completion", "diffusion/seed0_k2_transfer.json", ("nll_per_image", 0), None, False),
     ("tgdp_simulation", "conditional/n10_seed0_fine_tune.json", ("kl",), "1", True),
     ("tgdp_simulation", "conditional/n10_seed0_fine_tune.json", ("kl_se",), True, False),
-    ("tgdp_simulation", "conditional/n10_seed0_fine_tune.json", ("samples",), [[1.0]], False),
+    ("tgdp_simulation", "conditional/n10_seed0_fine_tune.json", ("samples", 0), [1.0], False),
     ("tgdp_simulation", "conditional/n10_seed0_tgdp.json", ("log_h_line", "learned", "0.1"), "x", False),
     ("tgdp_simulation", "conditional/n10_seed0_tgdp.json", ("grad_mse_mean",), "x", False),
+    ("tgdp_simulation", "conditional/n10_seed0_tgdp.json", ("samples", 0, 1), None, False),
 ]
 
 
@@ -80,13 +86,13 @@ def _copy_of(study: str, finished: dict[str, Path], tmp_path: Path) -> Path:
     return copy
 
 
-def _get(record: dict[str, Any], path: tuple[str, ...]) -> Any:
+def _get(record: Any, path: tuple[str | int, ...]) -> Any:
     for key in path:
         record = record[key]
     return record
 
 
-def _edit(record: dict[str, Any], path: tuple[str, ...], value: object) -> None:
+def _edit(record: dict[str, Any], path: tuple[str | int, ...], value: object) -> None:
     inner = _get(record, path[:-1])
     if value is DELETE:
         del inner[path[-1]]
@@ -98,7 +104,7 @@ def _edit(record: dict[str, Any], path: tuple[str, ...], value: object) -> None:
 def test_a_tampered_field_is_refused_by_report_in_one_line_and_recomputed_by_run(
     study: str,
     name: str,
-    path: tuple[str, ...],
+    path: tuple[str | int, ...],
     value: object,
     rerun: bool,
     finished: dict[str, Path],
@@ -114,7 +120,7 @@ def test_a_tampered_field_is_refused_by_report_in_one_line_and_recomputed_by_run
     capsys.readouterr()
     assert main(["report", str(out)]) == 2
     err = capsys.readouterr().err
-    dotted = ".".join(path)
+    dotted = ".".join(map(str, path))
     said = f"missing {dotted!r}" if value is DELETE else f"{dotted} = "
     assert err.count("\n") == 1, err
     assert f"{name} is not a readable {STUDIES[study][1]}: {said}" in err, err

@@ -402,7 +402,7 @@ def _coordinates(cell: DigitsCell) -> dict[str, Any]:
     }
 
 
-#: the numbers a finished model record holds for the report (null stands for a non-finite value)
+#: what the report reads of TGDP's premise check (diffusion.tgdp.PremiseReport.to_dict)
 _PREMISE_SHAPE: Shape = {
     "auc": NUMBER,
     "ess_fraction": NUMBER,
@@ -413,13 +413,13 @@ _PREMISE_SHAPE: Shape = {
 #: what the report reads of TGDP's guard (diffusion.tgdp.GuidedDiffusionModel.report) and gain prediction
 _TGDP_SHAPE: Shape = {
     "status": TEXT,
-    "refused": optional(TEXT),
+    "refused": optional(TEXT, null=True),
     "limit": {"max_ratio": NUMBER, "action": TEXT, "refuse_fraction": NUMBER},
     "switch": NUMBER,
-    "guard": optional({"rows": WHOLE, "exploded": WHOLE}),
-    "probe": optional({"fraction": FRACTION, "max_ratio": NUMBER, "limit": NUMBER}),
-    "premise": optional(_PREMISE_SHAPE),
-    "predicted_gain": optional({"mean": NUMBER, "se": NUMBER, "rows": WHOLE}),
+    "guard": optional({"rows": WHOLE, "exploded": WHOLE}, null=True),
+    "probe": optional({"fraction": FRACTION, "max_ratio": NUMBER, "limit": NUMBER}, null=True),
+    "premise": optional(_PREMISE_SHAPE, null=True),
+    "predicted_gain": optional({"mean": NUMBER, "se": NUMBER, "rows": WHOLE}, null=True),
 }
 #: what the report reads of a fitted model's record (the main table, the copying flag, the TGDP tables)
 MODEL_SHAPE: Shape = {
