@@ -57,6 +57,7 @@ CASES = [
     ("completion", "diffusion/seed0_k2_transfer.json", ("nll",), "1", True),
     ("completion", "diffusion/seed0_k2_transfer.json", ("completion_mse",), DELETE, False),
     ("completion", "diffusion/seed0_k2_transfer.json", ("grid_bottoms", 0), [1, 2], False),
+    ("completion", "diffusion/seed0_k2_transfer.json", ("grid_bottoms",), [[0] * 32] * 19, True),  # 20 in the config
     ("completion", "flow/seed0_k0_reference.json", ("real_fidelity",), "x", True),
     ("completion", "diffusion/seed0_k2_transfer.json", ("nll_per_image", 0), None, False),
     ("tgdp_simulation", "conditional/n10_seed0_fine_tune.json", ("kl",), "1", True),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,7 +39,7 @@ from theory.engine.records import record_cells, settings_digest, split_failed, t
 from theory.engine.schema import check_keys, fill_tables, table, target_val_fractions, train_table
 from theory.engine.seeding import derived_seed, stream_seed
 from theory.studies.completion.evaluation import evaluate, fit_classifier, real_fidelity, test_rows
-from theory.studies.completion.task import HALF, CompletionTask, redequantize
+from theory.studies.completion.task import HALF, N_CLASSES, CompletionTask, redequantize
 
 HEADS = ("flow", "diffusion")
 VARIANTS = ("transfer", "no_transfer", "fine_tune", "direct")
@@ -222,10 +223,11 @@ def run_completion_experiment(
     start = time.perf_counter()
     groups = plan(exp)
     settings_hash = settings_digest(study_settings(exp))
+    read_record = functools.partial(read_completion_record, exp=exp)
     groups = [
         g
         for g in (
-            CompletionGroup(g.seed, g.head, tuple(to_run(g.cells, out, settings_hash, read=read_completion_record)))
+            CompletionGroup(g.seed, g.head, tuple(to_run(g.cells, out, settings_hash, read=read_record)))
             for g in groups
         )
         if g.cells
@@ -259,31 +261,36 @@ def split_references(ran: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-#: what the report reads of a fitted model's record (the table, the paired differences, the completion grids)
-MODEL_SHAPE: Shape = {
-    "seed": WHOLE,
-    "head": TEXT,
-    "per_class": WHOLE,
-    "variant": TEXT,
-    **{key: NUMBER for key in ("nll", "nll_se", "bpd", "bpd_se", "fidelity", "completion_mse")},
-    "nll_per_image": list_of(NUMBER),
-    "grid_bottoms": list_of(list_of(WHOLE, length=HALF)),
-}
+def model_shape(grid_rows: int) -> Shape:
+    """What the report reads of a fitted model's record (the table, the paired differences, the completion grids
+    of ``grid_rows`` drawn bottom halves: 10 x grid_per_class test images x grid_draws)."""
+    return {
+        "seed": WHOLE,
+        "head": TEXT,
+        "per_class": WHOLE,
+        "variant": TEXT,
+        **{key: NUMBER for key in ("nll", "nll_se", "bpd", "bpd_se", "fidelity", "completion_mse")},
+        "nll_per_image": list_of(NUMBER),
+        "grid_bottoms": list_of(list_of(WHOLE, length=HALF), length=grid_rows),
+    }
+
+
 #: what the report reads of a seed's real-image reference record
 REFERENCE_SHAPE: Shape = {"seed": WHOLE, "head": TEXT, "variant": TEXT, "real_fidelity": NUMBER}
 
 
-def _shape_of(record: dict[str, Any]) -> Shape | None:
-    """The shape a completion record must have: none beyond the common fields for a failed one."""
-    if record.get("status", "ok") != "ok":
-        return None
-    return REFERENCE_SHAPE if record.get("variant") == "reference" else MODEL_SHAPE
+def read_completion_record(path: Path, exp: CompletionExperiment, *, older: bool = False) -> dict[str, Any]:
+    """A completion cell record of ``exp`` with every field the report reads checked (:func:`model_shape`,
+    :data:`REFERENCE_SHAPE`; nothing beyond the common fields for a failed one); DataError naming the file and the
+    fields otherwise, so a rerun recomputes it."""
+    model = model_shape(N_CLASSES * exp.grid_per_class * exp.grid_draws)
 
+    def shape_of(record: dict[str, Any]) -> Shape | None:
+        if record.get("status", "ok") != "ok":
+            return None
+        return REFERENCE_SHAPE if record.get("variant") == "reference" else model
 
-def read_completion_record(path: Path, *, older: bool = False) -> dict[str, Any]:
-    """A completion cell record with every field the report reads checked (:data:`MODEL_SHAPE`,
-    :data:`REFERENCE_SHAPE`); DataError naming the file and the fields otherwise, so a rerun recomputes it."""
-    return read_shaped(path, "completion record", _shape_of, older=older)
+    return read_shaped(path, "completion record", shape_of, older=older)
 
 
 def load_records(exp: CompletionExperiment, out: Path) -> list[dict[str, Any]]:
@@ -293,7 +300,7 @@ def load_records(exp: CompletionExperiment, out: Path) -> list[dict[str, Any]]:
         path = out / cell.path
         if path.is_file() or path.is_symlink():
             try:
-                ran.append(read_completion_record(path, older=True))
+                ran.append(read_completion_record(path, exp, older=True))
             except DataError as err:
                 raise DataError(f"{err}: run the same command again to recompute it") from err
     return ran
