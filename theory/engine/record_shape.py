@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from shared_embed.errors import DataError
-from theory.engine.records import COMMON_FIELDS, NONFINITE, Record, json_number, read_cell
+from theory.engine.records import NONFINITE, Record, json_number, older_layout, read_cell
 
 __all__ = [
     "FLAG",
@@ -53,6 +53,7 @@ __all__ = [
     "one_of",
     "optional",
     "read_shaped",
+    "shape_by_record",
     "shape_problems",
 ]
 
@@ -144,7 +145,7 @@ class _Nulls:
     def __init__(self, record: Any) -> None:
         listed = record.get(NONFINITE) if isinstance(record, dict) else None
         self.paths = set(listed) if isinstance(listed, dict) else set()
-        self.any = isinstance(record, dict) and not any(k in record for k in COMMON_FIELDS)
+        self.any = older_layout(record)
 
     def allowed(self, path: str) -> bool:
         return self.any or path in self.paths
@@ -152,11 +153,12 @@ class _Nulls:
 
 def _field_problems(value: Any, want: Field, path: str, nulls: _Nulls) -> list[str]:
     """What keeps the present ``value`` at ``path`` from being ``want`` (a null: only a listed non-finite number)."""
-    if value is None and not (isinstance(want, Expect) and want.nonfinite and nulls.allowed(path)):
-        listed = f", or null where {NONFINITE!r} lists it" if isinstance(want, Expect) and want.nonfinite else ""
-        return [f"{path} = None (expected {_what(want)}{listed})"]
     if value is None:
-        return []
+        number = isinstance(want, Expect) and want.nonfinite
+        if number and nulls.allowed(path):
+            return []
+        listed = f", or null where {NONFINITE!r} lists it" if number else ""
+        return [f"{path} = None (expected {_what(want)}{listed})"]
     if isinstance(want, Expect):
         return [] if want.test(value) else [f"{path} = {_short(value)} (expected {want.what})"]
     if isinstance(want, ListOf):
@@ -187,6 +189,21 @@ def shape_problems(record: Any, shape: Shape) -> list[str]:
     """What keeps ``record`` from having ``shape``, one phrase per field named by its dotted path (list entries by
     their index): ``missing 'a.b'``, ``a.b = 'x' (expected a number)``; [] when it has it."""
     return _object_problems(record, shape, "", _Nulls(record))
+
+
+def shape_by_record(
+    finished: Shape, *, reference: Shape | None = None, failed: Shape | None = None
+) -> Callable[[Record], Shape | None]:
+    """The ``shape_of`` of :func:`read_shaped` for a study's records: ``failed`` for a failed record (None: nothing
+    beyond the common fields), ``reference`` for a finished one whose ``variant`` is ``"reference"`` (when given),
+    ``finished`` for every other."""
+
+    def shape_of(record: Record) -> Shape | None:
+        if record.get("status", "ok") != "ok":
+            return failed
+        return reference if reference is not None and record.get("variant") == "reference" else finished
+
+    return shape_of
 
 
 def read_shaped(

@@ -49,6 +49,7 @@ __all__ = [
     "json_number",
     "loads_strict",
     "now",
+    "older_layout",
     "read_cell",
     "record_cells",
     "restore_nonfinite",
@@ -154,6 +155,11 @@ def json_number(value: Any, *, whole: bool = False) -> TypeGuard[int | float]:
     return isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
 
 
+def older_layout(record: Any) -> bool:
+    """Whether ``record`` is a JSON object of the layout before the common fields (it has none of them)."""
+    return isinstance(record, dict) and not any(k in record for k in COMMON_FIELDS)
+
+
 def _problems(record: Any) -> list[str]:
     """What keeps ``record`` from being a cell record: a missing or ill-typed common field."""
     if not isinstance(record, dict):
@@ -195,7 +201,7 @@ def read_cell(path: str | Path, what: str = "cell record", *, older: bool = Fals
         record = json.loads(p.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise DataError(f"{p} is not a readable {what} ({err})") from err
-    if older and isinstance(record, dict) and not any(k in record for k in COMMON_FIELDS):
+    if older and older_layout(record):
         return record
     bad = _problems(record)
     if bad:

@@ -19,6 +19,7 @@ from theory.engine.record_shape import (
     one_of,
     optional,
     read_shaped,
+    shape_by_record,
     shape_problems,
 )
 from theory.engine.records import seal, write_cell
@@ -112,3 +113,13 @@ def test_read_shaped_refuses_in_one_line_naming_the_file_and_at_most_three_field
     failed = {**json.loads(path.read_text()), "status": "failed", "error": "ValueError: x"}
     path.write_text(json.dumps(failed))
     assert read_shaped(path, "toy record", lambda r: None if r["status"] == "failed" else SHAPE)["status"] == "failed"
+
+
+def test_shape_by_record_picks_the_failed_reference_or_finished_shape() -> None:
+    reference, failed = {"real_fidelity": NUMBER}, {"method": TEXT}
+    pick = shape_by_record(SHAPE, reference=reference, failed=failed)
+    assert pick({"status": "failed", "variant": "reference"}) is failed
+    assert pick({"status": "ok", "variant": "reference"}) is reference and pick({"variant": "reference"}) is reference
+    assert pick({"status": "ok", "variant": "transfer"}) is SHAPE
+    plain = shape_by_record(SHAPE)
+    assert plain({"status": "failed"}) is None and plain({"status": "ok", "variant": "reference"}) is SHAPE

@@ -34,7 +34,7 @@ from shared_embed.train import TrainConfig, TrainHistory
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
 from shared_embed.validation import check_choice, check_positive_int
 from theory.engine.loop import Executor, run_groups
-from theory.engine.record_shape import NUMBER, TEXT, WHOLE, Shape, list_of, read_shaped
+from theory.engine.record_shape import NUMBER, TEXT, WHOLE, Shape, list_of, read_shaped, shape_by_record
 from theory.engine.records import record_cells, settings_digest, split_failed, to_run
 from theory.engine.schema import check_keys, fill_tables, table, target_val_fractions, train_table
 from theory.engine.seeding import derived_seed, stream_seed
@@ -284,13 +284,7 @@ def read_completion_record(path: Path, exp: CompletionExperiment, *, older: bool
     :data:`REFERENCE_SHAPE`; nothing beyond the common fields for a failed one); DataError naming the file and the
     fields otherwise, so a rerun recomputes it."""
     model = model_shape(N_CLASSES * exp.grid_per_class * exp.grid_draws)
-
-    def shape_of(record: dict[str, Any]) -> Shape | None:
-        if record.get("status", "ok") != "ok":
-            return None
-        return REFERENCE_SHAPE if record.get("variant") == "reference" else model
-
-    return read_shaped(path, "completion record", shape_of, older=older)
+    return read_shaped(path, "completion record", shape_by_record(model, reference=REFERENCE_SHAPE), older=older)
 
 
 def load_records(exp: CompletionExperiment, out: Path) -> list[dict[str, Any]]:

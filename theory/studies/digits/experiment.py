@@ -47,7 +47,18 @@ from shared_embed.train import TrainConfig, TrainHistory
 from shared_embed.transfer import TransferConfig, fit_source, fit_variants, new_encoder
 from shared_embed.validation import check_choice, check_positive_float, check_positive_int
 from theory.engine.loop import Executor, run_groups
-from theory.engine.record_shape import FLAG, FRACTION, NUMBER, TEXT, WHOLE, Shape, list_of, optional, read_shaped
+from theory.engine.record_shape import (
+    FLAG,
+    FRACTION,
+    NUMBER,
+    TEXT,
+    WHOLE,
+    Shape,
+    list_of,
+    optional,
+    read_shaped,
+    shape_by_record,
+)
 from theory.engine.records import dumps, failed_lines, record_cells, settings_digest, split_failed, to_run
 from theory.engine.schema import check_keys, fill_tables, table, target_val_fractions, train_table
 from theory.engine.seeding import stream_seed
@@ -443,20 +454,14 @@ REFERENCE_SHAPE: Shape = {
         "domain_ratio": optional({"*": {"auc": NUMBER, "mean_weight": NUMBER, "ess_fraction": NUMBER}}),
     },
 }
-
-
-def _shape_of(record: dict[str, Any]) -> Shape | None:
-    """The shape a digits record must have: none beyond the common fields for a failed one."""
-    if record.get("status", "ok") != "ok":
-        return None
-    return REFERENCE_SHAPE if record.get("variant") == "reference" else MODEL_SHAPE
+_SHAPE_OF = shape_by_record(MODEL_SHAPE, reference=REFERENCE_SHAPE)  # a failed record: the common fields only
 
 
 def read_digits_record(path: Path, *, older: bool = False) -> dict[str, Any]:
     """A digits cell record (:func:`theory.engine.records.read_cell`) with every field the report reads checked
     (:data:`MODEL_SHAPE`, :data:`REFERENCE_SHAPE`): DataError naming the file and the fields otherwise, so a
     rerun recomputes the cell and a report never tabulates it."""
-    return read_shaped(path, "digits record", _shape_of, older=older)
+    return read_shaped(path, "digits record", _SHAPE_OF, older=older)
 
 
 def load_digits_records(exp: DigitsExperiment, out: Path) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:

@@ -45,7 +45,7 @@ from shared_embed.checkpoint import atomic_write_text
 from shared_embed.data import PairedData
 from shared_embed.errors import DataError
 from theory.engine.loop import Executor, Log, run_groups
-from theory.engine.record_shape import FLAG, NUMBER, TEXT, WHOLE, Shape, list_of, optional, read_shaped
+from theory.engine.record_shape import FLAG, NUMBER, TEXT, WHOLE, Shape, list_of, optional, read_shaped, shape_by_record
 from theory.engine.records import failed_lines, record_cells, settings_digest, split_failed, to_run
 from theory.engine.run_folder import write_json
 from theory.engine.seeding import derived_seed, stream_seed
@@ -327,20 +327,14 @@ RECORD_SHAPE: Shape = {
     **{key: optional(NUMBER) for key in ERROR_KEYS},
     "log_h_line": optional({"s": _LINE, "exact": {"*": _LINE}, "learned": {"*": _LINE}}),
 }
-
-
-def _shape_of(record: dict[str, Any]) -> Shape | None:
-    """The shape a TGDP record must have: none beyond the common fields for a failed one (its coordinates
-    included: a failed record's method names its row in the failures section)."""
-    if record.get("status", "ok") != "ok":
-        return {"method": TEXT}
-    return RECORD_SHAPE
+#: a failed record keeps its method: it names the row in the failures section
+_SHAPE_OF = shape_by_record(RECORD_SHAPE, failed={"method": TEXT})
 
 
 def read_tgdp_record(path: Path, *, older: bool = False) -> dict[str, Any]:
     """A TGDP cell record with every field the report and plots read checked (:data:`RECORD_SHAPE`); DataError
     naming the file and the fields otherwise, so a rerun recomputes it."""
-    return read_shaped(path, "TGDP record", _shape_of, older=older)
+    return read_shaped(path, "TGDP record", _SHAPE_OF, older=older)
 
 
 def load_records(out_dir: str | Path) -> list[dict[str, Any]]:
