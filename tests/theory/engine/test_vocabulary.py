@@ -14,7 +14,7 @@ from theory.engine.config_files import read_config, read_toml, shipped_configs
 from theory.engine.study import get_study, kind_of
 from theory.engine.vocabulary import Vocabulary
 
-CELL_STUDIES = ("digits", "digits_tgdp", "digits_tgdp_reflect", "completion", "tgdp_simulation")
+CELL_STUDIES = ("digits", "digits_tgdp", "digits_tgdp_band", "digits_tgdp_reflect", "completion", "tgdp_simulation")
 WORDS = Vocabulary(
     "toy", (("grid.seeds", "seeds"), ("heads.*.options", "head_options.*"), ("heads.*.train", "train.*"))
 )

@@ -382,6 +382,24 @@ def test_tgdp_model_with_unit_guidance_is_the_source_model(task):
     assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_tiny_ink_band_tgdp_run_narrows_along_one_feature_and_predicts_its_gain(tmp_path):
+    """configs/digits_tgdp_band.toml's smoke preset end to end: the shipped estimator (the narrow guidance on the
+    one lowest DCT feature) fits, passes its premise and guides; its ratio and the selection rule (a window on
+    the ink) each predict a gain on the scored test rows; the report prints the gain and room tables."""
+    from theory.studies.digits.experiment import run_digits_experiment
+
+    exp = preset_settings("digits_tgdp_band")
+    assert exp.style == "ink_band" and tuple(exp.ink_band) == (0.4, 0.6)
+    assert exp.tgdp_options["estimator"] == "narrow" and exp.tgdp_options["components"] == [1]
+    result = run_digits_experiment(exp, tmp_path)
+    (tgdp,) = [r for r in result["records"] if r["variant"] == "tgdp"]
+    assert tgdp["premise"]["ok"] and tgdp["tgdp"]["status"] == "guided" and tgdp["tgdp"]["switch"] == 0
+    pred, selection = tgdp["tgdp"]["predicted_gain"], result["reference"][0]["selection_gain"]
+    assert pred["rows"] == selection["rows"] == 8 and math.isfinite(pred["mean"])
+    assert selection["mean"] > 1.0  # the band is a small share of the source: the rule gains log(1 / share)
+    assert "| tgdp achieved | realised |" in result["table"] and "| real source-split digits |" in result["table"]
+
+
 def test_heavy_ink_target_is_a_disjoint_heavier_label_shifted_subpopulation():
     """heavy_ink: test, pool and source partition the data; every target image is among its class's heaviest
     ``heavy_fraction`` and the source still holds heavy images of every class (inside the support); the test
@@ -405,8 +423,62 @@ def test_heavy_ink_target_is_a_disjoint_heavier_label_shifted_subpopulation():
         assert target <= heavy_ids and len(heavy_ids & ids["source"]) >= 10  # the source keeps look-alikes
     assert torch.equal(t.splits.target_test.levels, levels[t.splits.ids["target_test"]])  # not redrawn
     assert ink_mass(t.splits.target_test.levels).double().mean() > ink_mass(t.splits.source.levels).double().mean()
-    with pytest.raises(DataError, match="heavy-ink images"):
+    with pytest.raises(DataError, match="in its heavy_ink window"):
         DigitsTask("heavy_ink", test_per_class=40, pool_per_class=10)
+
+
+def test_ink_band_target_is_the_middle_of_each_class_by_ink_and_its_rule_a_window():
+    """ink_band: the target images are the ranks of their class's ink between the window's shares (counted from
+    the heaviest, as heavy_ink counts), so lighter than heavy_ink's and heavier than the light tail; the source
+    keeps the rest; the selection rule is 0 inside the window's ink range (ends included) and -inf on both sides,
+    and heavy_ink's rule is the window (0, heavy_fraction) of the same code; a bad window is named."""
+    from theory.studies.digits.task import heavy_ink_rows, ink_mass, ink_window_rows, load_digit_levels
+
+    t = DigitsTask("ink_band", test_per_class=14, pool_per_class=10, seed=2, ink_band=(0.4, 0.6))
+    assert t.config["ink_band"] == [0.4, 0.6] and "heavy_fraction" not in t.config
+    levels, labels = load_digit_levels()
+    ids = {k: set(v.tolist()) for k, v in t.splits.ids.items()}
+    assert len(ids["source"] | ids["target_pool"] | ids["target_test"]) == 1797
+    lw = t.selection_log_ratio(t.splits.source)
+    for k in range(10):
+        rows = torch.nonzero(labels == k).squeeze(1)
+        ink = ink_mass(levels[rows]).double()
+        ranks = torch.sort(-ink, stable=True).indices  # rank 0 = the heaviest
+        n = len(rows)
+        band = set(rows[ranks[math.ceil(0.4 * n) : math.ceil(0.6 * n)]].tolist())
+        target = {i for i in ids["target_pool"] | ids["target_test"] if int(labels[i]) == k}
+        assert target <= band
+        lo, hi = float(ink[ranks[math.ceil(0.6 * n) - 1]]), float(ink[ranks[math.ceil(0.4 * n)]])
+        mine = t.splits.source.labels == k
+        src_ink = ink_mass(t.splits.source.levels[mine]).double()
+        inside = (src_ink >= lo) & (src_ink <= hi)
+        assert torch.equal(torch.isfinite(lw[mine]), inside)  # 0 inside the window's ink range, -inf outside
+        assert bool((lw[mine][inside] == 0).all()) and bool((src_ink < lo).any()) and bool((src_ink > hi).any())
+        heavy, _ = heavy_ink_rows(levels[rows], 0.2)
+        assert torch.equal(heavy, ink_window_rows(levels[rows], 0.0, 0.2)[0])
+    assert torch.equal(t.selection_log_ratio(t.splits.target_test), torch.zeros(140, dtype=torch.float64))
+    heavy_task = DigitsTask("heavy_ink", test_per_class=14, pool_per_class=10, seed=2, heavy_fraction=0.2)
+    assert (
+        ink_mass(heavy_task.splits.target_test.levels).double().mean()
+        > ink_mass(t.splits.target_test.levels).double().mean()
+    )
+    for bad in ((0.6, 0.4), (0.2, 1.5), ("a", 0.3), (0.1,)):
+        with pytest.raises(ConfigError, match="ink_band"):
+            DigitsTask("ink_band", ink_band=bad)
+    with pytest.raises(DataError, match="in its ink_band window"):
+        DigitsTask("ink_band", test_per_class=14, pool_per_class=10, ink_band=(0.4, 0.5))
+
+
+def test_only_the_ink_band_style_carries_its_window_into_the_settings():
+    """The window joins a run's settings (and so its folder's fingerprint) only for the style that reads it: a
+    heavy_ink run's settings are what they were before the window existed; a bad window fails at construction."""
+    from theory.studies.digits.experiment import DigitsExperiment
+
+    small = {"per_class": (5,), "test_per_class": 14, "pool_per_class": 10}
+    assert "ink_band" not in DigitsExperiment(style="heavy_ink", heavy_fraction=0.2, **small).to_dict()
+    assert DigitsExperiment(style="ink_band", ink_band=[0.3, 0.5], **small).to_dict()["ink_band"] == [0.3, 0.5]
+    with pytest.raises(ConfigError, match="ink_band must satisfy"):
+        DigitsExperiment(style="ink_band", ink_band=[0.5, 0.3], **small)
 
 
 def test_the_selection_rule_of_a_subpopulation_target_is_its_known_reweighting():
@@ -632,6 +704,38 @@ def test_tilted_ink_target_is_a_soft_ink_tilt_of_the_data_with_the_heavy_ink_spl
     assert t.config["ink_tilt"] == 2.0 and "heavy_fraction" not in t.config
     with pytest.raises(ConfigError, match="ink_tilt"):
         DigitsTask("tilted_ink", ink_tilt=-1.0)
+
+
+def test_the_ratio_reference_is_the_source_rows_or_the_source_models_own_draws():
+    """reference = "rows" hands the source rows back as they are; "draws" one seeded draw of the frozen source model
+    per source row, with its label (the same seed, the same draws); an unknown reference is named; a narrow TGDP
+    fitted against the draws predicts its gain against the same draws."""
+    from diffusion import DiffusionHead
+    from diffusion.tgdp import predict_gain
+    from shared_embed.transfer import TransferConfig, fit_source, new_encoder
+    from theory.studies.digits.tgdp import fit_digits_tgdp, ratio_reference
+
+    task = DigitsTask("ink_band", test_per_class=4, pool_per_class=5, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    src, tgt = task.paired(task.splits.source, gen), task.paired(task.target_train(5), gen)
+    cfg = TransferConfig(embed_dim=4, encoder_hidden=(8,))
+    source_model = fit_source(
+        new_encoder(10, cfg), DiffusionHead(D, 4, width=8, blocks=1), src, TrainConfig(steps=5, eval_every=5)
+    )
+    assert ratio_reference(source_model, src, {}, 0) is src
+    assert ratio_reference(source_model, src, {"reference": "rows"}, 0) is src
+    draws = ratio_reference(source_model, src, {"reference": "draws"}, 3)
+    assert draws.x.shape == src.x.shape and torch.equal(draws.c, src.c) and bool(torch.isfinite(draws.x).all())
+    assert torch.equal(draws.x, ratio_reference(source_model, src, {"reference": "draws"}, 3).x)
+    assert not torch.equal(draws.x, ratio_reference(source_model, src, {"reference": "draws"}, 4).x)
+    assert not torch.allclose(draws.x, src.x)
+    with pytest.raises(ConfigError, match="reference"):
+        ratio_reference(source_model, src, {"reference": "model"}, 0)
+    options = {"estimator": "narrow", "per_label": False, "basis": "dct", "components": [1], "reference": "draws"}
+    model, _ = fit_digits_tgdp(source_model, src, tgt, cfg, options)
+    own = ratio_reference(source_model, src, options, cfg.target_train.seed)  # the draws the fit reweighted
+    assert model.premise is not None and 0.5 < model.premise.mean_weight < 2.0  # E[w] on its reference: about 1
+    assert own.c is not None and math.isfinite(predict_gain(model, tgt.x, tgt.c, own.x, own.c).mean)
 
 
 def test_the_narrow_estimator_adds_a_gaussian_factor_along_the_tilt_direction():

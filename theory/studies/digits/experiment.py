@@ -12,9 +12,9 @@ draws against those images (``copying``). Training redraws the dequantisation no
 A TGDP record's ``tgdp`` entry says what its guard did and ``predicted_gain``: the log-likelihood gain over the
 source model its ratio predicts on the scored test images (:func:`diffusion.tgdp.predict_gain`), which the report
 sets against the gain achieved; None, with the reason in ``no_prediction`` (:func:`no_gain_prediction`), when the
-model is not a reweighting of the source. For a sub-population target (``heavy_ink``, ``tilted_ink``) each seed's
-reference holds ``selection_gain``: the same quantity for the target's exact ratio to the source, from the rule
-that drew it (:meth:`~theory.studies.digits.task.DigitsTask.selection_log_ratio`), so in expectation the most any
+model is not a reweighting of the source. For a sub-population target (``heavy_ink``, ``ink_band``,
+``tilted_ink``) each seed's reference holds ``selection_gain``: the same quantity for the target's exact ratio to
+the source, from the rule that drew it (:meth:`~theory.studies.digits.task.DigitsTask.selection_log_ratio`), so in expectation the most any
 reweighting gains.
 
 The encoder maps the one-hot label (10) to d_h = ``embed_dim``; the heads model the 64 logit pixels given it.
@@ -66,7 +66,7 @@ from theory.studies.digits.domain_ratio import density_ratio_diagnostic
 from theory.studies.digits.evaluation import DigitsModel, TestSet, evaluate_model, sample_metrics
 from theory.studies.digits.image_grid import save_digit_grid
 from theory.studies.digits.report import REFERENCE_LABEL, format_table, summarize
-from theory.studies.digits.task import N_CLASSES, SUBPOPULATIONS, D, DigitsTask, level_features
+from theory.studies.digits.task import N_CLASSES, SUBPOPULATIONS, D, DigitsTask, check_ink_band, level_features
 from theory.truth.metrics import FidelityClassifier
 
 if TYPE_CHECKING:
@@ -111,6 +111,9 @@ DEFAULT_TRAIN: dict[str, dict[str, dict[str, Any]]] = {
 class DigitsExperiment:
     """The grid and its settings (see the module docstring); ``heads`` any of ``HEADS``.
 
+    ``style``, ``heavy_fraction``, ``ink_tilt``, ``ink_band``: the target, as :class:`DigitsTask` takes them (each
+    of the last three read by its style only; ``ink_band`` enters the settings only for its own style).
+
     ``nll_rows``: test images scored for NLL per head kind (absent / None: all ``10 * test_per_class``); the
     probability-flow likelihood of a diffusion head is the slow part (its divergence, probes and tolerances
     are head options: default Hutchinson with 4 Rademacher probes, dopri5 at rtol = atol = 1e-5). ``tgdp``: run the conditional TGDP
@@ -136,6 +139,7 @@ class DigitsExperiment:
     style: str = "reflect"
     heavy_fraction: float = 0.35
     ink_tilt: float = 2.0
+    ink_band: tuple[float, float] = (0.4, 0.6)
     per_class: Sequence[int] = (5, 15, 50)
     seeds: Sequence[int] = (0,)
     heads: Sequence[str] = ("flow", "diffusion")
@@ -170,6 +174,7 @@ class DigitsExperiment:
         self.heads = tuple(check_choice("head", h, HEADS) for h in self.heads)
         self.variants = tuple(check_choice("variant", v, VARIANTS) for v in self.variants)
         self.seeds = tuple(int(s) for s in self.seeds)
+        self.ink_band = check_ink_band(self.ink_band)
         check_positive_int("gen_per_class", self.gen_per_class, minimum=1)
         check_positive_int("embed_dim", self.embed_dim)
         for kind, phases in self.train.items():  # a bad field fails now, named by its path, not mid-run
@@ -185,6 +190,7 @@ class DigitsExperiment:
             self.pool_per_class,
             heavy_fraction=self.heavy_fraction,
             ink_tilt=self.ink_tilt,
+            ink_band=self.ink_band,
         )
         for variant in self.variant_train:
             check_choice("variant_train variant", variant, VARIANTS)
@@ -205,6 +211,10 @@ class DigitsExperiment:
             list(self.variants),
         )
         d["encoder_hidden"] = list(self.encoder_hidden)
+        # only the ink_band style reads its window: the other styles' settings (and run folders) stay as they were
+        d["ink_band"] = list(self.ink_band)
+        if self.style != "ink_band":
+            d.pop("ink_band")
         return d
 
 
@@ -512,6 +522,7 @@ def _prepare(
         seed,
         heavy_fraction=exp.heavy_fraction,
         ink_tilt=exp.ink_tilt,
+        ink_band=exp.ink_band,
     )
     gen = torch.Generator().manual_seed(stream_seed("digits", seed, "dequantise"))
     source = task.paired(task.splits.source, gen)
@@ -592,13 +603,14 @@ def _prepare(
                 guard = model.report()
                 rows = len(cast(list, rec["nll_per_image"]))  # the scored test images: the gain is compared on them
                 why_not = no_gain_prediction(model.switch, exp.tgdp_options)
-                guard["predicted_gain"] = (
-                    None
-                    if why_not
-                    else predict_gain(
-                        model, test.z[:rows], test.c[:rows], source.x, task.splits.source.one_hot()
-                    ).to_dict()
-                )
+                guard["predicted_gain"] = None
+                if why_not is None:  # against the rows the ratio reweights: the source rows or the model's draws
+                    from theory.studies.digits.tgdp import ratio_reference
+
+                    own = cell_seed(seed, kind, cell.k, cell.variant)  # the seed the tgdp fit drew them with
+                    ref = ratio_reference(source_model, source, exp.tgdp_options, own)
+                    ref_c = cast(torch.Tensor, ref.c)  # the source's labels, which ratio_reference keeps
+                    guard["predicted_gain"] = predict_gain(model, test.z[:rows], test.c[:rows], ref.x, ref_c).to_dict()
                 guard["no_prediction"] = why_not
                 rec["tgdp"] = guard
                 if guard["premise"] is not None:

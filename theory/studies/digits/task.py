@@ -21,6 +21,12 @@ also shifts the labels: the test split holds ``round(test_per_class * (0.5 + y /
 source's label proportions stay those of the data (near uniform); the test mean NLL weighs the digits by q(y).
 The training pool stays balanced (``target_train(k)``: k images of every digit, the few-shot convention).
 
+``ink_band`` cuts the same way from the middle of the ranking: the images between the shares ``ink_band =
+(start, stop)`` of each class counted from the heaviest (default (0.4, 0.6), the middle fifth) form the
+sub-population, with the same label shift and splits. Its ratio to the source is a window on the ink (1 inside,
+0 on both sides), so the target is NARROWER than the source along the ink, not shifted: a reweighting that a
+change of the source's mean cannot give.
+
 ``tilted_ink`` is the soft version of ``heavy_ink`` (same label shift, same splits): within each class every
 image's ink mass is standardised (z = (ink - mean) / std over the class) and the test and pool images are drawn
 without replacement with probability proportional to exp(``ink_tilt`` * z) (Gumbel top-k: the images with the
@@ -32,8 +38,8 @@ some chance to be drawn. ``tilted_ink_divergence`` states E_q[log w] of that pop
 exact ratio to the source it leaves is steeper (the odds that an image is drawn, :meth:`DigitsTask.selection_log_ratio`).
 
 Splits (per class, from one seeded permutation; every image belongs to exactly one split):
-``target_test`` (``test_per_class`` images, or the label-shifted counts of ``heavy_ink``; the held-out target
-test set no model sees; for ``heavy_ink`` drawn from the heavy-ink sub-population like the pool), ``target_pool``
+``target_test`` (``test_per_class`` images, or the label-shifted counts of a sub-population; the held-out target
+test set no model sees; for a sub-population drawn from the sub-population like the pool), ``target_pool``
 (``pool_per_class`` images; ``target_train(k)`` = the first k per class, nested in k), ``source`` (the rest).
 ``classifier`` holds the source split's images redrawn in the target style: real target-style digits for the
 fidelity classifier (no generative model sees them in that style).
@@ -70,9 +76,11 @@ N_CLASSES = 10
 SIDE = 8
 D = SIDE * SIDE
 LEVELS = 17
-STYLES = ("invert", "reflect", "thicken", "heavy_ink", "tilted_ink")
+STYLES = ("invert", "reflect", "thicken", "heavy_ink", "tilted_ink", "ink_band")
 #: styles whose target is a sub-population of the original digits (a reweighting, inside the source's support)
-SUBPOPULATIONS = ("heavy_ink", "tilted_ink")
+SUBPOPULATIONS = ("heavy_ink", "tilted_ink", "ink_band")
+#: sub-population styles cut out of each class by a window of its ink ranking (a hard selection)
+INK_WINDOWS = ("heavy_ink", "ink_band")
 DOMAINS = ("source", "target")
 #: training draws keep u in [1e-4, 1 - 1e-4) so ``LogitPixels.redequantize`` recovers levels exactly
 DEQUANT_MARGIN = 1e-4
@@ -125,13 +133,30 @@ def ink_mass(levels: Tensor) -> Tensor:
     return levels.to(torch.int64).sum(-1)
 
 
+def ink_window_rows(levels: Tensor, start: float, stop: float) -> tuple[Tensor, Tensor]:
+    """(inside, outside) row indices of images (n, 64), ranked by ink from the most (ties by row order, a stable
+    ranking): the ranks ``ceil(start * n)`` to ``ceil(stop * n) - 1`` and the rest, each in ascending row order."""
+    n = levels.shape[0]
+    order = torch.sort(-ink_mass(levels), stable=True).indices
+    lo, hi = math.ceil(start * n), math.ceil(stop * n)
+    return order[lo:hi].sort().values, torch.cat([order[:lo], order[hi:]]).sort().values
+
+
 def heavy_ink_rows(levels: Tensor, fraction: float) -> tuple[Tensor, Tensor]:
     """(heavy, light) row indices of images (n, 64): the ``ceil(fraction * n)`` with the most ink (ties by row
     order, a stable ranking) and the rest, each in ascending row order."""
-    n = levels.shape[0]
-    order = torch.sort(-ink_mass(levels), stable=True).indices
-    top = math.ceil(fraction * n)
-    return order[:top].sort().values, order[top:].sort().values
+    return ink_window_rows(levels, 0.0, fraction)
+
+
+def check_ink_band(band: Any) -> tuple[float, float]:
+    """``band`` as (start, stop) floats with 0 <= start < stop <= 1; ConfigError naming ``ink_band`` otherwise."""
+    try:
+        start, stop = (float(v) for v in band)
+    except (TypeError, ValueError):
+        raise ConfigError(f"ink_band must be two numbers [start, stop], got {band!r}") from None
+    if not (0.0 <= start < stop <= 1.0):
+        raise ConfigError(f"ink_band must satisfy 0 <= start < stop <= 1 (shares from the heaviest), got {band!r}")
+    return start, stop
 
 
 def label_shift_weights() -> list[float]:
@@ -237,6 +262,9 @@ class DigitsTask:
             target sub-population; unused by the other styles.
         ink_tilt: for ``tilted_ink``, the tilt beta of the draw probabilities exp(beta z) (module docstring);
             unused by the other styles.
+        ink_band: for ``ink_band``, (start, stop) with 0 <= start < stop <= 1: the window of each class's ink
+            ranking, as shares from the heaviest, that forms the target sub-population (``(0.4, 0.6)``: the
+            middle fifth); unused by the other styles.
     """
 
     def __init__(
@@ -248,6 +276,7 @@ class DigitsTask:
         pixels: LogitPixels | None = None,
         heavy_fraction: float = 0.35,
         ink_tilt: float = 2.0,
+        ink_band: tuple[float, float] = (0.4, 0.6),
     ) -> None:
         self.style = check_choice("style", style, STYLES)
         self.test_per_class = check_positive_int("test_per_class", test_per_class)
@@ -256,6 +285,7 @@ class DigitsTask:
         self.ink_tilt = float(ink_tilt)
         if not (math.isfinite(self.ink_tilt) and self.ink_tilt >= 0):
             raise ConfigError(f"ink_tilt must be a finite number >= 0, got {ink_tilt!r}")
+        self.ink_band = check_ink_band(ink_band)
         self.seed = int(seed)
         self.pixels = pixels or LogitPixels(levels=LEVELS, alpha=0.05)
         if self.pixels.levels != LEVELS:
@@ -272,6 +302,7 @@ class DigitsTask:
             "seed": self.seed,
             **({"heavy_fraction": self.heavy_fraction} if self.style == "heavy_ink" else {}),
             **({"ink_tilt": self.ink_tilt} if self.style == "tilted_ink" else {}),
+            **({"ink_band": list(self.ink_band)} if self.style == "ink_band" else {}),
             "levels": self.pixels.levels,
             "alpha": self.pixels.alpha,
             "d_c": N_CLASSES,
@@ -303,11 +334,11 @@ class DigitsTask:
                 parts["pool"].append(idx[drawn[n_test:]])
                 parts["source"].append(idx[rest])
                 continue
-            if self.style in SUBPOPULATIONS:
-                heavy, light = heavy_ink_rows(levels[idx], self.heavy_fraction)
+            if self.style in INK_WINDOWS:
+                heavy, light = ink_window_rows(levels[idx], *self._window())
                 if len(heavy) < need:
                     raise DataError(
-                        f"class {k} has {len(heavy)} heavy-ink images (heavy_fraction {self.heavy_fraction}): "
+                        f"class {k} has {len(heavy)} images in its {self.style} window {self._window()}: "
                         f"its {n_test} test + pool_per_class {self.pool_per_class} = {need} do not fit; lower them"
                     )
                 heavy = idx[heavy][torch.randperm(len(heavy), generator=gen)]
@@ -338,12 +369,17 @@ class DigitsTask:
             ids={"source": source, "target_pool": pool, "target_test": test},
         )
 
+    def _window(self) -> tuple[float, float]:
+        """The (start, stop) window of each class's ink ranking that a hard-cut style selects."""
+        return (0.0, self.heavy_fraction) if self.style == "heavy_ink" else self.ink_band
+
     def selection_log_ratio(self, images: LabelledImages) -> Tensor:
         """log w(x | y) (n,), float64, of the target to the source, up to a constant per class: the exact ratio of
         the rule that drew the sub-population target from the whole class to the images it left in the source.
         ``heavy_ink``: 0 at or above the class's heavy-ink threshold (the least ink among its ``heavy_fraction``
         heaviest images; ties at it count as heavy), -inf below (the target and the source hold the class's
-        heavy images uniformly). ``tilted_ink``: the log odds log pi - log(1 - pi) that the image is among the
+        heavy images uniformly). ``ink_band``: 0 for an ink between the least and the most of the class's window
+        (ends included), -inf outside. ``tilted_ink``: the log odds log pi - log(1 - pi) that the image is among the
         class's drawn ones (:func:`~theory.studies.digits.inclusion.inclusion_log_odds`: the draw is without
         replacement, so the heaviest images are almost always drawn and almost never left in the source, a
         steeper ratio than the tilt ``ink_tilt`` z it starts from). Its gain over the source on target rows,
@@ -362,11 +398,12 @@ class DigitsTask:
         out = torch.empty(len(images), dtype=torch.float64)
         for k, n_test in enumerate(self.test_counts()):
             rows = images.labels == k
-            if self.style == "heavy_ink":
+            if self.style in INK_WINDOWS:
                 everyone = levels[labels == k]
-                heavy, _ = heavy_ink_rows(everyone, self.heavy_fraction)
-                threshold = float(ink_mass(everyone[heavy]).min())
-                out[rows] = torch.zeros_like(ink[rows]).masked_fill(ink[rows] < threshold, -math.inf)
+                inside, _ = ink_window_rows(everyone, *self._window())
+                window = ink_mass(everyone[inside]).double()
+                outside = (ink[rows] < window.min()) | (ink[rows] > window.max())
+                out[rows] = torch.zeros_like(ink[rows]).masked_fill(outside, -math.inf)
                 continue
             values, log_odds = tilted_ink_log_odds(self.ink_tilt, k, n_test + self.pool_per_class)
             at = torch.searchsorted(values, ink[rows]).clamp_max(len(values) - 1)

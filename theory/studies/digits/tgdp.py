@@ -30,6 +30,12 @@ target images are standardised with the SOURCE scaler. Two estimators of the gui
   tilt's own slope along u) or ``"none"`` (the whole quadratic as the Gaussian factor). The premise check is the
   tilt's (its classifier is the calibrated one).
 
+Every estimator fits its ratio against ``reference`` (:func:`ratio_reference`): the source rows (``"rows"``,
+default) or the frozen source model's own draws, one per source row with its label (``"draws"``). TGDP composes the
+source MODEL with w, so the ratio that makes p_model w / E[w] the target is q / p_model; where the model holds more
+(or less) of the target's region than its rows, a ratio to the rows over- (or under-) states what reweighting the
+model gains. The gain prediction uses the same reference.
+
 Either way the premise check (``diffusion.tgdp.premise``: classifier AUC, ESS / n_s, E_p[w] against the stated
 ``PremiseThresholds``) runs before any guidance is used, and warns naming what fails; with ``refuse_on_premise``
 (default on) a failed premise refuses the guidance, so the model is the source model. Then
@@ -72,11 +78,22 @@ from shared_embed.data import PairedData
 from shared_embed.errors import ConfigError
 from shared_embed.model import ConditionalModel
 from shared_embed.transfer import Augment, TransferConfig
-from shared_embed.validation import check_choice
+from shared_embed.validation import check_choice, check_tensor
 
 ESTIMATORS = ("network", "kernel", "tilt", "narrow")
 #: options read here; the rest go to TGDPConfig (network) or are rejected (kernel)
-_OWN = ("estimator", "max_ratio", "guard_action", "refuse_fraction", "refuse_on_premise", "switch", "max_rows")
+_OWN = (
+    "estimator",
+    "max_ratio",
+    "guard_action",
+    "refuse_fraction",
+    "refuse_on_premise",
+    "switch",
+    "max_rows",
+    "reference",
+)
+#: what the ratio is fitted against (option ``reference``): the source rows, or the source model's own draws
+REFERENCES = ("rows", "draws")
 _KERNEL = (
     "classifier_hidden",
     "classifier_train",
@@ -288,6 +305,30 @@ def _kernel_guidance(
     return guidance, premise, history.steps_done
 
 
+def ratio_reference(
+    source_model: ConditionalModel, source: PairedData, options: dict[str, Any], seed: int
+) -> PairedData:
+    """The rows the ratio is fitted against, in raw units (n_s, 64) with the source's conditions (n_s, 10).
+
+    ``reference = "rows"`` (default): the source rows themselves, so w estimates q / p_data. ``"draws"``: one
+    draw of the frozen source MODEL per source row, with that row's label (generator seeded by ``seed``, the
+    head's own sampler), so w estimates q / p_model: the composed model p_model w / E[w] is q exactly when w is
+    the ratio to the model it reweights, and a source model that smooths over a region the rows lack (a target
+    cut out of the middle of the source leaves a hole there) holds more of the target than its rows do.
+
+    Raises:
+        ConfigError: an unknown ``reference``. DataError: a draw that is not finite.
+    """
+    kind = check_choice("reference", options.get("reference", "rows"), REFERENCES)
+    if kind == "rows":
+        return source
+    if source.c is None:
+        raise ConfigError("reference = 'draws' needs the labels of the source rows (c = None given)")
+    draws = source_model.sample(source.x.shape[0], source.c, generator=torch.Generator().manual_seed(seed))
+    check_tensor("source model draws", draws, ndim=2, last_dim=source.x.shape[1])
+    return PairedData(source.c, draws.to(source.x.dtype))
+
+
 def fit_digits_tgdp(
     source_model: ConditionalModel,
     source: PairedData,
@@ -311,6 +352,7 @@ def fit_digits_tgdp(
     estimator = check_choice("estimator", options.get("estimator", "network"), ESTIMATORS)
     seed = cfg.target_train.seed
     switch = options.get("switch", 0.0)
+    source = ratio_reference(source_model, source, options, seed)
     if target.c is None or source.c is None:
         raise ConfigError("TGDP on the digits needs the labels of the source and target images (c = None given)")
     fit_x, fit_c = target.x, target.c
