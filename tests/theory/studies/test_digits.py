@@ -606,6 +606,14 @@ def test_room_table_says_when_no_reweighting_can_clear_the_margin():
     assert row_text in table
     assert reweighting_room(records, {0: references(2.6)[0]}) == []  # the rule missing on a seed: no claim
     assert reweighting_room(records[:3], references(2.6)) == []  # one seed: no combined SE, no claim
+    # a baseline scored on other test images than TGDP's (one image short on seed 1): no gain is comparable, so no
+    # room is claimed: the pairing refuses, naming the seed and the two counts
+    short = [
+        dict(r, nll_per_image=r["nll_per_image"][:1]) if (r["seed"], r["variant"]) == (1, "fine_tune") else r
+        for r in records
+    ]
+    with pytest.raises(DataError, match=r"seed 1: source_only and fine_tune scored 2 and 1 test images"):
+        reweighting_room(short, references(3.0))
 
 
 class _ShowImages:
