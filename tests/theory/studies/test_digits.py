@@ -714,22 +714,30 @@ def test_tilted_ink_target_is_a_soft_ink_tilt_of_the_data_with_the_heavy_ink_spl
         DigitsTask("tilted_ink", ink_tilt=-1.0)
 
 
-def test_the_ratio_reference_is_the_source_rows_or_the_source_models_own_draws():
-    """reference = "rows" hands the source rows back as they are; "draws" one seeded draw of the frozen source model
-    per source row, with its label (the same seed, the same draws); an unknown reference is named; a narrow TGDP
-    fitted against the draws predicts its gain against the same draws."""
+def _tiny_source_model(style: str, **task_options):
+    """(source data, 5-per-class target data, transfer config, a 5-step diffusion source model) of a small digits
+    task of ``style``: the fixture of the digits TGDP estimator tests."""
     from diffusion import DiffusionHead
-    from diffusion.tgdp import predict_gain
     from shared_embed.transfer import TransferConfig, fit_source, new_encoder
-    from theory.studies.digits.tgdp import fit_digits_tgdp, ratio_reference
 
-    task = DigitsTask("ink_band", test_per_class=4, pool_per_class=5, seed=0)
+    task = DigitsTask(style, test_per_class=4, pool_per_class=5, seed=0, **task_options)
     gen = torch.Generator().manual_seed(0)
     src, tgt = task.paired(task.splits.source, gen), task.paired(task.target_train(5), gen)
     cfg = TransferConfig(embed_dim=4, encoder_hidden=(8,))
     source_model = fit_source(
         new_encoder(10, cfg), DiffusionHead(D, 4, width=8, blocks=1), src, TrainConfig(steps=5, eval_every=5)
     )
+    return src, tgt, cfg, source_model
+
+
+def test_the_ratio_reference_is_the_source_rows_or_the_source_models_own_draws():
+    """reference = "rows" hands the source rows back as they are; "draws" one seeded draw of the frozen source model
+    per source row, with its label (the same seed, the same draws); an unknown reference is named; a narrow TGDP
+    fitted against the draws predicts its gain against the same draws."""
+    from diffusion.tgdp import predict_gain
+    from theory.studies.digits.tgdp import fit_digits_tgdp, ratio_reference
+
+    src, tgt, cfg, source_model = _tiny_source_model("ink_band")
     assert ratio_reference(source_model, src, {}, 0) is src
     assert ratio_reference(source_model, src, {"reference": "rows"}, 0) is src
     draws = ratio_reference(source_model, src, {"reference": "draws"}, 3)
@@ -749,18 +757,10 @@ def test_the_ratio_reference_is_the_source_rows_or_the_source_models_own_draws()
 def test_the_narrow_estimator_adds_a_gaussian_factor_along_the_tilt_direction():
     """The digits TGDP's narrow estimator: the tilt's linear ratio (exact part) times a Gaussian factor along its
     unit direction, fitted by moments or CV; context and score shapes as the tilt's; bad options are refused."""
-    from diffusion import DiffusionHead
     from diffusion.tgdp import NarrowTiltGuidance
-    from shared_embed.transfer import TransferConfig, fit_source, new_encoder
     from theory.studies.digits.tgdp import fit_digits_tgdp
 
-    task = DigitsTask("heavy_ink", test_per_class=4, pool_per_class=5, seed=0, heavy_fraction=0.2)
-    gen = torch.Generator().manual_seed(0)
-    src, tgt = task.paired(task.splits.source, gen), task.paired(task.target_train(5), gen)
-    cfg = TransferConfig(embed_dim=4, encoder_hidden=(8,))
-    source_model = fit_source(
-        new_encoder(10, cfg), DiffusionHead(D, 4, width=8, blocks=1), src, TrainConfig(steps=5, eval_every=5)
-    )
+    src, tgt, cfg, source_model = _tiny_source_model("heavy_ink", heavy_fraction=0.2)
     for fit in ("moments", "cv"):
         options = {"estimator": "narrow", "per_label": False, "basis": "dct", "components": [1], "narrow_fit": fit}
         model, steps = fit_digits_tgdp(source_model, src, tgt, cfg, options)
@@ -785,17 +785,9 @@ def test_the_narrow_estimator_adds_a_gaussian_factor_along_the_tilt_direction():
 def test_the_tilt_estimator_guides_through_the_source_score_with_a_shared_or_per_label_ratio():
     """The digits TGDP's tilt estimator: a linear log ratio (shared or per label) whose guidance goes through the
     frozen source score; the model's context carries [h(c), h(c), label] and the composed score has the data's shape."""
-    from diffusion import DiffusionHead
-    from shared_embed.transfer import TransferConfig, fit_source, new_encoder
     from theory.studies.digits.tgdp import dct_basis, fit_digits_tgdp
 
-    task = DigitsTask("tilted_ink", test_per_class=4, pool_per_class=5, seed=0)
-    gen = torch.Generator().manual_seed(0)
-    src, tgt = task.paired(task.splits.source, gen), task.paired(task.target_train(5), gen)
-    cfg = TransferConfig(embed_dim=4, encoder_hidden=(8,))
-    source_model = fit_source(
-        new_encoder(10, cfg), DiffusionHead(D, 4, width=8, blocks=1), src, TrainConfig(steps=5, eval_every=5)
-    )
+    src, tgt, cfg, source_model = _tiny_source_model("tilted_ink")
     for per_label in (True, False):
         model, steps = fit_digits_tgdp(source_model, src, tgt, cfg, {"estimator": "tilt", "per_label": per_label})
         assert steps == 0 and model.status in ("guided", "clipped") and model.premise is not None

@@ -14,8 +14,8 @@ source model its ratio predicts on the scored test images (:func:`diffusion.tgdp
 sets against the gain achieved; None, with the reason in ``no_prediction`` (:func:`no_gain_prediction`), when the
 model is not a reweighting of the source. For a sub-population target (``heavy_ink``, ``ink_band``,
 ``tilted_ink``) each seed's reference holds ``selection_gain``: the same quantity for the target's exact ratio to
-the source, from the rule that drew it (:meth:`~theory.studies.digits.task.DigitsTask.selection_log_ratio`), so in expectation the most any
-reweighting gains.
+the source, from the rule that drew it (:meth:`~theory.studies.digits.task.DigitsTask.selection_log_ratio`), so
+in expectation the most any reweighting gains.
 
 The encoder maps the one-hot label (10) to d_h = ``embed_dim``; the heads model the 64 logit pixels given it.
 
@@ -212,9 +212,10 @@ class DigitsExperiment:
         )
         d["encoder_hidden"] = list(self.encoder_hidden)
         # only the ink_band style reads its window: the other styles' settings (and run folders) stay as they were
-        d["ink_band"] = list(self.ink_band)
-        if self.style != "ink_band":
-            d.pop("ink_band")
+        if self.style == "ink_band":
+            d["ink_band"] = list(self.ink_band)
+        else:
+            del d["ink_band"]
         return d
 
 
