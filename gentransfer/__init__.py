@@ -129,6 +129,7 @@ _TGDP = (
     "DensityRatio",
     "DomainClassifier",
     "DomainGuidanceScore",
+    "Feature",
     "FunctionGuidance",
     "GainPrediction",
     "GuardCounts",

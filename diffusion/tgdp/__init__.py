@@ -56,7 +56,7 @@ from .guidance import DAMPING, POSITIVITY, FunctionGuidance, Guidance, GuidanceN
 from .guided_model import GuidedDiffusionModel
 from .kernel_guidance import KernelGuidance
 from .labels import LabelMarginal
-from .narrow_tilt import NARROW_FITS, Narrowing, NarrowTiltGuidance, fit_narrowing
+from .narrow_tilt import NARROW_FITS, Feature, Narrowing, NarrowTiltGuidance, fit_narrowing
 from .noisy_guidance import ClassifierGuidance, SwitchedScore
 from .premise import PremiseReport, PremiseThresholds, check_premise
 from .quadratic_ratio import QuadraticLogRatio, fit_quadratic_log_ratio
@@ -76,6 +76,7 @@ __all__ = [
     "DensityRatio",
     "DomainClassifier",
     "DomainGuidanceScore",
+    "Feature",
     "FunctionGuidance",
     "GainPrediction",
     "GuardCounts",

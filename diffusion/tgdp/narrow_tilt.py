@@ -27,9 +27,19 @@ Gaussian posterior of f given x_t: f | x_t ~ N(mu_t(x), v_t), whence
   the rows' covariance Sigma (per label): the second-order Tweedie Jacobian without a Jacobian of the network, so
   the likelihood's exact divergence differentiates the network once, not twice.
 
-For a Gaussian source every step is exact (a Gaussian tilted by a Gaussian factor is Gaussian; the tests check the
-closed form). For other sources the error is that of the Gaussian posterior of f, which vanishes as t -> 0 (v_t ->
-0: the guidance tends to grad log w) and matters little as t -> 1 (grad mu_t -> 0). gamma = 0 is TiltGuidance.
+A NONLINEAR feature f(x_0) (a :class:`Feature`: its value and gradient, e.g. the total pixel intensity of an image
+modelled in logit space) takes the same form through its linearisation at the posterior mean,
+f(x_0) ~ f(x0hat) + g^T (x_0 - x0hat) with g = grad f(x0hat), x0hat = E_p~[x_0 | x_t = x]:
+
+    mu_t = f(x0hat),  v_t = g^T Sigma_{0|t} g,  grad mu_t = (a_t / s_t^2) Sigma_{0|t} g
+
+(g held fixed in the Jacobian, as u is). At t -> 0 it is exact (x0hat -> x, v_t -> 0: log h -> log w(x)); where f is
+linear it is the direction's form (the tests check both).
+
+For a Gaussian source and a linear feature every step is exact (a Gaussian tilted by a Gaussian factor is Gaussian;
+the tests check the closed form). For other sources the error is that of the Gaussian posterior of f, which
+vanishes as t -> 0 (v_t -> 0: the guidance tends to grad log w) and matters little as t -> 1 (grad mu_t -> 0).
+gamma = 0 is TiltGuidance.
 
 Example:
     >>> guidance = NarrowTiltGuidance(head.score, linear_ratio, VPSchedule(), source_x, direction=u,
@@ -42,6 +52,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -55,10 +66,20 @@ from ..schedule import VPSchedule
 from .quadratic_ratio import QuadraticLogRatio
 from .tilt_guidance import TiltGuidance
 
-__all__ = ["NARROW_FITS", "Narrowing", "NarrowTiltGuidance", "fit_narrowing"]
+__all__ = ["NARROW_FITS", "Feature", "Narrowing", "NarrowTiltGuidance", "fit_narrowing"]
 
 #: how :func:`fit_narrowing` fits the Gaussian factor
 NARROW_FITS = ("cv", "moments")
+
+
+@runtime_checkable
+class Feature(Protocol):
+    """A smooth scalar feature of the guidance's points: ``feature(x)`` (n,) and ``feature.grad(x)`` (n, d) for
+    x (n, d), in the units the source score works in (e.g. source-standardised logits)."""
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+    def grad(self, x: Tensor) -> Tensor: ...
 
 
 class NarrowTiltGuidance(TiltGuidance):
@@ -67,12 +88,15 @@ class NarrowTiltGuidance(TiltGuidance):
     Args:
         source_score, ratio, schedule, source_x, source_labels, max_shift, quadrature: as
             :class:`TiltGuidance` (``ratio`` holds beta_k and c_k: a linear :class:`QuadraticLogRatio`).
-        direction (d,): u, the feature f = u^T x_0 the Gaussian factor acts on (any nonzero length).
+        direction (d,): u, the feature f = u^T x_0 the Gaussian factor acts on (any nonzero length); or
+        feature: a nonlinear :class:`Feature` f(x_0) instead (module docstring); give exactly one of the two.
         gamma (K,): gamma_k >= 0 per label index of ``ratio`` (0: no narrowing for that label).
         centre (K,): m_k, the factor's centre in units of f.
 
     Raises:
-        ConfigError: TiltGuidance's errors; a negative gamma, a zero direction.
+        ConfigError: TiltGuidance's errors; a negative gamma, a zero direction, both or neither of
+            ``direction`` and ``feature``, a ``feature`` without ``grad`` or whose ``grad`` disagrees with central
+            differences of its values at the first 16 source rows (more than 1 % of the gradient's norm).
         DataError: a non-finite gamma, centre or direction.
         ShapeError: ``direction`` not (d,), ``gamma`` or ``centre`` not (K,).
     """
@@ -85,7 +109,8 @@ class NarrowTiltGuidance(TiltGuidance):
         source_x: Tensor,
         source_labels: Tensor | None = None,
         *,
-        direction: Tensor,
+        direction: Tensor | None = None,
+        feature: Feature | None = None,
         gamma: Tensor,
         centre: Tensor,
         max_shift: float = 1.0,
@@ -93,6 +118,12 @@ class NarrowTiltGuidance(TiltGuidance):
     ) -> None:
         super().__init__(source_score, ratio, schedule, source_x, source_labels, max_shift, quadrature)
         k = ratio.linear.shape[0]
+        if (direction is None) == (feature is None):
+            raise ConfigError("give exactly one of direction (a linear feature u^T x) and feature (a Feature)")
+        if feature is not None and not isinstance(feature, Feature):
+            raise ConfigError(f"feature must be callable with a grad method (a Feature), got {type(feature).__name__}")
+        # with a feature, u is unused (the feature's gradient at x0hat takes its place)
+        direction = torch.zeros(self.features, dtype=torch.float64) if direction is None else direction
         check_tensor("direction", direction, ndim=1)
         if direction.shape != (self.features,):
             raise ShapeError(f"direction must be ({self.features},), got {tuple(direction.shape)}")
@@ -103,14 +134,18 @@ class NarrowTiltGuidance(TiltGuidance):
         if bool((gamma < 0).any()):
             raise ConfigError(f"gamma must be >= 0 (a narrowing factor), got {gamma.tolist()}")
         u = direction.detach().double()
-        if not (bool(torch.isfinite(u).all()) and float(u.norm()) > 0):
+        if feature is None and not (bool(torch.isfinite(u).all()) and float(u.norm()) > 0):
             raise ConfigError("direction must be a finite nonzero vector")
         self.direction, self.gamma, self.centre = u, gamma.detach().double(), centre.detach().double()
+        self.feature = feature
+        if feature is not None:
+            _check_feature_gradient(feature, source_x.detach().double()[:16])
         self.u_eig = torch.einsum("kij,i->kj", self.eig_vecs, u)  # u in each label's eigenbasis
 
     def _narrow(self, x: Tensor, t: Tensor, ctx: Tensor | None, idx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(the tilt's grad log h (n, d), mu_t (n,), v_t (n,), grad mu_t (n, d))."""
         a, s2, beta, exact = self._parts(t, idx, x)
+        exact = exact & beta.ne(0).any(-1)  # beta = 0: the Gaussian form below is exact, no second score call
         lam, vec = self.eig_vals[idx].to(x), self.eig_vecs[idx].to(x)
         gain = a * lam / (a.square() * lam + s2)  # a Sigma (a^2 Sigma + s^2 I)^{-1} in the eigenbasis
         post = lam * s2 / (a.square() * lam + s2)  # Sigma_{0|t}
@@ -125,8 +160,11 @@ class NarrowTiltGuidance(TiltGuidance):
             s1 = self.score(xe + delta, te, ce)
             tilt = tilt.index_put((rows,), s1 - s0[rows] + beta[rows] / a[rows])
             x0hat = x0hat.index_put((rows,), (xe + delta + s2[rows] * s1) / a[rows])
-        u = self.direction.to(x)
-        mu = x0hat @ u
+        if self.feature is None:
+            mu = x0hat @ self.direction.to(x)
+        else:  # linearised at x0hat: its gradient there takes u's place
+            mu = self.feature(x0hat)
+            ue = torch.einsum("nij,ni->nj", vec, self.feature.grad(x0hat))
         v = (post * ue.square()).sum(-1)
         grad_mu = torch.einsum("nij,nj->ni", vec, gain * ue)
         return tilt, mu, v, grad_mu
@@ -149,17 +187,45 @@ class NarrowTiltGuidance(TiltGuidance):
         return super().log_h(x, t, context) + narrow
 
 
+def _check_feature_gradient(feature: Feature, x: Tensor, tolerance: float = 0.01) -> None:
+    """ConfigError when ``feature.grad`` disagrees with central differences of ``feature`` along a random direction
+    at the rows x (n, d) by more than ``tolerance`` of the gradient's scale: a wrong gradient would guide along
+    the wrong feature while log h (from the values) still looked right."""
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+    v = v / v.norm(dim=-1, keepdim=True)
+    eps = 1e-5
+    with torch.no_grad():
+        numeric = (feature(x + eps * v) - feature(x - eps * v)) / (2 * eps)
+        analytic = (feature.grad(x) * v).sum(-1)
+        scale = feature.grad(x).norm(dim=-1).clamp_min(1e-12)
+    worst = float(((numeric - analytic).abs() / scale).max())
+    if not worst <= tolerance:
+        raise ConfigError(
+            f"feature.grad disagrees with the feature's own central differences (relative error {worst:.3g} > "
+            f"{tolerance}): it is not the gradient of feature(x)"
+        )
+
+
 @dataclass(frozen=True)
 class Narrowing:
     """A fitted log ratio along f, per label k: log w = slope_k f - (gamma_k / 2) f^2 + const_k.
 
-    ``slope`` (K,), ``gamma`` (K,) >= 0; ``strength`` the CV's inverse L2 strength (nan for moments);
-    ``method`` the fit. :meth:`split` writes it as a linear part ``b1`` times a Gaussian factor."""
+    ``slope`` (K,), ``gamma`` (K,) >= 0; ``const`` (K,) the fit's own normalisation (moments: E[w] = 1 under
+    the source's N(0, 1) in z; CV: the classifier's intercept and prior factor; a clamped fit (gamma = 0): E[w] = 1
+    under N(0, 1) in z (moments) or over the source rows (CV)), so E_p[w] over the source rows checks the fit;
+    ``strength`` the CV's inverse L2 strength (nan for moments); ``method`` the fit. :meth:`split` writes it as a
+    linear part ``b1`` times a Gaussian factor."""
 
     slope: Tensor
     gamma: Tensor
+    const: Tensor
     strength: float
     method: str
+
+    def log_ratio(self, f: Tensor, index: Tensor) -> Tensor:
+        """log w (n,) at features f (n,) of rows with label index ``index`` (n,) (positions in the fit's labels)."""
+        f = f.double()
+        return self.slope[index] * f - self.gamma[index] / 2 * f.square() + self.const[index]
 
     def split(self, linear_slope: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
         """(beta slopes (K,), gamma (K,), centre (K,)) with log w = b1 f - (gamma / 2) (f - centre)^2 + const for
@@ -234,6 +300,8 @@ def fit_narrowing(
         if v_t <= 0:
             raise ConfigError("the target rows' feature has no spread: the moments fit needs var > 0")
         alpha, g = m_t / v_t, 1.0 / v_t - 1.0
+        # N(z; m_t, v_t) / N(z; 0, 1); clamped (g < 0 -> 0): exp(alpha z) / E_N(0,1)[exp(alpha z)]
+        c0 = -0.5 * math.log(v_t) - m_t**2 / (2 * v_t) if g > 0 else -(alpha**2) / 2
     else:
         from sklearn.linear_model import LogisticRegressionCV
         from sklearn.model_selection import StratifiedKFold
@@ -249,7 +317,12 @@ def fit_narrowing(
             model.fit((design - centre) / scale, y)
         coef = model.coef_[0] / scale
         alpha, g, strength = float(coef[0]), -2.0 * float(coef[1]), float(model.C_[0])
+        # the log odds' intercept on the raw design, plus log(n_s / n_t): the odds are (n_t q) / (n_s p)
+        c0 = float(model.intercept_[0]) - float((coef * centre).sum()) + math.log(len(zs) / len(zt))
+        if g < 0:  # clamped: the linear part alone, normalised over the source rows
+            c0 = -float(np.log(np.mean(np.exp(alpha * zs))))
     g = max(g, 0.0)
     gamma = g / sd.square()
     slope = alpha / sd + g * mean / sd.square()
-    return Narrowing(slope, gamma, strength, method)
+    const = c0 - alpha * mean / sd - g * mean.square() / (2 * sd.square())
+    return Narrowing(slope, gamma, const, strength, method)
