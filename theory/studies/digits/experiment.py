@@ -573,7 +573,9 @@ def _prepare(
         if cell.variant == "tgdp":
             from theory.studies.digits.tgdp import fit_digits_tgdp
 
-            model, steps = fit_digits_tgdp(source_model, source, target, cfg_v, exp.tgdp_options, augment)
+            model, steps = fit_digits_tgdp(
+                source_model, source, target, cfg_v, exp.tgdp_options, augment, pixels=task.pixels
+            )
             return model, time.perf_counter() - t0, steps
         fitted = fit_variants(
             factory, source, target, cfg_v, [cell.variant], source_model=source_model, augment=augment

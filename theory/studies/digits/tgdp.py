@@ -27,8 +27,15 @@ target images are standardised with the SOURCE scaler. Two estimators of the gui
   regression on [z, z^2] with CV, or ``"moments"``), so the target can be narrower along f than the source, not
   only shifted; guided by ``diffusion.tgdp.NarrowTiltGuidance`` (the linear part exactly as the tilt, the Gaussian
   factor through a Gaussian posterior of f). ``split``: the linear part kept exact, ``"tilt"`` (default: the
-  tilt's own slope along u) or ``"none"`` (the whole quadratic as the Gaussian factor). The premise check is the
-  tilt's (its classifier is the calibrated one).
+  tilt's own slope along u) or ``"none"`` (the whole quadratic as the Gaussian factor). The premise check is that
+  of the composed ratio that guides: the tilt's part across u (normalised over the reference rows) plus the
+  quadratic along f with the fit's own constant, so E_p[w] checks the fit. ``feature``: ``"direction"``
+  (default, f = u^T x as above) or ``"intensity"``: f the image's total pixel intensity in pixel space, sum_i y_i
+  (:class:`PixelIntensity`, the ink of a digit before quantisation), a nonlinear function of the logits the model
+  works in, so the Gaussian factor is guided through its linearisation at the posterior mean
+  (``NarrowTiltGuidance`` with a ``Feature``); the whole quadratic in f is the factor (no linear part, no
+  ``split``). A target that selects on the ink is then modelled along the ink itself, not along the logits' sum,
+  which saturated pixels bend away from it.
 
 Every estimator fits its ratio against ``reference`` (:func:`ratio_reference`): the source rows (``"rows"``,
 default) or the frozen source model's own draws, one per source row with its label (``"draws"``). TGDP composes the
@@ -52,6 +59,8 @@ q(y) is not needed: every metric conditions on the label.
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -59,9 +68,11 @@ from torch import Tensor
 
 from diffusion.head import DiffusionHead
 from diffusion.tgdp import (
+    Feature,
     GuidanceLimit,
     GuidedDiffusionModel,
     KernelGuidance,
+    Narrowing,
     NarrowTiltGuidance,
     PremiseReport,
     QuadraticLogRatio,
@@ -75,10 +86,11 @@ from diffusion.tgdp import (
     select_switch,
 )
 from shared_embed.data import PairedData
-from shared_embed.errors import ConfigError
+from shared_embed.errors import ConfigError, PremiseWarning
 from shared_embed.model import ConditionalModel
 from shared_embed.transfer import Augment, TransferConfig
 from shared_embed.validation import check_choice, check_tensor
+from theory.studies.digits.pixels import LogitPixels
 
 ESTIMATORS = ("network", "kernel", "tilt", "narrow")
 #: options read here; the rest go to TGDPConfig (network) or are rejected (kernel)
@@ -106,8 +118,10 @@ _KERNEL = (
 )
 RATIOS = ("classifier", "linear", "quadratic")
 _TILT = ("per_label", "max_shift", "basis", "components")
-_NARROW = (*_TILT, "narrow_fit", "split")
+_NARROW = (*_TILT, "narrow_fit", "split", "feature")
 SPLITS = ("tilt", "none")
+#: the narrow estimator's feature f: the tilt's direction u^T x, or the total pixel intensity
+FEATURES = ("direction", "intensity")
 N_LABELS = 10
 
 
@@ -139,6 +153,29 @@ def dct_basis(x_std: Tensor | None = None) -> Tensor:
 DCT_BANDS = (1, 3, 6, 10, 15, 21, 28, 36, 64)
 
 
+class PixelIntensity:
+    """The total pixel intensity f(x) = sum_i y_i (n,) of source-standardised logits x (n, 64): z = m + s x (the
+    source scaler's mean m and sd s), y = levels (sigmoid(z) - alpha) / (1 - 2 alpha) (the inverse of
+    :class:`LogitPixels`' map), so f is the ink of the dequantised image; a :class:`~diffusion.tgdp.Feature`, with
+    grad f (n, 64) = levels / (1 - 2 alpha) sigmoid'(z) s."""
+
+    def __init__(self, mean: Tensor, std: Tensor, pixels: LogitPixels) -> None:
+        check_tensor("mean", mean, ndim=1)
+        check_tensor("std", std, ndim=1, rows=mean.shape[0])
+        self.mean, self.std, self.pixels = mean.detach().double(), std.detach().double(), pixels
+        self.scale = pixels.levels / (1.0 - 2.0 * pixels.alpha)
+
+    def _sigmoid(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.mean.to(x) + self.std.to(x) * x)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.scale * (self._sigmoid(x) - self.pixels.alpha).sum(-1)
+
+    def grad(self, x: Tensor) -> Tensor:
+        sig = self._sigmoid(x)
+        return self.scale * sig * (1 - sig) * self.std.to(x)
+
+
 def _fit_ratio(
     xs: Tensor,
     cs: Tensor,
@@ -150,9 +187,9 @@ def _fit_ratio(
     x_std: Tensor | None = None,
 ) -> tuple[QuadraticLogRatio, PremiseReport]:
     """The cross-validated linear (degree 1) or quadratic log ratio, per label or shared (``per_label``), with
-    one set of parameters per label either way, and its premise check. ``basis = "dct"``: linear in the lowest
-    ``components`` DCT coefficients of the logit image (the number chosen by cross-validation among
-    ``components``, default ``DCT_BANDS``)."""
+    one set of parameters per label either way, and its premise check (:func:`_premise_of`). ``basis = "dct"``:
+    linear in the lowest ``components`` DCT coefficients of the logit image (the number chosen by cross-validation
+    among ``components``, default ``DCT_BANDS``)."""
     ls, lt = _labels(cs), _labels(ct)
     extra: dict[str, Any] = {}
     if options.get("basis") is not None:
@@ -175,8 +212,13 @@ def _fit_ratio(
         )
         fitted.strength, fitted.components = shared.strength, shared.components
     with torch.no_grad():
-        premise = check_premise(fitted.ratio(xs, None, ls), fitted.ratio(xt, None, lt))
-    return fitted, premise
+        return fitted, _premise_of(fitted.log_ratio(xs, None, ls), fitted.log_ratio(xt, None, lt))
+
+
+def _premise_of(log_w_source: Tensor, log_w_target: Tensor) -> PremiseReport:
+    """The premise check (classifier AUC, ESS / n_s, E_p[w]) of the log ratio that guides, at the reference rows
+    (n_s,) and the target rows (n_t,)."""
+    return check_premise(log_w_source.double().exp(), log_w_target.double().exp())
 
 
 def _check_options(options: dict[str, Any], valid: tuple[str, ...], estimator: str) -> None:
@@ -216,39 +258,80 @@ def _narrow_guidance(
     options: dict[str, Any],
     seed: int,
     x_std: Tensor | None = None,
+    intensity: Feature | None = None,
 ) -> tuple[NarrowTiltGuidance, PremiseReport]:
-    """The tilt's linear log ratio times a Gaussian factor along its direction (``NarrowTiltGuidance``)."""
+    """The tilt's linear log ratio times a Gaussian factor along its direction (``NarrowTiltGuidance``), or with
+    ``feature = "intensity"`` the Gaussian factor alone along ``intensity`` (the study's :class:`PixelIntensity`)."""
     _check_options(options, _NARROW, "narrow")
     split = check_choice("split", options.get("split", "tilt"), SPLITS)
-    fitted, premise = _fit_ratio(xs, cs, xt, ct, 1, options, seed, x_std)
-    direction = fitted.linear.mean(0)
-    if float(direction.norm()) == 0:
-        raise ConfigError("the linear log ratio is 0 (cross-validation found no shift): no direction to narrow along")
-    u = direction / direction.norm()
+    kind = check_choice("feature", options.get("feature", "direction"), FEATURES)
+    with warnings.catch_warnings():  # the premise checked is the composed ratio's (below), not the tilt's alone
+        warnings.simplefilter("ignore", PremiseWarning)
+        fitted, _ = _fit_ratio(xs, cs, xt, ct, 1, options, seed, x_std)
     labels = fitted.labels if fitted.labels is not None else torch.zeros(1, dtype=torch.float64)
-    narrowing = fit_narrowing(
-        xs.double() @ u,
-        xt.double() @ u,
-        _labels(cs)[:, 0],
-        _labels(ct)[:, 0],
-        labels,
-        method=str(options.get("narrow_fit", "cv")),
-        seed=seed,
-    )
-    along = fitted.linear @ u  # the tilt's slope along u, per label
-    b1, gamma, centre = narrowing.split(along if split == "tilt" else 0.0)
-    linear = fitted.linear + (b1 - along)[:, None] * u[None]
-    ratio = QuadraticLogRatio(fitted.quad, linear, fitted.const, fitted.prior_factor, labels=fitted.labels)
+    index_s, index_t = fitted.label_index(_labels(cs), len(xs)), fitted.label_index(_labels(ct), len(xt))
+
+    def narrowing_along(f: Callable[[Tensor], Tensor]) -> Narrowing:
+        return fit_narrowing(
+            f(xs.double()),
+            f(xt.double()),
+            _labels(cs)[:, 0],
+            _labels(ct)[:, 0],
+            labels,
+            method=str(options.get("narrow_fit", "cv")),
+            seed=seed,
+        )
+
+    shape: dict[str, Any]  # the Gaussian factor's feature: direction=u or feature=intensity
+    if kind == "intensity":
+        if "split" in options:
+            raise ConfigError(
+                "tgdp option split applies to feature = 'direction' only: the intensity has no linear part"
+            )
+        if intensity is None:
+            raise ConfigError("feature = 'intensity' needs the pixel transform and the source scaler (none given)")
+        narrowing = narrowing_along(intensity)
+        if bool((narrowing.gamma <= 0).any()):
+            raise ConfigError(
+                "feature = 'intensity': the target rows are not narrower than the reference along the pixel "
+                "intensity (the fit's Gaussian factor is flat); use feature = 'direction'"
+            )
+        premise = _premise_of(
+            narrowing.log_ratio(intensity(xs.double()), index_s), narrowing.log_ratio(intensity(xt.double()), index_t)
+        )
+        _, gamma, centre = narrowing.split(0.0)
+        linear, shape = torch.zeros_like(fitted.linear), {"feature": intensity}
+    else:
+        direction = fitted.linear.mean(0)
+        if float(direction.norm()) == 0:
+            raise ConfigError(
+                "the linear log ratio is 0 (cross-validation found no shift): no direction to narrow along"
+            )
+        u = direction / direction.norm()
+        narrowing = narrowing_along(lambda x: x @ u)
+        along = fitted.linear @ u  # the tilt's slope along u, per label
+        # the composed log ratio: the tilt's part across u (normalised over the reference rows) plus the fitted
+        # quadratic along u, whatever the split
+        across = fitted.linear - along[:, None] * u[None]
+        xs64, xt64 = xs.double(), xt.double()
+        log_across_s, log_across_t = (xs64 * across[index_s]).sum(-1), (xt64 * across[index_t]).sum(-1)
+        norm = torch.logsumexp(log_across_s, 0) - math.log(len(xs))
+        premise = _premise_of(
+            log_across_s - norm + narrowing.log_ratio(xs64 @ u, index_s),
+            log_across_t - norm + narrowing.log_ratio(xt64 @ u, index_t),
+        )
+        b1, gamma, centre = narrowing.split(along if split == "tilt" else 0.0)
+        linear, shape = fitted.linear + (b1 - along)[:, None] * u[None], {"direction": u}
     guidance = NarrowTiltGuidance(
         head.score,
-        ratio,
+        QuadraticLogRatio(fitted.quad, linear, fitted.const, fitted.prior_factor, labels=fitted.labels),
         head.schedule,
         xs,
         _labels(cs),
-        direction=u,
         gamma=gamma,
         centre=centre,
         max_shift=float(options.get("max_shift", 1.0)),
+        **shape,
     )
     return guidance, premise
 
@@ -336,11 +419,13 @@ def fit_digits_tgdp(
     cfg: TransferConfig,
     options: dict[str, Any],
     augment: Augment | None = None,
+    pixels: LogitPixels | None = None,
 ) -> tuple[GuidedDiffusionModel, int]:
     """Conditional TGDP from a fitted (frozen-encoder) diffusion source model; returns the model and its steps.
 
     ``options``: the module docstring's; ``augment`` is not used (the guidance is fitted on fixed tensors);
-    ``cfg`` gives the seed and the held-out share of the target rows (for ``switch = "select"``).
+    ``cfg`` gives the seed and the held-out share of the target rows (for ``switch = "select"``); ``pixels``: the
+    task's logit transform, for the narrow estimator's ``feature = "intensity"`` (default ``LogitPixels()``).
     """
     del augment
     if source_model.encoder is None:
@@ -389,8 +474,12 @@ def fit_digits_tgdp(
             refuse_on_premise=refuse_on_premise,
         )
     elif estimator in ("tilt", "narrow"):
-        build = _tilt_guidance if estimator == "tilt" else _narrow_guidance
-        tilt, premise = build(head, xs, source.c, xt, fit_c, options, seed, source_model.x_scaler.std)
+        scaler = source_model.x_scaler
+        if estimator == "tilt":
+            tilt, premise = _tilt_guidance(head, xs, source.c, xt, fit_c, options, seed, scaler.std)
+        else:
+            intensity = PixelIntensity(scaler.mean, scaler.std, pixels if pixels is not None else LogitPixels())
+            tilt, premise = _narrow_guidance(head, xs, source.c, xt, fit_c, options, seed, scaler.std, intensity)
 
         def tilt_context(c: Tensor) -> Tensor:
             h = source_model.embed(c)
