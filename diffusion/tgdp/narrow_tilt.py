@@ -120,36 +120,39 @@ class NarrowTiltGuidance(TiltGuidance):
         k = ratio.linear.shape[0]
         if (direction is None) == (feature is None):
             raise ConfigError("give exactly one of direction (a linear feature u^T x) and feature (a Feature)")
-        if feature is not None and not isinstance(feature, Feature):
-            raise ConfigError(f"feature must be callable with a grad method (a Feature), got {type(feature).__name__}")
-        # with a feature, u is unused (the feature's gradient at x0hat takes its place)
-        direction = torch.zeros(self.features, dtype=torch.float64) if direction is None else direction
-        check_tensor("direction", direction, ndim=1)
-        if direction.shape != (self.features,):
-            raise ShapeError(f"direction must be ({self.features},), got {tuple(direction.shape)}")
         for name, value in (("gamma", gamma), ("centre", centre)):
             check_tensor(name, value, ndim=1)
             if value.shape != (k,):
                 raise ShapeError(f"{name} must be ({k},) (one per label index of the ratio), got {tuple(value.shape)}")
         if bool((gamma < 0).any()):
             raise ConfigError(f"gamma must be >= 0 (a narrowing factor), got {gamma.tolist()}")
-        u = direction.detach().double()
-        if feature is None and not (bool(torch.isfinite(u).all()) and float(u.norm()) > 0):
-            raise ConfigError("direction must be a finite nonzero vector")
-        self.direction, self.gamma, self.centre = u, gamma.detach().double(), centre.detach().double()
+        self.gamma, self.centre = gamma.detach().double(), centre.detach().double()
+        #: u (d,) with u in each label's eigenbasis (K, d), or None with a nonlinear ``feature`` instead
+        self.direction: Tensor | None = None
+        self.u_eig: Tensor | None = None
         self.feature = feature
         if feature is not None:
+            if not isinstance(feature, Feature):
+                raise ConfigError(
+                    f"feature must be callable with a grad method (a Feature), got {type(feature).__name__}"
+                )
             _check_feature_gradient(feature, source_x.detach().double()[:16])
-        self.u_eig = torch.einsum("kij,i->kj", self.eig_vecs, u)  # u in each label's eigenbasis
+        elif direction is not None:
+            check_tensor("direction", direction, ndim=1)
+            if direction.shape != (self.features,):
+                raise ShapeError(f"direction must be ({self.features},), got {tuple(direction.shape)}")
+            u = direction.detach().double()
+            if not (bool(torch.isfinite(u).all()) and float(u.norm()) > 0):
+                raise ConfigError("direction must be a finite nonzero vector")
+            self.direction, self.u_eig = u, torch.einsum("kij,i->kj", self.eig_vecs, u)
 
     def _narrow(self, x: Tensor, t: Tensor, ctx: Tensor | None, idx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(the tilt's grad log h (n, d), mu_t (n,), v_t (n,), grad mu_t (n, d))."""
         a, s2, beta, exact = self._parts(t, idx, x)
-        exact = exact & beta.ne(0).any(-1)  # beta = 0: the Gaussian form below is exact, no second score call
         lam, vec = self.eig_vals[idx].to(x), self.eig_vecs[idx].to(x)
         gain = a * lam / (a.square() * lam + s2)  # a Sigma (a^2 Sigma + s^2 I)^{-1} in the eigenbasis
         post = lam * s2 / (a.square() * lam + s2)  # Sigma_{0|t}
-        be, ue = self.beta_eig[idx].to(x), self.u_eig[idx].to(x)
+        be = self.beta_eig[idx].to(x)
         tilt = torch.einsum("nij,nj->ni", vec, gain * be)
         s0 = self.score(x, t, ctx)
         x0hat = (x + s2 * s0) / a + torch.einsum("nij,nj->ni", vec, post * be)
@@ -160,11 +163,12 @@ class NarrowTiltGuidance(TiltGuidance):
             s1 = self.score(xe + delta, te, ce)
             tilt = tilt.index_put((rows,), s1 - s0[rows] + beta[rows] / a[rows])
             x0hat = x0hat.index_put((rows,), (xe + delta + s2[rows] * s1) / a[rows])
-        if self.feature is None:
-            mu = x0hat @ self.direction.to(x)
-        else:  # linearised at x0hat: its gradient there takes u's place
+        if self.feature is not None:  # linearised at x0hat: its gradient there takes u's place
             mu = self.feature(x0hat)
             ue = torch.einsum("nij,ni->nj", vec, self.feature.grad(x0hat))
+        else:
+            assert self.direction is not None and self.u_eig is not None  # one of the two, by construction
+            mu, ue = x0hat @ self.direction.to(x), self.u_eig[idx].to(x)
         v = (post * ue.square()).sum(-1)
         grad_mu = torch.einsum("nij,nj->ni", vec, gain * ue)
         return tilt, mu, v, grad_mu
@@ -196,8 +200,8 @@ def _check_feature_gradient(feature: Feature, x: Tensor, tolerance: float = 0.01
     eps = 1e-5
     with torch.no_grad():
         numeric = (feature(x + eps * v) - feature(x - eps * v)) / (2 * eps)
-        analytic = (feature.grad(x) * v).sum(-1)
-        scale = feature.grad(x).norm(dim=-1).clamp_min(1e-12)
+        grad = feature.grad(x)
+        analytic, scale = (grad * v).sum(-1), grad.norm(dim=-1).clamp_min(1e-12)
     worst = float(((numeric - analytic).abs() / scale).max())
     if not worst <= tolerance:
         raise ConfigError(

@@ -124,11 +124,13 @@ class TiltGuidance:
         return x, t, context, torch.zeros(x.shape[0], dtype=torch.long)
 
     def _parts(self, t: Tensor, idx: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(a (n, 1), s^2 (n, 1), beta (n, d), exact rows (n,) bool)."""
+        """(a (n, 1), s^2 (n, 1), beta (n, d), exact rows (n,) bool): the rows to evaluate through the score, those
+        with 0 < |delta_t| <= max_shift (at beta = 0 the Gaussian form is exact too, and needs no score call)."""
         a = self.schedule.alpha(t).to(x)[:, None]
         s2 = self.schedule.sigma(t).to(x).square()[:, None]
         beta = self.ratio.linear[idx].to(x)
-        exact = (s2 / a)[:, 0] * beta.norm(dim=-1) <= self.max_shift
+        shift = (s2 / a)[:, 0] * beta.norm(dim=-1)
+        exact = (shift <= self.max_shift) & beta.ne(0).any(-1)
         return a, s2, beta, exact
 
     def grad_log_h(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:

@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -72,7 +71,6 @@ from diffusion.tgdp import (
     GuidanceLimit,
     GuidedDiffusionModel,
     KernelGuidance,
-    Narrowing,
     NarrowTiltGuidance,
     PremiseReport,
     QuadraticLogRatio,
@@ -271,17 +269,9 @@ def _narrow_guidance(
     labels = fitted.labels if fitted.labels is not None else torch.zeros(1, dtype=torch.float64)
     index_s, index_t = fitted.label_index(_labels(cs), len(xs)), fitted.label_index(_labels(ct), len(xt))
 
-    def narrowing_along(f: Callable[[Tensor], Tensor]) -> Narrowing:
-        return fit_narrowing(
-            f(xs.double()),
-            f(xt.double()),
-            _labels(cs)[:, 0],
-            _labels(ct)[:, 0],
-            labels,
-            method=str(options.get("narrow_fit", "cv")),
-            seed=seed,
-        )
-
+    xs64, xt64 = xs.double(), xt.double()
+    # f at the reference and target rows, and the composed log ratio's part that is not the quadratic in f (the
+    # tilt's part across u, normalised over the reference rows; none with the intensity): the premise reads both
     shape: dict[str, Any]  # the Gaussian factor's feature: direction=u or feature=intensity
     if kind == "intensity":
         if "split" in options:
@@ -290,17 +280,9 @@ def _narrow_guidance(
             )
         if intensity is None:
             raise ConfigError("feature = 'intensity' needs the pixel transform and the source scaler (none given)")
-        narrowing = narrowing_along(intensity)
-        if bool((narrowing.gamma <= 0).any()):
-            raise ConfigError(
-                "feature = 'intensity': the target rows are not narrower than the reference along the pixel "
-                "intensity (the fit's Gaussian factor is flat); use feature = 'direction'"
-            )
-        premise = _premise_of(
-            narrowing.log_ratio(intensity(xs.double()), index_s), narrowing.log_ratio(intensity(xt.double()), index_t)
-        )
-        _, gamma, centre = narrowing.split(0.0)
-        linear, shape = torch.zeros_like(fitted.linear), {"feature": intensity}
+        fs, ft = intensity(xs64), intensity(xt64)
+        rest_s, rest_t = torch.zeros_like(fs), torch.zeros_like(ft)
+        shape = {"feature": intensity}
     else:
         direction = fitted.linear.mean(0)
         if float(direction.norm()) == 0:
@@ -308,20 +290,34 @@ def _narrow_guidance(
                 "the linear log ratio is 0 (cross-validation found no shift): no direction to narrow along"
             )
         u = direction / direction.norm()
-        narrowing = narrowing_along(lambda x: x @ u)
+        fs, ft = xs64 @ u, xt64 @ u
         along = fitted.linear @ u  # the tilt's slope along u, per label
-        # the composed log ratio: the tilt's part across u (normalised over the reference rows) plus the fitted
-        # quadratic along u, whatever the split
         across = fitted.linear - along[:, None] * u[None]
-        xs64, xt64 = xs.double(), xt.double()
-        log_across_s, log_across_t = (xs64 * across[index_s]).sum(-1), (xt64 * across[index_t]).sum(-1)
-        norm = torch.logsumexp(log_across_s, 0) - math.log(len(xs))
-        premise = _premise_of(
-            log_across_s - norm + narrowing.log_ratio(xs64 @ u, index_s),
-            log_across_t - norm + narrowing.log_ratio(xt64 @ u, index_t),
+        rest_s, rest_t = (xs64 * across[index_s]).sum(-1), (xt64 * across[index_t]).sum(-1)
+        norm = torch.logsumexp(rest_s, 0) - math.log(len(xs))
+        rest_s, rest_t = rest_s - norm, rest_t - norm
+        shape = {"direction": u}
+    narrowing = fit_narrowing(
+        fs,
+        ft,
+        _labels(cs)[:, 0],
+        _labels(ct)[:, 0],
+        labels,
+        method=str(options.get("narrow_fit", "cv")),
+        seed=seed,
+    )
+    if kind == "intensity" and bool((narrowing.gamma <= 0).any()):
+        raise ConfigError(
+            "feature = 'intensity': the target rows are not narrower than the reference along the pixel "
+            "intensity (the fit's Gaussian factor is flat); use feature = 'direction'"
         )
+    premise = _premise_of(rest_s + narrowing.log_ratio(fs, index_s), rest_t + narrowing.log_ratio(ft, index_t))
+    if kind == "intensity":
+        _, gamma, centre = narrowing.split(0.0)
+        linear = torch.zeros_like(fitted.linear)
+    else:
         b1, gamma, centre = narrowing.split(along if split == "tilt" else 0.0)
-        linear, shape = fitted.linear + (b1 - along)[:, None] * u[None], {"direction": u}
+        linear = fitted.linear + (b1 - along)[:, None] * u[None]
     guidance = NarrowTiltGuidance(
         head.score,
         QuadraticLogRatio(fitted.quad, linear, fitted.const, fitted.prior_factor, labels=fitted.labels),
